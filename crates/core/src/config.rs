@@ -1,0 +1,236 @@
+//! Source options and credentials, checked once when a source is created or
+//! altered and again before each sync. Unknown keys are errors: a typo in an
+//! option must not silently fall back to a default.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::error::{CrmError, Result};
+use crate::http::{check_url_allowed, HttpSettings};
+
+/// Options every provider understands (HTTP behaviour and sync behaviour).
+pub const COMMON_OPTIONS: &[&str] = &[
+    "timeout_seconds",
+    "max_retries",
+    "retry_base_ms",
+    "retry_max_ms",
+    "lookback_seconds",
+    "track_deletes",
+];
+
+/// A provider's checked settings.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub provider: Provider,
+    pub base_url: String,
+    pub access_token: String,
+    pub http: HttpSettings,
+    /// Incremental runs start this far before the watermark (search index lag).
+    pub lookback: Duration,
+    /// Look for deleted/archived records on every run.
+    pub track_deletes: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    HubSpot,
+}
+
+impl Provider {
+    pub fn parse(name: &str) -> Result<Provider> {
+        match name {
+            "hubspot" => Ok(Provider::HubSpot),
+            other => Err(CrmError::config(format!("unknown provider {other:?}"))
+                .with_hint("Supported providers: hubspot.")),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::HubSpot => "hubspot",
+        }
+    }
+
+    fn options(self) -> &'static [&'static str] {
+        match self {
+            Provider::HubSpot => &["base_url"],
+        }
+    }
+
+    fn credentials(self) -> &'static [&'static str] {
+        match self {
+            Provider::HubSpot => &["access_token"],
+        }
+    }
+}
+
+impl SourceConfig {
+    /// Check `options` and `credentials` for `provider`. `allow_insecure_http`
+    /// comes from the `crm_sync.allow_insecure_http` setting.
+    pub fn parse(
+        provider: &str,
+        options: &Value,
+        credentials: &Value,
+        allow_insecure_http: bool,
+    ) -> Result<SourceConfig> {
+        let provider = Provider::parse(provider)?;
+        let opts = object(options, "options")?;
+        let creds = object(credentials, "credentials")?;
+        for k in opts.keys() {
+            if !provider.options().contains(&k.as_str()) && !COMMON_OPTIONS.contains(&k.as_str()) {
+                let mut known: Vec<&str> = provider.options().to_vec();
+                known.extend_from_slice(COMMON_OPTIONS);
+                return Err(CrmError::config(format!(
+                    "unknown option {k:?} for provider {}",
+                    provider.name()
+                ))
+                .with_hint(format!("Known options: {}.", known.join(", "))));
+            }
+        }
+        for k in creds.keys() {
+            if !provider.credentials().contains(&k.as_str()) {
+                // Name the key, never the value.
+                return Err(CrmError::config(format!(
+                    "unknown credential {k:?} for provider {}",
+                    provider.name()
+                ))
+                .with_hint(format!(
+                    "Known credentials: {}.",
+                    provider.credentials().join(", ")
+                )));
+            }
+        }
+        let access_token = match creds.get("access_token") {
+            Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+            Some(_) => {
+                return Err(CrmError::config("credentials.access_token must be a non-empty string")
+                    .with_hint("Pass the private app's access token: credentials => '{\"access_token\": \"pat-...\"}'."))
+            }
+            None => {
+                return Err(CrmError::config(format!("provider {} needs credentials.access_token", provider.name()))
+                    .with_hint("Pass the private app's access token: credentials => '{\"access_token\": \"pat-...\"}'."))
+            }
+        };
+        let base_url = match opts.get("base_url") {
+            None => crate::connectors::hubspot::DEFAULT_BASE_URL.to_owned(),
+            Some(Value::String(s)) => s.clone(),
+            Some(_) => return Err(CrmError::config("options.base_url must be a string")),
+        };
+        let url = url::Url::parse(&base_url).map_err(|e| {
+            CrmError::config(format!(
+                "options.base_url {base_url:?} is not a valid URL: {e}"
+            ))
+            .with_hint("Use an absolute URL such as https://api.hubapi.com.")
+        })?;
+        check_url_allowed(&url, allow_insecure_http)?;
+        let d = HttpSettings::default();
+        let http = HttpSettings {
+            timeout: Duration::from_secs(
+                int(opts, "timeout_seconds", 1, 3600)?.unwrap_or(d.timeout.as_secs()),
+            ),
+            max_retries: int(opts, "max_retries", 0, 20)?.map_or(d.max_retries, |v| v as u32),
+            retry_base: Duration::from_millis(
+                int(opts, "retry_base_ms", 1, 60_000)?.unwrap_or(d.retry_base.as_millis() as u64),
+            ),
+            retry_max: Duration::from_millis(
+                int(opts, "retry_max_ms", 1, 600_000)?.unwrap_or(d.retry_max.as_millis() as u64),
+            ),
+            allow_insecure_http,
+        };
+        let lookback = Duration::from_secs(int(opts, "lookback_seconds", 0, 86_400)?.unwrap_or(60));
+        let track_deletes = match opts.get("track_deletes") {
+            None => true,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                return Err(CrmError::config(
+                    "options.track_deletes must be true or false",
+                ))
+            }
+        };
+        Ok(SourceConfig {
+            provider,
+            base_url,
+            access_token,
+            http,
+            lookback,
+            track_deletes,
+        })
+    }
+
+    /// Every secret value, for scrubbing messages.
+    pub fn secrets(&self) -> Vec<String> {
+        vec![self.access_token.clone()]
+    }
+}
+
+fn object<'a>(v: &'a Value, what: &str) -> Result<&'a Map<String, Value>> {
+    v.as_object()
+        .ok_or_else(|| CrmError::config(format!("{what} must be a JSON object")))
+}
+
+fn int(opts: &Map<String, Value>, key: &str, min: u64, max: u64) -> Result<Option<u64>> {
+    match opts.get(key) {
+        None => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
+            _ => Err(CrmError::config(format!(
+                "options.{key} must be an integer from {min} to {max}"
+            ))),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+    use serde_json::json;
+
+    fn parse(o: Value, c: Value) -> Result<SourceConfig> {
+        SourceConfig::parse("hubspot", &o, &c, false)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(json!({}), json!({"access_token": "pat-1"})).unwrap();
+        assert_eq!(c.base_url, "https://api.hubapi.com");
+        assert_eq!(c.lookback, Duration::from_secs(60));
+        assert!(c.track_deletes);
+        assert_eq!(c.secrets(), ["pat-1"]);
+    }
+
+    #[test]
+    fn bad_input_is_named_without_the_secret() {
+        let e = SourceConfig::parse("hubspt", &json!({}), &json!({}), false).unwrap_err();
+        assert!(e.message.contains("unknown provider \"hubspt\""));
+        let e = parse(json!({}), json!({})).unwrap_err();
+        assert!(e.message.contains("needs credentials.access_token"));
+        let e = parse(json!({"base_ur": "x"}), json!({"access_token": "t"})).unwrap_err();
+        assert!(
+            e.message.contains("unknown option \"base_ur\""),
+            "{}",
+            e.message
+        );
+        assert!(e.hint.unwrap().contains("base_url"));
+        let e = parse(
+            json!({}),
+            json!({"access_token": "t", "secret_thing": "hunter2"}),
+        )
+        .unwrap_err();
+        assert!(!format!("{e:?}").contains("hunter2"));
+        let e = parse(
+            json!({"base_url": "http://example.com"}),
+            json!({"access_token": "t"}),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidConfig);
+        let e = parse(json!({"max_retries": -1}), json!({"access_token": "t"})).unwrap_err();
+        assert!(e.message.contains("max_retries"));
+        assert!(parse(
+            json!({"base_url": "http://127.0.0.1:9"}),
+            json!({"access_token": "t"})
+        )
+        .is_ok());
+    }
+}

@@ -1,0 +1,293 @@
+//! Column types of landing tables and the conversion of CRM values into them.
+//!
+//! Conversion happens here, not in SQL, so that a value that does not fit its
+//! column becomes NULL plus a warning instead of failing the whole batch.
+
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use serde_json::Value;
+
+/// The Postgres types a CRM field can land as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PgType {
+    Text,
+    Numeric,
+    BigInt,
+    Boolean,
+    Date,
+    TimestampTz,
+    Time,
+    Jsonb,
+}
+
+impl PgType {
+    pub fn sql_name(self) -> &'static str {
+        match self {
+            PgType::Text => "text",
+            PgType::Numeric => "numeric",
+            PgType::BigInt => "bigint",
+            PgType::Boolean => "boolean",
+            PgType::Date => "date",
+            PgType::TimestampTz => "timestamptz",
+            PgType::Time => "time",
+            PgType::Jsonb => "jsonb",
+        }
+    }
+
+    /// From `format_type()` output of an existing column. Types we do not
+    /// produce ourselves (a user altered the column) are written as text and
+    /// cast by Postgres.
+    pub fn from_sql_name(name: &str) -> PgType {
+        match name {
+            "numeric" => PgType::Numeric,
+            "bigint" => PgType::BigInt,
+            "boolean" => PgType::Boolean,
+            "date" => PgType::Date,
+            "timestamp with time zone" | "timestamptz" => PgType::TimestampTz,
+            "time without time zone" | "time" => PgType::Time,
+            "jsonb" => PgType::Jsonb,
+            _ => PgType::Text,
+        }
+    }
+
+    /// Convert a JSON value from the CRM into the text form Postgres accepts
+    /// for this type. `Ok(None)` is SQL NULL; `Err(())` means the value does
+    /// not fit (the caller keeps it in `_raw` and records a warning).
+    #[allow(clippy::result_unit_err)]
+    pub fn coerce(self, v: &Value) -> Result<Option<String>, ()> {
+        let s = match v {
+            Value::Null => return Ok(None),
+            Value::String(s) => s.as_str(),
+            Value::Bool(b) => {
+                return match self {
+                    PgType::Boolean | PgType::Text => Ok(Some(b.to_string())),
+                    PgType::Jsonb => Ok(Some(v.to_string())),
+                    _ => Err(()),
+                }
+            }
+            Value::Number(n) => {
+                return match self {
+                    PgType::Text | PgType::Numeric | PgType::Jsonb => Ok(Some(n.to_string())),
+                    PgType::BigInt => n.as_i64().map(|i| Some(i.to_string())).ok_or(()),
+                    PgType::TimestampTz => n
+                        .as_i64()
+                        .and_then(epoch_ms)
+                        .map(|d| Some(fmt_ts(d)))
+                        .ok_or(()),
+                    _ => Err(()),
+                }
+            }
+            Value::Array(_) | Value::Object(_) => {
+                return match self {
+                    PgType::Text | PgType::Jsonb => Ok(Some(v.to_string())),
+                    _ => Err(()),
+                }
+            }
+        };
+        if self == PgType::Text {
+            return Ok(Some(s.to_owned()));
+        }
+        if self == PgType::Jsonb {
+            return Ok(Some(Value::String(s.to_owned()).to_string()));
+        }
+        let s = s.trim();
+        if s.is_empty() {
+            return Ok(None);
+        }
+        match self {
+            PgType::Numeric => is_numeric(s).then(|| Some(s.to_owned())).ok_or(()),
+            PgType::BigInt => s
+                .parse::<i64>()
+                .map(|i| Some(i.to_string()))
+                .map_err(|_| ()),
+            PgType::Boolean => match s.to_ascii_lowercase().as_str() {
+                "true" | "1" => Ok(Some("true".into())),
+                "false" | "0" => Ok(Some("false".into())),
+                _ => Err(()),
+            },
+            PgType::Date => parse_date(s)
+                .map(|d| Some(d.format("%Y-%m-%d").to_string()))
+                .ok_or(()),
+            PgType::TimestampTz => parse_datetime(s).map(|d| Some(fmt_ts(d))).ok_or(()),
+            PgType::Time => chrono::NaiveTime::parse_from_str(s, "%H:%M:%S%.f")
+                .or_else(|_| {
+                    chrono::NaiveTime::parse_from_str(s.trim_end_matches('Z'), "%H:%M:%S%.f")
+                })
+                .map(|t| Some(t.format("%H:%M:%S%.f").to_string()))
+                .map_err(|_| ()),
+            PgType::Text | PgType::Jsonb => unreachable!("handled above"),
+        }
+    }
+}
+
+/// Postgres `numeric` input syntax, without NaN and infinities (a CRM sending
+/// those means bad data, not a number).
+fn is_numeric(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut i = 0;
+    if i < b.len() && (b[i] == b'+' || b[i] == b'-') {
+        i += 1;
+    }
+    let int_start = i;
+    while i < b.len() && b[i].is_ascii_digit() {
+        i += 1;
+    }
+    let mut digits = i - int_start;
+    if i < b.len() && b[i] == b'.' {
+        i += 1;
+        let frac_start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        digits += i - frac_start;
+    }
+    if digits == 0 {
+        return false;
+    }
+    if i < b.len() && (b[i] == b'e' || b[i] == b'E') {
+        i += 1;
+        if i < b.len() && (b[i] == b'+' || b[i] == b'-') {
+            i += 1;
+        }
+        let exp_start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == exp_start || i - exp_start > 4 {
+            return false;
+        }
+    }
+    i == b.len()
+}
+
+fn epoch_ms(ms: i64) -> Option<DateTime<Utc>> {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+}
+
+/// The canonical text form we write and store as watermarks: UTC, milliseconds.
+pub fn fmt_ts(d: DateTime<Utc>) -> String {
+    d.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Datetimes as CRMs send them: RFC 3339 (`2024-03-01T12:00:00.000Z`),
+/// Salesforce's offset without colon (`2024-03-01T12:00:00.000+0000`), or
+/// epoch milliseconds (older HubSpot properties).
+pub fn parse_datetime(s: &str) -> Option<DateTime<Utc>> {
+    if let Ok(d) = DateTime::parse_from_rfc3339(s) {
+        return Some(d.with_timezone(&Utc));
+    }
+    if let Ok(d) = DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f%z") {
+        return Some(d.with_timezone(&Utc));
+    }
+    if !s.is_empty() && s.len() <= 15 && s.bytes().all(|c| c.is_ascii_digit()) {
+        return s.parse().ok().and_then(epoch_ms);
+    }
+    None
+}
+
+fn parse_date(s: &str) -> Option<NaiveDate> {
+    if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Some(d);
+    }
+    // HubSpot date properties may arrive as midnight UTC datetimes or epoch ms.
+    parse_datetime(s).map(|d| d.date_naive())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn numbers() {
+        for ok in ["1", "-1.5", "+.5", "3.", "1e10", "12345678901234567890.123"] {
+            assert_eq!(
+                PgType::Numeric.coerce(&json!(ok)),
+                Ok(Some(ok.to_string())),
+                "{ok}"
+            );
+        }
+        for bad in ["n/a", "1,5", ".", "1e", "NaN", "Infinity", "0x10", "1 2"] {
+            assert_eq!(PgType::Numeric.coerce(&json!(bad)), Err(()), "{bad}");
+        }
+        assert_eq!(PgType::Numeric.coerce(&json!("")), Ok(None));
+        assert_eq!(PgType::Numeric.coerce(&json!(2.5)), Ok(Some("2.5".into())));
+        assert_eq!(PgType::BigInt.coerce(&json!("42")), Ok(Some("42".into())));
+        assert_eq!(PgType::BigInt.coerce(&json!("4.2")), Err(()));
+    }
+
+    #[test]
+    fn datetimes_in_every_crm_shape_become_utc_millis() {
+        let want = Ok(Some("2024-03-01T12:00:00.000Z".to_string()));
+        assert_eq!(
+            PgType::TimestampTz.coerce(&json!("2024-03-01T12:00:00Z")),
+            want
+        );
+        assert_eq!(
+            PgType::TimestampTz.coerce(&json!("2024-03-01T13:00:00.000+01:00")),
+            want
+        );
+        assert_eq!(
+            PgType::TimestampTz.coerce(&json!("2024-03-01T12:00:00.000+0000")),
+            want
+        );
+        assert_eq!(PgType::TimestampTz.coerce(&json!("1709294400000")), want);
+        assert_eq!(PgType::TimestampTz.coerce(&json!("yesterday")), Err(()));
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(
+            PgType::Date.coerce(&json!("2020-02-29")),
+            Ok(Some("2020-02-29".into()))
+        );
+        assert_eq!(
+            PgType::Date.coerce(&json!("2020-02-29T00:00:00Z")),
+            Ok(Some("2020-02-29".into()))
+        );
+        assert_eq!(PgType::Date.coerce(&json!("31/02/2020")), Err(()));
+        assert_eq!(PgType::Date.coerce(&json!("2021-02-29")), Err(()));
+    }
+
+    #[test]
+    fn booleans_text_and_json() {
+        assert_eq!(
+            PgType::Boolean.coerce(&json!("TRUE")),
+            Ok(Some("true".into()))
+        );
+        assert_eq!(
+            PgType::Boolean.coerce(&json!(false)),
+            Ok(Some("false".into()))
+        );
+        assert_eq!(PgType::Boolean.coerce(&json!("maybe")), Err(()));
+        assert_eq!(
+            PgType::Text.coerce(&json!("  keep  ")),
+            Ok(Some("  keep  ".into()))
+        );
+        assert_eq!(PgType::Text.coerce(&json!(null)), Ok(None));
+        assert_eq!(
+            PgType::Jsonb.coerce(&json!({"a": 1})),
+            Ok(Some("{\"a\":1}".into()))
+        );
+        assert_eq!(PgType::Jsonb.coerce(&json!("x")), Ok(Some("\"x\"".into())));
+    }
+
+    #[test]
+    fn sql_names_round_trip() {
+        for t in [
+            PgType::Text,
+            PgType::Numeric,
+            PgType::BigInt,
+            PgType::Boolean,
+            PgType::Date,
+            PgType::TimestampTz,
+            PgType::Time,
+            PgType::Jsonb,
+        ] {
+            assert_eq!(PgType::from_sql_name(t.sql_name()), t);
+        }
+        assert_eq!(
+            PgType::from_sql_name("timestamp with time zone"),
+            PgType::TimestampTz
+        );
+    }
+}

@@ -1,0 +1,109 @@
+-- Creating, changing and dropping sources. Provider knowledge (which options
+-- and credentials exist, which streams a provider has) lives in Rust:
+-- crm_sync._check_source() and crm_sync._provider_streams().
+
+CREATE FUNCTION crm_sync.create_source(
+    name text,
+    provider text,
+    options jsonb DEFAULT '{}',
+    credentials jsonb DEFAULT '{}'
+) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF name IS NULL OR name !~ '^[a-z_][a-z0-9_]{0,62}$' OR name ~ '^pg_' THEN
+        RAISE EXCEPTION 'invalid source name %', coalesce(quote_literal(name), 'NULL')
+            USING ERRCODE = 'invalid_name',
+                  DETAIL = 'The name becomes the schema of the landing tables.',
+                  HINT = 'Use lower-case letters, digits and underscores, starting with a letter or underscore, at most 63 characters, not starting with pg_.';
+    END IF;
+    IF name IN ('crm_sync', 'crm', 'public', 'information_schema') THEN
+        RAISE EXCEPTION 'source name "%" is reserved', name
+            USING ERRCODE = 'invalid_name', HINT = 'Choose another name.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM crm_sync.sources s WHERE s.name = create_source.name) THEN
+        RAISE EXCEPTION 'source "%" already exists', name
+            USING ERRCODE = 'duplicate_object',
+                  HINT = 'Change it with crm_sync.alter_source(), or drop it first with crm_sync.drop_source().';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_namespace n WHERE n.nspname = create_source.name) THEN
+        RAISE EXCEPTION 'schema "%" already exists', name
+            USING ERRCODE = 'duplicate_schema',
+                  DETAIL = 'A source''s landing tables go into a schema of its own name.',
+                  HINT = 'Choose another source name.';
+    END IF;
+    -- Validates provider, options and credentials; raises with a hint if wrong.
+    PERFORM crm_sync._check_source(name, provider, coalesce(options, '{}'), coalesce(credentials, '{}'));
+
+    INSERT INTO crm_sync.sources (name, provider, options)
+        VALUES (name, provider, coalesce(options, '{}'));
+    INSERT INTO crm_sync.credentials (source, credentials)
+        VALUES (name, coalesce(credentials, '{}'));
+    INSERT INTO crm_sync.streams (source, stream, object)
+        SELECT create_source.name, p.stream, p.object FROM crm_sync._provider_streams(provider) p;
+    EXECUTE format('CREATE SCHEMA %I', name);
+    EXECUTE format('COMMENT ON SCHEMA %I IS %L', name,
+                   format('Landing tables of pg_crm_sync source %s (%s)', name, provider));
+END
+$fn$;
+COMMENT ON FUNCTION crm_sync.create_source(text, text, jsonb, jsonb) IS
+    'Register a CRM connection. name becomes the schema of its landing tables; provider is ''hubspot''; options and credentials are checked.';
+
+CREATE FUNCTION crm_sync.alter_source(
+    name text,
+    options jsonb DEFAULT NULL,
+    credentials jsonb DEFAULT NULL
+) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    src crm_sync.sources;
+    cred jsonb;
+    new_options jsonb;
+    new_credentials jsonb;
+BEGIN
+    SELECT * INTO src FROM crm_sync.sources s WHERE s.name = alter_source.name FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'source "%" does not exist', name
+            USING ERRCODE = 'undefined_object', HINT = 'See SELECT name FROM crm_sync.sources.';
+    END IF;
+    SELECT c.credentials INTO cred FROM crm_sync.credentials c WHERE c.source = alter_source.name FOR UPDATE;
+    -- Keys given replace old ones; a key given as null is removed.
+    new_options := jsonb_strip_nulls(src.options || coalesce(options, '{}'));
+    new_credentials := jsonb_strip_nulls(coalesce(cred, '{}') || coalesce(credentials, '{}'));
+    PERFORM crm_sync._check_source(name, src.provider, new_options, new_credentials);
+    UPDATE crm_sync.sources s SET options = new_options, updated_at = now() WHERE s.name = alter_source.name;
+    UPDATE crm_sync.credentials c SET credentials = new_credentials, updated_at = now() WHERE c.source = alter_source.name;
+END
+$fn$;
+COMMENT ON FUNCTION crm_sync.alter_source(text, jsonb, jsonb) IS
+    'Change a source''s options and/or credentials: given keys replace old ones, keys set to null are removed.';
+
+CREATE FUNCTION crm_sync.drop_source(name text, drop_data boolean DEFAULT false)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    DELETE FROM crm_sync.sources s WHERE s.name = drop_source.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'source "%" does not exist', name
+            USING ERRCODE = 'undefined_object', HINT = 'See SELECT name FROM crm_sync.sources.';
+    END IF;
+    IF drop_data THEN
+        EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', name);
+    ELSE
+        RAISE NOTICE 'source "%" dropped; its landing tables remain in schema "%"', name, name;
+    END IF;
+END
+$fn$;
+COMMENT ON FUNCTION crm_sync.drop_source(text, boolean) IS
+    'Forget a source (its streams, watermarks and credentials). drop_data => true also drops its schema and landing tables; run history stays in crm_sync.runs.';
+
+-- Managing sources and running syncs is for the extension owner and the roles
+-- it grants these functions to.
+REVOKE EXECUTE ON FUNCTION crm_sync.create_source(text, text, jsonb, jsonb) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION crm_sync.alter_source(text, jsonb, jsonb) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION crm_sync.drop_source(text, boolean) FROM PUBLIC;

@@ -1,0 +1,183 @@
+//! Reading and writing the extension's own tables (crm_sync.*) through SPI.
+
+use pgrx::prelude::*;
+use pgrx::JsonB;
+
+use crate::errors::Context;
+use crm_sync_core::CrmError;
+
+/// A source as stored, credentials included (read with the owner's rights).
+pub struct SourceRow {
+    pub name: String,
+    pub provider: String,
+    pub options: serde_json::Value,
+    pub credentials: serde_json::Value,
+}
+
+pub struct StreamRow {
+    pub stream: String,
+    pub object: String,
+    pub enabled: bool,
+    pub properties: Option<Vec<String>>,
+}
+
+pub fn load_source(name: &str) -> Option<SourceRow> {
+    Spi::connect(|c| {
+        let t = c
+            .select(
+                "SELECT s.provider, s.options, coalesce(c.credentials, '{}'::jsonb)
+                   FROM crm_sync.sources s LEFT JOIN crm_sync.credentials c ON c.source = s.name
+                  WHERE s.name = $1",
+                Some(1),
+                &[name.into()],
+            )
+            .expect("read crm_sync.sources");
+        if t.is_empty() {
+            return None;
+        }
+        let t = t.first();
+        let provider: String = t.get(1).ok().flatten().unwrap_or_default();
+        let options: JsonB = t
+            .get(2)
+            .ok()
+            .flatten()
+            .unwrap_or(JsonB(serde_json::json!({})));
+        let creds: JsonB = t
+            .get(3)
+            .ok()
+            .flatten()
+            .unwrap_or(JsonB(serde_json::json!({})));
+        Some(SourceRow {
+            name: name.to_owned(),
+            provider,
+            options: options.0,
+            credentials: creds.0,
+        })
+    })
+}
+
+pub fn load_streams(source: &str) -> Vec<StreamRow> {
+    Spi::connect(|c| {
+        let t = c
+            .select(
+                "SELECT stream, object, enabled, properties FROM crm_sync.streams WHERE source = $1 ORDER BY stream",
+                None,
+                &[source.into()],
+            )
+            .expect("read crm_sync.streams");
+        t.map(|r| StreamRow {
+            stream: r.get(1).ok().flatten().unwrap_or_default(),
+            object: r.get(2).ok().flatten().unwrap_or_default(),
+            enabled: r.get(3).ok().flatten().unwrap_or(true),
+            properties: r.get::<Vec<String>>(4).ok().flatten(),
+        })
+        .collect()
+    })
+}
+
+pub fn load_watermark(source: &str, stream: &str) -> Option<String> {
+    Spi::get_one_with_args::<String>(
+        "SELECT cursor FROM crm_sync.watermarks WHERE source = $1 AND stream = $2",
+        &[source.into(), stream.into()],
+    )
+    .ok()
+    .flatten()
+}
+
+pub fn save_watermark(source: &str, stream: &str, cursor: &str, run_id: i64) {
+    Spi::run_with_args(
+        "INSERT INTO crm_sync.watermarks (source, stream, cursor, updated_at, run_id)
+         VALUES ($1, $2, $3, now(), $4)
+         ON CONFLICT (source, stream) DO UPDATE
+            SET cursor = EXCLUDED.cursor, updated_at = EXCLUDED.updated_at, run_id = EXCLUDED.run_id",
+        &[source.into(), stream.into(), cursor.into(), run_id.into()],
+    )
+    .expect("write crm_sync.watermarks");
+}
+
+pub fn next_run_id() -> i64 {
+    Spi::get_one::<i64>("SELECT nextval('crm_sync.runs_run_id_seq')")
+        .ok()
+        .flatten()
+        .expect("nextval for crm_sync.runs")
+}
+
+/// Only one sync of a stream at a time, in any session. Held until the
+/// transaction ends, so the rows and watermark it writes are committed first.
+pub fn lock_stream(source: &str, stream: &str, ctx: &Context) {
+    let got = Spi::get_one_with_args::<bool>(
+        "SELECT pg_try_advisory_xact_lock(hashtextextended('crm_sync/' || $1 || '/' || $2, 0))",
+        &[source.into(), stream.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    if !got {
+        let e = CrmError::config("another session is already syncing this stream");
+        pgrx::pg_sys::panic::ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
+            crate::errors::message(&e, ctx),
+            "pg_crm_sync",
+        )
+        .set_hint("Wait for it to finish (see pg_stat_activity), then sync again.")
+        .report(PgLogLevel::ERROR);
+    }
+}
+
+/// One finished run, as recorded in crm_sync.runs.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RunRecord {
+    pub run_id: i64,
+    pub source: String,
+    pub stream: String,
+    pub mode: String,
+    pub status: String,
+    /// Epoch microseconds.
+    pub started_at_us: i64,
+    pub finished_at_us: i64,
+    pub records: i64,
+    pub records_deleted: i64,
+    pub bytes: i64,
+    pub api_calls: i64,
+    pub warnings: i64,
+    pub warning_samples: Vec<String>,
+    pub watermark: Option<String>,
+    pub error: Option<String>,
+    pub error_sqlstate: Option<String>,
+}
+
+pub fn insert_run(r: &RunRecord) {
+    Spi::run_with_args(
+        "INSERT INTO crm_sync.runs (run_id, source, stream, mode, status, started_at, finished_at,
+                                    records, records_deleted, bytes, api_calls, warnings, warning_samples,
+                                    watermark, error, error_sqlstate)
+         VALUES ($1, $2, $3, $4, $5, to_timestamp($6 / 1e6), to_timestamp($7 / 1e6),
+                 $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+        &[
+            r.run_id.into(),
+            r.source.as_str().into(),
+            r.stream.as_str().into(),
+            r.mode.as_str().into(),
+            r.status.as_str().into(),
+            (r.started_at_us as f64).into(),
+            (r.finished_at_us as f64).into(),
+            r.records.into(),
+            r.records_deleted.into(),
+            r.bytes.into(),
+            r.api_calls.into(),
+            r.warnings.into(),
+            (!r.warning_samples.is_empty()).then(|| r.warning_samples.clone()).into(),
+            r.watermark.clone().into(),
+            r.error.clone().into(),
+            r.error_sqlstate.clone().into(),
+        ],
+    )
+    .expect("write crm_sync.runs");
+}
+
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or_default()
+}

@@ -1,0 +1,56 @@
+//! pg_crm_sync: keep PostgreSQL tables in sync with CRMs.
+//!
+//! This crate is the Postgres side: settings, the SQL API, the catalog and the
+//! SPI writer. The engine, connectors and HTTP layer live in `crates/core`
+//! (`crm_sync_core`), which has no pgrx in it.
+
+use pgrx::prelude::*;
+
+mod catalog;
+mod errors;
+mod failed_run;
+mod gucs;
+mod landing;
+mod sql_api;
+
+::pgrx::pg_module_magic!();
+
+pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+pgrx::extension_sql_file!(
+    "../sql/sources.sql",
+    name = "sources",
+    requires = [sql_api::check_source, sql_api::provider_streams]
+);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::init();
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+mod tests;
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}
+
+pgrx::extension_sql!(
+    r#"
+REVOKE EXECUTE ON FUNCTION crm_sync.sync(text, text, boolean) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION crm_sync.discover(text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION crm_sync._check_source(text, text, jsonb, jsonb) FROM PUBLIC;
+COMMENT ON FUNCTION crm_sync.sync(text, text, boolean) IS
+    'Sync one stream (or every enabled stream) of a source in this transaction; returns one row per stream. Rows and watermark commit together.';
+COMMENT ON FUNCTION crm_sync.discover(text, text) IS
+    'The properties of a stream''s CRM object, the column type each lands as, and whether it is synced.';
+"#,
+    name = "grants",
+    finalize
+);

@@ -1,0 +1,448 @@
+//! `crm_sync.sync()` and `crm_sync.discover()`.
+
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::time::Instant;
+
+use pgrx::datum::{Interval, TimestampWithTimeZone};
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::prelude::*;
+
+use crate::catalog::{self, RunRecord, SourceRow, StreamRow};
+use crate::errors::{self, Context, OrRaise};
+use crate::failed_run;
+use crate::gucs;
+use crate::landing::{self, Column, SpiSink};
+use crm_sync_core::config::{Provider, SourceConfig};
+use crm_sync_core::connectors::hubspot::{self, HubSpot, HubSpotReader};
+use crm_sync_core::connectors::{column_name, Field, SyncMode};
+use crm_sync_core::engine;
+use crm_sync_core::http::HttpClient;
+use crm_sync_core::runtime::block_on_interruptible;
+use crm_sync_core::types::parse_datetime;
+use crm_sync_core::CrmError;
+
+type SyncRow = (
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    Interval,
+    Option<TimestampWithTimeZone>,
+    i64,
+);
+
+/// Sync one stream, or every enabled stream, of `source` in this transaction.
+/// The rows and the new watermark commit together; on any error nothing of
+/// the failing stream is kept, the failed run is recorded, and an ERROR names
+/// the source and stream.
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+pub fn sync(
+    source: &str,
+    stream: default!(Option<&str>, "NULL"),
+    full_refresh: default!(bool, false),
+) -> TableIterator<
+    'static,
+    (
+        name!(stream, String),
+        name!(mode, String),
+        name!(status, String),
+        name!(records_upserted, i64),
+        name!(records_deleted, i64),
+        name!(api_calls, i64),
+        name!(bytes_received, i64),
+        name!(warnings, i64),
+        name!(duration, Interval),
+        name!(watermark, Option<TimestampWithTimeZone>),
+        name!(run_id, i64),
+    ),
+> {
+    let (src, cfg, ctx) = load(source);
+    let streams = catalog::load_streams(source);
+    let chosen: Vec<&StreamRow> = match stream {
+        Some(name) => match streams.iter().find(|s| s.stream == name) {
+            Some(s) => vec![s],
+            None => {
+                let known: Vec<&str> = streams.iter().map(|s| s.stream.as_str()).collect();
+                errors::raise(
+                    &CrmError::config(format!("stream \"{name}\" does not exist"))
+                        .with_hint(format!("Streams of this source: {}.", known.join(", "))),
+                    &ctx,
+                )
+            }
+        },
+        None => streams.iter().filter(|s| s.enabled).collect(),
+    };
+    let mut rows = Vec::new();
+    for s in chosen {
+        rows.push(sync_stream_guarded(&src, &cfg, s, full_refresh, &ctx));
+    }
+    TableIterator::new(rows)
+}
+
+/// The fields of a stream's object, what they land as, and whether they are
+/// synced now.
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+pub fn discover(
+    source: &str,
+    stream: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(property, String),
+        name!(label, String),
+        name!(crm_type, String),
+        name!(column_type, String),
+        name!(custom, bool),
+        name!(selected, bool),
+    ),
+> {
+    let (_src, cfg, mut ctx) = load(source);
+    ctx.stream = Some(stream.to_owned());
+    let streams = catalog::load_streams(source);
+    let Some(s) = streams.iter().find(|s| s.stream == stream) else {
+        errors::raise(
+            &CrmError::config(format!("stream \"{stream}\" does not exist")),
+            &ctx,
+        )
+    };
+    let http = HttpClient::new(cfg.http.clone()).or_raise(&ctx);
+    let fields = fetch_fields(&http, &cfg, &s.object).or_raise(&ctx);
+    let selected = select_fields(s, &fields).or_raise(&ctx);
+    let rows: Vec<_> = fields
+        .into_iter()
+        .map(|f| {
+            let sel = selected.iter().any(|c| c.property == f.name);
+            (
+                f.name,
+                f.label,
+                f.crm_type,
+                f.pg_type.sql_name().to_owned(),
+                f.custom,
+                sel,
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
+}
+
+fn load(source: &str) -> (SourceRow, SourceConfig, Context) {
+    let mut ctx = Context {
+        source: Some(source.to_owned()),
+        ..Default::default()
+    };
+    let Some(src) = catalog::load_source(source) else {
+        pgrx::pg_sys::panic::ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("source \"{source}\" does not exist"),
+            "pg_crm_sync",
+        )
+        .set_hint("Create it with crm_sync.create_source(); see SELECT name FROM crm_sync.sources.")
+        .report(PgLogLevel::ERROR);
+        unreachable!()
+    };
+    ctx.secrets = super::secret_strings(&src.credentials);
+    let cfg = SourceConfig::parse(
+        &src.provider,
+        &src.options,
+        &src.credentials,
+        gucs::ALLOW_INSECURE_HTTP.get(),
+    )
+    .map_err(|e| e.with_hint("Fix the source with crm_sync.alter_source()."))
+    .or_raise(&ctx);
+    (src, cfg, ctx)
+}
+
+fn fetch_fields(
+    http: &HttpClient,
+    cfg: &SourceConfig,
+    object: &str,
+) -> Result<Vec<Field>, CrmError> {
+    match cfg.provider {
+        Provider::HubSpot => {
+            let api = HubSpot::new(http, &cfg.base_url, &cfg.access_token)?;
+            block_on_interruptible(api.properties(object), &mut check_interrupts)
+        }
+    }
+}
+
+/// The properties a stream syncs: its list, `{*}` for all, or the defaults.
+fn select_fields(s: &StreamRow, fields: &[Field]) -> Result<Vec<Column>, CrmError> {
+    let col = |f: &Field| Column {
+        property: f.name.clone(),
+        column: column_name(&f.name),
+        pg_type: f.pg_type,
+    };
+    match &s.properties {
+        Some(list) if list.iter().any(|p| p == "*") => Ok(fields.iter().map(col).collect()),
+        Some(list) => list
+            .iter()
+            .map(|p| {
+                fields.iter().find(|f| &f.name == p).map(col).ok_or_else(|| {
+                    CrmError::config(format!("property \"{p}\" does not exist on {}", s.object)).with_hint(
+                        "See crm_sync.discover(source, stream) for the properties, and fix crm_sync.streams.properties.",
+                    )
+                })
+            })
+            .collect(),
+        None => {
+            let defaults = hubspot::STREAMS.iter().find(|d| d.object == s.object).map(|d| d.properties).unwrap_or(&[]);
+            Ok(fields.iter().filter(|f| defaults.contains(&f.name.as_str())).map(col).collect())
+        }
+    }
+}
+
+/// Run one stream inside a subtransaction; on failure roll it back, record
+/// the failed run outside the transaction, and raise.
+fn sync_stream_guarded(
+    src: &SourceRow,
+    cfg: &SourceConfig,
+    s: &StreamRow,
+    full_refresh: bool,
+    ctx: &Context,
+) -> SyncRow {
+    let mut ctx = ctx.clone();
+    ctx.stream = Some(s.stream.clone());
+    catalog::lock_stream(&src.name, &s.stream, &ctx);
+    let watermark = if full_refresh {
+        None
+    } else {
+        catalog::load_watermark(&src.name, &s.stream)
+    };
+    let mode = if watermark.is_some() {
+        "incremental"
+    } else {
+        "full"
+    };
+    let run_id = catalog::next_run_id();
+    let started_us = catalog::now_us();
+    let started = Instant::now();
+    let mut progress = Progress::default();
+
+    // SAFETY: the standard subtransaction dance of PL/pgSQL's exception blocks.
+    let (old_cxt, old_owner) =
+        unsafe { (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner) };
+    unsafe {
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(old_cxt);
+    }
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        sync_stream(src, cfg, s, watermark.clone(), run_id, &mut progress)
+    }));
+    let restore = || unsafe {
+        pg_sys::MemoryContextSwitchTo(old_cxt);
+        pg_sys::CurrentResourceOwner = old_owner;
+    };
+    let mut run = RunRecord {
+        run_id,
+        source: src.name.clone(),
+        stream: s.stream.clone(),
+        mode: mode.to_owned(),
+        status: "succeeded".to_owned(),
+        started_at_us: started_us,
+        finished_at_us: 0,
+        records: 0,
+        records_deleted: 0,
+        bytes: progress.bytes as i64,
+        api_calls: progress.api_calls as i64,
+        warnings: 0,
+        warning_samples: vec![],
+        watermark: None,
+        error: None,
+        error_sqlstate: None,
+    };
+    match result {
+        Ok(Ok(done)) => {
+            unsafe { pg_sys::ReleaseCurrentSubTransaction() };
+            restore();
+            run.finished_at_us = catalog::now_us();
+            run.records = done.outcome.stats.upserted as i64;
+            run.records_deleted = done.outcome.stats.deleted as i64;
+            run.warnings = done.outcome.stats.warnings as i64;
+            run.warning_samples = done.warning_samples;
+            run.watermark = done.outcome.watermark.clone();
+            run.api_calls = done.api_calls as i64;
+            run.bytes = done.bytes as i64;
+            if let Some(w) = &run.watermark {
+                catalog::save_watermark(&src.name, &s.stream, w, run_id);
+            }
+            catalog::insert_run(&run);
+            if run.warnings > 0 {
+                pgrx::warning!(
+                    "{}.{}: {} values did not fit their columns and were kept in _raw only; see crm_sync.runs (run_id {})",
+                    src.name,
+                    s.stream,
+                    run.warnings,
+                    run_id
+                );
+            }
+            let micros = started.elapsed().as_micros() as i64;
+            (
+                s.stream.clone(),
+                mode.to_owned(),
+                run.status,
+                run.records,
+                run.records_deleted,
+                run.api_calls,
+                run.bytes,
+                run.warnings,
+                Interval::from_micros(micros),
+                run.watermark.as_deref().and_then(to_timestamptz),
+                run_id,
+            )
+        }
+        failed => {
+            unsafe {
+                pg_sys::MemoryContextSwitchTo(old_cxt);
+                pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            }
+            restore();
+            run.finished_at_us = catalog::now_us();
+            run.api_calls = progress.api_calls as i64;
+            run.bytes = progress.bytes as i64;
+            let (status, message, code, rethrow) = match failed {
+                Ok(Err(e)) => {
+                    let r = errors::report(&e, &ctx);
+                    (
+                        "failed",
+                        errors::message(&e, &ctx),
+                        errors::sqlstate(e.kind),
+                        Rethrow::Report(r),
+                    )
+                }
+                Err(panic) => match panic.downcast::<CaughtError>() {
+                    Ok(caught) => {
+                        let (msg, code) = match caught.as_ref() {
+                            CaughtError::PostgresError(r)
+                            | CaughtError::ErrorReport(r)
+                            | CaughtError::RustPanic { ereport: r, .. } => {
+                                (errors::scrub(r.message(), &ctx.secrets), r.sql_error_code())
+                            }
+                        };
+                        let status = if code == PgSqlErrorCode::ERRCODE_QUERY_CANCELED {
+                            "cancelled"
+                        } else {
+                            "failed"
+                        };
+                        (status, msg, code, Rethrow::Caught(caught))
+                    }
+                    Err(other) => (
+                        "failed",
+                        "internal error".to_owned(),
+                        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                        Rethrow::Panic(other),
+                    ),
+                },
+                Ok(Ok(_)) => unreachable!("handled above"),
+            };
+            run.status = status.to_owned();
+            run.error = Some(message);
+            run.error_sqlstate = Some(errors::sqlstate_text(code));
+            failed_run::record(&run);
+            match rethrow {
+                Rethrow::Report(r) => {
+                    r.report(PgLogLevel::ERROR);
+                    unreachable!()
+                }
+                Rethrow::Caught(c) => c.rethrow(),
+                Rethrow::Panic(p) => resume_unwind(p),
+            }
+        }
+    }
+}
+
+enum Rethrow {
+    Report(pgrx::pg_sys::panic::ErrorReport),
+    Caught(Box<CaughtError>),
+    Panic(Box<dyn std::any::Any + Send>),
+}
+
+/// Counters kept outside the subtransaction so a failed run still reports them.
+#[derive(Default)]
+struct Progress {
+    api_calls: u64,
+    bytes: u64,
+}
+
+struct Done {
+    outcome: engine::Outcome,
+    warning_samples: Vec<String>,
+    api_calls: u64,
+    bytes: u64,
+}
+
+fn sync_stream(
+    src: &SourceRow,
+    cfg: &SourceConfig,
+    s: &StreamRow,
+    watermark: Option<String>,
+    run_id: i64,
+    progress: &mut Progress,
+) -> Result<Done, CrmError> {
+    let http = HttpClient::new(cfg.http.clone())?;
+    // Copies the counters out even when a cancel unwinds through here.
+    let _counters = Counters {
+        http: &http,
+        out: progress,
+    };
+    let fields = fetch_fields(&http, cfg, &s.object)?;
+    let wanted = select_fields(s, &fields)?;
+    let columns = landing::ensure_table(&src.name, &s.stream, &wanted)?;
+    let props: Vec<String> = columns.iter().map(|c| c.property.clone()).collect();
+    let mut sink = SpiSink::new(&src.name, &s.stream, columns, run_id);
+    let mode = match watermark {
+        Some(w) => SyncMode::Incremental { watermark: w },
+        None => SyncMode::Full,
+    };
+    let batch = gucs::BATCH_SIZE.get().max(1) as usize;
+    let outcome = match cfg.provider {
+        Provider::HubSpot => {
+            let api = HubSpot::new(&http, &cfg.base_url, &cfg.access_token)?;
+            let lookback_ms = cfg.lookback.as_millis() as i64;
+            let mut reader = HubSpotReader::new(
+                &api,
+                &s.object,
+                &props,
+                &mode,
+                lookback_ms,
+                cfg.track_deletes,
+            )?;
+            engine::run(&mut reader, &mut sink, batch, &mut check_interrupts)?
+        }
+    };
+    Ok(Done {
+        outcome,
+        warning_samples: std::mem::take(&mut sink.warning_samples),
+        api_calls: http.api_calls(),
+        bytes: http.bytes_received(),
+    })
+}
+
+struct Counters<'a> {
+    http: &'a HttpClient,
+    out: &'a mut Progress,
+}
+
+impl Drop for Counters<'_> {
+    fn drop(&mut self) {
+        self.out.api_calls = self.http.api_calls();
+        self.out.bytes = self.http.bytes_received();
+    }
+}
+
+fn to_timestamptz(s: &str) -> Option<TimestampWithTimeZone> {
+    // Postgres epoch is 2000-01-01.
+    const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
+    let d = parse_datetime(s)?;
+    TimestampWithTimeZone::try_from(d.timestamp_micros() - PG_EPOCH_OFFSET_US).ok()
+}
+
+/// Lets Postgres act on a cancel or statement timeout (raises if pending).
+fn check_interrupts() {
+    pgrx::check_for_interrupts!();
+}

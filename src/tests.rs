@@ -1,0 +1,145 @@
+//! In-database tests of the SQL API that need no CRM: run by `cargo pgrx test`.
+//! End-to-end syncs against the mock live in tests/e2e.
+
+#[pgrx::pg_schema]
+#[allow(clippy::module_inception)]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn create_demo() {
+        Spi::run(
+            "SELECT crm_sync.create_source('hs', 'hubspot', '{\"base_url\": \"http://127.0.0.1:9\"}', '{\"access_token\": \"pat-secret-123\"}')",
+        )
+        .unwrap();
+    }
+
+    #[pg_test]
+    fn create_source_registers_streams_and_schema() {
+        create_demo();
+        let streams = Spi::get_one::<String>("SELECT string_agg(stream, ',' ORDER BY stream) FROM crm_sync.streams WHERE source = 'hs'")
+            .unwrap()
+            .unwrap();
+        assert_eq!(streams, "companies,contacts,deals");
+        assert_eq!(
+            Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'hs')")
+                .unwrap(),
+            Some(true)
+        );
+    }
+
+    #[pg_test(error = "source \"hs\" already exists")]
+    fn duplicate_source_is_an_error() {
+        create_demo();
+        create_demo();
+    }
+
+    #[pg_test(error = "invalid source name 'Bad-Name'")]
+    fn bad_source_name_is_an_error() {
+        Spi::run("SELECT crm_sync.create_source('Bad-Name', 'hubspot', '{}', '{\"access_token\": \"x\"}')").unwrap();
+    }
+
+    #[pg_test(error = "source \"x\": unknown provider \"hubspott\"")]
+    fn unknown_provider_is_an_error() {
+        Spi::run("SELECT crm_sync.create_source('x', 'hubspott', '{}', '{}')").unwrap();
+    }
+
+    #[pg_test(error = "source \"x\": provider hubspot needs credentials.access_token")]
+    fn missing_credentials_is_an_error() {
+        Spi::run("SELECT crm_sync.create_source('x', 'hubspot', '{}', '{}')").unwrap();
+    }
+
+    #[pg_test(
+        error = "source \"x\": plain http:// is only allowed to loopback addresses, not to example.com"
+    )]
+    fn insecure_http_is_refused() {
+        Spi::run("SELECT crm_sync.create_source('x', 'hubspot', '{\"base_url\": \"http://example.com\"}', '{\"access_token\": \"t\"}')").unwrap();
+    }
+
+    #[pg_test(error = "source \"nope\" does not exist")]
+    fn sync_of_unknown_source_is_an_error() {
+        Spi::run("SELECT * FROM crm_sync.sync('nope')").unwrap();
+    }
+
+    #[pg_test(error = "source \"hs\": stream \"tickets\" does not exist")]
+    fn sync_of_unknown_stream_is_an_error() {
+        create_demo();
+        Spi::run("SELECT * FROM crm_sync.sync('hs', 'tickets')").unwrap();
+    }
+
+    #[pg_test]
+    fn alter_source_merges_and_drop_source_keeps_or_drops_data() {
+        create_demo();
+        Spi::run("SELECT crm_sync.alter_source('hs', options => '{\"lookback_seconds\": 5}')")
+            .unwrap();
+        let o =
+            Spi::get_one::<pgrx::JsonB>("SELECT options FROM crm_sync.sources WHERE name = 'hs'")
+                .unwrap()
+                .unwrap();
+        assert_eq!(
+            o.0,
+            serde_json::json!({"base_url": "http://127.0.0.1:9", "lookback_seconds": 5})
+        );
+        Spi::run("SELECT crm_sync.alter_source('hs', options => '{\"lookback_seconds\": null}')")
+            .unwrap();
+        let o =
+            Spi::get_one::<pgrx::JsonB>("SELECT options FROM crm_sync.sources WHERE name = 'hs'")
+                .unwrap()
+                .unwrap();
+        assert_eq!(o.0, serde_json::json!({"base_url": "http://127.0.0.1:9"}));
+        Spi::run("CREATE TABLE hs.keepme (x int)").unwrap();
+        Spi::run("SELECT crm_sync.drop_source('hs')").unwrap();
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM crm_sync.streams WHERE source = 'hs'")
+                .unwrap(),
+            Some(0)
+        );
+        assert_eq!(
+            Spi::get_one::<bool>("SELECT to_regclass('hs.keepme') IS NOT NULL").unwrap(),
+            Some(true)
+        );
+        create_demo_again_after_drop();
+    }
+
+    fn create_demo_again_after_drop() {
+        // The schema is still there, so the name is taken until the data goes.
+        let r = Spi::run("DROP SCHEMA hs CASCADE");
+        assert!(r.is_ok());
+        create_demo();
+        Spi::run("SELECT crm_sync.drop_source('hs', drop_data => true)").unwrap();
+        assert_eq!(
+            Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'hs')")
+                .unwrap(),
+            Some(false)
+        );
+    }
+
+    #[pg_test]
+    fn catalog_tables_are_dumped_with_pg_dump() {
+        let dumped = Spi::get_one::<String>(
+            "SELECT string_agg(c::regclass::text, ',' ORDER BY c::regclass::text)
+               FROM pg_extension e, unnest(e.extconfig) c WHERE e.extname = 'pg_crm_sync'",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            dumped,
+            "crm_sync.credentials,crm_sync.runs,crm_sync.runs_run_id_seq,crm_sync.sources,crm_sync.streams,crm_sync.watermarks"
+        );
+    }
+
+    #[pg_test]
+    fn credentials_are_hidden_from_other_roles() {
+        create_demo();
+        Spi::run("CREATE ROLE crm_reader").unwrap();
+        Spi::run("SET ROLE crm_reader").unwrap();
+        let sources = Spi::get_one::<i64>("SELECT count(*) FROM crm_sync.sources").unwrap();
+        assert_eq!(sources, Some(1), "sources are readable");
+        let can_read =
+            Spi::get_one::<bool>("SELECT has_table_privilege('crm_sync.credentials', 'SELECT')")
+                .unwrap();
+        assert_eq!(can_read, Some(false));
+        let can_sync = Spi::get_one::<bool>("SELECT has_function_privilege('crm_sync.create_source(text,text,jsonb,jsonb)', 'EXECUTE')").unwrap();
+        assert_eq!(can_sync, Some(false));
+        Spi::run("RESET ROLE").unwrap();
+    }
+}

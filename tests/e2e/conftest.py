@@ -1,0 +1,169 @@
+"""End-to-end fixtures: a real PostgreSQL 15 cluster with pg_crm_sync installed,
+and the HubSpot mock, both on 127.0.0.1.
+
+scripts/test.sh builds and installs the extension and the mock before pytest
+runs; these fixtures only start and stop processes.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+MOCK_BIN = Path(os.environ.get("CRM_MOCK_BIN", ROOT / "target" / "release" / "crm-mock"))
+TOKEN = "pat-na1-11111111-2222-3333-4444-555555555555"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def pg_cluster(tmp_path_factory):
+    """A cluster of our own, removed at the end of the session."""
+    base = Path(os.environ.get("CRM_E2E_DIR", "/tmp")) / f"crm_sync_e2e_{os.getpid()}"
+    port = free_port()
+    subprocess.run(
+        [str(ROOT / "scripts" / "pg.sh"), "start", str(base), str(port),
+         "fsync = off", "full_page_writes = off", "synchronous_commit = off"],
+        check=True,
+    )
+    try:
+        yield {"host": "127.0.0.1", "port": port, "user": "postgres", "dir": base}
+    finally:
+        subprocess.run([str(ROOT / "scripts" / "pg.sh"), "stop", str(base)], check=False)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def dbname(pg_cluster):
+    """A fresh database with the extension, dropped after the test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(host=pg_cluster["host"], port=pg_cluster["port"], user="postgres",
+                         dbname="postgres", autocommit=True) as c:
+        c.execute(f"CREATE DATABASE {name}")
+    with psycopg.connect(host=pg_cluster["host"], port=pg_cluster["port"], user="postgres",
+                         dbname=name, autocommit=True) as c:
+        c.execute("CREATE EXTENSION pg_crm_sync")
+    yield name
+    with psycopg.connect(host=pg_cluster["host"], port=pg_cluster["port"], user="postgres",
+                         dbname="postgres", autocommit=True) as c:
+        c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def connect(pg_cluster, dbname):
+    """connect() -> a new autocommit connection to the test database."""
+    conns = []
+
+    def _connect(**kw):
+        kw.setdefault("autocommit", True)
+        c = psycopg.connect(host=pg_cluster["host"], port=pg_cluster["port"],
+                            user=kw.pop("user", "postgres"), dbname=dbname, **kw)
+        conns.append(c)
+        return c
+
+    yield _connect
+    for c in conns:
+        c.close()
+
+
+@pytest.fixture
+def db(connect):
+    return connect()
+
+
+class Mock:
+    """A running crm-mock hubspot process and its admin API."""
+
+    def __init__(self, proc, port):
+        self.proc = proc
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+
+    def admin(self, method, path, body=None):
+        r = requests.request(method, self.url + path, json=body, timeout=30)
+        r.raise_for_status()
+        return r.json() if r.content else None
+
+    def upsert(self, obj, records, timestamp_ms=None):
+        body = {"records": records}
+        if timestamp_ms is not None:
+            body["timestamp_ms"] = timestamp_ms
+        return self.admin("POST", f"/_mock/{obj}/upsert", body)["records"]
+
+    def archive(self, obj, ids):
+        return self.admin("POST", f"/_mock/{obj}/archive", {"ids": [str(i) for i in ids]})
+
+    def fault(self, **rule):
+        self.admin("POST", "/_mock/faults", {"rules": [rule]})
+
+    def clear_faults(self):
+        self.admin("DELETE", "/_mock/faults")
+
+    def hook(self, path_contains, skip, action):
+        self.admin("POST", "/_mock/hooks", {"path_contains": path_contains, "skip": skip, "action": action})
+
+    def stats(self):
+        return self.admin("GET", "/_mock/stats")
+
+    def reset_stats(self):
+        self.admin("POST", "/_mock/reset_stats")
+
+
+def start_mock(*args):
+    proc = subprocess.Popen([str(MOCK_BIN), "hubspot", "--port", "0", "--token", TOKEN, *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.time() + 20
+    line = proc.stdout.readline()
+    if not line.startswith("listening on ") or time.time() > deadline:
+        proc.kill()
+        raise RuntimeError(f"mock did not start: {line!r}")
+    port = int(line.strip().rsplit(":", 1)[1])
+    return Mock(proc, port)
+
+
+@pytest.fixture
+def mock_factory():
+    mocks = []
+
+    def _start(contacts=250, companies=60, deals=40, *extra):
+        m = start_mock("--contacts", str(contacts), "--companies", str(companies),
+                       "--deals", str(deals), *extra)
+        mocks.append(m)
+        return m
+
+    yield _start
+    for m in mocks:
+        m.proc.kill()
+        m.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def hubspot(mock_factory):
+    """A small HubSpot mock: 250 contacts (450-record import tie not reached), 60 companies, 40 deals."""
+    return mock_factory()
+
+
+def create_source(db, mock, name="hs", token=TOKEN, **options):
+    opts = {"base_url": mock.url, "lookback_seconds": 0, "retry_base_ms": 10, "retry_max_ms": 50}
+    opts.update(options)
+    db.execute("SELECT crm_sync.create_source(%s, 'hubspot', %s, %s)",
+               (name, psycopg.types.json.Jsonb(opts), psycopg.types.json.Jsonb({"access_token": token})))
+
+
+def sync(db, source="hs", stream=None, full_refresh=False):
+    """Run crm_sync.sync and return its rows as dicts keyed by stream."""
+    cur = db.execute("SELECT * FROM crm_sync.sync(%s, %s, %s)", (source, stream, full_refresh))
+    cols = [d.name for d in cur.description]
+    return {r[0]: dict(zip(cols, r)) for r in cur.fetchall()}

@@ -1,0 +1,234 @@
+"""Faults, bad input, cancels and secrets: every failure is an ERROR with a
+fitting SQLSTATE that names source and stream, leaves synced data and the
+watermark intact, is recorded in crm_sync.runs, and never shows a secret."""
+
+import threading
+import time
+
+import psycopg
+import pytest
+
+from conftest import TOKEN, create_source, free_port, sync
+
+
+def state(db):
+    rows = db.execute("SELECT md5(string_agg(id || coalesce(firstname, '') || _raw::text, ',' ORDER BY id)), count(*) "
+                      "FROM hs.contacts").fetchone()
+    wm = db.execute("SELECT cursor FROM crm_sync.watermarks WHERE source='hs' AND stream='contacts'").fetchone()
+    return rows, wm
+
+
+def last_run(db, stream="contacts"):
+    return db.execute("SELECT status, error, error_sqlstate, api_calls FROM crm_sync.runs WHERE stream = %s "
+                      "ORDER BY run_id DESC LIMIT 1", (stream,)).fetchone()
+
+
+def no_secret_anywhere(db, pg_cluster, secret=TOKEN):
+    runs = db.execute("SELECT coalesce(string_agg(row_to_json(r)::text, ''), '') FROM crm_sync.runs r").fetchone()[0]
+    assert secret not in runs
+    log = (pg_cluster["dir"] / "server.log").read_text(errors="replace")
+    assert secret not in log
+
+
+@pytest.mark.parametrize("kind", ["429", "429_retry_after", "500", "502", "503", "reset"])
+def test_transient_faults_are_retried(db, hubspot, kind):
+    create_source(db, hubspot)
+    hubspot.fault(path_contains="/crm/v3/objects/contacts", skip=1, count=2, kind=kind)
+    rows = sync(db, stream="contacts")
+    assert rows["contacts"]["status"] == "succeeded"
+    assert rows["contacts"]["records_upserted"] == 250
+    clean = sync(db, stream="contacts", full_refresh=True)
+    assert rows["contacts"]["api_calls"] == clean["contacts"]["api_calls"] + 2
+
+
+def test_persistent_rate_limit_and_server_errors(db, hubspot):
+    create_source(db, hubspot, max_retries=2)
+    hubspot.fault(path_contains="/crm/v3/objects/contacts", skip=0, count=0, kind="429")
+    with pytest.raises(psycopg.errors.ConfigurationLimitExceeded) as e:
+        sync(db, stream="contacts")
+    msg = str(e.value)
+    assert 'source "hs", stream "contacts": still rate limited (HTTP 429) after 3 attempts' in msg
+    assert "GET /crm/v3/objects/contacts" in msg
+    assert last_run(db)[:1] == ("failed",)
+    hubspot.clear_faults()
+    hubspot.fault(path_contains="/crm/v3/objects/contacts", skip=0, count=0, kind="503")
+    with pytest.raises(psycopg.errors.ConnectionFailure) as e:
+        sync(db, stream="contacts")
+    assert "server error HTTP 503 after 3 attempts" in str(e.value)
+
+
+def test_bad_token_fails_at_once_and_keeps_data(db, hubspot, pg_cluster):
+    create_source(db, hubspot)
+    sync(db, stream="contacts")
+    hubspot.upsert("contacts", [{"id": "1", "properties": {"firstname": "x"}}])
+    before = state(db)
+    hubspot.fault(path_contains="/search", skip=0, count=0, kind="bad_token")
+    with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification) as e:
+        sync(db, stream="contacts")
+    assert 'source "hs", stream "contacts": HubSpot rejected the access token (HTTP 401 INVALID_AUTHENTICATION)' in str(e.value)
+    assert "access_token" in e.value.diag.message_hint
+    assert TOKEN not in str(e.value)
+    assert state(db) == before
+    status, error, sqlstate, calls = last_run(db)
+    assert (status, sqlstate) == ("failed", "28000")
+    assert "HubSpot rejected the access token" in error
+    # 401 is not retried: the properties call and one search.
+    assert calls == 2
+    no_secret_anywhere(db, pg_cluster)
+
+
+def test_wrong_credentials(db, hubspot, pg_cluster):
+    wrong = "pat-na1-wrong-token-0000"
+    create_source(db, hubspot, token=wrong)
+    with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification) as e:
+        sync(db, stream="deals")
+    assert wrong not in str(e.value)
+    assert "GET /crm/v3/properties/deals" in str(e.value)
+    no_secret_anywhere(db, pg_cluster, wrong)
+    db.execute("SELECT crm_sync.alter_source('hs', credentials => %s)", (psycopg.types.json.Jsonb({"access_token": TOKEN}),))
+    assert sync(db, stream="deals")["deals"]["records_upserted"] == 40
+
+
+@pytest.mark.parametrize("kind,words", [("malformed", "malformed response"), ("truncated", "truncated response")])
+def test_bad_bodies_fail_the_run_and_keep_data(db, hubspot, kind, words):
+    create_source(db, hubspot)
+    sync(db, stream="contacts")
+    hubspot.upsert("contacts", [{"id": "3", "properties": {"firstname": "changed"}}])
+    before = state(db)
+    hubspot.fault(path_contains="/search", skip=0, count=1, kind=kind)
+    with pytest.raises(psycopg.errors.ProtocolViolation) as e:
+        sync(db, stream="contacts")
+    assert 'source "hs", stream "contacts": HubSpot sent a ' + words in str(e.value)
+    assert "POST /crm/v3/objects/contacts/search" in str(e.value)
+    assert state(db) == before
+    assert last_run(db)[0] == "failed"
+    # A rerun converges.
+    assert sync(db, stream="contacts")["contacts"]["records_upserted"] == 1
+
+
+def test_failure_on_a_later_page_keeps_rows_and_watermark(db, mock_factory):
+    m = mock_factory(contacts=1000, companies=5, deals=5)
+    create_source(db, m)
+    sync(db, stream="contacts")
+    m.upsert("contacts", [{"id": str(i), "properties": {"firstname": f"v2-{i}"}} for i in range(1, 700)])
+    before = state(db)
+    m.fault(path_contains="/search", skip=2, count=1, kind="truncated")
+    with pytest.raises(psycopg.errors.ProtocolViolation):
+        sync(db, stream="contacts")
+    assert state(db) == before
+    rows = sync(db, stream="contacts")
+    assert rows["contacts"]["records_upserted"] == 699
+    assert db.execute("SELECT count(*) FROM hs.contacts WHERE firstname LIKE 'v2-%'").fetchone()[0] == 699
+
+
+def test_unreachable_host(db):
+    port = free_port()  # nothing listens there
+    db.execute("SELECT crm_sync.create_source('hs', 'hubspot', %s, %s)",
+               (psycopg.types.json.Jsonb({"base_url": f"http://127.0.0.1:{port}", "max_retries": 1, "retry_base_ms": 10}),
+                psycopg.types.json.Jsonb({"access_token": TOKEN})))
+    with pytest.raises(psycopg.errors.ConnectionFailure) as e:
+        sync(db, stream="contacts")
+    assert 'source "hs", stream "contacts": could not connect' in str(e.value)
+    assert last_run(db)[0] == "failed"
+
+
+def test_bad_options_are_refused(db, hubspot):
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
+        create_source(db, hubspot, retries=3)
+    assert 'unknown option "retries" for provider hubspot' in str(e.value)
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
+        db.execute("""SELECT crm_sync.create_source('hs', 'hubspot', '{"base_url": "not a url"}', '{"access_token": "x"}')""")
+    assert "options.base_url" in str(e.value)
+    with pytest.raises(psycopg.errors.UndefinedObject):
+        db.execute("SELECT crm_sync.alter_source('nope', '{}')")
+
+
+def run_in_thread(conn, sql, args=()):
+    box = {}
+
+    def go():
+        t0 = time.monotonic()
+        try:
+            conn.execute(sql, args)
+            box["result"] = "ok"
+        except Exception as e:  # noqa: BLE001
+            box["error"] = e
+        box["seconds"] = time.monotonic() - t0
+
+    th = threading.Thread(target=go)
+    th.start()
+    return th, box
+
+
+def test_cancel_stops_a_sync_promptly_and_consistently(connect, hubspot):
+    db = connect()
+    create_source(db, hubspot)
+    sync(db, stream="contacts")
+    hubspot.upsert("contacts", [{"id": "8", "properties": {"firstname": "pending"}}])
+    before = state(db)
+    hubspot.fault(path_contains="/search", skip=0, count=0, kind="latency", latency_ms=30_000)
+    worker = connect()
+    pid = worker.info.backend_pid
+    th, box = run_in_thread(worker, "SELECT * FROM crm_sync.sync('hs', 'contacts')")
+    time.sleep(1.0)
+    assert db.execute("SELECT pg_cancel_backend(%s)", (pid,)).fetchone()[0]
+    th.join(timeout=15)
+    assert not th.is_alive(), "sync did not stop after pg_cancel_backend"
+    assert isinstance(box["error"], psycopg.errors.QueryCanceled)
+    assert box["seconds"] < 15  # the mock would have answered after 30 s
+    assert state(db) == before
+    assert last_run(db)[0] == "cancelled"
+    hubspot.clear_faults()
+    assert sync(db, stream="contacts")["contacts"]["records_upserted"] == 1
+
+
+def test_statement_timeout_stops_a_sync(connect, hubspot):
+    db = connect()
+    create_source(db, hubspot)
+    hubspot.fault(path_contains="/crm/v3/objects/contacts", skip=1, count=0, kind="latency", latency_ms=30_000)
+    db.execute("SET statement_timeout = '1500ms'")
+    t0 = time.monotonic()
+    with pytest.raises(psycopg.errors.QueryCanceled) as e:
+        sync(db, stream="contacts")
+    assert time.monotonic() - t0 < 15
+    assert "statement timeout" in str(e.value)
+    db.execute("RESET statement_timeout")
+    assert db.execute("SELECT to_regclass('hs.contacts') IS NULL OR (SELECT count(*) = 0 FROM hs.contacts)").fetchone()[0]
+    assert last_run(db)[0] == "cancelled"
+
+
+def test_two_syncs_of_one_stream_do_not_run_at_once(connect, hubspot):
+    db = connect()
+    create_source(db, hubspot)
+    hubspot.fault(path_contains="/crm/v3/objects/deals", skip=1, count=1, kind="latency", latency_ms=3000)
+    first = connect()
+    th, box = run_in_thread(first, "SELECT * FROM crm_sync.sync('hs', 'deals')")
+    time.sleep(1.0)
+    with pytest.raises(psycopg.errors.LockNotAvailable) as e:
+        sync(db, stream="deals")
+    assert "another session is already syncing this stream" in str(e.value)
+    # Other streams, and reads of the landing tables, are not blocked.
+    assert sync(db, stream="companies")["companies"]["records_upserted"] == 60
+    th.join(timeout=30)
+    assert box.get("result") == "ok"
+    assert db.execute("SELECT count(*) FROM hs.deals").fetchone()[0] == 40
+
+
+def test_roles_without_grants_cannot_sync_or_read_secrets(db, hubspot):
+    create_source(db, hubspot)
+    db.execute("CREATE ROLE analyst LOGIN")
+    db.execute("SET ROLE analyst")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        db.execute("SELECT * FROM crm_sync.credentials")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        db.execute("SELECT crm_sync.create_source('x', 'hubspot', '{}', '{\"access_token\": \"t\"}')")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        sync(db, stream="deals")
+    db.execute("RESET ROLE")
+    db.execute("GRANT EXECUTE ON FUNCTION crm_sync.sync(text, text, boolean) TO analyst")
+    db.execute("SET ROLE analyst")
+    # A granted role syncs with the owner's rights, without seeing the token.
+    assert sync(db, stream="deals")["deals"]["records_upserted"] == 40
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        db.execute("SELECT * FROM crm_sync.credentials")
+    db.execute("RESET ROLE")

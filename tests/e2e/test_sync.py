@@ -1,0 +1,254 @@
+"""crm_sync.sync() against the HubSpot mock: what lands, incremental moves,
+ties, changes while paging, deletes, types, streams and properties."""
+
+import psycopg
+import pytest
+
+import requests
+
+from conftest import TOKEN, create_source, sync
+
+
+def count(db, sql, *args):
+    return db.execute(sql, args).fetchone()[0]
+
+
+def test_full_sync_lands_every_record_with_typed_columns(db, hubspot):
+    create_source(db, hubspot)
+    rows = sync(db)
+    assert set(rows) == {"contacts", "companies", "deals"}
+    assert rows["contacts"]["mode"] == "full"
+    assert rows["contacts"]["status"] == "succeeded"
+    assert rows["contacts"]["records_upserted"] == 250
+    assert rows["companies"]["records_upserted"] == 60
+    assert rows["deals"]["records_upserted"] == 40
+    assert rows["contacts"]["api_calls"] >= 3  # properties + 3 list pages (+ archived + catch-up)
+    assert rows["contacts"]["bytes_received"] > 50_000
+    assert rows["contacts"]["watermark"] is not None
+    assert count(db, "SELECT count(*) FROM hs.contacts") == 250
+    assert count(db, "SELECT count(DISTINCT id) FROM hs.contacts") == 250
+
+    types = dict(db.execute(
+        """SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute
+            WHERE attrelid = 'hs.contacts'::regclass AND attnum > 0 AND NOT attisdropped""").fetchall())
+    assert types["id"] == "text"
+    assert types["email"] == "text"
+    assert types["createdate"] == "timestamp with time zone"
+    assert types["hs_object_id"] == "numeric"
+    assert types["_raw"] == "jsonb"
+    assert types["_deleted_at"] == "timestamp with time zone"
+    ctypes = dict(db.execute(
+        """SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute
+            WHERE attrelid = 'hs.companies'::regclass AND attnum > 0""").fetchall())
+    assert ctypes["numberofemployees"] == "numeric"
+
+    # Typed values equal what the API sent, which _raw keeps whole.
+    mismatches = count(db, """SELECT count(*) FROM hs.contacts
+                               WHERE email IS DISTINCT FROM _raw->'properties'->>'email'
+                                  OR _updated_at IS DISTINCT FROM (_raw->'properties'->>'lastmodifieddate')::timestamptz""")
+    assert mismatches == 0
+    run = db.execute("""SELECT mode, status, records, api_calls, bytes, error FROM crm_sync.runs
+                         WHERE source = 'hs' AND stream = 'contacts'""").fetchall()
+    assert run == [("full", "succeeded", 250, rows["contacts"]["api_calls"], rows["contacts"]["bytes_received"], None)]
+    wm = db.execute("SELECT cursor FROM crm_sync.watermarks WHERE source='hs' AND stream='contacts'").fetchone()
+    assert wm is not None
+
+
+def test_incremental_sync_moves_only_what_changed(db, hubspot):
+    create_source(db, hubspot)
+    sync(db)
+    again = sync(db)
+    assert again["contacts"]["mode"] == "incremental"
+    assert again["contacts"]["records_upserted"] == 0
+    assert again["contacts"]["records_deleted"] == 0
+
+    hubspot.upsert("contacts", [{"id": "7", "properties": {"firstname": "Changed"}},
+                                {"properties": {"email": "new.person@example.com", "firstname": "New"}}])
+    hubspot.archive("contacts", [9])
+    hubspot.upsert("deals", [{"id": "3", "properties": {"amount": "1234.5"}}])
+    rows = sync(db)
+    assert rows["contacts"]["records_upserted"] == 2
+    assert rows["contacts"]["records_deleted"] == 1
+    assert rows["deals"]["records_upserted"] == 1
+    assert rows["companies"]["records_upserted"] == 0
+    assert count(db, "SELECT firstname FROM hs.contacts WHERE id = '7'") == "Changed"
+    assert count(db, "SELECT count(*) FROM hs.contacts WHERE email = 'new.person@example.com'") == 1
+    assert count(db, "SELECT amount FROM hs.deals WHERE id = '3'") == pytest.approx(1234.5)
+    # The archived contact stays, marked.
+    assert count(db, "SELECT _deleted_at IS NOT NULL FROM hs.contacts WHERE id = '9'") is True
+    assert count(db, "SELECT count(*) FROM hs.contacts") == 251
+    # Watermark moved to the newest change.
+    assert rows["contacts"]["watermark"] > again["contacts"]["watermark"]
+
+
+def test_restored_record_is_unmarked(db, hubspot):
+    create_source(db, hubspot)
+    hubspot.archive("contacts", [4])
+    sync(db, stream="contacts")
+    assert count(db, "SELECT _deleted_at IS NOT NULL FROM hs.contacts WHERE id = '4'") is True
+    hubspot.upsert("contacts", [{"id": "4", "properties": {"lastname": "Back"}}])
+    sync(db, stream="contacts")
+    assert count(db, "SELECT _deleted_at IS NULL AND lastname = 'Back' FROM hs.contacts WHERE id = '4'") is True
+
+
+def mock_state(mock, obj="contacts", prop="firstname"):
+    """Every live record's id -> prop, read from the mock's list endpoint."""
+    out, after = {}, None
+    while True:
+        params = {"limit": 100, "properties": prop}
+        if after:
+            params["after"] = after
+        r = requests.get(f"{mock.url}/crm/v3/objects/{obj}", params=params,
+                         headers={"Authorization": "Bearer " + TOKEN}, timeout=30).json()
+        for rec in r["results"]:
+            out[rec["id"]] = rec["properties"].get(prop)
+        after = r.get("paging", {}).get("next", {}).get("after")
+        if not after:
+            return out
+
+
+def db_state(db, table="hs.contacts", col="firstname"):
+    return dict(db.execute(f"SELECT id, {col} FROM {table} WHERE _deleted_at IS NULL").fetchall())
+
+
+def test_ties_larger_than_a_page_lose_nothing(db, mock_factory):
+    # 1,000 contacts: ids 1..450 share one timestamp (a bulk import) in the seed.
+    m = mock_factory(contacts=1000, companies=10, deals=10)
+    create_source(db, m)
+    sync(db, stream="contacts")
+    assert count(db, "SELECT count(*) FROM hs.contacts") == 1000
+    # 700 records changed in the same millisecond: far more than a search page.
+    ts = 1_900_000_000_000
+    m.upsert("contacts", [{"id": str(i), "properties": {"firstname": f"tie-{i}"}} for i in range(100, 800)],
+             timestamp_ms=ts)
+    m.reset_stats()
+    rows = sync(db, stream="contacts")
+    assert rows["contacts"]["records_upserted"] == 700
+    assert count(db, "SELECT count(*) FROM hs.contacts WHERE firstname LIKE 'tie-%'") == 700
+    assert db_state(db) == mock_state(m)
+    # Nothing new: the next run writes nothing.
+    assert sync(db, stream="contacts")["contacts"]["records_upserted"] == 0
+
+
+def test_more_than_10000_changes_in_one_window(db, mock_factory):
+    m = mock_factory(contacts=12_000, companies=10, deals=10)
+    create_source(db, m, track_deletes=False)
+    sync(db, stream="contacts")
+    # Every record changes, half of them in one shared millisecond: a search
+    # query could return at most 10,000 of these.
+    m.upsert("contacts", [{"id": str(i), "properties": {"firstname": f"bulk-{i}"}} for i in range(1, 6001)],
+             timestamp_ms=1_900_000_000_000)
+    m.upsert("contacts", [{"id": str(i), "properties": {"firstname": f"bulk-{i}"}} for i in range(6001, 12001)])
+    rows = sync(db, stream="contacts")
+    assert rows["contacts"]["records_upserted"] == 12_000
+    assert count(db, "SELECT count(*) FROM hs.contacts WHERE firstname LIKE 'bulk-%'") == 12_000
+    assert m.stats()["status_counts"].get("400", 0) == 0
+
+
+def test_changes_while_paging_land_in_this_sync_or_the_next(db, mock_factory):
+    m = mock_factory(contacts=1000, companies=10, deals=10)
+    create_source(db, m)
+    # During the full list: after 3 pages, change a record already read (id 5)
+    # and one not read yet (id 990), and create one.
+    m.hook("/crm/v3/objects/contacts", 3, {"op": "upsert", "object": "contacts", "records": [
+        {"id": "5", "properties": {"firstname": "edited-during-list"}},
+        {"id": "990", "properties": {"firstname": "edited-ahead"}},
+        {"properties": {"firstname": "created-during-list", "email": "during@example.com"}}]})
+    sync(db, stream="contacts")
+    assert db_state(db) == mock_state(m)
+
+    # During an incremental search: records move while we page.
+    m.upsert("contacts", [{"id": str(i), "properties": {"firstname": f"wave1-{i}"}} for i in range(1, 601)])
+    m.hook("/search", 1, {"op": "upsert", "object": "contacts", "records": [
+        {"id": "2", "properties": {"firstname": "moved-while-paging"}},
+        {"id": "599", "properties": {"firstname": "moved-too"}},
+        {"id": "900", "properties": {"firstname": "not-in-wave"}}]})
+    sync(db, stream="contacts")
+    sync(db, stream="contacts")
+    assert db_state(db) == mock_state(m)
+    assert count(db, "SELECT count(*) FROM hs.contacts") == count(db, "SELECT count(DISTINCT id) FROM hs.contacts")
+
+
+def test_value_that_does_not_fit_is_kept_in_raw_with_a_warning(db, hubspot):
+    create_source(db, hubspot)
+    db.execute("UPDATE crm_sync.streams SET properties = '{email,loyalty_score,signup_date,is_vip,favorite_color}' "
+               "WHERE source = 'hs' AND stream = 'contacts'")
+    hubspot.upsert("contacts", [{"id": "11", "properties": {"loyalty_score": "n/a", "signup_date": "31/02/2020",
+                                                            "is_vip": "true"}}])
+    rows = sync(db, stream="contacts")
+    assert rows["contacts"]["status"] == "succeeded"
+    assert rows["contacts"]["warnings"] >= 2
+    r = db.execute("SELECT loyalty_score, signup_date, is_vip, _raw->'properties'->>'loyalty_score' "
+                   "FROM hs.contacts WHERE id = '11'").fetchone()
+    assert r == (None, None, True, "n/a")
+    types = dict(db.execute("""SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute
+                                WHERE attrelid = 'hs.contacts'::regclass AND attnum > 0""").fetchall())
+    assert types["loyalty_score"] == "numeric"
+    assert types["signup_date"] == "date"
+    assert types["is_vip"] == "boolean"
+    assert types["favorite_color"] == "text"
+    samples = count(db, "SELECT warning_samples FROM crm_sync.runs WHERE stream = 'contacts'")
+    assert any("loyalty_score" in s and "record 11" in s for s in samples)
+
+
+def test_new_property_adds_a_column(db, hubspot):
+    create_source(db, hubspot)
+    db.execute("UPDATE crm_sync.streams SET properties = '{*}' WHERE source = 'hs' AND stream = 'companies'")
+    sync(db, stream="companies")
+    hubspot.admin("POST", "/_mock/companies/properties",
+                  {"name": "contract_value", "label": "Contract value", "type": "number", "fieldType": "number"})
+    hubspot.upsert("companies", [{"id": "2", "properties": {"contract_value": "99000"}}])
+    sync(db, stream="companies")
+    assert count(db, "SELECT contract_value FROM hs.companies WHERE id = '2'") == 99000
+    assert count(db, "SELECT count(*) FROM hs.companies WHERE contract_value IS NULL") == 59
+
+
+def test_streams_can_be_disabled_and_properties_chosen(db, hubspot):
+    create_source(db, hubspot)
+    db.execute("UPDATE crm_sync.streams SET enabled = false WHERE source = 'hs' AND stream = 'deals'")
+    db.execute("UPDATE crm_sync.streams SET properties = '{email,favorite_color}' "
+               "WHERE source = 'hs' AND stream = 'contacts'")
+    rows = sync(db)
+    assert set(rows) == {"contacts", "companies"}
+    cols = [r[0] for r in db.execute("""SELECT attname::text FROM pg_attribute WHERE attrelid = 'hs.contacts'::regclass
+                                          AND attnum > 0 AND NOT attisdropped ORDER BY attnum""").fetchall()]
+    assert cols[:3] == ["id", "email", "favorite_color"]
+    assert count(db, "SELECT count(*) FROM hs.contacts WHERE favorite_color IS NOT NULL") > 0
+    found = db.execute("SELECT property, column_type, custom, selected FROM crm_sync.discover('hs', 'contacts') "
+                       "WHERE property IN ('favorite_color', 'loyalty_score', 'email') ORDER BY property").fetchall()
+    assert found == [("email", "text", False, True), ("favorite_color", "text", True, True),
+                     ("loyalty_score", "numeric", True, False)]
+    # A disabled stream still syncs when asked by name.
+    assert sync(db, stream="deals")["deals"]["records_upserted"] == 40
+
+
+def test_unknown_property_is_a_clear_error(db, hubspot):
+    create_source(db, hubspot)
+    db.execute("UPDATE crm_sync.streams SET properties = '{email,no_such_prop}' WHERE source='hs' AND stream='contacts'")
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
+        sync(db, stream="contacts")
+    assert 'source "hs", stream "contacts": property "no_such_prop" does not exist on contacts' in str(e.value)
+    assert "crm_sync.discover" in e.value.diag.message_hint
+
+
+def test_full_refresh_rereads_everything(db, hubspot):
+    create_source(db, hubspot)
+    first = sync(db, stream="deals")
+    rows = sync(db, stream="deals", full_refresh=True)
+    assert rows["deals"]["mode"] == "full"
+    assert rows["deals"]["api_calls"] >= first["deals"]["api_calls"]
+    # Records read again unchanged are not rewritten.
+    assert rows["deals"]["records_upserted"] == 0
+    hubspot.upsert("deals", [{"id": "1", "properties": {"dealname": "from crm"}}])
+    rows = sync(db, stream="deals", full_refresh=True)
+    assert rows["deals"]["records_upserted"] == 1
+    assert count(db, "SELECT dealname FROM hs.deals WHERE id = '1'") == "from crm"
+
+
+def test_drop_source_with_data(db, hubspot):
+    create_source(db, hubspot)
+    sync(db, stream="deals")
+    db.execute("SELECT crm_sync.drop_source('hs', drop_data => true)")
+    assert count(db, "SELECT to_regclass('hs.deals') IS NULL") is True
+    assert count(db, "SELECT count(*) FROM crm_sync.watermarks") == 0
+    assert count(db, "SELECT count(*) FROM crm_sync.runs WHERE source = 'hs'") == 1
