@@ -110,7 +110,7 @@ pub fn ensure_table(schema: &str, table: &str, wanted: &[Column]) -> Result<Vec<
             "COMMENT ON TABLE {}.{} IS {}",
             qi(schema),
             qi(table),
-            pgrx::spi::quote_literal(&format!(
+            pgrx::spi::quote_literal(format!(
                 "pg_crm_sync landing table: one row per CRM record of stream {table}; _raw holds the record as received, _deleted_at marks records deleted in the CRM."
             ))
         ))

@@ -41,6 +41,7 @@ type SyncRow = (
 /// the source and stream.
 #[pg_extern(security_definer)]
 #[search_path(pg_catalog, pg_temp)]
+#[allow(clippy::type_complexity)]
 pub fn sync(
     source: &str,
     stream: default!(Option<&str>, "NULL"),
@@ -88,6 +89,7 @@ pub fn sync(
 /// synced now.
 #[pg_extern(security_definer)]
 #[search_path(pg_catalog, pg_temp)]
+#[allow(clippy::type_complexity)]
 pub fn discover(
     source: &str,
     stream: &str,

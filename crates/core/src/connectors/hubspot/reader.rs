@@ -123,130 +123,125 @@ impl<'a> HubSpotReader<'a> {
 
 impl PageSource for HubSpotReader<'_> {
     async fn next_page(&mut self) -> Result<Option<Page>> {
-        loop {
-            match self.phase.clone() {
-                Phase::Done => return Ok(None),
-                Phase::List { after } => {
-                    let (records, next, resp) = self
-                        .api
-                        .list_page(&self.object, &self.properties_csv, after.as_deref(), false)
-                        .await?;
-                    if after.is_none() {
-                        // Edits made from now on are found by the search phase.
-                        let t0 = server_date_ms(&resp.headers)
-                            .unwrap_or_else(|| Utc::now().timestamp_millis());
-                        self.watermark_ms = Some(t0);
-                    }
-                    self.phase = match next {
-                        Some(a) => Phase::List { after: Some(a) },
-                        None if self.track_deletes => Phase::Archived { after: None },
-                        None => self.catch_up(),
-                    };
-                    return Ok(Some(Page {
-                        records,
-                        total: None,
-                    }));
+        match self.phase.clone() {
+            Phase::Done => Ok(None),
+            Phase::List { after } => {
+                let (records, next, resp) = self
+                    .api
+                    .list_page(&self.object, &self.properties_csv, after.as_deref(), false)
+                    .await?;
+                if after.is_none() {
+                    // Edits made from now on are found by the search phase.
+                    let t0 = server_date_ms(&resp.headers)
+                        .unwrap_or_else(|| Utc::now().timestamp_millis());
+                    self.watermark_ms = Some(t0);
                 }
-                Phase::Archived { after } => {
-                    let (records, next, _) = self
-                        .api
-                        .list_page(&self.object, &self.properties_csv, after.as_deref(), true)
-                        .await?;
-                    self.phase = match next {
-                        Some(a) => Phase::Archived { after: Some(a) },
-                        None if self.full => self.catch_up(),
-                        None => Phase::Done,
-                    };
-                    return Ok(Some(Page {
-                        records,
-                        total: None,
-                    }));
-                }
-                Phase::Range { from_ms, inclusive } => {
-                    let filters = self.range_filters(from_ms, inclusive);
-                    let (mut records, total) = self
-                        .api
-                        .search_page(&self.object, &self.properties, filters, self.cursor_prop)
-                        .await?;
-                    if records.len() < SEARCH_PAGE_LIMIT as usize {
-                        self.phase = self.after_search();
-                        self.saw(&records);
-                        return Ok(Some(Page { records, total }));
-                    }
-                    let first = records.first().and_then(|r| self.ts_ms(r));
-                    let last = records.last().and_then(|r| self.ts_ms(r));
-                    let (Some(first), Some(last)) = (first, last) else {
-                        return Err(CrmError::bad_response(format!(
-                            "search results lack {}",
-                            self.cursor_prop
-                        )));
-                    };
-                    if last < first || first < from_ms || (!inclusive && first == from_ms) {
-                        return Err(CrmError::bad_response(format!(
-                            "search results are not sorted by {} as requested",
-                            self.cursor_prop
-                        )));
-                    }
-                    if first == last {
-                        // A whole page in one timestamp: read that tie by id.
-                        self.phase = Phase::Tie {
-                            ts_ms: last,
-                            after_id: None,
-                        };
-                    } else {
-                        // The page may have cut the tie at `last`: keep what is
-                        // strictly before it, and start the next query at it.
-                        records
-                            .retain(|r| r.updated_at.is_some_and(|d| d.timestamp_millis() < last));
-                        self.phase = Phase::Range {
-                            from_ms: last,
-                            inclusive: true,
-                        };
-                    }
+                self.phase = match next {
+                    Some(a) => Phase::List { after: Some(a) },
+                    None if self.track_deletes => Phase::Archived { after: None },
+                    None => self.catch_up(),
+                };
+                Ok(Some(Page {
+                    records,
+                    total: None,
+                }))
+            }
+            Phase::Archived { after } => {
+                let (records, next, _) = self
+                    .api
+                    .list_page(&self.object, &self.properties_csv, after.as_deref(), true)
+                    .await?;
+                self.phase = match next {
+                    Some(a) => Phase::Archived { after: Some(a) },
+                    None if self.full => self.catch_up(),
+                    None => Phase::Done,
+                };
+                Ok(Some(Page {
+                    records,
+                    total: None,
+                }))
+            }
+            Phase::Range { from_ms, inclusive } => {
+                let filters = self.range_filters(from_ms, inclusive);
+                let (mut records, total) = self
+                    .api
+                    .search_page(&self.object, &self.properties, filters, self.cursor_prop)
+                    .await?;
+                if records.len() < SEARCH_PAGE_LIMIT as usize {
+                    self.phase = self.after_search();
                     self.saw(&records);
                     return Ok(Some(Page { records, total }));
                 }
-                Phase::Tie { ts_ms, after_id } => {
-                    let mut filters = vec![
-                        json!({"propertyName": self.cursor_prop, "operator": "GTE", "value": ts_ms.to_string()}),
-                        json!({"propertyName": self.cursor_prop, "operator": "LTE", "value": ts_ms.to_string()}),
-                    ];
-                    if let Some(id) = after_id {
-                        filters.push(json!({"propertyName": "hs_object_id", "operator": "GT", "value": id.to_string()}));
-                    }
-                    let (records, total) = self
-                        .api
-                        .search_page(&self.object, &self.properties, filters, "hs_object_id")
-                        .await?;
-                    let last_id = records
-                        .last()
-                        .map(|r| r.id.parse::<u64>())
-                        .transpose()
-                        .map_err(|_| {
-                            CrmError::bad_response(
-                                "search returned a record whose id is not a number",
-                            )
-                        })?;
-                    self.phase = match last_id {
-                        Some(id) if records.len() >= SEARCH_PAGE_LIMIT as usize => {
-                            if after_id.is_some_and(|a| id <= a) {
-                                return Err(CrmError::bad_response(
-                                    "search results are not sorted by hs_object_id as requested",
-                                ));
-                            }
-                            Phase::Tie {
-                                ts_ms,
-                                after_id: Some(id),
-                            }
+                let first = records.first().and_then(|r| self.ts_ms(r));
+                let last = records.last().and_then(|r| self.ts_ms(r));
+                let (Some(first), Some(last)) = (first, last) else {
+                    return Err(CrmError::bad_response(format!(
+                        "search results lack {}",
+                        self.cursor_prop
+                    )));
+                };
+                if last < first || first < from_ms || (!inclusive && first == from_ms) {
+                    return Err(CrmError::bad_response(format!(
+                        "search results are not sorted by {} as requested",
+                        self.cursor_prop
+                    )));
+                }
+                if first == last {
+                    // A whole page in one timestamp: read that tie by id.
+                    self.phase = Phase::Tie {
+                        ts_ms: last,
+                        after_id: None,
+                    };
+                } else {
+                    // The page may have cut the tie at `last`: keep what is
+                    // strictly before it, and start the next query at it.
+                    records.retain(|r| r.updated_at.is_some_and(|d| d.timestamp_millis() < last));
+                    self.phase = Phase::Range {
+                        from_ms: last,
+                        inclusive: true,
+                    };
+                }
+                self.saw(&records);
+                Ok(Some(Page { records, total }))
+            }
+            Phase::Tie { ts_ms, after_id } => {
+                let mut filters = vec![
+                    json!({"propertyName": self.cursor_prop, "operator": "GTE", "value": ts_ms.to_string()}),
+                    json!({"propertyName": self.cursor_prop, "operator": "LTE", "value": ts_ms.to_string()}),
+                ];
+                if let Some(id) = after_id {
+                    filters.push(json!({"propertyName": "hs_object_id", "operator": "GT", "value": id.to_string()}));
+                }
+                let (records, total) = self
+                    .api
+                    .search_page(&self.object, &self.properties, filters, "hs_object_id")
+                    .await?;
+                let last_id = records
+                    .last()
+                    .map(|r| r.id.parse::<u64>())
+                    .transpose()
+                    .map_err(|_| {
+                        CrmError::bad_response("search returned a record whose id is not a number")
+                    })?;
+                self.phase = match last_id {
+                    Some(id) if records.len() >= SEARCH_PAGE_LIMIT as usize => {
+                        if after_id.is_some_and(|a| id <= a) {
+                            return Err(CrmError::bad_response(
+                                "search results are not sorted by hs_object_id as requested",
+                            ));
                         }
-                        _ => Phase::Range {
-                            from_ms: ts_ms,
-                            inclusive: false,
-                        },
-                    };
-                    self.saw(&records);
-                    return Ok(Some(Page { records, total }));
-                }
+                        Phase::Tie {
+                            ts_ms,
+                            after_id: Some(id),
+                        }
+                    }
+                    _ => Phase::Range {
+                        from_ms: ts_ms,
+                        inclusive: false,
+                    },
+                };
+                self.saw(&records);
+                Ok(Some(Page { records, total }))
             }
         }
     }

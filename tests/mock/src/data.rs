@@ -1,0 +1,763 @@
+//! Deterministic seeded records. Nothing is stored for a record until it is
+//! changed: every value is a pure function of (seed, object, id, property),
+//! so a million records cost only their index.
+
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+
+/// 2023-01-01T00:00:00Z: seeded records were modified in 2023 and 2024.
+pub const T0_MS: i64 = 1_672_531_200_000;
+const SPAN_MS: i64 = 2 * 365 * 86_400_000;
+/// Seeded contacts 1..=IMPORT_TIE share one modification time, as after a
+/// bulk import: more than two search pages in one millisecond.
+pub const IMPORT_TIE: u64 = 450;
+/// Seeded records share a timestamp with about this many others on average.
+const PER_TIMESTAMP: u64 = 8;
+
+/// SplitMix64: a fast, well-mixed hash for deterministic choices.
+pub fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+fn name_hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Contacts,
+    Companies,
+    Deals,
+}
+
+impl Kind {
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "contacts" | "0-1" => Some(Kind::Contacts),
+            "companies" | "0-2" => Some(Kind::Companies),
+            "deals" | "0-3" => Some(Kind::Deals),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Contacts => "contacts",
+            Kind::Companies => "companies",
+            Kind::Deals => "deals",
+        }
+    }
+
+    /// The property holding the last modification time.
+    pub fn modified_prop(self) -> &'static str {
+        match self {
+            Kind::Contacts => "lastmodifieddate",
+            _ => "hs_lastmodifieddate",
+        }
+    }
+
+    /// Properties returned when a request names none (as HubSpot does).
+    pub fn default_props(self) -> &'static [&'static str] {
+        match self {
+            Kind::Contacts => &[
+                "createdate",
+                "email",
+                "firstname",
+                "hs_object_id",
+                "lastmodifieddate",
+                "lastname",
+            ],
+            Kind::Companies => &[
+                "createdate",
+                "domain",
+                "hs_lastmodifieddate",
+                "hs_object_id",
+                "name",
+            ],
+            Kind::Deals => &[
+                "amount",
+                "closedate",
+                "createdate",
+                "dealname",
+                "dealstage",
+                "hs_lastmodifieddate",
+                "hs_object_id",
+                "pipeline",
+            ],
+        }
+    }
+
+    fn salt(self) -> u64 {
+        match self {
+            Kind::Contacts => 0x11,
+            Kind::Companies => 0x22,
+            Kind::Deals => 0x33,
+        }
+    }
+}
+
+/// A property definition, shaped like `GET /crm/v3/properties/{type}`.
+#[derive(Debug, Clone)]
+pub struct PropDef {
+    pub name: String,
+    pub label: String,
+    /// string, number, date, datetime, enumeration, bool
+    pub kind: String,
+    pub field_type: String,
+    pub group: String,
+    pub options: Vec<String>,
+    pub hubspot_defined: bool,
+}
+
+fn p(
+    name: &str,
+    label: &str,
+    kind: &str,
+    field_type: &str,
+    group: &str,
+    options: &[&str],
+    builtin: bool,
+) -> PropDef {
+    PropDef {
+        name: name.into(),
+        label: label.into(),
+        kind: kind.into(),
+        field_type: field_type.into(),
+        group: group.into(),
+        options: options.iter().map(|s| s.to_string()).collect(),
+        hubspot_defined: builtin,
+    }
+}
+
+const LIFECYCLE: &[&str] = &[
+    "subscriber",
+    "lead",
+    "marketingqualifiedlead",
+    "salesqualifiedlead",
+    "opportunity",
+    "customer",
+    "evangelist",
+];
+const LEAD_STATUS: &[&str] = &[
+    "NEW",
+    "OPEN",
+    "IN_PROGRESS",
+    "OPEN_DEAL",
+    "UNQUALIFIED",
+    "ATTEMPTED_TO_CONTACT",
+    "CONNECTED",
+];
+const COLORS: &[&str] = &["red", "green", "blue", "yellow", "purple", "orange"];
+const TIERS: &[&str] = &["bronze", "silver", "gold", "platinum"];
+const STAGES: &[&str] = &[
+    "appointmentscheduled",
+    "qualifiedtobuy",
+    "presentationscheduled",
+    "decisionmakerboughtin",
+    "contractsent",
+    "closedwon",
+    "closedlost",
+];
+const INDUSTRIES: &[&str] = &[
+    "COMPUTER_SOFTWARE",
+    "FINANCIAL_SERVICES",
+    "HOSPITAL_HEALTH_CARE",
+    "RETAIL",
+    "MARKETING_AND_ADVERTISING",
+    "CONSTRUCTION",
+    "EDUCATION_MANAGEMENT",
+    "LOGISTICS_AND_SUPPLY_CHAIN",
+];
+const CURRENCIES: &[&str] = &["USD", "EUR", "GBP", "CAD"];
+
+pub fn builtin_props(kind: Kind) -> Vec<PropDef> {
+    let c = "contactinformation";
+    match kind {
+        Kind::Contacts => vec![
+            p("email", "Email", "string", "text", c, &[], true),
+            p("firstname", "First Name", "string", "text", c, &[], true),
+            p("lastname", "Last Name", "string", "text", c, &[], true),
+            p(
+                "phone",
+                "Phone Number",
+                "string",
+                "phonenumber",
+                c,
+                &[],
+                true,
+            ),
+            p(
+                "mobilephone",
+                "Mobile Phone Number",
+                "string",
+                "phonenumber",
+                c,
+                &[],
+                true,
+            ),
+            p("company", "Company Name", "string", "text", c, &[], true),
+            p("jobtitle", "Job Title", "string", "text", c, &[], true),
+            p("website", "Website URL", "string", "text", c, &[], true),
+            p("address", "Street Address", "string", "text", c, &[], true),
+            p("city", "City", "string", "text", c, &[], true),
+            p("state", "State/Region", "string", "text", c, &[], true),
+            p("zip", "Postal Code", "string", "text", c, &[], true),
+            p("country", "Country/Region", "string", "text", c, &[], true),
+            p(
+                "lifecyclestage",
+                "Lifecycle Stage",
+                "enumeration",
+                "radio",
+                c,
+                LIFECYCLE,
+                true,
+            ),
+            p(
+                "hs_lead_status",
+                "Lead Status",
+                "enumeration",
+                "radio",
+                "sales_properties",
+                LEAD_STATUS,
+                true,
+            ),
+            p(
+                "hubspot_owner_id",
+                "Contact owner",
+                "enumeration",
+                "select",
+                "sales_properties",
+                &[],
+                true,
+            ),
+            p(
+                "createdate",
+                "Create Date",
+                "datetime",
+                "date",
+                c,
+                &[],
+                true,
+            ),
+            p(
+                "lastmodifieddate",
+                "Last Modified Date",
+                "datetime",
+                "date",
+                c,
+                &[],
+                true,
+            ),
+            p(
+                "hs_object_id",
+                "Record ID",
+                "number",
+                "number",
+                c,
+                &[],
+                true,
+            ),
+            p(
+                "favorite_color",
+                "Favorite color",
+                "enumeration",
+                "select",
+                c,
+                COLORS,
+                false,
+            ),
+            p(
+                "loyalty_score",
+                "Loyalty score",
+                "number",
+                "number",
+                c,
+                &[],
+                false,
+            ),
+            p("signup_date", "Signup date", "date", "date", c, &[], false),
+            p(
+                "is_vip",
+                "VIP",
+                "bool",
+                "booleancheckbox",
+                c,
+                &["true", "false"],
+                false,
+            ),
+        ],
+        Kind::Companies => {
+            let g = "companyinformation";
+            vec![
+                p("name", "Company name", "string", "text", g, &[], true),
+                p(
+                    "domain",
+                    "Company Domain Name",
+                    "string",
+                    "text",
+                    g,
+                    &[],
+                    true,
+                ),
+                p("website", "Website URL", "string", "text", g, &[], true),
+                p(
+                    "phone",
+                    "Phone Number",
+                    "string",
+                    "phonenumber",
+                    g,
+                    &[],
+                    true,
+                ),
+                p(
+                    "industry",
+                    "Industry",
+                    "enumeration",
+                    "select",
+                    g,
+                    INDUSTRIES,
+                    true,
+                ),
+                p("city", "City", "string", "text", g, &[], true),
+                p("state", "State/Region", "string", "text", g, &[], true),
+                p("country", "Country/Region", "string", "text", g, &[], true),
+                p(
+                    "numberofemployees",
+                    "Number of Employees",
+                    "number",
+                    "number",
+                    g,
+                    &[],
+                    true,
+                ),
+                p(
+                    "annualrevenue",
+                    "Annual Revenue",
+                    "number",
+                    "number",
+                    g,
+                    &[],
+                    true,
+                ),
+                p(
+                    "lifecyclestage",
+                    "Lifecycle Stage",
+                    "enumeration",
+                    "radio",
+                    g,
+                    LIFECYCLE,
+                    true,
+                ),
+                p(
+                    "hubspot_owner_id",
+                    "Company owner",
+                    "enumeration",
+                    "select",
+                    g,
+                    &[],
+                    true,
+                ),
+                p(
+                    "createdate",
+                    "Create Date",
+                    "datetime",
+                    "date",
+                    g,
+                    &[],
+                    true,
+                ),
+                p(
+                    "hs_lastmodifieddate",
+                    "Last Modified Date",
+                    "datetime",
+                    "date",
+                    g,
+                    &[],
+                    true,
+                ),
+                p(
+                    "hs_object_id",
+                    "Record ID",
+                    "number",
+                    "number",
+                    g,
+                    &[],
+                    true,
+                ),
+                p("tier", "Tier", "enumeration", "select", g, TIERS, false),
+            ]
+        }
+        Kind::Deals => {
+            let g = "dealinformation";
+            vec![
+                p("dealname", "Deal Name", "string", "text", g, &[], true),
+                p("amount", "Amount", "number", "number", g, &[], true),
+                p(
+                    "deal_currency_code",
+                    "Currency",
+                    "enumeration",
+                    "select",
+                    g,
+                    CURRENCIES,
+                    true,
+                ),
+                p(
+                    "dealstage",
+                    "Deal Stage",
+                    "enumeration",
+                    "radio",
+                    g,
+                    STAGES,
+                    true,
+                ),
+                p(
+                    "pipeline",
+                    "Pipeline",
+                    "enumeration",
+                    "select",
+                    g,
+                    &["default"],
+                    true,
+                ),
+                p("closedate", "Close Date", "datetime", "date", g, &[], true),
+                p(
+                    "hubspot_owner_id",
+                    "Deal owner",
+                    "enumeration",
+                    "select",
+                    g,
+                    &[],
+                    true,
+                ),
+                p(
+                    "createdate",
+                    "Create Date",
+                    "datetime",
+                    "date",
+                    g,
+                    &[],
+                    true,
+                ),
+                p(
+                    "hs_lastmodifieddate",
+                    "Last Modified Date",
+                    "datetime",
+                    "date",
+                    g,
+                    &[],
+                    true,
+                ),
+                p(
+                    "hs_object_id",
+                    "Record ID",
+                    "number",
+                    "number",
+                    g,
+                    &[],
+                    true,
+                ),
+                p(
+                    "renewal_date",
+                    "Renewal date",
+                    "date",
+                    "date",
+                    g,
+                    &[],
+                    false,
+                ),
+            ]
+        }
+    }
+}
+
+const FIRST: &[&str] = &[
+    "Ada", "Grace", "Alan", "Linus", "Margaret", "Ken", "Barbara", "Dennis", "Frances", "Edsger",
+    "Radia", "Leslie", "Donald", "Sophie", "Tim", "Anita", "John", "Hedy", "Niklaus", "Karen",
+    "José", "Zoë", "Łukasz", "Mei",
+];
+const LAST: &[&str] = &[
+    "Lovelace",
+    "Hopper",
+    "Turing",
+    "Torvalds",
+    "Hamilton",
+    "Thompson",
+    "Liskov",
+    "Ritchie",
+    "Allen",
+    "Dijkstra",
+    "Perlman",
+    "Lamport",
+    "Knuth",
+    "Wilson",
+    "Berners-Lee",
+    "Borg",
+    "McCarthy",
+    "Lamarr",
+    "Wirth",
+    "Spärck Jones",
+    "O'Neil",
+    "Nuñez",
+    "Kowalski",
+    "Chen",
+];
+const WORDS: &[&str] = &[
+    "Acme",
+    "Globex",
+    "Initech",
+    "Umbrella",
+    "Hooli",
+    "Stark",
+    "Wayne",
+    "Tyrell",
+    "Soylent",
+    "Cyberdyne",
+    "Vandelay",
+    "Wonka",
+    "Oscorp",
+    "Aperture",
+    "Gringotts",
+    "Monarch",
+];
+const SUFFIX: &[&str] = &[
+    "Inc", "GmbH", "Ltd", "LLC", "SA", "Group", "Labs", "Partners",
+];
+const CITIES: &[(&str, &str, &str)] = &[
+    ("Boston", "MA", "United States"),
+    ("Austin", "TX", "United States"),
+    ("Dublin", "Leinster", "Ireland"),
+    ("Berlin", "Berlin", "Germany"),
+    ("Paris", "Île-de-France", "France"),
+    ("Toronto", "ON", "Canada"),
+    ("Sydney", "NSW", "Australia"),
+    ("São Paulo", "SP", "Brazil"),
+];
+const TITLES: &[&str] = &[
+    "CTO",
+    "VP Sales",
+    "Data Engineer",
+    "Office Manager",
+    "CEO",
+    "Account Executive",
+    "Analyst",
+];
+
+/// Which seeded company a seeded contact works for (shared by name/domain).
+fn company_word(seed: u64, n: u64) -> (&'static str, &'static str) {
+    let h = mix(seed ^ n.wrapping_mul(0x5bd1_e995));
+    (pick(WORDS, h), pick(SUFFIX, h >> 17))
+}
+
+fn pick<'a>(list: &[&'a str], h: u64) -> &'a str {
+    list[(h % list.len() as u64) as usize]
+}
+
+pub fn fmt_ms(ms: i64) -> String {
+    let dt: DateTime<Utc> = Utc.timestamp_millis_opt(ms).single().unwrap_or_default();
+    dt.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+fn fmt_date(ms: i64) -> String {
+    let dt: DateTime<Utc> = Utc.timestamp_millis_opt(ms).single().unwrap_or_default();
+    dt.format("%Y-%m-%d").to_string()
+}
+
+/// A datetime or date filter value: epoch milliseconds, RFC 3339, or a date.
+pub fn parse_time(s: &str) -> Option<i64> {
+    let s = s.trim();
+    if let Ok(ms) = s.parse::<i64>() {
+        return Some(ms);
+    }
+    if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
+        return Some(dt.timestamp_millis());
+    }
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|d| d.and_utc().timestamp_millis())
+}
+
+/// The generator for one object type.
+#[derive(Debug, Clone, Copy)]
+pub struct Seeded {
+    pub kind: Kind,
+    pub seed: u64,
+    pub count: u64,
+}
+
+impl Seeded {
+    fn h(&self, id: u64, what: u64) -> u64 {
+        mix(self.seed ^ self.kind.salt().rotate_left(48) ^ mix(id ^ what.rotate_left(17)))
+    }
+
+    /// Modification time of seeded record `id`.
+    pub fn updated_ms(&self, id: u64) -> i64 {
+        if self.kind == Kind::Contacts && id <= IMPORT_TIE {
+            return T0_MS + 3_600_000;
+        }
+        let slots = (self.count / PER_TIMESTAMP).max(1);
+        let step = (SPAN_MS - 86_400_000) / slots as i64;
+        let slot = self.h(id, 1) % slots;
+        T0_MS + 86_400_000 + slot as i64 * step
+    }
+
+    pub fn created_ms(&self, id: u64) -> i64 {
+        let back = (self.h(id, 2) % (400 * 86_400)) as i64 * 1000;
+        self.updated_ms(id) - back
+    }
+
+    /// The value of `prop` on seeded record `id`; `None` is a null.
+    /// hs_object_id, createdate and the modified property are handled by
+    /// the store, which knows about changes.
+    pub fn value(&self, id: u64, prop: &str) -> Option<String> {
+        let h = self.h(id, name_hash(prop));
+        let first = || pick(FIRST, self.h(id, 10));
+        let last = || pick(LAST, self.h(id, 11));
+        let place = || CITIES[(self.h(id, 12) % CITIES.len() as u64) as usize];
+        let company_n = || self.h(id, 13) % (self.count / 5 + 1) + 1;
+        let company = || company_word(self.seed, company_n());
+        let domain = || format!("{}{}.example.com", company().0.to_lowercase(), company_n());
+        let sometimes = |pct: u64| h % 100 < pct;
+        Some(match (self.kind, prop) {
+            (Kind::Contacts, "email") => {
+                let local: String = format!("{}.{}", first(), last())
+                    .to_lowercase()
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
+                    .collect();
+                format!("{local}{id}@{}", domain())
+            }
+            (Kind::Contacts, "firstname") => first().to_owned(),
+            (Kind::Contacts, "lastname") => last().to_owned(),
+            (_, "phone") => format!("+1 555 {:03} {:04}", h % 1000, (h >> 20) % 10_000),
+            (Kind::Contacts, "mobilephone") if sometimes(40) => {
+                format!("+1 555 {:03} {:04}", h % 997, (h >> 24) % 10_000)
+            }
+            (Kind::Contacts, "company") => {
+                let (w, s) = company();
+                format!("{w} {s}")
+            }
+            (Kind::Contacts, "jobtitle") if sometimes(70) => pick(TITLES, h >> 8).to_owned(),
+            (Kind::Contacts, "website") => format!("https://{}", domain()),
+            (Kind::Companies, "website") => {
+                let (w, _) = company_word(self.seed, id);
+                format!("https://{}{}.example.com", w.to_lowercase(), id)
+            }
+            (Kind::Contacts, "address") if sometimes(80) => format!("{} Main Street", h % 999 + 1),
+            (_, "city") => place().0.to_owned(),
+            (_, "state") => place().1.to_owned(),
+            (Kind::Contacts, "zip") => format!("{:05}", h % 100_000),
+            (_, "country") => place().2.to_owned(),
+            (_, "lifecyclestage") => pick(LIFECYCLE, h >> 3).to_owned(),
+            (Kind::Contacts, "hs_lead_status") if sometimes(60) => {
+                pick(LEAD_STATUS, h >> 5).to_owned()
+            }
+            (_, "hubspot_owner_id") if sometimes(90) => format!("{}", 50_000_000 + h % 12),
+            (Kind::Contacts, "favorite_color") if sometimes(75) => pick(COLORS, h >> 7).to_owned(),
+            // HubSpot sends "" for a number property that was cleared.
+            (Kind::Contacts, "loyalty_score") if h.is_multiple_of(500) => String::new(),
+            (Kind::Contacts, "loyalty_score") => format!("{}.{}", h % 1000, (h >> 10) % 10),
+            (Kind::Contacts, "signup_date") if sometimes(85) => {
+                fmt_date(self.created_ms(id) - 86_400_000 * (h % 90) as i64)
+            }
+            (Kind::Contacts, "is_vip") => h.is_multiple_of(10).to_string(),
+            (Kind::Companies, "name") => {
+                let (w, s) = company_word(self.seed, id);
+                format!("{w} {s}")
+            }
+            (Kind::Companies, "domain") => {
+                let (w, _) = company_word(self.seed, id);
+                format!("{}{}.example.com", w.to_lowercase(), id)
+            }
+            (Kind::Companies, "industry") => pick(INDUSTRIES, h >> 4).to_owned(),
+            (Kind::Companies, "numberofemployees") => format!("{}", 1 + h % 5000),
+            (Kind::Companies, "annualrevenue") if sometimes(80) => {
+                format!("{}", (h % 50_000) * 1000)
+            }
+            (Kind::Companies, "tier") => pick(TIERS, h >> 9).to_owned(),
+            (Kind::Deals, "dealname") => format!("{} {} renewal", company().0, 2023 + h % 3),
+            (Kind::Deals, "amount") => format!("{}.{:02}", h % 250_000, (h >> 30) % 100),
+            (Kind::Deals, "deal_currency_code") => pick(CURRENCIES, h >> 6).to_owned(),
+            (Kind::Deals, "dealstage") => pick(STAGES, h >> 2).to_owned(),
+            (Kind::Deals, "pipeline") => "default".to_owned(),
+            (Kind::Deals, "closedate") if sometimes(70) => {
+                fmt_ms(self.updated_ms(id) + 86_400_000 * (h % 120) as i64)
+            }
+            (Kind::Deals, "renewal_date") if sometimes(50) => {
+                fmt_date(self.updated_ms(id) + 86_400_000 * (365 + h % 30) as i64)
+            }
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_deterministic_and_seed_dependent() {
+        let a = Seeded {
+            kind: Kind::Contacts,
+            seed: 1,
+            count: 1000,
+        };
+        let b = Seeded {
+            kind: Kind::Contacts,
+            seed: 2,
+            count: 1000,
+        };
+        assert_eq!(a.value(7, "email"), a.value(7, "email"));
+        let differ = (500..600)
+            .filter(|&i| a.value(i, "email") != b.value(i, "email"))
+            .count();
+        assert!(differ > 50, "{differ}");
+        assert!(a.value(7, "email").unwrap().contains('@'));
+    }
+
+    #[test]
+    fn many_records_share_timestamps_and_the_import_is_one_tie() {
+        let s = Seeded {
+            kind: Kind::Contacts,
+            seed: 1,
+            count: 10_000,
+        };
+        let mut by_ts = std::collections::HashMap::new();
+        for id in 1..=10_000 {
+            *by_ts.entry(s.updated_ms(id)).or_insert(0u32) += 1;
+        }
+        assert_eq!(by_ts[&(T0_MS + 3_600_000)], IMPORT_TIE as u32);
+        let shared = by_ts.values().filter(|&&n| n > 1).count();
+        assert!(shared > 500, "{shared}");
+        for id in 1..=10_000 {
+            assert!(s.created_ms(id) <= s.updated_ms(id));
+        }
+    }
+
+    #[test]
+    fn time_values_parse() {
+        assert_eq!(parse_time("1672531200000"), Some(T0_MS));
+        assert_eq!(parse_time("2023-01-01T00:00:00Z"), Some(T0_MS));
+        assert_eq!(parse_time("2023-01-01T00:00:00.000Z"), Some(T0_MS));
+        assert_eq!(parse_time("2023-01-01"), Some(T0_MS));
+        assert_eq!(parse_time("yesterday"), None);
+        assert_eq!(fmt_ms(T0_MS + 1), "2023-01-01T00:00:00.001Z");
+    }
+
+    #[test]
+    fn a_few_loyalty_scores_are_empty() {
+        let s = Seeded {
+            kind: Kind::Contacts,
+            seed: 42,
+            count: 100_000,
+        };
+        let empty = (1..=100_000)
+            .filter(|&i| s.value(i, "loyalty_score").as_deref() == Some(""))
+            .count();
+        assert!((100..400).contains(&empty), "{empty}");
+    }
+}

@@ -1,0 +1,1030 @@
+//! The HubSpot CRM v3 mock: objects list and search, properties, HubSpot's
+//! error and rate-limit bodies, plus admin endpoints under `/_mock/` for
+//! changing data, injecting faults and reading request statistics.
+//! README.md beside `Cargo.toml` lists the HubSpot documents followed.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::data::{parse_time, Kind, PropDef};
+use crate::server::{Handler, Reply, Request, Response};
+use crate::store::{Key, Store};
+
+/// `GET /crm/v3/objects/{type}`: at most 100 per page.
+pub const LIST_MAX: usize = 100;
+/// Search: at most 200 per page and 10,000 results per query.
+pub const SEARCH_MAX: usize = 200;
+pub const SEARCH_WINDOW: usize = 10_000;
+/// Search request limits (filterGroups, filters per group, filters in all).
+const MAX_GROUPS: usize = 5;
+const MAX_FILTERS_PER_GROUP: usize = 6;
+const MAX_FILTERS: usize = 18;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub seed: u64,
+    pub contacts: u64,
+    pub companies: u64,
+    pub deals: u64,
+    pub token: String,
+    /// Search requests allowed per second (0: no limit).
+    pub search_rate_limit: u32,
+    pub gzip: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            seed: 42,
+            contacts: 1000,
+            companies: 200,
+            deals: 300,
+            token: "pat-na1-mock".into(),
+            search_rate_limit: 0,
+            gzip: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Fault {
+    path_contains: String,
+    method: Option<String>,
+    skip: u64,
+    count: u64,
+    kind: String,
+    latency_ms: u64,
+    seen: u64,
+    fired: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Hook {
+    path_contains: String,
+    skip: u64,
+    seen: u64,
+    action: Value,
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    requests: u64,
+    by_endpoint: BTreeMap<String, u64>,
+    status_counts: BTreeMap<String, u64>,
+}
+
+struct State {
+    token: String,
+    stores: Vec<Store>,
+    faults: Vec<Fault>,
+    hooks: Vec<Hook>,
+    stats: Stats,
+    searches: VecDeque<Instant>,
+}
+
+impl State {
+    fn store(&mut self, kind: Kind) -> &mut Store {
+        self.stores
+            .iter_mut()
+            .find(|s| s.kind() == kind)
+            .expect("all kinds have a store")
+    }
+}
+
+pub struct HubSpotMock {
+    opts: Options,
+    state: Mutex<State>,
+    bytes_sent: AtomicU64,
+    correlation: AtomicU64,
+}
+
+impl HubSpotMock {
+    pub fn new(opts: Options) -> HubSpotMock {
+        let stores = vec![
+            Store::new(Kind::Contacts, opts.seed, opts.contacts),
+            Store::new(Kind::Companies, opts.seed, opts.companies),
+            Store::new(Kind::Deals, opts.seed, opts.deals),
+        ];
+        HubSpotMock {
+            state: Mutex::new(State {
+                token: opts.token.clone(),
+                stores,
+                faults: Vec::new(),
+                hooks: Vec::new(),
+                stats: Stats::default(),
+                searches: VecDeque::new(),
+            }),
+            opts,
+            bytes_sent: AtomicU64::new(0),
+            correlation: AtomicU64::new(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn correlation_id(&self) -> String {
+        let n = self.correlation.fetch_add(1, Ordering::Relaxed);
+        let h = crate::data::mix(n);
+        format!(
+            "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+            h >> 32,
+            (h >> 16) & 0xffff,
+            h & 0xfff,
+            (h >> 12) & 0xfff,
+            crate::data::mix(h) & 0xffff_ffff_ffff
+        )
+    }
+
+    /// HubSpot's standard error body.
+    fn error(&self, status: u16, category: &str, message: &str) -> Response {
+        let body = json!({
+            "status": "error",
+            "message": message,
+            "correlationId": self.correlation_id(),
+            "category": category,
+        });
+        Response::json(status, body.to_string().into_bytes())
+    }
+
+    fn rate_limited(&self, policy: &str, retry_after: bool) -> Response {
+        let (max, interval, msg) = match policy {
+            "SECONDLY" => ("5", "1000", "You have reached your secondly limit."),
+            _ => (
+                "190",
+                "10000",
+                "You have reached your ten_secondly_rolling limit.",
+            ),
+        };
+        let body = json!({
+            "status": "error",
+            "message": msg,
+            "errorType": "RATE_LIMIT",
+            "correlationId": self.correlation_id(),
+            "policyName": policy,
+            "groupName": "api-calls",
+        });
+        let mut r = Response::json(429, body.to_string().into_bytes())
+            .with_header("X-HubSpot-RateLimit-Max", max)
+            .with_header("X-HubSpot-RateLimit-Remaining", "0")
+            .with_header("X-HubSpot-RateLimit-Interval-Milliseconds", interval);
+        if retry_after {
+            r = r.with_header("Retry-After", "1");
+        }
+        r
+    }
+
+    fn api(&self, req: &Request) -> Reply {
+        let mut st = self.lock();
+        st.stats.requests += 1;
+        *st.stats
+            .by_endpoint
+            .entry(format!("{} {}", req.method, req.path))
+            .or_default() += 1;
+
+        // Hooks change data just before the request they wait for is served.
+        let mut fire = Vec::new();
+        st.hooks.retain_mut(|h| {
+            if !req.path.contains(&h.path_contains) {
+                return true;
+            }
+            h.seen += 1;
+            if h.seen > h.skip {
+                fire.push(h.action.clone());
+                false
+            } else {
+                true
+            }
+        });
+        for action in fire {
+            let _ = apply_action(&mut st, &action);
+        }
+
+        let reply = match self.fault(&mut st, req) {
+            Some(r) => r,
+            None => Reply::Send(self.route(&mut st, req)),
+        };
+        let status = match &reply {
+            Reply::Send(r) | Reply::Delay(_, r) => r.status.to_string(),
+            Reply::Cut { .. } => "cut".into(),
+            Reply::Reset => "reset".into(),
+        };
+        *st.stats.status_counts.entry(status).or_default() += 1;
+        reply
+    }
+
+    fn fault(&self, st: &mut State, req: &Request) -> Option<Reply> {
+        let mut chosen = None;
+        for f in st.faults.iter_mut() {
+            if !req.path.contains(&f.path_contains) {
+                continue;
+            }
+            if f.method
+                .as_deref()
+                .is_some_and(|m| !m.eq_ignore_ascii_case(&req.method))
+            {
+                continue;
+            }
+            f.seen += 1;
+            if chosen.is_none() && f.seen > f.skip && (f.count == 0 || f.fired < f.count) {
+                f.fired += 1;
+                chosen = Some((f.kind.clone(), f.latency_ms));
+            }
+        }
+        let (kind, latency) = chosen?;
+        Some(match kind.as_str() {
+            "429" => Reply::Send(self.rate_limited("TEN_SECONDLY_ROLLING", false)),
+            "429_retry_after" => Reply::Send(self.rate_limited("TEN_SECONDLY_ROLLING", true)),
+            "500" => Reply::Send(self.error(500, "INTERNAL_ERROR", "internal error")),
+            "502" => Reply::Send(html(502, "<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center></body></html>")),
+            "503" => Reply::Send(self.error(503, "SERVICE_UNAVAILABLE", "Service Unavailable")),
+            "bad_token" => Reply::Send(self.unauthorized()),
+            "reset" => Reply::Reset,
+            "latency" => Reply::Delay(Duration::from_millis(latency), self.route(st, req)),
+            "malformed" => Reply::Send(html(200, "<html><body>Service temporarily unavailable, please try again.</body></html>")),
+            "truncated" => {
+                // A whole HTTP response whose JSON stops half way.
+                let mut r = self.route(st, req);
+                let n = r.body.len() / 2;
+                r.body.truncate(n);
+                Reply::Send(r)
+            }
+            "cut" => Reply::Cut { response: self.route(st, req) },
+            _ => return None,
+        })
+    }
+
+    fn unauthorized(&self) -> Response {
+        self.error(
+            401,
+            "INVALID_AUTHENTICATION",
+            "Authentication credentials not found. This API supports OAuth 2.0 authentication and you can find more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview",
+        )
+    }
+
+    fn route(&self, st: &mut State, req: &Request) -> Response {
+        let auth_ok = req
+            .header("authorization")
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| t == st.token);
+        if !auth_ok {
+            return self.unauthorized();
+        }
+        let parts: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+        let resp = match (req.method.as_str(), parts.as_slice()) {
+            ("GET", ["crm", "v3", "objects", t]) => self.with_kind(t, |k| self.list(st, k, req)),
+            ("GET", ["crm", "v3", "objects", t, id]) => {
+                self.with_kind(t, |k| self.read(st, k, id, req))
+            }
+            ("POST", ["crm", "v3", "objects", t, "search"]) => {
+                if let Some(r) = self.search_rate(st) {
+                    return r;
+                }
+                self.with_kind(t, |k| self.search(st, k, req))
+            }
+            ("GET", ["crm", "v3", "properties", t]) => {
+                self.with_kind(t, |k| self.properties(st, k))
+            }
+            _ => Err(self.error(
+                404,
+                "OBJECT_NOT_FOUND",
+                &format!("No route for {} {}", req.method, req.path),
+            )),
+        };
+        let r = resp.unwrap_or_else(|e| e);
+        if r.status == 200 {
+            r.with_header("X-HubSpot-RateLimit-Max", "190")
+                .with_header("X-HubSpot-RateLimit-Remaining", "189")
+                .with_header("X-HubSpot-RateLimit-Interval-Milliseconds", "10000")
+        } else {
+            r
+        }
+    }
+
+    fn with_kind(
+        &self,
+        t: &str,
+        f: impl FnOnce(Kind) -> Result<Response, Response>,
+    ) -> Result<Response, Response> {
+        match Kind::parse(t) {
+            Some(k) => f(k),
+            None => Err(self.error(
+                400,
+                "VALIDATION_ERROR",
+                &format!("Unable to infer object type from: {t}"),
+            )),
+        }
+    }
+
+    fn search_rate(&self, st: &mut State) -> Option<Response> {
+        let limit = self.opts.search_rate_limit as usize;
+        if limit == 0 {
+            return None;
+        }
+        let now = Instant::now();
+        while st
+            .searches
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+        {
+            st.searches.pop_front();
+        }
+        if st.searches.len() >= limit {
+            return Some(self.rate_limited("SECONDLY", false));
+        }
+        st.searches.push_back(now);
+        None
+    }
+
+    fn bad_request(&self, msg: &str) -> Response {
+        self.error(400, "VALIDATION_ERROR", msg)
+    }
+
+    /// Properties a response carries: the requested ones that exist (HubSpot
+    /// ignores unknown names when listing), or the object's defaults; the id,
+    /// create and modify times always.
+    fn wanted<'a>(store: &'a Store, requested: Vec<&'a str>) -> Vec<&'a str> {
+        let kind = store.kind();
+        let mut out: Vec<&str> = if requested.is_empty() {
+            kind.default_props().to_vec()
+        } else {
+            requested
+                .into_iter()
+                .filter(|p| store.prop(p).is_some())
+                .collect()
+        };
+        for always in ["createdate", kind.modified_prop(), "hs_object_id"] {
+            if !out.contains(&always) {
+                out.push(always);
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        out.retain(|p| seen.insert(*p));
+        out
+    }
+
+    fn list(&self, st: &mut State, kind: Kind, req: &Request) -> Result<Response, Response> {
+        let limit = match req.param("limit") {
+            None => 10,
+            Some(l) => match l.parse::<usize>() {
+                Ok(n) if (1..=LIST_MAX).contains(&n) => n,
+                _ => {
+                    return Err(self
+                        .bad_request(&format!("limit must be between 1 and {LIST_MAX}, got {l}")))
+                }
+            },
+        };
+        let from = match req.param("after") {
+            None | Some("") => 1,
+            Some(a) => a
+                .parse::<u64>()
+                .map_err(|_| self.bad_request(&format!("Invalid after cursor: {a}")))?,
+        };
+        let archived = req
+            .param("archived")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let store = st.store(kind);
+        let requested: Vec<&str> = req
+            .params("properties")
+            .flat_map(|p| p.split(','))
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .collect();
+        let props = Self::wanted(store, requested);
+        let ids = store.list_ids(from, limit + 1, archived);
+        let more = ids.len() > limit;
+        let mut out = Vec::with_capacity(limit * 900);
+        out.extend_from_slice(b"{\"results\":[");
+        for (i, id) in ids.iter().take(limit).enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            store.render(&mut out, *id, &props);
+        }
+        out.push(b']');
+        if more {
+            let next = ids[limit];
+            let host = req.header("host").unwrap_or("api.hubapi.com");
+            let link = format!("http://{host}/crm/v3/objects/{}?after={next}", kind.name());
+            out.extend_from_slice(
+                format!(",\"paging\":{{\"next\":{{\"after\":\"{next}\",\"link\":\"{link}\"}}}}")
+                    .as_bytes(),
+            );
+        }
+        out.push(b'}');
+        Ok(Response::json(200, out))
+    }
+
+    fn read(
+        &self,
+        st: &mut State,
+        kind: Kind,
+        id: &str,
+        req: &Request,
+    ) -> Result<Response, Response> {
+        let store = st.store(kind);
+        let archived = req
+            .param("archived")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let n = id
+            .parse::<u64>()
+            .ok()
+            .filter(|n| store.exists(*n) && store.is_archived(*n) == archived);
+        let Some(n) = n else {
+            return Err(self.error(
+                404,
+                "OBJECT_NOT_FOUND",
+                "Object not found.  objectId are usually numeric.",
+            ));
+        };
+        let requested: Vec<&str> = req
+            .params("properties")
+            .flat_map(|p| p.split(','))
+            .collect();
+        let props = Self::wanted(store, requested);
+        let mut out = Vec::new();
+        store.render(&mut out, n, &props);
+        Ok(Response::json(200, out))
+    }
+
+    fn properties(&self, st: &mut State, kind: Kind) -> Result<Response, Response> {
+        let store = st.store(kind);
+        let results: Vec<Value> = store
+            .props
+            .iter()
+            .enumerate()
+            .map(|(i, p)| property_json(p, i))
+            .collect();
+        Ok(Response::json(
+            200,
+            json!({ "results": results }).to_string().into_bytes(),
+        ))
+    }
+
+    fn search(&self, st: &mut State, kind: Kind, req: &Request) -> Result<Response, Response> {
+        let body: Value = serde_json::from_slice(&req.body)
+            .map_err(|e| self.bad_request(&format!("Invalid input JSON on line 1: {e}")))?;
+        let store = st.store(kind);
+        let q = SearchQuery::parse(&body, store).map_err(|m| self.bad_request(&m))?;
+        if q.after + q.limit > SEARCH_WINDOW {
+            return Err(self.bad_request(&format!(
+                "Paging past {SEARCH_WINDOW} results is not supported (after={}, limit={})",
+                q.after, q.limit
+            )));
+        }
+        let mut ids = q.matching(store);
+        let total = ids.len();
+        if let Some((prop, desc)) = &q.sort {
+            if prop == kind.modified_prop() {
+                if *desc {
+                    ids.reverse();
+                }
+            } else {
+                let mut keyed: Vec<(Option<Key>, u64)> =
+                    ids.iter().map(|id| (store.key(*id, prop), *id)).collect();
+                keyed.sort_by(|a, b| {
+                    let o = a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal);
+                    if *desc {
+                        o.reverse()
+                    } else {
+                        o
+                    }
+                });
+                ids = keyed.into_iter().map(|k| k.1).collect();
+            }
+        } else {
+            ids.sort_unstable();
+        }
+        let requested: Vec<&str> = q.properties.iter().map(String::as_str).collect();
+        let props = Self::wanted(store, requested);
+        let mut out = Vec::with_capacity(q.limit * 900);
+        out.extend_from_slice(format!("{{\"total\":{total},\"results\":[").as_bytes());
+        for (i, id) in ids.iter().skip(q.after).take(q.limit).enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            store.render(&mut out, *id, &props);
+        }
+        out.push(b']');
+        if q.after + q.limit < total {
+            let next = q.after + q.limit;
+            out.extend_from_slice(
+                format!(",\"paging\":{{\"next\":{{\"after\":\"{next}\"}}}}").as_bytes(),
+            );
+        }
+        out.push(b'}');
+        Ok(Response::json(200, out))
+    }
+
+    fn admin(&self, req: &Request) -> Reply {
+        let body: Value = if req.body.is_empty() {
+            Value::Null
+        } else {
+            match serde_json::from_slice(&req.body) {
+                Ok(v) => v,
+                Err(e) => return Reply::Send(admin_error(400, &format!("bad JSON: {e}"))),
+            }
+        };
+        let mut st = self.lock();
+        let parts: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+        let r = match (req.method.as_str(), &parts[1..]) {
+            ("POST", [t, "upsert"]) => match Kind::parse(t) {
+                Some(_) => apply_action(
+                    &mut st,
+                    &json!({"op": "upsert", "object": t, "records": body["records"], "timestamp_ms": body["timestamp_ms"]}),
+                ),
+                None => Err(format!("unknown object {t}")),
+            },
+            ("POST", [t, "archive"]) => apply_action(
+                &mut st,
+                &json!({"op": "archive", "object": t, "ids": body["ids"], "timestamp_ms": body["timestamp_ms"]}),
+            ),
+            ("POST", [t, "properties"]) => add_property(&mut st, t, &body),
+            ("POST", ["faults"]) => add_faults(&mut st, &body),
+            ("DELETE", ["faults"]) => {
+                st.faults.clear();
+                Ok(json!({}))
+            }
+            ("POST", ["hooks"]) => {
+                st.hooks.push(Hook {
+                    path_contains: body["path_contains"].as_str().unwrap_or("").to_owned(),
+                    skip: body["skip"].as_u64().unwrap_or(0),
+                    seen: 0,
+                    action: body["action"].clone(),
+                });
+                Ok(json!({}))
+            }
+            ("DELETE", ["hooks"]) => {
+                st.hooks.clear();
+                Ok(json!({}))
+            }
+            ("GET", ["stats"]) => Ok(json!({
+                "requests": st.stats.requests,
+                "by_endpoint": st.stats.by_endpoint,
+                "status_counts": st.stats.status_counts,
+                "bytes_sent": self.bytes_sent.load(Ordering::Relaxed),
+                "live": st.stores.iter().map(|s| (s.kind().name(), s.live_count())).collect::<BTreeMap<_, _>>(),
+            })),
+            ("POST", ["reset_stats"]) => {
+                st.stats = Stats::default();
+                self.bytes_sent.store(0, Ordering::Relaxed);
+                Ok(json!({}))
+            }
+            ("POST", ["token"]) => match body["token"].as_str() {
+                Some(t) => {
+                    st.token = t.to_owned();
+                    Ok(json!({}))
+                }
+                None => Err("token missing".into()),
+            },
+            _ => {
+                return Reply::Send(admin_error(
+                    404,
+                    &format!("no admin route {} {}", req.method, req.path),
+                ))
+            }
+        };
+        Reply::Send(match r {
+            Ok(v) => Response::json(200, v.to_string().into_bytes()),
+            Err(m) => admin_error(400, &m),
+        })
+    }
+}
+
+impl Handler for HubSpotMock {
+    fn handle(&self, req: &Request) -> Reply {
+        if req.path.starts_with("/_mock/") {
+            self.admin(req)
+        } else {
+            self.api(req)
+        }
+    }
+
+    fn sent(&self, req: &Request, _status: u16, bytes: usize) {
+        if !req.path.starts_with("/_mock/") {
+            self.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn gzip(&self) -> bool {
+        self.opts.gzip
+    }
+}
+
+fn html(status: u16, body: &str) -> Response {
+    Response {
+        status,
+        headers: vec![("Content-Type".into(), "text/html".into())],
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+fn admin_error(status: u16, msg: &str) -> Response {
+    Response::json(status, json!({ "error": msg }).to_string().into_bytes())
+}
+
+fn property_json(p: &PropDef, order: usize) -> Value {
+    let options: Vec<Value> = p
+        .options
+        .iter()
+        .enumerate()
+        .map(|(i, o)| json!({"label": o, "value": o, "description": "", "displayOrder": i, "hidden": false}))
+        .collect();
+    let mut v = json!({
+        "updatedAt": "2024-03-01T12:00:00.000Z",
+        "createdAt": "2019-08-06T02:41:52.000Z",
+        "name": p.name,
+        "label": p.label,
+        "type": p.kind,
+        "fieldType": p.field_type,
+        "description": "",
+        "groupName": p.group,
+        "options": options,
+        "displayOrder": if p.hubspot_defined { -1 } else { order as i64 },
+        "calculated": false,
+        "externalOptions": false,
+        "hasUniqueValue": false,
+        "hidden": false,
+        "modificationMetadata": {
+            "archivable": !p.hubspot_defined,
+            "readOnlyDefinition": p.hubspot_defined,
+            "readOnlyValue": matches!(p.name.as_str(), "hs_object_id" | "createdate" | "lastmodifieddate" | "hs_lastmodifieddate"),
+        },
+        "formField": true,
+        "dataSensitivity": "non_sensitive",
+    });
+    if p.hubspot_defined {
+        v["hubspotDefined"] = json!(true);
+    }
+    v
+}
+
+/// Run an admin action (`upsert` or `archive`), from the admin API or a hook.
+fn apply_action(st: &mut State, action: &Value) -> Result<Value, String> {
+    let object = action["object"].as_str().unwrap_or("");
+    let kind = Kind::parse(object).ok_or_else(|| format!("unknown object {object:?}"))?;
+    let store = st.store(kind);
+    let ts = store.change_time(action["timestamp_ms"].as_i64());
+    match action["op"].as_str() {
+        Some("upsert") => {
+            let records = action["records"]
+                .as_array()
+                .ok_or("records must be an array")?;
+            let mut out = Vec::new();
+            for r in records {
+                let id = match &r["id"] {
+                    Value::Null => None,
+                    Value::String(s) => {
+                        Some(s.parse::<u64>().map_err(|_| format!("bad id {s:?}"))?)
+                    }
+                    Value::Number(n) => n.as_u64(),
+                    other => return Err(format!("bad id {other}")),
+                };
+                let props = r["properties"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| {
+                                let v = match v {
+                                    Value::Null => None,
+                                    Value::String(s) => Some(s.clone()),
+                                    other => Some(other.to_string()),
+                                };
+                                (k.clone(), v)
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let id = store.upsert(id, props, ts);
+                out.push(json!({"id": id.to_string(), "updatedAt": crate::data::fmt_ms(ts)}));
+            }
+            Ok(json!({ "records": out }))
+        }
+        Some("archive") => {
+            let ids = action["ids"].as_array().ok_or("ids must be an array")?;
+            let mut archived = Vec::new();
+            for v in ids {
+                let id = match v {
+                    Value::String(s) => s.parse::<u64>().ok(),
+                    Value::Number(n) => n.as_u64(),
+                    _ => None,
+                };
+                if let Some(id) = id {
+                    if store.archive(id, ts) {
+                        archived.push(id.to_string());
+                    }
+                }
+            }
+            Ok(json!({ "archived": archived }))
+        }
+        other => Err(format!("unknown op {other:?}")),
+    }
+}
+
+fn add_property(st: &mut State, t: &str, body: &Value) -> Result<Value, String> {
+    let kind = Kind::parse(t).ok_or_else(|| format!("unknown object {t}"))?;
+    let name = body["name"].as_str().ok_or("name missing")?.to_owned();
+    let store = st.store(kind);
+    if store.prop(&name).is_some() {
+        return Err(format!("property {name} exists"));
+    }
+    let def = PropDef {
+        label: body["label"].as_str().unwrap_or(&name).to_owned(),
+        kind: body["type"].as_str().unwrap_or("string").to_owned(),
+        field_type: body["fieldType"].as_str().unwrap_or("text").to_owned(),
+        group: body["groupName"].as_str().unwrap_or("custom").to_owned(),
+        options: body["options"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|o| o["value"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        hubspot_defined: false,
+        name,
+    };
+    let v = property_json(&def, store.props.len());
+    store.props.push(def);
+    Ok(v)
+}
+
+fn add_faults(st: &mut State, body: &Value) -> Result<Value, String> {
+    let rules = body["rules"].as_array().ok_or("rules must be an array")?;
+    for r in rules {
+        let kind = r["kind"].as_str().ok_or("kind missing")?;
+        const KINDS: &[&str] = &[
+            "429",
+            "429_retry_after",
+            "500",
+            "502",
+            "503",
+            "bad_token",
+            "reset",
+            "latency",
+            "malformed",
+            "truncated",
+            "cut",
+        ];
+        if !KINDS.contains(&kind) {
+            return Err(format!("unknown fault kind {kind:?}; one of {KINDS:?}"));
+        }
+        st.faults.push(Fault {
+            path_contains: r["path_contains"].as_str().unwrap_or("").to_owned(),
+            method: r["method"].as_str().map(str::to_owned),
+            skip: r["skip"].as_u64().unwrap_or(0),
+            count: r["count"].as_u64().unwrap_or(1),
+            kind: kind.to_owned(),
+            latency_ms: r["latency_ms"].as_u64().unwrap_or(1000),
+            seen: 0,
+            fired: 0,
+        });
+    }
+    Ok(json!({ "rules": st.faults.len() }))
+}
+
+#[derive(Debug)]
+struct Filter {
+    prop: String,
+    op: String,
+    value: Option<String>,
+    high: Option<String>,
+    values: Vec<String>,
+}
+
+#[derive(Debug)]
+struct SearchQuery {
+    groups: Vec<Vec<Filter>>,
+    sort: Option<(String, bool)>,
+    properties: Vec<String>,
+    limit: usize,
+    after: usize,
+}
+
+fn as_text(v: &Value) -> Option<String> {
+    match v {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+impl SearchQuery {
+    fn parse(body: &Value, store: &Store) -> Result<SearchQuery, String> {
+        let mut groups = Vec::new();
+        let mut n_filters = 0;
+        if let Some(gs) = body.get("filterGroups").filter(|v| !v.is_null()) {
+            let gs = gs.as_array().ok_or("filterGroups must be an array")?;
+            if gs.len() > MAX_GROUPS {
+                return Err(format!(
+                    "Too many filter groups ({}); the limit is {MAX_GROUPS}",
+                    gs.len()
+                ));
+            }
+            for g in gs {
+                let fs = g["filters"].as_array().cloned().unwrap_or_default();
+                if fs.len() > MAX_FILTERS_PER_GROUP {
+                    return Err(format!(
+                        "Too many filters in a group ({}); the limit is {MAX_FILTERS_PER_GROUP}",
+                        fs.len()
+                    ));
+                }
+                n_filters += fs.len();
+                let mut group = Vec::new();
+                for f in fs {
+                    let prop = f["propertyName"]
+                        .as_str()
+                        .ok_or("filter without propertyName")?
+                        .to_owned();
+                    if store.prop(&prop).is_none() {
+                        return Err(format!(
+                            "There was a problem with the request: property {prop} does not exist"
+                        ));
+                    }
+                    let op = f["operator"].as_str().unwrap_or("EQ").to_ascii_uppercase();
+                    const OPS: &[&str] = &[
+                        "EQ",
+                        "NEQ",
+                        "LT",
+                        "LTE",
+                        "GT",
+                        "GTE",
+                        "BETWEEN",
+                        "IN",
+                        "NOT_IN",
+                        "HAS_PROPERTY",
+                        "NOT_HAS_PROPERTY",
+                        "CONTAINS_TOKEN",
+                        "NOT_CONTAINS_TOKEN",
+                    ];
+                    if !OPS.contains(&op.as_str()) {
+                        return Err(format!("Unknown filter operator {op}"));
+                    }
+                    group.push(Filter {
+                        prop,
+                        op,
+                        value: as_text(&f["value"]),
+                        high: as_text(&f["highValue"]),
+                        values: f["values"]
+                            .as_array()
+                            .map(|a| a.iter().filter_map(as_text).collect())
+                            .unwrap_or_default(),
+                    });
+                }
+                groups.push(group);
+            }
+        }
+        if n_filters > MAX_FILTERS {
+            return Err(format!(
+                "Too many filters ({n_filters}); the limit is {MAX_FILTERS}"
+            ));
+        }
+        let sorts = body["sorts"].as_array().cloned().unwrap_or_default();
+        if sorts.len() > 1 {
+            return Err("Only one sort is allowed".into());
+        }
+        let sort = match sorts.first() {
+            None => None,
+            Some(Value::String(s)) => Some(match s.strip_prefix('-') {
+                Some(p) => (p.to_owned(), true),
+                None => (s.clone(), false),
+            }),
+            Some(o) => Some((
+                o["propertyName"]
+                    .as_str()
+                    .ok_or("sort without propertyName")?
+                    .to_owned(),
+                o["direction"]
+                    .as_str()
+                    .is_some_and(|d| d.eq_ignore_ascii_case("DESCENDING")),
+            )),
+        };
+        let properties = body["properties"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let limit = match &body["limit"] {
+            Value::Null => 10,
+            v => match v.as_u64() {
+                Some(n) if (1..=SEARCH_MAX as u64).contains(&n) => n as usize,
+                _ => return Err(format!("limit must be between 1 and {SEARCH_MAX}, got {v}")),
+            },
+        };
+        let after = match &body["after"] {
+            Value::Null => 0,
+            Value::String(s) if s.is_empty() => 0,
+            Value::String(s) => s
+                .parse::<usize>()
+                .map_err(|_| format!("Invalid after: {s}"))?,
+            Value::Number(n) => n.as_u64().ok_or("Invalid after")? as usize,
+            other => return Err(format!("Invalid after: {other}")),
+        };
+        Ok(SearchQuery {
+            groups,
+            sort,
+            properties,
+            limit,
+            after,
+        })
+    }
+
+    /// Live ids matching any filter group, in modification-time order.
+    fn matching(&self, store: &Store) -> Vec<u64> {
+        let mp = store.kind().modified_prop();
+        let (mut lo, mut hi) = (i64::MIN, i64::MAX);
+        if self.groups.len() == 1 {
+            // Narrow the scan with the modification-time bounds of the one group.
+            for f in &self.groups[0] {
+                if f.prop != mp {
+                    continue;
+                }
+                let v = f.value.as_deref().and_then(parse_time);
+                let h = f.high.as_deref().and_then(parse_time);
+                match (f.op.as_str(), v) {
+                    ("GTE", Some(v)) => lo = lo.max(v),
+                    ("GT", Some(v)) => lo = lo.max(v.saturating_add(1)),
+                    ("LTE", Some(v)) => hi = hi.min(v),
+                    ("LT", Some(v)) => hi = hi.min(v.saturating_sub(1)),
+                    ("EQ", Some(v)) => {
+                        lo = lo.max(v);
+                        hi = hi.min(v);
+                    }
+                    ("BETWEEN", Some(v)) => {
+                        lo = lo.max(v);
+                        if let Some(h) = h {
+                            hi = hi.min(h);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        store
+            .ids_modified_between(lo, hi)
+            .filter(|id| {
+                self.groups.is_empty()
+                    || self
+                        .groups
+                        .iter()
+                        .any(|g| g.iter().all(|f| f.matches(store, *id)))
+            })
+            .collect()
+    }
+}
+
+impl Filter {
+    fn matches(&self, store: &Store, id: u64) -> bool {
+        let raw = store.value(id, &self.prop);
+        let has = raw.as_deref().is_some_and(|v| !v.is_empty());
+        let key = raw.as_deref().and_then(|v| store.key_of(&self.prop, v));
+        let arg = |v: &Option<String>| v.as_deref().and_then(|v| store.key_of(&self.prop, v));
+        let cmp = |o: &Option<String>| -> Option<std::cmp::Ordering> {
+            let (a, b) = (key.as_ref()?, arg(o)?);
+            a.partial_cmp(&b)
+        };
+        use std::cmp::Ordering::*;
+        match self.op.as_str() {
+            "HAS_PROPERTY" => has,
+            "NOT_HAS_PROPERTY" => !has,
+            "EQ" => cmp(&self.value) == Some(Equal),
+            "NEQ" => cmp(&self.value) != Some(Equal),
+            "LT" => cmp(&self.value) == Some(Less),
+            "LTE" => matches!(cmp(&self.value), Some(Less | Equal)),
+            "GT" => cmp(&self.value) == Some(Greater),
+            "GTE" => matches!(cmp(&self.value), Some(Greater | Equal)),
+            "BETWEEN" => {
+                matches!(cmp(&self.value), Some(Greater | Equal))
+                    && matches!(cmp(&self.high), Some(Less | Equal))
+            }
+            "IN" | "NOT_IN" => {
+                let found = self
+                    .values
+                    .iter()
+                    .any(|v| key.is_some() && store.key_of(&self.prop, v) == key);
+                found == (self.op == "IN")
+            }
+            "CONTAINS_TOKEN" | "NOT_CONTAINS_TOKEN" => {
+                let token = self
+                    .value
+                    .as_deref()
+                    .unwrap_or("")
+                    .trim_matches('*')
+                    .to_lowercase();
+                let found = raw
+                    .as_deref()
+                    .is_some_and(|v| v.to_lowercase().contains(&token));
+                found == (self.op == "CONTAINS_TOKEN")
+            }
+            _ => false,
+        }
+    }
+}

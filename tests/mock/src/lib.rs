@@ -1,0 +1,21 @@
+//! Mock CRM servers for pg_crm_sync: behave like the vendor's API (paths,
+//! JSON shapes, paging, limits, error bodies, auth, rate limits) on
+//! 127.0.0.1, with admin endpoints to change data and inject faults.
+
+pub mod data;
+pub mod hubspot;
+pub mod server;
+pub mod store;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+/// Bind 127.0.0.1:`port` (0 picks one) and serve `handler` until the
+/// runtime stops. Returns the bound port once listening.
+pub async fn start(port: u16, handler: Arc<dyn server::Handler>) -> std::io::Result<u16> {
+    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(server::serve(listener, handler));
+    Ok(port)
+}

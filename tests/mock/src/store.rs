@@ -1,0 +1,355 @@
+//! One object type's records: seeded ones generated on demand, changed and
+//! created ones kept, and an index ordered by modification time for search.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::data::{fmt_ms, mix, parse_time, Kind, PropDef, Seeded};
+
+#[derive(Debug, Clone)]
+struct Changed {
+    props: HashMap<String, Option<String>>,
+    created_ms: i64,
+    updated_ms: i64,
+}
+
+#[derive(Debug)]
+pub struct Store {
+    pub gen: Seeded,
+    pub props: Vec<PropDef>,
+    next_id: u64,
+    changed: HashMap<u64, Changed>,
+    /// Archived ids and when they were archived.
+    archived: std::collections::BTreeMap<u64, i64>,
+    /// Live records as (modified ms, tie-break, id). Ties are ordered by a
+    /// hash, not by id: HubSpot documents no order within equal sort keys.
+    index: BTreeSet<(i64, u64, u64)>,
+    pub max_ts: i64,
+}
+
+/// A typed value for comparisons.
+#[derive(Debug, Clone, PartialEq, PartialOrd)]
+pub enum Key {
+    Num(f64),
+    Str(String),
+}
+
+fn tie(id: u64) -> u64 {
+    mix(id ^ 0x7469_6521)
+}
+
+impl Store {
+    pub fn new(kind: Kind, seed: u64, count: u64) -> Store {
+        let gen = Seeded { kind, seed, count };
+        let mut keys: Vec<(i64, u64, u64)> = (1..=count)
+            .map(|id| (gen.updated_ms(id), tie(id), id))
+            .collect();
+        keys.sort_unstable();
+        let max_ts = keys.last().map(|k| k.0).unwrap_or(crate::data::T0_MS);
+        Store {
+            gen,
+            props: crate::data::builtin_props(kind),
+            next_id: count + 1,
+            changed: HashMap::new(),
+            archived: Default::default(),
+            index: keys.into_iter().collect(),
+            max_ts,
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.gen.kind
+    }
+
+    pub fn prop(&self, name: &str) -> Option<&PropDef> {
+        self.props.iter().find(|p| p.name == name)
+    }
+
+    pub fn exists(&self, id: u64) -> bool {
+        (id >= 1 && id <= self.gen.count) || self.changed.contains_key(&id)
+    }
+
+    pub fn is_archived(&self, id: u64) -> bool {
+        self.archived.contains_key(&id)
+    }
+
+    pub fn live_count(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
+    pub fn updated_ms(&self, id: u64) -> i64 {
+        match self.changed.get(&id) {
+            Some(c) => c.updated_ms,
+            None => self.gen.updated_ms(id),
+        }
+    }
+
+    pub fn created_ms(&self, id: u64) -> i64 {
+        match self.changed.get(&id) {
+            Some(c) => c.created_ms,
+            None => self.gen.created_ms(id),
+        }
+    }
+
+    pub fn value(&self, id: u64, prop: &str) -> Option<String> {
+        if prop == "hs_object_id" {
+            return Some(id.to_string());
+        }
+        if prop == self.kind().modified_prop() {
+            return Some(fmt_ms(self.updated_ms(id)));
+        }
+        if prop == "createdate" {
+            return Some(fmt_ms(self.created_ms(id)));
+        }
+        if let Some(c) = self.changed.get(&id) {
+            if let Some(v) = c.props.get(prop) {
+                return v.clone();
+            }
+            if id > self.gen.count {
+                return None;
+            }
+        }
+        self.gen.value(id, prop)
+    }
+
+    /// The value of `prop` as its type compares: numbers and times as
+    /// numbers, everything else as lower-cased text.
+    pub fn key(&self, id: u64, prop: &str) -> Option<Key> {
+        let v = self.value(id, prop)?;
+        self.key_of(prop, &v)
+    }
+
+    pub fn key_of(&self, prop: &str, v: &str) -> Option<Key> {
+        let kind = self.prop(prop).map(|p| p.kind.as_str()).unwrap_or("string");
+        match kind {
+            "number" => v.trim().parse::<f64>().ok().map(Key::Num),
+            "datetime" | "date" => parse_time(v).map(|ms| Key::Num(ms as f64)),
+            _ => Some(Key::Str(v.to_lowercase())),
+        }
+    }
+
+    /// The modification time a change made now gets: never earlier than
+    /// any existing one, so the newest change always sorts last.
+    pub fn change_time(&self, requested: Option<i64>) -> i64 {
+        requested.unwrap_or_else(|| chrono::Utc::now().timestamp_millis().max(self.max_ts))
+    }
+
+    /// Create (`id` None or unknown) or update a record; restores an
+    /// archived one. Returns the id.
+    pub fn upsert(
+        &mut self,
+        id: Option<u64>,
+        props: Vec<(String, Option<String>)>,
+        ts: i64,
+    ) -> u64 {
+        let id = id.unwrap_or(self.next_id);
+        let existed = self.exists(id);
+        if existed && !self.is_archived(id) {
+            self.index.remove(&(self.updated_ms(id), tie(id), id));
+        }
+        self.archived.remove(&id);
+        let created = if existed { self.created_ms(id) } else { ts };
+        let entry = self.changed.entry(id).or_insert_with(|| Changed {
+            props: HashMap::new(),
+            created_ms: created,
+            updated_ms: ts,
+        });
+        entry.updated_ms = ts;
+        for (k, v) in props {
+            if k == "hs_object_id" || k == "createdate" || k == self.gen.kind.modified_prop() {
+                continue;
+            }
+            entry.props.insert(k, v);
+        }
+        self.index.insert((ts, tie(id), id));
+        self.next_id = self.next_id.max(id + 1);
+        self.max_ts = self.max_ts.max(ts);
+        id
+    }
+
+    /// Archive a live record; false when there is none with this id.
+    pub fn archive(&mut self, id: u64, ts: i64) -> bool {
+        if !self.exists(id) || self.is_archived(id) {
+            return false;
+        }
+        self.index.remove(&(self.updated_ms(id), tie(id), id));
+        let created = self.created_ms(id);
+        let entry = self.changed.entry(id).or_insert_with(|| Changed {
+            props: HashMap::new(),
+            created_ms: created,
+            updated_ms: ts,
+        });
+        entry.updated_ms = ts;
+        self.archived.insert(id, ts);
+        self.max_ts = self.max_ts.max(ts);
+        true
+    }
+
+    /// Up to `limit` ids from `from` on, live or archived ones.
+    pub fn list_ids(&self, from: u64, limit: usize, archived: bool) -> Vec<u64> {
+        if archived {
+            return self
+                .archived
+                .range(from..)
+                .take(limit)
+                .map(|(id, _)| *id)
+                .collect();
+        }
+        let mut out = Vec::with_capacity(limit);
+        let mut id = from.max(1);
+        while out.len() < limit && id < self.next_id {
+            if self.exists(id) && !self.is_archived(id) {
+                out.push(id);
+            }
+            id += 1;
+        }
+        out
+    }
+
+    /// Live ids whose modification time lies in `lo..=hi`, in index order.
+    pub fn ids_modified_between(&self, lo: i64, hi: i64) -> Box<dyn Iterator<Item = u64> + '_> {
+        if lo > hi {
+            return Box::new(std::iter::empty());
+        }
+        Box::new(
+            self.index
+                .range((lo, 0, 0)..=(hi, u64::MAX, u64::MAX))
+                .map(|k| k.2),
+        )
+    }
+
+    /// Write one record as HubSpot's SimplePublicObject JSON.
+    pub fn render(&self, out: &mut Vec<u8>, id: u64, props: &[&str]) {
+        out.extend_from_slice(b"{\"id\":\"");
+        out.extend_from_slice(id.to_string().as_bytes());
+        out.extend_from_slice(b"\",\"properties\":{");
+        for (i, p) in props.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            json_str(out, p);
+            out.push(b':');
+            match self.value(id, p) {
+                Some(v) => json_str(out, &v),
+                None => out.extend_from_slice(b"null"),
+            }
+        }
+        out.extend_from_slice(b"},\"createdAt\":\"");
+        out.extend_from_slice(fmt_ms(self.created_ms(id)).as_bytes());
+        out.extend_from_slice(b"\",\"updatedAt\":\"");
+        out.extend_from_slice(fmt_ms(self.updated_ms(id)).as_bytes());
+        match self.archived.get(&id) {
+            Some(at) => {
+                out.extend_from_slice(b"\",\"archived\":true,\"archivedAt\":\"");
+                out.extend_from_slice(fmt_ms(*at).as_bytes());
+                out.extend_from_slice(b"\"}");
+            }
+            None => out.extend_from_slice(b"\",\"archived\":false}"),
+        }
+    }
+}
+
+/// Append `s` as a JSON string.
+pub fn json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *out, s).expect("write to a Vec");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> Store {
+        Store::new(Kind::Contacts, 7, 1000)
+    }
+
+    #[test]
+    fn upsert_moves_a_record_to_the_end_of_the_index() {
+        let mut s = store();
+        let ts = s.change_time(None);
+        s.upsert(Some(5), vec![("firstname".into(), Some("Zed".into()))], ts);
+        let last: Vec<u64> = s.ids_modified_between(ts, ts).collect();
+        assert_eq!(last, vec![5]);
+        assert_eq!(s.value(5, "firstname").as_deref(), Some("Zed"));
+        // Untouched properties keep their seeded value.
+        assert_eq!(s.value(5, "email"), s.gen.value(5, "email"));
+        assert_eq!(s.live_count(), 1000);
+    }
+
+    #[test]
+    fn created_records_get_the_next_id_and_only_their_values() {
+        let mut s = store();
+        let id = s.upsert(
+            None,
+            vec![("email".into(), Some("x@example.com".into()))],
+            2_000_000_000_000,
+        );
+        assert_eq!(id, 1001);
+        assert_eq!(s.value(id, "firstname"), None);
+        assert_eq!(
+            s.value(id, "lastmodifieddate").as_deref(),
+            Some("2033-05-18T03:33:20.000Z")
+        );
+        assert_eq!(s.list_ids(1000, 10, false), vec![1000, 1001]);
+    }
+
+    #[test]
+    fn archive_hides_and_upsert_restores() {
+        let mut s = store();
+        assert!(s.archive(3, 1_800_000_000_000));
+        assert!(!s.archive(3, 1_800_000_000_000));
+        assert_eq!(s.list_ids(1, 3, false), vec![1, 2, 4]);
+        assert_eq!(s.list_ids(0, 10, true), vec![3]);
+        assert_eq!(s.live_count(), 999);
+        let mut out = Vec::new();
+        s.render(&mut out, 3, &["email"]);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["archived"], true);
+        assert_eq!(v["archivedAt"], "2027-01-15T08:00:00.000Z");
+        s.upsert(Some(3), vec![], 1_800_000_000_001);
+        assert!(!s.is_archived(3));
+        assert_eq!(s.live_count(), 1000);
+    }
+
+    #[test]
+    fn rendered_records_are_json_with_nulls_and_escapes() {
+        let mut s = store();
+        s.upsert(
+            Some(2),
+            vec![
+                ("lastname".into(), Some("O\"Neil\n".into())),
+                ("phone".into(), None),
+            ],
+            1_700_000_000_000,
+        );
+        let mut out = Vec::new();
+        s.render(&mut out, 2, &["lastname", "phone", "hs_object_id"]);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["id"], "2");
+        assert_eq!(v["properties"]["lastname"], "O\"Neil\n");
+        assert!(v["properties"]["phone"].is_null());
+        assert_eq!(v["properties"]["hs_object_id"], "2");
+        assert_eq!(v["archived"], false);
+    }
+
+    #[test]
+    fn keys_compare_by_type() {
+        let s = store();
+        assert_eq!(s.key_of("hs_object_id", "10"), Some(Key::Num(10.0)));
+        assert!(s.key_of("hs_object_id", "9") < s.key_of("hs_object_id", "10"));
+        assert_eq!(
+            s.key_of("lastmodifieddate", "2023-01-01T00:00:00Z"),
+            Some(Key::Num(1_672_531_200_000.0))
+        );
+        assert_eq!(s.key_of("email", "A@B"), Some(Key::Str("a@b".into())));
+        assert_eq!(s.key_of("loyalty_score", "n/a"), None);
+    }
+}
