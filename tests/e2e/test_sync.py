@@ -10,7 +10,7 @@ from conftest import TOKEN, create_source, sync
 
 
 def count(db, sql, *args):
-    return db.execute(sql, args).fetchone()[0]
+    return db.execute(sql, args or None).fetchone()[0]
 
 
 def test_full_sync_lands_every_record_with_typed_columns(db, hubspot):

@@ -21,8 +21,8 @@ pub const SEARCH_MAX: usize = 200;
 pub const SEARCH_WINDOW: usize = 10_000;
 /// Search request limits (filterGroups, filters per group, filters in all).
 const MAX_GROUPS: usize = 5;
-const MAX_FILTERS_PER_GROUP: usize = 6;
-const MAX_FILTERS: usize = 18;
+const MAX_FILTERS_PER_GROUP: usize = 10;
+const MAX_FILTERS: usize = 25;
 
 #[derive(Debug, Clone)]
 pub struct Options {

@@ -1,0 +1,86 @@
+"""The HTTP layer as a user meets it: gzip, rate-limited search, plain http
+only to loopback, and TLS certificates verified."""
+
+import http.server
+import ssl
+import subprocess
+import threading
+
+import psycopg
+import pytest
+
+from conftest import TOKEN, create_source, sync
+
+
+def test_gzip_responses_are_decoded(db, mock_factory):
+    m = mock_factory(300, 10, 10, "--gzip")
+    create_source(db, m)
+    m.reset_stats()
+    rows = sync(db, stream="contacts")
+    assert rows["contacts"]["records_upserted"] == 300
+    # bytes_received counts the decoded JSON; the mock sent it compressed.
+    assert m.stats()["bytes_sent"] * 3 < rows["contacts"]["bytes_received"]
+    assert db.execute("SELECT count(*) FROM hs.contacts WHERE email LIKE '%@%'").fetchone()[0] == 300
+
+
+def test_search_rate_limit_is_waited_out(db, mock_factory):
+    m = mock_factory(1000, 10, 10, "--search-rate-limit", "2")
+    # Backoff as configured by default, scaled down: waits up to a second.
+    create_source(db, m, retry_base_ms=300, retry_max_ms=1000, max_retries=12)
+    sync(db, stream="contacts")
+    m.upsert("contacts", [{"id": str(i), "properties": {"firstname": f"r{i}"}} for i in range(1, 1001)])
+    m.reset_stats()
+    rows = sync(db, stream="contacts")
+    assert rows["contacts"]["status"] == "succeeded"
+    assert rows["contacts"]["records_upserted"] == 1000
+    # Five search pages at two a second: some were answered 429 and retried.
+    assert m.stats()["status_counts"].get("429", 0) >= 1
+    assert db.execute("SELECT count(*) FROM hs.contacts WHERE firstname LIKE 'r%'").fetchone()[0] == 1000
+
+
+def test_plain_http_only_to_loopback(db):
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
+        db.execute("SELECT crm_sync.create_source('hs', 'hubspot', %s, %s)",
+                   (psycopg.types.json.Jsonb({"base_url": "http://api.example.com"}),
+                    psycopg.types.json.Jsonb({"access_token": TOKEN})))
+    assert "plain http:// is only allowed to loopback addresses, not to api.example.com" in str(e.value)
+    assert "allow_insecure_http" in e.value.diag.message_hint
+    # https to anywhere is fine to register.
+    db.execute("SELECT crm_sync.create_source('hs', 'hubspot', %s, %s)",
+               (psycopg.types.json.Jsonb({"base_url": "https://api.example.com"}),
+                psycopg.types.json.Jsonb({"access_token": TOKEN})))
+    # Only a superuser may allow plain http elsewhere.
+    db.execute("CREATE ROLE plain_user LOGIN")
+    db.execute("SET ROLE plain_user")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        db.execute("SET crm_sync.allow_insecure_http = on")
+    db.execute("RESET ROLE")
+
+
+@pytest.fixture
+def self_signed_https(tmp_path):
+    """An HTTPS server on 127.0.0.1 with a self-signed certificate."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    srv = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(cert), str(key))
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    yield f"https://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+
+
+def test_tls_certificates_are_verified(db, self_signed_https):
+    db.execute("SELECT crm_sync.create_source('hs', 'hubspot', %s, %s)",
+               (psycopg.types.json.Jsonb({"base_url": self_signed_https, "max_retries": 0}),
+                psycopg.types.json.Jsonb({"access_token": TOKEN})))
+    with pytest.raises(psycopg.errors.ConnectionFailure) as e:
+        sync(db, stream="deals")
+    msg = str(e.value)
+    assert 'source "hs", stream "deals"' in msg
+    assert "certificate" in msg.lower()
+    assert TOKEN not in msg
