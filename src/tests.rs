@@ -142,4 +142,66 @@ mod tests {
         assert_eq!(can_sync, Some(false));
         Spi::run("RESET ROLE").unwrap();
     }
+
+    #[pg_test]
+    fn batch_arrays_are_the_arrays_postgres_builds() {
+        use crate::landing::{text_array, timestamptz_array};
+        // Strings of every length modulo 4 (padding), NULLs across a bitmap
+        // byte boundary, multi-byte UTF-8, and an empty string.
+        let words: Vec<Option<String>> = (0..19)
+            .map(|i| (i % 5 != 3).then(|| "é".repeat(i % 4) + &"x".repeat(i)))
+            .chain([Some(String::new())])
+            .collect();
+        let refs: Vec<Option<&str>> = words.iter().map(|w| w.as_deref()).collect();
+        let same = Spi::connect(|c| {
+            let expected = "ARRAY(SELECT CASE WHEN i % 5 = 3 THEN NULL ELSE repeat('é', i % 4) || repeat('x', i) END
+                                    FROM generate_series(0, 18) i) || ''::text";
+            c.select(
+                &format!("SELECT $1::text[] IS NOT DISTINCT FROM {expected} AND array_length($1, 1) = 20 AND $1[20] = ''"),
+                None,
+                &[text_array(&refs).unwrap()],
+            )
+            .unwrap()
+            .first()
+            .get_one::<bool>()
+            .unwrap()
+        });
+        assert_eq!(same, Some(true));
+        let stamps = [
+            Some(0),
+            None,
+            Some(1_500_000),
+            Some(-86_400_000_000),
+            None,
+            None,
+            None,
+            None,
+            Some(7),
+        ];
+        let same = Spi::connect(|c| {
+            c.select(
+                "SELECT $1 IS NOT DISTINCT FROM ARRAY['2000-01-01 00:00:00+00', NULL, '2000-01-01 00:00:01.5+00',
+                        '1999-12-31 00:00:00+00', NULL, NULL, NULL, NULL, '2000-01-01 00:00:00.000007+00']::timestamptz[]",
+                None,
+                &[timestamptz_array(&stamps)],
+            )
+            .unwrap()
+            .first()
+            .get_one::<bool>()
+            .unwrap()
+        });
+        assert_eq!(same, Some(true));
+        let empty = Spi::connect(|c| {
+            c.select(
+                "SELECT cardinality($1) = 0 AND cardinality($2) = 0",
+                None,
+                &[text_array(&[]).unwrap(), timestamptz_array(&[])],
+            )
+            .unwrap()
+            .first()
+            .get_one::<bool>()
+            .unwrap()
+        });
+        assert_eq!(empty, Some(true));
+    }
 }

@@ -252,3 +252,16 @@ def test_drop_source_with_data(db, hubspot):
     assert count(db, "SELECT to_regclass('hs.deals') IS NULL") is True
     assert count(db, "SELECT count(*) FROM crm_sync.watermarks") == 0
     assert count(db, "SELECT count(*) FROM crm_sync.runs WHERE source = 'hs'") == 1
+
+
+def test_nul_characters_do_not_fail_the_sync(db, hubspot):
+    # JSON may carry \u0000, which neither text nor jsonb can hold.
+    create_source(db, hubspot)
+    sync(db, stream="contacts")
+    hubspot.upsert("contacts", [{"id": "12", "properties": {"firstname": "Nul\u0000Byte"}}])
+    rows = sync(db, stream="contacts")
+    assert rows["contacts"]["status"] == "succeeded"
+    assert rows["contacts"]["records_upserted"] == 1
+    assert rows["contacts"]["warnings"] == 1
+    r = db.execute("SELECT firstname, _raw->'properties'->>'firstname' FROM hs.contacts WHERE id = '12'").fetchone()
+    assert r == ("Nul\ufffdByte", "Nul\ufffdByte")

@@ -6,11 +6,12 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 
 use chrono::{DateTime, Utc};
 
 use crate::error::Result;
-use crate::runtime::block_on_interruptible;
+use crate::runtime::{block_on_interruptible, kick};
 
 /// One CRM record as the engine sees it.
 #[derive(Debug, Clone)]
@@ -89,20 +90,34 @@ pub fn run<S: PageSource, K: Sink>(
     let batch_size = batch_size.max(1);
     let mut out = Outcome::default();
     let mut batch = Batch::default();
+    type Next<'a> = Pin<Box<dyn Future<Output = Result<Option<Page>>> + 'a>>;
+    let mut next: Option<Next<'_>> = Some(Box::pin(source.next_page()));
+    let mut ready: Option<Result<Option<Page>>> = None;
     loop {
-        let page = block_on_interruptible(source.next_page(), check)?;
-        let Some(page) = page else { break };
+        let page = match (ready.take(), next.as_mut()) {
+            (Some(r), _) => r,
+            (None, Some(f)) => block_on_interruptible(f.as_mut(), check),
+            (None, None) => unreachable!("a page is always requested or ready"),
+        };
+        next = None;
+        let Some(page) = page? else { break };
         out.pages += 1;
         out.records_received += page.records.len() as u64;
         for r in page.records {
             batch.push(r);
         }
+        // Ask for the following page now: the CRM prepares it while this
+        // thread writes to Postgres.
+        let mut f: Next<'_> = Box::pin(source.next_page());
+        ready = kick(f.as_mut());
+        next = Some(f);
         if batch.records.len() >= batch_size {
             check();
             out.stats += sink.write(&batch.records)?;
             batch.clear();
         }
     }
+    drop(next);
     if !batch.records.is_empty() {
         check();
         out.stats += sink.write(&batch.records)?;

@@ -3,8 +3,15 @@
 //! Conversion happens here, not in SQL, so that a value that does not fit its
 //! column becomes NULL plus a warning instead of failing the whole batch.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use serde_json::Value;
+
+enum Coerced<'a> {
+    Borrowed(&'a str),
+    Owned(String),
+}
 
 /// The Postgres types a CRM field can land as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,67 +59,85 @@ impl PgType {
     /// Convert a JSON value from the CRM into the text form Postgres accepts
     /// for this type. `Ok(None)` is SQL NULL; `Err(())` means the value does
     /// not fit (the caller keeps it in `_raw` and records a warning).
+    /// Text and numbers already in Postgres' form are borrowed, not copied.
     #[allow(clippy::result_unit_err)]
-    pub fn coerce(self, v: &Value) -> Result<Option<String>, ()> {
+    pub fn coerce(self, v: &Value) -> Result<Option<Cow<'_, str>>, ()> {
+        self.coerce_owned(v).map(|o| {
+            o.map(|c| match c {
+                Coerced::Borrowed(s) => Cow::Borrowed(s),
+                Coerced::Owned(s) => Cow::Owned(s),
+            })
+        })
+    }
+
+    #[cfg(test)]
+    fn coerce_string(self, v: &Value) -> Result<Option<String>, ()> {
+        self.coerce(v).map(|o| o.map(Cow::into_owned))
+    }
+
+    fn coerce_owned(self, v: &Value) -> Result<Option<Coerced<'_>>, ()> {
+        use Coerced::{Borrowed, Owned};
         let s = match v {
             Value::Null => return Ok(None),
             Value::String(s) => s.as_str(),
             Value::Bool(b) => {
                 return match self {
-                    PgType::Boolean | PgType::Text => Ok(Some(b.to_string())),
-                    PgType::Jsonb => Ok(Some(v.to_string())),
+                    PgType::Boolean | PgType::Text => Ok(Some(Owned(b.to_string()))),
+                    PgType::Jsonb => Ok(Some(Owned(v.to_string()))),
                     _ => Err(()),
                 }
             }
             Value::Number(n) => {
                 return match self {
-                    PgType::Text | PgType::Numeric | PgType::Jsonb => Ok(Some(n.to_string())),
-                    PgType::BigInt => n.as_i64().map(|i| Some(i.to_string())).ok_or(()),
+                    PgType::Text | PgType::Numeric | PgType::Jsonb => {
+                        Ok(Some(Owned(n.to_string())))
+                    }
+                    PgType::BigInt => n.as_i64().map(|i| Some(Owned(i.to_string()))).ok_or(()),
                     PgType::TimestampTz => n
                         .as_i64()
                         .and_then(epoch_ms)
-                        .map(|d| Some(fmt_ts(d)))
+                        .map(|d| Some(Owned(fmt_ts(d))))
                         .ok_or(()),
                     _ => Err(()),
                 }
             }
             Value::Array(_) | Value::Object(_) => {
                 return match self {
-                    PgType::Text | PgType::Jsonb => Ok(Some(v.to_string())),
+                    PgType::Text | PgType::Jsonb => Ok(Some(Owned(v.to_string()))),
                     _ => Err(()),
                 }
             }
         };
         if self == PgType::Text {
-            return Ok(Some(s.to_owned()));
+            return Ok(Some(Borrowed(s)));
         }
         if self == PgType::Jsonb {
-            return Ok(Some(Value::String(s.to_owned()).to_string()));
+            return Ok(Some(Owned(Value::String(s.to_owned()).to_string())));
         }
         let s = s.trim();
         if s.is_empty() {
             return Ok(None);
         }
         match self {
-            PgType::Numeric => is_numeric(s).then(|| Some(s.to_owned())).ok_or(()),
+            PgType::Numeric => is_numeric(s).then_some(Some(Borrowed(s))).ok_or(()),
             PgType::BigInt => s
                 .parse::<i64>()
-                .map(|i| Some(i.to_string()))
+                .map(|i| Some(Owned(i.to_string())))
                 .map_err(|_| ()),
             PgType::Boolean => match s.to_ascii_lowercase().as_str() {
-                "true" | "1" => Ok(Some("true".into())),
-                "false" | "0" => Ok(Some("false".into())),
+                "true" | "1" => Ok(Some(Borrowed("true"))),
+                "false" | "0" => Ok(Some(Borrowed("false"))),
                 _ => Err(()),
             },
             PgType::Date => parse_date(s)
-                .map(|d| Some(d.format("%Y-%m-%d").to_string()))
+                .map(|d| Some(Owned(d.format("%Y-%m-%d").to_string())))
                 .ok_or(()),
-            PgType::TimestampTz => parse_datetime(s).map(|d| Some(fmt_ts(d))).ok_or(()),
+            PgType::TimestampTz => parse_datetime(s).map(|d| Some(Owned(fmt_ts(d)))).ok_or(()),
             PgType::Time => chrono::NaiveTime::parse_from_str(s, "%H:%M:%S%.f")
                 .or_else(|_| {
                     chrono::NaiveTime::parse_from_str(s.trim_end_matches('Z'), "%H:%M:%S%.f")
                 })
-                .map(|t| Some(t.format("%H:%M:%S%.f").to_string()))
+                .map(|t| Some(Owned(t.format("%H:%M:%S%.f").to_string())))
                 .map_err(|_| ()),
             PgType::Text | PgType::Jsonb => unreachable!("handled above"),
         }
@@ -163,6 +188,34 @@ fn epoch_ms(ms: i64) -> Option<DateTime<Utc>> {
     DateTime::<Utc>::from_timestamp_millis(ms)
 }
 
+/// Microseconds between 1970-01-01 and Postgres' epoch, 2000-01-01.
+const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
+
+/// A datetime as Postgres stores a `timestamptz`: microseconds since
+/// 2000-01-01 UTC.
+pub fn pg_timestamp(d: DateTime<Utc>) -> i64 {
+    d.timestamp_micros() - PG_EPOCH_OFFSET_US
+}
+
+/// A CRM value for a `timestamptz` column, as [`pg_timestamp`] micros:
+/// the same rules as [`PgType::coerce`] for `TimestampTz`, without text.
+#[allow(clippy::result_unit_err)]
+pub fn coerce_timestamp(v: &Value) -> Result<Option<i64>, ()> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Number(n) => n
+            .as_i64()
+            .and_then(epoch_ms)
+            .map(|d| Some(pg_timestamp(d)))
+            .ok_or(()),
+        Value::String(s) if s.trim().is_empty() => Ok(None),
+        Value::String(s) => parse_datetime(s.trim())
+            .map(|d| Some(pg_timestamp(d)))
+            .ok_or(()),
+        _ => Err(()),
+    }
+}
+
 /// The canonical text form we write and store as watermarks: UTC, milliseconds.
 pub fn fmt_ts(d: DateTime<Utc>) -> String {
     d.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -198,77 +251,115 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn timestamps_as_postgres_micros() {
+        assert_eq!(
+            coerce_timestamp(&json!("2000-01-01T00:00:00Z")),
+            Ok(Some(0))
+        );
+        assert_eq!(
+            coerce_timestamp(&json!("2000-01-01T00:00:01.5Z")),
+            Ok(Some(1_500_000))
+        );
+        assert_eq!(coerce_timestamp(&json!(946684800001i64)), Ok(Some(1000)));
+        assert_eq!(coerce_timestamp(&json!("")), Ok(None));
+        assert_eq!(coerce_timestamp(&json!(null)), Ok(None));
+        assert_eq!(coerce_timestamp(&json!("soon")), Err(()));
+        assert_eq!(coerce_timestamp(&json!(true)), Err(()));
+        // Same instant as the text path.
+        let d = parse_datetime("2024-03-01T12:00:00.123Z").unwrap();
+        assert_eq!(
+            coerce_timestamp(&json!(fmt_ts(d))),
+            Ok(Some(pg_timestamp(d)))
+        );
+    }
+
+    #[test]
     fn numbers() {
         for ok in ["1", "-1.5", "+.5", "3.", "1e10", "12345678901234567890.123"] {
             assert_eq!(
-                PgType::Numeric.coerce(&json!(ok)),
+                PgType::Numeric.coerce_string(&json!(ok)),
                 Ok(Some(ok.to_string())),
                 "{ok}"
             );
         }
         for bad in ["n/a", "1,5", ".", "1e", "NaN", "Infinity", "0x10", "1 2"] {
-            assert_eq!(PgType::Numeric.coerce(&json!(bad)), Err(()), "{bad}");
+            assert_eq!(PgType::Numeric.coerce_string(&json!(bad)), Err(()), "{bad}");
         }
-        assert_eq!(PgType::Numeric.coerce(&json!("")), Ok(None));
-        assert_eq!(PgType::Numeric.coerce(&json!(2.5)), Ok(Some("2.5".into())));
-        assert_eq!(PgType::BigInt.coerce(&json!("42")), Ok(Some("42".into())));
-        assert_eq!(PgType::BigInt.coerce(&json!("4.2")), Err(()));
+        assert_eq!(PgType::Numeric.coerce_string(&json!("")), Ok(None));
+        assert_eq!(
+            PgType::Numeric.coerce_string(&json!(2.5)),
+            Ok(Some("2.5".into()))
+        );
+        assert_eq!(
+            PgType::BigInt.coerce_string(&json!("42")),
+            Ok(Some("42".into()))
+        );
+        assert_eq!(PgType::BigInt.coerce_string(&json!("4.2")), Err(()));
     }
 
     #[test]
     fn datetimes_in_every_crm_shape_become_utc_millis() {
         let want = Ok(Some("2024-03-01T12:00:00.000Z".to_string()));
         assert_eq!(
-            PgType::TimestampTz.coerce(&json!("2024-03-01T12:00:00Z")),
+            PgType::TimestampTz.coerce_string(&json!("2024-03-01T12:00:00Z")),
             want
         );
         assert_eq!(
-            PgType::TimestampTz.coerce(&json!("2024-03-01T13:00:00.000+01:00")),
+            PgType::TimestampTz.coerce_string(&json!("2024-03-01T13:00:00.000+01:00")),
             want
         );
         assert_eq!(
-            PgType::TimestampTz.coerce(&json!("2024-03-01T12:00:00.000+0000")),
+            PgType::TimestampTz.coerce_string(&json!("2024-03-01T12:00:00.000+0000")),
             want
         );
-        assert_eq!(PgType::TimestampTz.coerce(&json!("1709294400000")), want);
-        assert_eq!(PgType::TimestampTz.coerce(&json!("yesterday")), Err(()));
+        assert_eq!(
+            PgType::TimestampTz.coerce_string(&json!("1709294400000")),
+            want
+        );
+        assert_eq!(
+            PgType::TimestampTz.coerce_string(&json!("yesterday")),
+            Err(())
+        );
     }
 
     #[test]
     fn dates() {
         assert_eq!(
-            PgType::Date.coerce(&json!("2020-02-29")),
+            PgType::Date.coerce_string(&json!("2020-02-29")),
             Ok(Some("2020-02-29".into()))
         );
         assert_eq!(
-            PgType::Date.coerce(&json!("2020-02-29T00:00:00Z")),
+            PgType::Date.coerce_string(&json!("2020-02-29T00:00:00Z")),
             Ok(Some("2020-02-29".into()))
         );
-        assert_eq!(PgType::Date.coerce(&json!("31/02/2020")), Err(()));
-        assert_eq!(PgType::Date.coerce(&json!("2021-02-29")), Err(()));
+        assert_eq!(PgType::Date.coerce_string(&json!("31/02/2020")), Err(()));
+        assert_eq!(PgType::Date.coerce_string(&json!("2021-02-29")), Err(()));
     }
 
     #[test]
     fn booleans_text_and_json() {
         assert_eq!(
-            PgType::Boolean.coerce(&json!("TRUE")),
+            PgType::Boolean.coerce_string(&json!("TRUE")),
             Ok(Some("true".into()))
         );
         assert_eq!(
-            PgType::Boolean.coerce(&json!(false)),
+            PgType::Boolean.coerce_string(&json!(false)),
             Ok(Some("false".into()))
         );
-        assert_eq!(PgType::Boolean.coerce(&json!("maybe")), Err(()));
+        assert_eq!(PgType::Boolean.coerce_string(&json!("maybe")), Err(()));
         assert_eq!(
-            PgType::Text.coerce(&json!("  keep  ")),
+            PgType::Text.coerce_string(&json!("  keep  ")),
             Ok(Some("  keep  ".into()))
         );
-        assert_eq!(PgType::Text.coerce(&json!(null)), Ok(None));
+        assert_eq!(PgType::Text.coerce_string(&json!(null)), Ok(None));
         assert_eq!(
-            PgType::Jsonb.coerce(&json!({"a": 1})),
+            PgType::Jsonb.coerce_string(&json!({"a": 1})),
             Ok(Some("{\"a\":1}".into()))
         );
-        assert_eq!(PgType::Jsonb.coerce(&json!("x")), Ok(Some("\"x\"".into())));
+        assert_eq!(
+            PgType::Jsonb.coerce_string(&json!("x")),
+            Ok(Some("\"x\"".into()))
+        );
     }
 
     #[test]
