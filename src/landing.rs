@@ -321,13 +321,13 @@ impl Sink for SpiSink {
             let mut args: Vec<pgrx::datum::DatumWithOid> = Vec::with_capacity(5 + cols.len());
             args.push(text_array(&ids)?);
             args.push(text_array(&as_str(&raws))?);
-            args.push(timestamptz_array(&upd));
-            args.push(timestamptz_array(&del));
+            args.push(timestamptz_array(&upd)?);
+            args.push(timestamptz_array(&del)?);
             args.push(self.run_id.into());
             for col in &cols {
                 args.push(match col {
                     ColumnValues::Text(v) => text_array(&as_str(v))?,
-                    ColumnValues::Timestamps(v) => timestamptz_array(v),
+                    ColumnValues::Timestamps(v) => timestamptz_array(v)?,
                 });
             }
             let t = c
@@ -394,72 +394,87 @@ fn without_nul_escapes(raw: &str) -> Option<String> {
 /// Largest varlena Postgres accepts (MaxAllocSize).
 const MAX_VARLENA: usize = 0x3fff_ffff;
 
-/// A one-dimensional `text[]` datum built in one allocation in the current
-/// memory context, in Postgres' array layout (`utils/array.h`): header,
-/// dims, lower bounds, null bitmap when there are NULLs, then each element
-/// as a 4-byte-header varlena aligned to 4 bytes. pgrx's generic
-/// conversion palloc()s and copies every element twice, which was a sixth
-/// of a full sync's CPU time.
-pub(crate) fn text_array<'a>(
-    items: &[Option<&str>],
-) -> Result<pgrx::datum::DatumWithOid<'a>, CrmError> {
-    const HEADER: usize = 16 + 8; // ArrayType + dims[1] + lbound[1]
+/// ArrayType (varlena header, ndim, dataoffset, elemtype) + dims[1] + lbound[1].
+const ARRAY_HEADER: usize = 16 + 8;
+
+/// Allocate, zeroed in the current memory context, a one-dimensional array
+/// of `n` elements of type `elemtype` in Postgres' layout (`utils/array.h`):
+/// header, dims, lower bounds, a null bitmap when some element is NULL,
+/// then `data_len` bytes of elements from the returned offset, which is
+/// MAXALIGNed. `present[i]` is false for a NULL. `n` must be positive.
+fn alloc_array(
+    elemtype: pg_sys::Oid,
+    present: &[bool],
+    data_len: usize,
+) -> Result<(*mut u8, usize), CrmError> {
     let maxalign = |x: usize| (x + 7) & !7;
-    let align4 = |x: usize| (x + 3) & !3;
-    let n = items.len();
-    let has_nulls = items.iter().any(Option::is_none);
+    let n = present.len();
+    let has_nulls = present.iter().any(|p| !p);
     let overhead = if has_nulls {
-        maxalign(HEADER + n.div_ceil(8))
+        maxalign(ARRAY_HEADER + n.div_ceil(8))
     } else {
-        maxalign(HEADER)
+        maxalign(ARRAY_HEADER)
     };
-    let total = overhead
-        + items
-            .iter()
-            .flatten()
-            .map(|s| align4(4 + s.len()))
-            .sum::<usize>();
+    let total = overhead + data_len;
     if total > MAX_VARLENA {
         return Err(
             CrmError::config(format!("a batch of {n} values is larger than 1 GB"))
                 .with_hint("Lower crm_sync.batch_size."),
         );
     }
-    if n == 0 {
-        // SAFETY: builds an empty array in the current memory context.
-        let arr = unsafe { pg_sys::construct_empty_array(pg_sys::TEXTOID) };
-        // SAFETY: arr is a valid text[] datum.
-        return Ok(unsafe {
-            pgrx::datum::DatumWithOid::new(pg_sys::Datum::from(arr), pg_sys::TEXTARRAYOID)
-        });
-    }
-    // SAFETY: we write exactly `total` zeroed bytes laid out as Postgres
-    // reads a text[]: every offset below stays inside the allocation.
+    // SAFETY: every write below stays inside the `total` bytes allocated.
     unsafe {
         let p = pg_sys::palloc0(total) as *mut u8;
         pgrx::varlena::set_varsize_4b(p as *mut pg_sys::varlena, total as i32);
         (p.add(4) as *mut i32).write_unaligned(1); // ndim
         let dataoffset = if has_nulls { overhead as i32 } else { 0 };
         (p.add(8) as *mut i32).write_unaligned(dataoffset);
-        (p.add(12) as *mut pg_sys::Oid).write_unaligned(pg_sys::TEXTOID);
+        (p.add(12) as *mut pg_sys::Oid).write_unaligned(elemtype);
         (p.add(16) as *mut i32).write_unaligned(n as i32); // dims[0]
         (p.add(20) as *mut i32).write_unaligned(1); // lbound[0]
         if has_nulls {
-            let bitmap = p.add(HEADER);
-            for (i, item) in items.iter().enumerate() {
-                if item.is_some() {
-                    *bitmap.add(i / 8) |= 1 << (i % 8);
-                }
+            let bitmap = p.add(ARRAY_HEADER);
+            for (i, _) in present.iter().enumerate().filter(|(_, p)| **p) {
+                *bitmap.add(i / 8) |= 1 << (i % 8);
             }
         }
-        let mut off = overhead;
+        Ok((p, overhead))
+    }
+}
+
+fn empty_array<'a>(
+    elemtype: pg_sys::Oid,
+    array_type: pg_sys::Oid,
+) -> pgrx::datum::DatumWithOid<'a> {
+    // SAFETY: construct_empty_array builds a valid empty array datum in
+    // the current memory context.
+    unsafe {
+        let arr = pg_sys::construct_empty_array(elemtype);
+        pgrx::datum::DatumWithOid::new(pg_sys::Datum::from(arr), array_type)
+    }
+}
+
+/// A `text[]` datum built in one allocation: each element a 4-byte-header
+/// varlena aligned to 4 bytes. pgrx's generic conversion palloc()s and
+/// copies every element twice, which was a sixth of a full sync's CPU time.
+pub(crate) fn text_array<'a>(
+    items: &[Option<&str>],
+) -> Result<pgrx::datum::DatumWithOid<'a>, CrmError> {
+    if items.is_empty() {
+        return Ok(empty_array(pg_sys::TEXTOID, pg_sys::TEXTARRAYOID));
+    }
+    let align4 = |x: usize| (x + 3) & !3;
+    let present: Vec<bool> = items.iter().map(Option::is_some).collect();
+    let data_len = items.iter().flatten().map(|s| align4(4 + s.len())).sum();
+    let (p, mut off) = alloc_array(pg_sys::TEXTOID, &present, data_len)?;
+    // SAFETY: alloc_array reserved align4(4 + len) bytes per element.
+    unsafe {
         for s in items.iter().flatten() {
             let len = 4 + s.len();
             pgrx::varlena::set_varsize_4b(p.add(off) as *mut pg_sys::varlena, len as i32);
             std::ptr::copy_nonoverlapping(s.as_ptr(), p.add(off + 4), s.len());
             off += align4(len);
         }
-        debug_assert_eq!(off, total);
         Ok(pgrx::datum::DatumWithOid::new(
             pg_sys::Datum::from(p),
             pg_sys::TEXTARRAYOID,
@@ -467,51 +482,32 @@ pub(crate) fn text_array<'a>(
     }
 }
 
-/// A one-dimensional `timestamptz[]` datum (elements are 8-byte Postgres
-/// timestamps, microseconds since 2000-01-01), built like [`text_array`].
-pub(crate) fn timestamptz_array<'a>(items: &[Option<i64>]) -> pgrx::datum::DatumWithOid<'a> {
-    const HEADER: usize = 16 + 8;
+/// A `timestamptz[]` datum: 8-byte Postgres timestamps (microseconds since
+/// 2000-01-01), 8-byte aligned since the data starts MAXALIGNed.
+pub(crate) fn timestamptz_array<'a>(
+    items: &[Option<i64>],
+) -> Result<pgrx::datum::DatumWithOid<'a>, CrmError> {
     if items.is_empty() {
-        // SAFETY: builds an empty array in the current memory context.
-        let arr = unsafe { pg_sys::construct_empty_array(pg_sys::TIMESTAMPTZOID) };
-        // SAFETY: arr is a valid timestamptz[] datum.
-        return unsafe {
-            pgrx::datum::DatumWithOid::new(pg_sys::Datum::from(arr), pg_sys::TIMESTAMPTZARRAYOID)
-        };
+        return Ok(empty_array(
+            pg_sys::TIMESTAMPTZOID,
+            pg_sys::TIMESTAMPTZARRAYOID,
+        ));
     }
-    let maxalign = |x: usize| (x + 7) & !7;
-    let n = items.len();
-    let has_nulls = items.iter().any(Option::is_none);
-    let overhead = if has_nulls {
-        maxalign(HEADER + n.div_ceil(8))
-    } else {
-        maxalign(HEADER)
-    };
-    let total = overhead + 8 * items.iter().flatten().count();
-    // SAFETY: as in text_array; elements are 8-byte aligned because the
-    // data starts at a MAXALIGNed offset of a palloc'd (MAXALIGNed) block.
+    let present: Vec<bool> = items.iter().map(Option::is_some).collect();
+    let (p, mut off) = alloc_array(
+        pg_sys::TIMESTAMPTZOID,
+        &present,
+        8 * items.iter().flatten().count(),
+    )?;
+    // SAFETY: alloc_array reserved 8 bytes per non-NULL element.
     unsafe {
-        let p = pg_sys::palloc0(total) as *mut u8;
-        pgrx::varlena::set_varsize_4b(p as *mut pg_sys::varlena, total as i32);
-        (p.add(4) as *mut i32).write_unaligned(1);
-        let dataoffset = if has_nulls { overhead as i32 } else { 0 };
-        (p.add(8) as *mut i32).write_unaligned(dataoffset);
-        (p.add(12) as *mut pg_sys::Oid).write_unaligned(pg_sys::TIMESTAMPTZOID);
-        (p.add(16) as *mut i32).write_unaligned(n as i32);
-        (p.add(20) as *mut i32).write_unaligned(1);
-        if has_nulls {
-            let bitmap = p.add(HEADER);
-            for (i, item) in items.iter().enumerate() {
-                if item.is_some() {
-                    *bitmap.add(i / 8) |= 1 << (i % 8);
-                }
-            }
-        }
-        let mut off = overhead;
         for v in items.iter().flatten() {
             (p.add(off) as *mut i64).write_unaligned(*v);
             off += 8;
         }
-        pgrx::datum::DatumWithOid::new(pg_sys::Datum::from(p), pg_sys::TIMESTAMPTZARRAYOID)
+        Ok(pgrx::datum::DatumWithOid::new(
+            pg_sys::Datum::from(p),
+            pg_sys::TIMESTAMPTZARRAYOID,
+        ))
     }
 }

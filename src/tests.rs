@@ -183,7 +183,7 @@ mod tests {
                 "SELECT $1 IS NOT DISTINCT FROM ARRAY['2000-01-01 00:00:00+00', NULL, '2000-01-01 00:00:01.5+00',
                         '1999-12-31 00:00:00+00', NULL, NULL, NULL, NULL, '2000-01-01 00:00:00.000007+00']::timestamptz[]",
                 None,
-                &[timestamptz_array(&stamps)],
+                &[timestamptz_array(&stamps).unwrap()],
             )
             .unwrap()
             .first()
@@ -195,7 +195,7 @@ mod tests {
             c.select(
                 "SELECT cardinality($1) = 0 AND cardinality($2) = 0",
                 None,
-                &[text_array(&[]).unwrap(), timestamptz_array(&[])],
+                &[text_array(&[]).unwrap(), timestamptz_array(&[]).unwrap()],
             )
             .unwrap()
             .first()

@@ -30,7 +30,7 @@ def no_secret_anywhere(db, pg_cluster, secret=TOKEN):
     assert secret not in log
 
 
-@pytest.mark.parametrize("kind", ["429", "429_retry_after", "500", "502", "503", "reset"])
+@pytest.mark.parametrize("kind", ["429", "429_retry_after", "500", "502", "503", "reset", "cut"])
 def test_transient_faults_are_retried(db, hubspot, kind):
     create_source(db, hubspot)
     hubspot.fault(path_contains="/crm/v3/objects/contacts", skip=1, count=2, kind=kind)
@@ -171,11 +171,14 @@ def test_cancel_stops_a_sync_promptly_and_consistently(connect, hubspot):
     pid = worker.info.backend_pid
     th, box = run_in_thread(worker, "SELECT * FROM crm_sync.sync('hs', 'contacts')")
     time.sleep(1.0)
+    cancelled_at = time.monotonic()
     assert db.execute("SELECT pg_cancel_backend(%s)", (pid,)).fetchone()[0]
     th.join(timeout=15)
     assert not th.is_alive(), "sync did not stop after pg_cancel_backend"
     assert isinstance(box["error"], psycopg.errors.QueryCanceled)
-    assert box["seconds"] < 15  # the mock would have answered after 30 s
+    # Interrupts are checked every 100 ms while waiting on the network; the
+    # mock would have answered only after 30 s. (A generous bound, not a benchmark.)
+    assert time.monotonic() - cancelled_at < 5
     assert state(db) == before
     assert last_run(db)[0] == "cancelled"
     hubspot.clear_faults()
@@ -234,3 +237,15 @@ def test_roles_without_grants_cannot_sync_or_read_secrets(db, hubspot):
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         db.execute("SELECT * FROM crm_sync.credentials")
     db.execute("RESET ROLE")
+
+
+def test_missing_scope_fails_at_once_with_a_hint(db, hubspot):
+    create_source(db, hubspot)
+    hubspot.fault(path_contains="/crm/v3/objects/deals", skip=0, count=0, kind="missing_scopes")
+    with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification) as e:
+        sync(db, stream="deals")
+    assert 'source "hs", stream "deals": HubSpot refused access (HTTP 403 MISSING_SCOPES)' in str(e.value)
+    assert "scope" in e.value.diag.message_hint
+    status, _, sqlstate, calls = last_run(db, "deals")
+    assert (status, sqlstate) == ("failed", "28000")
+    assert calls == 2  # properties, then one list call: 403 is not retried

@@ -113,26 +113,6 @@ pub struct PropDef {
     pub hubspot_defined: bool,
 }
 
-fn p(
-    name: &str,
-    label: &str,
-    kind: &str,
-    field_type: &str,
-    group: &str,
-    options: &[&str],
-    builtin: bool,
-) -> PropDef {
-    PropDef {
-        name: name.into(),
-        label: label.into(),
-        kind: kind.into(),
-        field_type: field_type.into(),
-        group: group.into(),
-        options: options.iter().map(|s| s.to_string()).collect(),
-        hubspot_defined: builtin,
-    }
-}
-
 const LIFECYCLE: &[&str] = &[
     "subscriber",
     "lead",
@@ -174,304 +154,98 @@ const INDUSTRIES: &[&str] = &[
 ];
 const CURRENCIES: &[&str] = &["USD", "EUR", "GBP", "CAD"];
 
+/// (name, label, type, fieldType, groupName, options, hubspotDefined)
+type Def = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+    bool,
+);
+
+#[rustfmt::skip]
+const CONTACT_PROPS: &[Def] = &[
+    ("email", "Email", "string", "text", "contactinformation", &[], true),
+    ("firstname", "First Name", "string", "text", "contactinformation", &[], true),
+    ("lastname", "Last Name", "string", "text", "contactinformation", &[], true),
+    ("phone", "Phone Number", "string", "phonenumber", "contactinformation", &[], true),
+    ("mobilephone", "Mobile Phone Number", "string", "phonenumber", "contactinformation", &[], true),
+    ("company", "Company Name", "string", "text", "contactinformation", &[], true),
+    ("jobtitle", "Job Title", "string", "text", "contactinformation", &[], true),
+    ("website", "Website URL", "string", "text", "contactinformation", &[], true),
+    ("address", "Street Address", "string", "text", "contactinformation", &[], true),
+    ("city", "City", "string", "text", "contactinformation", &[], true),
+    ("state", "State/Region", "string", "text", "contactinformation", &[], true),
+    ("zip", "Postal Code", "string", "text", "contactinformation", &[], true),
+    ("country", "Country/Region", "string", "text", "contactinformation", &[], true),
+    ("lifecyclestage", "Lifecycle Stage", "enumeration", "radio", "contactinformation", LIFECYCLE, true),
+    ("hs_lead_status", "Lead Status", "enumeration", "radio", "sales_properties", LEAD_STATUS, true),
+    ("hubspot_owner_id", "Contact owner", "enumeration", "select", "sales_properties", &[], true),
+    ("createdate", "Create Date", "datetime", "date", "contactinformation", &[], true),
+    ("lastmodifieddate", "Last Modified Date", "datetime", "date", "contactinformation", &[], true),
+    ("hs_object_id", "Record ID", "number", "number", "contactinformation", &[], true),
+    ("favorite_color", "Favorite color", "enumeration", "select", "contactinformation", COLORS, false),
+    ("loyalty_score", "Loyalty score", "number", "number", "contactinformation", &[], false),
+    ("signup_date", "Signup date", "date", "date", "contactinformation", &[], false),
+    ("is_vip", "VIP", "bool", "booleancheckbox", "contactinformation", &["true", "false"], false),
+];
+
+#[rustfmt::skip]
+const COMPANY_PROPS: &[Def] = &[
+    ("name", "Company name", "string", "text", "companyinformation", &[], true),
+    ("domain", "Company Domain Name", "string", "text", "companyinformation", &[], true),
+    ("website", "Website URL", "string", "text", "companyinformation", &[], true),
+    ("phone", "Phone Number", "string", "phonenumber", "companyinformation", &[], true),
+    ("industry", "Industry", "enumeration", "select", "companyinformation", INDUSTRIES, true),
+    ("city", "City", "string", "text", "companyinformation", &[], true),
+    ("state", "State/Region", "string", "text", "companyinformation", &[], true),
+    ("country", "Country/Region", "string", "text", "companyinformation", &[], true),
+    ("numberofemployees", "Number of Employees", "number", "number", "companyinformation", &[], true),
+    ("annualrevenue", "Annual Revenue", "number", "number", "companyinformation", &[], true),
+    ("lifecyclestage", "Lifecycle Stage", "enumeration", "radio", "companyinformation", LIFECYCLE, true),
+    ("hubspot_owner_id", "Company owner", "enumeration", "select", "companyinformation", &[], true),
+    ("createdate", "Create Date", "datetime", "date", "companyinformation", &[], true),
+    ("hs_lastmodifieddate", "Last Modified Date", "datetime", "date", "companyinformation", &[], true),
+    ("hs_object_id", "Record ID", "number", "number", "companyinformation", &[], true),
+    ("tier", "Tier", "enumeration", "select", "companyinformation", TIERS, false),
+];
+
+#[rustfmt::skip]
+const DEAL_PROPS: &[Def] = &[
+    ("dealname", "Deal Name", "string", "text", "dealinformation", &[], true),
+    ("amount", "Amount", "number", "number", "dealinformation", &[], true),
+    ("deal_currency_code", "Currency", "enumeration", "select", "dealinformation", CURRENCIES, true),
+    ("dealstage", "Deal Stage", "enumeration", "radio", "dealinformation", STAGES, true),
+    ("pipeline", "Pipeline", "enumeration", "select", "dealinformation", &["default"], true),
+    ("closedate", "Close Date", "datetime", "date", "dealinformation", &[], true),
+    ("hubspot_owner_id", "Deal owner", "enumeration", "select", "dealinformation", &[], true),
+    ("createdate", "Create Date", "datetime", "date", "dealinformation", &[], true),
+    ("hs_lastmodifieddate", "Last Modified Date", "datetime", "date", "dealinformation", &[], true),
+    ("hs_object_id", "Record ID", "number", "number", "dealinformation", &[], true),
+    ("renewal_date", "Renewal date", "date", "date", "dealinformation", &[], false),
+];
+
 pub fn builtin_props(kind: Kind) -> Vec<PropDef> {
-    let c = "contactinformation";
-    match kind {
-        Kind::Contacts => vec![
-            p("email", "Email", "string", "text", c, &[], true),
-            p("firstname", "First Name", "string", "text", c, &[], true),
-            p("lastname", "Last Name", "string", "text", c, &[], true),
-            p(
-                "phone",
-                "Phone Number",
-                "string",
-                "phonenumber",
-                c,
-                &[],
-                true,
-            ),
-            p(
-                "mobilephone",
-                "Mobile Phone Number",
-                "string",
-                "phonenumber",
-                c,
-                &[],
-                true,
-            ),
-            p("company", "Company Name", "string", "text", c, &[], true),
-            p("jobtitle", "Job Title", "string", "text", c, &[], true),
-            p("website", "Website URL", "string", "text", c, &[], true),
-            p("address", "Street Address", "string", "text", c, &[], true),
-            p("city", "City", "string", "text", c, &[], true),
-            p("state", "State/Region", "string", "text", c, &[], true),
-            p("zip", "Postal Code", "string", "text", c, &[], true),
-            p("country", "Country/Region", "string", "text", c, &[], true),
-            p(
-                "lifecyclestage",
-                "Lifecycle Stage",
-                "enumeration",
-                "radio",
-                c,
-                LIFECYCLE,
-                true,
-            ),
-            p(
-                "hs_lead_status",
-                "Lead Status",
-                "enumeration",
-                "radio",
-                "sales_properties",
-                LEAD_STATUS,
-                true,
-            ),
-            p(
-                "hubspot_owner_id",
-                "Contact owner",
-                "enumeration",
-                "select",
-                "sales_properties",
-                &[],
-                true,
-            ),
-            p(
-                "createdate",
-                "Create Date",
-                "datetime",
-                "date",
-                c,
-                &[],
-                true,
-            ),
-            p(
-                "lastmodifieddate",
-                "Last Modified Date",
-                "datetime",
-                "date",
-                c,
-                &[],
-                true,
-            ),
-            p(
-                "hs_object_id",
-                "Record ID",
-                "number",
-                "number",
-                c,
-                &[],
-                true,
-            ),
-            p(
-                "favorite_color",
-                "Favorite color",
-                "enumeration",
-                "select",
-                c,
-                COLORS,
-                false,
-            ),
-            p(
-                "loyalty_score",
-                "Loyalty score",
-                "number",
-                "number",
-                c,
-                &[],
-                false,
-            ),
-            p("signup_date", "Signup date", "date", "date", c, &[], false),
-            p(
-                "is_vip",
-                "VIP",
-                "bool",
-                "booleancheckbox",
-                c,
-                &["true", "false"],
-                false,
-            ),
-        ],
-        Kind::Companies => {
-            let g = "companyinformation";
-            vec![
-                p("name", "Company name", "string", "text", g, &[], true),
-                p(
-                    "domain",
-                    "Company Domain Name",
-                    "string",
-                    "text",
-                    g,
-                    &[],
-                    true,
-                ),
-                p("website", "Website URL", "string", "text", g, &[], true),
-                p(
-                    "phone",
-                    "Phone Number",
-                    "string",
-                    "phonenumber",
-                    g,
-                    &[],
-                    true,
-                ),
-                p(
-                    "industry",
-                    "Industry",
-                    "enumeration",
-                    "select",
-                    g,
-                    INDUSTRIES,
-                    true,
-                ),
-                p("city", "City", "string", "text", g, &[], true),
-                p("state", "State/Region", "string", "text", g, &[], true),
-                p("country", "Country/Region", "string", "text", g, &[], true),
-                p(
-                    "numberofemployees",
-                    "Number of Employees",
-                    "number",
-                    "number",
-                    g,
-                    &[],
-                    true,
-                ),
-                p(
-                    "annualrevenue",
-                    "Annual Revenue",
-                    "number",
-                    "number",
-                    g,
-                    &[],
-                    true,
-                ),
-                p(
-                    "lifecyclestage",
-                    "Lifecycle Stage",
-                    "enumeration",
-                    "radio",
-                    g,
-                    LIFECYCLE,
-                    true,
-                ),
-                p(
-                    "hubspot_owner_id",
-                    "Company owner",
-                    "enumeration",
-                    "select",
-                    g,
-                    &[],
-                    true,
-                ),
-                p(
-                    "createdate",
-                    "Create Date",
-                    "datetime",
-                    "date",
-                    g,
-                    &[],
-                    true,
-                ),
-                p(
-                    "hs_lastmodifieddate",
-                    "Last Modified Date",
-                    "datetime",
-                    "date",
-                    g,
-                    &[],
-                    true,
-                ),
-                p(
-                    "hs_object_id",
-                    "Record ID",
-                    "number",
-                    "number",
-                    g,
-                    &[],
-                    true,
-                ),
-                p("tier", "Tier", "enumeration", "select", g, TIERS, false),
-            ]
-        }
-        Kind::Deals => {
-            let g = "dealinformation";
-            vec![
-                p("dealname", "Deal Name", "string", "text", g, &[], true),
-                p("amount", "Amount", "number", "number", g, &[], true),
-                p(
-                    "deal_currency_code",
-                    "Currency",
-                    "enumeration",
-                    "select",
-                    g,
-                    CURRENCIES,
-                    true,
-                ),
-                p(
-                    "dealstage",
-                    "Deal Stage",
-                    "enumeration",
-                    "radio",
-                    g,
-                    STAGES,
-                    true,
-                ),
-                p(
-                    "pipeline",
-                    "Pipeline",
-                    "enumeration",
-                    "select",
-                    g,
-                    &["default"],
-                    true,
-                ),
-                p("closedate", "Close Date", "datetime", "date", g, &[], true),
-                p(
-                    "hubspot_owner_id",
-                    "Deal owner",
-                    "enumeration",
-                    "select",
-                    g,
-                    &[],
-                    true,
-                ),
-                p(
-                    "createdate",
-                    "Create Date",
-                    "datetime",
-                    "date",
-                    g,
-                    &[],
-                    true,
-                ),
-                p(
-                    "hs_lastmodifieddate",
-                    "Last Modified Date",
-                    "datetime",
-                    "date",
-                    g,
-                    &[],
-                    true,
-                ),
-                p(
-                    "hs_object_id",
-                    "Record ID",
-                    "number",
-                    "number",
-                    g,
-                    &[],
-                    true,
-                ),
-                p(
-                    "renewal_date",
-                    "Renewal date",
-                    "date",
-                    "date",
-                    g,
-                    &[],
-                    false,
-                ),
-            ]
-        }
-    }
+    let defs = match kind {
+        Kind::Contacts => CONTACT_PROPS,
+        Kind::Companies => COMPANY_PROPS,
+        Kind::Deals => DEAL_PROPS,
+    };
+    defs.iter()
+        .map(
+            |&(name, label, kind, field_type, group, options, builtin)| PropDef {
+                name: name.into(),
+                label: label.into(),
+                kind: kind.into(),
+                field_type: field_type.into(),
+                group: group.into(),
+                options: options.iter().map(|s| s.to_string()).collect(),
+                hubspot_defined: builtin,
+            },
+        )
+        .collect()
 }
 
 const FIRST: &[&str] = &[

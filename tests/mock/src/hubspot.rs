@@ -244,6 +244,7 @@ impl HubSpotMock {
             "502" => Reply::Send(html(502, "<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center></body></html>")),
             "503" => Reply::Send(self.error(503, "SERVICE_UNAVAILABLE", "Service Unavailable")),
             "bad_token" => Reply::Send(self.unauthorized()),
+            "missing_scopes" => Reply::Send(self.missing_scopes(&req.path)),
             "reset" => Reply::Reset,
             "latency" => Reply::Delay(Duration::from_millis(latency), self.route(st, req)),
             "malformed" => Reply::Send(html(200, "<html><body>Service temporarily unavailable, please try again.</body></html>")),
@@ -257,6 +258,21 @@ impl HubSpotMock {
             "cut" => Reply::Cut { response: self.route(st, req) },
             _ => return None,
         })
+    }
+
+    /// A private app without the object's read scope.
+    fn missing_scopes(&self, path: &str) -> Response {
+        let object = path.split('/').nth(4).unwrap_or("contacts");
+        let body = json!({
+            "status": "error",
+            "message": "This app hasn't been granted all required scopes to make this call. Read more about required scopes here: https://developers.hubspot.com/scopes.",
+            "correlationId": self.correlation_id(),
+            "errors": [{"message": "One or more of the following scopes are required.",
+                        "context": {"requiredGranularScopes": [format!("crm.objects.{object}.read")]}}],
+            "links": {"scopes": "https://developers.hubspot.com/scopes"},
+            "category": "MISSING_SCOPES",
+        });
+        Response::json(403, body.to_string().into_bytes())
     }
 
     fn unauthorized(&self) -> Response {
@@ -765,6 +781,7 @@ fn add_faults(st: &mut State, body: &Value) -> Result<Value, String> {
             "502",
             "503",
             "bad_token",
+            "missing_scopes",
             "reset",
             "latency",
             "malformed",
