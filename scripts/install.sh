@@ -7,5 +7,11 @@ PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 cargo build --release -q -p crm-mock
 sudo_flag=()
 [ "$(id -u)" -eq 0 ] || sudo_flag=(--sudo)
-cargo pgrx install --release --pg-config "$PG_CONFIG" "${sudo_flag[@]}" >/dev/null
+log=$(mktemp)
+if ! cargo pgrx install --release --pg-config "$PG_CONFIG" "${sudo_flag[@]}" >"$log" 2>&1; then
+    cat "$log"
+    rm -f "$log"
+    exit 1
+fi
+rm -f "$log"
 echo "install: pg_crm_sync installed into $($PG_CONFIG --pkglibdir)"
