@@ -8,8 +8,8 @@ use pgrx::JsonB;
 
 use crate::errors::{Context, OrRaise};
 use crate::gucs;
-use crm_sync_core::config::{Provider, SourceConfig};
-use crm_sync_core::connectors::hubspot;
+use crm_sync_core::config::SourceConfig;
+use crm_sync_core::connectors::Provider;
 
 /// Raise if `options`/`credentials` do not suit `provider`. Used by
 /// create_source and alter_source.
@@ -34,13 +34,12 @@ pub fn check_source(name: &str, provider: &str, options: JsonB, credentials: Jso
 pub fn provider_streams(
     provider: &str,
 ) -> TableIterator<'static, (name!(stream, String), name!(object, String))> {
-    let p = Provider::parse(provider).or_raise(&Context::default());
-    let rows: Vec<(String, String)> = match p {
-        Provider::HubSpot => hubspot::STREAMS
-            .iter()
-            .map(|s| (s.name.to_owned(), s.object.to_owned()))
-            .collect(),
-    };
+    let p = Provider::find(provider).or_raise(&Context::default());
+    let rows: Vec<(String, String)> = p
+        .streams
+        .iter()
+        .map(|s| (s.name.to_owned(), s.object.to_owned()))
+        .collect();
     TableIterator::new(rows)
 }
 

@@ -12,9 +12,8 @@ use crate::errors::{self, Context, OrRaise};
 use crate::failed_run;
 use crate::gucs;
 use crate::landing::{self, Column, SpiSink};
-use crm_sync_core::config::{Provider, SourceConfig};
-use crm_sync_core::connectors::hubspot::{self, HubSpot, HubSpotReader};
-use crm_sync_core::connectors::{column_name, Field, SyncMode};
+use crm_sync_core::config::SourceConfig;
+use crm_sync_core::connectors::{column_name, Connector, DefaultFields, Field, ReadRequest, SyncMode};
 use crm_sync_core::engine;
 use crm_sync_core::http::HttpClient;
 use crm_sync_core::runtime::block_on_interruptible;
@@ -114,8 +113,9 @@ pub fn discover(
         )
     };
     let http = HttpClient::new(cfg.http.clone()).or_raise(&ctx);
-    let fields = fetch_fields(&http, &cfg, &s.object).or_raise(&ctx);
-    let selected = select_fields(s, &fields).or_raise(&ctx);
+    let conn = (cfg.provider.connect)(&http, &cfg).or_raise(&ctx);
+    let fields = fetch_fields(conn.as_ref(), &s.object).or_raise(&ctx);
+    let selected = select_fields(&cfg, s, &fields).or_raise(&ctx);
     let rows: Vec<_> = fields
         .into_iter()
         .map(|f| {
@@ -160,21 +160,16 @@ fn load(source: &str) -> (SourceRow, SourceConfig, Context) {
     (src, cfg, ctx)
 }
 
-fn fetch_fields(
-    http: &HttpClient,
-    cfg: &SourceConfig,
-    object: &str,
-) -> Result<Vec<Field>, CrmError> {
-    match cfg.provider {
-        Provider::HubSpot => {
-            let api = HubSpot::new(http, &cfg.base_url, &cfg.access_token)?;
-            block_on_interruptible(api.properties(object), &mut check_interrupts)
-        }
-    }
+fn fetch_fields(conn: &dyn Connector, object: &str) -> Result<Vec<Field>, CrmError> {
+    block_on_interruptible(conn.fields(object), &mut check_interrupts)
 }
 
 /// The properties a stream syncs: its list, `{*}` for all, or the defaults.
-fn select_fields(s: &StreamRow, fields: &[Field]) -> Result<Vec<Column>, CrmError> {
+fn select_fields(
+    cfg: &SourceConfig,
+    s: &StreamRow,
+    fields: &[Field],
+) -> Result<Vec<Column>, CrmError> {
     let col = |f: &Field| Column {
         property: f.name.clone(),
         column: column_name(&f.name),
@@ -193,8 +188,20 @@ fn select_fields(s: &StreamRow, fields: &[Field]) -> Result<Vec<Column>, CrmErro
             })
             .collect(),
         None => {
-            let defaults = hubspot::STREAMS.iter().find(|d| d.object == s.object).map(|d| d.properties).unwrap_or(&[]);
-            Ok(fields.iter().filter(|f| defaults.contains(&f.name.as_str())).map(col).collect())
+            let defaults = cfg
+                .provider
+                .streams
+                .iter()
+                .find(|d| d.object == s.object)
+                .map_or(DefaultFields::All, |d| d.fields);
+            Ok(match defaults {
+                DefaultFields::All => fields.iter().map(col).collect(),
+                DefaultFields::Only(names) => fields
+                    .iter()
+                    .filter(|f| names.contains(&f.name.as_str()))
+                    .map(col)
+                    .collect(),
+            })
         }
     }
 }
@@ -265,7 +272,7 @@ fn sync_stream_guarded(
             run.finished_at_us = catalog::now_us();
             run.records = done.outcome.stats.upserted as i64;
             run.records_deleted = done.outcome.stats.deleted as i64;
-            run.warnings = done.outcome.stats.warnings as i64;
+            run.warnings = (done.outcome.stats.warnings + done.outcome.warnings.len() as u64) as i64;
             run.warning_samples = done.warning_samples;
             run.watermark = done.outcome.watermark.clone();
             run.api_calls = done.api_calls as i64;
@@ -274,12 +281,15 @@ fn sync_stream_guarded(
                 catalog::save_watermark(&src.name, &s.stream, w, run_id);
             }
             catalog::insert_run(&run);
-            if run.warnings > 0 {
+            for w in &done.outcome.warnings {
+                pgrx::warning!("{}.{}: {}", src.name, s.stream, w);
+            }
+            if done.outcome.stats.warnings > 0 {
                 pgrx::warning!(
                     "{}.{}: {} values did not fit their columns and were kept in _raw only; see crm_sync.runs (run_id {})",
                     src.name,
                     s.stream,
-                    run.warnings,
+                    done.outcome.stats.warnings,
                     run_id
                 );
             }
@@ -392,34 +402,35 @@ fn sync_stream(
         http: &http,
         out: progress,
     };
-    let fields = fetch_fields(&http, cfg, &s.object)?;
-    let wanted = select_fields(s, &fields)?;
+    let conn = (cfg.provider.connect)(&http, cfg)?;
+    let fields = fetch_fields(conn.as_ref(), &s.object)?;
+    let wanted = select_fields(cfg, s, &fields)?;
     let columns = landing::ensure_table(&src.name, &s.stream, &wanted)?;
-    let props: Vec<String> = columns.iter().map(|c| c.property.clone()).collect();
+    let read_fields: Vec<Field> = columns
+        .iter()
+        .filter_map(|c| fields.iter().find(|f| f.name == c.property).cloned())
+        .collect();
     let mut sink = SpiSink::new(&src.name, &s.stream, columns, run_id);
     let mode = match watermark {
         Some(w) => SyncMode::Incremental { watermark: w },
         None => SyncMode::Full,
     };
     let batch = gucs::BATCH_SIZE.get().max(1) as usize;
-    let outcome = match cfg.provider {
-        Provider::HubSpot => {
-            let api = HubSpot::new(&http, &cfg.base_url, &cfg.access_token)?;
-            let lookback_ms = cfg.lookback.as_millis() as i64;
-            let mut reader = HubSpotReader::new(
-                &api,
-                &s.object,
-                &props,
-                &mode,
-                lookback_ms,
-                cfg.track_deletes,
-            )?;
-            engine::run(&mut reader, &mut sink, batch, &mut check_interrupts)?
-        }
+    let req = ReadRequest {
+        object: s.object.clone(),
+        fields: read_fields,
+        mode,
+        lookback: cfg.lookback,
+        track_deletes: cfg.track_deletes,
     };
+    let mut reader = block_on_interruptible(conn.reader(req), &mut check_interrupts)?;
+    let outcome = engine::run(reader.as_mut(), &mut sink, batch, &mut check_interrupts)?;
+    drop(reader);
+    let mut warning_samples = outcome.warnings.clone();
+    warning_samples.append(&mut sink.warning_samples);
     Ok(Done {
         outcome,
-        warning_samples: std::mem::take(&mut sink.warning_samples),
+        warning_samples,
         api_calls: http.api_calls(),
         bytes: http.bytes_received(),
     })

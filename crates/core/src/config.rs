@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::connectors::{CheckArgs, Provider};
 use crate::error::{CrmError, Result};
 use crate::http::{check_url_allowed, HttpSettings};
 
@@ -19,50 +20,18 @@ pub const COMMON_OPTIONS: &[&str] = &[
     "track_deletes",
 ];
 
-/// A provider's checked settings.
+/// A source's checked settings: the common ones parsed, the provider's own
+/// kept as given (its connector reads them; [`Provider::check`] vetted them).
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
-    pub provider: Provider,
-    pub base_url: String,
-    pub access_token: String,
+    pub provider: &'static Provider,
+    pub options: Map<String, Value>,
+    pub credentials: Map<String, Value>,
     pub http: HttpSettings,
-    /// Incremental runs start this far before the watermark (search index lag).
+    /// Incremental runs start this far before the watermark (index lag).
     pub lookback: Duration,
     /// Look for deleted/archived records on every run.
     pub track_deletes: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Provider {
-    HubSpot,
-}
-
-impl Provider {
-    pub fn parse(name: &str) -> Result<Provider> {
-        match name {
-            "hubspot" => Ok(Provider::HubSpot),
-            other => Err(CrmError::config(format!("unknown provider {other:?}"))
-                .with_hint("Supported providers: hubspot.")),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Provider::HubSpot => "hubspot",
-        }
-    }
-
-    fn options(self) -> &'static [&'static str] {
-        match self {
-            Provider::HubSpot => &["base_url"],
-        }
-    }
-
-    fn credentials(self) -> &'static [&'static str] {
-        match self {
-            Provider::HubSpot => &["access_token"],
-        }
-    }
 }
 
 impl SourceConfig {
@@ -74,56 +43,38 @@ impl SourceConfig {
         credentials: &Value,
         allow_insecure_http: bool,
     ) -> Result<SourceConfig> {
-        let provider = Provider::parse(provider)?;
+        let provider = Provider::find(provider)?;
         let opts = object(options, "options")?;
         let creds = object(credentials, "credentials")?;
         for k in opts.keys() {
-            if !provider.options().contains(&k.as_str()) && !COMMON_OPTIONS.contains(&k.as_str()) {
-                let mut known: Vec<&str> = provider.options().to_vec();
+            if !provider.options.contains(&k.as_str()) && !COMMON_OPTIONS.contains(&k.as_str()) {
+                let mut known: Vec<&str> = provider.options.to_vec();
                 known.extend_from_slice(COMMON_OPTIONS);
                 return Err(CrmError::config(format!(
                     "unknown option {k:?} for provider {}",
-                    provider.name()
+                    provider.name
                 ))
                 .with_hint(format!("Known options: {}.", known.join(", "))));
             }
         }
         for k in creds.keys() {
-            if !provider.credentials().contains(&k.as_str()) {
+            if !provider.credentials.contains(&k.as_str()) {
                 // Name the key, never the value.
                 return Err(CrmError::config(format!(
                     "unknown credential {k:?} for provider {}",
-                    provider.name()
+                    provider.name
                 ))
                 .with_hint(format!(
                     "Known credentials: {}.",
-                    provider.credentials().join(", ")
+                    provider.credentials.join(", ")
                 )));
             }
         }
-        let access_token = match creds.get("access_token") {
-            Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
-            Some(_) => {
-                return Err(CrmError::config("credentials.access_token must be a non-empty string")
-                    .with_hint("Pass the private app's access token: credentials => '{\"access_token\": \"pat-...\"}'."))
-            }
-            None => {
-                return Err(CrmError::config(format!("provider {} needs credentials.access_token", provider.name()))
-                    .with_hint("Pass the private app's access token: credentials => '{\"access_token\": \"pat-...\"}'."))
-            }
-        };
-        let base_url = match opts.get("base_url") {
-            None => crate::connectors::hubspot::DEFAULT_BASE_URL.to_owned(),
-            Some(Value::String(s)) => s.clone(),
-            Some(_) => return Err(CrmError::config("options.base_url must be a string")),
-        };
-        let url = url::Url::parse(&base_url).map_err(|e| {
-            CrmError::config(format!(
-                "options.base_url {base_url:?} is not a valid URL: {e}"
-            ))
-            .with_hint("Use an absolute URL such as https://api.hubapi.com.")
+        (provider.check)(&CheckArgs {
+            options: opts,
+            credentials: creds,
+            allow_insecure_http,
         })?;
-        check_url_allowed(&url, allow_insecure_http)?;
         let d = HttpSettings::default();
         let http = HttpSettings {
             timeout: Duration::from_secs(
@@ -139,19 +90,11 @@ impl SourceConfig {
             allow_insecure_http,
         };
         let lookback = Duration::from_secs(int(opts, "lookback_seconds", 0, 86_400)?.unwrap_or(60));
-        let track_deletes = match opts.get("track_deletes") {
-            None => true,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => {
-                return Err(CrmError::config(
-                    "options.track_deletes must be true or false",
-                ))
-            }
-        };
+        let track_deletes = boolean(opts, "track_deletes")?.unwrap_or(true);
         Ok(SourceConfig {
             provider,
-            base_url,
-            access_token,
+            options: opts.clone(),
+            credentials: creds.clone(),
             http,
             lookback,
             track_deletes,
@@ -160,7 +103,75 @@ impl SourceConfig {
 
     /// Every secret value, for scrubbing messages.
     pub fn secrets(&self) -> Vec<String> {
-        vec![self.access_token.clone()]
+        self.credentials
+            .values()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// A string option, if set.
+    pub fn option_str(&self, key: &str) -> Option<&str> {
+        self.options.get(key).and_then(Value::as_str)
+    }
+
+    /// A string credential, if set.
+    pub fn credential(&self, key: &str) -> Option<&str> {
+        self.credentials.get(key).and_then(Value::as_str)
+    }
+
+    /// An integer option (already range-checked by the provider).
+    pub fn option_u64(&self, key: &str) -> Option<u64> {
+        self.options.get(key).and_then(Value::as_u64)
+    }
+}
+
+/// Check an optional URL option: absolute, and `http://` only where allowed.
+pub fn check_url_option(
+    opts: &Map<String, Value>,
+    key: &str,
+    example: &str,
+    allow_insecure_http: bool,
+) -> Result<()> {
+    let s = match opts.get(key) {
+        None => return Ok(()),
+        Some(Value::String(s)) => s,
+        Some(_) => return Err(CrmError::config(format!("options.{key} must be a string"))),
+    };
+    let url = url::Url::parse(s).map_err(|e| {
+        CrmError::config(format!("options.{key} {s:?} is not a valid URL: {e}"))
+            .with_hint(format!("Use an absolute URL such as {example}."))
+    })?;
+    check_url_allowed(&url, allow_insecure_http)
+}
+
+/// A credential that must be a non-empty string; errors name the key only.
+pub fn require_credential<'a>(
+    creds: &'a Map<String, Value>,
+    provider: &str,
+    key: &str,
+    hint: &str,
+) -> Result<&'a str> {
+    match creds.get(key) {
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(s),
+        Some(_) => Err(
+            CrmError::config(format!("credentials.{key} must be a non-empty string"))
+                .with_hint(hint),
+        ),
+        None => Err(
+            CrmError::config(format!("provider {provider} needs credentials.{key}"))
+                .with_hint(hint),
+        ),
+    }
+}
+
+/// An optional boolean option.
+pub fn boolean(opts: &Map<String, Value>, key: &str) -> Result<Option<bool>> {
+    match opts.get(key) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(CrmError::config(format!(
+            "options.{key} must be true or false"
+        ))),
     }
 }
 
@@ -169,7 +180,8 @@ fn object<'a>(v: &'a Value, what: &str) -> Result<&'a Map<String, Value>> {
         .ok_or_else(|| CrmError::config(format!("{what} must be a JSON object")))
 }
 
-fn int(opts: &Map<String, Value>, key: &str, min: u64, max: u64) -> Result<Option<u64>> {
+/// An optional integer option within `min..=max`.
+pub fn int(opts: &Map<String, Value>, key: &str, min: u64, max: u64) -> Result<Option<u64>> {
     match opts.get(key) {
         None => Ok(None),
         Some(v) => match v.as_u64() {
@@ -194,7 +206,8 @@ mod tests {
     #[test]
     fn defaults() {
         let c = parse(json!({}), json!({"access_token": "pat-1"})).unwrap();
-        assert_eq!(c.base_url, "https://api.hubapi.com");
+        assert_eq!(c.provider.name, "hubspot");
+        assert_eq!(c.option_str("base_url"), None);
         assert_eq!(c.lookback, Duration::from_secs(60));
         assert!(c.track_deletes);
         assert_eq!(c.secrets(), ["pat-1"]);

@@ -5,11 +5,10 @@
 //! returned to the caller, which stores it in the same transaction as the rows.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 
 use chrono::{DateTime, Utc};
 
+use crate::connectors::BoxFuture;
 use crate::error::Result;
 use crate::runtime::{block_on_interruptible, kick};
 
@@ -40,9 +39,14 @@ pub struct Page {
 /// `connectors::*`; see that module for the contract.
 pub trait PageSource {
     /// The next page, or `None` when the stream is exhausted for this run.
-    fn next_page(&mut self) -> impl Future<Output = Result<Option<Page>>>;
+    fn next_page(&mut self) -> BoxFuture<'_, Result<Option<Page>>>;
     /// The watermark to store once every page returned so far is written.
     fn watermark(&self) -> Option<String>;
+    /// Things the user should know about this run that did not stop it (a
+    /// field the CRM no longer has, say); recorded with the run.
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Counts a sink reports for one batch.
@@ -76,22 +80,24 @@ pub struct Outcome {
     pub records_received: u64,
     pub pages: u64,
     pub watermark: Option<String>,
+    /// The reader's warnings ([`PageSource::warnings`]).
+    pub warnings: Vec<String>,
 }
 
 /// Pull every page from `source` and write it to `sink` in batches of about
 /// `batch_size` records. `check` is called between pages and at least every
 /// 100 ms while waiting on the network; it may unwind to abort the run.
-pub fn run<S: PageSource, K: Sink>(
-    source: &mut S,
-    sink: &mut K,
+pub fn run(
+    source: &mut dyn PageSource,
+    sink: &mut dyn Sink,
     batch_size: usize,
     check: &mut dyn FnMut(),
 ) -> Result<Outcome> {
     let batch_size = batch_size.max(1);
     let mut out = Outcome::default();
     let mut batch = Batch::default();
-    type Next<'a> = Pin<Box<dyn Future<Output = Result<Option<Page>>> + 'a>>;
-    let mut next: Option<Next<'_>> = Some(Box::pin(source.next_page()));
+    type Next<'a> = BoxFuture<'a, Result<Option<Page>>>;
+    let mut next: Option<Next<'_>> = Some(source.next_page());
     let mut ready: Option<Result<Option<Page>>> = None;
     loop {
         let page = match (ready.take(), next.as_mut()) {
@@ -108,7 +114,7 @@ pub fn run<S: PageSource, K: Sink>(
         }
         // Ask for the following page now: the CRM prepares it while this
         // thread writes to Postgres.
-        let mut f: Next<'_> = Box::pin(source.next_page());
+        let mut f: Next<'_> = source.next_page();
         ready = kick(f.as_mut());
         next = Some(f);
         if batch.records.len() >= batch_size {
@@ -123,6 +129,7 @@ pub fn run<S: PageSource, K: Sink>(
         out.stats += sink.write(&batch.records)?;
     }
     out.watermark = source.watermark();
+    out.warnings = source.warnings();
     Ok(out)
 }
 
@@ -173,16 +180,18 @@ mod tests {
 
     struct Pages(Vec<Result<Vec<Record>>>);
     impl PageSource for Pages {
-        async fn next_page(&mut self) -> Result<Option<Page>> {
-            if self.0.is_empty() {
-                return Ok(None);
-            }
-            self.0.remove(0).map(|records| {
-                Some(Page {
-                    records,
-                    total: None,
+        fn next_page(&mut self) -> BoxFuture<'_, Result<Option<Page>>> {
+            let next = if self.0.is_empty() {
+                Ok(None)
+            } else {
+                self.0.remove(0).map(|records| {
+                    Some(Page {
+                        records,
+                        total: None,
+                    })
                 })
-            })
+            };
+            Box::pin(async move { next })
         }
         fn watermark(&self) -> Option<String> {
             Some("w".into())

@@ -1,17 +1,36 @@
 //! Connectors: one folder per CRM. A newcomer adding a CRM starts here.
 //!
+//! Adding a CRM means adding one module here (plus its mock under
+//! `tests/mock`) and one line in [`PROVIDERS`]; the engine, the SQL API and
+//! the landing tables need no change.
+//!
 //! # What a connector supplies
-//! - **Streams**: the default streams of a source ([`StreamDefaults`]), each an
-//!   object in the CRM with a sensible default list of fields.
-//! - **Discovery**: the fields an object really has, with their CRM type mapped
-//!   to a landing column type ([`Field`]). Custom fields included.
-//! - **A reader** per stream and run, implementing [`crate::engine::PageSource`]:
-//!   pages of [`crate::engine::Record`]s plus the watermark reached.
+//! A [`Provider`] value describes the CRM to the rest of the system:
+//! - **Options and credentials** it accepts ([`Provider::options`],
+//!   [`Provider::credentials`]) and a check of their values
+//!   ([`Provider::check`]), run when a source is created or altered. Secrets
+//!   live only in credentials.
+//! - **Default streams** ([`StreamDefaults`]): the objects a new source syncs,
+//!   each with a default list of fields (or all of them).
+//! - **Auth and a connection** ([`Provider::connect`]): turns a checked
+//!   [`SourceConfig`] into a [`Connector`]. How the connector authenticates
+//!   (a static token, an OAuth flow, a cached session refreshed on expiry) is
+//!   its own business.
+//!
+//! A [`Connector`] then answers three questions:
+//! - **Discovery**: which objects the account has ([`Connector::objects`]) and
+//!   which fields an object has, each with its CRM type mapped to a landing
+//!   column type ([`Connector::fields`]). Custom objects and fields included.
+//! - **Reading**: a [`PageSource`] for one run of one stream
+//!   ([`Connector::reader`]): pages of [`crate::engine::Record`]s, each with
+//!   its id, modification time, deletion mark and raw JSON, then the
+//!   watermark (the connector's cursor, opaque to everyone else) to store.
 //! - **Error classification**: every failure is a [`crate::CrmError`] with a
-//!   [`crate::ErrorKind`]; retries of 429/5xx/transport errors are already done
-//!   by [`crate::http::HttpClient::send`], so a connector only interprets the
-//!   statuses it knows (401/403 → `Auth`, 400/404 → `ApiRejected`, unreadable
-//!   bodies → `BadResponse`).
+//!   [`crate::ErrorKind`] (which becomes the SQLSTATE). Retries of 429, 5xx
+//!   and transport errors are done by [`crate::http::HttpClient::send`]; a
+//!   connector interprets the statuses and error bodies it knows (expired
+//!   session, bad credentials, quota used up, a rejected query, an unreadable
+//!   body) and may retry what its CRM documents as transient.
 //!
 //! # What must hold
 //! - A reader never loses a record: every record changed after the previous
@@ -22,12 +41,101 @@
 //! - A page may repeat records, and a run may return a record more than once;
 //!   the engine keeps the newest version per id (by `updated_at`).
 //! - Deleted/archived records are returned with `deleted_at` set, not skipped.
-//! - A connector never touches Postgres and never logs secrets; it does not
-//!   sleep except inside the HTTP layer, so cancels are honoured promptly.
+//! - A connector never touches Postgres and never logs secrets (nor puts them
+//!   in an error); it does not sleep except inside the HTTP layer, so cancels
+//!   are honoured promptly.
 
 pub mod hubspot;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::config::SourceConfig;
+use crate::engine::PageSource;
+use crate::error::{CrmError, Result};
+use crate::http::HttpClient;
 use crate::types::PgType;
+
+/// A boxed future: keeps [`Connector`] and [`PageSource`] usable as trait
+/// objects, so the engine holds no connector type.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
+/// Every CRM pg_crm_sync knows. Add a line here for a new connector.
+pub const PROVIDERS: &[&Provider] = &[&hubspot::PROVIDER];
+
+/// Describes one CRM to the rest of the system; see the module docs.
+pub struct Provider {
+    /// The name users pass to `crm_sync.create_source(name, provider, ...)`.
+    pub name: &'static str,
+    /// Provider-specific option keys (common ones are in
+    /// [`crate::config::COMMON_OPTIONS`]).
+    pub options: &'static [&'static str],
+    /// Credential keys. Only these may hold secrets.
+    pub credentials: &'static [&'static str],
+    /// Streams registered for a new source.
+    pub streams: &'static [StreamDefaults],
+    /// Check the values of options and credentials (keys are checked already).
+    pub check: fn(&CheckArgs<'_>) -> Result<()>,
+    /// Open a connection for one sync or discovery call.
+    pub connect: for<'a> fn(&'a HttpClient, &'a SourceConfig) -> Result<Box<dyn Connector + 'a>>,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+impl Provider {
+    /// The provider called `name`.
+    pub fn find(name: &str) -> Result<&'static Provider> {
+        PROVIDERS.iter().copied().find(|p| p.name == name).ok_or_else(|| {
+            let known: Vec<&str> = PROVIDERS.iter().map(|p| p.name).collect();
+            CrmError::config(format!("unknown provider {name:?}"))
+                .with_hint(format!("Supported providers: {}.", known.join(", ")))
+        })
+    }
+
+    /// The default stream for `name`, if the provider has one.
+    pub fn stream(&self, name: &str) -> Option<&'static StreamDefaults> {
+        self.streams.iter().find(|s| s.name == name)
+    }
+}
+
+/// What [`Provider::check`] sees.
+pub struct CheckArgs<'a> {
+    pub options: &'a Map<String, Value>,
+    pub credentials: &'a Map<String, Value>,
+    /// The `crm_sync.allow_insecure_http` setting.
+    pub allow_insecure_http: bool,
+}
+
+/// A live connection to one CRM account; see the module docs.
+pub trait Connector {
+    /// The objects (types) the account has that can be synced.
+    fn objects(&self) -> BoxFuture<'_, Result<Vec<ObjectInfo>>>;
+    /// The fields of `object`, custom ones included.
+    fn fields<'a>(&'a self, object: &'a str) -> BoxFuture<'a, Result<Vec<Field>>>;
+    /// A reader for one run of one stream.
+    fn reader<'a>(&'a self, req: ReadRequest) -> BoxFuture<'a, Result<Box<dyn PageSource + 'a>>>;
+}
+
+/// What the engine asks a connector to read.
+#[derive(Debug, Clone)]
+pub struct ReadRequest {
+    /// The CRM's object name.
+    pub object: String,
+    /// The fields to read (a connector adds the ones it needs for its cursor).
+    pub fields: Vec<Field>,
+    pub mode: SyncMode,
+    /// Incremental runs start this far before the watermark.
+    pub lookback: Duration,
+    /// Look for deleted records too.
+    pub track_deletes: bool,
+}
 
 /// A stream registered by default for a new source.
 #[derive(Debug, Clone)]
@@ -37,7 +145,25 @@ pub struct StreamDefaults {
     /// The CRM's object (type) name.
     pub object: &'static str,
     /// Fields synced unless the user chooses others.
-    pub properties: &'static [&'static str],
+    pub fields: DefaultFields,
+}
+
+/// Which fields a stream syncs when the user has not chosen.
+#[derive(Debug, Clone, Copy)]
+pub enum DefaultFields {
+    /// Every field the object has.
+    All,
+    /// These fields (those the object lacks are skipped).
+    Only(&'static [&'static str]),
+}
+
+/// An object (type) in the CRM, as discovered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectInfo {
+    pub name: String,
+    pub label: String,
+    /// True for objects the user (not the vendor) defined.
+    pub custom: bool,
 }
 
 /// A field of a CRM object, as discovered.

@@ -11,7 +11,11 @@ use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use url::Url;
 
-use super::{Field, StreamDefaults};
+use super::{
+    BoxFuture, CheckArgs, Connector, DefaultFields, Field, ObjectInfo, PageSource, Provider,
+    ReadRequest, StreamDefaults,
+};
+use crate::config::{check_url_option, require_credential, SourceConfig};
 use crate::engine::Record;
 use crate::error::{CrmError, ErrorKind, Result};
 use crate::http::{body_excerpt, HttpClient, Response};
@@ -26,11 +30,76 @@ pub const SEARCH_PAGE_LIMIT: u32 = 200;
 /// 400. Our readers page by the sort key, so no query ever gets near it.
 pub const HUBSPOT_SEARCH_MAX_RESULTS: u32 = 10_000;
 
+const TOKEN_HINT: &str =
+    "Pass the private app's access token: credentials => '{\"access_token\": \"pat-...\"}'.";
+
+/// HubSpot as the rest of the system sees it.
+pub const PROVIDER: Provider = Provider {
+    name: "hubspot",
+    options: &["base_url"],
+    credentials: &["access_token"],
+    streams: STREAMS,
+    check,
+    connect,
+};
+
+fn check(a: &CheckArgs<'_>) -> Result<()> {
+    require_credential(a.credentials, "hubspot", "access_token", TOKEN_HINT)?;
+    check_url_option(a.options, "base_url", DEFAULT_BASE_URL, a.allow_insecure_http)
+}
+
+fn connect<'a>(http: &'a HttpClient, cfg: &'a SourceConfig) -> Result<Box<dyn Connector + 'a>> {
+    let base = cfg.option_str("base_url").unwrap_or(DEFAULT_BASE_URL);
+    let token = cfg.credential("access_token").unwrap_or_default();
+    Ok(Box::new(HubSpot::new(http, base, token)?))
+}
+
+/// The objects this connector syncs. HubSpot's custom objects (schemas API)
+/// are not supported yet.
+const OBJECTS: &[(&str, &str)] = &[
+    ("contacts", "Contacts"),
+    ("companies", "Companies"),
+    ("deals", "Deals"),
+];
+
+impl Connector for HubSpot<'_> {
+    fn objects(&self) -> BoxFuture<'_, Result<Vec<ObjectInfo>>> {
+        let objects = OBJECTS
+            .iter()
+            .map(|(name, label)| ObjectInfo {
+                name: (*name).to_owned(),
+                label: (*label).to_owned(),
+                custom: false,
+            })
+            .collect();
+        Box::pin(async move { Ok(objects) })
+    }
+
+    fn fields<'a>(&'a self, object: &'a str) -> BoxFuture<'a, Result<Vec<Field>>> {
+        Box::pin(self.properties(object))
+    }
+
+    fn reader<'a>(&'a self, req: ReadRequest) -> BoxFuture<'a, Result<Box<dyn PageSource + 'a>>> {
+        Box::pin(async move {
+            let props: Vec<String> = req.fields.iter().map(|f| f.name.clone()).collect();
+            let r = HubSpotReader::new(
+                self,
+                &req.object,
+                &props,
+                &req.mode,
+                req.lookback.as_millis() as i64,
+                req.track_deletes,
+            )?;
+            Ok(Box::new(r) as Box<dyn PageSource + 'a>)
+        })
+    }
+}
+
 pub const STREAMS: &[StreamDefaults] = &[
     StreamDefaults {
         name: "contacts",
         object: "contacts",
-        properties: &[
+        fields: DefaultFields::Only(&[
             "email",
             "firstname",
             "lastname",
@@ -50,12 +119,12 @@ pub const STREAMS: &[StreamDefaults] = &[
             "createdate",
             "lastmodifieddate",
             "hs_object_id",
-        ],
+        ]),
     },
     StreamDefaults {
         name: "companies",
         object: "companies",
-        properties: &[
+        fields: DefaultFields::Only(&[
             "name",
             "domain",
             "website",
@@ -71,12 +140,12 @@ pub const STREAMS: &[StreamDefaults] = &[
             "createdate",
             "hs_lastmodifieddate",
             "hs_object_id",
-        ],
+        ]),
     },
     StreamDefaults {
         name: "deals",
         object: "deals",
-        properties: &[
+        fields: DefaultFields::Only(&[
             "dealname",
             "amount",
             "deal_currency_code",
@@ -87,7 +156,7 @@ pub const STREAMS: &[StreamDefaults] = &[
             "createdate",
             "hs_lastmodifieddate",
             "hs_object_id",
-        ],
+        ]),
     },
 ];
 

@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use super::{last_modified_property, HubSpot, SEARCH_PAGE_LIMIT};
-use crate::connectors::SyncMode;
+use crate::connectors::{BoxFuture, SyncMode};
 use crate::engine::{Page, PageSource, Record};
 use crate::error::{CrmError, Result};
 use crate::http::server_date_ms;
@@ -122,7 +122,19 @@ impl<'a> HubSpotReader<'a> {
 }
 
 impl PageSource for HubSpotReader<'_> {
-    async fn next_page(&mut self) -> Result<Option<Page>> {
+    fn next_page(&mut self) -> BoxFuture<'_, Result<Option<Page>>> {
+        Box::pin(self.step())
+    }
+
+    fn watermark(&self) -> Option<String> {
+        self.watermark_ms
+            .and_then(DateTime::<Utc>::from_timestamp_millis)
+            .map(fmt_ts)
+    }
+}
+
+impl HubSpotReader<'_> {
+    async fn step(&mut self) -> Result<Option<Page>> {
         match self.phase.clone() {
             Phase::Done => Ok(None),
             Phase::List { after } => {
@@ -246,14 +258,6 @@ impl PageSource for HubSpotReader<'_> {
         }
     }
 
-    fn watermark(&self) -> Option<String> {
-        self.watermark_ms
-            .and_then(DateTime::<Utc>::from_timestamp_millis)
-            .map(fmt_ts)
-    }
-}
-
-impl HubSpotReader<'_> {
     /// The search that follows a full list: everything modified since the list
     /// began, by the server's clock, minus the lookback for index lag.
     fn catch_up(&self) -> Phase {
