@@ -13,7 +13,9 @@ use crate::failed_run;
 use crate::gucs;
 use crate::landing::{self, Column, SpiSink};
 use crm_sync_core::config::SourceConfig;
-use crm_sync_core::connectors::{column_name, Connector, DefaultFields, Field, ReadRequest, SyncMode};
+use crm_sync_core::connectors::{
+    column_name, Connector, DefaultFields, Field, ReadRequest, SyncMode,
+};
 use crm_sync_core::engine;
 use crm_sync_core::http::HttpClient;
 use crm_sync_core::runtime::block_on_interruptible;
@@ -272,7 +274,8 @@ fn sync_stream_guarded(
             run.finished_at_us = catalog::now_us();
             run.records = done.outcome.stats.upserted as i64;
             run.records_deleted = done.outcome.stats.deleted as i64;
-            run.warnings = (done.outcome.stats.warnings + done.outcome.warnings.len() as u64) as i64;
+            run.warnings =
+                (done.outcome.stats.warnings + done.outcome.warnings.len() as u64) as i64;
             run.warning_samples = done.warning_samples;
             run.watermark = done.outcome.watermark.clone();
             run.api_calls = done.api_calls as i64;

@@ -92,11 +92,15 @@ impl std::fmt::Debug for Provider {
 impl Provider {
     /// The provider called `name`.
     pub fn find(name: &str) -> Result<&'static Provider> {
-        PROVIDERS.iter().copied().find(|p| p.name == name).ok_or_else(|| {
-            let known: Vec<&str> = PROVIDERS.iter().map(|p| p.name).collect();
-            CrmError::config(format!("unknown provider {name:?}"))
-                .with_hint(format!("Supported providers: {}.", known.join(", ")))
-        })
+        PROVIDERS
+            .iter()
+            .copied()
+            .find(|p| p.name == name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = PROVIDERS.iter().map(|p| p.name).collect();
+                CrmError::config(format!("unknown provider {name:?}"))
+                    .with_hint(format!("Supported providers: {}.", known.join(", ")))
+            })
     }
 
     /// The default stream for `name`, if the provider has one.

@@ -45,7 +45,12 @@ pub const PROVIDER: Provider = Provider {
 
 fn check(a: &CheckArgs<'_>) -> Result<()> {
     require_credential(a.credentials, "hubspot", "access_token", TOKEN_HINT)?;
-    check_url_option(a.options, "base_url", DEFAULT_BASE_URL, a.allow_insecure_http)
+    check_url_option(
+        a.options,
+        "base_url",
+        DEFAULT_BASE_URL,
+        a.allow_insecure_http,
+    )
 }
 
 fn connect<'a>(http: &'a HttpClient, cfg: &'a SourceConfig) -> Result<Box<dyn Connector + 'a>> {
