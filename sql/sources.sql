@@ -107,3 +107,43 @@ COMMENT ON FUNCTION crm_sync.drop_source(text, boolean) IS
 REVOKE EXECUTE ON FUNCTION crm_sync.create_source(text, text, jsonb, jsonb) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION crm_sync.alter_source(text, jsonb, jsonb) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION crm_sync.drop_source(text, boolean) FROM PUBLIC;
+
+CREATE FUNCTION crm_sync.add_stream(
+    source text,
+    object text,
+    stream text DEFAULT NULL,
+    properties text[] DEFAULT NULL
+) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    name text := coalesce(stream, lower(regexp_replace(object, '[^A-Za-z0-9_]', '_', 'g')));
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM crm_sync.sources s WHERE s.name = add_stream.source) THEN
+        RAISE EXCEPTION 'source "%" does not exist', source
+            USING ERRCODE = 'undefined_object', HINT = 'See SELECT name FROM crm_sync.sources.';
+    END IF;
+    IF object IS NULL OR object !~ '^[A-Za-z][A-Za-z0-9_]*$' THEN
+        RAISE EXCEPTION 'invalid object name %', coalesce(quote_literal(object), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Give the CRM''s API name of the object, such as Invoice__c; see crm_sync.discover(source).';
+    END IF;
+    IF name !~ '^[a-z_][a-z0-9_]{0,62}$' THEN
+        RAISE EXCEPTION 'invalid stream name %', quote_literal(name)
+            USING ERRCODE = 'invalid_name',
+                  DETAIL = 'The stream name becomes the landing table''s name.',
+                  HINT = 'Use lower-case letters, digits and underscores, at most 63 characters.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM crm_sync.streams t WHERE t.source = add_stream.source AND t.stream = name) THEN
+        RAISE EXCEPTION 'stream "%" of source "%" already exists', name, source
+            USING ERRCODE = 'duplicate_object', HINT = 'Pass another stream name.';
+    END IF;
+    INSERT INTO crm_sync.streams (source, stream, object, properties)
+        VALUES (add_stream.source, name, add_stream.object, add_stream.properties);
+    RETURN name;
+END
+$fn$;
+COMMENT ON FUNCTION crm_sync.add_stream(text, text, text, text[]) IS
+    'Sync another object of a source (custom objects included) into <source>.<stream>; stream defaults to the object''s name in lower case. Returns the stream name.';
+REVOKE EXECUTE ON FUNCTION crm_sync.add_stream(text, text, text, text[]) FROM PUBLIC;

@@ -60,7 +60,8 @@ fn is_keyword(s: &str) -> bool {
 }
 
 /// Existing columns of `schema.table` and their types; empty if no table.
-fn existing_columns(schema: &str, table: &str) -> HashMap<String, PgType> {
+/// The landing table's columns and their types (empty if it does not exist).
+pub fn existing_columns(schema: &str, table: &str) -> HashMap<String, PgType> {
     Spi::connect(|c| {
         let t = c
             .select(

@@ -1,5 +1,6 @@
 //! `crm_sync.sync()` and `crm_sync.discover()`.
 
+use std::collections::HashMap;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
@@ -19,7 +20,7 @@ use crm_sync_core::connectors::{
 use crm_sync_core::engine;
 use crm_sync_core::http::HttpClient;
 use crm_sync_core::runtime::block_on_interruptible;
-use crm_sync_core::types::parse_datetime;
+use crm_sync_core::types::{parse_datetime, PgType};
 use crm_sync_core::CrmError;
 
 type SyncRow = (
@@ -86,8 +87,42 @@ pub fn sync(
     TableIterator::new(rows)
 }
 
-/// The fields of a stream's object, what they land as, and whether they are
-/// synced now.
+/// The objects of a source's CRM account that can be synced, and the
+/// stream (if any) that syncs each.
+#[pg_extern(security_definer, name = "discover")]
+#[search_path(pg_catalog, pg_temp)]
+#[allow(clippy::type_complexity)]
+pub fn discover_objects(
+    source: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(object, String),
+        name!(label, String),
+        name!(custom, bool),
+        name!(stream, Option<String>),
+    ),
+> {
+    let (_src, cfg, ctx) = load(source);
+    let streams = catalog::load_streams(source);
+    let http = HttpClient::new(cfg.http.clone()).or_raise(&ctx);
+    let conn = (cfg.provider.connect)(&http, &cfg).or_raise(&ctx);
+    let objects = block_on_interruptible(conn.objects(), &mut check_interrupts).or_raise(&ctx);
+    let rows: Vec<_> = objects
+        .into_iter()
+        .map(|o| {
+            let stream = streams
+                .iter()
+                .find(|s| s.object == o.name)
+                .map(|s| s.stream.clone());
+            (o.name, o.label, o.custom, stream)
+        })
+        .collect();
+    TableIterator::new(rows)
+}
+
+/// The fields of a stream's object (or of any object, by its CRM name), what
+/// they land as, and whether they are synced now.
 #[pg_extern(security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::type_complexity)]
@@ -108,16 +143,34 @@ pub fn discover(
     let (_src, cfg, mut ctx) = load(source);
     ctx.stream = Some(stream.to_owned());
     let streams = catalog::load_streams(source);
-    let Some(s) = streams.iter().find(|s| s.stream == stream) else {
-        errors::raise(
-            &CrmError::config(format!("stream \"{stream}\" does not exist")),
-            &ctx,
-        )
+    let registered = streams.iter().find(|s| s.stream == stream);
+    let (object, chosen) = match registered {
+        Some(s) => (s.object.clone(), Some(s)),
+        None => (stream.to_owned(), None),
     };
     let http = HttpClient::new(cfg.http.clone()).or_raise(&ctx);
     let conn = (cfg.provider.connect)(&http, &cfg).or_raise(&ctx);
-    let fields = fetch_fields(conn.as_ref(), &s.object).or_raise(&ctx);
-    let selected = select_fields(&cfg, s, &fields).or_raise(&ctx);
+    let fields = fetch_fields(conn.as_ref(), &object)
+        .map_err(|e| {
+            if chosen.is_none() {
+                let known: Vec<&str> = streams.iter().map(|s| s.stream.as_str()).collect();
+                e.with_hint(format!(
+                    "\"{stream}\" is neither a stream of this source ({}) nor an object of the CRM; see crm_sync.discover(source) for the objects.",
+                    known.join(", ")
+                ))
+            } else {
+                e
+            }
+        })
+        .or_raise(&ctx);
+    let selected = match chosen {
+        Some(s) => {
+            select_fields(&cfg, s, &fields, &HashMap::new())
+                .or_raise(&ctx)
+                .0
+        }
+        None => vec![],
+    };
     let rows: Vec<_> = fields
         .into_iter()
         .map(|f| {
@@ -167,28 +220,40 @@ fn fetch_fields(conn: &dyn Connector, object: &str) -> Result<Vec<Field>, CrmErr
 }
 
 /// The properties a stream syncs: its list, `{*}` for all, or the defaults.
+/// A listed property the CRM no longer has is an error, unless the landing
+/// table has its column already: then the field was deleted in the CRM, and
+/// it is dropped from the stream with a warning (returned second).
 fn select_fields(
     cfg: &SourceConfig,
     s: &StreamRow,
     fields: &[Field],
-) -> Result<Vec<Column>, CrmError> {
+    landed: &HashMap<String, PgType>,
+) -> Result<(Vec<Column>, Vec<String>), CrmError> {
     let col = |f: &Field| Column {
         property: f.name.clone(),
         column: column_name(&f.name),
         pg_type: f.pg_type,
     };
     match &s.properties {
-        Some(list) if list.iter().any(|p| p == "*") => Ok(fields.iter().map(col).collect()),
-        Some(list) => list
-            .iter()
-            .map(|p| {
-                fields.iter().find(|f| &f.name == p).map(col).ok_or_else(|| {
-                    CrmError::config(format!("property \"{p}\" does not exist on {}", s.object)).with_hint(
-                        "See crm_sync.discover(source, stream) for the properties, and fix crm_sync.streams.properties.",
-                    )
-                })
-            })
-            .collect(),
+        Some(list) if list.iter().any(|p| p == "*") => {
+            Ok((fields.iter().map(col).collect(), vec![]))
+        }
+        Some(list) => {
+            let mut cols = vec![];
+            let mut gone = vec![];
+            for p in list {
+                match fields.iter().find(|f| &f.name == p) {
+                    Some(f) => cols.push(col(f)),
+                    None if landed.contains_key(&column_name(p)) => gone.push(p.clone()),
+                    None => {
+                        return Err(CrmError::config(format!("property \"{p}\" does not exist on {}", s.object)).with_hint(
+                            "See crm_sync.discover(source, stream) for the properties, and fix crm_sync.streams.properties.",
+                        ))
+                    }
+                }
+            }
+            Ok((cols, gone))
+        }
         None => {
             let defaults = cfg
                 .provider
@@ -196,14 +261,15 @@ fn select_fields(
                 .iter()
                 .find(|d| d.object == s.object)
                 .map_or(DefaultFields::All, |d| d.fields);
-            Ok(match defaults {
+            let cols = match defaults {
                 DefaultFields::All => fields.iter().map(col).collect(),
                 DefaultFields::Only(names) => fields
                     .iter()
                     .filter(|f| names.contains(&f.name.as_str()))
                     .map(col)
                     .collect(),
-            })
+            };
+            Ok((cols, vec![]))
         }
     }
 }
@@ -407,7 +473,11 @@ fn sync_stream(
     };
     let conn = (cfg.provider.connect)(&http, cfg)?;
     let fields = fetch_fields(conn.as_ref(), &s.object)?;
-    let wanted = select_fields(cfg, s, &fields)?;
+    let landed = landing::existing_columns(&src.name, &s.stream);
+    let (wanted, gone) = select_fields(cfg, s, &fields, &landed)?;
+    if !gone.is_empty() {
+        catalog::drop_stream_properties(&src.name, &s.stream, &gone);
+    }
     let columns = landing::ensure_table(&src.name, &s.stream, &wanted)?;
     let read_fields: Vec<Field> = columns
         .iter()
@@ -429,6 +499,13 @@ fn sync_stream(
     let mut reader = block_on_interruptible(conn.reader(req), &mut check_interrupts)?;
     let outcome = engine::run(reader.as_mut(), &mut sink, batch, &mut check_interrupts)?;
     drop(reader);
+    let mut outcome = outcome;
+    for p in gone.iter().rev() {
+        outcome.warnings.insert(0, format!(
+            "property {p} no longer exists on {}; it was removed from crm_sync.streams.properties and its column keeps the values already landed",
+            s.object
+        ));
+    }
     let mut warning_samples = outcome.warnings.clone();
     warning_samples.append(&mut sink.warning_samples);
     Ok(Done {

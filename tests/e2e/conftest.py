@@ -121,32 +121,52 @@ class Mock:
         self.admin("POST", "/_mock/reset_stats")
 
 
-def start_mock(*args):
-    proc = subprocess.Popen([str(MOCK_BIN), "hubspot", "--port", "0", "--token", TOKEN, *args],
+def spawn_mock(cls, kind, *args):
+    """Start `crm-mock kind --port 0 args...` and wait for its port."""
+    proc = subprocess.Popen([str(MOCK_BIN), kind, "--port", "0", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    deadline = time.time() + 20
     line = proc.stdout.readline()
-    if not line.startswith("listening on ") or time.time() > deadline:
+    if not line.startswith("listening on "):
         proc.kill()
-        raise RuntimeError(f"mock did not start: {line!r}")
-    port = int(line.strip().rsplit(":", 1)[1])
-    return Mock(proc, port)
+        raise RuntimeError(f"{kind} mock did not start: {line!r}")
+    return cls(proc, int(line.strip().rsplit(":", 1)[1]))
+
+
+def start_mock(*args):
+    return spawn_mock(Mock, "hubspot", "--token", TOKEN, *args)
+
+
+class Mocks:
+    """Mocks started by a test, killed at its end."""
+
+    def __init__(self):
+        self.all = []
+
+    def start(self, cls, kind, *args):
+        m = spawn_mock(cls, kind, *args)
+        self.all.append(m)
+        return m
+
+    def stop(self):
+        for m in self.all:
+            m.proc.kill()
+            m.proc.wait(timeout=10)
 
 
 @pytest.fixture
-def mock_factory():
-    mocks = []
+def mocks():
+    ms = Mocks()
+    yield ms
+    ms.stop()
 
+
+@pytest.fixture
+def mock_factory(mocks):
     def _start(contacts=250, companies=60, deals=40, *extra):
-        m = start_mock("--contacts", str(contacts), "--companies", str(companies),
-                       "--deals", str(deals), *extra)
-        mocks.append(m)
-        return m
+        return mocks.start(Mock, "hubspot", "--token", TOKEN, "--contacts", str(contacts),
+                           "--companies", str(companies), "--deals", str(deals), *extra)
 
-    yield _start
-    for m in mocks:
-        m.proc.kill()
-        m.proc.wait(timeout=10)
+    return _start
 
 
 @pytest.fixture
@@ -167,3 +187,61 @@ def sync(db, source="hs", stream=None, full_refresh=False):
     cur = db.execute("SELECT * FROM crm_sync.sync(%s, %s, %s)", (source, stream, full_refresh))
     cols = [d.name for d in cur.description]
     return {r[0]: dict(zip(cols, r)) for r in cur.fetchall()}
+
+
+SF_CLIENT_ID = "3MVG9mock.client.id"
+SF_CLIENT_SECRET = "mock-client-secret"
+SF_REFRESH_TOKEN = "5Aep861mock.refresh.token"
+SF_USERNAME = "integration@mock.example.com"
+
+
+class SfMock(Mock):
+    """A running crm-mock salesforce process and its admin API."""
+
+    def upsert(self, obj, records, timestamp_ms=None):
+        body = {"records": records}
+        if timestamp_ms is not None:
+            body["timestamp_ms"] = timestamp_ms
+        return self.admin("POST", f"/_mock/sf/{obj}/upsert", body)["ids"]
+
+    def delete(self, obj, ids):
+        return self.admin("POST", f"/_mock/sf/{obj}/delete", {"ids": list(ids)})
+
+    def undelete(self, obj, ids):
+        return self.admin("POST", f"/_mock/sf/{obj}/undelete", {"ids": list(ids)})
+
+    def expire_sessions(self):
+        self.admin("POST", "/_mock/sf/expire_sessions")
+
+    def limits(self, **kw):
+        self.admin("POST", "/_mock/sf/limits", kw)
+
+    def query(self, soql):
+        """Run SOQL through the mock's own API (token from the refresh flow)."""
+        tok = requests.post(self.url + "/services/oauth2/token", data={
+            "grant_type": "refresh_token", "client_id": SF_CLIENT_ID,
+            "refresh_token": SF_REFRESH_TOKEN}, timeout=30).json()
+        r = requests.get(self.url + "/services/data/v59.0/queryAll", params={"q": soql},
+                         headers={"Authorization": "Bearer " + tok["access_token"]}, timeout=60)
+        r.raise_for_status()
+        return r.json()
+
+
+@pytest.fixture
+def sf_factory(mocks):
+    return lambda *args: mocks.start(SfMock, "salesforce", *args)
+
+
+@pytest.fixture
+def salesforce(sf_factory):
+    """A small Salesforce mock: 50 records of each object."""
+    return sf_factory()
+
+
+def create_sf_source(db, mock, name="sf", credentials=None, **options):
+    opts = {"login_url": mock.url, "lookback_seconds": 0, "retry_base_ms": 10, "retry_max_ms": 50}
+    opts.update(options)
+    creds = credentials if credentials is not None else {
+        "client_id": SF_CLIENT_ID, "client_secret": SF_CLIENT_SECRET, "refresh_token": SF_REFRESH_TOKEN}
+    db.execute("SELECT crm_sync.create_source(%s, 'salesforce', %s, %s)",
+               (name, psycopg.types.json.Jsonb(opts), psycopg.types.json.Jsonb(creds)))

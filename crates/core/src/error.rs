@@ -34,6 +34,9 @@ pub struct CrmError {
     pub hint: Option<String>,
     /// `METHOD /path` of the API call that failed, when one did.
     pub endpoint: Option<String>,
+    /// The CRM's own error code (Salesforce `errorCode`, HubSpot `category`),
+    /// for connectors that act on specific codes.
+    pub code: Option<Box<str>>,
 }
 
 impl CrmError {
@@ -44,6 +47,7 @@ impl CrmError {
             detail: None,
             hint: None,
             endpoint: None,
+            code: None,
         }
     }
 
@@ -67,6 +71,11 @@ impl CrmError {
 
     pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> Self {
         self.endpoint = Some(endpoint.into());
+        self
+    }
+
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.code = Some(code.into().into_boxed_str());
         self
     }
 }

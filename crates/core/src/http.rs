@@ -122,6 +122,18 @@ impl HttpClient {
         endpoint: &str,
         build: impl Fn() -> RequestBuilder,
     ) -> Result<Response> {
+        self.send_retrying(endpoint, build, &|_| false).await
+    }
+
+    /// As [`HttpClient::send`], also retrying responses `transient` accepts
+    /// (errors a CRM documents as temporary, such as Salesforce's
+    /// `QUERY_TIMEOUT`, which comes as a 400).
+    pub async fn send_retrying(
+        &self,
+        endpoint: &str,
+        build: impl Fn() -> RequestBuilder,
+        transient: &dyn Fn(&Response) -> bool,
+    ) -> Result<Response> {
         let mut attempt: u32 = 0;
         loop {
             self.api_calls.set(self.api_calls.get() + 1);
@@ -145,7 +157,9 @@ impl HttpClient {
             };
             let retry_after = match &outcome {
                 Ok(r)
-                    if r.status == StatusCode::TOO_MANY_REQUESTS || r.status.is_server_error() =>
+                    if r.status == StatusCode::TOO_MANY_REQUESTS
+                        || r.status.is_server_error()
+                        || transient(r) =>
                 {
                     retry_after(&r.headers)
                 }
@@ -200,15 +214,38 @@ fn exhausted(endpoint: &str, r: &Response, attempts: u32) -> CrmError {
     } else {
         CrmError::new(
             ErrorKind::ServerError,
-            format!(
-                "server error HTTP {} after {attempts} attempts",
-                r.status.as_u16()
-            ),
+            if r.status.is_server_error() {
+                format!(
+                    "server error HTTP {} after {attempts} attempts",
+                    r.status.as_u16()
+                )
+            } else {
+                format!(
+                    "still failing with HTTP {} after {attempts} attempts",
+                    r.status.as_u16()
+                )
+            },
         )
         .with_endpoint(endpoint)
         .with_detail(excerpt)
         .with_hint("The CRM is having trouble; run the sync again later.")
     }
+}
+
+/// Parse a JSON API body; a body that is not JSON, or stops half way, is a
+/// [`ErrorKind::BadResponse`] naming `vendor` and `endpoint`.
+pub fn parse_json<'de, T: serde::Deserialize<'de>>(
+    vendor: &str,
+    endpoint: &str,
+    body: &'de [u8],
+) -> Result<T> {
+    serde_json::from_slice(body).map_err(|e| {
+        let what = if e.is_eof() { "truncated" } else { "malformed" };
+        CrmError::bad_response(format!("{vendor} sent a {what} response ({e})"))
+            .with_endpoint(endpoint)
+            .with_detail(format!("body begins: {}", body_excerpt(body)))
+            .with_hint("Run the sync again; if it persists, the API or a proxy in between is returning bad data.")
+    })
 }
 
 /// The first 300 characters of a body, for error details.

@@ -248,12 +248,12 @@ pub fn builtin_props(kind: Kind) -> Vec<PropDef> {
         .collect()
 }
 
-const FIRST: &[&str] = &[
+pub const FIRST: &[&str] = &[
     "Ada", "Grace", "Alan", "Linus", "Margaret", "Ken", "Barbara", "Dennis", "Frances", "Edsger",
     "Radia", "Leslie", "Donald", "Sophie", "Tim", "Anita", "John", "Hedy", "Niklaus", "Karen",
     "José", "Zoë", "Łukasz", "Mei",
 ];
-const LAST: &[&str] = &[
+pub const LAST: &[&str] = &[
     "Lovelace",
     "Hopper",
     "Turing",
@@ -279,7 +279,7 @@ const LAST: &[&str] = &[
     "Kowalski",
     "Chen",
 ];
-const WORDS: &[&str] = &[
+pub const WORDS: &[&str] = &[
     "Acme",
     "Globex",
     "Initech",
@@ -297,7 +297,7 @@ const WORDS: &[&str] = &[
     "Gringotts",
     "Monarch",
 ];
-const SUFFIX: &[&str] = &[
+pub const SUFFIX: &[&str] = &[
     "Inc", "GmbH", "Ltd", "LLC", "SA", "Group", "Labs", "Partners",
 ];
 const CITIES: &[(&str, &str, &str)] = &[

@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::data::{parse_time, Kind, PropDef};
+use crate::faults::{
+    admin_body, admin_error, admin_reply, shared_admin, transport_fault, Rules, Stats,
+    TRANSPORT_KINDS,
+};
 use crate::server::{Handler, Reply, Request, Response};
 use crate::store::{Key, Store};
 
@@ -50,38 +54,10 @@ impl Default for Options {
     }
 }
 
-#[derive(Debug, Clone)]
-struct Fault {
-    path_contains: String,
-    method: Option<String>,
-    skip: u64,
-    count: u64,
-    kind: String,
-    latency_ms: u64,
-    seen: u64,
-    fired: u64,
-}
-
-#[derive(Debug, Clone)]
-struct Hook {
-    path_contains: String,
-    skip: u64,
-    seen: u64,
-    action: Value,
-}
-
-#[derive(Debug, Default)]
-struct Stats {
-    requests: u64,
-    by_endpoint: BTreeMap<String, u64>,
-    status_counts: BTreeMap<String, u64>,
-}
-
 struct State {
     token: String,
     stores: Vec<Store>,
-    faults: Vec<Fault>,
-    hooks: Vec<Hook>,
+    rules: Rules,
     stats: Stats,
     searches: VecDeque<Instant>,
 }
@@ -113,8 +89,7 @@ impl HubSpotMock {
             state: Mutex::new(State {
                 token: opts.token.clone(),
                 stores,
-                faults: Vec::new(),
-                hooks: Vec::new(),
+                rules: Rules::default(),
                 stats: Stats::default(),
                 searches: VecDeque::new(),
             }),
@@ -181,27 +156,11 @@ impl HubSpotMock {
 
     fn api(&self, req: &Request) -> Reply {
         let mut st = self.lock();
-        st.stats.requests += 1;
-        *st.stats
-            .by_endpoint
-            .entry(format!("{} {}", req.method, req.path))
-            .or_default() += 1;
+        st.stats
+            .count_request(format!("{} {}", req.method, req.path));
 
         // Hooks change data just before the request they wait for is served.
-        let mut fire = Vec::new();
-        st.hooks.retain_mut(|h| {
-            if !req.path.contains(&h.path_contains) {
-                return true;
-            }
-            h.seen += 1;
-            if h.seen > h.skip {
-                fire.push(h.action.clone());
-                false
-            } else {
-                true
-            }
-        });
-        for action in fire {
+        for action in st.rules.due_hooks(req) {
             let _ = apply_action(&mut st, &action);
         }
 
@@ -209,54 +168,20 @@ impl HubSpotMock {
             Some(r) => r,
             None => Reply::Send(self.route(&mut st, req)),
         };
-        let status = match &reply {
-            Reply::Send(r) | Reply::Delay(_, r) => r.status.to_string(),
-            Reply::Cut { .. } => "cut".into(),
-            Reply::Reset => "reset".into(),
-        };
-        *st.stats.status_counts.entry(status).or_default() += 1;
+        st.stats.count_reply(&reply);
         reply
     }
 
     fn fault(&self, st: &mut State, req: &Request) -> Option<Reply> {
-        let mut chosen = None;
-        for f in st.faults.iter_mut() {
-            if !req.path.contains(&f.path_contains) {
-                continue;
-            }
-            if f.method
-                .as_deref()
-                .is_some_and(|m| !m.eq_ignore_ascii_case(&req.method))
-            {
-                continue;
-            }
-            f.seen += 1;
-            if chosen.is_none() && f.seen > f.skip && (f.count == 0 || f.fired < f.count) {
-                f.fired += 1;
-                chosen = Some((f.kind.clone(), f.latency_ms));
-            }
-        }
-        let (kind, latency) = chosen?;
+        let (kind, latency) = st.rules.pick(req)?;
         Some(match kind.as_str() {
             "429" => Reply::Send(self.rate_limited("TEN_SECONDLY_ROLLING", false)),
             "429_retry_after" => Reply::Send(self.rate_limited("TEN_SECONDLY_ROLLING", true)),
             "500" => Reply::Send(self.error(500, "INTERNAL_ERROR", "internal error")),
-            "502" => Reply::Send(html(502, "<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center></body></html>")),
             "503" => Reply::Send(self.error(503, "SERVICE_UNAVAILABLE", "Service Unavailable")),
             "bad_token" => Reply::Send(self.unauthorized()),
             "missing_scopes" => Reply::Send(self.missing_scopes(&req.path)),
-            "reset" => Reply::Reset,
-            "latency" => Reply::Delay(Duration::from_millis(latency), self.route(st, req)),
-            "malformed" => Reply::Send(html(200, "<html><body>Service temporarily unavailable, please try again.</body></html>")),
-            "truncated" => {
-                // A whole HTTP response whose JSON stops half way.
-                let mut r = self.route(st, req);
-                let n = r.body.len() / 2;
-                r.body.truncate(n);
-                Reply::Send(r)
-            }
-            "cut" => Reply::Cut { response: self.route(st, req) },
-            _ => return None,
+            k => return transport_fault(k, latency, || self.route(st, req)),
         })
     }
 
@@ -538,16 +463,27 @@ impl HubSpotMock {
     }
 
     fn admin(&self, req: &Request) -> Reply {
-        let body: Value = if req.body.is_empty() {
-            Value::Null
-        } else {
-            match serde_json::from_slice(&req.body) {
-                Ok(v) => v,
-                Err(e) => return Reply::Send(admin_error(400, &format!("bad JSON: {e}"))),
-            }
+        let body = match admin_body(req) {
+            Ok(v) => v,
+            Err(r) => return Reply::Send(r),
         };
         let mut st = self.lock();
         let parts: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+        let shared = {
+            let s = &mut *st;
+            shared_admin(
+                &mut s.rules,
+                &mut s.stats,
+                &self.bytes_sent,
+                &req.method,
+                &parts[1..],
+                &body,
+                &fault_kinds(),
+            )
+        };
+        if let Some(r) = shared {
+            return admin_reply(r);
+        }
         let r = match (req.method.as_str(), &parts[1..]) {
             ("POST", [t, "upsert"]) => match Kind::parse(t) {
                 Some(_) => apply_action(
@@ -561,24 +497,6 @@ impl HubSpotMock {
                 &json!({"op": "archive", "object": t, "ids": body["ids"], "timestamp_ms": body["timestamp_ms"]}),
             ),
             ("POST", [t, "properties"]) => add_property(&mut st, t, &body),
-            ("POST", ["faults"]) => add_faults(&mut st, &body),
-            ("DELETE", ["faults"]) => {
-                st.faults.clear();
-                Ok(json!({}))
-            }
-            ("POST", ["hooks"]) => {
-                st.hooks.push(Hook {
-                    path_contains: body["path_contains"].as_str().unwrap_or("").to_owned(),
-                    skip: body["skip"].as_u64().unwrap_or(0),
-                    seen: 0,
-                    action: body["action"].clone(),
-                });
-                Ok(json!({}))
-            }
-            ("DELETE", ["hooks"]) => {
-                st.hooks.clear();
-                Ok(json!({}))
-            }
             ("GET", ["stats"]) => Ok(json!({
                 "requests": st.stats.requests,
                 "by_endpoint": st.stats.by_endpoint,
@@ -586,11 +504,6 @@ impl HubSpotMock {
                 "bytes_sent": self.bytes_sent.load(Ordering::Relaxed),
                 "live": st.stores.iter().map(|s| (s.kind().name(), s.live_count())).collect::<BTreeMap<_, _>>(),
             })),
-            ("POST", ["reset_stats"]) => {
-                st.stats = Stats::default();
-                self.bytes_sent.store(0, Ordering::Relaxed);
-                Ok(json!({}))
-            }
             ("POST", ["token"]) => match body["token"].as_str() {
                 Some(t) => {
                     st.token = t.to_owned();
@@ -605,10 +518,7 @@ impl HubSpotMock {
                 ))
             }
         };
-        Reply::Send(match r {
-            Ok(v) => Response::json(200, v.to_string().into_bytes()),
-            Err(m) => admin_error(400, &m),
-        })
+        admin_reply(r)
     }
 }
 
@@ -630,18 +540,6 @@ impl Handler for HubSpotMock {
     fn gzip(&self) -> bool {
         self.opts.gzip
     }
-}
-
-fn html(status: u16, body: &str) -> Response {
-    Response {
-        status,
-        headers: vec![("Content-Type".into(), "text/html".into())],
-        body: body.as_bytes().to_vec(),
-    }
-}
-
-fn admin_error(status: u16, msg: &str) -> Response {
-    Response::json(status, json!({ "error": msg }).to_string().into_bytes())
 }
 
 fn property_json(p: &PropDef, order: usize) -> Value {
@@ -770,39 +668,18 @@ fn add_property(st: &mut State, t: &str, body: &Value) -> Result<Value, String> 
     Ok(v)
 }
 
-fn add_faults(st: &mut State, body: &Value) -> Result<Value, String> {
-    let rules = body["rules"].as_array().ok_or("rules must be an array")?;
-    for r in rules {
-        let kind = r["kind"].as_str().ok_or("kind missing")?;
-        const KINDS: &[&str] = &[
-            "429",
-            "429_retry_after",
-            "500",
-            "502",
-            "503",
-            "bad_token",
-            "missing_scopes",
-            "reset",
-            "latency",
-            "malformed",
-            "truncated",
-            "cut",
-        ];
-        if !KINDS.contains(&kind) {
-            return Err(format!("unknown fault kind {kind:?}; one of {KINDS:?}"));
-        }
-        st.faults.push(Fault {
-            path_contains: r["path_contains"].as_str().unwrap_or("").to_owned(),
-            method: r["method"].as_str().map(str::to_owned),
-            skip: r["skip"].as_u64().unwrap_or(0),
-            count: r["count"].as_u64().unwrap_or(1),
-            kind: kind.to_owned(),
-            latency_ms: r["latency_ms"].as_u64().unwrap_or(1000),
-            seen: 0,
-            fired: 0,
-        });
-    }
-    Ok(json!({ "rules": st.faults.len() }))
+/// HubSpot's fault kinds: its own bodies plus the transport-level ones.
+fn fault_kinds() -> Vec<&'static str> {
+    let mut k = vec![
+        "429",
+        "429_retry_after",
+        "500",
+        "503",
+        "bad_token",
+        "missing_scopes",
+    ];
+    k.extend_from_slice(TRANSPORT_KINDS);
+    k
 }
 
 #[derive(Debug)]

@@ -2,8 +2,13 @@
 //! JSON shapes, paging, limits, error bodies, auth, rate limits) on
 //! 127.0.0.1, with admin endpoints to change data and inject faults.
 
+// Salesforce describe bodies are large `json!` literals.
+#![recursion_limit = "256"]
+
 pub mod data;
+pub mod faults;
 pub mod hubspot;
+pub mod salesforce;
 pub mod server;
 pub mod store;
 

@@ -262,14 +262,7 @@ async fn read_request(r: &mut BufReader<TcpStream>) -> std::io::Result<Option<Re
     let mut body = vec![0; len];
     r.read_exact(&mut body).await?;
     let (path, qs) = target.split_once('?').unwrap_or((&target, ""));
-    let query = qs
-        .split('&')
-        .filter(|s| !s.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (decode(k), decode(v))
-        })
-        .collect();
+    let query = parse_form(qs);
     Ok(Some(Request {
         method,
         path: decode(path),
@@ -277,6 +270,17 @@ async fn read_request(r: &mut BufReader<TcpStream>) -> std::io::Result<Option<Re
         headers,
         body,
     }))
+}
+
+/// `a=1&b=2` (a query string or a form body), decoded, in order.
+pub fn parse_form(s: &str) -> Vec<(String, String)> {
+    s.split('&')
+        .filter(|s| !s.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
 }
 
 /// Percent-decoding, with `+` as space (form encoding, as clients send).

@@ -46,6 +46,7 @@
 //!   are honoured promptly.
 
 pub mod hubspot;
+pub mod salesforce;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -64,7 +65,7 @@ use crate::types::PgType;
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 
 /// Every CRM pg_crm_sync knows. Add a line here for a new connector.
-pub const PROVIDERS: &[&Provider] = &[&hubspot::PROVIDER];
+pub const PROVIDERS: &[&Provider] = &[&hubspot::PROVIDER, &salesforce::PROVIDER];
 
 /// Describes one CRM to the rest of the system; see the module docs.
 pub struct Provider {

@@ -398,13 +398,7 @@ fn to_records(endpoint: &str, object: &str, raws: Vec<Box<RawValue>>) -> Result<
 }
 
 fn parse_json<'de, T: Deserialize<'de>>(endpoint: &str, body: &'de [u8]) -> Result<T> {
-    serde_json::from_slice(body).map_err(|e| {
-        let what = if e.is_eof() { "truncated" } else { "malformed" };
-        CrmError::bad_response(format!("HubSpot sent a {what} response ({e})"))
-            .with_endpoint(endpoint)
-            .with_detail(format!("body begins: {}", body_excerpt(body)))
-            .with_hint("Run the sync again; if it persists, the API or a proxy in between is returning bad data.")
-    })
+    crate::http::parse_json("HubSpot", endpoint, body)
 }
 
 /// HubSpot error bodies: `{"status":"error","message":…,"category":…}`.

@@ -1,0 +1,243 @@
+//! Calls to a Salesforce org's REST API with a session that is refreshed once
+//! when Salesforce reports it expired, and Salesforce's error bodies (JSON
+//! arrays of `{"message","errorCode"}`) turned into [`CrmError`]s.
+//! <https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/errorcodes.htm>
+
+use std::cell::RefCell;
+
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::auth::{self, Login, Session};
+use crate::error::{CrmError, ErrorKind, Result};
+use crate::http::{body_excerpt, HttpClient, Response};
+
+pub struct Api<'a> {
+    pub http: &'a HttpClient,
+    pub version: String,
+    login: Login,
+    session: RefCell<Option<Session>>,
+}
+
+/// Salesforce's error codes that mean "try again".
+fn transient(r: &Response) -> bool {
+    r.status == StatusCode::BAD_REQUEST
+        && first_error(&r.body).is_some_and(|e| e.error_code == "QUERY_TIMEOUT")
+}
+
+#[derive(Deserialize, Debug, Default, Clone)]
+pub struct SfError {
+    #[serde(rename = "errorCode", default)]
+    pub error_code: String,
+    #[serde(default)]
+    pub message: String,
+}
+
+fn first_error(body: &[u8]) -> Option<SfError> {
+    match serde_json::from_slice::<Vec<SfError>>(body) {
+        Ok(v) => v.into_iter().next(),
+        Err(_) => serde_json::from_slice::<SfError>(body).ok(),
+    }
+}
+
+impl<'a> Api<'a> {
+    pub fn new(http: &'a HttpClient, version: &str, login: Login) -> Self {
+        let session = auth::cached(login.key);
+        Api {
+            http,
+            version: version.to_owned(),
+            login,
+            session: RefCell::new(session),
+        }
+    }
+
+    /// `/services/data/vNN.N/{rest}`.
+    pub fn data_path(&self, rest: &str) -> String {
+        format!("/services/data/v{}/{rest}", self.version)
+    }
+
+    async fn session(&self, fresh: bool) -> Result<Session> {
+        if fresh {
+            auth::forget(self.login.key);
+            self.session.replace(None);
+        }
+        if let Some(s) = self.session.borrow().clone() {
+            return Ok(s);
+        }
+        let s = self.login.login(self.http).await?;
+        self.session.replace(Some(s.clone()));
+        Ok(s)
+    }
+
+    /// Call `path` (absolute, under the instance URL; may carry a query
+    /// string, as `nextRecordsUrl` does). An expired session is renewed once.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        headers: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<Response> {
+        let endpoint = format!("{method} {}", path.split('?').next().unwrap_or(path));
+        let mut fresh = false;
+        loop {
+            let s = self.session(fresh).await?;
+            let url = s.instance_url.join(path).map_err(|e| {
+                CrmError::bad_response(format!("cannot build a URL from {path:?}: {e}"))
+            })?;
+            self.http.check_url(&url)?;
+            let resp = self
+                .http
+                .send_retrying(
+                    &endpoint,
+                    || {
+                        let mut rb = self
+                            .http
+                            .request(method.clone(), url.clone())
+                            .bearer_auth(&s.access_token)
+                            .header("Accept", "application/json");
+                        if !query.is_empty() {
+                            rb = rb.query(query);
+                        }
+                        for (k, v) in headers {
+                            rb = rb.header(*k, v);
+                        }
+                        if let Some(b) = body {
+                            rb = rb.json(b);
+                        }
+                        rb
+                    },
+                    &transient,
+                )
+                .await?;
+            if resp.status == StatusCode::UNAUTHORIZED && !fresh {
+                // INVALID_SESSION_ID: the session timed out or was revoked.
+                fresh = true;
+                continue;
+            }
+            return check_status(&endpoint, resp);
+        }
+    }
+
+    pub async fn get_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        headers: &[(&str, String)],
+    ) -> Result<(T, Response)> {
+        let resp = self.call(Method::GET, path, query, headers, None).await?;
+        let endpoint = format!("GET {}", path.split('?').next().unwrap_or(path));
+        let v = parse_json(&endpoint, &resp.body)?;
+        Ok((v, resp))
+    }
+}
+
+pub fn parse_json<T: DeserializeOwned>(endpoint: &str, body: &[u8]) -> Result<T> {
+    crate::http::parse_json("Salesforce", endpoint, body)
+}
+
+/// Turn a non-2xx answer into an error that says what to do.
+fn check_status(endpoint: &str, resp: Response) -> Result<Response> {
+    let s = resp.status;
+    if s.is_success() {
+        return Ok(resp);
+    }
+    let e = first_error(&resp.body).unwrap_or_default();
+    let what = if e.error_code.is_empty() {
+        format!("HTTP {}", s.as_u16())
+    } else {
+        format!("HTTP {} {}", s.as_u16(), e.error_code)
+    };
+    let detail = if e.message.is_empty() {
+        body_excerpt(&resp.body)
+    } else {
+        e.message.clone()
+    };
+    let err = match (s, e.error_code.as_str()) {
+        (_, "REQUEST_LIMIT_EXCEEDED") => CrmError::new(
+            ErrorKind::RateLimited,
+            format!("the Salesforce org's daily API request limit is used up ({what})"),
+        )
+        .with_hint("Syncs can resume when the rolling 24-hour window frees requests; see Setup > Company Information > API Requests, or ask Salesforce for a higher limit."),
+        (StatusCode::UNAUTHORIZED, _) => CrmError::new(
+            ErrorKind::Auth,
+            format!("Salesforce rejected a fresh session ({what})"),
+        )
+        .with_hint("Check the connected app's policies and the user's permissions (API Enabled)."),
+        (StatusCode::FORBIDDEN, _) => CrmError::new(
+            ErrorKind::Auth,
+            format!("Salesforce refused access ({what})"),
+        )
+        .with_hint("The integration user lacks a permission this stream needs (API Enabled, read access to the object); grant it, or disable the stream in crm_sync.streams."),
+        (StatusCode::NOT_FOUND, _) | (_, "INVALID_TYPE") | (_, "NOT_FOUND") => CrmError::new(
+            ErrorKind::InvalidConfig,
+            format!("Salesforce does not know this object ({what})"),
+        )
+        .with_hint("See crm_sync.discover_objects(source) for the org's objects; object names are API names such as Account or Invoice__c."),
+        _ => CrmError::new(
+            ErrorKind::ApiRejected,
+            format!("Salesforce rejected the request ({what})"),
+        )
+        .with_hint("Check the source options and the stream's fields in crm_sync.streams."),
+    };
+    let err = err.with_endpoint(endpoint).with_detail(detail);
+    Err(if e.error_code.is_empty() {
+        err
+    } else {
+        err.with_code(e.error_code)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderMap;
+
+    fn resp(status: u16, body: &str) -> Response {
+        Response {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers: HeaderMap::new(),
+            body: bytes::Bytes::from(body.to_owned()),
+        }
+    }
+
+    #[test]
+    fn errors_are_classified_by_code() {
+        let e = check_status(
+            "GET /q",
+            resp(403, r#"[{"message":"TotalRequests Limit exceeded.","errorCode":"REQUEST_LIMIT_EXCEEDED"}]"#),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::RateLimited);
+        assert!(e.message.contains("daily API request limit"));
+        let e = check_status(
+            "GET /q",
+            resp(400, r#"[{"message":"No such column 'Foo__c' on entity 'Account'.","errorCode":"INVALID_FIELD"}]"#),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::ApiRejected);
+        assert_eq!(e.code.as_deref(), Some("INVALID_FIELD"));
+        assert!(e.detail.unwrap().contains("Foo__c"));
+        let e = check_status(
+            "GET /q",
+            resp(
+                404,
+                r#"[{"errorCode":"NOT_FOUND","message":"The requested resource does not exist"}]"#,
+            ),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidConfig);
+        assert!(check_status("GET /q", resp(200, "{}")).is_ok());
+        assert!(transient(&resp(
+            400,
+            r#"[{"message":"Your query request was running for too long.","errorCode":"QUERY_TIMEOUT"}]"#
+        )));
+        assert!(!transient(&resp(
+            400,
+            r#"[{"message":"x","errorCode":"MALFORMED_QUERY"}]"#
+        )));
+    }
+}

@@ -1,0 +1,379 @@
+//! Salesforce (REST API): standard and custom objects, read with SOQL through
+//! `query` / `queryAll`, OAuth 2.0 sessions refreshed on expiry. See
+//! README.md beside this file for the API facts this connector relies on.
+
+mod api;
+pub mod auth;
+mod reader;
+pub mod soql;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use serde::Deserialize;
+use serde_json::Value;
+use url::Url;
+
+use super::{
+    BoxFuture, CheckArgs, Connector, DefaultFields, Field, ObjectInfo, PageSource, Provider,
+    ReadRequest, StreamDefaults,
+};
+use crate::config::{check_url_option, int, SourceConfig};
+use crate::error::{CrmError, Result};
+use crate::http::HttpClient;
+use crate::types::PgType;
+use api::Api;
+use auth::{Flow, Login};
+
+pub const DEFAULT_LOGIN_URL: &str = "https://login.salesforce.com";
+pub const DEFAULT_API_VERSION: &str = "59.0";
+/// `Sforce-Query-Options: batchSize` accepts 200 to 2,000.
+pub const DEFAULT_BATCH_SIZE: u64 = 2000;
+/// Longest request URI we send. Salesforce allows 16,384 bytes for URI and
+/// headers together (414 beyond), well under SOQL's own 100,000 characters;
+/// wider field lists are split over several queries joined by Id.
+/// <https://help.salesforce.com/s/articleView?id=000386264&type=1>
+pub const DEFAULT_MAX_QUERY_LENGTH: u64 = 15_000;
+
+/// Salesforce as the rest of the system sees it.
+pub const PROVIDER: Provider = Provider {
+    name: "salesforce",
+    options: &[
+        "login_url",
+        "api_version",
+        "batch_size",
+        "max_query_length",
+        "jwt_audience",
+    ],
+    credentials: &[
+        "client_id",
+        "client_secret",
+        "refresh_token",
+        "username",
+        "private_key",
+    ],
+    streams: STREAMS,
+    check,
+    connect,
+};
+
+pub const STREAMS: &[StreamDefaults] = &[
+    StreamDefaults {
+        name: "account",
+        object: "Account",
+        fields: DefaultFields::All,
+    },
+    StreamDefaults {
+        name: "contact",
+        object: "Contact",
+        fields: DefaultFields::All,
+    },
+    StreamDefaults {
+        name: "lead",
+        object: "Lead",
+        fields: DefaultFields::All,
+    },
+    StreamDefaults {
+        name: "opportunity",
+        object: "Opportunity",
+        fields: DefaultFields::All,
+    },
+    StreamDefaults {
+        name: "user",
+        object: "User",
+        fields: DefaultFields::All,
+    },
+];
+
+fn check(a: &CheckArgs<'_>) -> Result<()> {
+    Flow::from_credentials(a.credentials)?;
+    check_url_option(
+        a.options,
+        "login_url",
+        DEFAULT_LOGIN_URL,
+        a.allow_insecure_http,
+    )?;
+    check_url_option(
+        a.options,
+        "jwt_audience",
+        DEFAULT_LOGIN_URL,
+        // An audience is a name, never called.
+        true,
+    )?;
+    match a.options.get("api_version") {
+        None => {}
+        Some(Value::String(v)) if is_version(v) => {}
+        Some(_) => return Err(
+            CrmError::config("options.api_version must look like \"59.0\"").with_hint(
+                "Use a REST API version your org supports, e.g. \"59.0\"; see GET /services/data/.",
+            ),
+        ),
+    }
+    int(a.options, "batch_size", 200, 2000)?;
+    int(a.options, "max_query_length", 1000, 100_000)?;
+    Ok(())
+}
+
+fn is_version(v: &str) -> bool {
+    let mut it = v.splitn(2, '.');
+    let (Some(a), Some(b)) = (it.next(), it.next()) else {
+        return false;
+    };
+    !a.is_empty() && a.len() <= 3 && a.bytes().all(|c| c.is_ascii_digit()) && b == "0"
+}
+
+fn connect<'a>(http: &'a HttpClient, cfg: &'a SourceConfig) -> Result<Box<dyn Connector + 'a>> {
+    let login_url = cfg.option_str("login_url").unwrap_or(DEFAULT_LOGIN_URL);
+    let login_url = Url::parse(login_url)
+        .map_err(|e| CrmError::config(format!("options.login_url is not a valid URL: {e}")))?;
+    http.check_url(&login_url)?;
+    let audience = match cfg.option_str("jwt_audience") {
+        Some(a) => a.to_owned(),
+        None => default_audience(&login_url),
+    };
+    let flow = Flow::from_credentials(&cfg.credentials)?;
+    let version = cfg.option_str("api_version").unwrap_or(DEFAULT_API_VERSION);
+    Ok(Box::new(Salesforce {
+        api: Api::new(http, version, Login::new(login_url, audience, flow)),
+        batch_size: cfg.option_u64("batch_size").unwrap_or(DEFAULT_BATCH_SIZE) as u32,
+        max_query_length: cfg
+            .option_u64("max_query_length")
+            .unwrap_or(DEFAULT_MAX_QUERY_LENGTH) as usize,
+        describes: RefCell::new(HashMap::new()),
+    }))
+}
+
+/// The JWT `aud`: `https://test.salesforce.com` for sandboxes, else
+/// `https://login.salesforce.com` (also for My Domain login URLs, as
+/// Salesforce documents).
+fn default_audience(login_url: &Url) -> String {
+    let host = login_url.host_str().unwrap_or_default();
+    if host == "test.salesforce.com" || host.ends_with(".sandbox.my.salesforce.com") {
+        "https://test.salesforce.com".to_owned()
+    } else {
+        DEFAULT_LOGIN_URL.to_owned()
+    }
+}
+
+/// Map a Salesforce field type (describe's `type`) to a landing column type.
+/// <https://developer.salesforce.com/docs/atlas.en-us.api.meta/api/field_types.htm>
+pub fn pg_type_for(sf_type: &str) -> PgType {
+    match sf_type {
+        "boolean" => PgType::Boolean,
+        "int" | "long" => PgType::BigInt,
+        "double" | "currency" | "percent" => PgType::Numeric,
+        "date" => PgType::Date,
+        "datetime" => PgType::TimestampTz,
+        "time" => PgType::Time,
+        "address" | "location" | "complexvalue" => PgType::Jsonb,
+        // id, string, picklist, multipicklist, combobox, email, phone, url,
+        // textarea, reference, encryptedstring, base64, anyType, ...
+        _ => PgType::Text,
+    }
+}
+
+/// What describe says about an object, as the reader needs it.
+#[derive(Debug)]
+pub struct Describe {
+    pub fields: Vec<Field>,
+    /// `SystemModstamp`, else `LastModifiedDate`, else none (full refresh).
+    pub cursor: Option<&'static str>,
+    pub has_is_deleted: bool,
+}
+
+impl Describe {
+    fn from_fields(fields: Vec<Field>) -> Describe {
+        let has = |n: &str| fields.iter().any(|f| f.name == n);
+        let cursor = ["SystemModstamp", "LastModifiedDate"]
+            .into_iter()
+            .find(|c| has(c));
+        let has_is_deleted = has("IsDeleted");
+        Describe {
+            fields,
+            cursor,
+            has_is_deleted,
+        }
+    }
+}
+
+/// A Salesforce org reached through one source's login.
+pub struct Salesforce<'a> {
+    api: Api<'a>,
+    batch_size: u32,
+    max_query_length: usize,
+    describes: RefCell<HashMap<String, Rc<Describe>>>,
+}
+
+impl Salesforce<'_> {
+    /// `GET sobjects/{object}/describe`, once per object and connection.
+    pub async fn describe(&self, object: &str) -> Result<Rc<Describe>> {
+        if let Some(d) = self.describes.borrow().get(object) {
+            return Ok(d.clone());
+        }
+        if !soql::is_identifier(object) {
+            return Err(CrmError::config(format!(
+                "{object:?} is not a Salesforce object API name"
+            ))
+            .with_hint("Object API names look like Account or Invoice__c."));
+        }
+        let path = self.api.data_path(&format!("sobjects/{object}/describe"));
+        #[derive(Deserialize)]
+        struct Wire {
+            fields: Vec<WireField>,
+        }
+        #[derive(Deserialize)]
+        struct WireField {
+            name: String,
+            #[serde(default)]
+            label: String,
+            #[serde(rename = "type")]
+            kind: String,
+            #[serde(default)]
+            custom: bool,
+        }
+        let (w, _) = self.api.get_json::<Wire>(&path, &[], &[]).await?;
+        let fields = w
+            .fields
+            .into_iter()
+            .map(|f| Field {
+                pg_type: pg_type_for(&f.kind),
+                name: f.name,
+                label: f.label,
+                crm_type: f.kind,
+                custom: f.custom,
+            })
+            .collect();
+        let d = Rc::new(Describe::from_fields(fields));
+        self.describes
+            .borrow_mut()
+            .insert(object.to_owned(), d.clone());
+        Ok(d)
+    }
+}
+
+impl Connector for Salesforce<'_> {
+    fn objects(&self) -> BoxFuture<'_, Result<Vec<ObjectInfo>>> {
+        Box::pin(async move {
+            #[derive(Deserialize)]
+            struct Wire {
+                sobjects: Vec<WireObject>,
+            }
+            #[derive(Deserialize)]
+            struct WireObject {
+                name: String,
+                #[serde(default)]
+                label: String,
+                #[serde(default)]
+                custom: bool,
+                #[serde(default)]
+                queryable: bool,
+            }
+            let path = self.api.data_path("sobjects");
+            let (w, _) = self.api.get_json::<Wire>(&path, &[], &[]).await?;
+            Ok(w.sobjects
+                .into_iter()
+                .filter(|o| o.queryable)
+                .map(|o| ObjectInfo {
+                    name: o.name,
+                    label: o.label,
+                    custom: o.custom,
+                })
+                .collect())
+        })
+    }
+
+    fn fields<'a>(&'a self, object: &'a str) -> BoxFuture<'a, Result<Vec<Field>>> {
+        Box::pin(async move { Ok(self.describe(object).await?.fields.clone()) })
+    }
+
+    fn reader<'a>(&'a self, req: ReadRequest) -> BoxFuture<'a, Result<Box<dyn PageSource + 'a>>> {
+        Box::pin(async move {
+            let d = self.describe(&req.object).await?;
+            let r = reader::RestReader::new(
+                &self.api,
+                &req,
+                &d,
+                self.batch_size,
+                self.max_query_length,
+            )?;
+            Ok(Box::new(r) as Box<dyn PageSource + 'a>)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn type_map_follows_the_issue() {
+        for (t, pg) in [
+            ("id", PgType::Text),
+            ("string", PgType::Text),
+            ("picklist", PgType::Text),
+            ("email", PgType::Text),
+            ("reference", PgType::Text),
+            ("textarea", PgType::Text),
+            ("boolean", PgType::Boolean),
+            ("int", PgType::BigInt),
+            ("double", PgType::Numeric),
+            ("currency", PgType::Numeric),
+            ("percent", PgType::Numeric),
+            ("date", PgType::Date),
+            ("datetime", PgType::TimestampTz),
+            ("time", PgType::Time),
+            ("address", PgType::Jsonb),
+            ("location", PgType::Jsonb),
+        ] {
+            assert_eq!(pg_type_for(t), pg, "{t}");
+        }
+    }
+
+    #[test]
+    fn options_are_checked() {
+        let opts = |o: Value| o.as_object().unwrap().clone();
+        let creds = json!({"client_id": "c", "refresh_token": "r"});
+        let creds = creds.as_object().unwrap();
+        let chk = |o: Value| {
+            check(&CheckArgs {
+                options: &opts(o),
+                credentials: creds,
+                allow_insecure_http: false,
+            })
+        };
+        assert!(chk(json!({})).is_ok());
+        assert!(chk(json!({"api_version": "59.0"})).is_ok());
+        assert!(chk(json!({"api_version": "v59"})).is_err());
+        assert!(chk(json!({"batch_size": 100})).is_err());
+        assert!(chk(json!({"login_url": "http://example.com"})).is_err());
+        assert!(chk(json!({"login_url": "http://127.0.0.1:1"})).is_ok());
+        assert_eq!(
+            default_audience(&Url::parse("https://acme.sandbox.my.salesforce.com").unwrap()),
+            "https://test.salesforce.com"
+        );
+        assert_eq!(
+            default_audience(&Url::parse("https://acme.my.salesforce.com").unwrap()),
+            DEFAULT_LOGIN_URL
+        );
+    }
+
+    #[test]
+    fn describe_picks_the_cursor() {
+        let f = |n: &str| Field {
+            name: n.into(),
+            label: n.into(),
+            crm_type: "datetime".into(),
+            pg_type: PgType::TimestampTz,
+            custom: false,
+        };
+        let d = Describe::from_fields(vec![f("Id"), f("LastModifiedDate"), f("SystemModstamp")]);
+        assert_eq!(d.cursor, Some("SystemModstamp"));
+        let d = Describe::from_fields(vec![f("Id"), f("LastModifiedDate")]);
+        assert_eq!(d.cursor, Some("LastModifiedDate"));
+        let d = Describe::from_fields(vec![f("Id"), f("CreatedDate")]);
+        assert_eq!(d.cursor, None);
+        assert!(!d.has_is_deleted);
+    }
+}

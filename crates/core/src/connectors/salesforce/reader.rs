@@ -1,0 +1,367 @@
+//! Paging through one Salesforce object for one run, over the REST API.
+//!
+//! One SOQL query per pass, paged through `nextRecordsUrl`:
+//! `SELECT … FROM X [WHERE SystemModstamp >= :since] ORDER BY SystemModstamp, Id`
+//! through `query`, then (deletes) the same with `IsDeleted = true` through
+//! `queryAll`. A query locator is a snapshot taken when the query starts, so
+//! the watermark is the newest modification time the live pass saw: anything
+//! changed later is stamped later and found by the next run. (The deletes
+//! pass starts later, so its newest stamp may be newer than changes made in
+//! between; it never moves the watermark, and deletions it sees past the
+//! watermark are seen again, harmlessly, next run.) Ties need no care: the
+//! next run starts at the watermark inclusive (minus the lookback) and
+//! rewrites nothing that did not change.
+//!
+//! Objects without `SystemModstamp` use `LastModifiedDate`; objects with
+//! neither are read whole every run.
+//!
+//! Field lists too long for one query are split ([`soql::plan`]): the first
+//! group's query drives paging and each page's other fields are fetched by
+//! `Id IN (...)`. A record that changed between those queries keeps the
+//! older modification time, so the next run reads it again whole.
+//!
+//! A field deleted in the org (`INVALID_FIELD`) is dropped from the query
+//! with a warning and the query is sent again.
+
+use chrono::{DateTime, Utc};
+use reqwest::Method;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use super::api::{parse_json, Api};
+use super::soql;
+use super::Describe;
+use crate::connectors::{BoxFuture, ReadRequest, SyncMode};
+use crate::engine::{Page, PageSource, Record};
+use crate::error::{CrmError, Result};
+use crate::types::{fmt_ts, parse_datetime};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Live,
+    Deleted,
+}
+
+impl Pass {
+    fn resource(self) -> &'static str {
+        match self {
+            Pass::Live => "query",
+            Pass::Deleted => "queryAll",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Phase {
+    Start(Pass),
+    More(Pass, String),
+    Done,
+}
+
+pub struct RestReader<'a> {
+    api: &'a Api<'a>,
+    object: String,
+    cursor: Option<&'static str>,
+    /// Fields every query selects: Id and the cursor.
+    key: Vec<String>,
+    /// The other fields, as chosen for the stream.
+    fields: Vec<String>,
+    plan: soql::Plan,
+    max_query_length: usize,
+    batch_size: u32,
+    since: Option<DateTime<Utc>>,
+    watermark: Option<DateTime<Utc>>,
+    track_deletes: bool,
+    phase: Phase,
+    warnings: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct QueryPage {
+    #[serde(rename = "totalSize", default)]
+    total_size: Option<u64>,
+    #[serde(rename = "nextRecordsUrl", default)]
+    next_records_url: Option<String>,
+    records: Vec<Box<RawValue>>,
+}
+
+impl<'a> RestReader<'a> {
+    pub fn new(
+        api: &'a Api<'a>,
+        req: &ReadRequest,
+        d: &Describe,
+        batch_size: u32,
+        max_query_length: usize,
+    ) -> Result<Self> {
+        let cursor = d.cursor;
+        let mut key = vec!["Id".to_owned()];
+        key.extend(cursor.map(str::to_owned));
+        let fields: Vec<String> = req
+            .fields
+            .iter()
+            .map(|f| f.name.clone())
+            .filter(|f| !key.contains(f))
+            .collect();
+        for f in &fields {
+            if !soql::is_identifier(f) {
+                return Err(CrmError::config(format!(
+                    "{f:?} is not a Salesforce field API name"
+                )));
+            }
+        }
+        let (since, watermark) = match (&req.mode, cursor) {
+            (SyncMode::Incremental { watermark }, Some(_)) => {
+                let w = parse_datetime(watermark).ok_or_else(|| {
+                    CrmError::config(format!("stored watermark {watermark:?} is not a timestamp"))
+                        .with_hint(
+                        "Run crm_sync.sync(source, stream, full_refresh => true) to start over.",
+                    )
+                })?;
+                let lookback = chrono::Duration::from_std(req.lookback).unwrap_or_default();
+                (Some(w - lookback), Some(w))
+            }
+            // Full runs, and objects without a modification time.
+            _ => (None, None),
+        };
+        let plan = soql::plan(&key, &fields, max_query_length);
+        Ok(RestReader {
+            api,
+            object: req.object.clone(),
+            cursor,
+            key,
+            fields,
+            plan,
+            max_query_length,
+            batch_size,
+            since,
+            watermark,
+            track_deletes: req.track_deletes && d.has_is_deleted,
+            phase: Phase::Start(Pass::Live),
+            warnings: vec![],
+        })
+    }
+
+    fn order(&self) -> String {
+        match self.cursor {
+            Some(c) => format!("{c} ASC, Id ASC"),
+            None => "Id ASC".to_owned(),
+        }
+    }
+
+    fn driver_soql(&self, pass: Pass) -> String {
+        let mut conds = vec![];
+        if pass == Pass::Deleted {
+            conds.push("IsDeleted = true".to_owned());
+        }
+        if let (Some(c), Some(s)) = (self.cursor, self.since) {
+            conds.push(format!("{c} >= {}", soql::datetime(s)));
+        }
+        let mut sel = self.key.clone();
+        sel.extend(self.plan.groups[0].iter().cloned());
+        let w = (!conds.is_empty()).then(|| conds.join(" AND "));
+        soql::select(&sel, &self.object, w.as_deref(), Some(&self.order()))
+    }
+
+    fn headers(&self) -> [(&'static str, String); 1] {
+        [(
+            "Sforce-Query-Options",
+            format!("batchSize={}", self.batch_size),
+        )]
+    }
+
+    /// Run `q`; an `INVALID_FIELD` naming one of our fields drops that field
+    /// (with a warning) and returns `Ok(None)` so the caller rebuilds `q`.
+    async fn start_query(&mut self, pass: Pass, q: &str) -> Result<Option<QueryPage>> {
+        let path = self.api.data_path(pass.resource());
+        let res = self
+            .api
+            .call(Method::GET, &path, &[("q", q)], &self.headers(), None)
+            .await;
+        match res {
+            Ok(resp) => Ok(Some(parse_json(&format!("GET {path}"), &resp.body)?)),
+            Err(e) if e.code.as_deref() == Some("INVALID_FIELD") => {
+                let gone = e
+                    .detail
+                    .as_deref()
+                    .and_then(soql::invalid_field_name)
+                    .and_then(|n| self.fields.iter().position(|f| f.eq_ignore_ascii_case(n)));
+                let Some(i) = gone else { return Err(e) };
+                let name = self.fields.remove(i);
+                self.warnings.push(format!(
+                    "field {name} no longer exists on {} (INVALID_FIELD); it is no longer synced and its column keeps the values already landed",
+                    self.object
+                ));
+                self.plan = soql::plan(&self.key, &self.fields, self.max_query_length);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn step(&mut self) -> Result<Option<Page>> {
+        let (pass, page) = match self.phase.clone() {
+            Phase::Done => return Ok(None),
+            Phase::Start(pass) => {
+                let page = loop {
+                    let q = self.driver_soql(pass);
+                    if let Some(p) = self.start_query(pass, &q).await? {
+                        break p;
+                    }
+                };
+                (pass, page)
+            }
+            Phase::More(pass, url) => {
+                let (p, _) = self
+                    .api
+                    .get_json::<QueryPage>(&url, &[], &self.headers())
+                    .await?;
+                (pass, p)
+            }
+        };
+        self.phase = match (page.next_records_url.clone(), pass) {
+            (Some(u), _) => Phase::More(pass, u),
+            (None, Pass::Live) if self.track_deletes => Phase::Start(Pass::Deleted),
+            (None, _) => Phase::Done,
+        };
+        let mut records = self.take_records(pass, page.records)?;
+        if self.plan.groups.len() > 1 && !records.is_empty() {
+            self.fetch_other_groups(pass, &mut records).await?;
+        }
+        Ok(Some(Page {
+            records,
+            total: page.total_size,
+        }))
+    }
+
+    fn take_records(&mut self, pass: Pass, raws: Vec<Box<RawValue>>) -> Result<Vec<Record>> {
+        let endpoint = format!("GET {}", self.api.data_path(pass.resource()));
+        let split = self.plan.groups.len() > 1;
+        let mut out = Vec::with_capacity(raws.len());
+        for raw in raws {
+            let fields: Map<String, Value> = serde_json::from_str(raw.get()).map_err(|e| {
+                CrmError::bad_response(format!(
+                    "a record in the response has an unexpected shape: {e}"
+                ))
+                .with_endpoint(&endpoint)
+            })?;
+            let Some(id) = fields.get("Id").and_then(Value::as_str).map(str::to_owned) else {
+                return Err(CrmError::bad_response("a record in the response has no Id")
+                    .with_endpoint(&endpoint));
+            };
+            let updated_at = self
+                .cursor
+                .and_then(|c| fields.get(c))
+                .and_then(Value::as_str)
+                .and_then(parse_datetime);
+            // Only the live pass moves the watermark: the deletes pass is a
+            // later snapshot, and changes made between the two are stamped
+            // before its newest deletion.
+            if let (Some(u), Pass::Live) = (updated_at, pass) {
+                self.watermark = Some(self.watermark.map_or(u, |w| w.max(u)));
+            }
+            let deleted_at = match pass {
+                Pass::Live => None,
+                Pass::Deleted => Some(updated_at.unwrap_or_else(Utc::now)),
+            };
+            out.push(Record {
+                id,
+                updated_at,
+                deleted_at,
+                raw: if split {
+                    String::new()
+                } else {
+                    raw.get().to_owned()
+                },
+                fields,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Fill in the fields of the other groups for `records`, by Id.
+    async fn fetch_other_groups(&mut self, pass: Pass, records: &mut [Record]) -> Result<()> {
+        let index: std::collections::HashMap<String, usize> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.id.clone(), i))
+            .collect();
+        let ids: Vec<String> = records.iter().map(|r| soql::string(&r.id)).collect();
+        let groups: Vec<Vec<String>> = self.plan.groups[1..].to_vec();
+        let path = self.api.data_path(pass.resource());
+        for group in &groups {
+            for chunk in ids.chunks(self.plan.ids_per_query) {
+                let mut sel = self.key.clone();
+                sel.extend(group.iter().cloned());
+                let w = format!("Id IN ({})", chunk.join(", "));
+                let q = soql::select(&sel, &self.object, Some(&w), None);
+                let mut next: Option<String> = None;
+                loop {
+                    let page: QueryPage = match &next {
+                        None => {
+                            let resp = self
+                                .api
+                                .call(Method::GET, &path, &[("q", &q)], &self.headers(), None)
+                                .await?;
+                            parse_json(&format!("GET {path}"), &resp.body)?
+                        }
+                        Some(u) => self.api.get_json(u, &[], &self.headers()).await?.0,
+                    };
+                    for raw in page.records {
+                        let part: Map<String, Value> =
+                            serde_json::from_str(raw.get()).map_err(|e| {
+                                CrmError::bad_response(format!(
+                                    "a record in the response has an unexpected shape: {e}"
+                                ))
+                            })?;
+                        let Some(&i) = part
+                            .get("Id")
+                            .and_then(Value::as_str)
+                            .and_then(|id| index.get(id))
+                        else {
+                            continue;
+                        };
+                        let r = &mut records[i];
+                        let stamp = self
+                            .cursor
+                            .and_then(|c| part.get(c))
+                            .and_then(Value::as_str)
+                            .and_then(parse_datetime);
+                        if let (Some(a), Some(b)) = (r.updated_at, stamp) {
+                            // Changed between the queries: keep the older
+                            // time so the next run reads it again.
+                            r.updated_at = Some(a.min(b));
+                        }
+                        for (k, v) in part {
+                            if !self.key.contains(&k) && k != "attributes" {
+                                r.fields.insert(k, v);
+                            }
+                        }
+                    }
+                    next = page.next_records_url;
+                    if next.is_none() {
+                        break;
+                    }
+                }
+            }
+        }
+        for r in records.iter_mut() {
+            r.raw = Value::Object(r.fields.clone()).to_string();
+        }
+        Ok(())
+    }
+}
+
+impl PageSource for RestReader<'_> {
+    fn next_page(&mut self) -> BoxFuture<'_, Result<Option<Page>>> {
+        Box::pin(self.step())
+    }
+
+    fn watermark(&self) -> Option<String> {
+        self.watermark.map(fmt_ts)
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.warnings.clone()
+    }
+}

@@ -1,0 +1,344 @@
+"""crm_sync.sync() against the Salesforce mock: what lands and with which
+types, incremental moves, ties, changes while paging, deletes, wide objects,
+objects without SystemModstamp, custom objects, OAuth flows, session expiry,
+and Salesforce's errors."""
+
+import subprocess
+
+import psycopg
+import pytest
+
+from conftest import (SF_CLIENT_ID, SF_CLIENT_SECRET, SF_REFRESH_TOKEN, SF_USERNAME,
+                      create_sf_source, sync)
+
+
+def one(db, sql, *args):
+    return db.execute(sql, args or None).fetchone()[0]
+
+
+def live_count(mock, obj):
+    return mock.query(f"SELECT COUNT() FROM {obj} WHERE IsDeleted = false")["totalSize"]
+
+
+def deleted_count(mock, obj):
+    return mock.query(f"SELECT COUNT() FROM {obj} WHERE IsDeleted = true")["totalSize"]
+
+
+def column_types(db, table):
+    return dict(db.execute(
+        """SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute
+            WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped""", (table,)).fetchall())
+
+
+def test_full_sync_lands_default_streams_with_typed_columns(db, sf_factory):
+    sf = sf_factory("--accounts", "1500", "--contacts", "120")
+    create_sf_source(db, sf)
+    rows = sync(db, "sf")
+    assert set(rows) == {"account", "contact", "lead", "opportunity", "user"}
+    for r in rows.values():
+        assert r["status"] == "succeeded" and r["mode"] == "full"
+        assert r["watermark"] is not None
+    acc_live, acc_del = live_count(sf, "Account"), deleted_count(sf, "Account")
+    assert acc_del > 0, "the seed deletes 1 record in 200"
+    assert rows["account"]["records_upserted"] == acc_live
+    assert rows["account"]["records_deleted"] == acc_del
+    assert one(db, "SELECT count(*) FROM sf.account WHERE _deleted_at IS NULL") == acc_live
+    assert one(db, "SELECT count(*) FROM sf.account WHERE _deleted_at IS NOT NULL") == acc_del
+    assert one(db, "SELECT count(*) FROM sf.contact WHERE _deleted_at IS NULL") == live_count(sf, "Contact")
+
+    t = column_types(db, "sf.account")
+    assert t["id"] == "text"
+    assert t["name"] == "text"
+    assert t["numberofemployees"] == "bigint"
+    assert t["annualrevenue"] == "numeric"
+    assert t["loyalty_score__c"] == "numeric"
+    assert t["is_vip__c"] == "boolean"
+    assert t["signup_date__c"] == "date"
+    assert t["createddate"] == "timestamp with time zone"
+    assert t["systemmodstamp"] == "timestamp with time zone"
+    assert t["billingaddress"] == "jsonb"
+    assert t["location__c"] == "jsonb"
+    assert t["segments__c"] == "text"
+    assert t["ownerid"] == "text"
+
+    # Values match the API's, and _raw holds the record as received.
+    first = sf.query("SELECT Id, Name, NumberOfEmployees, BillingAddress, SystemModstamp FROM Account "
+                     "WHERE IsDeleted = false AND BillingCity != null ORDER BY Id LIMIT 1")["records"][0]
+    row = db.execute("SELECT name, numberofemployees, billingaddress, _raw, _updated_at = systemmodstamp "
+                     "FROM sf.account WHERE id = %s", (first["Id"],)).fetchone()
+    assert row[0] == first["Name"]
+    assert row[1] == first["NumberOfEmployees"]
+    assert row[2] == first["BillingAddress"]
+    assert row[3]["attributes"]["type"] == "Account"
+    assert row[4] is True
+
+
+def test_incremental_moves_only_changes_and_marks_deletes(db, salesforce):
+    sf = salesforce
+    create_sf_source(db, sf)
+    sync(db, "sf", "account")
+    ids = [r[0] for r in db.execute(
+        "SELECT id FROM sf.account WHERE _deleted_at IS NULL ORDER BY id LIMIT 4").fetchall()]
+    sf.upsert("Account", [{"Id": ids[0], "Name": "Renamed One"}, {"Id": ids[1], "Tier__c": "Gold"}])
+    new_id = sf.upsert("Account", [{"Name": "Brand New Co"}])[0]
+    sf.delete("Account", [ids[2]])
+    sf.reset_stats()
+    r = sync(db, "sf", "account")["account"]
+    assert r["mode"] == "incremental"
+    assert r["records_upserted"] == 3
+    assert r["records_deleted"] == 1
+    assert r["api_calls"] <= 4  # describe, query, queryAll (+ login)
+    assert one(db, "SELECT name FROM sf.account WHERE id = %s", ids[0]) == "Renamed One"
+    assert one(db, "SELECT tier__c FROM sf.account WHERE id = %s", ids[1]) == "Gold"
+    assert one(db, "SELECT name FROM sf.account WHERE id = %s", new_id) == "Brand New Co"
+    deleted = db.execute("SELECT _deleted_at IS NOT NULL, name IS NOT NULL FROM sf.account WHERE id = %s",
+                         (ids[2],)).fetchone()
+    assert deleted == (True, True), "a deleted record stays, marked"
+    # Nothing changed: nothing moves; an undelete clears the mark.
+    assert sync(db, "sf", "account")["account"]["records_upserted"] == 0
+    sf.undelete("Account", [ids[2]])
+    r = sync(db, "sf", "account")["account"]
+    assert r["records_upserted"] == 1
+    assert one(db, "SELECT _deleted_at FROM sf.account WHERE id = %s", ids[2]) is None
+
+
+def test_ties_and_changes_at_the_watermark_are_not_lost(db, sf_factory):
+    # 3,000 accounts: 450 share one SystemModstamp; pages of 200 cut that tie.
+    sf = sf_factory("--accounts", "3000")
+    create_sf_source(db, sf, batch_size=200)
+    r = sync(db, "sf", "account")["account"]
+    live, dele = live_count(sf, "Account"), deleted_count(sf, "Account")
+    assert one(db, "SELECT count(*) FROM sf.account") == live + dele
+    assert one(db, "SELECT count(DISTINCT id) FROM sf.account") == live + dele
+    assert r["api_calls"] >= 15
+    wm = r["watermark"]
+    # Changes stamped exactly at the watermark, after it, and many sharing one
+    # new timestamp all land in the next run.
+    ids = [x[0] for x in db.execute("SELECT id FROM sf.account WHERE _deleted_at IS NULL ORDER BY id LIMIT 260")]
+    ms = int(wm.timestamp() * 1000)
+    sf.upsert("Account", [{"Id": i, "Name": f"Tie {i}"} for i in ids[:10]], timestamp_ms=ms)
+    sf.upsert("Account", [{"Id": i, "Name": f"Later {i}"} for i in ids[10:]])
+    r = sync(db, "sf", "account")["account"]
+    assert r["records_upserted"] == 260
+    assert one(db, "SELECT count(*) FROM sf.account WHERE name LIKE 'Tie %%' OR name LIKE 'Later %%'") == 260
+
+
+def test_changes_while_paging_land_in_this_or_the_next_run(db, sf_factory):
+    sf = sf_factory("--accounts", "2000")
+    create_sf_source(db, sf, batch_size=200)
+    first = sf.query("SELECT Id FROM Account WHERE IsDeleted = false ORDER BY Id LIMIT 3")["records"]
+    ids = [r["Id"] for r in first]
+    # While the 3rd page is fetched: update two records, create one, delete one.
+    sf.admin("POST", "/_mock/hooks", {"path_contains": "/query/", "skip": 2, "action": {
+        "op": "upsert", "object": "Account",
+        "records": [{"Id": ids[0], "Name": "Mid Sync A"}, {"Id": ids[1], "Name": "Mid Sync B"},
+                    {"Name": "Created Mid Sync"}]}})
+    sf.admin("POST", "/_mock/hooks", {"path_contains": "/query/", "skip": 4, "action": {
+        "op": "delete", "object": "Account", "ids": [ids[2]]}})
+    sync(db, "sf", "account")
+    sync(db, "sf", "account")
+    assert one(db, "SELECT name FROM sf.account WHERE id = %s", ids[0]) == "Mid Sync A"
+    assert one(db, "SELECT name FROM sf.account WHERE id = %s", ids[1]) == "Mid Sync B"
+    assert one(db, "SELECT count(*) FROM sf.account WHERE name = 'Created Mid Sync'") == 1
+    assert one(db, "SELECT _deleted_at IS NOT NULL FROM sf.account WHERE id = %s", ids[2])
+    assert one(db, "SELECT count(*) FROM sf.account WHERE _deleted_at IS NULL") == live_count(sf, "Account")
+
+
+def test_session_expiring_mid_sync_is_renewed_once_per_expiry(db, sf_factory):
+    sf = sf_factory("--accounts", "1500", "--session-calls", "3")
+    create_sf_source(db, sf, batch_size=200)
+    sf.reset_stats()
+    r = sync(db, "sf", "account")["account"]
+    assert r["status"] == "succeeded"
+    assert one(db, "SELECT count(*) FROM sf.account") == live_count(sf, "Account") + deleted_count(sf, "Account")
+    stats = sf.stats()
+    logins = sum(v for k, v in stats["by_endpoint"].items() if "oauth2/token" in k)
+    assert logins >= 3, stats["by_endpoint"]
+    # An expired session between syncs, too.
+    sf.expire_sessions()
+    assert sync(db, "sf", "account")["account"]["status"] == "succeeded"
+
+
+def test_client_credentials_and_jwt_bearer_flows(db, sf_factory, tmp_path):
+    key, pub = tmp_path / "key.pem", tmp_path / "pub.pem"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
+                    "-out", str(key)], check=True, capture_output=True)
+    subprocess.run(["openssl", "rsa", "-in", str(key), "-pubout", "-out", str(pub)],
+                   check=True, capture_output=True)
+    sf = sf_factory("--jwt-public-key", str(pub))
+    create_sf_source(db, sf, name="sf_cc", credentials={"client_id": SF_CLIENT_ID,
+                                                        "client_secret": SF_CLIENT_SECRET})
+    assert sync(db, "sf_cc", "lead")["lead"]["status"] == "succeeded"
+    create_sf_source(db, sf, name="sf_jwt", credentials={"client_id": SF_CLIENT_ID, "username": SF_USERNAME,
+                                                         "private_key": key.read_text()})
+    assert sync(db, "sf_jwt", "lead")["lead"]["records_upserted"] == live_count(sf, "Lead") + deleted_count(sf, "Lead")
+    # Another key: the mock cannot verify the assertion.
+    other = tmp_path / "other.pem"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
+                    "-out", str(other)], check=True, capture_output=True)
+    create_sf_source(db, sf, name="sf_bad", credentials={"client_id": SF_CLIENT_ID, "username": SF_USERNAME,
+                                                         "private_key": other.read_text()})
+    with pytest.raises(psycopg.Error) as e:
+        sync(db, "sf_bad", "lead")
+    assert e.value.sqlstate == "28000"
+    msg = str(e.value)
+    assert 'source "sf_bad"' in msg and "JWT bearer" in msg and "invalid_grant" in msg
+    assert "PRIVATE KEY" not in msg
+
+
+@pytest.mark.parametrize("creds,needle", [
+    ({"client_id": SF_CLIENT_ID, "refresh_token": "wrong"}, "invalid_grant"),
+    ({"client_id": "nope", "refresh_token": SF_REFRESH_TOKEN}, "invalid_client_id"),
+    ({"client_id": SF_CLIENT_ID, "client_secret": "wrong-secret"}, "invalid_client"),
+])
+def test_bad_credentials_fail_clearly_without_secrets(db, salesforce, creds, needle):
+    create_sf_source(db, salesforce, credentials=creds)
+    with pytest.raises(psycopg.Error) as e:
+        sync(db, "sf", "account")
+    assert e.value.sqlstate == "28000"
+    msg = str(e.value)
+    assert 'source "sf"' in msg and needle in msg
+    run = db.execute("SELECT status, error FROM crm_sync.runs WHERE source = 'sf'").fetchone()
+    assert run[0] == "failed" and needle in run[1]
+    for v in creds.values():
+        if len(v) > 4:
+            assert v not in msg and v not in run[1]
+
+
+def test_revoked_refresh_token_names_the_fix(db, salesforce):
+    create_sf_source(db, salesforce)
+    sync(db, "sf", "user")
+    salesforce.admin("POST", "/_mock/sf/revoke_refresh_token")
+    salesforce.expire_sessions()
+    with pytest.raises(psycopg.Error) as e:
+        sync(db, "sf", "user")
+    assert e.value.sqlstate == "28000"
+    assert "refresh token" in str(e.value)
+    assert "alter_source" in (e.value.diag.message_hint or "")
+    assert SF_REFRESH_TOKEN not in str(e.value)
+    assert one(db, "SELECT count(*) FROM sf.user") > 0, "data already synced stays"
+
+
+def test_daily_api_limit_stops_with_a_clear_error(db, salesforce):
+    create_sf_source(db, salesforce)
+    sync(db, "sf", "account")
+    before = one(db, "SELECT count(*) FROM sf.account")
+    wm = one(db, "SELECT cursor FROM crm_sync.watermarks WHERE source = 'sf' AND stream = 'account'")
+    salesforce.fault(path_contains="/query", count=0, skip=0, kind="request_limit")
+    with pytest.raises(psycopg.Error) as e:
+        sync(db, "sf", "account")
+    assert e.value.sqlstate == "53400"
+    assert "daily API request limit" in str(e.value) and "REQUEST_LIMIT_EXCEEDED" in str(e.value)
+    assert one(db, "SELECT count(*) FROM sf.account") == before
+    assert one(db, "SELECT cursor FROM crm_sync.watermarks WHERE source = 'sf' AND stream = 'account'") == wm
+    assert one(db, "SELECT status FROM crm_sync.runs WHERE source = 'sf' ORDER BY run_id DESC LIMIT 1") == "failed"
+
+
+def test_query_timeouts_and_server_errors_are_retried(db, salesforce):
+    create_sf_source(db, salesforce)
+    salesforce.fault(path_contains="/query", count=2, skip=0, kind="query_timeout")
+    salesforce.admin("POST", "/_mock/faults", {"rules": [
+        {"path_contains": "/query", "count": 2, "skip": 0, "kind": "query_timeout"},
+        {"path_contains": "/describe", "count": 1, "skip": 0, "kind": "503"}]})
+    r = sync(db, "sf", "opportunity")["opportunity"]
+    assert r["status"] == "succeeded"
+    assert one(db, "SELECT count(*) FROM sf.opportunity") > 0
+
+
+def test_a_field_deleted_in_the_org_is_dropped_with_a_warning(db, salesforce):
+    create_sf_source(db, salesforce)
+    db.execute("UPDATE crm_sync.streams SET properties = '{Name,Tier__c,Loyalty_Score__c}' "
+               "WHERE source = 'sf' AND stream = 'account'")
+    sync(db, "sf", "account")
+    assert one(db, "SELECT count(*) FROM sf.account WHERE tier__c IS NOT NULL") > 0
+    salesforce.admin("DELETE", "/_mock/sf/Account/fields/Tier__c")
+    r = sync(db, "sf", "account")["account"]
+    assert r["status"] == "succeeded" and r["warnings"] >= 1
+    assert one(db, "SELECT properties FROM crm_sync.streams WHERE source = 'sf' AND stream = 'account'") == \
+        ["Name", "Loyalty_Score__c"]
+    assert one(db, "SELECT count(*) FROM sf.account WHERE tier__c IS NOT NULL") > 0, "landed values stay"
+    samples = one(db, "SELECT warning_samples FROM crm_sync.runs WHERE source = 'sf' ORDER BY run_id DESC LIMIT 1")
+    assert any("Tier__c" in s for s in samples)
+    # A name that never existed is still an error.
+    db.execute("UPDATE crm_sync.streams SET properties = '{Name,Not_A_Field__c}' "
+               "WHERE source = 'sf' AND stream = 'account'")
+    with pytest.raises(psycopg.Error) as e:
+        sync(db, "sf", "account")
+    assert "Not_A_Field__c" in str(e.value)
+
+
+def test_wide_object_is_split_over_queries_joined_by_id(db, sf_factory):
+    sf = sf_factory("--invoices", "300", "--max-query-length", "4000")
+    create_sf_source(db, sf, max_query_length=4000, batch_size=200)
+    assert one(db, "SELECT crm_sync.add_stream('sf', 'Wide__c')") == "wide__c"
+    r = sync(db, "sf", "wide__c")["wide__c"]
+    assert r["status"] == "succeeded"
+    n = live_count(sf, "Wide__c") + deleted_count(sf, "Wide__c")
+    assert one(db, "SELECT count(*) FROM sf.wide__c") == n
+    t = column_types(db, "sf.wide__c")
+    assert "wide_field_600__c" in t and "wide_field_001__c" in t
+    # Every field of a record matches the API's.
+    rec = sf.query("SELECT Id, Wide_Field_001__c, Wide_Field_300__c, Wide_Field_600__c FROM Wide__c "
+                   "ORDER BY Id LIMIT 1")["records"][0]
+    row = db.execute("SELECT _raw FROM sf.wide__c WHERE id = %s", (rec["Id"],)).fetchone()[0]
+    for f in ("Wide_Field_001__c", "Wide_Field_300__c", "Wide_Field_600__c"):
+        assert row[f] == rec[f]
+    # A change reaches the last group too.
+    sf.upsert("Wide__c", [{"Id": rec["Id"], "Wide_Field_600__c": None}])
+    assert sync(db, "sf", "wide__c")["wide__c"]["records_upserted"] == 1
+
+
+def test_objects_without_systemmodstamp(db, salesforce):
+    create_sf_source(db, salesforce)
+    db.execute("SELECT crm_sync.add_stream('sf', 'UserLogin')")
+    db.execute("SELECT crm_sync.add_stream('sf', 'AccountHistory')")
+    r = sync(db, "sf", "userlogin")["userlogin"]
+    assert r["watermark"] is not None, "LastModifiedDate serves as the cursor"
+    assert sync(db, "sf", "userlogin")["userlogin"]["records_upserted"] == 0
+    r = sync(db, "sf", "accounthistory")["accounthistory"]
+    assert r["watermark"] is None, "no modification time: full refresh every run"
+    n = one(db, "SELECT count(*) FROM sf.accounthistory")
+    assert n > 0
+    r = sync(db, "sf", "accounthistory")["accounthistory"]
+    assert r["mode"] == "full" and r["records_upserted"] == 0
+    assert one(db, "SELECT count(*) FROM sf.accounthistory") == n
+
+
+def test_custom_objects_and_discovery(db, salesforce):
+    create_sf_source(db, salesforce)
+    objs = {r[0]: r for r in db.execute("SELECT object, label, custom, stream FROM crm_sync.discover('sf')")}
+    assert objs["Account"][3] == "account"
+    assert objs["Invoice__c"][2] is True and objs["Invoice__c"][3] is None
+    fields = {r[0]: r for r in db.execute(
+        "SELECT property, crm_type, column_type, custom, selected FROM crm_sync.discover('sf', 'Invoice__c')")}
+    assert fields["Amount__c"][1:4] == ("currency", "numeric", True)
+    assert fields["Due_Time__c"][2] == "time"
+    db.execute("SELECT crm_sync.add_stream('sf', 'Invoice__c', 'invoices')")
+    fields = {r[0]: r for r in db.execute(
+        "SELECT property, selected FROM crm_sync.discover('sf', 'invoices')")}
+    assert fields["Amount__c"][1] is True
+    r = sync(db, "sf", "invoices")["invoices"]
+    assert r["records_upserted"] == live_count(salesforce, "Invoice__c") + deleted_count(salesforce, "Invoice__c")
+    assert column_types(db, "sf.invoices")["due_time__c"] == "time without time zone"
+    with pytest.raises(psycopg.Error) as e:
+        db.execute("SELECT crm_sync.add_stream('sf', 'No_Such__c')")
+        sync(db, "sf", "no_such__c")
+    assert e.value.sqlstate == "22023"
+    assert "No_Such__c" in str(e.value) or "no_such__c" in str(e.value)
+
+
+def test_bad_salesforce_options(db, salesforce):
+    cases = [
+        ({"api_version": "v59"}, None, "api_version"),
+        ({"batch_size": 50}, None, "batch_size"),
+        ({"login_url": "http://login.example.com"}, None, "http"),
+        ({}, {"client_id": SF_CLIENT_ID}, "no login flow"),
+        ({}, {"client_id": SF_CLIENT_ID, "username": SF_USERNAME, "private_key": "not a key"}, "RSA private key"),
+        ({}, {"refresh_token": SF_REFRESH_TOKEN}, "client_id"),
+    ]
+    for opts, creds, needle in cases:
+        with pytest.raises(psycopg.Error) as e:
+            create_sf_source(db, salesforce, credentials=creds, **opts)
+        assert needle in str(e.value), (opts, str(e.value))
+        assert e.value.sqlstate in ("22023", "28000"), e.value.sqlstate
+        assert "not a key" not in str(e.value)

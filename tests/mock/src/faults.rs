@@ -1,0 +1,238 @@
+//! The fault, hook and statistics engine every mock shares: admin rules that
+//! answer matching requests with a fault, actions that run just before the
+//! n-th matching request, and request counters. Each mock names its own
+//! vendor-specific fault kinds and renders them; the transport-level kinds
+//! (`502`, `reset`, `latency`, `malformed`, `truncated`, `cut`) are rendered
+//! here.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::server::{Reply, Request, Response};
+
+/// Fault kinds every mock understands, rendered by [`transport_fault`].
+pub const TRANSPORT_KINDS: &[&str] = &["502", "reset", "latency", "malformed", "truncated", "cut"];
+
+#[derive(Debug, Clone)]
+struct Fault {
+    path_contains: String,
+    method: Option<String>,
+    skip: u64,
+    count: u64,
+    kind: String,
+    latency_ms: u64,
+    seen: u64,
+    fired: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Hook {
+    path_contains: String,
+    skip: u64,
+    seen: u64,
+    action: Value,
+}
+
+/// Fault rules and hooks set through the admin API.
+#[derive(Debug, Default)]
+pub struct Rules {
+    faults: Vec<Fault>,
+    hooks: Vec<Hook>,
+}
+
+impl Rules {
+    /// `{"rules":[{"path_contains","method"?,"skip","count","kind","latency_ms"?}]}`;
+    /// `kinds` lists the kinds this mock renders.
+    pub fn add_faults(&mut self, body: &Value, kinds: &[&str]) -> Result<Value, String> {
+        let rules = body["rules"].as_array().ok_or("rules must be an array")?;
+        for r in rules {
+            let kind = r["kind"].as_str().ok_or("kind missing")?;
+            if !kinds.contains(&kind) {
+                return Err(format!("unknown fault kind {kind:?}; one of {kinds:?}"));
+            }
+            self.faults.push(Fault {
+                path_contains: r["path_contains"].as_str().unwrap_or("").to_owned(),
+                method: r["method"].as_str().map(str::to_owned),
+                skip: r["skip"].as_u64().unwrap_or(0),
+                count: r["count"].as_u64().unwrap_or(1),
+                kind: kind.to_owned(),
+                latency_ms: r["latency_ms"].as_u64().unwrap_or(1000),
+                seen: 0,
+                fired: 0,
+            });
+        }
+        Ok(json!({ "rules": self.faults.len() }))
+    }
+
+    pub fn clear_faults(&mut self) {
+        self.faults.clear();
+    }
+
+    /// `{"path_contains","skip","action":{…}}`: the action runs once.
+    pub fn add_hook(&mut self, body: &Value) {
+        self.hooks.push(Hook {
+            path_contains: body["path_contains"].as_str().unwrap_or("").to_owned(),
+            skip: body["skip"].as_u64().unwrap_or(0),
+            seen: 0,
+            action: body["action"].clone(),
+        });
+    }
+
+    pub fn clear_hooks(&mut self) {
+        self.hooks.clear();
+    }
+
+    /// Actions of the hooks due at this request; they are removed.
+    pub fn due_hooks(&mut self, req: &Request) -> Vec<Value> {
+        let mut fire = Vec::new();
+        self.hooks.retain_mut(|h| {
+            if !req.path.contains(&h.path_contains) {
+                return true;
+            }
+            h.seen += 1;
+            if h.seen > h.skip {
+                fire.push(h.action.clone());
+                false
+            } else {
+                true
+            }
+        });
+        fire
+    }
+
+    /// The fault kind (and latency) this request gets, if any. Every
+    /// matching rule counts the request; the first due one fires.
+    pub fn pick(&mut self, req: &Request) -> Option<(String, u64)> {
+        let mut chosen = None;
+        for f in self.faults.iter_mut() {
+            if !req.path.contains(&f.path_contains) {
+                continue;
+            }
+            if f.method
+                .as_deref()
+                .is_some_and(|m| !m.eq_ignore_ascii_case(&req.method))
+            {
+                continue;
+            }
+            f.seen += 1;
+            if chosen.is_none() && f.seen > f.skip && (f.count == 0 || f.fired < f.count) {
+                f.fired += 1;
+                chosen = Some((f.kind.clone(), f.latency_ms));
+            }
+        }
+        chosen
+    }
+}
+
+/// Render a transport-level fault; `answer` produces the real response for
+/// the kinds that send it late, halved or cut. None for other kinds.
+pub fn transport_fault(
+    kind: &str,
+    latency_ms: u64,
+    answer: impl FnOnce() -> Response,
+) -> Option<Reply> {
+    Some(match kind {
+        "502" => Reply::Send(html(502, "<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center></body></html>")),
+        "reset" => Reply::Reset,
+        "latency" => Reply::Delay(Duration::from_millis(latency_ms), answer()),
+        "malformed" => Reply::Send(html(200, "<html><body>Service temporarily unavailable, please try again.</body></html>")),
+        "truncated" => {
+            // A whole HTTP response whose body stops half way.
+            let mut r = answer();
+            let n = r.body.len() / 2;
+            r.body.truncate(n);
+            Reply::Send(r)
+        }
+        "cut" => Reply::Cut { response: answer() },
+        _ => return None,
+    })
+}
+
+/// API request counters for `GET /_mock/stats`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub requests: u64,
+    pub by_endpoint: BTreeMap<String, u64>,
+    pub status_counts: BTreeMap<String, u64>,
+}
+
+impl Stats {
+    pub fn count_request(&mut self, endpoint: String) {
+        self.requests += 1;
+        *self.by_endpoint.entry(endpoint).or_default() += 1;
+    }
+
+    pub fn count_reply(&mut self, reply: &Reply) {
+        let status = match reply {
+            Reply::Send(r) | Reply::Delay(_, r) => r.status.to_string(),
+            Reply::Cut { .. } => "cut".into(),
+            Reply::Reset => "reset".into(),
+        };
+        *self.status_counts.entry(status).or_default() += 1;
+    }
+}
+
+/// The admin routes every mock shares (`faults`, `hooks`, `reset_stats`);
+/// None when `parts` (the path after `/_mock/`) is none of them.
+pub fn shared_admin(
+    rules: &mut Rules,
+    stats: &mut Stats,
+    bytes_sent: &AtomicU64,
+    method: &str,
+    parts: &[&str],
+    body: &Value,
+    kinds: &[&str],
+) -> Option<Result<Value, String>> {
+    Some(match (method, parts) {
+        ("POST", ["faults"]) => rules.add_faults(body, kinds),
+        ("DELETE", ["faults"]) => {
+            rules.clear_faults();
+            Ok(json!({}))
+        }
+        ("POST", ["hooks"]) => {
+            rules.add_hook(body);
+            Ok(json!({}))
+        }
+        ("DELETE", ["hooks"]) => {
+            rules.clear_hooks();
+            Ok(json!({}))
+        }
+        ("POST", ["reset_stats"]) => {
+            *stats = Stats::default();
+            bytes_sent.store(0, Ordering::Relaxed);
+            Ok(json!({}))
+        }
+        _ => return None,
+    })
+}
+
+pub fn html(status: u16, body: &str) -> Response {
+    Response {
+        status,
+        headers: vec![("Content-Type".into(), "text/html".into())],
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+/// An admin call's answer: 200 with the JSON, or 400 with the message.
+pub fn admin_reply(r: Result<Value, String>) -> Reply {
+    Reply::Send(match r {
+        Ok(v) => Response::json(200, v.to_string().into_bytes()),
+        Err(m) => admin_error(400, &m),
+    })
+}
+
+pub fn admin_error(status: u16, msg: &str) -> Response {
+    Response::json(status, json!({ "error": msg }).to_string().into_bytes())
+}
+
+/// The body of an admin request as JSON (`null` when empty).
+pub fn admin_body(req: &Request) -> Result<Value, Response> {
+    if req.body.is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(&req.body).map_err(|e| admin_error(400, &format!("bad JSON: {e}")))
+}

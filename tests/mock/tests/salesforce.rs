@@ -1,0 +1,660 @@
+//! The Salesforce mock over real HTTP: OAuth flows (JWT included), session
+//! expiry, query paging with snapshot locators, queryAll and deletes,
+//! errors, faults, hooks and Bulk API 2.0 query jobs.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use crm_mock::salesforce::{Options, SalesforceMock};
+use rsa::pkcs1v15::SigningKey;
+use rsa::pkcs8::{EncodePublicKey, LineEnding};
+use rsa::signature::{SignatureEncoding, Signer};
+use rsa::RsaPrivateKey;
+use serde_json::{json, Value};
+
+const V: &str = "/services/data/v59.0";
+
+fn start(opts: Options) -> u16 {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mock = Arc::new(SalesforceMock::new(opts).unwrap());
+            tx.send(crm_mock::start(0, mock).await.unwrap()).unwrap();
+            std::future::pending::<()>().await;
+        });
+    });
+    rx.recv().unwrap()
+}
+
+struct Resp {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+fn raw(port: u16, method: &str, path: &str, headers: &str, body: &str) -> Resp {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    Resp {
+        status: head[9..12].parse().unwrap(),
+        head,
+        body: raw[split + 4..].to_vec(),
+    }
+}
+
+fn token_call(port: u16, form: &str) -> Resp {
+    raw(
+        port,
+        "POST",
+        "/services/oauth2/token",
+        "Content-Type: application/x-www-form-urlencoded\r\n",
+        form,
+    )
+}
+
+fn login(port: u16) -> String {
+    let o = Options::default();
+    let r = token_call(
+        port,
+        &format!(
+            "grant_type=client_credentials&client_id={}&client_secret={}",
+            o.client_id, o.client_secret
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["access_token"].as_str().unwrap().to_owned()
+}
+
+fn get(port: u16, token: &str, path: &str) -> Resp {
+    raw(
+        port,
+        "GET",
+        path,
+        &format!("Authorization: Bearer {token}\r\n"),
+        "",
+    )
+}
+
+fn q(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn query(port: u16, token: &str, soql: &str) -> Resp {
+    get(port, token, &format!("{V}/query?q={}", q(soql)))
+}
+
+fn admin(port: u16, method: &str, path: &str, body: Value) -> Value {
+    let r = raw(port, method, path, "", &body.to_string());
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+#[test]
+fn oauth_refresh_and_client_credentials_follow_salesforce() {
+    let port = start(Options::default());
+    let o = Options::default();
+    let r = token_call(
+        port,
+        &format!(
+            "grant_type=refresh_token&client_id={}&refresh_token={}",
+            o.client_id, o.refresh_token
+        ),
+    );
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    for k in [
+        "access_token",
+        "instance_url",
+        "id",
+        "token_type",
+        "issued_at",
+        "signature",
+        "scope",
+    ] {
+        assert!(v.get(k).is_some(), "{k}");
+    }
+    assert!(v.get("expires_in").is_none());
+    assert_eq!(v["instance_url"], format!("http://127.0.0.1:{port}"));
+    let bad = |form: &str, err: &str| {
+        let r = token_call(port, form);
+        assert_eq!(r.status, 400);
+        assert_eq!(r.json()["error"], err, "{form}");
+    };
+    bad(
+        "grant_type=refresh_token&client_id=nope&refresh_token=x",
+        "invalid_client_id",
+    );
+    bad(
+        &format!(
+            "grant_type=client_credentials&client_id={}&client_secret=no",
+            o.client_id
+        ),
+        "invalid_client",
+    );
+    bad("grant_type=password", "unsupported_grant_type");
+    admin(port, "POST", "/_mock/sf/revoke_refresh_token", json!({}));
+    let r = token_call(
+        port,
+        &format!(
+            "grant_type=refresh_token&client_id={}&refresh_token={}",
+            o.client_id, o.refresh_token
+        ),
+    );
+    assert_eq!(
+        r.json(),
+        json!({"error":"invalid_grant","error_description":"expired access/refresh token"})
+    );
+}
+
+#[test]
+fn jwt_bearer_flow_checks_signature_and_claims() {
+    let mut rng = rand::thread_rng();
+    let key = RsaPrivateKey::new(&mut rng, 1024).unwrap();
+    let pem = key
+        .to_public_key()
+        .to_public_key_pem(LineEnding::LF)
+        .unwrap();
+    let o = Options {
+        jwt_public_key: Some(pem),
+        ..Options::default()
+    };
+    let port = start(o.clone());
+    let signer = SigningKey::<sha2::Sha256>::new(key);
+    let jwt = |claims: Value| {
+        let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256"}"#);
+        let c = URL_SAFE_NO_PAD.encode(claims.to_string());
+        let sig = signer.sign(format!("{h}.{c}").as_bytes()).to_bytes();
+        format!("{h}.{c}.{}", URL_SAFE_NO_PAD.encode(sig))
+    };
+    let exp = chrono::Utc::now().timestamp() + 300;
+    let call = |claims: Value| {
+        token_call(
+            port,
+            &format!(
+                "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={}",
+                jwt(claims)
+            ),
+        )
+    };
+    let good = json!({"iss": o.client_id, "sub": o.username, "aud": "https://login.salesforce.com", "exp": exp});
+    let r = call(good.clone());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let token = r.json()["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(get(port, &token, &format!("{V}/sobjects")).status, 200);
+    let err = |mut c: Value, k: &str, v: Value| {
+        c[k] = v;
+        call(c).json()["error_description"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(
+        err(good.clone(), "aud", json!("https://x.example.com")),
+        "audience is invalid"
+    );
+    assert_eq!(
+        err(good.clone(), "exp", json!(exp - 600)),
+        "expired authorization code"
+    );
+    assert_eq!(
+        err(good.clone(), "sub", json!("other@x")),
+        "user hasn't approved this consumer"
+    );
+    assert_eq!(
+        err(good.clone(), "iss", json!("other")),
+        "client identifier invalid"
+    );
+    let mut forged = jwt(good);
+    forged.push('A');
+    let r = token_call(
+        port,
+        &format!(
+            "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={forged}"
+        ),
+    );
+    assert_eq!(r.json()["error_description"], "invalid assertion");
+}
+
+#[test]
+fn sessions_expire_after_n_calls_and_limits_apply() {
+    let port = start(Options {
+        session_calls: 3,
+        daily_api_limit: 5,
+        ..Options::default()
+    });
+    let t = login(port);
+    for i in 1..=3 {
+        let r = get(port, &t, &format!("{V}/sobjects"));
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.header("Sforce-Limit-Info").unwrap(),
+            format!("api-usage={i}/5")
+        );
+    }
+    let r = get(port, &t, &format!("{V}/sobjects"));
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()[0]["errorCode"], "INVALID_SESSION_ID");
+    let t2 = login(port);
+    assert_eq!(get(port, &t2, &format!("{V}/sobjects")).status, 200);
+    assert_eq!(get(port, &t2, &format!("{V}/sobjects")).status, 200);
+    let r = get(port, &t2, &format!("{V}/sobjects"));
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()[0]["errorCode"], "REQUEST_LIMIT_EXCEEDED");
+    assert_eq!(get(port, "garbage", &format!("{V}/sobjects")).status, 401);
+    admin(
+        port,
+        "POST",
+        "/_mock/sf/limits",
+        json!({"daily_api_limit": 0}),
+    );
+    admin(port, "POST", "/_mock/sf/expire_sessions", json!({}));
+    assert_eq!(get(port, &t2, &format!("{V}/sobjects")).status, 401);
+}
+
+#[test]
+fn describe_shapes() {
+    let port = start(Options::default());
+    let t = login(port);
+    let g = get(port, &t, &format!("{V}/sobjects")).json();
+    assert_eq!(g["encoding"], "UTF-8");
+    let names: Vec<&str> = g["sobjects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    for n in [
+        "Account",
+        "Contact",
+        "Lead",
+        "Opportunity",
+        "User",
+        "Invoice__c",
+        "Wide__c",
+        "UserLogin",
+        "AccountHistory",
+    ] {
+        assert!(names.contains(&n), "{n}");
+    }
+    let d = get(port, &t, &format!("{V}/sobjects/Account/describe")).json();
+    let f = |name: &str| {
+        d["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(f("BillingAddress")["type"], "address");
+    assert_eq!(f("BillingCity")["compoundFieldName"], "BillingAddress");
+    assert_eq!(f("Tier__c")["type"], "picklist");
+    assert_eq!(f("Tier__c")["custom"], true);
+    assert_eq!(f("Location__c")["type"], "location");
+    assert_eq!(f("Id")["soapType"], "tns:ID");
+    let w = get(port, &t, &format!("{V}/sobjects/Wide__c/describe")).json();
+    assert!(w["fields"].as_array().unwrap().len() > 600);
+    let r = get(port, &t, &format!("{V}/sobjects/Nope/describe"));
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()[0]["errorCode"], "NOT_FOUND");
+    assert_eq!(get(port, &t, "/services/data/v20.0/sobjects").status, 404);
+    let versions = raw(port, "GET", "/services/data/", "", "").json();
+    assert!(versions
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v["version"] == "59.0"));
+}
+
+#[test]
+fn query_pages_are_a_snapshot() {
+    let port = start(Options {
+        accounts: 5000,
+        ..Options::default()
+    });
+    let t = login(port);
+    let soql = "SELECT Id, Name, SystemModstamp, BillingAddress, Is_VIP__c, AnnualRevenue FROM Account ORDER BY SystemModstamp, Id";
+    let first = raw(
+        port,
+        "GET",
+        &format!("{V}/query?q={}", q(soql)),
+        &format!("Authorization: Bearer {t}\r\nSforce-Query-Options: batchSize=1000\r\n"),
+        "",
+    )
+    .json();
+    let total = first["totalSize"].as_u64().unwrap();
+    assert!(total > 4900 && total < 5000, "{total}"); // some seeded deletes
+    assert_eq!(first["done"], false);
+    assert_eq!(first["records"].as_array().unwrap().len(), 1000);
+    let r0 = &first["records"][0];
+    assert_eq!(r0["attributes"]["type"], "Account");
+    assert!(r0["SystemModstamp"].as_str().unwrap().ends_with("+0000"));
+    // Change a record that is still to come, delete another, then page on.
+    let later = first["records"][0]["Id"].as_str().unwrap().to_owned();
+    let all_ids: Vec<String> = {
+        let mut ids = Vec::new();
+        let mut page = first.clone();
+        // Admin change after the query started.
+        admin(
+            port,
+            "POST",
+            "/_mock/sf/Account/upsert",
+            json!({"records": [{"Id": later, "Name": "Changed"}]}),
+        );
+        loop {
+            for r in page["records"].as_array().unwrap() {
+                ids.push(r["Id"].as_str().unwrap().to_owned());
+                assert_ne!(r["Name"], "Changed");
+            }
+            match page["nextRecordsUrl"].as_str() {
+                Some(u) => {
+                    assert!(u.starts_with(&format!("{V}/query/01g")));
+                    page = get(port, &t, u).json();
+                }
+                None => break,
+            }
+        }
+        ids
+    };
+    assert_eq!(all_ids.len() as u64, total);
+    let mut sorted = all_ids.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), all_ids.len());
+    // A new query sees the change, last in SystemModstamp order.
+    let r = query(
+        port,
+        &t,
+        &format!("SELECT Id, Name FROM Account WHERE Id = '{later}'"),
+    )
+    .json();
+    assert_eq!(r["records"][0]["Name"], "Changed");
+    let r = query(
+        port,
+        &t,
+        "SELECT Id FROM Account ORDER BY SystemModstamp DESC LIMIT 1",
+    )
+    .json();
+    assert_eq!(r["records"][0]["Id"], later.as_str());
+    let bad = get(port, &t, &format!("{V}/query/01gNOPE-2000"));
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json()[0]["errorCode"], "INVALID_QUERY_LOCATOR");
+}
+
+#[test]
+fn query_all_sees_deletes_and_filters_work() {
+    let port = start(Options::default());
+    let t = login(port);
+    let live = query(port, &t, "SELECT COUNT() FROM Contact").json()["totalSize"]
+        .as_u64()
+        .unwrap();
+    let id = query(port, &t, "SELECT Id FROM Contact LIMIT 1").json()["records"][0]["Id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let d = admin(
+        port,
+        "POST",
+        "/_mock/sf/Contact/delete",
+        json!({"ids": [id]}),
+    );
+    assert_eq!(d["deleted"][0], id.as_str());
+    assert_eq!(
+        query(port, &t, "SELECT COUNT() FROM Contact").json()["totalSize"],
+        live - 1
+    );
+    let r = get(
+        port,
+        &t,
+        &format!(
+            "{V}/queryAll?q={}",
+            q(&format!(
+                "SELECT Id, IsDeleted, SystemModstamp FROM Contact WHERE Id = '{id}'"
+            ))
+        ),
+    )
+    .json();
+    assert_eq!(r["records"][0]["IsDeleted"], true);
+    let since = r["records"][0]["SystemModstamp"]
+        .as_str()
+        .unwrap()
+        .replace("+0000", "Z");
+    let r = get(
+        port,
+        &t,
+        &format!(
+            "{V}/queryAll?q={}",
+            q(&format!(
+                "SELECT Id FROM Contact WHERE SystemModstamp >= {since}"
+            ))
+        ),
+    )
+    .json();
+    assert_eq!(r["totalSize"], 1);
+    // Filters over types.
+    let n = |soql: &str| {
+        query(port, &t, soql).json()["totalSize"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{soql}"))
+    };
+    let accounts = n("SELECT COUNT() FROM Account");
+    let vip = n("SELECT COUNT() FROM Account WHERE Is_VIP__c = true");
+    let not_vip = n("SELECT COUNT() FROM Account WHERE Is_VIP__c = false");
+    assert_eq!(vip + not_vip, accounts);
+    let nulls = n("SELECT COUNT() FROM Account WHERE AnnualRevenue = null");
+    let big = n("SELECT COUNT() FROM Account WHERE AnnualRevenue >= 1000000");
+    let small = n("SELECT COUNT() FROM Account WHERE AnnualRevenue < 1000000");
+    assert_eq!(nulls + big + small, accounts);
+    // Like !=, NOT IN matches nulls.
+    assert_eq!(n("SELECT COUNT() FROM Account WHERE Tier__c IN ('Gold','Platinum') OR Tier__c NOT IN ('Gold','Platinum')"), accounts);
+    assert!(n("SELECT COUNT() FROM Account WHERE Name LIKE '%inc%'") > 0);
+    // Errors.
+    let r = query(port, &t, "SELECT Id, Bogus__c FROM Account");
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()[0]["errorCode"], "INVALID_FIELD");
+    admin(
+        port,
+        "POST",
+        "/_mock/sf/Account/fields",
+        json!({"name": "Extra__c", "type": "string"}),
+    );
+    assert_eq!(
+        query(port, &t, "SELECT Id, Extra__c FROM Account").status,
+        200
+    );
+    admin(
+        port,
+        "DELETE",
+        "/_mock/sf/Account/fields/Extra__c",
+        json!({}),
+    );
+    assert_eq!(
+        query(port, &t, "SELECT Id, Extra__c FROM Account").json()[0]["errorCode"],
+        "INVALID_FIELD"
+    );
+    admin(
+        port,
+        "POST",
+        "/_mock/sf/limits",
+        json!({"max_query_length": 50}),
+    );
+    let r = query(
+        port,
+        &t,
+        "SELECT Id, Name, Phone, Website, Industry FROM Account",
+    );
+    assert_eq!(r.json()[0]["errorCode"], "MALFORMED_QUERY");
+}
+
+#[test]
+fn faults_and_hooks() {
+    let port = start(Options::default());
+    let t = login(port);
+    admin(
+        port,
+        "POST",
+        "/_mock/faults",
+        json!({"rules": [
+            {"path_contains": "/query", "kind": "query_timeout"},
+            {"path_contains": "/sobjects", "kind": "request_limit", "skip": 1},
+        ]}),
+    );
+    let r = query(port, &t, "SELECT Id FROM Account");
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()[0]["errorCode"], "QUERY_TIMEOUT");
+    assert_eq!(query(port, &t, "SELECT Id FROM Account").status, 200);
+    assert_eq!(get(port, &t, &format!("{V}/sobjects")).status, 200);
+    assert_eq!(get(port, &t, &format!("{V}/sobjects")).status, 403);
+    admin(port, "DELETE", "/_mock/faults", json!({}));
+    admin(
+        port,
+        "POST",
+        "/_mock/hooks",
+        json!({"path_contains": "/query", "skip": 0,
+        "action": {"op": "upsert", "object": "Lead", "records": [{"LastName": "Hooked", "Company": "X"}]}}),
+    );
+    let r = query(
+        port,
+        &t,
+        "SELECT Id, LastName FROM Lead WHERE LastName = 'Hooked'",
+    )
+    .json();
+    assert_eq!(r["totalSize"], 1);
+    let stats = admin(port, "GET", "/_mock/stats", json!(null));
+    assert!(stats["requests"].as_u64().unwrap() >= 5);
+}
+
+#[test]
+fn bulk_query_job_lifecycle() {
+    let port = start(Options {
+        accounts: 2500,
+        bulk_polls: 2,
+        ..Options::default()
+    });
+    let t = login(port);
+    let auth = format!("Authorization: Bearer {t}\r\nContent-Type: application/json\r\n");
+    let create = |soql: &str| {
+        raw(
+            port,
+            "POST",
+            &format!("{V}/jobs/query"),
+            &auth,
+            &json!({"operation": "query", "query": soql}).to_string(),
+        )
+    };
+    let r = create("SELECT Id, Name, SystemModstamp, Description, Is_VIP__c FROM Account");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let job = r.json();
+    let id = job["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("750"));
+    assert_eq!(job["state"], "UploadComplete");
+    let early = get(port, &t, &format!("{V}/jobs/query/{id}/results"));
+    assert_eq!(early.status, 400);
+    assert_eq!(
+        get(port, &t, &format!("{V}/jobs/query/{id}")).json()["state"],
+        "InProgress"
+    );
+    assert_eq!(
+        get(port, &t, &format!("{V}/jobs/query/{id}")).json()["state"],
+        "InProgress"
+    );
+    let done = get(port, &t, &format!("{V}/jobs/query/{id}")).json();
+    assert_eq!(done["state"], "JobComplete");
+    let total = done["numberRecordsProcessed"].as_u64().unwrap();
+    let (mut rows, mut locator) = (0u64, String::new());
+    loop {
+        let path = if locator.is_empty() {
+            format!("{V}/jobs/query/{id}/results?maxRecords=1000")
+        } else {
+            format!("{V}/jobs/query/{id}/results?maxRecords=1000&locator={locator}")
+        };
+        let r = get(port, &t, &path);
+        assert_eq!(r.status, 200);
+        let text = r.text();
+        assert!(text.starts_with("\"Id\",\"Name\",\"SystemModstamp\""));
+        let n: u64 = r.header("Sforce-NumberOfRecords").unwrap().parse().unwrap();
+        assert!(text.contains("Z\","), "{}", &text[..300]);
+        rows += n;
+        locator = r.header("Sforce-Locator").unwrap();
+        if locator == "null" {
+            break;
+        }
+    }
+    assert_eq!(rows, total);
+    let r = create("SELECT Id, BillingAddress FROM Account");
+    let cid = r.json()["id"].as_str().unwrap().to_owned();
+    let failed = get(port, &t, &format!("{V}/jobs/query/{cid}")).json();
+    assert_eq!(failed["state"], "Failed");
+    assert!(failed["errorMessage"]
+        .as_str()
+        .unwrap()
+        .contains("compound"));
+    assert_eq!(create("SELECT Nope FROM Account").status, 400);
+    let r = raw(
+        port,
+        "PATCH",
+        &format!("{V}/jobs/query/{cid}"),
+        &auth,
+        r#"{"state":"Aborted"}"#,
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        raw(port, "DELETE", &format!("{V}/jobs/query/{id}"), &auth, "").status,
+        204
+    );
+    assert_eq!(get(port, &t, &format!("{V}/jobs/query/{id}")).status, 404);
+}
+
+#[test]
+fn a_million_accounts_start_fast() {
+    let start_at = std::time::Instant::now();
+    let port = start(Options {
+        accounts: 1_000_000,
+        ..Options::default()
+    });
+    assert!(start_at.elapsed().as_millis() < 1000);
+    let t = login(port);
+    let r = query(port, &t, "SELECT Id, SystemModstamp FROM Account WHERE SystemModstamp > 2024-06-01T00:00:00Z AND SystemModstamp <= 2024-06-02T00:00:00Z ORDER BY SystemModstamp").json();
+    let n = r["totalSize"].as_u64().unwrap();
+    assert!(n > 500 && n < 3000, "{n}");
+}
