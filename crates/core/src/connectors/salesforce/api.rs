@@ -97,8 +97,13 @@ impl<'a> Api<'a> {
                         let mut rb = self
                             .http
                             .request(method.clone(), url.clone())
-                            .bearer_auth(&s.access_token)
-                            .header("Accept", "application/json");
+                            .bearer_auth(&s.access_token);
+                        if !headers
+                            .iter()
+                            .any(|(k, _)| k.eq_ignore_ascii_case("accept"))
+                        {
+                            rb = rb.header("Accept", "application/json");
+                        }
                         if !query.is_empty() {
                             rb = rb.query(query);
                         }

@@ -4,6 +4,7 @@
 
 mod api;
 pub mod auth;
+pub mod bulk;
 mod reader;
 pub mod soql;
 
@@ -17,7 +18,7 @@ use url::Url;
 
 use super::{
     BoxFuture, CheckArgs, Connector, DefaultFields, Field, ObjectInfo, PageSource, Provider,
-    ReadRequest, StreamDefaults,
+    ReadRequest, StreamDefaults, SyncMode,
 };
 use crate::config::{check_url_option, int, SourceConfig};
 use crate::error::{CrmError, Result};
@@ -35,6 +36,8 @@ pub const DEFAULT_BATCH_SIZE: u64 = 2000;
 /// wider field lists are split over several queries joined by Id.
 /// <https://help.salesforce.com/s/articleView?id=000386264&type=1>
 pub const DEFAULT_MAX_QUERY_LENGTH: u64 = 15_000;
+/// Full syncs of objects with more records than this use Bulk API 2.0.
+pub const DEFAULT_BULK_THRESHOLD: u64 = 50_000;
 
 /// Salesforce as the rest of the system sees it.
 pub const PROVIDER: Provider = Provider {
@@ -45,6 +48,8 @@ pub const PROVIDER: Provider = Provider {
         "batch_size",
         "max_query_length",
         "jwt_audience",
+        "bulk_api",
+        "bulk_threshold",
     ],
     credentials: &[
         "client_id",
@@ -112,6 +117,8 @@ fn check(a: &CheckArgs<'_>) -> Result<()> {
     }
     int(a.options, "batch_size", 200, 2000)?;
     int(a.options, "max_query_length", 1000, 100_000)?;
+    int(a.options, "bulk_threshold", 0, 1_000_000_000)?;
+    crate::config::boolean(a.options, "bulk_api")?;
     Ok(())
 }
 
@@ -141,6 +148,13 @@ fn connect<'a>(http: &'a HttpClient, cfg: &'a SourceConfig) -> Result<Box<dyn Co
             .option_u64("max_query_length")
             .unwrap_or(DEFAULT_MAX_QUERY_LENGTH) as usize,
         describes: RefCell::new(HashMap::new()),
+        bulk_threshold: match cfg.options.get("bulk_api") {
+            Some(Value::Bool(false)) => None,
+            _ => Some(
+                cfg.option_u64("bulk_threshold")
+                    .unwrap_or(DEFAULT_BULK_THRESHOLD),
+            ),
+        },
     }))
 }
 
@@ -177,13 +191,20 @@ pub fn pg_type_for(sf_type: &str) -> PgType {
 #[derive(Debug)]
 pub struct Describe {
     pub fields: Vec<Field>,
+    /// Compound fields (addresses, locations) and their component fields.
+    pub components: HashMap<String, Vec<String>>,
     /// `SystemModstamp`, else `LastModifiedDate`, else none (full refresh).
     pub cursor: Option<&'static str>,
     pub has_is_deleted: bool,
 }
 
 impl Describe {
+    #[cfg(test)]
     fn from_fields(fields: Vec<Field>) -> Describe {
+        Self::with_components(fields, HashMap::new())
+    }
+
+    fn with_components(fields: Vec<Field>, components: HashMap<String, Vec<String>>) -> Describe {
         let has = |n: &str| fields.iter().any(|f| f.name == n);
         let cursor = ["SystemModstamp", "LastModifiedDate"]
             .into_iter()
@@ -191,6 +212,7 @@ impl Describe {
         let has_is_deleted = has("IsDeleted");
         Describe {
             fields,
+            components,
             cursor,
             has_is_deleted,
         }
@@ -203,6 +225,8 @@ pub struct Salesforce<'a> {
     batch_size: u32,
     max_query_length: usize,
     describes: RefCell<HashMap<String, Rc<Describe>>>,
+    /// Full syncs of objects with more records use Bulk API 2.0 (None: never).
+    bulk_threshold: Option<u64>,
 }
 
 impl Salesforce<'_> {
@@ -231,8 +255,19 @@ impl Salesforce<'_> {
             kind: String,
             #[serde(default)]
             custom: bool,
+            #[serde(rename = "compoundFieldName", default)]
+            compound_field_name: Option<String>,
         }
         let (w, _) = self.api.get_json::<Wire>(&path, &[], &[]).await?;
+        let mut components: HashMap<String, Vec<String>> = HashMap::new();
+        for f in &w.fields {
+            if let Some(c) = &f.compound_field_name {
+                components
+                    .entry(c.clone())
+                    .or_default()
+                    .push(f.name.clone());
+            }
+        }
         let fields = w
             .fields
             .into_iter()
@@ -244,11 +279,29 @@ impl Salesforce<'_> {
                 custom: f.custom,
             })
             .collect();
-        let d = Rc::new(Describe::from_fields(fields));
+        let d = Rc::new(Describe::with_components(fields, components));
         self.describes
             .borrow_mut()
             .insert(object.to_owned(), d.clone());
         Ok(d)
+    }
+}
+
+impl Salesforce<'_> {
+    /// `SELECT COUNT() FROM object`: live records.
+    async fn count(&self, object: &str) -> Result<u64> {
+        #[derive(Deserialize)]
+        struct Wire {
+            #[serde(rename = "totalSize")]
+            total_size: u64,
+        }
+        let q = format!("SELECT COUNT() FROM {object}");
+        let path = self.api.data_path("query");
+        let (w, _) = self
+            .api
+            .get_json::<Wire>(&path, &[("q", q.as_str())], &[])
+            .await?;
+        Ok(w.total_size)
     }
 }
 
@@ -290,6 +343,18 @@ impl Connector for Salesforce<'_> {
     fn reader<'a>(&'a self, req: ReadRequest) -> BoxFuture<'a, Result<Box<dyn PageSource + 'a>>> {
         Box::pin(async move {
             let d = self.describe(&req.object).await?;
+            if let (SyncMode::Full, Some(threshold)) = (&req.mode, self.bulk_threshold) {
+                if self.count(&req.object).await? > threshold {
+                    let r = bulk::BulkReader::new(
+                        &self.api,
+                        req,
+                        d,
+                        self.batch_size,
+                        self.max_query_length,
+                    );
+                    return Ok(Box::new(r) as Box<dyn PageSource + 'a>);
+                }
+            }
             let r = reader::RestReader::new(
                 &self.api,
                 &req,

@@ -142,6 +142,24 @@ impl<'a> RestReader<'a> {
         })
     }
 
+    /// Only the deletes pass (after a Bulk API full read).
+    pub fn deletes_only(
+        api: &'a Api<'a>,
+        req: &ReadRequest,
+        d: &Describe,
+        batch_size: u32,
+        max_query_length: usize,
+    ) -> Result<Self> {
+        let mut r = Self::new(api, req, d, batch_size, max_query_length)?;
+        r.phase = Phase::Start(Pass::Deleted);
+        Ok(r)
+    }
+
+    /// The watermark reached, if any.
+    pub fn watermark_at(&self) -> Option<DateTime<Utc>> {
+        self.watermark
+    }
+
     fn order(&self) -> String {
         match self.cursor {
             Some(c) => format!("{c} ASC, Id ASC"),

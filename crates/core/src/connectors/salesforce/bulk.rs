@@ -1,0 +1,478 @@
+//! Full syncs of large objects through Bulk API 2.0 query jobs: create a
+//! job, poll until it completes, then read its CSV results page by page with
+//! the `Sforce-Locator` cursor. The job's results are a snapshot taken when
+//! it starts, so the watermark is the newest modification time in them, as
+//! for a REST query. Deletes are read afterwards through `queryAll`.
+//!
+//! Bulk queries cannot select compound fields (addresses, locations); their
+//! components are selected instead and the compound values rebuilt, so a
+//! record lands the same whichever API read it. A job that fails, or an
+//! object Bulk API does not serve, falls back to the REST API with a warning.
+//! <https://developer.salesforce.com/docs/atlas.en-us.api_asynch.meta/api_asynch/queries.htm>
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use reqwest::Method;
+use serde::Deserialize;
+use serde_json::{json, Map, Number, Value};
+
+use super::api::{parse_json, Api};
+use super::reader::RestReader;
+use super::{soql, Describe};
+use crate::connectors::{BoxFuture, ReadRequest};
+use crate::engine::{Page, PageSource, Record};
+use crate::error::{CrmError, ErrorKind, Result};
+use crate::http::body_excerpt;
+use crate::types::{fmt_ts, parse_datetime};
+
+/// Records per results page: a page is parsed whole, so this bounds memory.
+pub const RESULTS_PAGE: u32 = 10_000;
+/// SOQL's own length limit; Bulk queries travel in a body, not the URI.
+const MAX_SOQL: usize = 100_000;
+/// Give up waiting for a job after this long.
+const MAX_JOB_WAIT: Duration = Duration::from_secs(6 * 3600);
+
+enum Phase {
+    Create,
+    Poll {
+        job: String,
+        wait: Duration,
+    },
+    Results {
+        job: String,
+        locator: Option<String>,
+    },
+    /// The deletes pass, or the REST fallback.
+    Rest,
+    Done,
+}
+
+pub struct BulkReader<'a> {
+    api: &'a Api<'a>,
+    req: ReadRequest,
+    d: Rc<Describe>,
+    batch_size: u32,
+    max_query_length: usize,
+    phase: Phase,
+    /// Plain fields selected (compound fields replaced by their parts).
+    select: Vec<String>,
+    /// Compound fields to rebuild: (name, [(json key, component field)]).
+    compounds: Vec<(String, Vec<(String, String)>)>,
+    watermark: Option<DateTime<Utc>>,
+    waited: Duration,
+    rest: Option<RestReader<'a>>,
+    warnings: Vec<String>,
+}
+
+impl<'a> BulkReader<'a> {
+    pub fn new(
+        api: &'a Api<'a>,
+        req: ReadRequest,
+        d: Rc<Describe>,
+        batch_size: u32,
+        max_query_length: usize,
+    ) -> Self {
+        let mut select = vec!["Id".to_owned()];
+        select.extend(d.cursor.map(str::to_owned));
+        let mut compounds = vec![];
+        for f in &req.fields {
+            if let Some(parts) = d.components.get(&f.name) {
+                let keyed = parts
+                    .iter()
+                    .map(|p| (compound_key(&f.name, p), p.clone()))
+                    .collect();
+                compounds.push((f.name.clone(), keyed));
+                for p in parts {
+                    if !select.contains(p) {
+                        select.push(p.clone());
+                    }
+                }
+            } else if !select.contains(&f.name) {
+                select.push(f.name.clone());
+            }
+        }
+        BulkReader {
+            api,
+            req,
+            d,
+            batch_size,
+            max_query_length,
+            phase: Phase::Create,
+            select,
+            compounds,
+            watermark: None,
+            waited: Duration::ZERO,
+            rest: None,
+            warnings: vec![],
+        }
+    }
+
+    fn jobs_path(&self, rest: &str) -> String {
+        self.api.data_path(&format!("jobs/query{rest}"))
+    }
+
+    /// Read through REST instead, from the start.
+    fn fall_back(&mut self, why: String) -> Result<()> {
+        self.warnings.push(format!(
+            "Bulk API could not read {} ({why}); it was read through the REST API instead",
+            self.req.object
+        ));
+        self.rest = Some(RestReader::new(
+            self.api,
+            &self.req,
+            &self.d,
+            self.batch_size,
+            self.max_query_length,
+        )?);
+        self.phase = Phase::Rest;
+        Ok(())
+    }
+
+    async fn step(&mut self) -> Result<Option<Page>> {
+        loop {
+            match std::mem::replace(&mut self.phase, Phase::Done) {
+                Phase::Done => return Ok(None),
+                Phase::Rest => {
+                    let rest = self.rest.as_mut().expect("REST reader set");
+                    let page = rest.next_page().await?;
+                    if page.is_some() {
+                        self.phase = Phase::Rest;
+                    }
+                    return Ok(page);
+                }
+                Phase::Create => {
+                    let q = soql::select(&self.select, &self.req.object, None, None);
+                    if q.len() > MAX_SOQL {
+                        self.fall_back("the field list is longer than a SOQL query may be".into())?;
+                        continue;
+                    }
+                    let body = json!({
+                        "operation": "query",
+                        "query": q,
+                        "contentType": "CSV",
+                        "columnDelimiter": "COMMA",
+                        "lineEnding": "LF",
+                    });
+                    let path = self.jobs_path("");
+                    match self
+                        .api
+                        .call(Method::POST, &path, &[], &[], Some(&body))
+                        .await
+                    {
+                        Ok(resp) => {
+                            let info: JobInfo = parse_json(&format!("POST {path}"), &resp.body)?;
+                            self.phase = Phase::Poll {
+                                job: info.id,
+                                wait: Duration::from_millis(200),
+                            };
+                        }
+                        Err(e) if matches!(e.kind, ErrorKind::ApiRejected) => {
+                            self.fall_back(e.detail.clone().unwrap_or(e.message))?;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Phase::Poll { job, wait } => {
+                    let path = self.jobs_path(&format!("/{job}"));
+                    let (info, _) = self.api.get_json::<JobInfo>(&path, &[], &[]).await?;
+                    match info.state.as_str() {
+                        "JobComplete" => {
+                            self.phase = Phase::Results { job, locator: None };
+                        }
+                        "Failed" | "Aborted" => {
+                            let why = info
+                                .error_message
+                                .unwrap_or_else(|| format!("job {}", info.state));
+                            self.fall_back(why)?;
+                        }
+                        _ => {
+                            if self.waited > MAX_JOB_WAIT {
+                                return Err(CrmError::new(
+                                    ErrorKind::ServerError,
+                                    format!(
+                                        "Bulk API job {job} did not finish within {} hours",
+                                        MAX_JOB_WAIT.as_secs() / 3600
+                                    ),
+                                )
+                                .with_endpoint(format!("GET {path}")));
+                            }
+                            // Waits on the runtime's timer: cancels still
+                            // reach the backend within INTERRUPT_POLL.
+                            tokio::time::sleep(wait).await;
+                            self.waited += wait;
+                            self.phase = Phase::Poll {
+                                job,
+                                wait: (wait * 2).min(Duration::from_secs(5)),
+                            };
+                        }
+                    }
+                }
+                Phase::Results { job, locator } => {
+                    let path = self.jobs_path(&format!("/{job}/results"));
+                    let max = RESULTS_PAGE.to_string();
+                    let mut query: Vec<(&str, &str)> = vec![("maxRecords", &max)];
+                    if let Some(l) = &locator {
+                        query.push(("locator", l));
+                    }
+                    let resp = self
+                        .api
+                        .call(
+                            Method::GET,
+                            &path,
+                            &query,
+                            &[("Accept", "text/csv".to_owned())],
+                            None,
+                        )
+                        .await?;
+                    let next = resp
+                        .headers
+                        .get("Sforce-Locator")
+                        .and_then(|v| v.to_str().ok())
+                        .filter(|l| !l.is_empty() && *l != "null")
+                        .map(str::to_owned);
+                    let records = self.parse_csv(&format!("GET {path}"), &resp.body)?;
+                    drop(resp);
+                    match next {
+                        Some(l) => {
+                            self.phase = Phase::Results {
+                                job,
+                                locator: Some(l),
+                            }
+                        }
+                        None => {
+                            // Results are read; the job is no longer needed.
+                            let _ = self
+                                .api
+                                .call(
+                                    Method::DELETE,
+                                    &self.jobs_path(&format!("/{job}")),
+                                    &[],
+                                    &[],
+                                    None,
+                                )
+                                .await;
+                            if self.req.track_deletes && self.d.has_is_deleted {
+                                self.rest = Some(RestReader::deletes_only(
+                                    self.api,
+                                    &self.req,
+                                    &self.d,
+                                    self.batch_size,
+                                    self.max_query_length,
+                                )?);
+                                self.phase = Phase::Rest;
+                            }
+                        }
+                    }
+                    return Ok(Some(Page {
+                        records,
+                        total: None,
+                    }));
+                }
+            }
+        }
+    }
+
+    fn parse_csv(&mut self, endpoint: &str, body: &[u8]) -> Result<Vec<Record>> {
+        let bad = |e: String| {
+            CrmError::bad_response(format!("Salesforce sent unreadable Bulk API results ({e})"))
+                .with_endpoint(endpoint)
+                .with_detail(format!("body begins: {}", body_excerpt(body)))
+        };
+        let mut rdr = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .from_reader(body);
+        let headers: Vec<String> = rdr
+            .headers()
+            .map_err(|e| bad(e.to_string()))?
+            .iter()
+            .map(str::to_owned)
+            .collect();
+        let types: Vec<&str> = headers
+            .iter()
+            .map(|h| {
+                self.d
+                    .fields
+                    .iter()
+                    .find(|f| &f.name == h)
+                    .map_or("string", |f| f.crm_type.as_str())
+            })
+            .collect();
+        let url_base = self
+            .api
+            .data_path(&format!("sobjects/{}/", self.req.object));
+        let mut out = vec![];
+        for row in rdr.records() {
+            let row = row.map_err(|e| bad(e.to_string()))?;
+            if row.len() != headers.len() {
+                return Err(bad(format!(
+                    "a row has {} values for {} columns",
+                    row.len(),
+                    headers.len()
+                )));
+            }
+            let mut m = Map::new();
+            for ((h, t), v) in headers.iter().zip(&types).zip(row.iter()) {
+                m.insert(h.clone(), typed(t, v));
+            }
+            for (name, parts) in &self.compounds {
+                let mut obj = Map::new();
+                let mut any = false;
+                for (key, part) in parts {
+                    let v = m.get(part).cloned().unwrap_or(Value::Null);
+                    any |= !v.is_null();
+                    obj.insert(key.clone(), v);
+                }
+                m.insert(
+                    name.clone(),
+                    if any { Value::Object(obj) } else { Value::Null },
+                );
+            }
+            let Some(id) = m.get("Id").and_then(Value::as_str).map(str::to_owned) else {
+                return Err(bad("a row has no Id".into()));
+            };
+            m.insert(
+                "attributes".into(),
+                json!({"type": self.req.object, "url": format!("{url_base}{id}")}),
+            );
+            let updated_at = self
+                .d
+                .cursor
+                .and_then(|c| m.get(c))
+                .and_then(Value::as_str)
+                .and_then(parse_datetime);
+            if let Some(u) = updated_at {
+                self.watermark = Some(self.watermark.map_or(u, |w| w.max(u)));
+            }
+            out.push(Record {
+                id,
+                updated_at,
+                deleted_at: None,
+                raw: Value::Object(m.clone()).to_string(),
+                fields: m,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// A CSV value as the REST API would have sent it in JSON: empty is null,
+/// booleans and numbers typed, datetimes in REST's `+0000` form.
+fn typed(crm_type: &str, v: &str) -> Value {
+    if v.is_empty() {
+        return Value::Null;
+    }
+    match crm_type {
+        "boolean" => match v {
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
+            _ => Value::String(v.to_owned()),
+        },
+        "int" | "long" | "double" | "currency" | "percent" => v
+            .parse::<Number>()
+            .map(Value::Number)
+            .unwrap_or_else(|_| Value::String(v.to_owned())),
+        "datetime" => match parse_datetime(v) {
+            Some(d) => Value::String(d.format("%Y-%m-%dT%H:%M:%S%.3f+0000").to_string()),
+            None => Value::String(v.to_owned()),
+        },
+        _ => Value::String(v.to_owned()),
+    }
+}
+
+/// The JSON key of a compound field's component: `BillingPostalCode` of
+/// `BillingAddress` is `postalCode`; `Loc__Latitude__s` of `Loc__c` is
+/// `latitude`.
+pub fn compound_key(compound: &str, component: &str) -> String {
+    let prefix = compound
+        .strip_suffix("Address")
+        .or_else(|| compound.strip_suffix("__c").map(|_| ""))
+        .unwrap_or("");
+    let mut rest = component.strip_prefix(prefix).unwrap_or(component);
+    if let Some(base) = compound.strip_suffix("__c") {
+        rest = rest
+            .strip_prefix(base)
+            .and_then(|r| r.strip_prefix("__"))
+            .unwrap_or(rest);
+    }
+    let rest = rest.strip_suffix("__s").unwrap_or(rest);
+    let mut c = rest.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().chain(c).collect(),
+        None => component.to_owned(),
+    }
+}
+
+#[derive(Deserialize)]
+struct JobInfo {
+    id: String,
+    #[serde(default)]
+    state: String,
+    #[serde(rename = "errorMessage", default)]
+    error_message: Option<String>,
+}
+
+impl PageSource for BulkReader<'_> {
+    fn next_page(&mut self) -> BoxFuture<'_, Result<Option<Page>>> {
+        Box::pin(self.step())
+    }
+
+    fn watermark(&self) -> Option<String> {
+        let rest = self.rest.as_ref().and_then(|r| r.watermark_at());
+        match (self.watermark, rest) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+        .map(fmt_ts)
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        let mut w = self.warnings.clone();
+        if let Some(r) = &self.rest {
+            w.extend(r.warnings());
+        }
+        w
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compound_keys() {
+        assert_eq!(
+            compound_key("BillingAddress", "BillingPostalCode"),
+            "postalCode"
+        );
+        assert_eq!(
+            compound_key("BillingAddress", "BillingGeocodeAccuracy"),
+            "geocodeAccuracy"
+        );
+        assert_eq!(compound_key("MailingAddress", "MailingStreet"), "street");
+        assert_eq!(compound_key("Address", "Street"), "street");
+        assert_eq!(
+            compound_key("Location__c", "Location__Latitude__s"),
+            "latitude"
+        );
+        assert_eq!(
+            compound_key("Location__c", "Location__Longitude__s"),
+            "longitude"
+        );
+    }
+
+    #[test]
+    fn csv_values_are_typed_as_rest_sends_them() {
+        assert_eq!(typed("boolean", "true"), Value::Bool(true));
+        assert_eq!(typed("int", "42"), json!(42));
+        assert_eq!(typed("currency", "1234.5"), json!(1234.5));
+        assert_eq!(typed("string", ""), Value::Null);
+        assert_eq!(typed("string", "a,b"), json!("a,b"));
+        assert_eq!(
+            typed("datetime", "2024-03-01T12:00:00.000Z"),
+            json!("2024-03-01T12:00:00.000+0000")
+        );
+        assert_eq!(typed("date", "2024-03-01"), json!("2024-03-01"));
+    }
+}
