@@ -1,6 +1,9 @@
-"""Benchmark: full then incremental sync of a large HubSpot mock dataset.
+"""Benchmark: full then incremental sync of large HubSpot and Salesforce mock datasets.
 
-Prints records/s, MB/s and the syncing backend's peak memory for each size.
+Prints records/s, MB/s, API calls and the syncing backend's peak memory for
+each provider, mode and size: HubSpot contacts (`hs`), Salesforce accounts
+through the REST query API (`sf-rest`) and through Bulk API 2.0 (`sf-bulk`),
+then a side-by-side summary of the full-sync medians.
 Run through scripts/bench.sh, which installs and starts everything.
 """
 
@@ -17,7 +20,16 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-from conftest import TOKEN, free_port, start_mock  # noqa: E402
+from conftest import (  # noqa: E402
+    SF_CLIENT_ID, SF_CLIENT_SECRET, SF_REFRESH_TOKEN, TOKEN, SfMock, free_port, spawn_mock, start_mock,
+)
+
+PROVIDERS = ("hubspot", "salesforce")
+# Salesforce full-sync modes: label -> extra source options. REST must say
+# bulk_api false once the connector has the option (its default threshold
+# would pick Bulk at these sizes); Bulk forces Bulk API 2.0 at any size.
+SF_MODES = {"sf-rest": {"bulk_api": False}, "sf-bulk": {"bulk_threshold": 0}}
+SYNC_SQL = "SELECT records_upserted, bytes_received, api_calls FROM crm_sync.sync(%s, %s)"
 
 
 def rss_sampler(pid, stop, out):
@@ -42,57 +54,83 @@ def run(conn, sql, args=()):
     th = threading.Thread(target=rss_sampler, args=(pid, stop, mem))
     th.start()
     t0 = time.perf_counter()
-    rows = conn.execute(sql, args).fetchall()
-    secs = time.perf_counter() - t0
-    stop.set()
-    th.join()
+    try:
+        rows = conn.execute(sql, args).fetchall()
+    finally:
+        secs = time.perf_counter() - t0
+        stop.set()
+        th.join()
     return rows, secs, mem
 
 
-def line(kind, n, what, secs, nbytes, calls, mem):
-    return (f"{kind:<6} {n:>9,} {what:<9} {secs:7.2f} s  {n / secs:9,.0f} records/s  "
+def line(label, kind, n, what, secs, nbytes, calls, mem):
+    return (f"{label:<8}{kind:<6} {n:>9,} {what:<9} {secs:7.2f} s  {n / secs:9,.0f} records/s  "
             f"{nbytes / secs / 1e6:6.1f} MB/s  {calls:>6} API calls  "
             f"peak backend private memory {mem['anon_kb'] / 1024:6.1f} MiB (peak RSS {mem['hwm_kb'] / 1024:.0f} MiB)")
 
 
-def bench_size(pg, n, batch_size, repeat, copy_baseline):
+def note(text):
+    print(f"{'':<15}{text}", flush=True)
+
+
+def fresh_db(pg, dbname, batch_size):
+    with psycopg.connect(**pg, dbname="postgres", autocommit=True) as c:
+        c.execute(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
+        c.execute(f"CREATE DATABASE {dbname}")
+    db = psycopg.connect(**pg, dbname=dbname, autocommit=True)
+    db.execute("CREATE EXTENSION pg_crm_sync")
+    db.execute(f"SET crm_sync.batch_size = {batch_size}")
+    return db
+
+
+def drop_db(pg, dbname):
+    with psycopg.connect(**pg, dbname="postgres", autocommit=True) as c:
+        c.execute(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
+
+
+def full_syncs(db, label, n, what, repeat, create, sync_args, results, expected=None):
+    """`repeat` full syncs into a fresh source; prints each and the median; records the median run."""
+    runs = []
+    for _ in range(repeat):
+        db.execute("SELECT crm_sync.drop_source(name, drop_data => true) FROM crm_sync.sources")
+        db.execute("CHECKPOINT")
+        create()
+        rows, secs, mem = run(db, SYNC_SQL, sync_args)
+        recs, nbytes, calls = rows[0]
+        if expected is None:
+            assert recs == n, (recs, n)
+        elif recs != expected:
+            note(f"WARNING: {recs:,} records upserted, the mock holds {expected:,} live")
+        runs.append((recs / secs, recs, secs, nbytes, calls, mem))
+        print(line(label, "full", recs, what, secs, nbytes, calls, mem), flush=True)
+    runs.sort(key=lambda r: r[0])
+    med = runs[len(runs) // 2]
+    note(f"full sync of {n:,}: median {med[0]:,.0f} records/s over {repeat} runs")
+    results[(n, label)] = med
+
+
+def bench_hubspot(pg, n, batch_size, repeat, copy_baseline, results):
     mock = start_mock("--contacts", str(n), "--companies", "10", "--deals", "10")
+    dbname = f"bench_hs_{n}"
     try:
-        dbname = f"bench_{n}"
-        with psycopg.connect(**pg, dbname="postgres", autocommit=True) as c:
-            c.execute(f"DROP DATABASE IF EXISTS {dbname}")
-            c.execute(f"CREATE DATABASE {dbname}")
-        with psycopg.connect(**pg, dbname=dbname, autocommit=True) as db:
-            db.execute("CREATE EXTENSION pg_crm_sync")
-            db.execute(f"SET crm_sync.batch_size = {batch_size}")
-            rates = []
-            for rep in range(repeat):
-                db.execute("SELECT crm_sync.drop_source(name, drop_data => true) FROM crm_sync.sources")
-                db.execute("CHECKPOINT")
-                db.execute("SELECT crm_sync.create_source('hs', 'hubspot', %s, %s)",
-                           (psycopg.types.json.Jsonb({"base_url": mock.url}),
-                            psycopg.types.json.Jsonb({"access_token": TOKEN})))
-                rows, secs, mem = run(db, "SELECT records_upserted, bytes_received, api_calls "
-                                          "FROM crm_sync.sync('hs', 'contacts')")
-                recs, nbytes, calls = rows[0]
-                assert recs == n, (recs, n)
-                rates.append(n / secs)
-                print(line("full", n, "contacts", secs, nbytes, calls, mem), flush=True)
-            rates.sort()
-            print(f"       full sync of {n:,}: median {rates[len(rates) // 2]:,.0f} records/s over {repeat} runs",
-                  flush=True)
+        with fresh_db(pg, dbname, batch_size) as db:
+            full_syncs(db, "hs", n, "contacts", repeat,
+                       lambda: db.execute("SELECT crm_sync.create_source('hs', 'hubspot', %s, %s)",
+                                          (psycopg.types.json.Jsonb({"base_url": mock.url}),
+                                           psycopg.types.json.Jsonb({"access_token": TOKEN}))),
+                       ("hs", "contacts"), results)
             changed = max(1, n // 100)
             for start in range(1, changed + 1, 10_000):
                 ids = range(start, min(changed, start + 9_999) + 1)
                 requests.post(f"{mock.url}/_mock/contacts/upsert", timeout=60,
                               json={"records": [{"id": str(i), "properties": {"firstname": f"b{i}"}} for i in ids]}
                               ).raise_for_status()
-            rows, secs, mem = run(db, "SELECT records_upserted, bytes_received, api_calls FROM crm_sync.sync('hs', 'contacts')")
+            rows, secs, mem = run(db, SYNC_SQL, ("hs", "contacts"))
             recs, nbytes, calls = rows[0]
             assert recs == changed, (recs, changed)
-            print(line("incr", changed, "changed", secs, nbytes, calls, mem), flush=True)
+            print(line("hs", "incr", changed, "changed", secs, nbytes, calls, mem), flush=True)
             size = db.execute("SELECT pg_size_pretty(pg_total_relation_size('hs.contacts'))").fetchone()[0]
-            print(f"       landing table hs.contacts: {size}", flush=True)
+            note(f"landing table hs.contacts: {size}")
             if copy_baseline:
                 # For scale: PostgreSQL's own COPY of the same rows into the same table shape.
                 path = f"/tmp/crm_sync_bench_{n}.copy"
@@ -103,13 +141,85 @@ def bench_size(pg, n, batch_size, repeat, copy_baseline):
                 db.execute(f"COPY copy_baseline FROM '{path}'")
                 secs = time.perf_counter() - t0
                 Path(path).unlink(missing_ok=True)
-                print(f"       for scale, COPY of the same {n:,} rows into the same table: "
-                      f"{secs:.2f} s, {n / secs:,.0f} rows/s", flush=True)
-        with psycopg.connect(**pg, dbname="postgres", autocommit=True) as c:
-            c.execute(f"DROP DATABASE IF EXISTS {dbname}")
+                note(f"for scale, COPY of the same {n:,} rows into the same table: "
+                     f"{secs:.2f} s, {n / secs:,.0f} rows/s")
+        drop_db(pg, dbname)
     finally:
         mock.proc.kill()
         mock.proc.wait()
+
+
+def create_sf(db, mock, extra):
+    opts = {"login_url": mock.url, **extra}
+    creds = {"client_id": SF_CLIENT_ID, "client_secret": SF_CLIENT_SECRET, "refresh_token": SF_REFRESH_TOKEN}
+    db.execute("SELECT crm_sync.create_source('sf', 'salesforce', %s, %s)",
+               (psycopg.types.json.Jsonb(opts), psycopg.types.json.Jsonb(creds)))
+
+
+def sf_accepts(db, mock, extra):
+    """Whether the installed connector accepts these options (bulk_api and
+    bulk_threshold are new; an older connector rejects them as unknown)."""
+    try:
+        create_sf(db, mock, extra)
+    except psycopg.Error as e:
+        msg = str(e)
+        if "unknown option" in msg and "bulk_" in msg:
+            return False
+        raise
+    db.execute("SELECT crm_sync.drop_source('sf', drop_data => true)")
+    return True
+
+
+def bench_salesforce(pg, n, batch_size, repeat, modes, results):
+    mock = spawn_mock(SfMock, "salesforce", "--accounts", str(n), "--contacts", "10", "--leads", "10",
+                      "--opportunities", "10", "--users", "10")
+    try:
+        # The mock seeds some accounts already deleted (in the recycle bin); a
+        # full sync counts those as deleted, not upserted.
+        expected = mock.query("SELECT COUNT() FROM Account WHERE IsDeleted = false")["totalSize"]
+        for label in modes:
+            dbname = f"bench_{label.replace('-', '_')}_{n}"
+            with fresh_db(pg, dbname, batch_size) as db:
+                extra = SF_MODES[label]
+                if not sf_accepts(db, mock, extra):
+                    if label == "sf-bulk":
+                        print(f"{label:<8}full   {n:>9,} account   skipped: connector has no bulk_api option yet",
+                              flush=True)
+                        db.close()
+                        drop_db(pg, dbname)
+                        continue
+                    extra = {}  # no bulk_api option yet: REST is the connector's only mode
+                full_syncs(db, label, n, "account", repeat, lambda: create_sf(db, mock, extra),
+                           ("sf", "account"), results, expected=expected)
+                changed = max(1, n // 100)
+                ids = [r[0] for r in db.execute(
+                    "SELECT id FROM sf.account WHERE _deleted_at IS NULL ORDER BY id LIMIT %s", (changed,))]
+                for start in range(0, len(ids), 10_000):
+                    mock.upsert("Account", [{"Id": i, "Name": f"{label} {i}"} for i in ids[start:start + 10_000]])
+                rows, secs, mem = run(db, SYNC_SQL, ("sf", "account"))
+                recs, nbytes, calls = rows[0]
+                if recs != len(ids):
+                    note(f"WARNING: incremental synced {recs:,} records, {len(ids):,} changed")
+                print(line(label, "incr", recs, "changed", secs, nbytes, calls, mem), flush=True)
+                size = db.execute("SELECT pg_size_pretty(pg_total_relation_size('sf.account'))").fetchone()[0]
+                note(f"landing table sf.account: {size}")
+            drop_db(pg, dbname)
+    finally:
+        mock.proc.kill()
+        mock.proc.wait()
+
+
+def summary(results, sizes, labels):
+    print("summary: median full sync per provider/mode", flush=True)
+    for n in sizes:
+        for label in labels:
+            r = results.get((n, label))
+            if r is None:
+                continue
+            rate, recs, secs, nbytes, calls, mem = r
+            print(f"{label:<8}{n:>15,}  {rate:9,.0f} records/s  {nbytes / secs / 1e6:6.1f} MB/s  "
+                  f"{calls:>6} API calls  peak backend private memory {mem['anon_kb'] / 1024:6.1f} MiB",
+                  flush=True)
 
 
 def main():
@@ -117,15 +227,30 @@ def main():
     ap.add_argument("--sizes", default="200000,1000000")
     ap.add_argument("--batch-size", type=int, default=5000)
     ap.add_argument("--repeat", type=int, default=3, help="full syncs per size (the median is reported)")
+    ap.add_argument("--providers", default=",".join(PROVIDERS),
+                    help="comma-separated: hubspot, salesforce (Salesforce runs REST and Bulk API 2.0)")
     args = ap.parse_args()
+    providers = [p.strip() for p in args.providers.split(",") if p.strip()]
+    for p in providers:
+        if p not in PROVIDERS:
+            ap.error(f"unknown provider {p!r}; choose from {', '.join(PROVIDERS)}")
+    sizes = [int(x) for x in args.sizes.split(",")]
+    labels = (["hs"] if "hubspot" in providers else []) + (list(SF_MODES) if "salesforce" in providers else [])
     base = Path(os.environ.get("CRM_BENCH_DIR", "/tmp/crm_sync_bench"))
     port = free_port()
     subprocess.run([str(ROOT / "scripts" / "pg.sh"), "start", str(base), str(port)], check=True)
     pg = {"host": "127.0.0.1", "port": port, "user": "postgres"}
+    results = {}
     try:
-        print(f"pg_crm_sync benchmark: HubSpot mock and PostgreSQL 15 on this machine ({os.cpu_count()} cores)")
-        for i, n in enumerate(int(x) for x in args.sizes.split(",")):
-            bench_size(pg, n, args.batch_size, args.repeat, copy_baseline=i == 0)
+        names = " and ".join({"hubspot": "HubSpot", "salesforce": "Salesforce"}[p] for p in providers)
+        mocks = "mocks" if len(providers) > 1 else "mock"
+        print(f"pg_crm_sync benchmark: {names} {mocks} and PostgreSQL 15 on this machine ({os.cpu_count()} cores)")
+        for i, n in enumerate(sizes):
+            if "hubspot" in providers:
+                bench_hubspot(pg, n, args.batch_size, args.repeat, i == 0, results)
+            if "salesforce" in providers:
+                bench_salesforce(pg, n, args.batch_size, args.repeat, list(SF_MODES), results)
+        summary(results, sizes, labels)
     finally:
         subprocess.run([str(ROOT / "scripts" / "pg.sh"), "stop", str(base)], check=False)
         subprocess.run(["rm", "-rf", str(base)], check=False)

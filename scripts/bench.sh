@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Benchmark a full and an incremental HubSpot sync at 200,000 and 1,000,000
-# contacts (override with --sizes 50000,200000). Prints records/s, MB/s and
-# the backend's peak memory.
+# Benchmark a full and an incremental sync of HubSpot contacts and of
+# Salesforce accounts (REST query API and Bulk API 2.0) at 200,000 and
+# 1,000,000 records; override with --sizes 50000,200000 and
+# --providers hubspot|salesforce|hubspot,salesforce. Prints, per provider/mode
+# (hs, sf-rest, sf-bulk) and size, records/s, MB/s, API calls and the backend's
+# peak memory, then a side-by-side summary of the full-sync medians.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The demo: install everything, start PostgreSQL 15 and the HubSpot mock on
-# 127.0.0.1, sync contacts, companies and deals, show what landed, change a
-# few records in the "CRM" and show an incremental sync moving only those.
+# The demo: install everything, start PostgreSQL 15 and the HubSpot and
+# Salesforce mocks on 127.0.0.1, sync HubSpot's contacts, companies and deals
+# and Salesforce's accounts, contacts, leads, opportunities and users, show
+# what landed, change a few records in the "CRMs" and show incremental syncs
+# moving only those.
 #   scripts/demo.sh          run and stop everything at the end
 #   scripts/demo.sh --keep   leave Postgres and the mock running to explore
 set -euo pipefail
@@ -13,31 +15,44 @@ bash scripts/install.sh
 DIR=/tmp/pg_crm_sync_demo
 PORT=$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 TOKEN=pat-na1-demo-token
+SF_REFRESH=5Aep861demo.refresh.token
 rm -rf "$DIR"
 bash scripts/pg.sh start "$DIR" "$PORT"
 target/release/crm-mock hubspot --port 0 --contacts 20000 --companies 2000 --deals 3000 --token "$TOKEN" > "$DIR.mock" &
 MOCK_PID=$!
+target/release/crm-mock salesforce --port 0 --accounts 5000 --contacts 8000 --leads 3000 \
+    --opportunities 4000 --users 40 --refresh-token "$SF_REFRESH" > "$DIR.sfmock" &
+SF_PID=$!
 cleanup() {
     if [ "$keep" != "--keep" ]; then
-        kill "$MOCK_PID" 2>/dev/null || true
+        kill "$MOCK_PID" "$SF_PID" 2>/dev/null || true
         bash scripts/pg.sh stop "$DIR"
     fi
 }
 trap cleanup EXIT
 for _ in $(seq 100); do grep -q listening "$DIR.mock" 2>/dev/null && break; sleep 0.05; done
 MOCK_URL="http://$(sed -n 's/^listening on //p' "$DIR.mock")"
+for _ in $(seq 100); do grep -q listening "$DIR.sfmock" 2>/dev/null && break; sleep 0.05; done
+SF_URL="http://$(sed -n 's/^listening on //p' "$DIR.sfmock")"
 
 PSQL=(psql -X -q -h 127.0.0.1 -p "$PORT" -U postgres -v ON_ERROR_STOP=1 -P pager=off)
 "${PSQL[@]}" -d postgres -c "CREATE DATABASE crm_demo"
 run() { echo; echo "crm_demo=# $1"; "${PSQL[@]}" -d crm_demo -c "$1"; }
 
-echo "== PostgreSQL 15 on 127.0.0.1:$PORT, HubSpot mock on $MOCK_URL"
+echo "== PostgreSQL 15 on 127.0.0.1:$PORT, HubSpot mock on $MOCK_URL, Salesforce mock on $SF_URL"
 run "CREATE EXTENSION pg_crm_sync"
 run "SELECT crm_sync.create_source('hubspot_demo', 'hubspot', '{\"base_url\": \"$MOCK_URL\"}', '{\"access_token\": \"$TOKEN\"}')"
 run "SELECT stream, mode, status, records_upserted, records_deleted, api_calls, pg_size_pretty(bytes_received) AS received, duration, watermark FROM crm_sync.sync('hubspot_demo')"
 run "SELECT id, email, firstname, lastname, lifecyclestage, createdate, _updated_at FROM hubspot_demo.contacts ORDER BY id::int LIMIT 5"
 run "SELECT id, name, domain, industry, numberofemployees, annualrevenue FROM hubspot_demo.companies ORDER BY id::int LIMIT 3"
 run "SELECT id, dealname, amount, dealstage, closedate FROM hubspot_demo.deals ORDER BY id::int LIMIT 3"
+
+echo
+echo "== Salesforce: OAuth refresh-token flow; Bulk API 2.0 for objects over bulk_threshold records"
+run "SELECT crm_sync.create_source('sf_demo', 'salesforce', '{\"login_url\": \"$SF_URL\", \"bulk_threshold\": 4000}', '{\"client_id\": \"3MVG9mock.client.id\", \"client_secret\": \"mock-client-secret\", \"refresh_token\": \"$SF_REFRESH\"}')"
+run "SELECT stream, mode, status, records_upserted, records_deleted, api_calls, pg_size_pretty(bytes_received) AS received, duration, watermark FROM crm_sync.sync('sf_demo')"
+run "SELECT id, name, industry, annualrevenue, numberofemployees, billingaddress->>'city' AS city, tier__c, systemmodstamp FROM sf_demo.account WHERE _deleted_at IS NULL ORDER BY id LIMIT 4"
+run "SELECT object, label, custom, stream FROM crm_sync.discover('sf_demo') WHERE custom OR stream IS NOT NULL ORDER BY custom, object"
 
 echo
 echo "== Meanwhile, in the CRM: 2 contacts edited, 1 created, 1 archived; 1 deal won"
@@ -48,8 +63,16 @@ curl -sf -X POST "$MOCK_URL/_mock/deals/upsert" -H 'content-type: application/js
     -d '{"records":[{"id":"1","properties":{"dealstage":"closedwon","amount":"125000"}}]}' >/dev/null
 
 run "SELECT stream, mode, status, records_upserted, records_deleted, api_calls, duration, watermark FROM crm_sync.sync('hubspot_demo')"
+
+echo
+echo "== Meanwhile, in Salesforce: 2 accounts edited, 1 opportunity deleted"
+ACC=$("${PSQL[@]}" -d crm_demo -At -c "SELECT string_agg(format('{\"Id\":\"%s\",\"Tier__c\":\"Platinum\"}', id), ',') FROM (SELECT id FROM sf_demo.account WHERE _deleted_at IS NULL ORDER BY id LIMIT 2) a")
+OPP=$("${PSQL[@]}" -d crm_demo -At -c "SELECT id FROM sf_demo.opportunity WHERE _deleted_at IS NULL ORDER BY id LIMIT 1")
+curl -sf -X POST "$SF_URL/_mock/sf/Account/upsert" -H 'content-type: application/json' -d "{\"records\":[$ACC]}" >/dev/null
+curl -sf -X POST "$SF_URL/_mock/sf/Opportunity/delete" -H 'content-type: application/json' -d "{\"ids\":[\"$OPP\"]}" >/dev/null
+run "SELECT stream, mode, status, records_upserted, records_deleted, api_calls, duration, watermark FROM crm_sync.sync('sf_demo')"
 run "SELECT id, email, firstname, lifecyclestage, phone, _deleted_at IS NOT NULL AS deleted, _run_id FROM hubspot_demo.contacts WHERE _run_id = (SELECT max(run_id) FROM crm_sync.runs WHERE stream = 'contacts') ORDER BY id::int"
 run "SELECT run_id, stream, mode, status, records, records_deleted, api_calls, finished_at - started_at AS took FROM crm_sync.runs ORDER BY run_id"
 if [ "$keep" = "--keep" ]; then
-    echo; echo "Still running: psql -h 127.0.0.1 -p $PORT -U postgres crm_demo   (mock: $MOCK_URL, pid $MOCK_PID)"
+    echo; echo "Still running: psql -h 127.0.0.1 -p $PORT -U postgres crm_demo   (mocks: $MOCK_URL pid $MOCK_PID, $SF_URL pid $SF_PID)"
 fi

@@ -5,17 +5,13 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use crate::data::{parse_time, Kind, PropDef};
-use crate::faults::{
-    admin_body, admin_error, admin_reply, shared_admin, transport_fault, Rules, Stats,
-    TRANSPORT_KINDS,
-};
-use crate::server::{Handler, Reply, Request, Response};
+use crate::mock::{Base, Mock};
+use crate::server::{Request, Response};
 use crate::store::{Key, Store};
 
 /// `GET /crm/v3/objects/{type}`: at most 100 per page.
@@ -54,11 +50,9 @@ impl Default for Options {
     }
 }
 
-struct State {
+pub(crate) struct State {
     token: String,
     stores: Vec<Store>,
-    rules: Rules,
-    stats: Stats,
     searches: VecDeque<Instant>,
 }
 
@@ -73,8 +67,7 @@ impl State {
 
 pub struct HubSpotMock {
     opts: Options,
-    state: Mutex<State>,
-    bytes_sent: AtomicU64,
+    base: Base<State>,
     correlation: AtomicU64,
 }
 
@@ -86,21 +79,17 @@ impl HubSpotMock {
             Store::new(Kind::Deals, opts.seed, opts.deals),
         ];
         HubSpotMock {
-            state: Mutex::new(State {
-                token: opts.token.clone(),
-                stores,
-                rules: Rules::default(),
-                stats: Stats::default(),
-                searches: VecDeque::new(),
-            }),
+            base: Base::new(
+                State {
+                    token: opts.token.clone(),
+                    stores,
+                    searches: VecDeque::new(),
+                },
+                opts.gzip,
+            ),
             opts,
-            bytes_sent: AtomicU64::new(0),
             correlation: AtomicU64::new(1),
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn correlation_id(&self) -> String {
@@ -154,37 +143,6 @@ impl HubSpotMock {
         r
     }
 
-    fn api(&self, req: &Request) -> Reply {
-        let mut st = self.lock();
-        st.stats
-            .count_request(format!("{} {}", req.method, req.path));
-
-        // Hooks change data just before the request they wait for is served.
-        for action in st.rules.due_hooks(req) {
-            let _ = apply_action(&mut st, &action);
-        }
-
-        let reply = match self.fault(&mut st, req) {
-            Some(r) => r,
-            None => Reply::Send(self.route(&mut st, req)),
-        };
-        st.stats.count_reply(&reply);
-        reply
-    }
-
-    fn fault(&self, st: &mut State, req: &Request) -> Option<Reply> {
-        let (kind, latency) = st.rules.pick(req)?;
-        Some(match kind.as_str() {
-            "429" => Reply::Send(self.rate_limited("TEN_SECONDLY_ROLLING", false)),
-            "429_retry_after" => Reply::Send(self.rate_limited("TEN_SECONDLY_ROLLING", true)),
-            "500" => Reply::Send(self.error(500, "INTERNAL_ERROR", "internal error")),
-            "503" => Reply::Send(self.error(503, "SERVICE_UNAVAILABLE", "Service Unavailable")),
-            "bad_token" => Reply::Send(self.unauthorized()),
-            "missing_scopes" => Reply::Send(self.missing_scopes(&req.path)),
-            k => return transport_fault(k, latency, || self.route(st, req)),
-        })
-    }
-
     /// A private app without the object's read scope.
     fn missing_scopes(&self, path: &str) -> Response {
         let object = path.split('/').nth(4).unwrap_or("contacts");
@@ -206,45 +164,6 @@ impl HubSpotMock {
             "INVALID_AUTHENTICATION",
             "Authentication credentials not found. This API supports OAuth 2.0 authentication and you can find more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview",
         )
-    }
-
-    fn route(&self, st: &mut State, req: &Request) -> Response {
-        let auth_ok = req
-            .header("authorization")
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|t| t == st.token);
-        if !auth_ok {
-            return self.unauthorized();
-        }
-        let parts: Vec<&str> = req.path.trim_matches('/').split('/').collect();
-        let resp = match (req.method.as_str(), parts.as_slice()) {
-            ("GET", ["crm", "v3", "objects", t]) => self.with_kind(t, |k| self.list(st, k, req)),
-            ("GET", ["crm", "v3", "objects", t, id]) => {
-                self.with_kind(t, |k| self.read(st, k, id, req))
-            }
-            ("POST", ["crm", "v3", "objects", t, "search"]) => {
-                if let Some(r) = self.search_rate(st) {
-                    return r;
-                }
-                self.with_kind(t, |k| self.search(st, k, req))
-            }
-            ("GET", ["crm", "v3", "properties", t]) => {
-                self.with_kind(t, |k| self.properties(st, k))
-            }
-            _ => Err(self.error(
-                404,
-                "OBJECT_NOT_FOUND",
-                &format!("No route for {} {}", req.method, req.path),
-            )),
-        };
-        let r = resp.unwrap_or_else(|e| e);
-        if r.status == 200 {
-            r.with_header("X-HubSpot-RateLimit-Max", "190")
-                .with_header("X-HubSpot-RateLimit-Remaining", "189")
-                .with_header("X-HubSpot-RateLimit-Interval-Milliseconds", "10000")
-        } else {
-            r
-        }
     }
 
     fn with_kind(
@@ -461,49 +380,99 @@ impl HubSpotMock {
         out.push(b'}');
         Ok(Response::json(200, out))
     }
+}
 
-    fn admin(&self, req: &Request) -> Reply {
-        let body = match admin_body(req) {
-            Ok(v) => v,
-            Err(r) => return Reply::Send(r),
-        };
-        let mut st = self.lock();
-        let parts: Vec<&str> = req.path.trim_matches('/').split('/').collect();
-        let shared = {
-            let s = &mut *st;
-            shared_admin(
-                &mut s.rules,
-                &mut s.stats,
-                &self.bytes_sent,
-                &req.method,
-                &parts[1..],
-                &body,
-                &fault_kinds(),
-            )
-        };
-        if let Some(r) = shared {
-            return admin_reply(r);
+impl Mock for HubSpotMock {
+    type State = State;
+    /// HubSpot's own fault bodies.
+    const FAULT_KINDS: &'static [&'static str] = &[
+        "429",
+        "429_retry_after",
+        "500",
+        "503",
+        "bad_token",
+        "missing_scopes",
+    ];
+
+    fn base(&self) -> &Base<State> {
+        &self.base
+    }
+
+    fn fault(&self, kind: &str, req: &Request) -> Option<Response> {
+        Some(match kind {
+            "429" => self.rate_limited("TEN_SECONDLY_ROLLING", false),
+            "429_retry_after" => self.rate_limited("TEN_SECONDLY_ROLLING", true),
+            "500" => self.error(500, "INTERNAL_ERROR", "internal error"),
+            "503" => self.error(503, "SERVICE_UNAVAILABLE", "Service Unavailable"),
+            "bad_token" => self.unauthorized(),
+            "missing_scopes" => self.missing_scopes(&req.path),
+            _ => return None,
+        })
+    }
+
+    fn apply_action(st: &mut State, action: &Value) -> Result<Value, String> {
+        apply_action(st, action)
+    }
+
+    fn route(&self, st: &mut State, req: &Request) -> Response {
+        let auth_ok = req
+            .header("authorization")
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| t == st.token);
+        if !auth_ok {
+            return self.unauthorized();
         }
-        let r = match (req.method.as_str(), &parts[1..]) {
+        let parts: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+        let resp = match (req.method.as_str(), parts.as_slice()) {
+            ("GET", ["crm", "v3", "objects", t]) => self.with_kind(t, |k| self.list(st, k, req)),
+            ("GET", ["crm", "v3", "objects", t, id]) => {
+                self.with_kind(t, |k| self.read(st, k, id, req))
+            }
+            ("POST", ["crm", "v3", "objects", t, "search"]) => {
+                if let Some(r) = self.search_rate(st) {
+                    return r;
+                }
+                self.with_kind(t, |k| self.search(st, k, req))
+            }
+            ("GET", ["crm", "v3", "properties", t]) => {
+                self.with_kind(t, |k| self.properties(st, k))
+            }
+            _ => Err(self.error(
+                404,
+                "OBJECT_NOT_FOUND",
+                &format!("No route for {} {}", req.method, req.path),
+            )),
+        };
+        let r = resp.unwrap_or_else(|e| e);
+        if r.status == 200 {
+            r.with_header("X-HubSpot-RateLimit-Max", "190")
+                .with_header("X-HubSpot-RateLimit-Remaining", "189")
+                .with_header("X-HubSpot-RateLimit-Interval-Milliseconds", "10000")
+        } else {
+            r
+        }
+    }
+
+    fn admin_route(
+        &self,
+        st: &mut State,
+        method: &str,
+        parts: &[&str],
+        body: &Value,
+    ) -> Option<Result<Value, String>> {
+        Some(match (method, parts) {
             ("POST", [t, "upsert"]) => match Kind::parse(t) {
                 Some(_) => apply_action(
-                    &mut st,
+                    st,
                     &json!({"op": "upsert", "object": t, "records": body["records"], "timestamp_ms": body["timestamp_ms"]}),
                 ),
                 None => Err(format!("unknown object {t}")),
             },
             ("POST", [t, "archive"]) => apply_action(
-                &mut st,
+                st,
                 &json!({"op": "archive", "object": t, "ids": body["ids"], "timestamp_ms": body["timestamp_ms"]}),
             ),
-            ("POST", [t, "properties"]) => add_property(&mut st, t, &body),
-            ("GET", ["stats"]) => Ok(json!({
-                "requests": st.stats.requests,
-                "by_endpoint": st.stats.by_endpoint,
-                "status_counts": st.stats.status_counts,
-                "bytes_sent": self.bytes_sent.load(Ordering::Relaxed),
-                "live": st.stores.iter().map(|s| (s.kind().name(), s.live_count())).collect::<BTreeMap<_, _>>(),
-            })),
+            ("POST", [t, "properties"]) => add_property(st, t, body),
             ("POST", ["token"]) => match body["token"].as_str() {
                 Some(t) => {
                     st.token = t.to_owned();
@@ -511,34 +480,17 @@ impl HubSpotMock {
                 }
                 None => Err("token missing".into()),
             },
-            _ => {
-                return Reply::Send(admin_error(
-                    404,
-                    &format!("no admin route {} {}", req.method, req.path),
-                ))
-            }
-        };
-        admin_reply(r)
-    }
-}
-
-impl Handler for HubSpotMock {
-    fn handle(&self, req: &Request) -> Reply {
-        if req.path.starts_with("/_mock/") {
-            self.admin(req)
-        } else {
-            self.api(req)
-        }
+            _ => return None,
+        })
     }
 
-    fn sent(&self, req: &Request, _status: u16, bytes: usize) {
-        if !req.path.starts_with("/_mock/") {
-            self.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
-        }
-    }
-
-    fn gzip(&self) -> bool {
-        self.opts.gzip
+    fn stats_extra(st: &State) -> Vec<(&'static str, Value)> {
+        let live: BTreeMap<_, _> = st
+            .stores
+            .iter()
+            .map(|s| (s.kind().name(), s.live_count()))
+            .collect();
+        vec![("live", json!(live))]
     }
 }
 
@@ -666,20 +618,6 @@ fn add_property(st: &mut State, t: &str, body: &Value) -> Result<Value, String> 
     let v = property_json(&def, store.props.len());
     store.props.push(def);
     Ok(v)
-}
-
-/// HubSpot's fault kinds: its own bodies plus the transport-level ones.
-fn fault_kinds() -> Vec<&'static str> {
-    let mut k = vec![
-        "429",
-        "429_retry_after",
-        "500",
-        "503",
-        "bad_token",
-        "missing_scopes",
-    ];
-    k.extend_from_slice(TRANSPORT_KINDS);
-    k
 }
 
 #[derive(Debug)]

@@ -8,6 +8,7 @@
 pub mod data;
 pub mod faults;
 pub mod hubspot;
+mod mock;
 pub mod salesforce;
 pub mod server;
 pub mod store;

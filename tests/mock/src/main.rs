@@ -54,44 +54,83 @@ fn check_counts(counts: &[(&str, u64)]) -> Result<(), String> {
     Ok(())
 }
 
-fn parse_salesforce(args: &[String]) -> Result<(u16, salesforce::Options), String> {
+/// One `--flag value` pair.
+struct Flag<'a> {
+    name: &'a str,
+    val: &'a str,
+}
+
+impl Flag<'_> {
+    fn num(&self) -> Result<u64, String> {
+        self.val
+            .parse::<u64>()
+            .map_err(|_| format!("{}: not a number: {}", self.name, self.val))
+    }
+
+    fn text(&self) -> String {
+        self.val.to_owned()
+    }
+
+    fn unknown(&self) -> Result<(), String> {
+        Err(format!("unknown option {}", self.name))
+    }
+}
+
+/// The flag loop both mocks share: `--gzip` (no value), `--port` and
+/// `--seed` are handled here, every other flag and its value go to `set`.
+/// Returns the port.
+fn parse_flags(
+    args: &[String],
+    gzip: &mut bool,
+    seed: &mut u64,
+    mut set: impl FnMut(&Flag) -> Result<(), String>,
+) -> Result<u16, String> {
     let mut it = args.iter();
     let mut port = 0u16;
-    let mut o = salesforce::Options::default();
     while let Some(flag) = it.next() {
         if flag == "--gzip" {
-            o.gzip = true;
+            *gzip = true;
             continue;
         }
         let val = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let num = || {
-            val.parse::<u64>()
-                .map_err(|_| format!("{flag}: not a number: {val}"))
-        };
-        match flag.as_str() {
-            "--port" => port = port_of(num()?)?,
-            "--seed" => o.seed = num()?,
-            "--accounts" => o.accounts = num()?,
-            "--contacts" => o.contacts = num()?,
-            "--leads" => o.leads = num()?,
-            "--opportunities" => o.opportunities = num()?,
-            "--users" => o.users = num()?,
-            "--invoices" => o.invoices = num()?,
-            "--client-id" => o.client_id = val.clone(),
-            "--client-secret" => o.client_secret = val.clone(),
-            "--refresh-token" => o.refresh_token = val.clone(),
-            "--username" => o.username = val.clone(),
-            "--jwt-public-key" => {
-                o.jwt_public_key =
-                    Some(std::fs::read_to_string(val).map_err(|e| format!("{flag} {val}: {e}"))?)
-            }
-            "--session-calls" => o.session_calls = num()?,
-            "--daily-api-limit" => o.daily_api_limit = num()?,
-            "--max-query-length" => o.max_query_length = num()? as usize,
-            "--bulk-polls" => o.bulk_polls = num()?,
-            _ => return Err(format!("unknown option {flag}")),
+        let f = Flag { name: flag, val };
+        match f.name {
+            "--port" => port = port_of(f.num()?)?,
+            "--seed" => *seed = f.num()?,
+            _ => set(&f)?,
         }
     }
+    Ok(port)
+}
+
+fn parse_salesforce(args: &[String]) -> Result<(u16, salesforce::Options), String> {
+    let mut o = salesforce::Options::default();
+    let port = parse_flags(args, &mut o.gzip, &mut o.seed, |f| {
+        match f.name {
+            "--accounts" => o.accounts = f.num()?,
+            "--contacts" => o.contacts = f.num()?,
+            "--leads" => o.leads = f.num()?,
+            "--opportunities" => o.opportunities = f.num()?,
+            "--users" => o.users = f.num()?,
+            "--invoices" => o.invoices = f.num()?,
+            "--client-id" => o.client_id = f.text(),
+            "--client-secret" => o.client_secret = f.text(),
+            "--refresh-token" => o.refresh_token = f.text(),
+            "--username" => o.username = f.text(),
+            "--jwt-public-key" => {
+                o.jwt_public_key = Some(
+                    std::fs::read_to_string(f.val)
+                        .map_err(|e| format!("{} {}: {e}", f.name, f.val))?,
+                )
+            }
+            "--session-calls" => o.session_calls = f.num()?,
+            "--daily-api-limit" => o.daily_api_limit = f.num()?,
+            "--max-query-length" => o.max_query_length = f.num()? as usize,
+            "--bulk-polls" => o.bulk_polls = f.num()?,
+            _ => return f.unknown(),
+        }
+        Ok(())
+    })?;
     check_counts(&[
         ("accounts", o.accounts),
         ("contacts", o.contacts),
@@ -104,30 +143,18 @@ fn parse_salesforce(args: &[String]) -> Result<(u16, salesforce::Options), Strin
 }
 
 fn parse_hubspot(args: &[String]) -> Result<(u16, Options), String> {
-    let mut it = args.iter();
-    let mut port = 0u16;
     let mut o = Options::default();
-    while let Some(flag) = it.next() {
-        if flag == "--gzip" {
-            o.gzip = true;
-            continue;
+    let port = parse_flags(args, &mut o.gzip, &mut o.seed, |f| {
+        match f.name {
+            "--contacts" => o.contacts = f.num()?,
+            "--companies" => o.companies = f.num()?,
+            "--deals" => o.deals = f.num()?,
+            "--token" => o.token = f.text(),
+            "--search-rate-limit" => o.search_rate_limit = f.num()? as u32,
+            _ => return f.unknown(),
         }
-        let val = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let num = || {
-            val.parse::<u64>()
-                .map_err(|_| format!("{flag}: not a number: {val}"))
-        };
-        match flag.as_str() {
-            "--port" => port = port_of(num()?)?,
-            "--seed" => o.seed = num()?,
-            "--contacts" => o.contacts = num()?,
-            "--companies" => o.companies = num()?,
-            "--deals" => o.deals = num()?,
-            "--token" => o.token = val.clone(),
-            "--search-rate-limit" => o.search_rate_limit = num()? as u32,
-            _ => return Err(format!("unknown option {flag}")),
-        }
-    }
+        Ok(())
+    })?;
     check_counts(&[
         ("contacts", o.contacts),
         ("companies", o.companies),

@@ -1,98 +1,42 @@
 //! The HubSpot mock over real HTTP: paging, search limits, errors, faults
 //! and hooks behave as the connector and the e2e tests rely on.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::sync::Arc;
+mod common;
 
+use common::{admin, bearer, items, raw, Resp};
 use crm_mock::hubspot::{HubSpotMock, Options};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "pat-test";
 
 fn start(contacts: u64) -> u16 {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let mock = Arc::new(HubSpotMock::new(Options {
-                contacts,
-                companies: 20,
-                deals: 20,
-                token: TOKEN.into(),
-                ..Options::default()
-            }));
-            tx.send(crm_mock::start(0, mock).await.unwrap()).unwrap();
-            std::future::pending::<()>().await;
-        });
-    });
-    rx.recv().unwrap()
+    common::start(move || {
+        HubSpotMock::new(Options {
+            contacts,
+            companies: 20,
+            deals: 20,
+            token: TOKEN.into(),
+            ..Options::default()
+        })
+    })
 }
 
-struct Resp {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
-    }
-}
-
-fn call(port: u16, method: &str, path: &str, body: Option<Value>, token: Option<&str>) -> Resp {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a header block");
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let status = head[9..12].parse().unwrap();
-    Resp {
-        status,
-        head,
-        body: raw[split + 4..].to_vec(),
-    }
+fn get_as(port: u16, token: &str, path: &str) -> Resp {
+    raw(port, "GET", path, &bearer(token, ""), "")
 }
 
 fn get(port: u16, path: &str) -> Resp {
-    call(port, "GET", path, None, Some(TOKEN))
+    get_as(port, TOKEN, path)
 }
 
 fn search(port: u16, body: Value) -> Resp {
-    call(
+    raw(
         port,
         "POST",
         "/crm/v3/objects/contacts/search",
-        Some(body),
-        Some(TOKEN),
+        &bearer(TOKEN, "Content-Type: application/json\r\n"),
+        &body.to_string(),
     )
-}
-
-fn admin(port: u16, method: &str, path: &str, body: Value) -> Value {
-    let r = call(port, method, path, Some(body), None);
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    r.json()
 }
 
 #[test]
@@ -105,7 +49,7 @@ fn list_pages_through_every_record_once() {
             &format!("/crm/v3/objects/contacts?limit=100&properties=email&after={after}"),
         )
         .json();
-        for rec in r["results"].as_array().unwrap() {
+        for rec in items(&r["results"]) {
             ids.push(rec["id"].as_str().unwrap().parse::<u64>().unwrap());
             assert!(rec["properties"]["email"].as_str().unwrap().contains('@'));
         }
@@ -129,9 +73,7 @@ fn search_pages_sorted_with_total_and_stops_at_10000() {
     let first = search(port, q(0, 200)).json();
     assert_eq!(first["total"], 12_000);
     assert_eq!(first["paging"]["next"]["after"], "200");
-    let stamps: Vec<&str> = first["results"]
-        .as_array()
-        .unwrap()
+    let stamps: Vec<&str> = items(&first["results"])
         .iter()
         .map(|r| r["properties"]["lastmodifieddate"].as_str().unwrap())
         .collect();
@@ -139,9 +81,7 @@ fn search_pages_sorted_with_total_and_stops_at_10000() {
     sorted.sort();
     assert_eq!(stamps, sorted);
     // The first 450 share one import timestamp and are not in id order.
-    let ids: Vec<u64> = first["results"]
-        .as_array()
-        .unwrap()
+    let ids: Vec<u64> = items(&first["results"])
         .iter()
         .map(|r| r["id"].as_str().unwrap().parse().unwrap())
         .collect();
@@ -165,9 +105,7 @@ fn search_filters_by_time_range_and_id() {
         "sorts": [{"propertyName": "hs_object_id", "direction": "ASCENDING"}], "limit": 200});
     let r = search(port, body).json();
     assert_eq!(r["total"], 351);
-    let ids: Vec<u64> = r["results"]
-        .as_array()
-        .unwrap()
+    let ids: Vec<u64> = items(&r["results"])
         .iter()
         .map(|r| r["id"].as_str().unwrap().parse().unwrap())
         .collect();
@@ -196,21 +134,15 @@ fn changes_archives_and_hooks() {
         json!({"ids": ["7"]}),
     );
     let live = get(port, "/crm/v3/objects/contacts?limit=100&after=1").json();
-    assert_eq!(live["results"].as_array().unwrap().len(), 100); // 1..=101 minus 7, from 1: 100 of them
-    assert!(!live["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|r| r["id"] == "7"));
+    assert_eq!(items(&live["results"]).len(), 100); // 1..=101 minus 7, from 1: 100 of them
+    assert!(!items(&live["results"]).iter().any(|r| r["id"] == "7"));
     let gone = get(port, "/crm/v3/objects/contacts?archived=true").json();
     assert_eq!(gone["results"][0]["id"], "7");
     assert_eq!(gone["results"][0]["archived"], true);
     // Newest changes sort last in search.
     let r = search(port, json!({"sorts": [{"propertyName": "lastmodifieddate", "direction": "DESCENDING"}], "limit": 2,
                                 "properties": ["firstname"]})).json();
-    let top: Vec<&str> = r["results"]
-        .as_array()
-        .unwrap()
+    let top: Vec<&str> = items(&r["results"])
         .iter()
         .map(|r| r["id"].as_str().unwrap())
         .collect();
@@ -232,7 +164,7 @@ fn changes_archives_and_hooks() {
 #[test]
 fn auth_rate_limit_and_body_faults() {
     let port = start(50);
-    let r = call(port, "GET", "/crm/v3/objects/contacts", None, Some("wrong"));
+    let r = get_as(port, "wrong", "/crm/v3/objects/contacts");
     assert_eq!(r.status, 401);
     assert_eq!(r.json()["category"], "INVALID_AUTHENTICATION");
 
@@ -277,9 +209,7 @@ fn properties_have_hubspot_shape_and_new_ones_appear() {
         json!({"name": "contract_value", "type": "number", "fieldType": "number"}),
     );
     let props = get(port, "/crm/v3/properties/companies").json();
-    let by: std::collections::HashMap<&str, &Value> = props["results"]
-        .as_array()
-        .unwrap()
+    let by: std::collections::HashMap<&str, &Value> = items(&props["results"])
         .iter()
         .map(|p| (p["name"].as_str().unwrap(), p))
         .collect();
@@ -287,5 +217,5 @@ fn properties_have_hubspot_shape_and_new_ones_appear() {
     assert_eq!(by["hs_lastmodifieddate"]["type"], "datetime");
     assert_eq!(by["contract_value"]["type"], "number");
     assert!(by["contract_value"].get("hubspotDefined").is_none());
-    assert!(by["tier"]["options"].as_array().unwrap().len() >= 3);
+    assert!(items(&by["tier"]["options"]).len() >= 3);
 }

@@ -2,12 +2,11 @@
 //! expiry, query paging with snapshot locators, queryAll and deletes,
 //! errors, faults, hooks and Bulk API 2.0 query jobs.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::sync::Arc;
+mod common;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use common::{admin, bearer, items, raw, Resp};
 use crm_mock::salesforce::{Options, SalesforceMock};
 use rsa::pkcs1v15::SigningKey;
 use rsa::pkcs8::{EncodePublicKey, LineEnding};
@@ -18,63 +17,7 @@ use serde_json::{json, Value};
 const V: &str = "/services/data/v59.0";
 
 fn start(opts: Options) -> u16 {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let mock = Arc::new(SalesforceMock::new(opts).unwrap());
-            tx.send(crm_mock::start(0, mock).await.unwrap()).unwrap();
-            std::future::pending::<()>().await;
-        });
-    });
-    rx.recv().unwrap()
-}
-
-struct Resp {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
-    }
-    fn header(&self, name: &str) -> Option<String> {
-        self.head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-        })
-    }
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-fn raw(port: u16, method: &str, path: &str, headers: &str, body: &str) -> Resp {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
-        .unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    Resp {
-        status: head[9..12].parse().unwrap(),
-        head,
-        body: raw[split + 4..].to_vec(),
-    }
+    common::start(move || SalesforceMock::new(opts).unwrap())
 }
 
 fn token_call(port: u16, form: &str) -> Resp {
@@ -85,6 +28,12 @@ fn token_call(port: u16, form: &str) -> Resp {
         "Content-Type: application/x-www-form-urlencoded\r\n",
         form,
     )
+}
+
+/// A mock started with `opts` and a session token for it.
+fn start_logged_in(opts: Options) -> (u16, String) {
+    let port = start(opts);
+    (port, login(port))
 }
 
 fn login(port: u16) -> String {
@@ -101,13 +50,7 @@ fn login(port: u16) -> String {
 }
 
 fn get(port: u16, token: &str, path: &str) -> Resp {
-    raw(
-        port,
-        "GET",
-        path,
-        &format!("Authorization: Bearer {token}\r\n"),
-        "",
-    )
+    raw(port, "GET", path, &bearer(token, ""), "")
 }
 
 fn q(s: &str) -> String {
@@ -123,23 +66,24 @@ fn query(port: u16, token: &str, soql: &str) -> Resp {
     get(port, token, &format!("{V}/query?q={}", q(soql)))
 }
 
-fn admin(port: u16, method: &str, path: &str, body: Value) -> Value {
-    let r = raw(port, method, path, "", &body.to_string());
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()
+fn query_all(port: u16, token: &str, soql: &str) -> Resp {
+    get(port, token, &format!("{V}/queryAll?q={}", q(soql)))
 }
 
 #[test]
 fn oauth_refresh_and_client_credentials_follow_salesforce() {
     let port = start(Options::default());
     let o = Options::default();
-    let r = token_call(
-        port,
-        &format!(
-            "grant_type=refresh_token&client_id={}&refresh_token={}",
-            o.client_id, o.refresh_token
-        ),
-    );
+    let refresh = || {
+        token_call(
+            port,
+            &format!(
+                "grant_type=refresh_token&client_id={}&refresh_token={}",
+                o.client_id, o.refresh_token
+            ),
+        )
+    };
+    let r = refresh();
     assert_eq!(r.status, 200);
     let v = r.json();
     for k in [
@@ -173,13 +117,7 @@ fn oauth_refresh_and_client_credentials_follow_salesforce() {
     );
     bad("grant_type=password", "unsupported_grant_type");
     admin(port, "POST", "/_mock/sf/revoke_refresh_token", json!({}));
-    let r = token_call(
-        port,
-        &format!(
-            "grant_type=refresh_token&client_id={}&refresh_token={}",
-            o.client_id, o.refresh_token
-        ),
-    );
+    let r = refresh();
     assert_eq!(
         r.json(),
         json!({"error":"invalid_grant","error_description":"expired access/refresh token"})
@@ -207,15 +145,15 @@ fn jwt_bearer_flow_checks_signature_and_claims() {
         format!("{h}.{c}.{}", URL_SAFE_NO_PAD.encode(sig))
     };
     let exp = chrono::Utc::now().timestamp() + 300;
-    let call = |claims: Value| {
+    let bearer_grant = |assertion: &str| {
         token_call(
             port,
             &format!(
-                "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={}",
-                jwt(claims)
+                "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={assertion}"
             ),
         )
     };
+    let call = |claims: Value| bearer_grant(&jwt(claims));
     let good = json!({"iss": o.client_id, "sub": o.username, "aud": "https://login.salesforce.com", "exp": exp});
     let r = call(good.clone());
     assert_eq!(r.status, 200, "{}", r.text());
@@ -246,23 +184,17 @@ fn jwt_bearer_flow_checks_signature_and_claims() {
     );
     let mut forged = jwt(good);
     forged.push('A');
-    let r = token_call(
-        port,
-        &format!(
-            "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={forged}"
-        ),
-    );
+    let r = bearer_grant(&forged);
     assert_eq!(r.json()["error_description"], "invalid assertion");
 }
 
 #[test]
 fn sessions_expire_after_n_calls_and_limits_apply() {
-    let port = start(Options {
+    let (port, t) = start_logged_in(Options {
         session_calls: 3,
         daily_api_limit: 5,
         ..Options::default()
     });
-    let t = login(port);
     for i in 1..=3 {
         let r = get(port, &t, &format!("{V}/sobjects"));
         assert_eq!(r.status, 200);
@@ -293,13 +225,10 @@ fn sessions_expire_after_n_calls_and_limits_apply() {
 
 #[test]
 fn describe_shapes() {
-    let port = start(Options::default());
-    let t = login(port);
+    let (port, t) = start_logged_in(Options::default());
     let g = get(port, &t, &format!("{V}/sobjects")).json();
     assert_eq!(g["encoding"], "UTF-8");
-    let names: Vec<&str> = g["sobjects"]
-        .as_array()
-        .unwrap()
+    let names: Vec<&str> = items(&g["sobjects"])
         .iter()
         .map(|o| o["name"].as_str().unwrap())
         .collect();
@@ -318,9 +247,7 @@ fn describe_shapes() {
     }
     let d = get(port, &t, &format!("{V}/sobjects/Account/describe")).json();
     let f = |name: &str| {
-        d["fields"]
-            .as_array()
-            .unwrap()
+        items(&d["fields"])
             .iter()
             .find(|f| f["name"] == name)
             .unwrap()
@@ -333,39 +260,34 @@ fn describe_shapes() {
     assert_eq!(f("Location__c")["type"], "location");
     assert_eq!(f("Id")["soapType"], "tns:ID");
     let w = get(port, &t, &format!("{V}/sobjects/Wide__c/describe")).json();
-    assert!(w["fields"].as_array().unwrap().len() > 600);
+    assert!(items(&w["fields"]).len() > 600);
     let r = get(port, &t, &format!("{V}/sobjects/Nope/describe"));
     assert_eq!(r.status, 404);
     assert_eq!(r.json()[0]["errorCode"], "NOT_FOUND");
     assert_eq!(get(port, &t, "/services/data/v20.0/sobjects").status, 404);
     let versions = raw(port, "GET", "/services/data/", "", "").json();
-    assert!(versions
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|v| v["version"] == "59.0"));
+    assert!(items(&versions).iter().any(|v| v["version"] == "59.0"));
 }
 
 #[test]
 fn query_pages_are_a_snapshot() {
-    let port = start(Options {
+    let (port, t) = start_logged_in(Options {
         accounts: 5000,
         ..Options::default()
     });
-    let t = login(port);
     let soql = "SELECT Id, Name, SystemModstamp, BillingAddress, Is_VIP__c, AnnualRevenue FROM Account ORDER BY SystemModstamp, Id";
     let first = raw(
         port,
         "GET",
         &format!("{V}/query?q={}", q(soql)),
-        &format!("Authorization: Bearer {t}\r\nSforce-Query-Options: batchSize=1000\r\n"),
+        &bearer(&t, "Sforce-Query-Options: batchSize=1000\r\n"),
         "",
     )
     .json();
     let total = first["totalSize"].as_u64().unwrap();
     assert!(total > 4900 && total < 5000, "{total}"); // some seeded deletes
     assert_eq!(first["done"], false);
-    assert_eq!(first["records"].as_array().unwrap().len(), 1000);
+    assert_eq!(items(&first["records"]).len(), 1000);
     let r0 = &first["records"][0];
     assert_eq!(r0["attributes"]["type"], "Account");
     assert!(r0["SystemModstamp"].as_str().unwrap().ends_with("+0000"));
@@ -382,7 +304,7 @@ fn query_pages_are_a_snapshot() {
             json!({"records": [{"Id": later, "Name": "Changed"}]}),
         );
         loop {
-            for r in page["records"].as_array().unwrap() {
+            for r in items(&page["records"]) {
                 ids.push(r["Id"].as_str().unwrap().to_owned());
                 assert_ne!(r["Name"], "Changed");
             }
@@ -423,8 +345,7 @@ fn query_pages_are_a_snapshot() {
 
 #[test]
 fn query_all_sees_deletes_and_filters_work() {
-    let port = start(Options::default());
-    let t = login(port);
+    let (port, t) = start_logged_in(Options::default());
     let live = query(port, &t, "SELECT COUNT() FROM Contact").json()["totalSize"]
         .as_u64()
         .unwrap();
@@ -443,15 +364,10 @@ fn query_all_sees_deletes_and_filters_work() {
         query(port, &t, "SELECT COUNT() FROM Contact").json()["totalSize"],
         live - 1
     );
-    let r = get(
+    let r = query_all(
         port,
         &t,
-        &format!(
-            "{V}/queryAll?q={}",
-            q(&format!(
-                "SELECT Id, IsDeleted, SystemModstamp FROM Contact WHERE Id = '{id}'"
-            ))
-        ),
+        &format!("SELECT Id, IsDeleted, SystemModstamp FROM Contact WHERE Id = '{id}'"),
     )
     .json();
     assert_eq!(r["records"][0]["IsDeleted"], true);
@@ -459,15 +375,10 @@ fn query_all_sees_deletes_and_filters_work() {
         .as_str()
         .unwrap()
         .replace("+0000", "Z");
-    let r = get(
+    let r = query_all(
         port,
         &t,
-        &format!(
-            "{V}/queryAll?q={}",
-            q(&format!(
-                "SELECT Id FROM Contact WHERE SystemModstamp >= {since}"
-            ))
-        ),
+        &format!("SELECT Id FROM Contact WHERE SystemModstamp >= {since}"),
     )
     .json();
     assert_eq!(r["totalSize"], 1);
@@ -528,8 +439,7 @@ fn query_all_sees_deletes_and_filters_work() {
 
 #[test]
 fn faults_and_hooks() {
-    let port = start(Options::default());
-    let t = login(port);
+    let (port, t) = start_logged_in(Options::default());
     admin(
         port,
         "POST",
@@ -566,13 +476,12 @@ fn faults_and_hooks() {
 
 #[test]
 fn bulk_query_job_lifecycle() {
-    let port = start(Options {
+    let (port, t) = start_logged_in(Options {
         accounts: 2500,
         bulk_polls: 2,
         ..Options::default()
     });
-    let t = login(port);
-    let auth = format!("Authorization: Bearer {t}\r\nContent-Type: application/json\r\n");
+    let auth = bearer(&t, "Content-Type: application/json\r\n");
     let create = |soql: &str| {
         raw(
             port,

@@ -142,6 +142,11 @@ pub(crate) fn route(
     }
 }
 
+/// A job request Salesforce refuses.
+fn invalid_job(message: &str) -> Response {
+    sf_error(400, "INVALIDJOB", message)
+}
+
 fn create(st: &mut State, req: &Request, v: &str, id: String) -> Result<Response, Response> {
     let body: Value = serde_json::from_slice(&req.body).map_err(|e| {
         sf_error(
@@ -152,34 +157,22 @@ fn create(st: &mut State, req: &Request, v: &str, id: String) -> Result<Response
     })?;
     let operation = body["operation"].as_str().unwrap_or("");
     if operation != "query" && operation != "queryAll" {
-        return Err(sf_error(
-            400,
-            "INVALIDJOB",
-            &format!("Invalid operation: '{operation}'. Must be query or queryAll"),
-        ));
+        return Err(invalid_job(&format!(
+            "Invalid operation: '{operation}'. Must be query or queryAll"
+        )));
     }
     let delim_name = body["columnDelimiter"].as_str().unwrap_or("COMMA");
     if delimiter(delim_name).is_none() {
-        return Err(sf_error(
-            400,
-            "INVALIDJOB",
-            &format!("Invalid columnDelimiter: {delim_name}"),
-        ));
+        return Err(invalid_job(&format!(
+            "Invalid columnDelimiter: {delim_name}"
+        )));
     }
     let line_ending = body["lineEnding"].as_str().unwrap_or("LF");
     if line_ending != "LF" && line_ending != "CRLF" {
-        return Err(sf_error(
-            400,
-            "INVALIDJOB",
-            &format!("Invalid lineEnding: {line_ending}"),
-        ));
+        return Err(invalid_job(&format!("Invalid lineEnding: {line_ending}")));
     }
     if body["contentType"].as_str().is_some_and(|c| c != "CSV") {
-        return Err(sf_error(
-            400,
-            "INVALIDJOB",
-            "Only CSV contentType is supported",
-        ));
+        return Err(invalid_job("Only CSV contentType is supported"));
     }
     let q = body["query"].as_str().unwrap_or("");
     if q.chars().count() > st.max_query_length {

@@ -12,18 +12,14 @@ pub mod soql;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rsa::RsaPublicKey;
 use serde_json::{json, Value};
 
 use crate::data::mix;
-use crate::faults::{
-    admin_body, admin_error, admin_reply, shared_admin, transport_fault, Rules, Stats,
-    TRANSPORT_KINDS,
-};
-use crate::server::{Handler, Reply, Request, Response};
+use crate::mock::{Base, Mock};
+use crate::server::{Request, Response};
 use crate::store::json_str;
 use records::{fmt_dt, parse_dt, Table};
 use schema::Field;
@@ -112,8 +108,6 @@ pub(crate) struct State {
     cursors: HashMap<String, Cursor>,
     cursor_order: VecDeque<String>,
     jobs: bulk::Jobs,
-    rules: Rules,
-    stats: Stats,
 }
 
 impl State {
@@ -137,8 +131,7 @@ impl State {
 pub struct SalesforceMock {
     opts: Options,
     public_key: Option<RsaPublicKey>,
-    state: Mutex<State>,
-    bytes_sent: AtomicU64,
+    base: Base<State>,
     counter: AtomicU64,
 }
 
@@ -207,29 +200,25 @@ impl SalesforceMock {
             .collect();
         Ok(SalesforceMock {
             public_key,
-            state: Mutex::new(State {
-                tables,
-                seq: 0,
-                sessions: HashMap::new(),
-                refresh_token: Some(opts.refresh_token.clone()),
-                api_calls: 0,
-                session_calls: opts.session_calls,
-                daily_api_limit: opts.daily_api_limit,
-                max_query_length: opts.max_query_length,
-                cursors: HashMap::new(),
-                cursor_order: VecDeque::new(),
-                jobs: bulk::Jobs::default(),
-                rules: Rules::default(),
-                stats: Stats::default(),
-            }),
+            base: Base::new(
+                State {
+                    tables,
+                    seq: 0,
+                    sessions: HashMap::new(),
+                    refresh_token: Some(opts.refresh_token.clone()),
+                    api_calls: 0,
+                    session_calls: opts.session_calls,
+                    daily_api_limit: opts.daily_api_limit,
+                    max_query_length: opts.max_query_length,
+                    cursors: HashMap::new(),
+                    cursor_order: VecDeque::new(),
+                    jobs: bulk::Jobs::default(),
+                },
+                opts.gzip,
+            ),
             opts,
-            bytes_sent: AtomicU64::new(0),
             counter: AtomicU64::new(1),
         })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A fresh opaque string of `len` characters from Salesforce's id alphabet.
@@ -248,77 +237,8 @@ impl SalesforceMock {
             .collect()
     }
 
-    fn api(&self, req: &Request) -> Reply {
-        let mut st = self.lock();
-        st.stats
-            .count_request(format!("{} {}", req.method, endpoint(&req.path)));
-        for action in st.rules.due_hooks(req) {
-            let _ = apply_action(&mut st, &action);
-        }
-        let reply = match self.fault(&mut st, req) {
-            Some(r) => r,
-            None => Reply::Send(self.route(&mut st, req)),
-        };
-        st.stats.count_reply(&reply);
-        reply
-    }
-
-    fn fault(&self, st: &mut State, req: &Request) -> Option<Reply> {
-        let (kind, latency) = st.rules.pick(req)?;
-        Some(match kind.as_str() {
-            "invalid_session" => Reply::Send(invalid_session()),
-            "request_limit" => Reply::Send(request_limit()),
-            "query_timeout" => Reply::Send(sf_error(
-                400,
-                "QUERY_TIMEOUT",
-                "Your query request was running for too long.",
-            )),
-            "500" => Reply::Send(sf_error(
-                500,
-                "UNKNOWN_EXCEPTION",
-                "An unexpected error occurred. Please include this ErrorId if you contact support: 1893502137-61393 (-1126450366)",
-            )),
-            "503" => Reply::Send(sf_error(
-                503,
-                "SERVER_UNAVAILABLE",
-                "Server temporarily unavailable. Please try again later.",
-            )),
-            k => return transport_fault(k, latency, || self.route(st, req)),
-        })
-    }
-
     fn own_url(req: &Request) -> String {
         format!("http://{}", req.header("host").unwrap_or("127.0.0.1"))
-    }
-
-    fn route(&self, st: &mut State, req: &Request) -> Response {
-        let parts: Vec<&str> = req
-            .path
-            .trim_matches('/')
-            .split('/')
-            .filter(|s| !s.is_empty())
-            .collect();
-        match (req.method.as_str(), parts.as_slice()) {
-            ("POST", ["services", "oauth2", "token"]) => self.token(st, req),
-            ("GET", ["services", "data"]) => versions(),
-            (_, ["services", "data", v, rest @ ..]) => {
-                let Some(version) = parse_version(v) else {
-                    return not_found();
-                };
-                if let Some(r) = self.authorize(st, req) {
-                    return r;
-                }
-                let limit = if st.daily_api_limit > 0 {
-                    st.daily_api_limit
-                } else {
-                    5_000_000
-                };
-                let usage = format!("api-usage={}/{limit}", st.api_calls);
-                let r = self.rest(st, req, &version, rest);
-                r.with_header("Sforce-Limit-Info", usage)
-            }
-            _ => not_found(),
-        }
     }
 
     /// Session and daily-limit checks; counts the call.
@@ -519,30 +439,92 @@ impl SalesforceMock {
         }
         r
     }
+}
 
-    fn admin(&self, req: &Request) -> Reply {
-        let body = match admin_body(req) {
-            Ok(v) => v,
-            Err(r) => return Reply::Send(r),
-        };
-        let mut st = self.lock();
-        let parts: Vec<&str> = req.path.trim_matches('/').split('/').collect();
-        let shared = {
-            let s = &mut *st;
-            shared_admin(
-                &mut s.rules,
-                &mut s.stats,
-                &self.bytes_sent,
-                &req.method,
-                &parts[1..],
-                &body,
-                &fault_kinds(),
-            )
-        };
-        if let Some(r) = shared {
-            return admin_reply(r);
+impl Mock for SalesforceMock {
+    type State = State;
+    /// Salesforce's own fault bodies.
+    const FAULT_KINDS: &'static [&'static str] = &[
+        "invalid_session",
+        "request_limit",
+        "query_timeout",
+        "500",
+        "503",
+    ];
+
+    fn base(&self) -> &Base<State> {
+        &self.base
+    }
+
+    fn fault(&self, kind: &str, _req: &Request) -> Option<Response> {
+        Some(match kind {
+            "invalid_session" => invalid_session(),
+            "request_limit" => request_limit(),
+            "query_timeout" => sf_error(
+                400,
+                "QUERY_TIMEOUT",
+                "Your query request was running for too long.",
+            ),
+            "500" => sf_error(
+                500,
+                "UNKNOWN_EXCEPTION",
+                "An unexpected error occurred. Please include this ErrorId if you contact support: 1893502137-61393 (-1126450366)",
+            ),
+            "503" => sf_error(
+                503,
+                "SERVER_UNAVAILABLE",
+                "Server temporarily unavailable. Please try again later.",
+            ),
+            _ => return None,
+        })
+    }
+
+    fn endpoint(path: &str) -> String {
+        endpoint(path)
+    }
+
+    fn apply_action(st: &mut State, action: &Value) -> Result<Value, String> {
+        apply_action(st, action)
+    }
+
+    fn route(&self, st: &mut State, req: &Request) -> Response {
+        let parts: Vec<&str> = req
+            .path
+            .trim_matches('/')
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .collect();
+        match (req.method.as_str(), parts.as_slice()) {
+            ("POST", ["services", "oauth2", "token"]) => self.token(st, req),
+            ("GET", ["services", "data"]) => versions(),
+            (_, ["services", "data", v, rest @ ..]) => {
+                let Some(version) = parse_version(v) else {
+                    return not_found();
+                };
+                if let Some(r) = self.authorize(st, req) {
+                    return r;
+                }
+                let limit = if st.daily_api_limit > 0 {
+                    st.daily_api_limit
+                } else {
+                    5_000_000
+                };
+                let usage = format!("api-usage={}/{limit}", st.api_calls);
+                let r = self.rest(st, req, &version, rest);
+                r.with_header("Sforce-Limit-Info", usage)
+            }
+            _ => not_found(),
         }
-        let r = match (req.method.as_str(), &parts[1..]) {
+    }
+
+    fn admin_route(
+        &self,
+        st: &mut State,
+        method: &str,
+        parts: &[&str],
+        body: &Value,
+    ) -> Option<Result<Value, String>> {
+        Some(match (method, parts) {
             ("POST", ["sf", obj, op @ ("upsert" | "delete" | "undelete")]) => {
                 let mut action = body.clone();
                 if !action.is_object() {
@@ -550,9 +532,9 @@ impl SalesforceMock {
                 }
                 action["op"] = json!(op);
                 action["object"] = json!(obj);
-                apply_action(&mut st, &action)
+                apply_action(st, &action)
             }
-            ("POST", ["sf", obj, "fields"]) => schema::custom_field(&body).and_then(|f| {
+            ("POST", ["sf", obj, "fields"]) => schema::custom_field(body).and_then(|f| {
                 let d = f.describe();
                 st.table_mut(obj)
                     .ok_or_else(|| format!("unknown object {obj}"))?
@@ -592,57 +574,22 @@ impl SalesforceMock {
                     "api_calls": st.api_calls,
                 }))
             }
-            ("GET", ["stats"]) => Ok(json!({
-                "requests": st.stats.requests,
-                "by_endpoint": st.stats.by_endpoint,
-                "status_counts": st.stats.status_counts,
-                "bytes_sent": self.bytes_sent.load(Ordering::Relaxed),
-                "api_calls": st.api_calls,
-                "open_query_locators": st.cursors.len(),
-                "live": st.tables.iter().map(|t| (t.obj.name.clone(), t.live_count())).collect::<BTreeMap<_, _>>(),
-            })),
-            _ => {
-                return Reply::Send(admin_error(
-                    404,
-                    &format!("no admin route {} {}", req.method, req.path),
-                ))
-            }
-        };
-        admin_reply(r)
-    }
-}
-
-impl Handler for SalesforceMock {
-    fn handle(&self, req: &Request) -> Reply {
-        if req.path.starts_with("/_mock/") {
-            self.admin(req)
-        } else {
-            self.api(req)
-        }
+            _ => return None,
+        })
     }
 
-    fn sent(&self, req: &Request, _status: u16, bytes: usize) {
-        if !req.path.starts_with("/_mock/") {
-            self.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
-        }
+    fn stats_extra(st: &State) -> Vec<(&'static str, Value)> {
+        let live: BTreeMap<_, _> = st
+            .tables
+            .iter()
+            .map(|t| (t.obj.name.clone(), t.live_count()))
+            .collect();
+        vec![
+            ("api_calls", json!(st.api_calls)),
+            ("open_query_locators", json!(st.cursors.len())),
+            ("live", json!(live)),
+        ]
     }
-
-    fn gzip(&self) -> bool {
-        self.opts.gzip
-    }
-}
-
-/// Salesforce's fault kinds plus the transport-level ones.
-fn fault_kinds() -> Vec<&'static str> {
-    let mut k = vec![
-        "invalid_session",
-        "request_limit",
-        "query_timeout",
-        "500",
-        "503",
-    ];
-    k.extend_from_slice(TRANSPORT_KINDS);
-    k
 }
 
 /// Stats key: the path with query locators and job ids folded.
@@ -790,24 +737,25 @@ fn render_compound(out: &mut Vec<u8>, t: &Table, n: u64, def: &Field, seq: u64) 
         out.extend_from_slice(b"null");
         return;
     }
+    // Component field name (lower-cased) to key, by suffix.
+    const SUFFIXES: [(&str, &str); 5] = [
+        ("street", "street"),
+        ("city", "city"),
+        ("postalcode", "postalCode"),
+        ("state", "state"),
+        ("country", "country"),
+    ];
     let key = |name: &str| -> &'static str {
         let l = name.to_lowercase();
         if l.contains("latitude") {
             "latitude"
         } else if l.contains("longitude") {
             "longitude"
-        } else if l.ends_with("street") {
-            "street"
-        } else if l.ends_with("city") {
-            "city"
-        } else if l.ends_with("postalcode") {
-            "postalCode"
-        } else if l.ends_with("state") {
-            "state"
-        } else if l.ends_with("country") {
-            "country"
         } else {
-            "geocodeAccuracy"
+            SUFFIXES
+                .iter()
+                .find(|(suffix, _)| l.ends_with(suffix))
+                .map_or("geocodeAccuracy", |(_, k)| k)
         }
     };
     let mut m = serde_json::Map::new();

@@ -95,19 +95,19 @@ fn jwt(assertion: &str, c: &Client) -> Result<(), OAuthError> {
     if parts.len() != 3 {
         return Err(invalid);
     }
-    let header: Value = URL_SAFE_NO_PAD
-        .decode(parts[0])
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or(invalid)?;
+    // Header and claims: base64url-encoded JSON.
+    let json_part = |p: &str| -> Result<Value, OAuthError> {
+        URL_SAFE_NO_PAD
+            .decode(p)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or(invalid)
+    };
+    let header = json_part(parts[0])?;
     if header["alg"] != "RS256" {
         return Err(invalid);
     }
-    let claims: Value = URL_SAFE_NO_PAD
-        .decode(parts[1])
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or(invalid)?;
+    let claims = json_part(parts[1])?;
     let sig = URL_SAFE_NO_PAD.decode(parts[2]).map_err(|_| invalid)?;
     let key = c.public_key.ok_or(invalid)?;
     let sig = Signature::try_from(sig.as_slice()).map_err(|_| invalid)?;

@@ -28,7 +28,7 @@ use crate::http::body_excerpt;
 use crate::types::{fmt_ts, parse_datetime};
 
 /// Records per results page: a page is parsed whole, so this bounds memory.
-pub const RESULTS_PAGE: u32 = 10_000;
+pub const RESULTS_PAGE: u32 = 5_000;
 /// SOQL's own length limit; Bulk queries travel in a body, not the URI.
 const MAX_SOQL: usize = 100_000;
 /// Give up waiting for a job after this long.
