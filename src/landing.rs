@@ -174,6 +174,7 @@ pub struct SpiSink {
     columns: Vec<Column>,
     stmt: OwnedPreparedStatement,
     run_id: i64,
+    schema: String,
     table: String,
     pub warning_samples: Vec<String>,
 }
@@ -186,6 +187,18 @@ impl SpiSink {
     }
 
     pub fn new(schema: &str, table: &str, columns: Vec<Column>, run_id: i64) -> Self {
+        SpiSink {
+            stmt: Self::statement(schema, table, &columns),
+            columns,
+            run_id,
+            schema: schema.to_owned(),
+            table: table.to_owned(),
+            warning_samples: Vec::new(),
+        }
+    }
+
+    /// The batch upsert for `columns`, prepared once and kept.
+    fn statement(schema: &str, table: &str, columns: &[Column]) -> OwnedPreparedStatement {
         let n = columns.len();
         // $1 id, $2 raw, $3 updated_at, $4 deleted_at, $5 run_id, $6.. columns.
         // unnest() in the select list runs as a ProjectSet, row by row;
@@ -250,22 +263,24 @@ impl SpiSink {
         let mut types: Vec<PgOid> = param_types[..4].iter().map(|t| oid(t)).collect();
         types.push(PgOid::BuiltIn(PgBuiltInOids::INT8OID));
         types.extend(param_types[4..].iter().map(|t| oid(t)));
-        let stmt = Spi::connect(|c| {
+        Spi::connect(|c| {
             c.prepare_mut(sql.as_str(), &types)
                 .expect("prepare landing upsert")
                 .keep()
-        });
-        SpiSink {
-            columns,
-            stmt,
-            run_id,
-            table: table.to_owned(),
-            warning_samples: Vec::new(),
-        }
+        })
     }
 }
 
 impl Sink for SpiSink {
+    /// Columns of fields the CRM deleted mid-run keep their landed values.
+    fn forget_fields(&mut self, fields: &[String]) {
+        let before = self.columns.len();
+        self.columns.retain(|c| !fields.contains(&c.property));
+        if self.columns.len() != before {
+            self.stmt = Self::statement(&self.schema, &self.table, &self.columns);
+        }
+    }
+
     fn write(&mut self, batch: &[Record]) -> Result<WriteStats, CrmError> {
         let mut warnings = 0u64;
         let mut samples = Vec::new();

@@ -27,6 +27,61 @@ mod tests {
         );
     }
 
+    fn create_sf() {
+        Spi::run(
+            "SELECT crm_sync.create_source('sf', 'salesforce', '{\"login_url\": \"http://127.0.0.1:9\"}', '{\"client_id\": \"cid\", \"refresh_token\": \"rt-secret\"}')",
+        )
+        .unwrap();
+    }
+
+    #[pg_test]
+    fn salesforce_sources_get_their_streams_and_add_stream_names_tables() {
+        create_sf();
+        let streams = Spi::get_one::<String>("SELECT string_agg(stream || '=' || object, ',' ORDER BY stream) FROM crm_sync.streams WHERE source = 'sf'")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            streams,
+            "account=Account,contact=Contact,lead=Lead,opportunity=Opportunity,user=User"
+        );
+        let name = Spi::get_one::<String>("SELECT crm_sync.add_stream('sf', 'Invoice__c')")
+            .unwrap()
+            .unwrap();
+        assert_eq!(name, "invoice__c");
+        let name = Spi::get_one::<String>(
+            "SELECT crm_sync.add_stream('sf', 'Invoice__c', 'invoices', '{Name,Amount__c}')",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(name, "invoices");
+        let props = Spi::get_one::<Vec<String>>(
+            "SELECT properties FROM crm_sync.streams WHERE source = 'sf' AND stream = 'invoices'",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(props, ["Name", "Amount__c"]);
+    }
+
+    #[pg_test(error = "stream \"invoice__c\" of source \"sf\" already exists")]
+    fn add_stream_twice_is_an_error() {
+        create_sf();
+        Spi::run("SELECT crm_sync.add_stream('sf', 'Invoice__c')").unwrap();
+        Spi::run("SELECT crm_sync.add_stream('sf', 'Invoice__c')").unwrap();
+    }
+
+    #[pg_test(error = "invalid object name 'Invoice; DROP'")]
+    fn add_stream_checks_the_object_name() {
+        create_sf();
+        Spi::run("SELECT crm_sync.add_stream('sf', 'Invoice; DROP')").unwrap();
+    }
+
+    #[pg_test(
+        error = "source \"x\": the JWT bearer flow needs credentials.username (the Salesforce user to act as)"
+    )]
+    fn salesforce_credentials_are_checked() {
+        Spi::run("SELECT crm_sync.create_source('x', 'salesforce', '{}', '{\"client_id\": \"c\", \"private_key\": \"k\"}')").unwrap();
+    }
+
     #[pg_test(error = "source \"hs\" already exists")]
     fn duplicate_source_is_an_error() {
         create_demo();
@@ -141,6 +196,42 @@ mod tests {
         let can_sync = Spi::get_one::<bool>("SELECT has_function_privilege('crm_sync.create_source(text,text,jsonb,jsonb)', 'EXECUTE')").unwrap();
         assert_eq!(can_sync, Some(false));
         Spi::run("RESET ROLE").unwrap();
+    }
+
+    #[pg_test]
+    fn a_forgotten_field_keeps_its_landed_values() {
+        use crate::landing::{ensure_table, Column, SpiSink};
+        use crm_sync_core::engine::{Record, Sink};
+        use crm_sync_core::types::PgType;
+        Spi::run("CREATE SCHEMA land").unwrap();
+        let col = |p: &str| Column {
+            property: p.into(),
+            column: p.to_lowercase(),
+            pg_type: PgType::Text,
+        };
+        let cols = ensure_table("land", "t", &[col("Name"), col("Tier__c")]).unwrap();
+        let rec = |name: &str, tier: Option<&str>| {
+            let mut fields = serde_json::Map::new();
+            fields.insert("Name".into(), name.into());
+            if let Some(t) = tier {
+                fields.insert("Tier__c".into(), t.into());
+            }
+            Record {
+                id: "1".into(),
+                updated_at: None,
+                deleted_at: None,
+                raw: serde_json::Value::Object(fields.clone()).to_string(),
+                fields,
+            }
+        };
+        let mut sink = SpiSink::new("land", "t", cols, 1);
+        sink.write(&[rec("a", Some("Gold"))]).unwrap();
+        sink.forget_fields(&["Tier__c".to_owned()]);
+        let stats = sink.write(&[rec("b", None)]).unwrap();
+        assert_eq!(stats.upserted, 1);
+        let row = Spi::get_two::<String, String>("SELECT name, tier__c FROM land.t WHERE id = '1'")
+            .unwrap();
+        assert_eq!(row, (Some("b".into()), Some("Gold".into())));
     }
 
     #[pg_test]

@@ -165,9 +165,8 @@ pub fn discover(
         .or_raise(&ctx);
     let selected = match chosen {
         Some(s) => {
-            select_fields(&cfg, s, &fields, &HashMap::new())
-                .or_raise(&ctx)
-                .0
+            let landed = landing::existing_columns(source, &s.stream);
+            select_fields(&cfg, s, &fields, &landed).or_raise(&ctx).0
         }
         None => vec![],
     };

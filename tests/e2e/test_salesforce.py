@@ -4,6 +4,7 @@ objects without SystemModstamp, custom objects, OAuth flows, session expiry,
 and Salesforce's errors."""
 
 import subprocess
+import time
 
 import psycopg
 import pytest
@@ -350,9 +351,14 @@ def comparable(db, table):
 
 
 def test_bulk_api_full_sync_lands_what_rest_lands(db, sf_factory):
-    sf = sf_factory("--accounts", "3000", "--bulk-polls", "3")
+    sf = sf_factory("--accounts", "3000", "--contacts", "400", "--bulk-polls", "3")
     create_sf_source(db, sf, name="sf_rest", bulk_api=False)
     create_sf_source(db, sf, name="sf_bulk", bulk_threshold=100)
+    # Contact: Name is a compound of FirstName/LastName but a plain field.
+    sync(db, "sf_rest", "contact")
+    sync(db, "sf_bulk", "contact")
+    assert comparable(db, "sf_rest.contact") == comparable(db, "sf_bulk.contact")
+    assert one(db, "SELECT count(*) FROM sf_bulk.contact WHERE name LIKE '{%%'") == 0
     sf.reset_stats()
     r = sync(db, "sf_bulk", "account")["account"]
     eps = sf.stats()["by_endpoint"]
@@ -403,3 +409,43 @@ def test_bulk_falls_back_to_rest_when_a_job_cannot_run(db, sf_factory):
     assert one(db, "SELECT count(*) FROM sf.wide__c") == live_count(sf, "Wide__c") + deleted_count(sf, "Wide__c")
     samples = one(db, "SELECT warning_samples FROM crm_sync.runs WHERE stream = 'wide__c'")
     assert any("REST API instead" in s for s in samples), samples
+
+
+def test_cancel_while_waiting_for_a_bulk_job(connect, sf_factory):
+    from test_failures import run_in_thread
+    sf = sf_factory("--accounts", "3000", "--bulk-polls", "100000")
+    db = connect()
+    create_sf_source(db, sf, bulk_threshold=0)
+    worker = connect()
+    pid = worker.info.backend_pid
+    th, box = run_in_thread(worker, "SELECT * FROM crm_sync.sync('sf', 'account')")
+    time.sleep(1.5)
+    cancelled_at = time.monotonic()
+    assert db.execute("SELECT pg_cancel_backend(%s)", (pid,)).fetchone()[0]
+    th.join(timeout=15)
+    assert not th.is_alive()
+    assert isinstance(box["error"], psycopg.errors.QueryCanceled)
+    assert time.monotonic() - cancelled_at < 5  # a generous bound, not a benchmark
+    assert one(db, "SELECT status FROM crm_sync.runs WHERE stream = 'account'") == "cancelled"
+    assert one(db, "SELECT count(*) FROM crm_sync.watermarks") == 0
+
+
+def test_no_secret_in_runs_errors_or_log(db, pg_cluster, sf_factory, tmp_path):
+    sf = sf_factory()
+    create_sf_source(db, sf)
+    sync(db, "sf", "lead")
+    create_sf_source(db, sf, name="sf_bad", credentials={"client_id": SF_CLIENT_ID,
+                                                         "client_secret": "s3cr3t-client-secret",
+                                                         "refresh_token": "5Aep-revoked-refresh-token"})
+    with pytest.raises(psycopg.Error) as e:
+        sync(db, "sf_bad", "lead")
+    runs = one(db, "SELECT string_agg(row_to_json(r)::text, '') FROM crm_sync.runs r")
+    log = (pg_cluster["dir"] / "server.log").read_text(errors="replace")
+    for secret in (SF_CLIENT_SECRET, SF_REFRESH_TOKEN, "s3cr3t-client-secret", "5Aep-revoked-refresh-token"):
+        assert secret not in runs and secret not in log and secret not in str(e.value)
+    # Other roles cannot read the credentials.
+    db.execute("CREATE ROLE sf_reader LOGIN")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        db.execute("SET ROLE sf_reader; SELECT * FROM crm_sync.credentials")
+    db.execute("RESET ROLE")
+    db.execute("DROP ROLE sf_reader")

@@ -22,7 +22,7 @@ pub const COMMON_OPTIONS: &[&str] = &[
 
 /// A source's checked settings: the common ones parsed, the provider's own
 /// kept as given (its connector reads them; [`Provider::check`] vetted them).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SourceConfig {
     pub provider: &'static Provider,
     pub options: Map<String, Value>,
@@ -32,6 +32,20 @@ pub struct SourceConfig {
     pub lookback: Duration,
     /// Look for deleted/archived records on every run.
     pub track_deletes: bool,
+}
+
+/// Shows credential keys only: their values are secrets.
+impl std::fmt::Debug for SourceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceConfig")
+            .field("provider", &self.provider.name)
+            .field("options", &self.options)
+            .field("credentials", &self.credentials.keys().collect::<Vec<_>>())
+            .field("http", &self.http)
+            .field("lookback", &self.lookback)
+            .field("track_deletes", &self.track_deletes)
+            .finish()
+    }
 }
 
 impl SourceConfig {

@@ -47,6 +47,11 @@ pub trait PageSource {
     fn warnings(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Fields the reader stopped reading during the run (the CRM deleted
+    /// them); the sink stops writing their columns, which keep their values.
+    fn dropped_fields(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Counts a sink reports for one batch.
@@ -71,6 +76,9 @@ impl std::ops::AddAssign for WriteStats {
 /// Writes batches. A batch never holds two records with the same id.
 pub trait Sink {
     fn write(&mut self, batch: &[Record]) -> Result<WriteStats>;
+    /// Stop writing the columns of these fields (see
+    /// [`PageSource::dropped_fields`]).
+    fn forget_fields(&mut self, _fields: &[String]) {}
 }
 
 /// What one stream's run did.
@@ -99,6 +107,7 @@ pub fn run(
     type Next<'a> = BoxFuture<'a, Result<Option<Page>>>;
     let mut next: Option<Next<'_>> = Some(source.next_page());
     let mut ready: Option<Result<Option<Page>>> = None;
+    let mut dropped: Vec<String> = Vec::new();
     loop {
         let page = match (ready.take(), next.as_mut()) {
             (Some(r), _) => r,
@@ -112,6 +121,9 @@ pub fn run(
         for r in page.records {
             batch.push(r);
         }
+        // No request is in flight here: ask which fields the reader dropped
+        // (only ever grows; read before the next page is requested).
+        dropped = source.dropped_fields();
         // Ask for the following page now: the CRM prepares it while this
         // thread writes to Postgres.
         let mut f: Next<'_> = source.next_page();
@@ -119,6 +131,9 @@ pub fn run(
         next = Some(f);
         if batch.records.len() >= batch_size {
             check();
+            if !dropped.is_empty() {
+                sink.forget_fields(&dropped);
+            }
             out.stats += sink.write(&batch.records)?;
             batch.clear();
         }
@@ -126,6 +141,9 @@ pub fn run(
     drop(next);
     if !batch.records.is_empty() {
         check();
+        if !dropped.is_empty() {
+            sink.forget_fields(&dropped);
+        }
         out.stats += sink.write(&batch.records)?;
     }
     out.watermark = source.watermark();

@@ -49,6 +49,8 @@ pub struct Response {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: bytes::Bytes,
+    /// How long the attempt that produced this response took.
+    pub elapsed: Duration,
 }
 
 pub struct HttpClient {
@@ -134,9 +136,23 @@ impl HttpClient {
         build: impl Fn() -> RequestBuilder,
         transient: &dyn Fn(&Response) -> bool,
     ) -> Result<Response> {
+        self.send_with(endpoint, build, transient, self.settings.max_retries)
+            .await
+    }
+
+    /// As [`HttpClient::send_retrying`] with at most `max_retries` retries
+    /// (0 for requests that must not be repeated, such as creating a job).
+    pub async fn send_with(
+        &self,
+        endpoint: &str,
+        build: impl Fn() -> RequestBuilder,
+        transient: &dyn Fn(&Response) -> bool,
+        max_retries: u32,
+    ) -> Result<Response> {
         let mut attempt: u32 = 0;
         loop {
             self.api_calls.set(self.api_calls.get() + 1);
+            let started = std::time::Instant::now();
             let outcome = match build().send().await {
                 Ok(resp) => {
                     let status = resp.status();
@@ -148,6 +164,7 @@ impl HttpClient {
                                 status,
                                 headers,
                                 body,
+                                elapsed: started.elapsed(),
                             })
                         }
                         Err(e) => Err(transport_error(endpoint, &e)),
@@ -166,7 +183,7 @@ impl HttpClient {
                 Ok(_) => return outcome,
                 Err(_) => None,
             };
-            if attempt >= self.settings.max_retries {
+            if attempt >= max_retries {
                 return match outcome {
                     Ok(r) => Err(exhausted(endpoint, &r, attempt + 1)),
                     Err(e) => Err(e.with_detail(format!("gave up after {} attempts", attempt + 1))),

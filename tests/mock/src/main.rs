@@ -5,7 +5,7 @@
 //! [--leads N] [--opportunities N] [--users N] [--invoices N] [--client-id S]
 //! [--client-secret S] [--refresh-token S] [--username S]
 //! [--jwt-public-key PEMPATH] [--session-calls N] [--daily-api-limit N]
-//! [--max-query-length N] [--bulk-polls N] [--gzip]`
+//! [--max-query-length N] [--bulk-polls N] [--live-cursors] [--gzip]`
 //!
 //! Prints `listening on 127.0.0.1:PORT` once ready, then serves until killed.
 
@@ -21,7 +21,7 @@ const USAGE: &str = "usage: crm-mock hubspot [--port N] [--seed N] [--contacts N
        crm-mock salesforce [--port N] [--seed N] [--accounts N] [--contacts N] [--leads N] \
 [--opportunities N] [--users N] [--invoices N] [--client-id S] [--client-secret S] \
 [--refresh-token S] [--username S] [--jwt-public-key PEMPATH] [--session-calls N] \
-[--daily-api-limit N] [--max-query-length N] [--bulk-polls N] [--gzip]";
+[--daily-api-limit N] [--max-query-length N] [--bulk-polls N] [--live-cursors] [--gzip]";
 
 /// Largest seeded count a mock starts with.
 const MAX_COUNT: u64 = 5_000_000;
@@ -76,20 +76,20 @@ impl Flag<'_> {
     }
 }
 
-/// The flag loop both mocks share: `--gzip` (no value), `--port` and
-/// `--seed` are handled here, every other flag and its value go to `set`.
-/// Returns the port.
+/// The flag loop both mocks share: switches without a value (`--gzip` and
+/// the mock's own), `--port` and `--seed` are handled here, every other
+/// flag and its value go to `set`. Returns the port.
 fn parse_flags(
     args: &[String],
-    gzip: &mut bool,
+    switches: &mut [(&str, &mut bool)],
     seed: &mut u64,
     mut set: impl FnMut(&Flag) -> Result<(), String>,
 ) -> Result<u16, String> {
     let mut it = args.iter();
     let mut port = 0u16;
     while let Some(flag) = it.next() {
-        if flag == "--gzip" {
-            *gzip = true;
+        if let Some((_, on)) = switches.iter_mut().find(|(name, _)| name == flag) {
+            **on = true;
             continue;
         }
         let val = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -105,7 +105,9 @@ fn parse_flags(
 
 fn parse_salesforce(args: &[String]) -> Result<(u16, salesforce::Options), String> {
     let mut o = salesforce::Options::default();
-    let port = parse_flags(args, &mut o.gzip, &mut o.seed, |f| {
+    let (mut gzip, mut live) = (false, false);
+    let switches = &mut [("--gzip", &mut gzip), ("--live-cursors", &mut live)];
+    let port = parse_flags(args, switches, &mut o.seed, |f| {
         match f.name {
             "--accounts" => o.accounts = f.num()?,
             "--contacts" => o.contacts = f.num()?,
@@ -131,6 +133,8 @@ fn parse_salesforce(args: &[String]) -> Result<(u16, salesforce::Options), Strin
         }
         Ok(())
     })?;
+    o.gzip = gzip;
+    o.live_cursors = live;
     check_counts(&[
         ("accounts", o.accounts),
         ("contacts", o.contacts),
@@ -144,7 +148,8 @@ fn parse_salesforce(args: &[String]) -> Result<(u16, salesforce::Options), Strin
 
 fn parse_hubspot(args: &[String]) -> Result<(u16, Options), String> {
     let mut o = Options::default();
-    let port = parse_flags(args, &mut o.gzip, &mut o.seed, |f| {
+    let mut gzip = false;
+    let port = parse_flags(args, &mut [("--gzip", &mut gzip)], &mut o.seed, |f| {
         match f.name {
             "--contacts" => o.contacts = f.num()?,
             "--companies" => o.companies = f.num()?,
@@ -160,6 +165,7 @@ fn parse_hubspot(args: &[String]) -> Result<(u16, Options), String> {
         ("companies", o.companies),
         ("deals", o.deals),
     ])?;
+    o.gzip = gzip;
     Ok((port, o))
 }
 

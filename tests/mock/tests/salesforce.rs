@@ -567,3 +567,279 @@ fn a_million_accounts_start_fast() {
     let n = r["totalSize"].as_u64().unwrap();
     assert!(n > 500 && n < 3000, "{n}");
 }
+
+/// One run of a query locator with a change between its pages: learn the
+/// order of `SELECT … ORDER BY SystemModstamp, Id` (3,000 accounts), open a
+/// locator with 1,000-record pages, then rename the record at position
+/// 1,500 and delete the one at 1,600 before reading pages 2 and 3.
+struct CursorRun {
+    records: Vec<Value>,
+    total: u64,
+    changed: Value,
+    gone: String,
+}
+
+fn cursor_run(port: u16, t: &str, kind: &str, new_name: &str) -> CursorRun {
+    let soql =
+        "SELECT Id, Name, SystemModstamp, IsDeleted FROM Account ORDER BY SystemModstamp, Id";
+    let open = |batch: usize| {
+        raw(
+            port,
+            "GET",
+            &format!("{V}/{kind}?q={}", q(soql)),
+            &bearer(t, &format!("Sforce-Query-Options: batchSize={batch}\r\n")),
+            "",
+        )
+        .json()
+    };
+    let order = open(2000);
+    let changed = order["records"][1500].clone();
+    let gone = order["records"][1600]["Id"].as_str().unwrap().to_owned();
+    let first = open(1000);
+    let total = first["totalSize"].as_u64().unwrap();
+    assert_eq!(total, order["totalSize"].as_u64().unwrap());
+    admin(
+        port,
+        "POST",
+        "/_mock/sf/Account/upsert",
+        json!({"records": [{"Id": changed["Id"], "Name": new_name}]}),
+    );
+    admin(
+        port,
+        "POST",
+        "/_mock/sf/Account/delete",
+        json!({ "ids": [gone] }),
+    );
+    let mut records = items(&first["records"]).to_vec();
+    let mut page = first;
+    while let Some(u) = page["nextRecordsUrl"].as_str() {
+        page = get(port, t, u).json();
+        assert_eq!(page["totalSize"].as_u64(), Some(total));
+        records.extend(items(&page["records"]).iter().cloned());
+    }
+    CursorRun {
+        records,
+        total,
+        changed,
+        gone,
+    }
+}
+
+impl CursorRun {
+    fn find(&self, id: &str) -> Vec<(usize, &Value)> {
+        self.records
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r["Id"] == id)
+            .collect()
+    }
+
+    /// The changed record: once, where the query put it.
+    fn changed_row(&self) -> &Value {
+        let id = self.changed["Id"].as_str().unwrap();
+        let hits = self.find(id);
+        assert_eq!(hits.len(), 1, "{id}");
+        hits[0].1
+    }
+}
+
+#[test]
+fn live_cursors_render_current_values_on_later_pages() {
+    let opts = Options {
+        accounts: 3000,
+        live_cursors: true,
+        ..Options::default()
+    };
+    // query: the Id list and order are the query's, the values current;
+    // the record deleted since is left out.
+    let (port, t) = start_logged_in(opts.clone());
+    let run = cursor_run(port, &t, "query", "Live");
+    let row = run.changed_row();
+    assert_eq!(row["Name"], "Live");
+    let (old, new) = (
+        run.changed["SystemModstamp"].as_str().unwrap(),
+        row["SystemModstamp"].as_str().unwrap(),
+    );
+    assert!(new > old, "{new} after {old}");
+    assert_eq!(run.find(row["Id"].as_str().unwrap())[0].0, 1500);
+    assert!(run.find(&run.gone).is_empty());
+    assert_eq!(run.records.len() as u64, run.total - 1);
+    // queryAll: the deleted record stays, with its current values.
+    let (port, t) = start_logged_in(opts);
+    let run = cursor_run(port, &t, "queryAll", "Live");
+    assert_eq!(run.changed_row()["Name"], "Live");
+    let gone = run.find(&run.gone);
+    assert_eq!(gone.len(), 1);
+    assert_eq!(gone[0].1["IsDeleted"], true);
+    assert_eq!(run.records.len() as u64, run.total);
+}
+
+#[test]
+fn cursors_are_snapshots_by_default_and_switch_to_live_at_run_time() {
+    let (port, t) = start_logged_in(Options {
+        accounts: 3000,
+        ..Options::default()
+    });
+    let run = cursor_run(port, &t, "query", "Changed");
+    let row = run.changed_row();
+    assert_eq!(row["Name"], run.changed["Name"]);
+    assert_eq!(row["SystemModstamp"], run.changed["SystemModstamp"]);
+    let gone = run.find(&run.gone);
+    assert_eq!(gone.len(), 1);
+    assert_eq!(gone[0].1["IsDeleted"], false);
+    assert_eq!(run.records.len() as u64, run.total);
+    // The admin switch: locators opened from now on are live.
+    let limits = admin(
+        port,
+        "POST",
+        "/_mock/sf/limits",
+        json!({"live_cursors": true}),
+    );
+    assert_eq!(limits["live_cursors"], true);
+    let run = cursor_run(port, &t, "query", "Switched");
+    assert_eq!(run.changed_row()["Name"], "Switched");
+    assert!(run.find(&run.gone).is_empty());
+    let limits = admin(
+        port,
+        "POST",
+        "/_mock/sf/limits",
+        json!({"live_cursors": false}),
+    );
+    assert_eq!(limits["live_cursors"], false);
+}
+
+/// A Bulk query job over Contact (`Name` selected), completed; then the
+/// first contact renamed and the second deleted. Returns the results CSV
+/// and the two ids.
+fn bulk_run(port: u16, t: &str) -> (Resp, String, String) {
+    let auth = bearer(t, "Content-Type: application/json\r\n");
+    let soql = "SELECT Id, Name, FirstName, LastName, SystemModstamp FROM Contact ORDER BY Id";
+    let r = raw(
+        port,
+        "POST",
+        &format!("{V}/jobs/query"),
+        &auth,
+        &json!({"operation": "query", "query": soql}).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let job = loop {
+        let j = get(port, t, &format!("{V}/jobs/query/{id}")).json();
+        if j["state"] != "InProgress" && j["state"] != "UploadComplete" {
+            break j;
+        }
+    };
+    assert_eq!(job["state"], "JobComplete", "{job}");
+    let first = query(port, t, "SELECT Id FROM Contact ORDER BY Id LIMIT 2").json();
+    let a = first["records"][0]["Id"].as_str().unwrap().to_owned();
+    let b = first["records"][1]["Id"].as_str().unwrap().to_owned();
+    admin(
+        port,
+        "POST",
+        "/_mock/sf/Contact/upsert",
+        json!({"records": [{"Id": a, "FirstName": "Zed", "Name": "Zed Live"}]}),
+    );
+    admin(
+        port,
+        "POST",
+        "/_mock/sf/Contact/delete",
+        json!({ "ids": [b] }),
+    );
+    let r = get(port, t, &format!("{V}/jobs/query/{id}/results"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r
+        .text()
+        .starts_with("\"Id\",\"Name\",\"FirstName\",\"LastName\",\"SystemModstamp\"\n"));
+    (r, a, b)
+}
+
+fn csv_row<'a>(text: &'a str, id: &str) -> Option<&'a str> {
+    text.lines().find(|l| l.starts_with(&format!("\"{id}\",")))
+}
+
+#[test]
+fn bulk_jobs_select_name_and_follow_live_cursors() {
+    let opts = Options {
+        contacts: 300,
+        bulk_polls: 0,
+        ..Options::default()
+    };
+    // Default: the job's values are those of its creation.
+    let (port, t) = start_logged_in(opts.clone());
+    let (r, a, b) = bulk_run(port, &t);
+    let text = r.text();
+    assert!(!csv_row(&text, &a).unwrap().contains("Zed"));
+    assert!(csv_row(&text, &b).is_some());
+    let rows: usize = r.header("Sforce-NumberOfRecords").unwrap().parse().unwrap();
+    assert_eq!(rows, text.lines().count() - 1);
+    // Live: same Ids, current values, the deleted contact left out.
+    let (port, t) = start_logged_in(Options {
+        live_cursors: true,
+        ..opts
+    });
+    let (r, a, b) = bulk_run(port, &t);
+    let text = r.text();
+    assert!(csv_row(&text, &a)
+        .unwrap()
+        .starts_with(&format!("\"{a}\",\"Zed Live\",\"Zed\",")));
+    assert!(csv_row(&text, &b).is_none());
+    let live_rows: usize = r.header("Sforce-NumberOfRecords").unwrap().parse().unwrap();
+    assert_eq!(live_rows, text.lines().count() - 1);
+    assert_eq!(live_rows, rows - 1);
+}
+
+#[test]
+fn person_names_are_compound_name_fields() {
+    let (port, t) = start_logged_in(Options::default());
+    for obj in ["Contact", "Lead", "User"] {
+        let d = get(port, &t, &format!("{V}/sobjects/{obj}/describe")).json();
+        let f = |name: &str| {
+            items(&d["fields"])
+                .iter()
+                .find(|f| f["name"] == name)
+                .unwrap_or_else(|| panic!("{obj}.{name}"))
+                .clone()
+        };
+        for part in ["FirstName", "LastName"] {
+            assert_eq!(f(part)["compoundFieldName"], "Name", "{obj}.{part}");
+            assert_eq!(f(part)["type"], "string");
+            assert_eq!(f(part)["createable"], true);
+        }
+        assert_eq!(f("FirstName")["length"], 40);
+        assert_eq!(f("LastName")["length"], 80);
+        assert_eq!(f("LastName")["nillable"], false);
+        let name = f("Name");
+        assert_eq!(name["type"], "string", "{obj}");
+        assert_eq!(name["soapType"], "xsd:string");
+        assert_eq!(name["compoundFieldName"], Value::Null);
+        assert_eq!(name["nameField"], true);
+        assert_eq!(name["length"], 121);
+        assert_eq!(name["createable"], false);
+        assert_eq!(name["updateable"], false);
+        assert_eq!(name["filterable"], true);
+        assert_eq!(name["sortable"], true);
+    }
+    let d = get(port, &t, &format!("{V}/sobjects/Contact/describe")).json();
+    let city = items(&d["fields"])
+        .iter()
+        .find(|f| f["name"] == "MailingCity")
+        .unwrap()
+        .clone();
+    assert_eq!(city["compoundFieldName"], "MailingAddress");
+    // Name is a plain string in REST results and can be filtered and sorted.
+    let r = query(
+        port,
+        &t,
+        "SELECT Id, Name, FirstName, LastName FROM Contact WHERE Name != null ORDER BY Name LIMIT 5",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let rec = &r.json()["records"][0];
+    assert_eq!(
+        rec["Name"].as_str().unwrap(),
+        format!(
+            "{} {}",
+            rec["FirstName"].as_str().unwrap(),
+            rec["LastName"].as_str().unwrap()
+        )
+    );
+}

@@ -1,6 +1,7 @@
 //! Bulk API 2.0 query jobs: create, poll (InProgress for `--bulk-polls`
 //! polls, then JobComplete), results as CSV pages with `Sforce-Locator`,
-//! abort and delete. The job's records are fixed when it is created.
+//! abort and delete. The job's records are fixed when it is created; their
+//! values too, unless `live_cursors` was on then.
 
 use std::collections::HashMap;
 
@@ -9,7 +10,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 use super::records::{fmt_dt, fmt_dt_z, make_id, parse_dt};
-use super::{not_found, sf_error, soql, Options, State};
+use super::{not_found, sf_error, soql, visible, Options, State};
 use crate::server::{Request, Response};
 
 /// Records per results page when the request names no maxRecords.
@@ -22,6 +23,8 @@ pub(crate) struct Job {
     fields: Vec<String>,
     ids: Vec<u64>,
     seq: u64,
+    /// Results render current values (see `Options::live_cursors`).
+    live: bool,
     state: &'static str,
     polls: u64,
     created_ms: i64,
@@ -213,6 +216,7 @@ fn create(st: &mut State, req: &Request, v: &str, id: String) -> Result<Response
         fields: query.fields,
         ids,
         seq,
+        live: st.live_cursors,
         state: if error.is_some() {
             "Failed"
         } else {
@@ -285,13 +289,19 @@ fn results(st: &State, req: &Request, id: &str) -> Response {
             .join(d),
     );
     out.push_str(eol);
+    let all = job.operation == "queryAll";
+    let mut rows = 0;
     for n in &job.ids[offset.min(end)..end] {
+        let Some(seq) = visible(t, *n, job.seq, job.live, all) else {
+            continue;
+        };
+        rows += 1;
         let row: Vec<String> = job
             .fields
             .iter()
             .map(|f| {
                 let def = t.obj.field(f);
-                match t.value(*n, f, job.seq) {
+                match t.value(*n, f, seq) {
                     None => String::new(),
                     Some(v) if def.is_some_and(|d| d.ftype == "datetime") => {
                         quote(&parse_dt(&v).map(fmt_dt_z).unwrap_or(v))
@@ -314,10 +324,7 @@ fn results(st: &State, req: &Request, id: &str) -> Response {
         body: out.into_bytes(),
     }
     .with_header("Sforce-Locator", locator)
-    .with_header(
-        "Sforce-NumberOfRecords",
-        (end - offset.min(end)).to_string(),
-    )
+    .with_header("Sforce-NumberOfRecords", rows.to_string())
 }
 
 /// RFC 4180 quoting; Salesforce quotes every non-null value.

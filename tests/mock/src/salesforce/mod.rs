@@ -57,6 +57,10 @@ pub struct Options {
     pub max_query_length: usize,
     /// Status polls a Bulk query job stays InProgress.
     pub bulk_polls: u64,
+    /// Query locators and Bulk query jobs keep the Ids (and order) of the
+    /// moment the query ran but render each record's current values on
+    /// every page (false: every page is a snapshot as of the query).
+    pub live_cursors: bool,
     pub gzip: bool,
 }
 
@@ -79,18 +83,23 @@ impl Default for Options {
             daily_api_limit: 0,
             max_query_length: SOQL_MAX_LENGTH,
             bulk_polls: 2,
+            live_cursors: false,
             gzip: false,
         }
     }
 }
 
 /// An open query locator: the ids and the change sequence of the moment
-/// the query ran, so later pages show records as they were then.
+/// the query ran, so later pages show records as they were then (or, when
+/// `live`, each record's current values; `query` then skips records deleted
+/// since).
 struct Cursor {
     object: String,
     fields: Vec<String>,
     ids: Vec<u64>,
     seq: u64,
+    live: bool,
+    all: bool,
     batch: usize,
     used: Instant,
 }
@@ -105,6 +114,9 @@ pub(crate) struct State {
     session_calls: u64,
     daily_api_limit: u64,
     max_query_length: usize,
+    /// See [`Options::live_cursors`]; fixed per locator or job when the
+    /// query runs.
+    live_cursors: bool,
     cursors: HashMap<String, Cursor>,
     cursor_order: VecDeque<String>,
     jobs: bulk::Jobs,
@@ -210,6 +222,7 @@ impl SalesforceMock {
                     session_calls: opts.session_calls,
                     daily_api_limit: opts.daily_api_limit,
                     max_query_length: opts.max_query_length,
+                    live_cursors: opts.live_cursors,
                     cursors: HashMap::new(),
                     cursor_order: VecDeque::new(),
                     jobs: bulk::Jobs::default(),
@@ -405,6 +418,8 @@ impl SalesforceMock {
             fields: query.fields,
             ids,
             seq,
+            live: st.live_cursors,
+            all,
             batch,
             used: Instant::now(),
         };
@@ -567,11 +582,15 @@ impl Mock for SalesforceMock {
                 if let Some(n) = body["api_calls"].as_u64() {
                     st.api_calls = n;
                 }
+                if let Some(b) = body["live_cursors"].as_bool() {
+                    st.live_cursors = b;
+                }
                 Ok(json!({
                     "session_calls": st.session_calls,
                     "daily_api_limit": st.daily_api_limit,
                     "max_query_length": st.max_query_length,
                     "api_calls": st.api_calls,
+                    "live_cursors": st.live_cursors,
                 }))
             }
             _ => return None,
@@ -656,8 +675,18 @@ fn open_cursor(st: &mut State, locator: String, cursor: Cursor) {
     st.cursors.insert(locator, cursor);
 }
 
+/// Whether a page renders record `n` and at which change sequence: the
+/// cursor's snapshot, or (live) the current values, where a plain `query`
+/// leaves out records deleted since it ran.
+pub(crate) fn visible(t: &Table, n: u64, seq: u64, live: bool, all: bool) -> Option<u64> {
+    if !live {
+        return Some(seq);
+    }
+    (all || !t.deleted(n, u64::MAX)).then_some(u64::MAX)
+}
+
 /// One page of query results from `offset`, rendered as of the cursor's
-/// snapshot.
+/// snapshot (or, for a live cursor, with current values).
 fn page(st: &State, v: &str, c: &Cursor, locator: &str, offset: usize) -> Response {
     let Some(t) = st.table(&c.object) else {
         return not_found();
@@ -672,11 +701,16 @@ fn page(st: &State, v: &str, c: &Cursor, locator: &str, offset: usize) -> Respon
         );
     }
     out.extend_from_slice(b"\"records\":[");
-    for (i, n) in c.ids[offset.min(end)..end].iter().enumerate() {
-        if i > 0 {
+    let mut first = true;
+    for n in &c.ids[offset.min(end)..end] {
+        let Some(seq) = visible(t, *n, c.seq, c.live, c.all) else {
+            continue;
+        };
+        if !first {
             out.push(b',');
         }
-        render_record(&mut out, t, *n, &c.fields, c.seq, v);
+        first = false;
+        render_record(&mut out, t, *n, &c.fields, seq, v);
     }
     out.extend_from_slice(b"]}");
     Response::json(200, out)

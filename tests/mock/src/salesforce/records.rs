@@ -632,7 +632,11 @@ impl Table {
             return named;
         }
         // Components of an address or location: one city for the record.
-        if f.compound.is_some() {
+        if f.compound
+            .as_deref()
+            .and_then(|c| self.obj.field(c))
+            .is_some_and(Field::is_compound)
+        {
             if !self.h(n, 0xadd).is_multiple_of(7) {
                 let lat = city.3 + ((h % 1000) as f64 - 500.0) / 10_000.0;
                 let lon = city.4 + (((h >> 12) % 1000) as f64 - 500.0) / 10_000.0;

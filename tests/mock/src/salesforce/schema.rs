@@ -20,9 +20,13 @@ pub struct Field {
     pub nillable: bool,
     pub picklist: Vec<String>,
     pub reference_to: Vec<String>,
-    /// The compound field (address or location) this one is a part of.
+    /// The compound field this one is a part of (`compoundFieldName`): an
+    /// address or location, or `Name` for a person's name parts.
     pub compound: Option<String>,
     pub name_field: bool,
+    /// Neither createable nor updateable through the API (a person's `Name`,
+    /// which Salesforce builds from its parts).
+    pub read_only: bool,
 }
 
 impl Field {
@@ -52,9 +56,13 @@ impl Field {
             reference_to: Vec::new(),
             compound: None,
             name_field: false,
+            read_only: false,
         }
     }
 
+    /// An address or location compound field: selectable in REST queries
+    /// (as a JSON object), never filtered, sorted or selected by Bulk. A
+    /// person's `Name` is a plain string, not one of these.
     pub fn is_compound(&self) -> bool {
         matches!(self.ftype.as_str(), "address" | "location")
     }
@@ -122,7 +130,7 @@ impl Field {
             "caseSensitive": false,
             "compoundFieldName": self.compound,
             "controllerName": null,
-            "createable": !audit && !self.is_compound(),
+            "createable": !audit && !self.is_compound() && !self.read_only,
             "custom": self.custom,
             "defaultValue": if self.ftype == "boolean" { json!(false) } else { Value::Null },
             "defaultValueFormula": null,
@@ -167,7 +175,7 @@ impl Field {
             "sortable": self.sortable(),
             "type": self.ftype,
             "unique": false,
-            "updateable": !audit && !self.is_compound(),
+            "updateable": !audit && !self.is_compound() && !self.read_only,
             "writeRequiresMasterRead": false,
         })
     }
@@ -330,6 +338,28 @@ impl B {
         f.name_field = true;
         f.nillable = false;
         f.length = if name == "Name" { 255 } else { 80 };
+        self.0.push(f);
+        self
+    }
+    /// A person's name as Contact, Lead and User have it: `LastName` and
+    /// `FirstName` with `compoundFieldName` `Name`, then `Name` itself, a
+    /// read-only string (lengths as in the recorded describes).
+    fn person_name(mut self) -> B {
+        for (name, label, len, nillable) in [
+            ("LastName", "Last Name", 80, false),
+            ("FirstName", "First Name", 40, true),
+        ] {
+            let mut f = Field::new(name, label, "string");
+            f.length = len;
+            f.nillable = nillable;
+            f.compound = Some("Name".into());
+            self.0.push(f);
+        }
+        let mut f = Field::new("Name", "Full Name", "string");
+        f.name_field = true;
+        f.nillable = false;
+        f.read_only = true;
+        f.length = 121;
         self.0.push(f);
         self
     }
@@ -510,9 +540,7 @@ pub fn objects() -> Vec<Object> {
         .audit(true, true);
     let contact = B(Vec::new())
         .reference("AccountId", "Account ID", "Account")
-        .f("LastName", "Last Name", "string")
-        .f("FirstName", "First Name", "string")
-        .name_field("Name", "Full Name")
+        .person_name()
         .address("Mailing", "Mailing")
         .f("Phone", "Business Phone", "phone")
         .f("Email", "Email", "email")
@@ -522,9 +550,7 @@ pub fn objects() -> Vec<Object> {
         .reference("OwnerId", "Owner ID", "User")
         .audit(true, true);
     let lead = B(Vec::new())
-        .f("LastName", "Last Name", "string")
-        .f("FirstName", "First Name", "string")
-        .name_field("Name", "Full Name")
+        .person_name()
         .f("Company", "Company", "string")
         .f("Email", "Email", "email")
         .pick("Status", "Status", LEAD_STATUS)
@@ -549,9 +575,7 @@ pub fn objects() -> Vec<Object> {
     // User has no IsDeleted: users are deactivated, never deleted.
     let user = B(Vec::new())
         .f("Username", "Username", "string")
-        .f("LastName", "Last Name", "string")
-        .f("FirstName", "First Name", "string")
-        .name_field("Name", "Full Name")
+        .person_name()
         .f("Email", "Email", "email")
         .f("IsActive", "Active", "boolean")
         .pick("TimeZoneSidKey", "Time Zone", TIME_ZONES)

@@ -81,17 +81,51 @@ impl<'a> Api<'a> {
         headers: &[(&str, String)],
         body: Option<&Value>,
     ) -> Result<Response> {
+        self.call_with(method, path, query, headers, body, true)
+            .await
+    }
+
+    /// As [`Api::call`]; `retry` false sends the request once (a 5xx or a
+    /// broken connection is then an error, never a repeated side effect).
+    pub async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        headers: &[(&str, String)],
+        body: Option<&Value>,
+        retry: bool,
+    ) -> Result<Response> {
         let endpoint = format!("{method} {}", path.split('?').next().unwrap_or(path));
         let mut fresh = false;
         loop {
             let s = self.session(fresh).await?;
-            let url = s.instance_url.join(path).map_err(|e| {
-                CrmError::bad_response(format!("cannot build a URL from {path:?}: {e}"))
-            })?;
+            // Paths come from us or from the API (nextRecordsUrl): only
+            // ever send the session to the instance itself.
+            let url = s
+                .instance_url
+                .join(path)
+                .ok()
+                .filter(|u| {
+                    path.starts_with('/')
+                        && !path.starts_with("//")
+                        && u.origin() == s.instance_url.origin()
+                })
+                .ok_or_else(|| {
+                    CrmError::bad_response(format!(
+                        "Salesforce sent a link outside the instance: {:?}",
+                        path.split('?').next().unwrap_or(path)
+                    ))
+                })?;
             self.http.check_url(&url)?;
+            let retries = if retry {
+                self.http.settings().max_retries
+            } else {
+                0
+            };
             let resp = self
                 .http
-                .send_retrying(
+                .send_with(
                     &endpoint,
                     || {
                         let mut rb = self
@@ -116,6 +150,7 @@ impl<'a> Api<'a> {
                         rb
                     },
                     &transient,
+                    retries,
                 )
                 .await?;
             if resp.status == StatusCode::UNAUTHORIZED && !fresh {
@@ -166,7 +201,7 @@ fn check_status(endpoint: &str, resp: Response) -> Result<Response> {
             ErrorKind::RateLimited,
             format!("the Salesforce org's daily API request limit is used up ({what})"),
         )
-        .with_hint("Syncs can resume when the rolling 24-hour window frees requests; see Setup > Company Information > API Requests, or ask Salesforce for a higher limit."),
+        .with_hint("The org's rolling 24-hour API request limit (or its limit of concurrent long requests) is reached; syncs can resume when requests free up. See Setup > Company Information > API Requests, or ask Salesforce for a higher limit."),
         (StatusCode::UNAUTHORIZED, _) => CrmError::new(
             ErrorKind::Auth,
             format!("Salesforce rejected a fresh session ({what})"),
@@ -206,6 +241,7 @@ mod tests {
             status: StatusCode::from_u16(status).unwrap(),
             headers: HeaderMap::new(),
             body: bytes::Bytes::from(body.to_owned()),
+            elapsed: std::time::Duration::ZERO,
         }
     }
 

@@ -31,7 +31,7 @@ use serde_json::{json, Map, Value};
 use url::Url;
 
 use crate::error::{CrmError, ErrorKind, Result};
-use crate::http::{body_excerpt, HttpClient};
+use crate::http::HttpClient;
 
 const FLOWS_HINT: &str = "Salesforce sources take one of: {\"client_id\", \"refresh_token\"[, \"client_secret\"]} (refresh token flow), {\"client_id\", \"client_secret\"} (client credentials flow), or {\"client_id\", \"username\", \"private_key\"} (JWT bearer flow).";
 
@@ -347,11 +347,18 @@ impl Login {
             instance_url: String,
         }
         let t: Token = serde_json::from_slice(&resp.body).map_err(|e| {
+            // Never any of the body: it may hold a session token.
             CrmError::bad_response(format!(
-                "Salesforce sent an unreadable token response ({e})"
+                "Salesforce sent an unreadable token response ({})",
+                e.classify_name()
             ))
             .with_endpoint(endpoint)
-            .with_detail(format!("body begins: {}", redact_token(&resp.body)))
+            .with_detail(format!(
+                "HTTP {}, {} bytes, fields: {}",
+                resp.status.as_u16(),
+                resp.body.len(),
+                key_names(&resp.body)
+            ))
         })?;
         let mut instance_url = Url::parse(&t.instance_url).map_err(|e| {
             CrmError::bad_response(format!(
@@ -370,15 +377,27 @@ impl Login {
     }
 }
 
-/// A token response's excerpt with the token itself left out.
-fn redact_token(body: &[u8]) -> String {
+/// The top-level keys of a JSON object body, or "none readable".
+fn key_names(body: &[u8]) -> String {
     match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(mut m)) => {
-            m.remove("access_token");
-            m.remove("refresh_token");
-            Value::Object(m).to_string()
+        Ok(Value::Object(m)) => m.keys().cloned().collect::<Vec<_>>().join(", "),
+        _ => "none readable".to_owned(),
+    }
+}
+
+trait Classify {
+    fn classify_name(&self) -> &'static str;
+}
+
+impl Classify for serde_json::Error {
+    fn classify_name(&self) -> &'static str {
+        if self.is_eof() {
+            "truncated"
+        } else if self.is_data() {
+            "missing access_token or instance_url"
+        } else {
+            "malformed"
         }
-        _ => body_excerpt(body),
     }
 }
 
@@ -466,10 +485,13 @@ mod tests {
     }
 
     #[test]
-    fn token_excerpts_leave_the_token_out() {
-        let s = redact_token(br#"{"access_token":"00Dxx!secret","instance_url":5}"#);
-        assert!(!s.contains("secret"));
-        assert!(s.contains("instance_url"));
+    fn token_errors_show_keys_never_values() {
+        let s = key_names(br#"{"access_token":"00Dxx!secret","instance_url":5}"#);
+        assert_eq!(s, "access_token, instance_url");
+        assert_eq!(
+            key_names(br#"{"access_token":"00Dxx!secr"#),
+            "none readable"
+        );
     }
 
     /// A deterministic RNG for key generation in tests.

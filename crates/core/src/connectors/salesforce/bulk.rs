@@ -1,8 +1,9 @@
 //! Full syncs of large objects through Bulk API 2.0 query jobs: create a
 //! job, poll until it completes, then read its CSV results page by page with
-//! the `Sforce-Locator` cursor. The job's results are a snapshot taken when
-//! it starts, so the watermark is the newest modification time in them, as
-//! for a REST query. Deletes are read afterwards through `queryAll`.
+//! the `Sforce-Locator` cursor. A job runs in chunks at different times, so
+//! the watermark is the newest modification time in its results capped at
+//! the job's creation time: anything changed later is found by the next run.
+//! Deletes are read afterwards through `queryAll`.
 //!
 //! Bulk queries cannot select compound fields (addresses, locations); their
 //! components are selected instead and the compound values rebuilt, so a
@@ -24,7 +25,7 @@ use super::{soql, Describe};
 use crate::connectors::{BoxFuture, ReadRequest};
 use crate::engine::{Page, PageSource, Record};
 use crate::error::{CrmError, ErrorKind, Result};
-use crate::http::body_excerpt;
+use crate::http::{body_excerpt, server_date_ms};
 use crate::types::{fmt_ts, parse_datetime};
 
 /// Records per results page: a page is parsed whole, so this bounds memory.
@@ -61,6 +62,9 @@ pub struct BulkReader<'a> {
     /// Compound fields to rebuild: (name, [(json key, component field)]).
     compounds: Vec<(String, Vec<(String, String)>)>,
     watermark: Option<DateTime<Utc>>,
+    /// When the job was created (server time): the watermark never passes
+    /// it, since a job's chunks run at different times.
+    cap: Option<DateTime<Utc>>,
     waited: Duration,
     rest: Option<RestReader<'a>>,
     warnings: Vec<String>,
@@ -103,6 +107,7 @@ impl<'a> BulkReader<'a> {
             select,
             compounds,
             watermark: None,
+            cap: None,
             waited: Duration::ZERO,
             rest: None,
             warnings: vec![],
@@ -156,13 +161,23 @@ impl<'a> BulkReader<'a> {
                         "lineEnding": "LF",
                     });
                     let path = self.jobs_path("");
+                    // Sent once: a retried POST could start a second job.
                     match self
                         .api
-                        .call(Method::POST, &path, &[], &[], Some(&body))
+                        .call_with(Method::POST, &path, &[], &[], Some(&body), false)
                         .await
                     {
                         Ok(resp) => {
                             let info: JobInfo = parse_json(&format!("POST {path}"), &resp.body)?;
+                            self.cap = info
+                                .created_date
+                                .as_deref()
+                                .and_then(parse_datetime)
+                                .or_else(|| {
+                                    server_date_ms(&resp.headers)
+                                        .and_then(DateTime::from_timestamp_millis)
+                                })
+                                .or_else(|| Some(Utc::now()));
                             self.phase = Phase::Poll {
                                 job: info.id,
                                 wait: Duration::from_millis(200),
@@ -185,6 +200,7 @@ impl<'a> BulkReader<'a> {
                             let why = info
                                 .error_message
                                 .unwrap_or_else(|| format!("job {}", info.state));
+                            let _ = self.api.call(Method::DELETE, &path, &[], &[], None).await;
                             self.fall_back(why)?;
                         }
                         _ => {
@@ -232,6 +248,12 @@ impl<'a> BulkReader<'a> {
                         .and_then(|v| v.to_str().ok())
                         .filter(|l| !l.is_empty() && *l != "null")
                         .map(str::to_owned);
+                    if next.is_some() && next == locator {
+                        return Err(CrmError::bad_response(
+                            "Salesforce returned the same Sforce-Locator twice; stopping instead of looping",
+                        )
+                        .with_endpoint(format!("GET {path}")));
+                    }
                     let records = self.parse_csv(&format!("GET {path}"), &resp.body)?;
                     drop(resp);
                     match next {
@@ -407,6 +429,8 @@ pub fn compound_key(compound: &str, component: &str) -> String {
 #[derive(Deserialize)]
 struct JobInfo {
     id: String,
+    #[serde(rename = "createdDate", default)]
+    created_date: Option<String>,
     #[serde(default)]
     state: String,
     #[serde(rename = "errorMessage", default)]
@@ -419,12 +443,23 @@ impl PageSource for BulkReader<'_> {
     }
 
     fn watermark(&self) -> Option<String> {
+        let bulk = match (self.watermark, self.cap) {
+            (Some(w), Some(c)) => Some(w.min(c)),
+            (w, _) => w,
+        };
         let rest = self.rest.as_ref().and_then(|r| r.watermark_at());
-        match (self.watermark, rest) {
+        match (bulk, rest) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         }
         .map(fmt_ts)
+    }
+
+    fn dropped_fields(&self) -> Vec<String> {
+        self.rest
+            .as_ref()
+            .map(|r| r.dropped_fields())
+            .unwrap_or_default()
     }
 
     fn warnings(&self) -> Vec<String> {

@@ -116,7 +116,7 @@ fn check(a: &CheckArgs<'_>) -> Result<()> {
         ),
     }
     int(a.options, "batch_size", 200, 2000)?;
-    int(a.options, "max_query_length", 1000, 100_000)?;
+    int(a.options, "max_query_length", 1000, 16_000)?;
     int(a.options, "bulk_threshold", 0, 1_000_000_000)?;
     crate::config::boolean(a.options, "bulk_api")?;
     Ok(())
@@ -259,11 +259,19 @@ impl Salesforce<'_> {
             compound_field_name: Option<String>,
         }
         let (w, _) = self.api.get_json::<Wire>(&path, &[], &[]).await?;
+        // Address and location fields cannot be selected in Bulk queries;
+        // their parts can. (Name and Fiscal are compounds too, but plain
+        // selectable fields.)
+        let is_geo = |name: &str| {
+            w.fields
+                .iter()
+                .any(|f| f.name == name && matches!(f.kind.as_str(), "address" | "location"))
+        };
         let mut components: HashMap<String, Vec<String>> = HashMap::new();
         for f in &w.fields {
-            if let Some(c) = &f.compound_field_name {
+            if let Some(c) = f.compound_field_name.as_deref().filter(|c| is_geo(c)) {
                 components
-                    .entry(c.clone())
+                    .entry(c.to_owned())
                     .or_default()
                     .push(f.name.clone());
             }

@@ -3,12 +3,14 @@
 //! One SOQL query per pass, paged through `nextRecordsUrl`:
 //! `SELECT … FROM X [WHERE SystemModstamp >= :since] ORDER BY SystemModstamp, Id`
 //! through `query`, then (deletes) the same with `IsDeleted = true` through
-//! `queryAll`. A query locator is a snapshot taken when the query starts, so
-//! the watermark is the newest modification time the live pass saw: anything
-//! changed later is stamped later and found by the next run. (The deletes
-//! pass starts later, so its newest stamp may be newer than changes made in
-//! between; it never moves the watermark, and deletions it sees past the
-//! watermark are seen again, harmlessly, next run.) Ties need no care: the
+//! `queryAll`. Salesforce does not document whether later pages of a query
+//! locator show values as of the query or as of the page, so the watermark
+//! is the newest modification time the live pass saw, capped at the
+//! server's time when the live query began: anything changed after that is
+//! stamped later and found by the next run, whatever the pages showed.
+//! Records seen with newer stamps are read again next run, harmlessly (an
+//! unchanged row is not rewritten). The deletes pass starts later still; it
+//! never moves the watermark. Ties need no care: the
 //! next run starts at the watermark inclusive (minus the lookback) and
 //! rewrites nothing that did not change.
 //!
@@ -35,6 +37,7 @@ use super::Describe;
 use crate::connectors::{BoxFuture, ReadRequest, SyncMode};
 use crate::engine::{Page, PageSource, Record};
 use crate::error::{CrmError, Result};
+use crate::http::server_date_ms;
 use crate::types::{fmt_ts, parse_datetime};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,10 +74,19 @@ pub struct RestReader<'a> {
     max_query_length: usize,
     batch_size: u32,
     since: Option<DateTime<Utc>>,
+    /// The stored watermark this run started from.
+    start: Option<DateTime<Utc>>,
     watermark: Option<DateTime<Utc>>,
     track_deletes: bool,
     phase: Phase,
     warnings: Vec<String>,
+    /// Fields dropped during the run (deleted in the org).
+    dropped: Vec<String>,
+    /// The server's time when the live query started: the watermark never
+    /// passes it (see the module docs).
+    cap: Option<DateTime<Utc>>,
+    /// The last `nextRecordsUrl` followed, to stop a server that repeats one.
+    last_url: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -135,10 +147,14 @@ impl<'a> RestReader<'a> {
             max_query_length,
             batch_size,
             since,
+            start: watermark,
             watermark,
             track_deletes: req.track_deletes && d.has_is_deleted,
             phase: Phase::Start(Pass::Live),
             warnings: vec![],
+            dropped: vec![],
+            cap: None,
+            last_url: None,
         })
     }
 
@@ -155,9 +171,18 @@ impl<'a> RestReader<'a> {
         Ok(r)
     }
 
-    /// The watermark reached, if any.
+    /// The watermark reached, if any: the newest modification time seen,
+    /// but never past the server's time when the live query began, and
+    /// never before where this run started.
     pub fn watermark_at(&self) -> Option<DateTime<Utc>> {
-        self.watermark
+        let capped = match (self.watermark, self.cap) {
+            (Some(w), Some(c)) => Some(w.min(c)),
+            (w, _) => w,
+        };
+        match (capped, self.start) {
+            (Some(w), Some(s)) => Some(w.max(s)),
+            (w, s) => w.or(s),
+        }
     }
 
     fn order(&self) -> String {
@@ -197,7 +222,17 @@ impl<'a> RestReader<'a> {
             .call(Method::GET, &path, &[("q", q)], &self.headers(), None)
             .await;
         match res {
-            Ok(resp) => Ok(Some(parse_json(&format!("GET {path}"), &resp.body)?)),
+            Ok(resp) => {
+                if pass == Pass::Live && self.cap.is_none() {
+                    // The query began before the server stamped its answer,
+                    // at most one round trip earlier.
+                    let date = server_date_ms(&resp.headers)
+                        .unwrap_or_else(|| Utc::now().timestamp_millis());
+                    let rtt = resp.elapsed.as_millis() as i64 + 1;
+                    self.cap = DateTime::from_timestamp_millis(date - rtt);
+                }
+                Ok(Some(parse_json(&format!("GET {path}"), &resp.body)?))
+            }
             Err(e) if e.code.as_deref() == Some("INVALID_FIELD") => {
                 let gone = e
                     .detail
@@ -206,6 +241,7 @@ impl<'a> RestReader<'a> {
                     .and_then(|n| self.fields.iter().position(|f| f.eq_ignore_ascii_case(n)));
                 let Some(i) = gone else { return Err(e) };
                 let name = self.fields.remove(i);
+                self.dropped.push(name.clone());
                 self.warnings.push(format!(
                     "field {name} no longer exists on {} (INVALID_FIELD); it is no longer synced and its column keeps the values already landed",
                     self.object
@@ -230,10 +266,16 @@ impl<'a> RestReader<'a> {
                 (pass, page)
             }
             Phase::More(pass, url) => {
+                if self.last_url.as_deref() == Some(url.as_str()) {
+                    return Err(CrmError::bad_response(
+                        "Salesforce returned the same nextRecordsUrl twice; stopping instead of looping",
+                    ));
+                }
                 let (p, _) = self
                     .api
                     .get_json::<QueryPage>(&url, &[], &self.headers())
                     .await?;
+                self.last_url = Some(url);
                 (pass, p)
             }
         };
@@ -244,7 +286,7 @@ impl<'a> RestReader<'a> {
         };
         let mut records = self.take_records(pass, page.records)?;
         if self.plan.groups.len() > 1 && !records.is_empty() {
-            self.fetch_other_groups(pass, &mut records).await?;
+            self.fetch_other_groups(&mut records).await?;
         }
         Ok(Some(Page {
             records,
@@ -298,7 +340,7 @@ impl<'a> RestReader<'a> {
     }
 
     /// Fill in the fields of the other groups for `records`, by Id.
-    async fn fetch_other_groups(&mut self, pass: Pass, records: &mut [Record]) -> Result<()> {
+    async fn fetch_other_groups(&mut self, records: &mut Vec<Record>) -> Result<()> {
         let index: std::collections::HashMap<String, usize> = records
             .iter()
             .enumerate()
@@ -306,7 +348,9 @@ impl<'a> RestReader<'a> {
             .collect();
         let ids: Vec<String> = records.iter().map(|r| soql::string(&r.id)).collect();
         let groups: Vec<Vec<String>> = self.plan.groups[1..].to_vec();
-        let path = self.api.data_path(pass.resource());
+        // queryAll: a record deleted since the driver query still comes back.
+        let path = self.api.data_path(Pass::Deleted.resource());
+        let mut complete = vec![0usize; records.len()];
         for group in &groups {
             for chunk in ids.chunks(self.plan.ids_per_query) {
                 let mut sel = self.key.clone();
@@ -339,6 +383,7 @@ impl<'a> RestReader<'a> {
                         else {
                             continue;
                         };
+                        complete[i] += 1;
                         let r = &mut records[i];
                         let stamp = self
                             .cursor
@@ -363,6 +408,13 @@ impl<'a> RestReader<'a> {
                 }
             }
         }
+        // A record missing from a group was removed from the org in
+        // between; land only whole records.
+        let mut i = 0;
+        records.retain(|_| {
+            i += 1;
+            complete[i - 1] >= groups.len()
+        });
         for r in records.iter_mut() {
             r.raw = Value::Object(r.fields.clone()).to_string();
         }
@@ -376,10 +428,14 @@ impl PageSource for RestReader<'_> {
     }
 
     fn watermark(&self) -> Option<String> {
-        self.watermark.map(fmt_ts)
+        self.watermark_at().map(fmt_ts)
     }
 
     fn warnings(&self) -> Vec<String> {
         self.warnings.clone()
+    }
+
+    fn dropped_fields(&self) -> Vec<String> {
+        self.dropped.clone()
     }
 }
