@@ -203,20 +203,17 @@ fn the_deletes_pass_never_moves_the_watermark_past_unseen_changes() {
         .iter()
         .any(|r| r.id == b.as_str().unwrap() && r.deleted_at.is_some()));
     // The next run from that watermark still reads A's edit.
-    let (recs, _, _, _) = read(
-        &cfg,
-        "Account",
-        Some(&["Name"]),
-        SyncMode::Incremental {
-            watermark: wm.unwrap(),
-        },
-        || {},
-    );
-    let r = recs
-        .iter()
-        .find(|r| r.id == a.as_str().unwrap())
-        .expect("A read again");
-    assert_eq!(r.fields["Name"], "edited mid-run");
+    assert_eq!(name_next_run(&cfg, wm, &a), "edited mid-run");
+}
+
+/// The Name of Account `id` as the next incremental run from `wm` reads it.
+fn name_next_run(cfg: &SourceConfig, wm: Option<String>, id: &Value) -> Value {
+    let mode = SyncMode::Incremental {
+        watermark: wm.unwrap(),
+    };
+    let (recs, _, _, _) = read(cfg, "Account", Some(&["Name"]), mode, || {});
+    let r = recs.iter().find(|r| r.id == id.as_str().unwrap());
+    r.expect("read again").fields["Name"].clone()
 }
 
 /// Run SOQL against the mock with a token of its own.
@@ -293,18 +290,5 @@ fn pages_showing_newer_values_never_lift_the_watermark_past_unseen_edits() {
         z_seen.fields["Name"], "Z edited",
         "the mock served the live value"
     );
-    let (recs, _, _, _) = read(
-        &cfg,
-        "Account",
-        Some(&["Name"]),
-        SyncMode::Incremental {
-            watermark: wm.unwrap(),
-        },
-        || {},
-    );
-    let a_again = recs
-        .iter()
-        .find(|r| r.id == a.as_str().unwrap())
-        .expect("A's edit is read next run");
-    assert_eq!(a_again.fields["Name"], "A edited");
+    assert_eq!(name_next_run(&cfg, wm, &a), "A edited");
 }
