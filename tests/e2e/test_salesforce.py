@@ -449,3 +449,30 @@ def test_no_secret_in_runs_errors_or_log(db, pg_cluster, sf_factory, tmp_path):
         db.execute("SET ROLE sf_reader; SELECT * FROM crm_sync.credentials")
     db.execute("RESET ROLE")
     db.execute("DROP ROLE sf_reader")
+
+
+def test_a_field_deleted_between_describe_and_query_is_dropped_mid_run(db, salesforce):
+    create_sf_source(db, salesforce)
+    db.execute("UPDATE crm_sync.streams SET properties = '{Name,Tier__c}' "
+               "WHERE source = 'sf' AND stream = 'account'")
+    sync(db, "sf", "account")
+    tiers = one(db, "SELECT count(*) FROM sf.account WHERE tier__c IS NOT NULL")
+    assert tiers > 0
+    some = one(db, "SELECT id FROM sf.account WHERE _deleted_at IS NULL AND tier__c IS NOT NULL ORDER BY id LIMIT 1")
+    salesforce.upsert("Account", [{"Id": some, "Name": "Changed With Tier Gone"}])
+    # The describe still lists Tier__c; the field is gone when the query runs.
+    salesforce.admin("POST", "/_mock/hooks", {"path_contains": "/query", "skip": 0, "action": {
+        "op": "remove_field", "object": "Account", "name": "Tier__c"}})
+    r = sync(db, "sf", "account")["account"]
+    # The change, plus the records tied at the watermark: read again, their
+    # _raw now lacks the deleted field.
+    assert r["status"] == "succeeded" and r["records_upserted"] >= 1 and r["warnings"] >= 1
+    row = db.execute("SELECT name, tier__c FROM sf.account WHERE id = %s", (some,)).fetchone()
+    assert row[0] == "Changed With Tier Gone"
+    assert row[1] is not None, "the column keeps the value landed before the field was deleted"
+    assert one(db, "SELECT count(*) FROM sf.account WHERE tier__c IS NOT NULL") == tiers
+    samples = one(db, "SELECT warning_samples FROM crm_sync.runs WHERE source = 'sf' ORDER BY run_id DESC LIMIT 1")
+    assert any("Tier__c" in w and "INVALID_FIELD" in w for w in samples), samples
+    # Next run: describe no longer has it, so it leaves the stream's list.
+    sync(db, "sf", "account")
+    assert one(db, "SELECT properties FROM crm_sync.streams WHERE source = 'sf' AND stream = 'account'") == ["Name"]

@@ -889,6 +889,12 @@ pub(crate) fn apply_action(st: &mut State, action: &Value) -> Result<Value, Stri
             }
             Ok(json!({ op.to_owned() + "d": done }))
         }
+        // A custom field deleted in the org (hooks: between a describe and
+        // the query that names the field).
+        Some("remove_field") => {
+            let name = action["name"].as_str().ok_or("name must be a string")?;
+            t.remove_field(name).map(|_| json!({}))
+        }
         other => Err(format!("unknown op {other:?}")),
     }
 }
