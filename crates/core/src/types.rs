@@ -225,6 +225,9 @@ pub fn fmt_ts(d: DateTime<Utc>) -> String {
 /// Salesforce's offset without colon (`2024-03-01T12:00:00.000+0000`), or
 /// epoch milliseconds (older HubSpot properties).
 pub fn parse_datetime(s: &str) -> Option<DateTime<Utc>> {
+    if let Some(d) = parse_iso_fast(s) {
+        return Some(d);
+    }
     if let Ok(d) = DateTime::parse_from_rfc3339(s) {
         return Some(d.with_timezone(&Utc));
     }
@@ -235,6 +238,69 @@ pub fn parse_datetime(s: &str) -> Option<DateTime<Utc>> {
         return s.parse().ok().and_then(epoch_ms);
     }
     None
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.f{1,9}](Z|±HH:MM|±HHMM)` without chrono's format
+/// machinery (a wide Salesforce record has several such values, and the
+/// general parser was a visible share of a sync's CPU). Anything else is
+/// left to the general parsers.
+fn parse_iso_fast(s: &str) -> Option<DateTime<Utc>> {
+    let b = s.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        b[r].iter().try_fold(0u32, |acc, &c| {
+            c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
+        })
+    };
+    let date = NaiveDate::from_ymd_opt(num(0..4)? as i32, num(5..7)?, num(8..10)?)?;
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut i = 19;
+    let mut nanos = 0u32;
+    if b.get(i) == Some(&b'.') {
+        let start = i + 1;
+        i = start;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        let digits = i - start;
+        if digits == 0 || digits > 9 {
+            return None;
+        }
+        nanos = num(start..i)? * 10u32.pow(9 - digits as u32);
+    }
+    let offset_secs: i64 = match &b[i..] {
+        [b'Z'] => 0,
+        [sign @ (b'+' | b'-'), rest @ ..] => {
+            let (oh, om) = match rest {
+                [h1, h2, b':', m1, m2] | [h1, h2, m1, m2] => {
+                    let d = |c: &u8| c.is_ascii_digit().then(|| i64::from(c - b'0'));
+                    (d(h1)? * 10 + d(h2)?, d(m1)? * 10 + d(m2)?)
+                }
+                _ => return None,
+            };
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let v = oh * 3600 + om * 60;
+            if *sign == b'-' {
+                -v
+            } else {
+                v
+            }
+        }
+        _ => return None,
+    };
+    let t = chrono::NaiveTime::from_hms_nano_opt(h, mi, sec, nanos)?;
+    let local = date.and_time(t).and_utc();
+    Some(local - chrono::Duration::seconds(offset_secs))
 }
 
 fn parse_date(s: &str) -> Option<NaiveDate> {
@@ -249,6 +315,41 @@ fn parse_date(s: &str) -> Option<NaiveDate> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn fast_datetimes_agree_with_chrono() {
+        for s in [
+            "2024-03-01T12:00:00.000+0000",
+            "2024-03-01T12:00:00Z",
+            "2024-03-01T12:00:00.5Z",
+            "2024-03-01T12:00:00.123456789Z",
+            "2024-02-29T23:59:59.999-0530",
+            "1999-12-31T00:00:00+01:00",
+            "2024-03-01T12:00:00.000-00:00",
+        ] {
+            let slow = DateTime::parse_from_rfc3339(s)
+                .or_else(|_| DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f%z"))
+                .unwrap()
+                .with_timezone(&Utc);
+            assert_eq!(parse_iso_fast(s), Some(slow), "{s}");
+        }
+        for s in [
+            "2024-02-30T00:00:00Z",
+            "2024-03-01T24:00:00Z",
+            "2024-03-01T12:00:00",
+            "2024-03-01T12:00:00.Z",
+            "2024-03-01T12:00:00+2400",
+            "2024-03-01 12:00:00Z",
+            "2024-03-01T12:00:00.0000000000Z",
+            "1709294400000",
+        ] {
+            assert_eq!(parse_iso_fast(s), None, "{s}");
+        }
+        assert_eq!(
+            parse_datetime("1709294400000"),
+            DateTime::from_timestamp_millis(1_709_294_400_000)
+        );
+    }
 
     #[test]
     fn timestamps_as_postgres_micros() {

@@ -395,10 +395,16 @@ fn typed(crm_type: &str, v: &str) -> Value {
             .parse::<Number>()
             .map(Value::Number)
             .unwrap_or_else(|_| Value::String(v.to_owned())),
-        "datetime" => match parse_datetime(v) {
-            Some(d) => Value::String(d.format("%Y-%m-%dT%H:%M:%S%.3f+0000").to_string()),
-            None => Value::String(v.to_owned()),
-        },
+        "datetime" => {
+            // Bulk's `2024-03-01T12:00:00.000Z` is REST's `...000+0000`.
+            if v.len() == 24 && v.ends_with('Z') && v.as_bytes()[19] == b'.' {
+                return Value::String(format!("{}+0000", &v[..23]));
+            }
+            match parse_datetime(v) {
+                Some(d) => Value::String(d.format("%Y-%m-%dT%H:%M:%S%.3f+0000").to_string()),
+                None => Value::String(v.to_owned()),
+            }
+        }
         _ => Value::String(v.to_owned()),
     }
 }
@@ -509,5 +515,9 @@ mod tests {
             json!("2024-03-01T12:00:00.000+0000")
         );
         assert_eq!(typed("date", "2024-03-01"), json!("2024-03-01"));
+        assert_eq!(
+            typed("datetime", "2024-03-01T12:00:00Z"),
+            json!("2024-03-01T12:00:00.000+0000")
+        );
     }
 }
