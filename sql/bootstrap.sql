@@ -74,7 +74,7 @@ CREATE INDEX runs_source_stream_started ON crm_sync.runs (source, stream, starte
 COMMENT ON TABLE crm_sync.runs IS
     'One row per stream per sync run: what it did, or why it failed. Failed runs are recorded even though their transaction rolled back.';
 COMMENT ON COLUMN crm_sync.runs.records IS 'Rows inserted or changed (records read again unchanged are not counted).';
-COMMENT ON COLUMN crm_sync.runs.warnings IS 'Values that did not fit their column; they stay in _raw. warning_samples shows the first few.';
+COMMENT ON COLUMN crm_sync.runs.warnings IS 'Things that did not stop the run: values that did not fit their column (they stay in _raw) and fields the CRM no longer has. warning_samples shows the first few.';
 
 -- pg_dump keeps configuration and state.
 SELECT pg_catalog.pg_extension_config_dump('crm_sync.sources', '');

@@ -135,6 +135,10 @@ BEGIN
                   DETAIL = 'The stream name becomes the landing table''s name.',
                   HINT = 'Use lower-case letters, digits and underscores, at most 63 characters.';
     END IF;
+    IF array_position(properties, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'properties must not contain NULL'
+            USING ERRCODE = 'null_value_not_allowed', HINT = 'List field names, e.g. ''{Name,Amount__c}'', or pass NULL for all fields.';
+    END IF;
     IF EXISTS (SELECT 1 FROM crm_sync.streams t WHERE t.source = add_stream.source AND t.stream = name) THEN
         RAISE EXCEPTION 'stream "%" of source "%" already exists', name, source
             USING ERRCODE = 'duplicate_object', HINT = 'Pass another stream name.';

@@ -181,13 +181,3 @@ pub fn now_us() -> i64 {
         .map(|d| d.as_micros() as i64)
         .unwrap_or_default()
 }
-
-/// Remove properties from a stream's chosen list (fields the CRM dropped).
-pub fn drop_stream_properties(source: &str, stream: &str, gone: &[String]) {
-    Spi::run_with_args(
-        "UPDATE crm_sync.streams SET properties = ARRAY(SELECT p FROM unnest(properties) AS p WHERE p <> ALL ($3))
-          WHERE source = $1 AND stream = $2",
-        &[source.into(), stream.into(), gone.to_vec().into()],
-    )
-    .expect("update crm_sync.streams");
-}

@@ -59,7 +59,6 @@ fn is_keyword(s: &str) -> bool {
     .unwrap_or(true)
 }
 
-/// Existing columns of `schema.table` and their types; empty if no table.
 /// ` COMPRESSION lz4` where this server has lz4: large values (`_raw` of a
 /// wide record, long text) are compressed several times faster than with
 /// the default pglz, which otherwise dominates writing wide records.
@@ -77,7 +76,7 @@ fn compression_clause() -> &'static str {
     }
 }
 
-/// The landing table's columns and their types (empty if it does not exist).
+/// Existing columns of `schema.table` and their types; empty if no table.
 pub fn existing_columns(schema: &str, table: &str) -> HashMap<String, PgType> {
     Spi::connect(|c| {
         let t = c

@@ -45,11 +45,14 @@ pgrx::extension_sql!(
     r#"
 REVOKE EXECUTE ON FUNCTION crm_sync.sync(text, text, boolean) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION crm_sync.discover(text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION crm_sync.discover(text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION crm_sync._check_source(text, text, jsonb, jsonb) FROM PUBLIC;
 COMMENT ON FUNCTION crm_sync.sync(text, text, boolean) IS
     'Sync one stream (or every enabled stream) of a source in this transaction; returns one row per stream. Rows and watermark commit together.';
 COMMENT ON FUNCTION crm_sync.discover(text, text) IS
-    'The properties of a stream''s CRM object, the column type each lands as, and whether it is synced.';
+    'The fields of a stream''s CRM object (or of any object, by its CRM name), the column type each lands as, and whether it is synced.';
+COMMENT ON FUNCTION crm_sync.discover(text) IS
+    'The objects of a source''s CRM account that can be synced, and the stream that syncs each.';
 "#,
     name = "grants",
     finalize

@@ -35,7 +35,7 @@ mod tests {
     }
 
     #[pg_test]
-    fn salesforce_sources_get_their_streams_and_add_stream_names_tables() {
+    fn salesforce_sources_get_their_streams_and_add_stream_registers_objects() {
         create_sf();
         let streams = Spi::get_one::<String>("SELECT string_agg(stream || '=' || object, ',' ORDER BY stream) FROM crm_sync.streams WHERE source = 'sf'")
             .unwrap()
@@ -60,6 +60,52 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(props, ["Name", "Amount__c"]);
+    }
+
+    #[pg_test]
+    fn discover_and_add_stream_are_not_public() {
+        Spi::run("CREATE ROLE nobody_special").unwrap();
+        for f in [
+            "crm_sync.discover(text)",
+            "crm_sync.discover(text, text)",
+            "crm_sync.add_stream(text, text, text, text[])",
+            "crm_sync.sync(text, text, boolean)",
+        ] {
+            let can = Spi::get_one::<bool>(&format!(
+                "SELECT has_function_privilege('nobody_special', '{f}', 'EXECUTE')"
+            ))
+            .unwrap();
+            assert_eq!(can, Some(false), "{f} must not be executable by PUBLIC");
+        }
+    }
+
+    #[pg_test]
+    fn landing_tables_compress_with_lz4_where_available() {
+        use crate::landing::{ensure_table, Column};
+        use crm_sync_core::types::PgType;
+        Spi::run("CREATE SCHEMA land2").unwrap();
+        let c = Column {
+            property: "Description".into(),
+            column: "description".into(),
+            pg_type: PgType::Text,
+        };
+        ensure_table("land2", "t", &[c]).unwrap();
+        let lz4 = Spi::get_one::<bool>(
+            "SELECT 'lz4' = ANY (enumvals) FROM pg_settings WHERE name = 'default_toast_compression'",
+        )
+        .unwrap()
+        .unwrap();
+        let methods = Spi::get_one::<String>(
+            "SELECT string_agg(attname || '=' || coalesce(nullif(attcompression::text, ''), '-'), ',' ORDER BY attnum)
+               FROM pg_attribute WHERE attrelid = 'land2.t'::regclass AND attname IN ('description', '_raw')",
+        )
+        .unwrap()
+        .unwrap();
+        if lz4 {
+            assert_eq!(methods, "description=l,_raw=l");
+        } else {
+            assert_eq!(methods, "description=-,_raw=-");
+        }
     }
 
     #[pg_test(error = "stream \"invoice__c\" of source \"sf\" already exists")]

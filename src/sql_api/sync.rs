@@ -21,7 +21,7 @@ use crm_sync_core::engine;
 use crm_sync_core::http::HttpClient;
 use crm_sync_core::runtime::block_on_interruptible;
 use crm_sync_core::types::{parse_datetime, PgType};
-use crm_sync_core::CrmError;
+use crm_sync_core::{CrmError, ErrorKind};
 
 type SyncRow = (
     String,
@@ -152,7 +152,9 @@ pub fn discover(
     let conn = (cfg.provider.connect)(&http, &cfg).or_raise(&ctx);
     let fields = fetch_fields(conn.as_ref(), &object)
         .map_err(|e| {
-            if chosen.is_none() {
+            if chosen.is_none()
+                && matches!(e.kind, ErrorKind::InvalidConfig | ErrorKind::ApiRejected)
+            {
                 let known: Vec<&str> = streams.iter().map(|s| s.stream.as_str()).collect();
                 e.with_hint(format!(
                     "\"{stream}\" is neither a stream of this source ({}) nor an object of the CRM; see crm_sync.discover(source) for the objects.",
@@ -165,8 +167,12 @@ pub fn discover(
         .or_raise(&ctx);
     let selected = match chosen {
         Some(s) => {
+            // A typo in the list is what discover helps fix: show the
+            // fields, none selected, rather than the error.
             let landed = landing::existing_columns(source, &s.stream);
-            select_fields(&cfg, s, &fields, &landed).or_raise(&ctx).0
+            select_fields(&cfg, s, &fields, &landed)
+                .map(|x| x.0)
+                .unwrap_or_default()
         }
         None => vec![],
     };
@@ -241,7 +247,12 @@ fn select_fields(
             let mut cols = vec![];
             let mut gone = vec![];
             for p in list {
-                match fields.iter().find(|f| &f.name == p) {
+                // Exact name first; CRM API names are case-insensitive.
+                let found = fields
+                    .iter()
+                    .find(|f| &f.name == p)
+                    .or_else(|| fields.iter().find(|f| f.name.eq_ignore_ascii_case(p)));
+                match found {
                     Some(f) => cols.push(col(f)),
                     None if landed.contains_key(&column_name(p)) => gone.push(p.clone()),
                     None => {
@@ -259,7 +270,7 @@ fn select_fields(
                 .streams
                 .iter()
                 .find(|d| d.object == s.object)
-                .map_or(DefaultFields::All, |d| d.fields);
+                .map_or(cfg.provider.other_objects, |d| d.fields);
             let cols = match defaults {
                 DefaultFields::All => fields.iter().map(col).collect(),
                 DefaultFields::Only(names) => fields
@@ -474,9 +485,6 @@ fn sync_stream(
     let fields = fetch_fields(conn.as_ref(), &s.object)?;
     let landed = landing::existing_columns(&src.name, &s.stream);
     let (wanted, gone) = select_fields(cfg, s, &fields, &landed)?;
-    if !gone.is_empty() {
-        catalog::drop_stream_properties(&src.name, &s.stream, &gone);
-    }
     let columns = landing::ensure_table(&src.name, &s.stream, &wanted)?;
     let read_fields: Vec<Field> = columns
         .iter()
@@ -501,7 +509,7 @@ fn sync_stream(
     let mut outcome = outcome;
     for p in gone.iter().rev() {
         outcome.warnings.insert(0, format!(
-            "property {p} no longer exists on {}; it was removed from crm_sync.streams.properties and its column keeps the values already landed",
+            "property {p} is listed in crm_sync.streams.properties but {} no longer has it (deleted, or hidden from this user); it is skipped and its column keeps the values already landed",
             s.object
         ));
     }

@@ -107,7 +107,7 @@ pub fn run(
     type Next<'a> = BoxFuture<'a, Result<Option<Page>>>;
     let mut next: Option<Next<'_>> = Some(source.next_page());
     let mut ready: Option<Result<Option<Page>>> = None;
-    let mut dropped: Vec<String> = Vec::new();
+    let mut dropped_count = 0;
     loop {
         let page = match (ready.take(), next.as_mut()) {
             (Some(r), _) => r,
@@ -118,12 +118,22 @@ pub fn run(
         let Some(page) = page? else { break };
         out.pages += 1;
         out.records_received += page.records.len() as u64;
+        // No request is in flight here: ask whether the reader dropped a
+        // field (the CRM deleted it). Records read before hold its values:
+        // write them first, then stop writing that column.
+        let now_dropped = source.dropped_fields();
+        if now_dropped.len() != dropped_count {
+            if !batch.records.is_empty() {
+                check();
+                out.stats += sink.write(&batch.records)?;
+                batch.clear();
+            }
+            sink.forget_fields(&now_dropped);
+            dropped_count = now_dropped.len();
+        }
         for r in page.records {
             batch.push(r);
         }
-        // No request is in flight here: ask which fields the reader dropped
-        // (only ever grows; read before the next page is requested).
-        dropped = source.dropped_fields();
         // Ask for the following page now: the CRM prepares it while this
         // thread writes to Postgres.
         let mut f: Next<'_> = source.next_page();
@@ -131,9 +141,6 @@ pub fn run(
         next = Some(f);
         if batch.records.len() >= batch_size {
             check();
-            if !dropped.is_empty() {
-                sink.forget_fields(&dropped);
-            }
             out.stats += sink.write(&batch.records)?;
             batch.clear();
         }
@@ -141,9 +148,6 @@ pub fn run(
     drop(next);
     if !batch.records.is_empty() {
         check();
-        if !dropped.is_empty() {
-            sink.forget_fields(&dropped);
-        }
         out.stats += sink.write(&batch.records)?;
     }
     out.watermark = source.watermark();
@@ -260,6 +264,55 @@ mod tests {
             sink.0.iter().map(Vec::len).collect::<Vec<_>>(),
             [120, 120, 60]
         );
+    }
+
+    /// Drops field "F" while its last page is fetched.
+    struct DropsAfterFirst(Pages, bool);
+    impl PageSource for DropsAfterFirst {
+        fn next_page(&mut self) -> BoxFuture<'_, Result<Option<Page>>> {
+            if self.0 .0.len() < 2 {
+                self.1 = true;
+            }
+            self.0.next_page()
+        }
+        fn watermark(&self) -> Option<String> {
+            None
+        }
+        fn dropped_fields(&self) -> Vec<String> {
+            if self.1 {
+                vec!["F".into()]
+            } else {
+                vec![]
+            }
+        }
+    }
+
+    #[derive(Default)]
+    struct LogSink(Vec<String>);
+    impl Sink for LogSink {
+        fn write(&mut self, batch: &[Record]) -> Result<WriteStats> {
+            let ids: Vec<&str> = batch.iter().map(|r| r.id.as_str()).collect();
+            self.0.push(format!("write {}", ids.join(",")));
+            Ok(WriteStats::default())
+        }
+        fn forget_fields(&mut self, fields: &[String]) {
+            self.0.push(format!("forget {}", fields.join(",")));
+        }
+    }
+
+    #[test]
+    fn records_read_before_a_field_is_dropped_are_written_with_it() {
+        let mut src = DropsAfterFirst(
+            Pages(vec![
+                Ok(vec![rec("1", 1)]),
+                Ok(vec![rec("2", 2)]),
+                Ok(vec![rec("3", 3)]),
+            ]),
+            false,
+        );
+        let mut sink = LogSink::default();
+        run(&mut src, &mut sink, 100, &mut || {}).unwrap();
+        assert_eq!(sink.0, ["write 1,2", "forget F", "write 3"]);
     }
 
     #[test]

@@ -78,6 +78,9 @@ pub struct Provider {
     pub credentials: &'static [&'static str],
     /// Streams registered for a new source.
     pub streams: &'static [StreamDefaults],
+    /// Fields synced for other objects (streams added by the user) when the
+    /// user has not chosen.
+    pub other_objects: DefaultFields,
     /// Check the values of options and credentials (keys are checked already).
     pub check: fn(&CheckArgs<'_>) -> Result<()>,
     /// Open a connection for one sync or discovery call.

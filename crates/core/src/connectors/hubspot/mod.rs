@@ -39,6 +39,9 @@ pub const PROVIDER: Provider = Provider {
     options: &["base_url"],
     credentials: &["access_token"],
     streams: STREAMS,
+    // Objects may have hundreds of properties, all sent in the list URL:
+    // only the id and modification time unless the user picks properties.
+    other_objects: DefaultFields::Only(&[]),
     check,
     connect,
 };
@@ -86,6 +89,7 @@ impl Connector for HubSpot<'_> {
 
     fn reader<'a>(&'a self, req: ReadRequest) -> BoxFuture<'a, Result<Box<dyn PageSource + 'a>>> {
         Box::pin(async move {
+            check_object(&req.object)?;
             let props: Vec<String> = req.fields.iter().map(|f| f.name.clone()).collect();
             let r = HubSpotReader::new(
                 self,
@@ -164,6 +168,22 @@ pub const STREAMS: &[StreamDefaults] = &[
         ]),
     },
 ];
+
+/// Object names go into URL paths: letters, digits, `_`, `-` only
+/// (`contacts`, `p_orders`, `2-123456`).
+fn check_object(object: &str) -> Result<()> {
+    let ok = !object.is_empty()
+        && object.len() <= 100
+        && object
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(CrmError::config(format!("{object:?} is not a HubSpot object name"))
+            .with_hint("Object names look like contacts, companies, deals, or a custom object's p_name or 2-12345."))
+    }
+}
 
 /// The property holding an object's last modification time.
 pub fn last_modified_property(object: &str) -> &'static str {
@@ -249,6 +269,7 @@ impl<'a> HubSpot<'a> {
 
     /// Every property of `object`: `GET /crm/v3/properties/{object}`.
     pub async fn properties(&self, object: &str) -> Result<Vec<Field>> {
+        check_object(object)?;
         let path = format!("crm/v3/properties/{object}");
         let resp = self.call(Method::GET, &path, &[], None).await?;
         #[derive(Deserialize)]
@@ -477,5 +498,8 @@ mod tests {
         assert_eq!(pg_type_for("phone_number"), PgType::Text);
         assert_eq!(last_modified_property("contacts"), "lastmodifieddate");
         assert_eq!(last_modified_property("deals"), "hs_lastmodifieddate");
+        assert!(check_object("2-123456").is_ok() && check_object("p_orders").is_ok());
+        assert!(check_object("../../objects/contacts/1").is_err());
+        assert!(check_object("contacts?x=1").is_err());
     }
 }

@@ -216,7 +216,7 @@ fn check_status(endpoint: &str, resp: Response) -> Result<Response> {
             ErrorKind::InvalidConfig,
             format!("Salesforce does not know this object ({what})"),
         )
-        .with_hint("See crm_sync.discover_objects(source) for the org's objects; object names are API names such as Account or Invoice__c."),
+        .with_hint("See crm_sync.discover(source) for the org's objects; object names are API names such as Account or Invoice__c."),
         _ => CrmError::new(
             ErrorKind::ApiRejected,
             format!("Salesforce rejected the request ({what})"),

@@ -59,6 +59,7 @@ pub const PROVIDER: Provider = Provider {
         "private_key",
     ],
     streams: STREAMS,
+    other_objects: DefaultFields::All,
     check,
     connect,
 };
