@@ -9,7 +9,20 @@ pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(5000);
 /// would let credentials travel unencrypted.
 pub static ALLOW_INSECURE_HTTP: GucSetting<bool> = GucSetting::<bool>::new(false);
 
+/// Milliseconds between progress NOTICEs of a foreground sync (0: none).
+pub static PROGRESS_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(5000);
+
 pub fn init() {
+    GucRegistry::define_int_guc(
+        c"crm_sync.progress_interval_ms",
+        c"How often a running crm_sync.sync() reports progress as a NOTICE.",
+        c"Milliseconds between NOTICEs naming the stream, records and pages so far, bytes, rate, and percent done where the CRM reports a total; 0 turns them off. client_min_messages decides whether you see them.",
+        &PROGRESS_INTERVAL_MS,
+        0,
+        3_600_000,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
     GucRegistry::define_int_guc(
         c"crm_sync.batch_size",
         c"Records written per INSERT statement by a sync.",

@@ -90,6 +90,9 @@ pub struct Outcome {
     pub watermark: Option<String>,
     /// The reader's warnings ([`PageSource::warnings`]).
     pub warnings: Vec<String>,
+    /// Records the run's first query matches, when the CRM says (for
+    /// progress; HubSpot search `total`, Salesforce `totalSize`).
+    pub total: Option<u64>,
 }
 
 /// Pull every page from `source` and write it to `sink` in batches of about
@@ -100,6 +103,17 @@ pub fn run(
     sink: &mut dyn Sink,
     batch_size: usize,
     check: &mut dyn FnMut(),
+) -> Result<Outcome> {
+    run_with_progress(source, sink, batch_size, check, &mut |_| {})
+}
+
+/// As [`run`], calling `progress` after every page with the counts so far.
+pub fn run_with_progress(
+    source: &mut dyn PageSource,
+    sink: &mut dyn Sink,
+    batch_size: usize,
+    check: &mut dyn FnMut(),
+    progress: &mut dyn FnMut(&Outcome),
 ) -> Result<Outcome> {
     let batch_size = batch_size.max(1);
     let mut out = Outcome::default();
@@ -118,6 +132,10 @@ pub fn run(
         let Some(page) = page? else { break };
         out.pages += 1;
         out.records_received += page.records.len() as u64;
+        // The first total a run sees covers the run's main query.
+        if out.total.is_none() {
+            out.total = page.total;
+        }
         // No request is in flight here: ask whether the reader dropped a
         // field (the CRM deleted it). Records read before hold its values:
         // write them first, then stop writing that column.
@@ -144,6 +162,7 @@ pub fn run(
             out.stats += sink.write(&batch.records)?;
             batch.clear();
         }
+        progress(&out);
     }
     drop(next);
     if !batch.records.is_empty() {
@@ -251,6 +270,23 @@ mod tests {
         assert_eq!(out.records_received, 5);
         assert_eq!(out.stats.upserted, 3);
         assert_eq!(out.watermark.as_deref(), Some("w"));
+    }
+
+    #[test]
+    fn progress_is_reported_after_every_page() {
+        let pages = (0..3)
+            .map(|p| Ok((0..10).map(|i| rec(&format!("{p}-{i}"), 1)).collect()))
+            .collect();
+        let mut seen = vec![];
+        run_with_progress(
+            &mut Pages(pages),
+            &mut MemSink::default(),
+            15,
+            &mut || {},
+            &mut |o| seen.push((o.pages, o.records_received, o.stats.upserted)),
+        )
+        .unwrap();
+        assert_eq!(seen, [(1, 10, 0), (2, 20, 20), (3, 30, 20)]);
     }
 
     #[test]
