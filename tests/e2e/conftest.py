@@ -175,11 +175,15 @@ def hubspot(mock_factory):
     return mock_factory()
 
 
+def register(db, name, provider, options, credentials):
+    """crm_sync.create_source() with test-friendly defaults: no lookback, fast retries."""
+    opts = {"lookback_seconds": 0, "retry_base_ms": 10, "retry_max_ms": 50, **options}
+    db.execute("SELECT crm_sync.create_source(%s, %s, %s, %s)",
+               (name, provider, psycopg.types.json.Jsonb(opts), psycopg.types.json.Jsonb(credentials)))
+
+
 def create_source(db, mock, name="hs", token=TOKEN, **options):
-    opts = {"base_url": mock.url, "lookback_seconds": 0, "retry_base_ms": 10, "retry_max_ms": 50}
-    opts.update(options)
-    db.execute("SELECT crm_sync.create_source(%s, 'hubspot', %s, %s)",
-               (name, psycopg.types.json.Jsonb(opts), psycopg.types.json.Jsonb({"access_token": token})))
+    register(db, name, "hubspot", {"base_url": mock.url, **options}, {"access_token": token})
 
 
 def sync(db, source="hs", stream=None, full_refresh=False):
@@ -239,9 +243,6 @@ def salesforce(sf_factory):
 
 
 def create_sf_source(db, mock, name="sf", credentials=None, **options):
-    opts = {"login_url": mock.url, "lookback_seconds": 0, "retry_base_ms": 10, "retry_max_ms": 50}
-    opts.update(options)
     creds = credentials if credentials is not None else {
         "client_id": SF_CLIENT_ID, "client_secret": SF_CLIENT_SECRET, "refresh_token": SF_REFRESH_TOKEN}
-    db.execute("SELECT crm_sync.create_source(%s, 'salesforce', %s, %s)",
-               (name, psycopg.types.json.Jsonb(opts), psycopg.types.json.Jsonb(creds)))
+    register(db, name, "salesforce", {"login_url": mock.url, **options}, creds)

@@ -15,20 +15,8 @@ use serde_json::{json, Value};
 
 /// Start a mock on its own runtime thread; returns its base URL.
 fn start(opts: Options) -> String {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let mock = Arc::new(SalesforceMock::new(opts).unwrap());
-            tx.send(crm_mock::start(0, mock).await.unwrap()).unwrap();
-            std::future::pending::<()>().await;
-        });
-    });
-    format!("http://127.0.0.1:{}", rx.recv().unwrap())
+    let port = crm_mock::start_in_background(move || SalesforceMock::new(opts).unwrap());
+    format!("http://127.0.0.1:{port}")
 }
 
 fn admin(base: &str, method: reqwest::Method, path: &str, body: Value) -> Value {

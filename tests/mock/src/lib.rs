@@ -25,3 +25,23 @@ pub async fn start(port: u16, handler: Arc<dyn server::Handler>) -> std::io::Res
     tokio::spawn(server::serve(listener, handler));
     Ok(port)
 }
+
+/// Start the mock `make` builds on a runtime of its own, on a thread of its
+/// own, for tests run from another crate or runtime; returns its port once
+/// it listens. The mock serves until the process ends.
+pub fn start_in_background<H: server::Handler>(make: impl FnOnce() -> H + Send + 'static) -> u16 {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("mock runtime");
+        rt.block_on(async move {
+            let port = start(0, Arc::new(make())).await.expect("mock listens");
+            tx.send(port).expect("caller waits");
+            std::future::pending::<()>().await;
+        });
+    });
+    rx.recv().expect("mock thread started")
+}

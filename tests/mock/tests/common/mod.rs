@@ -6,28 +6,13 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
 
 use crm_mock::server::Handler;
 use serde_json::Value;
 
-/// Start the mock `make` builds on a runtime of its own, in the background;
-/// returns its port once it listens.
+/// Start the mock `make` builds in the background; returns its port.
 pub fn start<H: Handler>(make: impl FnOnce() -> H + Send + 'static) -> u16 {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let mock = Arc::new(make());
-            tx.send(crm_mock::start(0, mock).await.unwrap()).unwrap();
-            std::future::pending::<()>().await;
-        });
-    });
-    rx.recv().unwrap()
+    crm_mock::start_in_background(make)
 }
 
 pub struct Resp {

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Number, Value};
 
 use super::api::{parse_json, Api};
-use super::reader::RestReader;
+use super::reader::{capped, RestReader};
 use super::{soql, Describe};
 use crate::connectors::{BoxFuture, ReadRequest};
 use crate::engine::{Page, PageSource, Record};
@@ -124,13 +124,19 @@ impl<'a> BulkReader<'a> {
             "Bulk API could not read {} ({why}); it was read through the REST API instead",
             self.req.object
         ));
-        self.rest = Some(RestReader::new(
-            self.api,
-            &self.req,
-            &self.d,
-            self.batch_size,
-            self.max_query_length,
-        )?);
+        self.continue_with_rest(false)
+    }
+
+    /// Hand the rest of the run to a REST reader: the whole read, or only
+    /// the deletes pass after the Bulk results.
+    fn continue_with_rest(&mut self, deletes_only: bool) -> Result<()> {
+        let (api, req, d) = (self.api, &self.req, &*self.d);
+        let (b, m) = (self.batch_size, self.max_query_length);
+        self.rest = Some(if deletes_only {
+            RestReader::deletes_only(api, req, d, b, m)?
+        } else {
+            RestReader::new(api, req, d, b, m)?
+        });
         self.phase = Phase::Rest;
         Ok(())
     }
@@ -276,14 +282,7 @@ impl<'a> BulkReader<'a> {
                                 )
                                 .await;
                             if self.req.track_deletes && self.d.has_is_deleted {
-                                self.rest = Some(RestReader::deletes_only(
-                                    self.api,
-                                    &self.req,
-                                    &self.d,
-                                    self.batch_size,
-                                    self.max_query_length,
-                                )?);
-                                self.phase = Phase::Rest;
+                                self.continue_with_rest(true)?;
                             }
                         }
                     }
@@ -449,10 +448,7 @@ impl PageSource for BulkReader<'_> {
     }
 
     fn watermark(&self) -> Option<String> {
-        let bulk = match (self.watermark, self.cap) {
-            (Some(w), Some(c)) => Some(w.min(c)),
-            (w, _) => w,
-        };
+        let bulk = capped(self.watermark, self.cap);
         let rest = self.rest.as_ref().and_then(|r| r.watermark_at());
         match (bulk, rest) {
             (Some(a), Some(b)) => Some(a.max(b)),

@@ -175,11 +175,7 @@ impl<'a> RestReader<'a> {
     /// but never past the server's time when the live query began, and
     /// never before where this run started.
     pub fn watermark_at(&self) -> Option<DateTime<Utc>> {
-        let capped = match (self.watermark, self.cap) {
-            (Some(w), Some(c)) => Some(w.min(c)),
-            (w, _) => w,
-        };
-        match (capped, self.start) {
+        match (capped(self.watermark, self.cap), self.start) {
             (Some(w), Some(s)) => Some(w.max(s)),
             (w, s) => w.or(s),
         }
@@ -419,6 +415,15 @@ impl<'a> RestReader<'a> {
             r.raw = Value::Object(r.fields.clone()).to_string();
         }
         Ok(())
+    }
+}
+
+/// The newest modification time seen, never past `cap` (the server's time
+/// when the query or job began).
+pub fn capped(seen: Option<DateTime<Utc>>, cap: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+    match (seen, cap) {
+        (Some(w), Some(c)) => Some(w.min(c)),
+        (w, _) => w,
     }
 }
 
