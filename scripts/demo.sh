@@ -3,7 +3,7 @@
 # Salesforce mocks on 127.0.0.1, sync HubSpot's contacts, companies and deals
 # and Salesforce's accounts, contacts, leads, opportunities and users, show
 # what landed, change a few records in the "CRMs" and show incremental syncs
-# moving only those.
+# moving only those, then run a sync as a background job.
 #   scripts/demo.sh          run and stop everything at the end
 #   scripts/demo.sh --keep   leave Postgres and the mock running to explore
 set -euo pipefail
@@ -17,7 +17,7 @@ PORT=$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1
 TOKEN=pat-na1-demo-token
 SF_REFRESH=5Aep861demo.refresh.token
 rm -rf "$DIR"
-bash scripts/pg.sh start "$DIR" "$PORT"
+bash scripts/pg.sh start "$DIR" "$PORT" "shared_preload_libraries = 'pg_crm_sync'" "crm_sync.database = 'crm_demo'"
 target/release/crm-mock hubspot --port 0 --contacts 20000 --companies 2000 --deals 3000 --token "$TOKEN" > "$DIR.mock" &
 MOCK_PID=$!
 target/release/crm-mock salesforce --port 0 --accounts 5000 --contacts 8000 --leads 3000 \
@@ -73,6 +73,15 @@ curl -sf -X POST "$SF_URL/_mock/sf/Opportunity/delete" -H 'content-type: applica
 run "SELECT stream, mode, status, records_upserted, records_deleted, api_calls, duration, watermark FROM crm_sync.sync('sf_demo')"
 run "SELECT id, email, firstname, lifecyclestage, phone, _deleted_at IS NOT NULL AS deleted, _run_id FROM hubspot_demo.contacts WHERE _run_id = (SELECT max(run_id) FROM crm_sync.runs WHERE stream = 'contacts') ORDER BY id::int"
 run "SELECT run_id, stream, mode, status, records, records_deleted, api_calls, finished_at - started_at AS took FROM crm_sync.runs ORDER BY run_id"
+
+echo
+echo "== In the background: queue a job, follow it, wait for it (a launcher worker runs it)"
+curl -sf -X POST "$MOCK_URL/_mock/contacts/upsert" -H 'content-type: application/json' \
+    -d '{"records":[{"id":"4","properties":{"lifecyclestage":"opportunity"}}]}' >/dev/null
+JOB=$("${PSQL[@]}" -d crm_demo -At -c "SELECT crm_sync.sync_async('hubspot_demo')")
+echo "crm_demo=# SELECT crm_sync.sync_async('hubspot_demo');  -- job $JOB"
+run "SELECT crm_sync.wait($JOB, '60 seconds') AS status"
+run "SELECT job_id, source, status, attempts, records, run_ids, finished_at - started_at AS took FROM crm_sync.jobs"
 if [ "$keep" = "--keep" ]; then
     echo; echo "Still running: psql -h 127.0.0.1 -p $PORT -U postgres crm_demo   (mocks: $MOCK_URL pid $MOCK_PID, $SF_URL pid $SF_PID)"
 fi

@@ -114,13 +114,13 @@ pub fn lock_stream(source: &str, stream: &str, ctx: &Context) {
     .unwrap_or(false);
     if !got {
         let e = CrmError::config("another session is already syncing this stream");
-        pgrx::pg_sys::panic::ErrorReport::new(
+        crate::errors::fail(
             PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
             crate::errors::message(&e, ctx),
-            "pg_crm_sync",
-        )
-        .set_hint("Wait for it to finish (see pg_stat_activity), then sync again.")
-        .report(PgLogLevel::ERROR);
+            Some(
+                "Wait for it to finish (see pg_stat_activity and crm_sync.jobs), then sync again.",
+            ),
+        );
     }
 }
 
@@ -180,4 +180,90 @@ pub fn now_us() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or_default()
+}
+
+/// The position of an interrupted run (crm_sync.checkpoints).
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub source: String,
+    pub stream: String,
+    pub run_id: i64,
+    pub job_id: Option<i64>,
+    pub mode: String,
+    /// The watermark the run started from (None for a full run).
+    pub watermark: Option<String>,
+    /// The synced properties, comma-separated.
+    pub fields: String,
+    /// The reader's own position (see `PageSource::checkpoint`).
+    pub position: String,
+    /// Rows the run had committed.
+    pub records: i64,
+    pub api_calls: i64,
+    pub started_at_us: i64,
+}
+
+pub fn load_checkpoint(source: &str, stream: &str) -> Option<Checkpoint> {
+    Spi::connect(|c| {
+        let t = c
+            .select(
+                "SELECT run_id, job_id, mode, watermark, fields, position, records, api_calls,
+                        (extract(epoch FROM started_at) * 1e6)::int8
+                   FROM crm_sync.checkpoints WHERE source = $1 AND stream = $2",
+                Some(1),
+                &[source.into(), stream.into()],
+            )
+            .expect("read crm_sync.checkpoints");
+        if t.is_empty() {
+            return None;
+        }
+        let r = t.first();
+        Some(Checkpoint {
+            source: source.to_owned(),
+            stream: stream.to_owned(),
+            run_id: r.get(1).ok().flatten().unwrap_or_default(),
+            job_id: r.get(2).ok().flatten(),
+            mode: r.get(3).ok().flatten().unwrap_or_default(),
+            watermark: r.get(4).ok().flatten(),
+            fields: r.get(5).ok().flatten().unwrap_or_default(),
+            position: r.get(6).ok().flatten().unwrap_or_default(),
+            records: r.get(7).ok().flatten().unwrap_or_default(),
+            api_calls: r.get(8).ok().flatten().unwrap_or_default(),
+            started_at_us: r.get(9).ok().flatten().unwrap_or_default(),
+        })
+    })
+}
+
+pub fn save_checkpoint(c: &Checkpoint) {
+    Spi::run_with_args(
+        "INSERT INTO crm_sync.checkpoints AS k (source, stream, run_id, job_id, mode, watermark, fields,
+                                               position, records, api_calls, started_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, to_timestamp($11 / 1e6), now())
+         ON CONFLICT (source, stream) DO UPDATE
+            SET run_id = EXCLUDED.run_id, job_id = EXCLUDED.job_id, mode = EXCLUDED.mode,
+                watermark = EXCLUDED.watermark, fields = EXCLUDED.fields, position = EXCLUDED.position,
+                records = EXCLUDED.records, api_calls = EXCLUDED.api_calls,
+                started_at = EXCLUDED.started_at, updated_at = EXCLUDED.updated_at",
+        &[
+            c.source.as_str().into(),
+            c.stream.as_str().into(),
+            c.run_id.into(),
+            c.job_id.into(),
+            c.mode.as_str().into(),
+            c.watermark.clone().into(),
+            c.fields.as_str().into(),
+            c.position.as_str().into(),
+            c.records.into(),
+            c.api_calls.into(),
+            (c.started_at_us as f64).into(),
+        ],
+    )
+    .expect("write crm_sync.checkpoints");
+}
+
+pub fn delete_checkpoint(source: &str, stream: &str) {
+    Spi::run_with_args(
+        "DELETE FROM crm_sync.checkpoints WHERE source = $1 AND stream = $2",
+        &[source.into(), stream.into()],
+    )
+    .expect("delete from crm_sync.checkpoints");
 }

@@ -56,6 +56,16 @@ pub fn message(e: &CrmError, ctx: &Context) -> String {
     scrub(&format!("{prefix}{e}"), &ctx.secrets)
 }
 
+/// Raise an ERROR of the extension's own (not from a CRM).
+pub fn fail(code: PgSqlErrorCode, message: String, hint: Option<&str>) -> ! {
+    let mut r = ErrorReport::new(code, message, "pg_crm_sync");
+    if let Some(h) = hint {
+        r = r.set_hint(h.to_owned());
+    }
+    r.report(PgLogLevel::ERROR);
+    unreachable!("ERROR does not return")
+}
+
 pub fn report(e: &CrmError, ctx: &Context) -> ErrorReport {
     let mut r = ErrorReport::new(sqlstate(e.kind), message(e, ctx), "pg_crm_sync");
     if let Some(d) = &e.detail {

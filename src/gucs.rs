@@ -1,5 +1,7 @@
 //! Every `crm_sync.*` setting, registered once in `_PG_init`.
 
+use std::ffi::CString;
+
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
 /// Records per INSERT statement when writing landing tables.
@@ -12,7 +14,51 @@ pub static ALLOW_INSECURE_HTTP: GucSetting<bool> = GucSetting::<bool>::new(false
 /// Milliseconds between progress NOTICEs of a foreground sync (0: none).
 pub static PROGRESS_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(5000);
 
+/// Background workers that run jobs at once, at most.
+pub static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
+
+/// The database whose jobs and schedules the launcher runs.
+pub static DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+
+pub fn database() -> String {
+    DATABASE
+        .get()
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "postgres".to_owned())
+}
+
 pub fn init() {
+    GucRegistry::define_int_guc(
+        c"crm_sync.max_workers",
+        c"Background syncs that run at once, at most.",
+        c"Each takes one of max_worker_processes while it runs; 0 stops starting jobs (queued jobs wait). Reload to change.",
+        &MAX_WORKERS,
+        0,
+        1024,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    // A postmaster setting can only be defined while preloading.
+    // SAFETY: reads a postmaster global.
+    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        define_database();
+    }
+    define_session_settings();
+}
+
+fn define_database() {
+    GucRegistry::define_string_guc(
+        c"crm_sync.database",
+        c"The database whose background syncs (crm_sync.sync_async, crm_sync.schedule) the launcher runs.",
+        c"Like pg_cron's cron.database_name: one database per cluster. Needs pg_crm_sync in shared_preload_libraries; takes effect at server start.",
+        &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+}
+
+fn define_session_settings() {
     GucRegistry::define_int_guc(
         c"crm_sync.progress_interval_ms",
         c"How often a running crm_sync.sync() reports progress as a NOTICE.",

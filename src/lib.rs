@@ -10,8 +10,11 @@ mod catalog;
 mod errors;
 mod failed_run;
 mod gucs;
+mod jobs;
 mod landing;
+mod shmem;
 mod sql_api;
+mod worker;
 
 ::pgrx::pg_module_magic!();
 
@@ -21,10 +24,20 @@ pgrx::extension_sql_file!(
     name = "sources",
     requires = [sql_api::check_source, sql_api::provider_streams]
 );
+pgrx::extension_sql_file!(
+    "../sql/jobs.sql",
+    name = "jobs",
+    requires = ["sources", jobs::progress, jobs::check_background]
+);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
+    // SAFETY: reads a postmaster global.
+    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        shmem::init();
+        worker::register_launcher();
+    }
 }
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -47,6 +60,14 @@ REVOKE EXECUTE ON FUNCTION crm_sync.sync(text, text, boolean) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION crm_sync.discover(text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION crm_sync.discover(text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION crm_sync._check_source(text, text, jsonb, jsonb) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION crm_sync.sync_async(text, text, boolean, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION crm_sync.cancel(bigint) FROM PUBLIC;
+COMMENT ON FUNCTION crm_sync.sync_async(text, text, boolean, text) IS
+    'Queue a sync of one stream (or every enabled stream) for a background worker; returns the job id at once. if_running: ''wait'' (default) runs it after another sync of the same stream ends, ''skip'' ends it as skipped. See crm_sync.jobs and crm_sync.progress.';
+COMMENT ON FUNCTION crm_sync.cancel(bigint) IS
+    'Stop a queued or running job (a running one within about a second; rows of batches already committed stay, and the next run resumes from there). True if the job was queued or running.';
+COMMENT ON FUNCTION crm_sync.wait(bigint, interval) IS
+    'Wait until a job ends and return its status; after timeout, return its status then (queued or running).';
 COMMENT ON FUNCTION crm_sync.sync(text, text, boolean) IS
     'Sync one stream (or every enabled stream) of a source in this transaction; returns one row per stream. Rows and watermark commit together.';
 COMMENT ON FUNCTION crm_sync.discover(text, text) IS

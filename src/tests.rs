@@ -224,7 +224,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             dumped,
-            "crm_sync.credentials,crm_sync.runs,crm_sync.runs_run_id_seq,crm_sync.sources,crm_sync.streams,crm_sync.watermarks"
+            "crm_sync.checkpoints,crm_sync.credentials,crm_sync.jobs,crm_sync.jobs_job_id_seq,crm_sync.runs,crm_sync.runs_run_id_seq,crm_sync.schedules,crm_sync.sources,crm_sync.streams,crm_sync.watermarks"
         );
     }
 
@@ -340,5 +340,102 @@ mod tests {
             .unwrap()
         });
         assert_eq!(empty, Some(true));
+    }
+
+    // The pgrx test server does not preload the library: background syncs
+    // say what to configure (the e2e tests run them on a preloaded server).
+    #[pg_test(error = "background syncs need pg_crm_sync in shared_preload_libraries")]
+    fn sync_async_without_preloading_says_what_to_configure() {
+        create_demo();
+        Spi::run("SELECT crm_sync.sync_async('hs')").unwrap();
+    }
+
+    #[pg_test(error = "source \"nope\" does not exist")]
+    fn sync_async_of_unknown_source_is_an_error() {
+        Spi::run("SELECT crm_sync.sync_async('nope')").unwrap();
+    }
+
+    #[pg_test(error = "if_running must be 'wait' or 'skip', not 'queue'")]
+    fn sync_async_checks_if_running() {
+        create_demo();
+        Spi::run("SELECT crm_sync.sync_async('hs', if_running => 'queue')").unwrap();
+    }
+
+    #[pg_test(error = "schedule of source \"hs\": every must be at least 1 second, not 00:00:00.5")]
+    fn schedules_are_at_least_a_second_apart() {
+        create_demo();
+        Spi::run("SELECT crm_sync.schedule('hs', '0.5 seconds')").unwrap();
+    }
+
+    fn queue_directly() -> i64 {
+        create_demo();
+        // What sync_async inserts (it refuses to on this unpreloaded server).
+        Spi::get_one::<i64>("INSERT INTO crm_sync.jobs (source) VALUES ('hs') RETURNING job_id")
+            .unwrap()
+            .unwrap()
+    }
+
+    #[pg_test]
+    fn a_queued_job_is_cancelled_without_running() {
+        let id = queue_directly();
+        let first =
+            Spi::get_one_with_args::<bool>("SELECT crm_sync.cancel($1)", &[id.into()]).unwrap();
+        assert_eq!(first, Some(true));
+        let again =
+            Spi::get_one_with_args::<bool>("SELECT crm_sync.cancel($1)", &[id.into()]).unwrap();
+        assert_eq!(again, Some(false), "an ended job cannot be cancelled");
+        let row = Spi::get_one_with_args::<bool>(
+            "SELECT status = 'cancelled' AND started_at IS NULL AND finished_at IS NOT NULL FROM crm_sync.jobs WHERE job_id = $1",
+            &[id.into()],
+        )
+        .unwrap();
+        assert_eq!(row, Some(true));
+    }
+
+    #[pg_test(error = "job 77 was queued in this transaction, so no worker can see it yet")]
+    fn waiting_for_a_job_queued_in_the_same_transaction_is_an_error() {
+        create_demo();
+        Spi::run("INSERT INTO crm_sync.jobs (job_id, source) VALUES (77, 'hs')").unwrap();
+        Spi::run("SELECT crm_sync.wait(77, '1 s')").unwrap();
+    }
+
+    #[pg_test(error = "background syncs need pg_crm_sync in shared_preload_libraries")]
+    fn schedule_without_preloading_says_what_to_configure() {
+        create_demo();
+        Spi::run("SELECT crm_sync.schedule('hs', '15 minutes')").unwrap();
+    }
+
+    #[pg_test(error = "job 424242 does not exist")]
+    fn cancel_of_unknown_job_is_an_error() {
+        Spi::run("SELECT crm_sync.cancel(424242)").unwrap();
+    }
+
+    #[pg_test]
+    fn unschedule_reports_whether_there_was_a_schedule() {
+        create_demo();
+        Spi::run("INSERT INTO crm_sync.schedules (source, every) VALUES ('hs', '1 hour')").unwrap();
+        let gone = Spi::get_one::<bool>("SELECT crm_sync.unschedule('hs')").unwrap();
+        assert_eq!(gone, Some(true));
+        let again = Spi::get_one::<bool>("SELECT crm_sync.unschedule('hs')").unwrap();
+        assert_eq!(again, Some(false));
+    }
+
+    #[pg_test]
+    fn progress_is_empty_without_running_syncs_and_job_functions_are_not_public() {
+        let rows = Spi::get_one::<i64>("SELECT count(*) FROM crm_sync.progress").unwrap();
+        assert_eq!(rows, Some(0));
+        for f in [
+            "crm_sync.sync_async(text,text,boolean,text)",
+            "crm_sync.cancel(bigint)",
+            "crm_sync.schedule(text,interval,text)",
+            "crm_sync.unschedule(text)",
+        ] {
+            let public = Spi::get_one_with_args::<bool>(
+                "SELECT has_function_privilege('public', $1, 'EXECUTE')",
+                &[f.into()],
+            )
+            .unwrap();
+            assert_eq!(public, Some(false), "{f}");
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! The SQL-facing functions: thin wrappers that validate input, call the
 //! engine and turn errors into Postgres errors (see `crate::errors`).
 
-mod sync;
+pub(crate) mod sync;
 
 use pgrx::prelude::*;
 use pgrx::JsonB;

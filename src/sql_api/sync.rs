@@ -1,5 +1,6 @@
 //! `crm_sync.sync()` and `crm_sync.discover()`.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::time::Instant;
@@ -13,11 +14,12 @@ use crate::errors::{self, Context, OrRaise};
 use crate::failed_run;
 use crate::gucs;
 use crate::landing::{self, Column, SpiSink};
+use crate::shmem::ProgressSlot;
 use crm_sync_core::config::SourceConfig;
 use crm_sync_core::connectors::{
     column_name, Connector, DefaultFields, Field, ReadRequest, SyncMode,
 };
-use crm_sync_core::engine;
+use crm_sync_core::engine::{self, Sink};
 use crm_sync_core::http::HttpClient;
 use crm_sync_core::runtime::block_on_interruptible;
 use crm_sync_core::types::{parse_datetime, PgType};
@@ -193,20 +195,20 @@ pub fn discover(
     TableIterator::new(rows)
 }
 
-fn load(source: &str) -> (SourceRow, SourceConfig, Context) {
+pub(crate) const NO_SOURCE_HINT: &str =
+    "Create it with crm_sync.create_source(); see SELECT name FROM crm_sync.sources.";
+
+pub(crate) fn load(source: &str) -> (SourceRow, SourceConfig, Context) {
     let mut ctx = Context {
         source: Some(source.to_owned()),
         ..Default::default()
     };
     let Some(src) = catalog::load_source(source) else {
-        pgrx::pg_sys::panic::ErrorReport::new(
+        errors::fail(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
             format!("source \"{source}\" does not exist"),
-            "pg_crm_sync",
+            Some(NO_SOURCE_HINT),
         )
-        .set_hint("Create it with crm_sync.create_source(); see SELECT name FROM crm_sync.sources.")
-        .report(PgLogLevel::ERROR);
-        unreachable!()
     };
     ctx.secrets = super::secret_strings(&src.credentials);
     let cfg = SourceConfig::parse(
@@ -284,6 +286,161 @@ fn select_fields(
     }
 }
 
+/// How a stream's run starts: from its watermark, and from the checkpoint
+/// of an interrupted run of the same kind if there is one.
+pub(crate) struct Plan {
+    pub watermark: Option<String>,
+    pub mode: &'static str,
+    pub run_id: i64,
+    pub started_us: i64,
+    pub resume: Option<catalog::Checkpoint>,
+}
+
+pub(crate) fn plan(source: &str, stream: &str, full_refresh: bool) -> Plan {
+    let stored = catalog::load_watermark(source, stream);
+    let checkpoint = catalog::load_checkpoint(source, stream);
+    // A full refresh that was interrupted is still one: resume it, rather
+    // than falling back to an incremental run.
+    let watermark = if full_refresh || checkpoint.as_ref().is_some_and(|c| c.mode == "full") {
+        None
+    } else {
+        stored
+    };
+    let mode = if watermark.is_some() {
+        "incremental"
+    } else {
+        "full"
+    };
+    let resume = checkpoint.filter(|c| c.mode == mode && c.watermark == watermark);
+    Plan {
+        watermark,
+        mode,
+        run_id: catalog::next_run_id(),
+        started_us: catalog::now_us(),
+        resume,
+    }
+}
+
+/// What a run that failed (or was cancelled) reports, and how to raise it.
+pub(crate) struct Failure {
+    pub status: &'static str,
+    pub message: String,
+    pub code: PgSqlErrorCode,
+    pub rethrow: Rethrow,
+}
+
+pub(crate) fn failure(
+    failed: std::result::Result<Result<Done, CrmError>, Box<dyn std::any::Any + Send>>,
+    ctx: &Context,
+) -> Failure {
+    match failed {
+        Ok(Err(e)) => {
+            let r = errors::report(&e, ctx);
+            Failure {
+                status: "failed",
+                message: errors::message(&e, ctx),
+                code: errors::sqlstate(e.kind),
+                rethrow: Rethrow::Report(r),
+            }
+        }
+        Err(panic) => match panic.downcast::<CaughtError>() {
+            Ok(caught) => {
+                let (msg, code) = match caught.as_ref() {
+                    CaughtError::PostgresError(r)
+                    | CaughtError::ErrorReport(r)
+                    | CaughtError::RustPanic { ereport: r, .. } => {
+                        (errors::scrub(r.message(), &ctx.secrets), r.sql_error_code())
+                    }
+                };
+                let status = if code == PgSqlErrorCode::ERRCODE_QUERY_CANCELED {
+                    "cancelled"
+                } else {
+                    "failed"
+                };
+                Failure {
+                    status,
+                    message: msg,
+                    code,
+                    rethrow: Rethrow::Caught(caught),
+                }
+            }
+            Err(other) => Failure {
+                status: "failed",
+                message: "internal error".to_owned(),
+                code: PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                rethrow: Rethrow::Panic(other),
+            },
+        },
+        Ok(Ok(_)) => unreachable!("only failures are classified"),
+    }
+}
+
+impl Rethrow {
+    pub(crate) fn raise(self) -> ! {
+        match self {
+            Rethrow::Report(r) => {
+                r.report(PgLogLevel::ERROR);
+                unreachable!()
+            }
+            Rethrow::Caught(c) => c.rethrow(),
+            Rethrow::Panic(p) => resume_unwind(p),
+        }
+    }
+}
+
+/// The run row of a stream's run, before it ends.
+pub(crate) fn run_record(src: &str, s: &StreamRow, plan: &Plan, progress: &Progress) -> RunRecord {
+    RunRecord {
+        run_id: plan.run_id,
+        source: src.to_owned(),
+        stream: s.stream.clone(),
+        mode: plan.mode.to_owned(),
+        status: "succeeded".to_owned(),
+        started_at_us: plan.started_us,
+        finished_at_us: catalog::now_us(),
+        records: progress.records.get() as i64,
+        records_deleted: 0,
+        bytes: progress.bytes.get() as i64,
+        api_calls: progress.api_calls.get() as i64,
+        warnings: 0,
+        warning_samples: vec![],
+        watermark: None,
+        error: None,
+        error_sqlstate: None,
+    }
+}
+
+/// Store what a successful run did: its watermark, its run row; its
+/// checkpoint is spent. In the transaction that wrote the (last) rows.
+pub(crate) fn record_success(src: &str, s: &StreamRow, plan: &Plan, done: Done) -> RunRecord {
+    let mut run = run_record(src, s, plan, &Progress::default());
+    run.records = done.outcome.stats.upserted as i64;
+    run.records_deleted = done.outcome.stats.deleted as i64;
+    run.warnings = (done.outcome.stats.warnings + done.outcome.warnings.len() as u64) as i64;
+    run.warning_samples = done.warning_samples;
+    run.watermark = done.outcome.watermark.clone();
+    run.api_calls = done.api_calls as i64;
+    run.bytes = done.bytes as i64;
+    if let Some(w) = &run.watermark {
+        catalog::save_watermark(src, &s.stream, w, plan.run_id);
+    }
+    catalog::delete_checkpoint(src, &s.stream);
+    catalog::insert_run(&run);
+    for w in &done.outcome.warnings {
+        pgrx::warning!("{}.{}: {}", src, s.stream, w);
+    }
+    if done.outcome.stats.warnings > 0 {
+        pgrx::warning!(
+            "{}.{}: {} values did not fit their columns and were kept in _raw only; see crm_sync.runs (run_id {})",
+            src,
+            s.stream,
+            done.outcome.stats.warnings,
+            plan.run_id
+        );
+    }
+    run
+}
+
 /// Run one stream inside a subtransaction; on failure roll it back, record
 /// the failed run outside the transaction, and raise.
 fn sync_stream_guarded(
@@ -296,20 +453,9 @@ fn sync_stream_guarded(
     let mut ctx = ctx.clone();
     ctx.stream = Some(s.stream.clone());
     catalog::lock_stream(&src.name, &s.stream, &ctx);
-    let watermark = if full_refresh {
-        None
-    } else {
-        catalog::load_watermark(&src.name, &s.stream)
-    };
-    let mode = if watermark.is_some() {
-        "incremental"
-    } else {
-        "full"
-    };
-    let run_id = catalog::next_run_id();
-    let started_us = catalog::now_us();
+    let plan = plan(&src.name, &s.stream, full_refresh);
     let started = Instant::now();
-    let mut progress = Progress::default();
+    let progress = Progress::default();
 
     // SAFETY: the standard subtransaction dance of PL/pgSQL's exception blocks.
     let (old_cxt, old_owner) =
@@ -319,63 +465,21 @@ fn sync_stream_guarded(
         pg_sys::MemoryContextSwitchTo(old_cxt);
     }
     let result = catch_unwind(AssertUnwindSafe(|| {
-        sync_stream(src, cfg, s, watermark.clone(), run_id, &mut progress)
+        sync_stream(src, cfg, s, &plan, &progress, None)
     }));
     let restore = || unsafe {
         pg_sys::MemoryContextSwitchTo(old_cxt);
         pg_sys::CurrentResourceOwner = old_owner;
     };
-    let mut run = RunRecord {
-        run_id,
-        source: src.name.clone(),
-        stream: s.stream.clone(),
-        mode: mode.to_owned(),
-        status: "succeeded".to_owned(),
-        started_at_us: started_us,
-        finished_at_us: 0,
-        records: 0,
-        records_deleted: 0,
-        bytes: progress.bytes as i64,
-        api_calls: progress.api_calls as i64,
-        warnings: 0,
-        warning_samples: vec![],
-        watermark: None,
-        error: None,
-        error_sqlstate: None,
-    };
     match result {
         Ok(Ok(done)) => {
             unsafe { pg_sys::ReleaseCurrentSubTransaction() };
             restore();
-            run.finished_at_us = catalog::now_us();
-            run.records = done.outcome.stats.upserted as i64;
-            run.records_deleted = done.outcome.stats.deleted as i64;
-            run.warnings =
-                (done.outcome.stats.warnings + done.outcome.warnings.len() as u64) as i64;
-            run.warning_samples = done.warning_samples;
-            run.watermark = done.outcome.watermark.clone();
-            run.api_calls = done.api_calls as i64;
-            run.bytes = done.bytes as i64;
-            if let Some(w) = &run.watermark {
-                catalog::save_watermark(&src.name, &s.stream, w, run_id);
-            }
-            catalog::insert_run(&run);
-            for w in &done.outcome.warnings {
-                pgrx::warning!("{}.{}: {}", src.name, s.stream, w);
-            }
-            if done.outcome.stats.warnings > 0 {
-                pgrx::warning!(
-                    "{}.{}: {} values did not fit their columns and were kept in _raw only; see crm_sync.runs (run_id {})",
-                    src.name,
-                    s.stream,
-                    done.outcome.stats.warnings,
-                    run_id
-                );
-            }
+            let run = record_success(&src.name, s, &plan, done);
             let micros = started.elapsed().as_micros() as i64;
             (
                 s.stream.clone(),
-                mode.to_owned(),
+                plan.mode.to_owned(),
                 run.status,
                 run.records,
                 run.records_deleted,
@@ -384,7 +488,7 @@ fn sync_stream_guarded(
                 run.warnings,
                 Interval::from_micros(micros),
                 run.watermark.as_deref().and_then(to_timestamptz),
-                run_id,
+                plan.run_id,
             )
         }
         failed => {
@@ -393,61 +497,20 @@ fn sync_stream_guarded(
                 pg_sys::RollbackAndReleaseCurrentSubTransaction();
             }
             restore();
-            run.finished_at_us = catalog::now_us();
-            run.api_calls = progress.api_calls as i64;
-            run.bytes = progress.bytes as i64;
-            let (status, message, code, rethrow) = match failed {
-                Ok(Err(e)) => {
-                    let r = errors::report(&e, &ctx);
-                    (
-                        "failed",
-                        errors::message(&e, &ctx),
-                        errors::sqlstate(e.kind),
-                        Rethrow::Report(r),
-                    )
-                }
-                Err(panic) => match panic.downcast::<CaughtError>() {
-                    Ok(caught) => {
-                        let (msg, code) = match caught.as_ref() {
-                            CaughtError::PostgresError(r)
-                            | CaughtError::ErrorReport(r)
-                            | CaughtError::RustPanic { ereport: r, .. } => {
-                                (errors::scrub(r.message(), &ctx.secrets), r.sql_error_code())
-                            }
-                        };
-                        let status = if code == PgSqlErrorCode::ERRCODE_QUERY_CANCELED {
-                            "cancelled"
-                        } else {
-                            "failed"
-                        };
-                        (status, msg, code, Rethrow::Caught(caught))
-                    }
-                    Err(other) => (
-                        "failed",
-                        "internal error".to_owned(),
-                        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-                        Rethrow::Panic(other),
-                    ),
-                },
-                Ok(Ok(_)) => unreachable!("handled above"),
-            };
-            run.status = status.to_owned();
-            run.error = Some(message);
-            run.error_sqlstate = Some(errors::sqlstate_text(code));
+            let f = failure(failed, &ctx);
+            let mut run = run_record(&src.name, s, &plan, &progress);
+            // Rolled back: nothing this run wrote is kept.
+            run.records = 0;
+            run.status = f.status.to_owned();
+            run.error = Some(f.message);
+            run.error_sqlstate = Some(errors::sqlstate_text(f.code));
             failed_run::record(&run);
-            match rethrow {
-                Rethrow::Report(r) => {
-                    r.report(PgLogLevel::ERROR);
-                    unreachable!()
-                }
-                Rethrow::Caught(c) => c.rethrow(),
-                Rethrow::Panic(p) => resume_unwind(p),
-            }
+            f.rethrow.raise()
         }
     }
 }
 
-enum Rethrow {
+pub(crate) enum Rethrow {
     Report(pgrx::pg_sys::panic::ErrorReport),
     Caught(Box<CaughtError>),
     Panic(Box<dyn std::any::Any + Send>),
@@ -455,25 +518,29 @@ enum Rethrow {
 
 /// Counters kept outside the subtransaction so a failed run still reports them.
 #[derive(Default)]
-struct Progress {
-    api_calls: u64,
-    bytes: u64,
+pub(crate) struct Progress {
+    pub api_calls: Cell<u64>,
+    pub bytes: Cell<u64>,
+    /// Rows written and committed (background runs commit in batches).
+    pub records: Cell<u64>,
 }
 
-struct Done {
+pub(crate) struct Done {
     outcome: engine::Outcome,
     warning_samples: Vec<String>,
     api_calls: u64,
     bytes: u64,
 }
 
-fn sync_stream(
+/// Read one stream and write it. `job` is set for a background run, which
+/// commits every batch together with its checkpoint.
+pub(crate) fn sync_stream(
     src: &SourceRow,
     cfg: &SourceConfig,
     s: &StreamRow,
-    watermark: Option<String>,
-    run_id: i64,
-    progress: &mut Progress,
+    plan: &Plan,
+    progress: &Progress,
+    job: Option<i64>,
 ) -> Result<Done, CrmError> {
     let http = HttpClient::new(cfg.http.clone())?;
     // Copies the counters out even when a cancel unwinds through here.
@@ -481,20 +548,49 @@ fn sync_stream(
         http: &http,
         out: progress,
     };
+    let slot = ProgressSlot::claim(job, plan.run_id, &src.name, &s.stream, plan.mode == "full");
     let conn = (cfg.provider.connect)(&http, cfg)?;
     let fields = fetch_fields(conn.as_ref(), &s.object)?;
     let landed = landing::existing_columns(&src.name, &s.stream);
     let (wanted, gone) = select_fields(cfg, s, &fields, &landed)?;
     let columns = landing::ensure_table(&src.name, &s.stream, &wanted)?;
+    if job.is_some() {
+        // Release the table's DDL lock before the long part: readers of
+        // the landing table never wait for a background sync.
+        crate::worker::commit_and_continue();
+    }
     let read_fields: Vec<Field> = columns
         .iter()
         .filter_map(|c| fields.iter().find(|f| f.name == c.property).cloned())
         .collect();
-    let mut sink = SpiSink::new(&src.name, &s.stream, columns, run_id);
-    let mode = match watermark {
-        Some(w) => SyncMode::Incremental { watermark: w },
+    let fields_key = columns
+        .iter()
+        .map(|c| c.property.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut sink = SpiSink::new(&src.name, &s.stream, columns, plan.run_id);
+    let mode = match &plan.watermark {
+        Some(w) => SyncMode::Incremental {
+            watermark: w.clone(),
+        },
         None => SyncMode::Full,
     };
+    // A position saved while other columns were synced would leave the
+    // rows written before it without the new ones: start over then.
+    let resume = plan
+        .resume
+        .as_ref()
+        .filter(|c| c.fields == fields_key)
+        .map(|c| c.position.clone());
+    if let (Some(c), true) = (&plan.resume, resume.is_some()) {
+        pgrx::log!(
+            "pg_crm_sync: {}.{}: resuming run {} from its checkpoint ({} records were written)",
+            src.name,
+            s.stream,
+            c.run_id,
+            c.records
+        );
+    }
     let batch = gucs::BATCH_SIZE.get().max(1) as usize;
     let req = ReadRequest {
         object: s.object.clone(),
@@ -502,13 +598,21 @@ fn sync_stream(
         mode,
         lookback: cfg.lookback,
         track_deletes: cfg.track_deletes,
+        resume,
     };
     let mut reader = block_on_interruptible(conn.reader(req), &mut check_interrupts)?;
     let interval = gucs::PROGRESS_INTERVAL_MS.get();
     let started = Instant::now();
     let mut last = Instant::now();
     let mut report = |o: &engine::Outcome| {
-        if interval <= 0 || last.elapsed().as_millis() < interval as u128 {
+        slot.update(
+            o.records_received,
+            o.pages,
+            http.bytes_received(),
+            http.api_calls(),
+            o.total,
+        );
+        if job.is_some() || interval <= 0 || last.elapsed().as_millis() < interval as u128 {
             return;
         }
         last = Instant::now();
@@ -523,9 +627,21 @@ fn sync_stream(
             )
         );
     };
+    let mut committing = Committing {
+        sink: &mut sink,
+        job,
+        target: CheckpointTarget {
+            source: &src.name,
+            stream: &s.stream,
+            plan,
+            fields: &fields_key,
+            http: &http,
+        },
+        progress,
+    };
     let outcome = engine::run_with_progress(
         reader.as_mut(),
-        &mut sink,
+        &mut committing,
         batch,
         &mut check_interrupts,
         &mut report,
@@ -546,6 +662,54 @@ fn sync_stream(
         api_calls: http.api_calls(),
         bytes: http.bytes_received(),
     })
+}
+
+struct CheckpointTarget<'a> {
+    source: &'a str,
+    stream: &'a str,
+    plan: &'a Plan,
+    fields: &'a str,
+    http: &'a HttpClient,
+}
+
+/// The landing writer; in a background run it also commits every batch
+/// with the reader's position, so a run that dies resumes from there.
+struct Committing<'a> {
+    sink: &'a mut SpiSink,
+    job: Option<i64>,
+    target: CheckpointTarget<'a>,
+    progress: &'a Progress,
+}
+
+impl Sink for Committing<'_> {
+    fn write(&mut self, batch: &[engine::Record]) -> Result<engine::WriteStats, CrmError> {
+        self.sink.write(batch)
+    }
+
+    fn forget_fields(&mut self, fields: &[String]) {
+        self.sink.forget_fields(fields)
+    }
+
+    fn checkpoint(&mut self, position: &str, so_far: &engine::Outcome) -> Result<(), CrmError> {
+        let Some(job) = self.job else { return Ok(()) };
+        let t = &self.target;
+        catalog::save_checkpoint(&catalog::Checkpoint {
+            source: t.source.to_owned(),
+            stream: t.stream.to_owned(),
+            run_id: t.plan.run_id,
+            job_id: Some(job),
+            mode: t.plan.mode.to_owned(),
+            watermark: t.plan.watermark.clone(),
+            fields: t.fields.to_owned(),
+            position: position.to_owned(),
+            records: so_far.stats.upserted as i64,
+            api_calls: t.http.api_calls() as i64,
+            started_at_us: t.plan.started_us,
+        });
+        crate::worker::commit_batch(job);
+        self.progress.records.set(so_far.stats.upserted);
+        Ok(())
+    }
 }
 
 /// `source.stream: 12,000 records in 6 pages, 15.2 MB, 8,100 records/s, 40% of 30,000, about 2 s left`.
@@ -579,13 +743,13 @@ fn progress_line(
 
 struct Counters<'a> {
     http: &'a HttpClient,
-    out: &'a mut Progress,
+    out: &'a Progress,
 }
 
 impl Drop for Counters<'_> {
     fn drop(&mut self) {
-        self.out.api_calls = self.http.api_calls();
-        self.out.bytes = self.http.bytes_received();
+        self.out.api_calls.set(self.http.api_calls());
+        self.out.bytes.set(self.http.bytes_received());
     }
 }
 

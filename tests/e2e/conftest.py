@@ -3,12 +3,19 @@ and the HubSpot mock, both on 127.0.0.1.
 
 scripts/test.sh builds and installs the extension and the mock before pytest
 runs; these fixtures only start and stop processes.
+
+The cluster preloads pg_crm_sync (its launcher runs the background jobs of
+database crm_jobs) and pg_cron (scheduling into the same database). Most tests
+use a fresh database each (`dbname`, `connect`, `db`); background-job tests use
+crm_jobs, reset before each of them (`jobs_db`, `jobs_connect`).
 """
 
+import json
 import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -28,26 +35,115 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+JOBS_DB = "crm_jobs"
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+# postgresql.conf lines of the test cluster, after pg.sh's own.
+CLUSTER_CONF = [
+    "fsync = off", "full_page_writes = off", "synchronous_commit = off",
+    "shared_preload_libraries = 'pg_crm_sync,pg_cron'",
+    f"crm_sync.database = '{JOBS_DB}'",
+    "crm_sync.max_workers = 2",
+    f"cron.database_name = '{JOBS_DB}'",
+    "cron.use_background_workers = on",  # jobs run in background workers, not libpq sessions
+    "max_worker_processes = 32",
+]
+
+
+def as_postgres(argv):
+    """argv run as the postgres OS user (initdb and pg_ctl refuse root), as scripts/pg.sh does."""
+    return argv if os.geteuid() != 0 else ["sudo", "-u", "postgres", *argv]
+
+
+def pg_connect(pg_cluster, dbname="postgres", **kw):
+    kw.setdefault("autocommit", True)
+    return psycopg.connect(host=pg_cluster["host"], port=pg_cluster["port"],
+                           user=kw.pop("user", "postgres"), dbname=dbname, **kw)
+
+
+def postmaster_alive(pg_cluster):
+    try:
+        pid = int((pg_cluster["dir"] / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, 0)
+        return True
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def wait_ready(pg_cluster, dbname="postgres", timeout=120):
+    """A new connection once the cluster accepts them again (after a restart or a crash)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            c = pg_connect(pg_cluster, dbname, connect_timeout=5)
+            c.execute("SELECT 1")
+            return c
+        except psycopg.OperationalError:
+            if not postmaster_alive(pg_cluster):
+                raise RuntimeError(f"the postmaster is gone; see {pg_cluster['dir'] / 'server.log'}") from None
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+def ensure_running(pg_cluster):
+    """Start the cluster again if an earlier test left it down (its postmaster
+    died), so that one crash fails one test, not every later one."""
+    if not postmaster_alive(pg_cluster):
+        log = (pg_cluster["dir"] / "server.log").read_text(errors="replace").splitlines()
+        print("\nthe cluster was down; starting it again. server.log ended with:\n" + "\n".join(log[-15:]))
+        start_cluster(pg_cluster)
+
+
+def pg_ctl(pg_cluster, *args):
+    d = pg_cluster["dir"]
+    subprocess.run(as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(d), *args]), check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def stop_cluster(pg_cluster, mode="fast"):
+    """pg_ctl stop -m mode (fast, smart, or immediate: no shutdown checkpoint, as in a crash)."""
+    pg_ctl(pg_cluster, "-m", mode, "-w", "-t", "120", "stop")
+
+
+def start_cluster(pg_cluster):
+    """pg_ctl start (recovering if it was stopped immediately); waits until it accepts connections."""
+    pg_ctl(pg_cluster, "-l", str(pg_cluster["dir"] / "server.log"), "-w", "-t", "120", "start")
+    wait_ready(pg_cluster).close()
+
+
+def restart_cluster(pg_cluster, mode="fast"):
+    """Stop the cluster with `pg_ctl -m mode` and start it again; waits until it
+    accepts connections. Every open connection is lost."""
+    stop_cluster(pg_cluster, mode)
+    start_cluster(pg_cluster)
+
+
 @pytest.fixture(scope="session")
 def pg_cluster(tmp_path_factory):
     """A cluster of our own, removed at the end of the session."""
     base = Path(os.environ.get("CRM_E2E_DIR", "/tmp")) / f"crm_sync_e2e_{os.getpid()}"
     port = free_port()
-    subprocess.run(
-        [str(ROOT / "scripts" / "pg.sh"), "start", str(base), str(port),
-         "fsync = off", "full_page_writes = off", "synchronous_commit = off"],
-        check=True,
-    )
+    subprocess.run([str(ROOT / "scripts" / "pg.sh"), "start", str(base), str(port), *CLUSTER_CONF],
+                   check=True)
+    cluster = {"host": "127.0.0.1", "port": port, "user": "postgres", "dir": base}
     try:
-        yield {"host": "127.0.0.1", "port": port, "user": "postgres", "dir": base}
+        with pg_connect(cluster) as c:
+            c.execute(f"CREATE DATABASE {JOBS_DB}")
+        with pg_connect(cluster, JOBS_DB) as c:
+            c.execute("CREATE EXTENSION pg_cron")
+        yield cluster
     finally:
         subprocess.run([str(ROOT / "scripts" / "pg.sh"), "stop", str(base)], check=False)
+        # The server log outlives the cluster, for a failure to be looked into.
+        shutil.copy(base / "server.log", Path(tempfile.gettempdir()) / "crm_sync_e2e_server.log")
         shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
 def dbname(pg_cluster):
     """A fresh database with the extension, dropped after the test."""
+    ensure_running(pg_cluster)
     name = f"t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(host=pg_cluster["host"], port=pg_cluster["port"], user="postgres",
                          dbname="postgres", autocommit=True) as c:
@@ -81,6 +177,142 @@ def connect(pg_cluster, dbname):
 @pytest.fixture
 def db(connect):
     return connect()
+
+
+# ---------------------------------------------------------------------------
+# Background jobs: database crm_jobs (crm_sync.database), reset for each test.
+
+JOB_ENDED = ("succeeded", "failed", "cancelled", "skipped")
+
+
+def _quiet_jobs_db(c, wait_seconds=30):
+    """Stop what a test may have left going in crm_jobs: pg_cron and crm_sync
+    schedules, queued and running jobs, cluster-wide settings it changed."""
+    c.execute("SELECT cron.unschedule(jobid) FROM cron.job")
+    if c.execute("SELECT to_regclass('crm_sync.schedules') IS NOT NULL").fetchone()[0]:
+        c.execute("DELETE FROM crm_sync.schedules")
+    c.execute("ALTER SYSTEM RESET ALL")
+    c.execute("SELECT pg_reload_conf()")
+    if c.execute("SELECT to_regclass('crm_sync.jobs') IS NOT NULL").fetchone()[0]:
+        c.execute("SELECT crm_sync.cancel(job_id) FROM crm_sync.jobs WHERE status IN ('queued', 'running')")
+        deadline = time.monotonic() + wait_seconds
+        while time.monotonic() < deadline and c.execute(
+                "SELECT count(*) FROM crm_sync.jobs WHERE status IN ('queued', 'running')").fetchone()[0]:
+            time.sleep(0.2)
+    # A worker that did not stop in time is ended (exit code 1: no crash restart).
+    c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'pg_crm_sync worker'")
+
+
+def reset_jobs_db(pg_cluster):
+    """crm_jobs as new: no sources (their schemas dropped), a fresh pg_crm_sync,
+    no cron jobs, no per-database settings, no ALTER SYSTEM settings."""
+    ensure_running(pg_cluster)
+    with wait_ready(pg_cluster, JOBS_DB) as c:
+        c.execute("SET lock_timeout = '60s'")
+        _quiet_jobs_db(c)
+        if c.execute("SELECT to_regclass('crm_sync.sources') IS NOT NULL").fetchone()[0]:
+            c.execute("SELECT crm_sync.drop_source(name, drop_data => true) FROM crm_sync.sources")
+        c.execute("DROP EXTENSION IF EXISTS pg_crm_sync CASCADE")
+        c.execute("CREATE EXTENSION pg_crm_sync")
+        c.execute(f"ALTER DATABASE {JOBS_DB} RESET ALL")
+
+
+@pytest.fixture
+def jobs_db(pg_cluster):
+    """The name of the database whose background jobs the launcher runs, reset."""
+    reset_jobs_db(pg_cluster)
+    yield JOBS_DB
+    try:
+        with wait_ready(pg_cluster, JOBS_DB, timeout=60) as c:
+            _quiet_jobs_db(c)
+    except psycopg.Error as e:  # the next test's reset tries again
+        print(f"jobs_db teardown: {e}")
+
+
+@pytest.fixture
+def jobs_connect(pg_cluster, jobs_db):
+    """jobs_connect() -> a new autocommit connection to crm_jobs."""
+    conns = []
+
+    def _connect(**kw):
+        c = pg_connect(pg_cluster, jobs_db, **kw)
+        conns.append(c)
+        return c
+
+    yield _connect
+    for c in conns:
+        c.close()
+
+
+def job(conn, job_id):
+    """The crm_sync.jobs row as a dict (None if there is none)."""
+    cur = conn.execute("SELECT * FROM crm_sync.jobs WHERE job_id = %s", (job_id,))
+    row = cur.fetchone()
+    return None if row is None else dict(zip([d.name for d in cur.description], row))
+
+
+def wait_job(conn, job_id, timeout=120, statuses=JOB_ENDED):
+    """Poll crm_sync.jobs until the job's status is one of `statuses` (by
+    default: it ended); returns its row. Fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        j = job(conn, job_id)
+        if j is not None and j["status"] in statuses:
+            return j
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} not {statuses} after {timeout} s: {j}")
+        time.sleep(0.2)
+
+
+def wait_until(what, check, timeout=60, interval=0.2):
+    """Call check() until it returns something truthy, which is returned."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = check()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def _settle_reload(pg_cluster, name, value):
+    """After pg_reload_conf(): wait until new sessions see the value, then give
+    the launcher (signalled by the postmaster at the same time) a moment."""
+    def seen():
+        with pg_connect(pg_cluster, JOBS_DB) as c:
+            return c.execute("SELECT current_setting(%s)", (name,)).fetchone()[0] == str(value)
+    wait_until(f"{name} = {value} after reload", seen, timeout=30)
+    time.sleep(1.0)
+
+
+def set_max_workers(pg_cluster, n):
+    """ALTER SYSTEM SET crm_sync.max_workers = n, reloaded."""
+    with pg_connect(pg_cluster, JOBS_DB) as c:
+        c.execute(f"ALTER SYSTEM SET crm_sync.max_workers = {int(n)}")
+        c.execute("SELECT pg_reload_conf()")
+    _settle_reload(pg_cluster, "crm_sync.max_workers", int(n))
+
+
+def reset_max_workers(pg_cluster):
+    """ALTER SYSTEM RESET crm_sync.max_workers (back to postgresql.conf's 2), reloaded."""
+    with pg_connect(pg_cluster, JOBS_DB) as c:
+        c.execute("ALTER SYSTEM RESET crm_sync.max_workers")
+        c.execute("SELECT pg_reload_conf()")
+    _settle_reload(pg_cluster, "crm_sync.max_workers", 2)
+
+
+def wait_notify(conn, job_id, timeout=60):
+    """The JSON payload of the first crm_sync notification about job_id."""
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        for n in conn.notifies(timeout=max(0.1, deadline - time.monotonic())):
+            payload = json.loads(n.payload)
+            seen.append(payload)
+            if payload.get("job_id") == job_id:
+                return payload
+    raise AssertionError(f"no NOTIFY crm_sync for job {job_id} within {timeout} s; got {seen}")
 
 
 class Mock:

@@ -52,6 +52,12 @@ pub trait PageSource {
     fn dropped_fields(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Where this run stands after the pages returned so far, if the reader
+    /// can resume from there (see [`crate::connectors::ReadRequest::resume`]):
+    /// an opaque string, asked for between pages only.
+    fn checkpoint(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Counts a sink reports for one batch.
@@ -79,6 +85,12 @@ pub trait Sink {
     /// Stop writing the columns of these fields (see
     /// [`PageSource::dropped_fields`]).
     fn forget_fields(&mut self, _fields: &[String]) {}
+    /// Every record up to `position` has been written. A sink that commits
+    /// in steps (a background sync) stores the position with the rows, so a
+    /// run that dies later resumes from here.
+    fn checkpoint(&mut self, _position: &str, _so_far: &Outcome) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// What one stream's run did.
@@ -130,6 +142,9 @@ pub fn run_with_progress(
         };
         next = None;
         let Some(page) = page? else { break };
+        // The reader has no request in flight: where it stands now is just
+        // after this page.
+        let position = source.checkpoint();
         out.pages += 1;
         out.records_received += page.records.len() as u64;
         // The first total a run sees covers the run's main query.
@@ -161,6 +176,10 @@ pub fn run_with_progress(
             check();
             out.stats += sink.write(&batch.records)?;
             batch.clear();
+            // The batch holds every record up to this page's end.
+            if let Some(p) = &position {
+                sink.checkpoint(p, &out)?;
+            }
         }
         progress(&out);
     }

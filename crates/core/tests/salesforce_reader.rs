@@ -83,6 +83,7 @@ fn read(
         mode,
         lookback: std::time::Duration::ZERO,
         track_deletes: true,
+        resume: None,
     };
     let mut reader = block_on_interruptible(conn.reader(req), &mut || {}).unwrap();
     let mut sink = Mem::default();

@@ -143,6 +143,10 @@ pub struct ReadRequest {
     pub lookback: Duration,
     /// Look for deleted records too.
     pub track_deletes: bool,
+    /// Where an interrupted run of the same mode stopped: a position the
+    /// reader returned from [`PageSource::checkpoint`]. Readers that cannot
+    /// resume ignore it and start over, which is safe, only slower.
+    pub resume: Option<String>,
 }
 
 /// A stream registered by default for a new source.

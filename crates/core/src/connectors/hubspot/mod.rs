@@ -98,6 +98,7 @@ impl Connector for HubSpot<'_> {
                 &req.mode,
                 req.lookback.as_millis() as i64,
                 req.track_deletes,
+                req.resume.as_deref(),
             )?;
             Ok(Box::new(r) as Box<dyn PageSource + 'a>)
         })

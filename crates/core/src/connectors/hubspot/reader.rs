@@ -24,7 +24,8 @@ use crate::error::{CrmError, Result};
 use crate::http::server_date_ms;
 use crate::types::{fmt_ts, parse_datetime};
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
 enum Phase {
     List { after: Option<String> },
     Archived { after: Option<String> },
@@ -57,6 +58,7 @@ impl<'a> HubSpotReader<'a> {
         mode: &SyncMode,
         lookback_ms: i64,
         track_deletes: bool,
+        resume: Option<&str>,
     ) -> Result<Self> {
         let cursor_prop = last_modified_property(object);
         let mut props: Vec<String> = properties.to_vec();
@@ -81,7 +83,7 @@ impl<'a> HubSpotReader<'a> {
                 )
             }
         };
-        Ok(HubSpotReader {
+        let mut reader = HubSpotReader {
             api,
             object: object.to_owned(),
             cursor_prop,
@@ -92,7 +94,16 @@ impl<'a> HubSpotReader<'a> {
             track_deletes,
             lookback_ms,
             watermark_ms,
-        })
+        };
+        if let Some(saved) = resume.and_then(|s| serde_json::from_str::<Checkpoint>(s).ok()) {
+            // Only a position of this same kind of run; anything else (an
+            // older format, say) starts over, which is safe.
+            if saved.full == full && saved.object == object {
+                reader.phase = saved.phase;
+                reader.watermark_ms = saved.watermark_ms;
+            }
+        }
+        Ok(reader)
     }
 
     fn ts_ms(&self, r: &Record) -> Option<i64> {
@@ -131,6 +142,30 @@ impl PageSource for HubSpotReader<'_> {
             .and_then(DateTime::<Utc>::from_timestamp_millis)
             .map(fmt_ts)
     }
+
+    /// The phase holds everything needed to go on: `after` cursors of the
+    /// list API (stable keyset cursors over ids) or the search range; with
+    /// the watermark known so far (for a full run, the list's start time,
+    /// which the catch-up search needs).
+    fn checkpoint(&self) -> Option<String> {
+        serde_json::to_string(&Checkpoint {
+            object: self.object.clone(),
+            full: self.full,
+            phase: self.phase.clone(),
+            watermark_ms: self.watermark_ms,
+        })
+        .ok()
+    }
+}
+
+/// A resumable position, as stored with a background sync's batches.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Checkpoint {
+    object: String,
+    full: bool,
+    #[serde(flatten)]
+    phase: Phase,
+    watermark_ms: Option<i64>,
 }
 
 impl HubSpotReader<'_> {
