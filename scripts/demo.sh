@@ -75,6 +75,12 @@ run "SELECT id, email, firstname, lifecyclestage, phone, _deleted_at IS NOT NULL
 run "SELECT run_id, stream, mode, status, records, records_deleted, api_calls, finished_at - started_at AS took FROM crm_sync.runs ORDER BY run_id"
 
 echo
+echo "== The unified model: every sync merged what it landed into schema crm (cleaned, matched, with lineage)"
+run "SELECT (SELECT count(*) FROM crm.contacts) AS contacts, (SELECT count(*) FROM crm.companies) AS companies, (SELECT count(*) FROM crm.deals) AS deals, (SELECT count(*) FROM crm.identities) AS source_records"
+run "SELECT id, first_name, last_name, email, phone, country, company_id, sources FROM crm.contacts WHERE company_id IS NOT NULL ORDER BY id LIMIT 3"
+run "SELECT source, stream, field, valid, invalid, invalid_samples[1:2] AS samples FROM crm_sync.quality WHERE invalid > 0 ORDER BY source, stream, field"
+
+echo
 echo "== In the background: queue a job, follow it, wait for it (a launcher worker runs it)"
 curl -sf -X POST "$MOCK_URL/_mock/contacts/upsert" -H 'content-type: application/json' \
     -d '{"records":[{"id":"4","properties":{"lifecyclestage":"opportunity"}}]}' >/dev/null

@@ -14,6 +14,9 @@ pub static ALLOW_INSECURE_HTTP: GucSetting<bool> = GucSetting::<bool>::new(false
 /// Milliseconds between progress NOTICEs of a foreground sync (0: none).
 pub static PROGRESS_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(5000);
 
+/// Merge each synced stream into the unified model (schema crm) at once.
+pub static MERGE_AFTER_SYNC: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 /// Background workers that run jobs at once, at most.
 pub static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
 
@@ -59,6 +62,14 @@ fn define_database() {
 }
 
 fn define_session_settings() {
+    GucRegistry::define_bool_guc(
+        c"crm_sync.merge_after_sync",
+        c"Merge what each sync landed into the unified model (schema crm) right after it.",
+        c"On by default; off leaves merging to crm_sync.merge().",
+        &MERGE_AFTER_SYNC,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"crm_sync.progress_interval_ms",
         c"How often a running crm_sync.sync() reports progress as a NOTICE.",

@@ -7,11 +7,13 @@
 use pgrx::prelude::*;
 
 mod catalog;
+mod clean;
 mod errors;
 mod failed_run;
 mod gucs;
 mod jobs;
 mod landing;
+mod merge;
 mod shmem;
 mod sql_api;
 mod worker;
@@ -24,6 +26,7 @@ pgrx::extension_sql_file!(
     name = "sources",
     requires = [sql_api::check_source, sql_api::provider_streams]
 );
+pgrx::extension_sql_file!("../sql/model.sql", name = "model", requires = ["jobs"]);
 pgrx::extension_sql_file!(
     "../sql/jobs.sql",
     name = "jobs",
@@ -62,6 +65,9 @@ REVOKE EXECUTE ON FUNCTION crm_sync.discover(text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION crm_sync._check_source(text, text, jsonb, jsonb) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION crm_sync.sync_async(text, text, boolean, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION crm_sync.cancel(bigint) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION crm_sync.merge(boolean) FROM PUBLIC;
+COMMENT ON FUNCTION crm_sync.merge(boolean) IS
+    'Merge what the syncs landed since the last merge into the unified model (schema crm); full => true re-reads every landing row and resolves every identity again, with the same result. Runs by itself after each sync (crm_sync.merge_after_sync).';
 COMMENT ON FUNCTION crm_sync.sync_async(text, text, boolean, text) IS
     'Queue a sync of one stream (or every enabled stream) for a background worker; returns the job id at once. if_running: ''wait'' (default) runs it after another sync of the same stream ends, ''skip'' ends it as skipped. See crm_sync.jobs and crm_sync.progress.';
 COMMENT ON FUNCTION crm_sync.cancel(bigint) IS

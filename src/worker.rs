@@ -642,6 +642,9 @@ fn run_stream(
         Ok(Ok(done)) => {
             let run = fg::record_success(&src.name, s, &plan, done);
             add_run(job.job_id, run.run_id, run.records);
+            if let Some(w) = crate::merge::after_sync(&src.name, &s.stream, run.run_id) {
+                note(job.job_id, &errors::scrub(&w, &ctx.secrets));
+            }
             (Ended::Succeeded, None)
         }
         failed => {

@@ -441,6 +441,38 @@ pub(crate) fn record_success(src: &str, s: &StreamRow, plan: &Plan, done: Done) 
     run
 }
 
+/// Run `f` in a subtransaction: on an error, roll back what it did and
+/// return the error's message (the transaction goes on).
+pub(crate) fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    // SAFETY: as in sync_stream_guarded below.
+    let (old_cxt, old_owner) =
+        unsafe { (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner) };
+    unsafe {
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(old_cxt);
+    }
+    let result = catch_unwind(AssertUnwindSafe(f));
+    unsafe {
+        match &result {
+            Ok(_) => pg_sys::ReleaseCurrentSubTransaction(),
+            Err(_) => {
+                pg_sys::MemoryContextSwitchTo(old_cxt);
+                pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            }
+        }
+        pg_sys::MemoryContextSwitchTo(old_cxt);
+        pg_sys::CurrentResourceOwner = old_owner;
+    }
+    result.map_err(|panic| match panic.downcast::<CaughtError>() {
+        Ok(caught) => match caught.as_ref() {
+            CaughtError::PostgresError(r)
+            | CaughtError::ErrorReport(r)
+            | CaughtError::RustPanic { ereport: r, .. } => r.message().to_owned(),
+        },
+        Err(_) => "internal error".to_owned(),
+    })
+}
+
 /// Run one stream inside a subtransaction; on failure roll it back, record
 /// the failed run outside the transaction, and raise.
 fn sync_stream_guarded(
@@ -476,6 +508,14 @@ fn sync_stream_guarded(
             unsafe { pg_sys::ReleaseCurrentSubTransaction() };
             restore();
             let run = record_success(&src.name, s, &plan, done);
+            if let Some(w) = crate::merge::after_sync(&src.name, &s.stream, run.run_id) {
+                pgrx::warning!(
+                    "{}.{}: {}",
+                    src.name,
+                    s.stream,
+                    errors::scrub(&w, &ctx.secrets)
+                );
+            }
             let micros = started.elapsed().as_micros() as i64;
             (
                 s.stream.clone(),

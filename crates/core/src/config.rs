@@ -18,6 +18,7 @@ pub const COMMON_OPTIONS: &[&str] = &[
     "retry_max_ms",
     "lookback_seconds",
     "track_deletes",
+    "default_region",
 ];
 
 /// A source's checked settings: the common ones parsed, the provider's own
@@ -105,6 +106,18 @@ impl SourceConfig {
         };
         let lookback = Duration::from_secs(int(opts, "lookback_seconds", 0, 86_400)?.unwrap_or(60));
         let track_deletes = boolean(opts, "track_deletes")?.unwrap_or(true);
+        // Phone numbers without a country code are read in this region by
+        // the unified model; checked here so a typo fails at create_source.
+        match opts.get("default_region") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(r)) if crate::clean::country(r).is_ok_and(|c| c.is_some()) => {}
+            Some(v) => {
+                return Err(CrmError::config(format!(
+                    "option default_region must be a country (ISO 3166 code or name), not {v}"
+                ))
+                .with_hint("For example \"US\", \"GB\" or \"DE\": the region of phone numbers written without a country code."))
+            }
+        }
         Ok(SourceConfig {
             provider,
             options: opts.clone(),

@@ -5,11 +5,13 @@
 //!
 //! Start reading at [`connectors`]: it states what a connector must supply.
 
+pub mod clean;
 pub mod config;
 pub mod connectors;
 pub mod engine;
 pub mod error;
 pub mod http;
+pub mod identity;
 pub mod runtime;
 pub mod types;
 

@@ -1,0 +1,117 @@
+"""Benchmark: merge contacts from HubSpot and Salesforce into crm.contacts.
+
+Lands N HubSpot contacts and N Salesforce contacts straight into their
+landing tables (shaped as the syncs land them; the syncs themselves are
+measured by bench.py), 30% of them the same people written differently
+(case, spaces, phone formats). Then times crm_sync.merge(full => true), and
+crm_sync.merge() after 1% of the records of each side changed. Prints
+records/s and the backend's peak memory for both.
+Run through scripts/bench_merge.sh (--size 200000 by default).
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+from bench import run  # noqa: E402
+from conftest import free_port  # noqa: E402
+
+LANDING = """
+CREATE TABLE {s}.{t} (id text PRIMARY KEY, _raw jsonb NOT NULL, _updated_at timestamptz,
+                      _deleted_at timestamptz, _synced_at timestamptz DEFAULT now(), _run_id bigint);
+"""
+
+HS_ROWS = """
+INSERT INTO hs.contacts (id, _raw, _updated_at, _run_id)
+SELECT i::text,
+       jsonb_build_object('id', i::text, 'properties', jsonb_build_object(
+           'email', CASE WHEN i %% 10 < 3 THEN ' Person.' || i || '@Example.COM ' ELSE 'hs' || i || '@example.com' END,
+           'firstname', 'First' || i, 'lastname', 'Last' || i,
+           'phone', '(415) 555-' || lpad((i %% 10000)::text, 4, '0'),
+           'company', 'Company ' || (i %% 5000), 'jobtitle', 'Title ' || (i %% 40),
+           'country', (ARRAY['USA', 'United States', 'U.S.', 'Germany', 'UK'])[1 + i %% 5],
+           'lifecyclestage', 'lead', 'createdate', '2024-01-01T00:00:00Z')),
+       timestamptz '2024-06-01' + i * interval '1 second', 1
+  FROM generate_series(1, %(n)s) i
+"""
+
+SF_ROWS = """
+INSERT INTO sf.contact (id, _raw, _updated_at, _run_id)
+SELECT '003' || lpad(i::text, 15, '0'),
+       jsonb_build_object('Id', '003' || lpad(i::text, 15, '0'),
+           'Email', CASE WHEN i %% 10 < 3 THEN 'person.' || i || '@example.com' ELSE 'sf' || i || '@example.org' END,
+           'FirstName', CASE WHEN i %% 10 < 3 THEN 'First' || i ELSE 'Sf' || i END, 'LastName', 'Last' || i,
+           'Phone', '+1 415 555 ' || lpad((i %% 10000)::text, 4, '0'),
+           'Title', 'Role ' || (i %% 30), 'MailingCountry', 'US',
+           'CreatedDate', '2023-01-01T00:00:00.000+0000'),
+       timestamptz '2024-07-01' + i * interval '1 second', 1
+  FROM generate_series(1, %(n)s) i
+"""
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", type=int, default=200_000, help="contacts per source")
+    args = ap.parse_args()
+    n = args.size
+    base = Path(os.environ.get("CRM_BENCH_DIR", "/tmp")) / f"crm_sync_merge_bench_{os.getpid()}"
+    port = free_port()
+    subprocess.run([str(ROOT / "scripts" / "pg.sh"), "start", str(base), str(port),
+                    "fsync = off", "synchronous_commit = off", "full_page_writes = off"], check=True)
+    try:
+        with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres",
+                             autocommit=True) as c:
+            c.execute("CREATE DATABASE bench")
+        with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="bench",
+                             autocommit=True) as c:
+            c.execute("CREATE EXTENSION pg_crm_sync")
+            c.execute("""SELECT crm_sync.create_source('hs', 'hubspot', '{"base_url": "http://127.0.0.1:9", "default_region": "US"}',
+                                                       '{"access_token": "x"}')""")
+            c.execute("""SELECT crm_sync.create_source('sf', 'salesforce', '{"login_url": "http://127.0.0.1:9"}',
+                                                       '{"client_id": "x", "refresh_token": "y"}')""")
+            c.execute(LANDING.format(s="hs", t="contacts"))
+            c.execute(LANDING.format(s="sf", t="contact"))
+            c.execute(HS_ROWS, {"n": n})
+            c.execute(SF_ROWS, {"n": n})
+            c.execute("ANALYZE")
+            c.execute("SET client_min_messages = debug1")
+            c.add_notice_handler(lambda d: print("   ", d.message_primary) if "merge" in d.message_primary else None)
+            print(f"merge: {n:,} HubSpot + {n:,} Salesforce contacts, 30% the same people")
+            rows, secs, mem = run(c, "SELECT entity, records_changed, unified_rows_changed FROM crm_sync.merge(full => true)")
+            staged = sum(r[1] for r in rows)
+            unified = c.execute("SELECT count(*) FROM crm.contacts").fetchone()[0]
+            print(f"  full merge:        {secs:7.2f} s  {staged / secs:9,.0f} records/s  "
+                  f"{unified:,} unified contacts  peak private memory {mem['anon_kb'] / 1024:.0f} MiB")
+            k = n // 100
+            c.execute("UPDATE hs.contacts SET _raw = jsonb_set(_raw, '{properties,jobtitle}', '\"Changed\"'), "
+                      "_run_id = 2, _updated_at = now() WHERE id::int % 100 = 0")
+            c.execute("UPDATE sf.contact SET _raw = jsonb_set(_raw, '{Title}', '\"Changed\"'), _run_id = 2, "
+                      "_updated_at = now() WHERE right(id, 2) = '00'")
+            rows, secs, mem = run(c, "SELECT entity, records_changed, unified_rows_changed FROM crm_sync.merge()")
+            staged = sum(r[1] for r in rows)
+            print(f"  incremental (1%):  {secs:7.2f} s  {staged:,} records changed ({2 * k:,} expected), "
+                  f"{sum(r[2] for r in rows):,} unified rows rewritten  peak private memory {mem['anon_kb'] / 1024:.0f} MiB")
+            # The same model either way.
+            before = c.execute("SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM "
+                               "(SELECT id, email, phone, title, sources FROM crm.contacts) t").fetchone()[0]
+            t0 = time.perf_counter()
+            c.execute("SELECT * FROM crm_sync.merge(full => true)")
+            secs = time.perf_counter() - t0
+            after = c.execute("SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM "
+                              "(SELECT id, email, phone, title, sources FROM crm.contacts) t").fetchone()[0]
+            print(f"  full rebuild:      {secs:7.2f} s  same model as incremental: {before == after}")
+    finally:
+        subprocess.run([str(ROOT / "scripts" / "pg.sh"), "stop", str(base)], check=False)
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+if __name__ == "__main__":
+    main()

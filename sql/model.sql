@@ -1,0 +1,324 @@
+-- The unified customer model: schema crm (people, companies, deals merged
+-- from every source), and its configuration in crm_sync (mappings, match
+-- rules, field priorities). crm_sync.merge() (src/merge.rs) fills it.
+
+CREATE SCHEMA crm;
+COMMENT ON SCHEMA crm IS
+    'One clean, de-duplicated customer model merged from every CRM source by crm_sync.merge() (run after each sync).';
+GRANT USAGE ON SCHEMA crm TO PUBLIC;
+
+-- What each provider's landing rows contribute to a unified field: a SQL
+-- expression over the landing row r (typed columns, or r._raw, which always
+-- holds the whole record). source NULL applies to every source of the
+-- provider; a row with a source overrides it for that source.
+CREATE TABLE crm_sync.mappings (
+    provider    text NOT NULL,
+    object      text NOT NULL,
+    entity      text NOT NULL CHECK (entity IN ('contact', 'company', 'deal')),
+    field       text NOT NULL,
+    expression  text NOT NULL,
+    source      text REFERENCES crm_sync.sources (name) ON DELETE CASCADE,
+    enabled     boolean NOT NULL DEFAULT true,
+    is_default  boolean NOT NULL DEFAULT false
+);
+CREATE UNIQUE INDEX mappings_key ON crm_sync.mappings (provider, object, field, coalesce(source, ''));
+COMMENT ON TABLE crm_sync.mappings IS
+    'Which unified field each CRM object''s landing rows feed, as a SQL expression over the landing row r (e.g. r.email, r._raw->>''Email'', lower(r.custom__c)). Edit freely; a row with source set overrides the provider''s row for that source. Fields: see crm_sync.unified_fields.';
+
+CREATE TABLE crm_sync.unified_fields (
+    entity  text NOT NULL,
+    field   text NOT NULL,
+    kind    text NOT NULL CHECK (kind IN ('text', 'email', 'phone', 'domain', 'country', 'numeric', 'date', 'timestamptz', 'ref')),
+    PRIMARY KEY (entity, field)
+);
+COMMENT ON TABLE crm_sync.unified_fields IS
+    'The fields of crm.contacts/companies/deals and how their values are cleaned. ref fields hold the source''s own id of a linked record (a contact''s or deal''s company).';
+INSERT INTO crm_sync.unified_fields VALUES
+    ('contact', 'first_name', 'text'), ('contact', 'last_name', 'text'), ('contact', 'email', 'email'),
+    ('contact', 'phone', 'phone'), ('contact', 'company_name', 'text'), ('contact', 'company_domain', 'domain'),
+    ('contact', 'company_ref', 'ref'), ('contact', 'owner', 'text'), ('contact', 'lifecycle_stage', 'text'),
+    ('contact', 'title', 'text'), ('contact', 'country', 'country'),
+    ('contact', 'created_at', 'timestamptz'), ('contact', 'updated_at', 'timestamptz'),
+    ('company', 'name', 'text'), ('company', 'domain', 'domain'), ('company', 'phone', 'phone'),
+    ('company', 'country', 'country'), ('company', 'industry', 'text'), ('company', 'employees', 'numeric'),
+    ('company', 'annual_revenue', 'numeric'), ('company', 'owner', 'text'), ('company', 'lifecycle_stage', 'text'),
+    ('company', 'created_at', 'timestamptz'), ('company', 'updated_at', 'timestamptz'),
+    ('deal', 'name', 'text'), ('deal', 'amount', 'numeric'), ('deal', 'currency', 'text'),
+    ('deal', 'stage', 'text'), ('deal', 'close_date', 'date'), ('deal', 'company_ref', 'ref'),
+    ('deal', 'owner', 'text'), ('deal', 'created_at', 'timestamptz'), ('deal', 'updated_at', 'timestamptz');
+
+INSERT INTO crm_sync.mappings (provider, object, entity, field, expression, is_default) VALUES
+    -- HubSpot: values are in r._raw->'properties'.
+    ('hubspot', 'contacts', 'contact', 'first_name', $$r._raw->'properties'->>'firstname'$$, true),
+    ('hubspot', 'contacts', 'contact', 'last_name', $$r._raw->'properties'->>'lastname'$$, true),
+    ('hubspot', 'contacts', 'contact', 'email', $$r._raw->'properties'->>'email'$$, true),
+    ('hubspot', 'contacts', 'contact', 'phone', $$coalesce(nullif(r._raw->'properties'->>'phone', ''), r._raw->'properties'->>'mobilephone')$$, true),
+    ('hubspot', 'contacts', 'contact', 'company_name', $$r._raw->'properties'->>'company'$$, true),
+    ('hubspot', 'contacts', 'contact', 'company_domain', $$r._raw->'properties'->>'website'$$, true),
+    ('hubspot', 'contacts', 'contact', 'company_ref', $$r._raw->'properties'->>'associatedcompanyid'$$, true),
+    ('hubspot', 'contacts', 'contact', 'owner', $$r._raw->'properties'->>'hubspot_owner_id'$$, true),
+    ('hubspot', 'contacts', 'contact', 'lifecycle_stage', $$r._raw->'properties'->>'lifecyclestage'$$, true),
+    ('hubspot', 'contacts', 'contact', 'title', $$r._raw->'properties'->>'jobtitle'$$, true),
+    ('hubspot', 'contacts', 'contact', 'country', $$r._raw->'properties'->>'country'$$, true),
+    ('hubspot', 'contacts', 'contact', 'created_at', $$r._raw->'properties'->>'createdate'$$, true),
+    ('hubspot', 'contacts', 'contact', 'updated_at', $$r._updated_at$$, true),
+    ('hubspot', 'companies', 'company', 'name', $$r._raw->'properties'->>'name'$$, true),
+    ('hubspot', 'companies', 'company', 'domain', $$coalesce(nullif(r._raw->'properties'->>'domain', ''), r._raw->'properties'->>'website')$$, true),
+    ('hubspot', 'companies', 'company', 'phone', $$r._raw->'properties'->>'phone'$$, true),
+    ('hubspot', 'companies', 'company', 'country', $$r._raw->'properties'->>'country'$$, true),
+    ('hubspot', 'companies', 'company', 'industry', $$r._raw->'properties'->>'industry'$$, true),
+    ('hubspot', 'companies', 'company', 'employees', $$r._raw->'properties'->>'numberofemployees'$$, true),
+    ('hubspot', 'companies', 'company', 'annual_revenue', $$r._raw->'properties'->>'annualrevenue'$$, true),
+    ('hubspot', 'companies', 'company', 'owner', $$r._raw->'properties'->>'hubspot_owner_id'$$, true),
+    ('hubspot', 'companies', 'company', 'lifecycle_stage', $$r._raw->'properties'->>'lifecyclestage'$$, true),
+    ('hubspot', 'companies', 'company', 'created_at', $$r._raw->'properties'->>'createdate'$$, true),
+    ('hubspot', 'companies', 'company', 'updated_at', $$r._updated_at$$, true),
+    ('hubspot', 'deals', 'deal', 'name', $$r._raw->'properties'->>'dealname'$$, true),
+    ('hubspot', 'deals', 'deal', 'amount', $$r._raw->'properties'->>'amount'$$, true),
+    ('hubspot', 'deals', 'deal', 'currency', $$r._raw->'properties'->>'deal_currency_code'$$, true),
+    ('hubspot', 'deals', 'deal', 'stage', $$r._raw->'properties'->>'dealstage'$$, true),
+    ('hubspot', 'deals', 'deal', 'close_date', $$r._raw->'properties'->>'closedate'$$, true),
+    ('hubspot', 'deals', 'deal', 'company_ref', $$r._raw->'associations'->'companies'->'results'->0->>'id'$$, true),
+    ('hubspot', 'deals', 'deal', 'owner', $$r._raw->'properties'->>'hubspot_owner_id'$$, true),
+    ('hubspot', 'deals', 'deal', 'created_at', $$r._raw->'properties'->>'createdate'$$, true),
+    ('hubspot', 'deals', 'deal', 'updated_at', $$r._updated_at$$, true),
+    -- Salesforce: values are in r._raw by field API name; compound
+    -- addresses are objects.
+    ('salesforce', 'Contact', 'contact', 'first_name', $$r._raw->>'FirstName'$$, true),
+    ('salesforce', 'Contact', 'contact', 'last_name', $$r._raw->>'LastName'$$, true),
+    ('salesforce', 'Contact', 'contact', 'email', $$r._raw->>'Email'$$, true),
+    ('salesforce', 'Contact', 'contact', 'phone', $$coalesce(nullif(r._raw->>'Phone', ''), r._raw->>'MobilePhone')$$, true),
+    ('salesforce', 'Contact', 'contact', 'company_ref', $$r._raw->>'AccountId'$$, true),
+    ('salesforce', 'Contact', 'contact', 'owner', $$r._raw->>'OwnerId'$$, true),
+    ('salesforce', 'Contact', 'contact', 'title', $$r._raw->>'Title'$$, true),
+    ('salesforce', 'Contact', 'contact', 'country', $$r._raw->>'MailingCountry'$$, true),
+    ('salesforce', 'Contact', 'contact', 'created_at', $$r._raw->>'CreatedDate'$$, true),
+    ('salesforce', 'Contact', 'contact', 'updated_at', $$r._updated_at$$, true),
+    ('salesforce', 'Lead', 'contact', 'first_name', $$r._raw->>'FirstName'$$, true),
+    ('salesforce', 'Lead', 'contact', 'last_name', $$r._raw->>'LastName'$$, true),
+    ('salesforce', 'Lead', 'contact', 'email', $$r._raw->>'Email'$$, true),
+    ('salesforce', 'Lead', 'contact', 'phone', $$coalesce(nullif(r._raw->>'Phone', ''), r._raw->>'MobilePhone')$$, true),
+    ('salesforce', 'Lead', 'contact', 'company_name', $$r._raw->>'Company'$$, true),
+    ('salesforce', 'Lead', 'contact', 'company_domain', $$r._raw->>'Website'$$, true),
+    ('salesforce', 'Lead', 'contact', 'owner', $$r._raw->>'OwnerId'$$, true),
+    ('salesforce', 'Lead', 'contact', 'lifecycle_stage', $$r._raw->>'Status'$$, true),
+    ('salesforce', 'Lead', 'contact', 'title', $$r._raw->>'Title'$$, true),
+    ('salesforce', 'Lead', 'contact', 'country', $$r._raw->>'Country'$$, true),
+    ('salesforce', 'Lead', 'contact', 'created_at', $$r._raw->>'CreatedDate'$$, true),
+    ('salesforce', 'Lead', 'contact', 'updated_at', $$r._updated_at$$, true),
+    ('salesforce', 'Account', 'company', 'name', $$r._raw->>'Name'$$, true),
+    ('salesforce', 'Account', 'company', 'domain', $$r._raw->>'Website'$$, true),
+    ('salesforce', 'Account', 'company', 'phone', $$r._raw->>'Phone'$$, true),
+    ('salesforce', 'Account', 'company', 'country', $$r._raw->>'BillingCountry'$$, true),
+    ('salesforce', 'Account', 'company', 'industry', $$r._raw->>'Industry'$$, true),
+    ('salesforce', 'Account', 'company', 'employees', $$r._raw->>'NumberOfEmployees'$$, true),
+    ('salesforce', 'Account', 'company', 'annual_revenue', $$r._raw->>'AnnualRevenue'$$, true),
+    ('salesforce', 'Account', 'company', 'owner', $$r._raw->>'OwnerId'$$, true),
+    ('salesforce', 'Account', 'company', 'created_at', $$r._raw->>'CreatedDate'$$, true),
+    ('salesforce', 'Account', 'company', 'updated_at', $$r._updated_at$$, true),
+    ('salesforce', 'Opportunity', 'deal', 'name', $$r._raw->>'Name'$$, true),
+    ('salesforce', 'Opportunity', 'deal', 'amount', $$r._raw->>'Amount'$$, true),
+    ('salesforce', 'Opportunity', 'deal', 'currency', $$r._raw->>'CurrencyIsoCode'$$, true),
+    ('salesforce', 'Opportunity', 'deal', 'stage', $$r._raw->>'StageName'$$, true),
+    ('salesforce', 'Opportunity', 'deal', 'close_date', $$r._raw->>'CloseDate'$$, true),
+    ('salesforce', 'Opportunity', 'deal', 'company_ref', $$r._raw->>'AccountId'$$, true),
+    ('salesforce', 'Opportunity', 'deal', 'owner', $$r._raw->>'OwnerId'$$, true),
+    ('salesforce', 'Opportunity', 'deal', 'created_at', $$r._raw->>'CreatedDate'$$, true),
+    ('salesforce', 'Opportunity', 'deal', 'updated_at', $$r._updated_at$$, true);
+
+-- How records are found to be the same. Rules are tried in position order;
+-- keys are match keys computed from the cleaned fields (email, phone, name,
+-- domain, company_name, company). Two records with equal values for every
+-- key of an enabled rule (none NULL) are one unified row.
+CREATE TABLE crm_sync.match_rules (
+    entity      text NOT NULL CHECK (entity IN ('contact', 'company', 'deal')),
+    position    integer NOT NULL,
+    name        text NOT NULL,
+    keys        text[] NOT NULL,
+    enabled     boolean NOT NULL DEFAULT true,
+    is_default  boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (entity, name),
+    CONSTRAINT match_rules_keys CHECK (keys <@ ARRAY['email', 'phone', 'name', 'domain', 'company_name', 'company'] AND cardinality(keys) > 0)
+);
+COMMENT ON TABLE crm_sync.match_rules IS
+    'Identity resolution rules, in position order. keys: email (normalised), phone (E.164), name (first and last name, accents and punctuation dropped), domain (bare website domain), company_name (company name without legal form), company (the unified company a contact or deal belongs to). Disable a rule with enabled = false; add your own.';
+INSERT INTO crm_sync.match_rules VALUES
+    ('contact', 1, 'email', '{email}', true, true),
+    ('contact', 2, 'phone_and_name', '{phone,name}', true, true),
+    ('company', 1, 'domain', '{domain}', true, true),
+    ('company', 2, 'name', '{company_name}', true, true),
+    ('deal', 1, 'company_and_name', '{company,name}', true, true);
+
+-- A per-field source order that beats "most recently modified wins".
+CREATE TABLE crm_sync.field_priority (
+    entity  text NOT NULL,
+    field   text NOT NULL,
+    sources text[] NOT NULL,
+    PRIMARY KEY (entity, field)
+);
+COMMENT ON TABLE crm_sync.field_priority IS
+    'For a unified field, the sources whose values win, first to last, over the default rule (the most recently modified source record wins). Sources not listed come after, newest first.';
+
+-- Each source record, cleaned, with its match keys and unified id.
+CREATE TABLE crm_sync.source_records (
+    entity       text NOT NULL,
+    source       text NOT NULL,
+    stream       text NOT NULL,
+    external_id  text NOT NULL,
+    record_id    bigint NOT NULL,
+    unified_id   bigint,
+    updated_at   timestamptz,
+    deleted      boolean NOT NULL DEFAULT false,
+    vals         jsonb NOT NULL DEFAULT '{}',
+    email        text,
+    phone        text,
+    name_key     text,
+    domain       text,
+    company_key  text,
+    company_ref  text,
+    company_id   bigint,
+    first_seen   timestamptz NOT NULL DEFAULT now(),
+    merged_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (entity, source, stream, external_id)
+);
+CREATE UNIQUE INDEX source_records_record ON crm_sync.source_records (entity, record_id);
+CREATE INDEX source_records_ref ON crm_sync.source_records (entity, source, external_id);
+CREATE INDEX source_records_unified ON crm_sync.source_records (entity, unified_id);
+CREATE INDEX source_records_email ON crm_sync.source_records (entity, email) WHERE email IS NOT NULL;
+CREATE INDEX source_records_phone ON crm_sync.source_records (entity, phone) WHERE phone IS NOT NULL;
+CREATE INDEX source_records_domain ON crm_sync.source_records (entity, domain) WHERE domain IS NOT NULL;
+CREATE INDEX source_records_company_key ON crm_sync.source_records (entity, company_key) WHERE company_key IS NOT NULL;
+CREATE INDEX source_records_company ON crm_sync.source_records (entity, company_id) WHERE company_id IS NOT NULL;
+CREATE INDEX source_records_name ON crm_sync.source_records (entity, name_key) WHERE name_key IS NOT NULL;
+COMMENT ON TABLE crm_sync.source_records IS
+    'Every landed record that feeds the unified model, with its cleaned values (vals), match keys and unified id. Maintained by crm_sync.merge().';
+
+-- Values that failed cleaning (kept as landed; the unified field gets none).
+CREATE TABLE crm_sync.invalid_values (
+    entity       text NOT NULL,
+    source       text NOT NULL,
+    stream       text NOT NULL,
+    external_id  text NOT NULL,
+    field        text NOT NULL,
+    value        text NOT NULL,
+    problem      text NOT NULL,
+    PRIMARY KEY (entity, source, stream, external_id, field)
+);
+
+CREATE VIEW crm_sync.quality AS
+SELECT r.source, r.stream, r.entity, f.field,
+       count(*) FILTER (WHERE r.vals ? f.field) AS valid,
+       (SELECT count(*) FROM crm_sync.invalid_values i
+         WHERE i.source = r.source AND i.stream = r.stream AND i.field = f.field) AS invalid,
+       (SELECT array_agg(v.value ORDER BY v.external_id) FROM (
+            SELECT i.value, i.external_id FROM crm_sync.invalid_values i
+             WHERE i.source = r.source AND i.stream = r.stream AND i.field = f.field
+             ORDER BY i.external_id LIMIT 5) v) AS invalid_samples
+  FROM crm_sync.source_records r
+  JOIN crm_sync.unified_fields f ON f.entity = r.entity
+ WHERE f.kind IN ('email', 'phone', 'domain', 'country', 'numeric', 'date', 'timestamptz')
+ GROUP BY r.source, r.stream, r.entity, f.field;
+COMMENT ON VIEW crm_sync.quality IS
+    'Per source, stream and cleaned field: how many values were valid and how many invalid (kept in the landing table, left out of the unified model), with a few invalid samples.';
+
+CREATE TABLE crm.contacts (
+    id               bigint PRIMARY KEY,
+    first_name       text,
+    last_name        text,
+    email            text,
+    phone            text,
+    company_name     text,
+    company_domain   text,
+    company_id       bigint,
+    owner            text,
+    lifecycle_stage  text,
+    title            text,
+    country          text,
+    created_at       timestamptz,
+    updated_at       timestamptz,
+    deleted_at       timestamptz,
+    sources          text[] NOT NULL DEFAULT '{}',
+    lineage          jsonb NOT NULL DEFAULT '{}',
+    merged_at        timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE crm.companies (
+    id               bigint PRIMARY KEY,
+    name             text,
+    domain           text,
+    phone            text,
+    country          text,
+    industry         text,
+    employees        numeric,
+    annual_revenue   numeric,
+    owner            text,
+    lifecycle_stage  text,
+    created_at       timestamptz,
+    updated_at       timestamptz,
+    deleted_at       timestamptz,
+    sources          text[] NOT NULL DEFAULT '{}',
+    lineage          jsonb NOT NULL DEFAULT '{}',
+    merged_at        timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE crm.deals (
+    id               bigint PRIMARY KEY,
+    name             text,
+    amount           numeric,
+    currency         text,
+    stage            text,
+    close_date       date,
+    company_id       bigint,
+    owner            text,
+    created_at       timestamptz,
+    updated_at       timestamptz,
+    deleted_at       timestamptz,
+    sources          text[] NOT NULL DEFAULT '{}',
+    lineage          jsonb NOT NULL DEFAULT '{}',
+    merged_at        timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE crm.contacts IS 'People from every source, one row per person (HubSpot contacts, Salesforce contacts and leads). sources lists source/stream/id of the records merged; crm.field_lineage says which supplied each value.';
+COMMENT ON TABLE crm.companies IS 'Companies from every source (HubSpot companies, Salesforce accounts), one row per company.';
+COMMENT ON TABLE crm.deals IS 'Deals from every source (HubSpot deals, Salesforce opportunities), linked to their unified company.';
+
+-- The crosswalk: unified id <-> source records.
+CREATE VIEW crm.identities AS
+SELECT entity, unified_id, source, stream, external_id, deleted, updated_at
+  FROM crm_sync.source_records;
+COMMENT ON VIEW crm.identities IS 'Which source record (source, stream, CRM id) each unified id merges.';
+
+CREATE TABLE crm.merged_ids (
+    entity     text NOT NULL,
+    old_id     bigint NOT NULL,
+    new_id     bigint NOT NULL,
+    merged_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (entity, old_id)
+);
+COMMENT ON TABLE crm.merged_ids IS 'Unified ids that were merged into another (a later link showed two rows were one): old_id now lives on as new_id.';
+
+CREATE VIEW crm.field_lineage AS
+SELECT 'contact'::text AS entity, u.id AS unified_id, l.key AS field, l.value->>0 AS source, l.value->>1 AS stream,
+       l.value->>2 AS external_id, (l.value->>3)::timestamptz AS source_updated_at
+  FROM crm.contacts u, jsonb_each(u.lineage) l
+UNION ALL
+SELECT 'company', u.id, l.key, l.value->>0, l.value->>1, l.value->>2, (l.value->>3)::timestamptz
+  FROM crm.companies u, jsonb_each(u.lineage) l
+UNION ALL
+SELECT 'deal', u.id, l.key, l.value->>0, l.value->>1, l.value->>2, (l.value->>3)::timestamptz
+  FROM crm.deals u, jsonb_each(u.lineage) l;
+COMMENT ON VIEW crm.field_lineage IS 'For each unified row and field: the source record whose value it holds, and when that record was modified (from the rows'' lineage columns: field -> [source, stream, id, modified]).';
+
+CREATE TABLE crm_sync.merge_state (
+    source      text NOT NULL,
+    stream      text NOT NULL,
+    merged_run  bigint NOT NULL,
+    merged_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (source, stream)
+);
+
+SELECT pg_catalog.pg_extension_config_dump('crm_sync.mappings', 'WHERE NOT is_default');
+SELECT pg_catalog.pg_extension_config_dump('crm_sync.match_rules', 'WHERE NOT is_default');
+SELECT pg_catalog.pg_extension_config_dump('crm.merged_ids', '');
+SELECT pg_catalog.pg_extension_config_dump('crm_sync.field_priority', '');
+
+GRANT SELECT ON crm_sync.mappings, crm_sync.unified_fields, crm_sync.match_rules, crm_sync.field_priority,
+                crm_sync.source_records, crm_sync.invalid_values, crm_sync.quality, crm_sync.merge_state TO PUBLIC;
+GRANT SELECT ON ALL TABLES IN SCHEMA crm TO PUBLIC;

@@ -1,0 +1,806 @@
+//! The unified customer model: `crm_sync.merge()` and the merge after each
+//! sync. Three steps per entity (companies first, then contacts and deals,
+//! which link to companies):
+//!
+//! 1. **Stage**: landing rows written since the stream's last merge (by
+//!    `_run_id`) are read through the mapping expressions, cleaned
+//!    (`crm_sync_core::clean`) and upserted into `crm_sync.source_records`
+//!    with their match keys; values that fail cleaning go to
+//!    `crm_sync.invalid_values` and stay out of the model.
+//! 2. **Resolve**: the changed records, the unified rows they belonged to and
+//!    the rows their keys now match are loaded and linked again
+//!    (`crm_sync_core::identity`); ids that disappear are recorded in
+//!    `crm.merged_ids` as merged into the surviving id.
+//! 3. **Survive**: for the affected unified rows, each field takes the value
+//!    of the highest-priority source (`crm_sync.field_priority`), else of the
+//!    most recently modified record; the row's `lineage` column (shown by
+//!    the `crm.field_lineage` view) records which.
+//!
+//! A full merge stages every landing row and resolves every record; it gives
+//! the same result as the incremental steps.
+
+use std::collections::HashMap;
+
+use pgrx::datum::{DatumWithOid, Interval};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use serde_json::{Map, Value};
+
+use crm_sync_core::clean;
+use crm_sync_core::identity::{self, Member};
+
+const ENTITIES: [&str; 3] = ["company", "contact", "deal"];
+const FETCH: i64 = 5_000;
+
+/// The crm table of an entity.
+fn table(entity: &str) -> &'static str {
+    match entity {
+        "company" => "companies",
+        "contact" => "contacts",
+        _ => "deals",
+    }
+}
+
+fn qi(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+fn ql(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Merge what changed since the last merge (or everything, `full`) into the
+/// unified model; one row per entity.
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+#[allow(clippy::type_complexity)]
+pub fn merge(
+    full: default!(bool, false),
+) -> TableIterator<
+    'static,
+    (
+        name!(entity, String),
+        name!(records_changed, i64),
+        name!(invalid_values, i64),
+        name!(unified_rows_changed, i64),
+        name!(ids_merged, i64),
+        name!(duration, Interval),
+    ),
+> {
+    let rows = run(None, full);
+    TableIterator::new(rows.into_iter().map(|r| {
+        (
+            r.entity.to_owned(),
+            r.changed,
+            r.invalid,
+            r.unified,
+            r.merged,
+            Interval::from_micros(r.micros),
+        )
+    }))
+}
+
+/// Merge one stream's changes after its sync, in a subtransaction: a merge
+/// that fails (a broken mapping expression, say) leaves the sync's rows in
+/// place and is reported as a warning, for `crm_sync.merge()` to redo.
+pub fn after_sync(source: &str, stream: &str, run_id: i64) -> Option<String> {
+    if !crate::gucs::MERGE_AFTER_SYNC.get() {
+        return None;
+    }
+    let mapped = Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM crm_sync.streams t JOIN crm_sync.sources s ON s.name = t.source
+                          JOIN crm_sync.mappings m ON m.provider = s.provider AND m.object = t.object AND m.enabled
+                         WHERE t.source = $1 AND t.stream = $2)",
+        &[source.into(), stream.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    if !mapped {
+        return None;
+    }
+    match crate::sql_api::sync::in_subtransaction(|| run(Some((source, stream)), false)) {
+        Ok(stats) => {
+            // Values that failed cleaning are the run's warnings too.
+            let invalid: i64 = stats.iter().map(|s| s.invalid).sum();
+            if invalid > 0 {
+                Spi::run_with_args(
+                    "UPDATE crm_sync.runs
+                        SET warnings = warnings + $2,
+                            warning_samples = coalesce(warning_samples, '{}') || format(
+                                '%s values failed cleaning for the unified model and were left out of it; see crm_sync.quality', $2)
+                      WHERE run_id = $1",
+                    &[run_id.into(), invalid.into()],
+                )
+                .expect("count invalid values in crm_sync.runs");
+            }
+            None
+        }
+        Err(message) => Some(format!(
+            "merging into the unified model failed: {message}; the synced rows are kept; fix it and run crm_sync.merge()"
+        )),
+    }
+}
+
+pub struct EntityStats {
+    pub entity: &'static str,
+    pub changed: i64,
+    pub invalid: i64,
+    pub unified: i64,
+    pub merged: i64,
+    pub micros: i64,
+}
+
+/// Merge every entity; `only` limits staging to one (source, stream).
+pub fn run(only: Option<(&str, &str)>, full: bool) -> Vec<EntityStats> {
+    // One merge at a time: unified rows span sources.
+    Spi::run("SELECT pg_advisory_xact_lock(hashtextextended('crm_sync/merge', 0))")
+        .expect("merge lock");
+    let mut out = Vec::new();
+    for entity in ENTITIES {
+        let t0 = std::time::Instant::now();
+        let mut st = EntityStats {
+            entity,
+            changed: 0,
+            invalid: 0,
+            unified: 0,
+            merged: 0,
+            micros: 0,
+        };
+        let mut changed: Vec<i64> = Vec::new();
+        let lap = |what: &str| {
+            pgrx::debug1!(
+                "pg_crm_sync merge {entity}: {what} after {:?}",
+                t0.elapsed()
+            )
+        };
+        for s in streams(entity, only) {
+            let (ids, invalid) = stage(entity, &s, full);
+            st.changed += ids.len() as i64;
+            st.invalid += invalid;
+            changed.extend(ids);
+        }
+        lap("staged");
+        if full {
+            changed.extend(prune(entity));
+        }
+        if entity != "company" {
+            let moved = link_companies(entity, &changed, full);
+            changed.extend(moved);
+        }
+        lap("linked to companies");
+        if !changed.is_empty() || full {
+            let (affected, merged) = resolve(entity, &changed, full);
+            lap("resolved");
+            st.merged = merged;
+            st.unified = survive(entity, &affected, full);
+            lap("survived");
+        }
+        st.micros = t0.elapsed().as_micros() as i64;
+        out.push(st);
+    }
+    out
+}
+
+/// A stream feeding an entity, with the mapping to use.
+struct StreamMap {
+    source: String,
+    stream: String,
+    region: Option<String>,
+    /// (field, kind, expression)
+    fields: Vec<(String, String, String)>,
+    merged_run: i64,
+}
+
+fn streams(entity: &str, only: Option<(&str, &str)>) -> Vec<StreamMap> {
+    type Row = (String, String, Option<String>, String, String, String, i64);
+    let rows: Vec<Row> = Spi::connect(|c| {
+        c.select(
+            "SELECT DISTINCT ON (t.source, t.stream, f.field)
+                    t.source, t.stream, s.options->>'default_region', f.field, f.kind, m.expression,
+                    coalesce(ms.merged_run, 0)
+               FROM crm_sync.streams t
+               JOIN crm_sync.sources s ON s.name = t.source
+               JOIN crm_sync.mappings m ON m.provider = s.provider AND m.object = t.object
+                                       AND m.entity = $1 AND m.enabled
+                                       AND (m.source IS NULL OR m.source = t.source)
+               JOIN crm_sync.unified_fields f ON f.entity = m.entity AND f.field = m.field
+               LEFT JOIN crm_sync.merge_state ms ON ms.source = t.source AND ms.stream = t.stream
+              WHERE to_regclass(format('%I.%I', t.source, t.stream)) IS NOT NULL
+              ORDER BY t.source, t.stream, f.field, m.source NULLS LAST",
+            None,
+            &[entity.into()],
+        )
+        .expect("read crm_sync.mappings")
+        .map(|r| {
+            (
+                r.get(1).ok().flatten().unwrap_or_default(),
+                r.get(2).ok().flatten().unwrap_or_default(),
+                r.get(3).ok().flatten(),
+                r.get(4).ok().flatten().unwrap_or_default(),
+                r.get(5).ok().flatten().unwrap_or_default(),
+                r.get(6).ok().flatten().unwrap_or_default(),
+                r.get(7).ok().flatten().unwrap_or_default(),
+            )
+        })
+        .collect()
+    });
+    let mut out: Vec<StreamMap> = Vec::new();
+    for (source, stream, region, field, kind, expr, merged_run) in rows {
+        if let Some((s, t)) = only {
+            if s != source || t != stream {
+                continue;
+            }
+        }
+        match out.last_mut() {
+            Some(m) if m.source == source && m.stream == stream => {
+                m.fields.push((field, kind, expr))
+            }
+            _ => out.push(StreamMap {
+                source,
+                stream,
+                region,
+                fields: vec![(field, kind, expr)],
+                merged_run,
+            }),
+        }
+    }
+    out
+}
+
+/// One cleaned source record.
+#[derive(Default)]
+struct Staged {
+    external_id: String,
+    updated_at: Option<String>,
+    deleted: bool,
+    vals: Map<String, Value>,
+    email: Option<String>,
+    phone: Option<String>,
+    name_key: Option<String>,
+    domain: Option<String>,
+    company_key: Option<String>,
+    company_ref: Option<String>,
+    invalid: Vec<(String, String, String)>,
+}
+
+fn stage_row(
+    entity: &str,
+    s: &StreamMap,
+    id: String,
+    updated: Option<String>,
+    deleted: bool,
+    values: Vec<Option<String>>,
+) -> Staged {
+    let mut st = Staged {
+        external_id: id,
+        updated_at: updated,
+        deleted,
+        ..Default::default()
+    };
+    for ((field, kind, _), raw) in s.fields.iter().zip(values) {
+        let Some(raw) = raw else { continue };
+        match clean::field(kind, &raw, s.region.as_deref()) {
+            Ok(Some(v)) => {
+                st.vals.insert(field.clone(), Value::String(v));
+            }
+            Ok(None) => {}
+            Err(problem) => st.invalid.push((field.clone(), raw, problem)),
+        }
+    }
+    let get = |f: &str| st.vals.get(f).and_then(Value::as_str).map(str::to_owned);
+    st.email = get("email");
+    st.phone = get("phone");
+    st.company_ref = get("company_ref");
+    match entity {
+        "contact" => {
+            let full = [get("first_name"), get("last_name")]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(" ");
+            st.name_key = clean::name_key(&full);
+        }
+        "company" => {
+            st.domain = get("domain");
+            st.company_key = get("name").and_then(|n| clean::company_key(&n));
+        }
+        _ => st.name_key = get("name").and_then(|n| clean::name_key(&n)),
+    }
+    st
+}
+
+/// Stage the stream's rows changed since its last merge; returns the
+/// record ids staged and the number of invalid values.
+fn stage(entity: &str, s: &StreamMap, full: bool) -> (Vec<i64>, i64) {
+    // A sync of this stream still writing: its own merge will follow.
+    let free = Spi::get_one_with_args::<bool>(
+        "SELECT pg_try_advisory_xact_lock(hashtextextended('crm_sync/' || $1 || '/' || $2, 0))",
+        &[s.source.as_str().into(), s.stream.as_str().into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    if !free {
+        pgrx::notice!(
+            "{}.{} is being synced; its changes are merged when that sync ends",
+            s.source,
+            s.stream
+        );
+        return (vec![], 0);
+    }
+    let exprs: Vec<String> = s
+        .fields
+        .iter()
+        .map(|(_, _, e)| format!("({e})::text"))
+        .collect();
+    let since = if full { 0 } else { s.merged_run };
+    let sql = format!(
+        "SELECT r.id, r._updated_at::text, r._deleted_at IS NOT NULL, r._run_id, {} FROM {}.{} r WHERE r._run_id > $1",
+        exprs.join(", "),
+        qi(&s.source),
+        qi(&s.stream)
+    );
+    let mut ids = Vec::new();
+    let mut invalid = 0i64;
+    let mut max_run = s.merged_run;
+    Spi::connect_mut(|c| {
+        let mut cur = c.try_open_cursor(sql.as_str(), &[since.into()]).unwrap_or_else(|e| {
+            crate::errors::fail(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!(
+                    "the {entity} mapping of {}.{} does not work: {e}",
+                    s.source, s.stream
+                ),
+                Some("Fix the expressions in crm_sync.mappings (each is SQL over the landing row r)."),
+            )
+        });
+        let cols = s.fields.len();
+        loop {
+            let batch: Vec<Staged> = {
+                let t = cur.fetch(FETCH).expect("fetch landing rows");
+                if t.is_empty() {
+                    break;
+                }
+                t.map(|r| {
+                    let run: i64 = r.get(4).ok().flatten().unwrap_or_default();
+                    max_run = max_run.max(run);
+                    let values = (0..cols)
+                        .map(|i| r.get::<String>(5 + i).ok().flatten())
+                        .collect();
+                    stage_row(
+                        entity,
+                        s,
+                        r.get(1).ok().flatten().unwrap_or_default(),
+                        r.get(2).ok().flatten(),
+                        r.get(3).ok().flatten().unwrap_or(false),
+                        values,
+                    )
+                })
+                .collect()
+            };
+            pgrx::check_for_interrupts!();
+            invalid += batch.iter().map(|b| b.invalid.len() as i64).sum::<i64>();
+            ids.extend(
+                batch
+                    .iter()
+                    .map(|b| identity::record_id(entity, &s.source, &s.stream, &b.external_id)),
+            );
+            write_staged(c, entity, s, &batch);
+        }
+    });
+    Spi::run_with_args(
+        "INSERT INTO crm_sync.merge_state (source, stream, merged_run, merged_at) VALUES ($1, $2, $3, now())
+         ON CONFLICT (source, stream) DO UPDATE SET merged_run = EXCLUDED.merged_run, merged_at = now()",
+        &[s.source.as_str().into(), s.stream.as_str().into(), max_run.into()],
+    )
+    .expect("write crm_sync.merge_state");
+    (ids, invalid)
+}
+
+fn write_staged(c: &mut SpiClient<'_>, entity: &str, s: &StreamMap, batch: &[Staged]) {
+    let col = |f: &dyn Fn(&Staged) -> Option<String>| -> Vec<Option<String>> {
+        batch.iter().map(f).collect()
+    };
+    let ext: Vec<String> = batch.iter().map(|b| b.external_id.clone()).collect();
+    let rid: Vec<i64> = batch
+        .iter()
+        .map(|b| identity::record_id(entity, &s.source, &s.stream, &b.external_id))
+        .collect();
+    let upd = col(&|b| b.updated_at.clone());
+    let del: Vec<bool> = batch.iter().map(|b| b.deleted).collect();
+    let vals = col(&|b| Some(Value::Object(b.vals.clone()).to_string()));
+    let args: Vec<DatumWithOid> = vec![
+        entity.into(),
+        s.source.as_str().into(),
+        s.stream.as_str().into(),
+        ext.clone().into(),
+        rid.into(),
+        upd.into(),
+        del.into(),
+        vals.into(),
+        col(&|b| b.email.clone()).into(),
+        col(&|b| b.phone.clone()).into(),
+        col(&|b| b.name_key.clone()).into(),
+        col(&|b| b.domain.clone()).into(),
+        col(&|b| b.company_key.clone()).into(),
+        col(&|b| b.company_ref.clone()).into(),
+    ];
+    c.update(
+        "INSERT INTO crm_sync.source_records AS t
+                (entity, source, stream, external_id, record_id, updated_at, deleted, vals,
+                 email, phone, name_key, domain, company_key, company_ref, merged_at)
+         SELECT $1, $2, $3, u.ext, u.rid, u.upd::timestamptz, u.del, u.vals::jsonb,
+                u.email, u.phone, u.name_key, u.domain, u.company_key, u.company_ref, now()
+           FROM unnest($4::text[], $5::int8[], $6::text[], $7::bool[], $8::text[], $9::text[],
+                       $10::text[], $11::text[], $12::text[], $13::text[], $14::text[])
+                AS u(ext, rid, upd, del, vals, email, phone, name_key, domain, company_key, company_ref)
+         ON CONFLICT (entity, source, stream, external_id) DO UPDATE
+            SET updated_at = EXCLUDED.updated_at, deleted = EXCLUDED.deleted, vals = EXCLUDED.vals,
+                email = EXCLUDED.email, phone = EXCLUDED.phone, name_key = EXCLUDED.name_key,
+                domain = EXCLUDED.domain, company_key = EXCLUDED.company_key,
+                company_ref = EXCLUDED.company_ref, merged_at = now()",
+        None,
+        &args,
+    )
+    .expect("write crm_sync.source_records");
+    // The invalid values of these records, as of now.
+    let mut f_ext = Vec::new();
+    let mut f_field = Vec::new();
+    let mut f_value = Vec::new();
+    let mut f_problem = Vec::new();
+    for b in batch {
+        for (field, value, problem) in &b.invalid {
+            f_ext.push(b.external_id.clone());
+            f_field.push(field.clone());
+            f_value.push(value.clone());
+            f_problem.push(problem.clone());
+        }
+    }
+    c.update(
+        "DELETE FROM crm_sync.invalid_values
+          WHERE entity = $1 AND source = $2 AND stream = $3 AND external_id = ANY ($4)",
+        None,
+        &[
+            entity.into(),
+            s.source.as_str().into(),
+            s.stream.as_str().into(),
+            ext.into(),
+        ],
+    )
+    .expect("clear crm_sync.invalid_values");
+    if f_ext.is_empty() {
+        return;
+    }
+    c.update(
+        "INSERT INTO crm_sync.invalid_values (entity, source, stream, external_id, field, value, problem)
+         SELECT $1, $2, $3, u.* FROM unnest($4::text[], $5::text[], $6::text[], $7::text[]) u",
+        None,
+        &[
+            entity.into(),
+            s.source.as_str().into(),
+            s.stream.as_str().into(),
+            f_ext.into(),
+            f_field.into(),
+            f_value.into(),
+            f_problem.into(),
+        ],
+    )
+    .expect("write crm_sync.invalid_values");
+}
+
+/// Full merges drop records whose stream, source or landing row is gone;
+/// returns their record ids (their unified rows need recomputing).
+fn prune(entity: &str) -> Vec<i64> {
+    Spi::connect_mut(|c| {
+        c.update(
+            "DELETE FROM crm_sync.source_records r
+              WHERE r.entity = $1
+                AND (to_regclass(format('%I.%I', r.source, r.stream)) IS NULL
+                     OR NOT EXISTS (SELECT 1 FROM crm_sync.streams t WHERE t.source = r.source AND t.stream = r.stream))
+             RETURNING record_id",
+            None,
+            &[entity.into()],
+        )
+        .expect("prune crm_sync.source_records")
+        .map(|r| r.get::<i64>(1).ok().flatten().unwrap_or_default())
+        .collect()
+    })
+}
+
+/// Point contacts and deals at the unified company of their company
+/// reference (same source): the changed ones (every one, `full`), those
+/// whose company was merged into another in this merge, and those whose
+/// company had not landed yet. Returns the records whose company changed.
+fn link_companies(entity: &str, changed: &[i64], full: bool) -> Vec<i64> {
+    Spi::connect_mut(|c| {
+        c.update(
+            "WITH want AS (
+                SELECT r.record_id,
+                       (SELECT k.unified_id FROM crm_sync.source_records k
+                         WHERE k.entity = 'company' AND k.source = r.source AND k.external_id = r.company_ref
+                         ORDER BY k.stream LIMIT 1) AS company_id
+                  FROM crm_sync.source_records r
+                 WHERE r.entity = $1
+                   AND ($3 OR r.record_id = ANY ($2)
+                        OR (r.company_id IS NULL AND r.company_ref IS NOT NULL)
+                        OR r.company_id IN (SELECT old_id FROM crm.merged_ids
+                                             WHERE entity = 'company' AND merged_at = now())))
+             UPDATE crm_sync.source_records r SET company_id = w.company_id
+               FROM want w
+              WHERE r.entity = $1 AND r.record_id = w.record_id AND r.company_id IS DISTINCT FROM w.company_id
+             RETURNING r.record_id",
+            None,
+            &[entity.into(), changed.to_vec().into(), full.into()],
+        )
+        .expect("link companies")
+        .map(|r| r.get::<i64>(1).ok().flatten().unwrap_or_default())
+        .collect()
+    })
+}
+
+/// The match key columns of each enabled rule, in order.
+fn rules(entity: &str) -> Vec<Vec<&'static str>> {
+    let rows: Vec<Vec<String>> = Spi::connect(|c| {
+        c.select(
+            "SELECT keys FROM crm_sync.match_rules WHERE entity = $1 AND enabled ORDER BY position, name",
+            None,
+            &[entity.into()],
+        )
+        .expect("read crm_sync.match_rules")
+        .map(|r| r.get::<Vec<String>>(1).ok().flatten().unwrap_or_default())
+        .collect()
+    });
+    rows.into_iter()
+        .map(|keys| {
+            keys.iter()
+                .filter_map(|k| match k.as_str() {
+                    "email" => Some("email"),
+                    "phone" => Some("phone"),
+                    "name" => Some("name_key"),
+                    "domain" => Some("domain"),
+                    "company_name" => Some("company_key"),
+                    "company" => Some("company_id"),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Link records again; returns the unified ids to recompute and how many
+/// ids were merged into others.
+fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
+    let rules = rules(entity);
+    let key_exprs: Vec<String> = rules
+        .iter()
+        .map(|cols| {
+            let present: Vec<String> = cols.iter().map(|c| format!("r.{c} IS NOT NULL")).collect();
+            let parts: Vec<String> = cols.iter().map(|c| format!("r.{c}::text")).collect();
+            // NULL unless every key is there.
+            format!(
+                "CASE WHEN {} THEN concat_ws(chr(31), {}) END",
+                present.join(" AND "),
+                parts.join(", ")
+            )
+        })
+        .collect();
+    let keys_sql = if key_exprs.is_empty() {
+        "ARRAY[]::text[]".to_owned()
+    } else {
+        format!("ARRAY[{}]", key_exprs.join(", "))
+    };
+    // Who takes part: everything (full), or the changed records, the
+    // unified rows they were in, and the rows their keys now match.
+    let scope = if full {
+        "r.entity = $1".to_owned()
+    } else {
+        let mut hits = vec!["x.record_id = ANY ($2)".to_owned()];
+        for cols in &rules {
+            let xs: Vec<String> = cols.iter().map(|c| format!("x.{c}")).collect();
+            let cs: Vec<String> = cols.iter().map(|c| format!("ch.{c}")).collect();
+            let nn: Vec<String> = cols.iter().map(|c| format!("ch.{c} IS NOT NULL")).collect();
+            hits.push(format!(
+                "({}) IN (SELECT {} FROM ch WHERE {})",
+                xs.join(", "),
+                cs.join(", "),
+                nn.join(" AND ")
+            ));
+        }
+        format!(
+            "r.entity = $1 AND (r.record_id = ANY ($2) OR r.unified_id IN (
+                SELECT x.unified_id FROM crm_sync.source_records x
+                 WHERE x.entity = $1 AND x.unified_id IS NOT NULL AND ({})))",
+            hits.join(" OR ")
+        )
+    };
+    let sql = format!(
+        "WITH ch AS (SELECT * FROM crm_sync.source_records WHERE entity = $1 AND record_id = ANY ($2))
+         SELECT r.record_id, (extract(epoch FROM r.first_seen) * 1e6)::int8, r.unified_id, {keys_sql}
+           FROM crm_sync.source_records r WHERE {scope}"
+    );
+    let members: Vec<(Member, Option<i64>)> = Spi::connect(|c| {
+        c.select(
+            sql.as_str(),
+            None,
+            &[entity.into(), changed.to_vec().into()],
+        )
+        .expect("read records to resolve")
+        .map(|r| {
+            let keys: Vec<Option<String>> = r
+                .get::<Vec<Option<String>>>(4)
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            (
+                Member {
+                    id: r.get(1).ok().flatten().unwrap_or_default(),
+                    first_seen: r.get(2).ok().flatten().unwrap_or_default(),
+                    keys,
+                },
+                r.get(3).ok().flatten(),
+            )
+        })
+        .collect()
+    });
+    let only: Vec<Member> = members.iter().map(|(m, _)| m.clone()).collect();
+    let ids = identity::resolve(&only);
+    // Old ids that no longer name any group were merged into the group
+    // that holds their earliest record.
+    let new_set: std::collections::HashSet<i64> = ids.iter().copied().collect();
+    let mut merged: HashMap<i64, (i64, i64, i64)> = HashMap::new();
+    for ((m, old), new) in members.iter().zip(&ids) {
+        if let Some(old) = old {
+            if !new_set.contains(old) {
+                let e = merged.entry(*old).or_insert((m.first_seen, m.id, *new));
+                if (m.first_seen, m.id) < (e.0, e.1) {
+                    *e = (m.first_seen, m.id, *new);
+                }
+            }
+        }
+    }
+    let rid: Vec<i64> = members.iter().map(|(m, _)| m.id).collect();
+    Spi::run_with_args(
+        "UPDATE crm_sync.source_records r SET unified_id = u.uid
+           FROM unnest($2::int8[], $3::int8[]) u(rid, uid)
+          WHERE r.entity = $1 AND r.record_id = u.rid AND r.unified_id IS DISTINCT FROM u.uid",
+        &[entity.into(), rid.into(), ids.clone().into()],
+    )
+    .expect("write unified ids");
+    let old: Vec<i64> = merged.keys().copied().collect();
+    let new: Vec<i64> = merged.values().map(|v| v.2).collect();
+    if !old.is_empty() {
+        Spi::run_with_args(
+            "WITH m AS (SELECT * FROM unnest($2::int8[], $3::int8[]) u(old_id, new_id)),
+                  chain AS (UPDATE crm.merged_ids x SET new_id = m.new_id FROM m
+                             WHERE x.entity = $1 AND x.new_id = m.old_id)
+             INSERT INTO crm.merged_ids (entity, old_id, new_id)
+             SELECT $1, old_id, new_id FROM m
+             ON CONFLICT (entity, old_id) DO UPDATE SET new_id = EXCLUDED.new_id, merged_at = now()",
+            &[entity.into(), old.clone().into(), new.clone().into()],
+        )
+        .expect("write crm.merged_ids");
+        if entity == "company" {
+            for t in ["contacts", "deals"] {
+                Spi::run_with_args(
+                    &format!("UPDATE crm.{t} c SET company_id = u.new_id FROM unnest($1::int8[], $2::int8[]) u(old_id, new_id) WHERE c.company_id = u.old_id"),
+                    &[old.clone().into(), new.clone().into()],
+                )
+                .expect("follow merged companies");
+            }
+        }
+    }
+    let mut affected: Vec<i64> = ids;
+    affected.extend(members.iter().filter_map(|(_, o)| *o));
+    affected.sort_unstable();
+    affected.dedup();
+    (affected, old.len() as i64)
+}
+
+/// Recompute the unified rows `ids` (every row, `full`); returns how many
+/// rows were written.
+fn survive(entity: &str, ids: &[i64], full: bool) -> i64 {
+    let fields: Vec<(String, String)> = Spi::connect(|c| {
+        c.select(
+            "SELECT field, kind FROM crm_sync.unified_fields WHERE entity = $1 ORDER BY field",
+            None,
+            &[entity.into()],
+        )
+        .expect("read crm_sync.unified_fields")
+        .map(|r| {
+            (
+                r.get(1).ok().flatten().unwrap_or_default(),
+                r.get(2).ok().flatten().unwrap_or_default(),
+            )
+        })
+        .collect()
+    });
+    let t = table(entity);
+    let filter = if full {
+        "TRUE".to_owned()
+    } else {
+        "x.unified_id = ANY ($2)".to_owned()
+    };
+    let id_filter = if full {
+        "TRUE".to_owned()
+    } else {
+        "id = ANY ($2)".to_owned()
+    };
+    let mut cols = Vec::new();
+    let mut exprs = Vec::new();
+    let mut aggs = Vec::new();
+    for (f, kind) in &fields {
+        let pick = |col: &str| format!("max({col}) FILTER (WHERE field = {})", ql(f));
+        aggs.push(format!("{} AS {}", pick("value"), qi(f)));
+        let v = format!("p.{}", qi(f));
+        match kind.as_str() {
+            "ref" => {
+                aggs.push(format!(
+                    "{} AS {}",
+                    pick("source"),
+                    qi(&format!("{f}.source"))
+                ));
+                cols.push("company_id".to_owned());
+                exprs.push(format!(
+                    "(SELECT k.unified_id FROM crm_sync.source_records k
+                       WHERE k.entity = 'company' AND k.source = p.{} AND k.external_id = {v}
+                       ORDER BY k.stream LIMIT 1)",
+                    qi(&format!("{f}.source"))
+                ));
+            }
+            "numeric" | "date" | "timestamptz" => {
+                cols.push(qi(f));
+                exprs.push(format!("{v}::{kind}"));
+            }
+            _ => {
+                cols.push(qi(f));
+                exprs.push(v);
+            }
+        }
+    }
+    let sets: Vec<String> = cols.iter().map(|c| format!("{c} = EXCLUDED.{c}")).collect();
+    // Rows whose every record is gone (merged into another id, or pruned).
+    Spi::run_with_args(
+        &format!(
+            "DELETE FROM crm.{t} WHERE {id_filter}
+                AND NOT EXISTS (SELECT 1 FROM crm_sync.source_records r WHERE r.entity = $1 AND r.unified_id = crm.{t}.id)"
+        ),
+        &[entity.into(), ids.to_vec().into()],
+    )
+    .expect("drop unified rows without records");
+    let sql = format!(
+        "WITH m AS (SELECT * FROM crm_sync.source_records x WHERE x.entity = $1 AND x.unified_id IS NOT NULL AND {filter}),
+              v AS (SELECT m.unified_id, kv.key AS field, kv.value, m.source, m.stream, m.external_id, m.updated_at,
+                           coalesce(array_position(fp.sources, m.source), 2147483647) AS prio
+                      FROM m CROSS JOIN LATERAL jsonb_each_text(m.vals) kv
+                      LEFT JOIN crm_sync.field_priority fp ON fp.entity = $1 AND fp.field = kv.key
+                     WHERE NOT m.deleted),
+              best AS MATERIALIZED (
+                    SELECT DISTINCT ON (unified_id, field) * FROM v
+                     ORDER BY unified_id, field, prio, updated_at DESC NULLS LAST, source, stream, external_id),
+              p AS (SELECT unified_id, {aggs},
+                           jsonb_object_agg(field, jsonb_build_array(source, stream, external_id, updated_at)) AS lineage
+                      FROM best GROUP BY unified_id),
+              g AS (SELECT unified_id, bool_and(deleted) AS gone,
+                           coalesce(array_agg(source || '/' || stream || '/' || external_id
+                                              ORDER BY source, stream, external_id) FILTER (WHERE NOT deleted), '{{}}') AS sources
+                      FROM m GROUP BY unified_id),
+              up AS (INSERT INTO crm.{t} AS t (id, {cols}, deleted_at, sources, lineage, merged_at)
+                     SELECT g.unified_id, {exprs}, CASE WHEN g.gone THEN now() END, g.sources,
+                            coalesce(p.lineage, '{{}}'), now()
+                       FROM g LEFT JOIN p ON p.unified_id = g.unified_id
+                     ON CONFLICT (id) DO UPDATE SET {sets},
+                        deleted_at = CASE WHEN EXCLUDED.deleted_at IS NULL THEN NULL ELSE coalesce(t.deleted_at, EXCLUDED.deleted_at) END,
+                        sources = EXCLUDED.sources, lineage = EXCLUDED.lineage, merged_at = now()
+                     RETURNING 1)
+         SELECT count(*) FROM up",
+        cols = cols.join(", "),
+        exprs = exprs.join(", "),
+        sets = sets.join(", "),
+        aggs = aggs.join(", "),
+    );
+    Spi::get_one_with_args::<i64>(&sql, &[entity.into(), ids.to_vec().into()])
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}

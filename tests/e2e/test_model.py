@@ -1,0 +1,183 @@
+"""The unified customer model (schema crm): people, companies and deals from
+HubSpot and Salesforce merged into one row each, with cleaned values,
+lineage, a crosswalk, and a quality view of the values that failed cleaning."""
+
+import psycopg
+import pytest
+
+from conftest import create_sf_source, create_source, sync
+
+
+def one(db, sql, *args):
+    return db.execute(sql, args or None).fetchone()
+
+
+def person(db, email):
+    cur = db.execute("SELECT * FROM crm.contacts WHERE email = %s", (email,))
+    cols = [d.name for d in cur.description]
+    rows = [dict(zip(cols, r)) for r in cur.fetchall()]
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+@pytest.fixture
+def both(db, mock_factory, sf_factory):
+    """A small HubSpot and a small Salesforce with the same people in them, messily."""
+    hs = mock_factory(5, 3, 3)
+    sf = sf_factory("--accounts", "3", "--contacts", "3", "--leads", "2", "--opportunities", "2", "--users", "2")
+    create_source(db, hs, default_region="US")
+    create_sf_source(db, sf, default_region="GB", bulk_api=False)
+    hs.upsert("contacts", [
+        {"properties": {"email": " Ada.Lovelace@Example.COM ", "firstname": " Ada ", "lastname": "Lovelace",
+                        "phone": "(415) 555-2671", "country": "U.S.A.", "jobtitle": "Analyst"}},
+        {"properties": {"email": "grace@navy.example", "firstname": "Grace", "lastname": "Hopper",
+                        "phone": "+44 20 7946 0958"}},
+        {"properties": {"email": "not-an-email", "firstname": "Bad", "lastname": "Data", "phone": "12"}},
+        {"properties": {"email": "lin@x.example", "firstname": "Lin", "lastname": "Wu"}},
+    ], timestamp_ms=1_700_000_000_000)
+    sf.upsert("Contact", [
+        {"Email": "ada.lovelace@example.com", "FirstName": "Ada", "LastName": "Lovelace",
+         "Phone": "+1 415 555 2671", "Title": "Countess"},
+        {"Email": "g.hopper@yale.example", "FirstName": "Grace", "LastName": "Hopper", "Phone": "020 7946 0958"},
+        {"Email": "lin.wu@y.example", "FirstName": "Lin", "LastName": "Wu"},
+    ], timestamp_ms=1_700_000_100_000)
+    hs.upsert("companies", [{"properties": {"name": "Acme, Inc.", "domain": "https://www.Acme.com/about",
+                                            "country": "United States"}}])
+    sf.upsert("Account", [{"Name": "ACME Corporation", "Website": "acme.com", "BillingCountry": "USA"}])
+    sync(db, "hs")
+    sync(db, "sf")
+    return hs, sf
+
+
+def test_the_same_person_in_both_crms_is_one_clean_row(db, both):
+    ada = person(db, "ada.lovelace@example.com")
+    assert ada["first_name"] == "Ada" and ada["last_name"] == "Lovelace"
+    assert ada["phone"] == "+14155552671"
+    assert ada["country"] == "US"
+    assert len(ada["sources"]) == 2
+    assert {s.split("/")[0] for s in ada["sources"]} == {"hs", "sf"}
+    # The crosswalk names both records under one id.
+    ids = db.execute("SELECT DISTINCT unified_id FROM crm.identities WHERE entity = 'contact' AND "
+                     "(source, stream, external_id) IN (SELECT split_part(s, '/', 1), split_part(s, '/', 2), "
+                     "split_part(s, '/', 3) FROM unnest(%s::text[]) s)", (ada["sources"],)).fetchall()
+    assert ids == [(ada["id"],)]
+    # Salesforce's record is newer: its title wins, and lineage says so.
+    assert ada["title"] == "Countess"
+    src = one(db, "SELECT source FROM crm.field_lineage WHERE entity = 'contact' AND unified_id = %s AND field = 'title'",
+              ada["id"])
+    assert src == ("sf",)
+
+
+def test_phone_and_name_link_people_with_different_emails(db, both):
+    rows = db.execute("SELECT id, email, phone, sources FROM crm.contacts WHERE last_name = 'Hopper'").fetchall()
+    assert len(rows) == 1, rows
+    assert rows[0][2] == "+442079460958"
+    assert len(rows[0][3]) == 2
+
+
+def test_invalid_values_stay_landed_are_counted_and_never_block(db, both):
+    bad = db.execute("SELECT email, phone FROM hs.contacts WHERE email = 'not-an-email'").fetchall()
+    assert bad == [("not-an-email", "12")], "landing keeps what the CRM sent"
+    row = one(db, "SELECT email, phone, first_name FROM crm.contacts WHERE last_name = 'Data'")
+    assert row == (None, None, "Bad")
+    q = dict(((f), (v, i)) for f, v, i in db.execute(
+        "SELECT field, valid, invalid FROM crm_sync.quality WHERE source = 'hs' AND stream = 'contacts'").fetchall())
+    # Only this email is invalid; the mock's seeded +1 555 numbers are not
+    # real numbers either, which libphonenumber knows.
+    assert q["email"][1] == 1 and q["phone"][1] >= 1
+    assert q["email"][0] >= 4
+    bad_id = one(db, "SELECT id FROM hs.contacts WHERE email = 'not-an-email'")[0]
+    problems = db.execute("SELECT field, value, problem FROM crm_sync.invalid_values "
+                          "WHERE source = 'hs' AND external_id = %s ORDER BY field", (bad_id,)).fetchall()
+    assert problems == [("email", "not-an-email", "not an email address"),
+                        ("phone", "12", "not a valid phone number for region US")]
+    w = one(db, "SELECT warnings FROM crm_sync.runs WHERE source = 'hs' AND stream = 'contacts' ORDER BY run_id DESC LIMIT 1")
+    assert w[0] >= 2
+
+
+def test_companies_match_on_domain_and_clean_names_and_countries(db, both):
+    rows = db.execute("SELECT name, domain, country, sources FROM crm.companies WHERE domain = 'acme.com'").fetchall()
+    assert len(rows) == 1, rows
+    assert rows[0][2] == "US"
+    assert len(rows[0][3]) == 2
+
+
+def test_a_delete_on_one_side_removes_only_its_contribution(db, both):
+    hs, sf = both
+    ada = person(db, "ada.lovelace@example.com")
+    sf_id = [s for s in ada["sources"] if s.startswith("sf/")][0].split("/")[2]
+    sf.delete("Contact", [sf_id])
+    sync(db, "sf")
+    ada2 = person(db, "ada.lovelace@example.com")
+    assert ada2["id"] == ada["id"] and ada2["deleted_at"] is None
+    assert [s.split("/")[0] for s in ada2["sources"]] == ["hs"]
+    assert ada2["title"] == "Analyst", "the remaining source's value takes over"
+    hs_id = ada2["sources"][0].split("/")[2]
+    hs.archive("contacts", [hs_id])
+    sync(db, "hs")
+    gone = one(db, "SELECT deleted_at IS NOT NULL, sources FROM crm.contacts WHERE id = %s", ada["id"])
+    assert gone == (True, [])
+
+
+def test_a_late_link_merges_two_rows_and_keeps_the_old_id(db, both):
+    hs, sf = both
+    a = person(db, "lin@x.example")
+    b = person(db, "lin.wu@y.example")
+    assert a["id"] != b["id"]
+    hs_id = a["sources"][0].split("/")[2]
+    sf_id = b["sources"][0].split("/")[2]
+    hs.upsert("contacts", [{"id": hs_id, "properties": {"phone": "+1 212 555 0187"}}])
+    sf.upsert("Contact", [{"Id": sf_id, "Phone": "(212) 555-0187"}])
+    sync(db, "hs")
+    # Salesforce's phone has no country code: its source's default region is GB.
+    db.execute("SELECT crm_sync.alter_source('sf', options => '{\"default_region\": \"US\"}')")
+    sync(db, "sf")
+    rows = db.execute("SELECT id FROM crm.contacts WHERE last_name = 'Wu'").fetchall()
+    assert len(rows) == 1, rows
+    new = rows[0][0]
+    old = ({a["id"], b["id"]} - {new}).pop()
+    assert one(db, "SELECT new_id FROM crm.merged_ids WHERE entity = 'contact' AND old_id = %s", old) == (new,)
+
+
+def test_field_priority_and_user_mappings_with_transformations(db, both):
+    ada = person(db, "ada.lovelace@example.com")
+    db.execute("INSERT INTO crm_sync.field_priority VALUES ('contact', 'title', '{hs}')")
+    db.execute("""INSERT INTO crm_sync.mappings (provider, object, entity, field, expression, source)
+                  VALUES ('hubspot', 'contacts', 'contact', 'title', $$upper(r._raw->'properties'->>'jobtitle')$$, 'hs')""")
+    db.execute("SELECT * FROM crm_sync.merge(full => true)")
+    ada2 = person(db, "ada.lovelace@example.com")
+    assert ada2["id"] == ada["id"]
+    assert ada2["title"] == "ANALYST"
+    assert one(db, "SELECT source FROM crm.field_lineage WHERE entity = 'contact' AND unified_id = %s AND field = 'title'",
+               ada["id"]) == ("hs",)
+
+
+def test_a_full_rebuild_gives_the_same_model(db, both):
+    hs, sf = both
+    hs.upsert("contacts", [{"properties": {"email": "ADA.LOVELACE@example.com", "firstname": "Augusta"}}])
+    sync(db, "hs")
+    snap = "SELECT * FROM crm.{} ORDER BY id"
+    before = {t: db.execute(snap.format(t)).fetchall() for t in ("contacts", "companies", "deals")}
+    lineage = db.execute("SELECT entity, unified_id, field, source, stream, external_id FROM crm.field_lineage ORDER BY 1, 2, 3").fetchall()
+    db.execute("SELECT * FROM crm_sync.merge(full => true)")
+    after = {t: db.execute(snap.format(t)).fetchall() for t in ("contacts", "companies", "deals")}
+    strip = lambda rows: [r[:-1] for r in rows]  # merged_at differs
+    for t in before:
+        assert strip(before[t]) == strip(after[t]), t
+    assert lineage == db.execute("SELECT entity, unified_id, field, source, stream, external_id FROM crm.field_lineage ORDER BY 1, 2, 3").fetchall()
+    assert len(before["contacts"]) > 5 and len(before["deals"]) >= 4
+
+
+def test_a_broken_user_mapping_does_not_fail_the_sync(db, both):
+    hs, _ = both
+    db.execute("""INSERT INTO crm_sync.mappings (provider, object, entity, field, expression, source)
+                  VALUES ('hubspot', 'contacts', 'contact', 'owner', 'r.no_such_column', 'hs')""")
+    hs.upsert("contacts", [{"properties": {"email": "new@z.example", "firstname": "New"}}])
+    notices = []
+    db.add_notice_handler(lambda d: notices.append(d.message_primary))
+    rows = sync(db, "hs", "contacts")
+    assert rows["contacts"]["status"] == "succeeded"
+    assert any("merging into the unified model failed" in n and "no_such_column" in n for n in notices), notices
+    assert one(db, "SELECT count(*) FROM hs.contacts WHERE email = 'new@z.example'") == (1,)
+    with pytest.raises(psycopg.errors.UndefinedColumn):
+        db.execute("SELECT * FROM crm_sync.merge()")
