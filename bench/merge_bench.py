@@ -60,6 +60,7 @@ SELECT '003' || lpad(i::text, 15, '0'),
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=200_000, help="contacts per source")
+    ap.add_argument("--keep", action="store_true", help="leave the cluster running (its port is printed)")
     args = ap.parse_args()
     n = args.size
     base = Path(os.environ.get("CRM_BENCH_DIR", "/tmp")) / f"crm_sync_merge_bench_{os.getpid()}"
@@ -109,8 +110,11 @@ def main():
                               "(SELECT id, email, phone, title, sources FROM crm.contacts) t").fetchone()[0]
             print(f"  full rebuild:      {secs:7.2f} s  same model as incremental: {before == after}")
     finally:
-        subprocess.run([str(ROOT / "scripts" / "pg.sh"), "stop", str(base)], check=False)
-        subprocess.run(["rm", "-rf", str(base)], check=False)
+        if args.keep:
+            print(f"  still running: psql -h 127.0.0.1 -p {port} -U postgres bench   (scripts/pg.sh stop {base})")
+        else:
+            subprocess.run([str(ROOT / "scripts" / "pg.sh"), "stop", str(base)], check=False)
+            subprocess.run(["rm", "-rf", str(base)], check=False)
 
 
 if __name__ == "__main__":

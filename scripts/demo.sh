@@ -49,7 +49,7 @@ run "SELECT id, dealname, amount, dealstage, closedate FROM hubspot_demo.deals O
 
 echo
 echo "== Salesforce: OAuth refresh-token flow; Bulk API 2.0 for objects over bulk_threshold records"
-run "SELECT crm_sync.create_source('sf_demo', 'salesforce', '{\"login_url\": \"$SF_URL\", \"bulk_threshold\": 4000}', '{\"client_id\": \"3MVG9mock.client.id\", \"client_secret\": \"mock-client-secret\", \"refresh_token\": \"$SF_REFRESH\"}')"
+run "SELECT crm_sync.create_source('sf_demo', 'salesforce', '{\"login_url\": \"$SF_URL\", \"bulk_threshold\": 4000, \"default_region\": \"US\"}', '{\"client_id\": \"3MVG9mock.client.id\", \"client_secret\": \"mock-client-secret\", \"refresh_token\": \"$SF_REFRESH\"}')"
 run "SELECT stream, mode, status, records_upserted, records_deleted, api_calls, pg_size_pretty(bytes_received) AS received, duration, watermark FROM crm_sync.sync('sf_demo')"
 run "SELECT id, name, industry, annualrevenue, numberofemployees, billingaddress->>'city' AS city, tier__c, systemmodstamp FROM sf_demo.account WHERE _deleted_at IS NULL ORDER BY id LIMIT 4"
 run "SELECT object, label, custom, stream FROM crm_sync.discover('sf_demo') WHERE custom OR stream IS NOT NULL ORDER BY custom, object"

@@ -166,7 +166,6 @@ CREATE TABLE crm_sync.source_records (
     stream       text NOT NULL,
     external_id  text NOT NULL,
     record_id    bigint NOT NULL,
-    unified_id   bigint,
     updated_at   timestamptz,
     deleted      boolean NOT NULL DEFAULT false,
     vals         jsonb NOT NULL DEFAULT '{}',
@@ -183,7 +182,6 @@ CREATE TABLE crm_sync.source_records (
 );
 CREATE UNIQUE INDEX source_records_record ON crm_sync.source_records (entity, record_id);
 CREATE INDEX source_records_ref ON crm_sync.source_records (entity, source, external_id);
-CREATE INDEX source_records_unified ON crm_sync.source_records (entity, unified_id);
 CREATE INDEX source_records_email ON crm_sync.source_records (entity, email) WHERE email IS NOT NULL;
 CREATE INDEX source_records_phone ON crm_sync.source_records (entity, phone) WHERE phone IS NOT NULL;
 CREATE INDEX source_records_domain ON crm_sync.source_records (entity, domain) WHERE domain IS NOT NULL;
@@ -192,6 +190,17 @@ CREATE INDEX source_records_company ON crm_sync.source_records (entity, company_
 CREATE INDEX source_records_name ON crm_sync.source_records (entity, name_key) WHERE name_key IS NOT NULL;
 COMMENT ON TABLE crm_sync.source_records IS
     'Every landed record that feeds the unified model, with its cleaned values (vals), match keys and unified id. Maintained by crm_sync.merge().';
+
+-- Which unified row each source record belongs to (apart from
+-- source_records, so that re-linking rewrites only this narrow table).
+CREATE TABLE crm_sync.unified_ids (
+    entity      text NOT NULL,
+    record_id   bigint NOT NULL,
+    unified_id  bigint NOT NULL,
+    PRIMARY KEY (entity, record_id),
+    FOREIGN KEY (entity, record_id) REFERENCES crm_sync.source_records (entity, record_id) ON DELETE CASCADE
+);
+CREATE INDEX unified_ids_unified ON crm_sync.unified_ids (entity, unified_id);
 
 -- Values that failed cleaning (kept as landed; the unified field gets none).
 CREATE TABLE crm_sync.invalid_values (
@@ -281,8 +290,9 @@ COMMENT ON TABLE crm.deals IS 'Deals from every source (HubSpot deals, Salesforc
 
 -- The crosswalk: unified id <-> source records.
 CREATE VIEW crm.identities AS
-SELECT entity, unified_id, source, stream, external_id, deleted, updated_at
-  FROM crm_sync.source_records;
+SELECT r.entity, u.unified_id, r.source, r.stream, r.external_id, r.deleted, r.updated_at
+  FROM crm_sync.source_records r
+  JOIN crm_sync.unified_ids u ON u.entity = r.entity AND u.record_id = r.record_id;
 COMMENT ON VIEW crm.identities IS 'Which source record (source, stream, CRM id) each unified id merges.';
 
 CREATE TABLE crm.merged_ids (
@@ -320,5 +330,5 @@ SELECT pg_catalog.pg_extension_config_dump('crm.merged_ids', '');
 SELECT pg_catalog.pg_extension_config_dump('crm_sync.field_priority', '');
 
 GRANT SELECT ON crm_sync.mappings, crm_sync.unified_fields, crm_sync.match_rules, crm_sync.field_priority,
-                crm_sync.source_records, crm_sync.invalid_values, crm_sync.quality, crm_sync.merge_state TO PUBLIC;
+                crm_sync.source_records, crm_sync.unified_ids, crm_sync.invalid_values, crm_sync.quality, crm_sync.merge_state TO PUBLIC;
 GRANT SELECT ON ALL TABLES IN SCHEMA crm TO PUBLIC;

@@ -45,10 +45,6 @@ fn qi(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-fn ql(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
 /// Merge what changed since the last merge (or everything, `full`) into the
 /// unified model; one row per entity.
 #[pg_extern(security_definer)]
@@ -335,8 +331,11 @@ fn stage(entity: &str, s: &StreamMap, full: bool) -> (Vec<i64>, i64) {
         .map(|(_, _, e)| format!("({e})::text"))
         .collect();
     let since = if full { 0 } else { s.merged_run };
+    // Keyset pages, each in its own SPI connection, so that memory is
+    // given back after every page however large the stream.
     let sql = format!(
-        "SELECT r.id, r._updated_at::text, r._deleted_at IS NOT NULL, r._run_id, {} FROM {}.{} r WHERE r._run_id > $1",
+        "SELECT r.id, r._updated_at::text, r._deleted_at IS NOT NULL, r._run_id, {} FROM {}.{} r
+          WHERE r._run_id > $1 AND r.id > $2 ORDER BY r.id LIMIT {FETCH}",
         exprs.join(", "),
         qi(&s.source),
         qi(&s.stream)
@@ -344,25 +343,16 @@ fn stage(entity: &str, s: &StreamMap, full: bool) -> (Vec<i64>, i64) {
     let mut ids = Vec::new();
     let mut invalid = 0i64;
     let mut max_run = s.merged_run;
-    Spi::connect_mut(|c| {
-        let mut cur = c.try_open_cursor(sql.as_str(), &[since.into()]).unwrap_or_else(|e| {
-            crate::errors::fail(
-                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                format!(
-                    "the {entity} mapping of {}.{} does not work: {e}",
-                    s.source, s.stream
-                ),
-                Some("Fix the expressions in crm_sync.mappings (each is SQL over the landing row r)."),
-            )
-        });
-        let cols = s.fields.len();
-        loop {
-            let batch: Vec<Staged> = {
-                let t = cur.fetch(FETCH).expect("fetch landing rows");
-                if t.is_empty() {
-                    break;
-                }
-                t.map(|r| {
+    let (mut t_read, mut t_write) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
+    let cols = s.fields.len();
+    let mut after = String::new();
+    loop {
+        let more = Spi::connect_mut(|c| {
+            let t = std::time::Instant::now();
+            let batch: Vec<Staged> = c
+                .select(sql.as_str(), None, &[since.into(), after.as_str().into()])
+                .expect("read landing rows through the mappings")
+                .map(|r| {
                     let run: i64 = r.get(4).ok().flatten().unwrap_or_default();
                     max_run = max_run.max(run);
                     let values = (0..cols)
@@ -377,18 +367,34 @@ fn stage(entity: &str, s: &StreamMap, full: bool) -> (Vec<i64>, i64) {
                         values,
                     )
                 })
-                .collect()
+                .collect();
+            let Some(last) = batch.last() else {
+                return false;
             };
-            pgrx::check_for_interrupts!();
+            after = last.external_id.clone();
             invalid += batch.iter().map(|b| b.invalid.len() as i64).sum::<i64>();
             ids.extend(
                 batch
                     .iter()
                     .map(|b| identity::record_id(entity, &s.source, &s.stream, &b.external_id)),
             );
+            t_read += t.elapsed();
+            let t = std::time::Instant::now();
             write_staged(c, entity, s, &batch);
+            t_write += t.elapsed();
+            batch.len() as i64 == FETCH
+        });
+        pgrx::check_for_interrupts!();
+        if !more {
+            break;
         }
-    });
+    }
+    pgrx::debug1!(
+        "pg_crm_sync merge {entity}: {}.{}: read and cleaned {} records in {t_read:?}, wrote them in {t_write:?}",
+        s.source,
+        s.stream,
+        ids.len()
+    );
     Spi::run_with_args(
         "INSERT INTO crm_sync.merge_state (source, stream, merged_run, merged_at) VALUES ($1, $2, $3, now())
          ON CONFLICT (source, stream) DO UPDATE SET merged_run = EXCLUDED.merged_run, merged_at = now()",
@@ -517,12 +523,13 @@ fn link_companies(entity: &str, changed: &[i64], full: bool) -> Vec<i64> {
         c.update(
             "WITH want AS (
                 SELECT r.record_id,
-                       (SELECT k.unified_id FROM crm_sync.source_records k
+                       (SELECT ku.unified_id FROM crm_sync.source_records k
+                          JOIN crm_sync.unified_ids ku ON ku.entity = k.entity AND ku.record_id = k.record_id
                          WHERE k.entity = 'company' AND k.source = r.source AND k.external_id = r.company_ref
                          ORDER BY k.stream LIMIT 1) AS company_id
                   FROM crm_sync.source_records r
                  WHERE r.entity = $1
-                   AND ($3 OR r.record_id = ANY ($2)
+                   AND ($3 OR r.record_id IN (SELECT unnest($2::int8[]))
                         OR (r.company_id IS NULL AND r.company_ref IS NOT NULL)
                         OR r.company_id IN (SELECT old_id FROM crm.merged_ids
                                              WHERE entity = 'company' AND merged_at = now())))
@@ -595,7 +602,7 @@ fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
     let scope = if full {
         "r.entity = $1".to_owned()
     } else {
-        let mut hits = vec!["x.record_id = ANY ($2)".to_owned()];
+        let mut hits = vec!["x.record_id IN (SELECT record_id FROM ch)".to_owned()];
         for cols in &rules {
             let xs: Vec<String> = cols.iter().map(|c| format!("x.{c}")).collect();
             let cs: Vec<String> = cols.iter().map(|c| format!("ch.{c}")).collect();
@@ -608,41 +615,59 @@ fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
             ));
         }
         format!(
-            "r.entity = $1 AND (r.record_id = ANY ($2) OR r.unified_id IN (
-                SELECT x.unified_id FROM crm_sync.source_records x
-                 WHERE x.entity = $1 AND x.unified_id IS NOT NULL AND ({})))",
+            "r.entity = $1 AND (r.record_id IN (SELECT record_id FROM ch) OR u.unified_id IN (
+                SELECT xu.unified_id FROM crm_sync.source_records x
+                  JOIN crm_sync.unified_ids xu ON xu.entity = x.entity AND xu.record_id = x.record_id
+                 WHERE x.entity = $1 AND ({})))",
             hits.join(" OR ")
         )
     };
+    // In keyset pages by record id, each in its own SPI connection.
     let sql = format!(
         "WITH ch AS (SELECT * FROM crm_sync.source_records WHERE entity = $1 AND record_id = ANY ($2))
-         SELECT r.record_id, (extract(epoch FROM r.first_seen) * 1e6)::int8, r.unified_id, {keys_sql}
-           FROM crm_sync.source_records r WHERE {scope}"
+         SELECT r.record_id, (extract(epoch FROM r.first_seen) * 1e6)::int8, u.unified_id, {keys_sql}
+           FROM crm_sync.source_records r
+           LEFT JOIN crm_sync.unified_ids u ON u.entity = r.entity AND u.record_id = r.record_id
+          WHERE ({scope}) AND r.record_id > $3
+          ORDER BY r.record_id LIMIT {FETCH}"
     );
-    let members: Vec<(Member, Option<i64>)> = Spi::connect(|c| {
-        c.select(
-            sql.as_str(),
-            None,
-            &[entity.into(), changed.to_vec().into()],
-        )
-        .expect("read records to resolve")
-        .map(|r| {
-            let keys: Vec<Option<String>> = r
-                .get::<Vec<Option<String>>>(4)
-                .ok()
-                .flatten()
-                .unwrap_or_default();
-            (
-                Member {
-                    id: r.get(1).ok().flatten().unwrap_or_default(),
-                    first_seen: r.get(2).ok().flatten().unwrap_or_default(),
-                    keys,
-                },
-                r.get(3).ok().flatten(),
+    let mut members: Vec<(Member, Option<i64>)> = Vec::new();
+    let mut after = i64::MIN;
+    loop {
+        let page: Vec<(Member, Option<i64>)> = Spi::connect(|c| {
+            c.select(
+                sql.as_str(),
+                None,
+                &[entity.into(), changed.to_vec().into(), after.into()],
             )
-        })
-        .collect()
-    });
+            .expect("read records to resolve")
+            .map(|r| {
+                let keys: Vec<Option<String>> = r
+                    .get::<Vec<Option<String>>>(4)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                (
+                    Member {
+                        id: r.get(1).ok().flatten().unwrap_or_default(),
+                        first_seen: r.get(2).ok().flatten().unwrap_or_default(),
+                        keys,
+                    },
+                    r.get(3).ok().flatten(),
+                )
+            })
+            .collect()
+        });
+        pgrx::check_for_interrupts!();
+        let n = page.len() as i64;
+        if let Some((m, _)) = page.last() {
+            after = m.id;
+        }
+        members.extend(page);
+        if n < FETCH {
+            break;
+        }
+    }
     let only: Vec<Member> = members.iter().map(|(m, _)| m.clone()).collect();
     let ids = identity::resolve(&only);
     // Old ids that no longer name any group were merged into the group
@@ -661,9 +686,10 @@ fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
     }
     let rid: Vec<i64> = members.iter().map(|(m, _)| m.id).collect();
     Spi::run_with_args(
-        "UPDATE crm_sync.source_records r SET unified_id = u.uid
-           FROM unnest($2::int8[], $3::int8[]) u(rid, uid)
-          WHERE r.entity = $1 AND r.record_id = u.rid AND r.unified_id IS DISTINCT FROM u.uid",
+        "INSERT INTO crm_sync.unified_ids AS t (entity, record_id, unified_id)
+         SELECT $1, u.rid, u.uid FROM unnest($2::int8[], $3::int8[]) u(rid, uid)
+         ON CONFLICT (entity, record_id) DO UPDATE SET unified_id = EXCLUDED.unified_id
+          WHERE t.unified_id IS DISTINCT FROM EXCLUDED.unified_id",
         &[entity.into(), rid.into(), ids.clone().into()],
     )
     .expect("write unified ids");
@@ -698,7 +724,10 @@ fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
 }
 
 /// Recompute the unified rows `ids` (every row, `full`); returns how many
-/// rows were written.
+/// rows were written. The records of each row are read in order of their
+/// unified id; each field takes the value of the first record by source
+/// priority, then modification time (newest first), then source, stream and
+/// id; the row is written with its lineage, in batches.
 fn survive(entity: &str, ids: &[i64], full: bool) -> i64 {
     let fields: Vec<(String, String)> = Spi::connect(|c| {
         c.select(
@@ -715,92 +744,262 @@ fn survive(entity: &str, ids: &[i64], full: bool) -> i64 {
         })
         .collect()
     });
+    let priority: HashMap<String, Vec<String>> = Spi::connect(|c| {
+        c.select(
+            "SELECT field, sources FROM crm_sync.field_priority WHERE entity = $1",
+            None,
+            &[entity.into()],
+        )
+        .expect("read crm_sync.field_priority")
+        .map(|r| {
+            (
+                r.get::<String>(1).ok().flatten().unwrap_or_default(),
+                r.get::<Vec<String>>(2).ok().flatten().unwrap_or_default(),
+            )
+        })
+        .collect()
+    });
     let t = table(entity);
-    let filter = if full {
-        "TRUE".to_owned()
-    } else {
-        "x.unified_id = ANY ($2)".to_owned()
-    };
-    let id_filter = if full {
-        "TRUE".to_owned()
-    } else {
-        "id = ANY ($2)".to_owned()
-    };
-    let mut cols = Vec::new();
-    let mut exprs = Vec::new();
-    let mut aggs = Vec::new();
-    for (f, kind) in &fields {
-        let pick = |col: &str| format!("max({col}) FILTER (WHERE field = {})", ql(f));
-        aggs.push(format!("{} AS {}", pick("value"), qi(f)));
-        let v = format!("p.{}", qi(f));
-        match kind.as_str() {
-            "ref" => {
-                aggs.push(format!(
-                    "{} AS {}",
-                    pick("source"),
-                    qi(&format!("{f}.source"))
-                ));
-                cols.push("company_id".to_owned());
-                exprs.push(format!(
-                    "(SELECT k.unified_id FROM crm_sync.source_records k
-                       WHERE k.entity = 'company' AND k.source = p.{} AND k.external_id = {v}
-                       ORDER BY k.stream LIMIT 1)",
-                    qi(&format!("{f}.source"))
-                ));
-            }
-            "numeric" | "date" | "timestamptz" => {
-                cols.push(qi(f));
-                exprs.push(format!("{v}::{kind}"));
-            }
-            _ => {
-                cols.push(qi(f));
-                exprs.push(v);
-            }
-        }
-    }
-    let sets: Vec<String> = cols.iter().map(|c| format!("{c} = EXCLUDED.{c}")).collect();
     // Rows whose every record is gone (merged into another id, or pruned).
     Spi::run_with_args(
         &format!(
-            "DELETE FROM crm.{t} WHERE {id_filter}
-                AND NOT EXISTS (SELECT 1 FROM crm_sync.source_records r WHERE r.entity = $1 AND r.unified_id = crm.{t}.id)"
+            "DELETE FROM crm.{t} u WHERE {}
+                AND NOT EXISTS (SELECT 1 FROM crm_sync.unified_ids r WHERE r.entity = $1 AND r.unified_id = u.id)",
+            if full { "TRUE" } else { "u.id = ANY ($2)" }
         ),
         &[entity.into(), ids.to_vec().into()],
     )
     .expect("drop unified rows without records");
-    let sql = format!(
-        "WITH m AS (SELECT * FROM crm_sync.source_records x WHERE x.entity = $1 AND x.unified_id IS NOT NULL AND {filter}),
-              v AS (SELECT m.unified_id, kv.key AS field, kv.value, m.source, m.stream, m.external_id, m.updated_at,
-                           coalesce(array_position(fp.sources, m.source), 2147483647) AS prio
-                      FROM m CROSS JOIN LATERAL jsonb_each_text(m.vals) kv
-                      LEFT JOIN crm_sync.field_priority fp ON fp.entity = $1 AND fp.field = kv.key
-                     WHERE NOT m.deleted),
-              best AS MATERIALIZED (
-                    SELECT DISTINCT ON (unified_id, field) * FROM v
-                     ORDER BY unified_id, field, prio, updated_at DESC NULLS LAST, source, stream, external_id),
-              p AS (SELECT unified_id, {aggs},
-                           jsonb_object_agg(field, jsonb_build_array(source, stream, external_id, updated_at)) AS lineage
-                      FROM best GROUP BY unified_id),
-              g AS (SELECT unified_id, bool_and(deleted) AS gone,
-                           coalesce(array_agg(source || '/' || stream || '/' || external_id
-                                              ORDER BY source, stream, external_id) FILTER (WHERE NOT deleted), '{{}}') AS sources
-                      FROM m GROUP BY unified_id),
-              up AS (INSERT INTO crm.{t} AS t (id, {cols}, deleted_at, sources, lineage, merged_at)
-                     SELECT g.unified_id, {exprs}, CASE WHEN g.gone THEN now() END, g.sources,
-                            coalesce(p.lineage, '{{}}'), now()
-                       FROM g LEFT JOIN p ON p.unified_id = g.unified_id
-                     ON CONFLICT (id) DO UPDATE SET {sets},
-                        deleted_at = CASE WHEN EXCLUDED.deleted_at IS NULL THEN NULL ELSE coalesce(t.deleted_at, EXCLUDED.deleted_at) END,
-                        sources = EXCLUDED.sources, lineage = EXCLUDED.lineage, merged_at = now()
-                     RETURNING 1)
-         SELECT count(*) FROM up",
-        cols = cols.join(", "),
-        exprs = exprs.join(", "),
-        sets = sets.join(", "),
-        aggs = aggs.join(", "),
-    );
-    Spi::get_one_with_args::<i64>(&sql, &[entity.into(), ids.to_vec().into()])
-        .ok()
-        .flatten()
-        .unwrap_or_default()
+    // The unified ids to write, then pages of them, each in its own SPI
+    // connection (memory is given back after every page).
+    let all: Vec<i64> = if full {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT DISTINCT unified_id FROM crm_sync.unified_ids WHERE entity = $1 ORDER BY unified_id",
+                None,
+                &[entity.into()],
+            )
+            .expect("read unified ids")
+            .map(|r| r.get::<i64>(1).ok().flatten().unwrap_or_default())
+            .collect()
+        })
+    } else {
+        let mut v = ids.to_vec();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    let sql = "SELECT i.unified_id, x.source, x.stream, x.external_id, x.updated_at::text,
+                      (extract(epoch FROM x.updated_at) * 1e6)::int8, x.deleted, x.vals::text
+                 FROM crm_sync.unified_ids i
+                 JOIN crm_sync.source_records x ON x.entity = i.entity AND x.record_id = i.record_id
+                WHERE i.entity = $1 AND i.unified_id = ANY ($2)
+                ORDER BY i.unified_id";
+    let mut w = RowWriter::new(entity, &fields);
+    let mut written = 0i64;
+    for chunk in all.chunks(FETCH as usize) {
+        written += Spi::connect_mut(|c| {
+            let rows: Vec<Contribution> = c
+                .select(sql, None, &[entity.into(), chunk.to_vec().into()])
+                .expect("read source records")
+                .map(|r| Contribution {
+                    unified_id: r.get(1).ok().flatten().unwrap_or_default(),
+                    source: r.get(2).ok().flatten().unwrap_or_default(),
+                    stream: r.get(3).ok().flatten().unwrap_or_default(),
+                    external_id: r.get(4).ok().flatten().unwrap_or_default(),
+                    updated_text: r.get(5).ok().flatten(),
+                    updated_us: r.get(6).ok().flatten(),
+                    deleted: r.get(7).ok().flatten().unwrap_or(false),
+                    vals: r
+                        .get::<String>(8)
+                        .ok()
+                        .flatten()
+                        .and_then(|v| serde_json::from_str(&v).ok())
+                        .unwrap_or_default(),
+                })
+                .collect();
+            for g in rows.chunk_by(|a, b| a.unified_id == b.unified_id) {
+                w.push(g, &priority);
+            }
+            w.flush(c)
+        });
+        pgrx::check_for_interrupts!();
+    }
+    written
+}
+
+/// One source record's part in a unified row.
+struct Contribution {
+    unified_id: i64,
+    source: String,
+    stream: String,
+    external_id: String,
+    updated_text: Option<String>,
+    updated_us: Option<i64>,
+    deleted: bool,
+    vals: Map<String, Value>,
+}
+
+/// Unified rows gathered column by column, written with one statement.
+struct RowWriter {
+    sql: String,
+    fields: Vec<String>,
+    ids: Vec<i64>,
+    cols: Vec<Vec<Option<String>>>,
+    ref_source: Vec<Option<String>>,
+    gone: Vec<bool>,
+    sources: Vec<String>,
+    lineage: Vec<String>,
+}
+
+impl RowWriter {
+    fn new(entity: &str, fields: &[(String, String)]) -> Self {
+        let t = table(entity);
+        let mut cols = Vec::new();
+        let mut exprs = Vec::new();
+        let mut unnest = vec!["$1::int8[]".to_owned()];
+        let mut names = vec!["id".to_owned()];
+        for (i, (f, kind)) in fields.iter().enumerate() {
+            let p = i + 2;
+            unnest.push(format!("${p}::text[]"));
+            names.push(format!("c{i}"));
+            let v = format!("u.c{i}");
+            match kind.as_str() {
+                "ref" => {
+                    cols.push("company_id".to_owned());
+                    exprs.push(format!(
+                        "(SELECT ku.unified_id FROM crm_sync.source_records k
+                           JOIN crm_sync.unified_ids ku ON ku.entity = k.entity AND ku.record_id = k.record_id
+                           WHERE k.entity = 'company' AND k.source = u.ref_source AND k.external_id = {v}
+                           ORDER BY k.stream LIMIT 1)"
+                    ));
+                }
+                "numeric" | "date" | "timestamptz" => {
+                    cols.push(qi(f));
+                    exprs.push(format!("{v}::{kind}"));
+                }
+                _ => {
+                    cols.push(qi(f));
+                    exprs.push(v);
+                }
+            }
+        }
+        let n = fields.len() + 2;
+        for (k, ty) in [
+            ("ref_source", "text[]"),
+            ("gone", "bool[]"),
+            ("sources", "text[]"),
+            ("lineage", "text[]"),
+        ]
+        .iter()
+        .enumerate()
+        .map(|(j, (name, ty))| ((*name, j + n), *ty))
+        {
+            unnest.push(format!("${}::{ty}", k.1));
+            names.push(k.0.to_owned());
+        }
+        let sets: Vec<String> = cols.iter().map(|c| format!("{c} = EXCLUDED.{c}")).collect();
+        let sql = format!(
+            "INSERT INTO crm.{t} AS t (id, {cols}, deleted_at, sources, lineage, merged_at)
+             SELECT u.id, {exprs}, CASE WHEN u.gone THEN now() END,
+                    string_to_array(u.sources, chr(31)), u.lineage::jsonb, now()
+               FROM unnest({unnest}) AS u({names})
+             ON CONFLICT (id) DO UPDATE SET {sets},
+                deleted_at = CASE WHEN EXCLUDED.deleted_at IS NULL THEN NULL ELSE coalesce(t.deleted_at, EXCLUDED.deleted_at) END,
+                sources = EXCLUDED.sources, lineage = EXCLUDED.lineage, merged_at = now()",
+            cols = cols.join(", "),
+            exprs = exprs.join(", "),
+            unnest = unnest.join(", "),
+            names = names.join(", "),
+            sets = sets.join(", "),
+        );
+        RowWriter {
+            sql,
+            fields: fields.iter().map(|(f, _)| f.clone()).collect(),
+            ids: vec![],
+            cols: vec![Vec::new(); fields.len()],
+            ref_source: vec![],
+            gone: vec![],
+            sources: vec![],
+            lineage: vec![],
+        }
+    }
+
+    /// Add the unified row made of `group` (the records of one unified id).
+    fn push(&mut self, group: &[Contribution], priority: &HashMap<String, Vec<String>>) {
+        let Some(first) = group.first() else { return };
+        let live: Vec<&Contribution> = group.iter().filter(|c| !c.deleted).collect();
+        let mut lineage = Map::new();
+        let mut ref_source = None;
+        for (i, f) in self.fields.iter().enumerate() {
+            let order = priority.get(f);
+            let rank = |c: &Contribution| {
+                order
+                    .and_then(|o| o.iter().position(|s| *s == c.source))
+                    .unwrap_or(usize::MAX)
+            };
+            let best = live
+                .iter()
+                .filter(|c| c.vals.get(f).is_some_and(|v| !v.is_null()))
+                .min_by(|a, b| {
+                    rank(a)
+                        .cmp(&rank(b))
+                        .then_with(|| b.updated_us.cmp(&a.updated_us))
+                        .then_with(|| {
+                            (&a.source, &a.stream, &a.external_id).cmp(&(
+                                &b.source,
+                                &b.stream,
+                                &b.external_id,
+                            ))
+                        })
+                });
+            let value = best.map(|c| match &c.vals[f] {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            });
+            if let Some(c) = best {
+                lineage.insert(
+                    f.clone(),
+                    Value::Array(vec![
+                        Value::String(c.source.clone()),
+                        Value::String(c.stream.clone()),
+                        Value::String(c.external_id.clone()),
+                        c.updated_text.clone().map_or(Value::Null, Value::String),
+                    ]),
+                );
+                if f == "company_ref" {
+                    ref_source = Some(c.source.clone());
+                }
+            }
+            self.cols[i].push(value);
+        }
+        let mut sources: Vec<String> = live
+            .iter()
+            .map(|c| format!("{}/{}/{}", c.source, c.stream, c.external_id))
+            .collect();
+        sources.sort_unstable();
+        self.ids.push(first.unified_id);
+        self.ref_source.push(ref_source);
+        self.gone.push(live.is_empty());
+        self.sources.push(sources.join("\u{1f}"));
+        self.lineage.push(Value::Object(lineage).to_string());
+    }
+
+    fn flush(&mut self, c: &mut SpiClient<'_>) -> i64 {
+        if self.ids.is_empty() {
+            return 0;
+        }
+        let n = self.ids.len() as i64;
+        let mut args: Vec<DatumWithOid> = vec![std::mem::take(&mut self.ids).into()];
+        for col in &mut self.cols {
+            args.push(std::mem::take(col).into());
+        }
+        args.push(std::mem::take(&mut self.ref_source).into());
+        args.push(std::mem::take(&mut self.gone).into());
+        args.push(std::mem::take(&mut self.sources).into());
+        args.push(std::mem::take(&mut self.lineage).into());
+        c.update(self.sql.as_str(), None, &args)
+            .expect("write unified rows");
+        n
+    }
 }

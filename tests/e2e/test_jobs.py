@@ -79,6 +79,9 @@ def test_a_queued_job_runs_in_the_background_and_notifies(jobs_connect, hubspot)
     assert count(c, "SELECT count(DISTINCT id) FROM hs.contacts") == 250
     assert count(c, "SELECT count(*) FROM hs.companies") == 60
     assert count(c, "SELECT count(*) FROM hs.deals") == 40
+    # The worker merged what it landed into the unified model too.
+    assert count(c, "SELECT count(*) FROM crm_sync.source_records WHERE source = 'hs'") == 350
+    assert count(c, "SELECT count(*) FROM crm.contacts") >= 1
 
     # Its runs are the ordinary crm_sync.runs rows, one per enabled stream.
     runs = job_runs(c, job_id)

@@ -407,7 +407,13 @@ impl Seeded {
             }
             (Kind::Contacts, "firstname") => first().to_owned(),
             (Kind::Contacts, "lastname") => last().to_owned(),
-            (_, "phone") => format!("+1 555 {:03} {:04}", h % 1000, (h >> 20) % 10_000),
+            // Real-looking North American numbers (555 exchanges are not).
+            (_, "phone") => format!(
+                "+1 {} {:03} {:04}",
+                ["415", "212", "646", "312", "617"][(h % 5) as usize],
+                200 + (h >> 8) % 800,
+                (h >> 20) % 10_000
+            ),
             (Kind::Contacts, "mobilephone") if sometimes(40) => {
                 format!("+1 555 {:03} {:04}", h % 997, (h >> 24) % 10_000)
             }

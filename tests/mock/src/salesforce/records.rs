@@ -670,7 +670,13 @@ impl Table {
                 }
             }
             "email" => format!("billing{n}@{}.example.com", h2 % 500),
-            "phone" => format!("(555) {:03}-{:04}", h2 % 1000, (h2 >> 10) % 10_000),
+            // As people type them in Salesforce: no country code.
+            "phone" => format!(
+                "({}) {:03}-{:04}",
+                ["415", "212", "646", "312", "617"][(h2 % 5) as usize],
+                200 + (h2 >> 4) % 800,
+                (h2 >> 10) % 10_000
+            ),
             "url" => format!("https://www.example{}.com", h2 % 1000),
             "boolean" => h2.is_multiple_of(3).to_string(),
             "int" => format!("{}", 1 + h2 % 5000),
