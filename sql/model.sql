@@ -197,8 +197,7 @@ CREATE TABLE crm_sync.unified_ids (
     entity      text NOT NULL,
     record_id   bigint NOT NULL,
     unified_id  bigint NOT NULL,
-    PRIMARY KEY (entity, record_id),
-    FOREIGN KEY (entity, record_id) REFERENCES crm_sync.source_records (entity, record_id) ON DELETE CASCADE
+    PRIMARY KEY (entity, record_id)
 );
 CREATE INDEX unified_ids_unified ON crm_sync.unified_ids (entity, unified_id);
 
@@ -305,16 +304,19 @@ CREATE TABLE crm.merged_ids (
 COMMENT ON TABLE crm.merged_ids IS 'Unified ids that were merged into another (a later link showed two rows were one): old_id now lives on as new_id.';
 
 CREATE VIEW crm.field_lineage AS
-SELECT 'contact'::text AS entity, u.id AS unified_id, l.key AS field, l.value->>0 AS source, l.value->>1 AS stream,
-       l.value->>2 AS external_id, (l.value->>3)::timestamptz AS source_updated_at
-  FROM crm.contacts u, jsonb_each(u.lineage) l
-UNION ALL
-SELECT 'company', u.id, l.key, l.value->>0, l.value->>1, l.value->>2, (l.value->>3)::timestamptz
-  FROM crm.companies u, jsonb_each(u.lineage) l
-UNION ALL
-SELECT 'deal', u.id, l.key, l.value->>0, l.value->>1, l.value->>2, (l.value->>3)::timestamptz
-  FROM crm.deals u, jsonb_each(u.lineage) l;
-COMMENT ON VIEW crm.field_lineage IS 'For each unified row and field: the source record whose value it holds, and when that record was modified (from the rows'' lineage columns: field -> [source, stream, id, modified]).';
+WITH l AS (
+    SELECT 'contact'::text AS entity, u.id, l.key AS field, u.sources[l.value::int] AS rec
+      FROM crm.contacts u, jsonb_each_text(u.lineage) l
+    UNION ALL
+    SELECT 'company', u.id, l.key, u.sources[l.value::int] FROM crm.companies u, jsonb_each_text(u.lineage) l
+    UNION ALL
+    SELECT 'deal', u.id, l.key, u.sources[l.value::int] FROM crm.deals u, jsonb_each_text(u.lineage) l)
+SELECT l.entity, l.id AS unified_id, l.field, r.source, r.stream, r.external_id, r.updated_at AS source_updated_at
+  FROM l
+  JOIN crm_sync.source_records r
+    ON r.entity = l.entity AND r.source = split_part(l.rec, '/', 1) AND r.stream = split_part(l.rec, '/', 2)
+   AND r.external_id = substr(l.rec, length(split_part(l.rec, '/', 1)) + length(split_part(l.rec, '/', 2)) + 3);
+COMMENT ON VIEW crm.field_lineage IS 'For each unified row and field: the source record whose value it holds, and when that record was modified (from the rows'' lineage columns: field -> position of the record in sources).';
 
 CREATE TABLE crm_sync.merge_state (
     source      text NOT NULL,

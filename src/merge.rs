@@ -500,11 +500,14 @@ fn write_staged(c: &mut SpiClient<'_>, entity: &str, s: &StreamMap, batch: &[Sta
 fn prune(entity: &str) -> Vec<i64> {
     Spi::connect_mut(|c| {
         c.update(
-            "DELETE FROM crm_sync.source_records r
-              WHERE r.entity = $1
-                AND (to_regclass(format('%I.%I', r.source, r.stream)) IS NULL
-                     OR NOT EXISTS (SELECT 1 FROM crm_sync.streams t WHERE t.source = r.source AND t.stream = r.stream))
-             RETURNING record_id",
+            "WITH d AS (
+                DELETE FROM crm_sync.source_records r
+                 WHERE r.entity = $1
+                   AND (to_regclass(format('%I.%I', r.source, r.stream)) IS NULL
+                        OR NOT EXISTS (SELECT 1 FROM crm_sync.streams t WHERE t.source = r.source AND t.stream = r.stream))
+                RETURNING record_id),
+             u AS (DELETE FROM crm_sync.unified_ids WHERE entity = $1 AND record_id IN (SELECT record_id FROM d))
+             SELECT record_id FROM d",
             None,
             &[entity.into()],
         )
@@ -615,10 +618,12 @@ fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
             ));
         }
         format!(
-            "r.entity = $1 AND (r.record_id IN (SELECT record_id FROM ch) OR u.unified_id IN (
-                SELECT xu.unified_id FROM crm_sync.source_records x
-                  JOIN crm_sync.unified_ids xu ON xu.entity = x.entity AND xu.record_id = x.record_id
-                 WHERE x.entity = $1 AND ({})))",
+            "r.entity = $1 AND (r.record_id IN (SELECT record_id FROM ch) OR r.record_id IN (
+                SELECT g.record_id FROM crm_sync.unified_ids g
+                 WHERE g.entity = $1 AND g.unified_id IN (
+                    SELECT xu.unified_id FROM crm_sync.source_records x
+                      JOIN crm_sync.unified_ids xu ON xu.entity = x.entity AND xu.record_id = x.record_id
+                     WHERE x.entity = $1 AND ({}))))",
             hits.join(" OR ")
         )
     };
@@ -626,10 +631,10 @@ fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
     let sql = format!(
         "WITH ch AS (SELECT * FROM crm_sync.source_records WHERE entity = $1 AND record_id = ANY ($2))
          SELECT r.record_id, (extract(epoch FROM r.first_seen) * 1e6)::int8, u.unified_id, {keys_sql}
-           FROM crm_sync.source_records r
+           FROM (SELECT * FROM crm_sync.source_records r WHERE ({scope}) AND r.record_id > $3
+                  ORDER BY r.record_id LIMIT {FETCH}) r
            LEFT JOIN crm_sync.unified_ids u ON u.entity = r.entity AND u.record_id = r.record_id
-          WHERE ({scope}) AND r.record_id > $3
-          ORDER BY r.record_id LIMIT {FETCH}"
+          ORDER BY r.record_id"
     );
     let mut members: Vec<(Member, Option<i64>)> = Vec::new();
     let mut after = i64::MIN;
@@ -789,7 +794,7 @@ fn survive(entity: &str, ids: &[i64], full: bool) -> i64 {
         v.dedup();
         v
     };
-    let sql = "SELECT i.unified_id, x.source, x.stream, x.external_id, x.updated_at::text,
+    let sql = "SELECT i.unified_id, x.source, x.stream, x.external_id,
                       (extract(epoch FROM x.updated_at) * 1e6)::int8, x.deleted, x.vals::text
                  FROM crm_sync.unified_ids i
                  JOIN crm_sync.source_records x ON x.entity = i.entity AND x.record_id = i.record_id
@@ -807,11 +812,10 @@ fn survive(entity: &str, ids: &[i64], full: bool) -> i64 {
                     source: r.get(2).ok().flatten().unwrap_or_default(),
                     stream: r.get(3).ok().flatten().unwrap_or_default(),
                     external_id: r.get(4).ok().flatten().unwrap_or_default(),
-                    updated_text: r.get(5).ok().flatten(),
-                    updated_us: r.get(6).ok().flatten(),
-                    deleted: r.get(7).ok().flatten().unwrap_or(false),
+                    updated_us: r.get(5).ok().flatten(),
+                    deleted: r.get(6).ok().flatten().unwrap_or(false),
                     vals: r
-                        .get::<String>(8)
+                        .get::<String>(7)
                         .ok()
                         .flatten()
                         .and_then(|v| serde_json::from_str(&v).ok())
@@ -834,7 +838,6 @@ struct Contribution {
     source: String,
     stream: String,
     external_id: String,
-    updated_text: Option<String>,
     updated_us: Option<i64>,
     deleted: bool,
     vals: Map<String, Value>,
@@ -928,7 +931,11 @@ impl RowWriter {
     /// Add the unified row made of `group` (the records of one unified id).
     fn push(&mut self, group: &[Contribution], priority: &HashMap<String, Vec<String>>) {
         let Some(first) = group.first() else { return };
-        let live: Vec<&Contribution> = group.iter().filter(|c| !c.deleted).collect();
+        let mut live: Vec<&Contribution> = group.iter().filter(|c| !c.deleted).collect();
+        // In `sources` order, so lineage can name a record by its position.
+        live.sort_by(|a, b| {
+            (&a.source, &a.stream, &a.external_id).cmp(&(&b.source, &b.stream, &b.external_id))
+        });
         let mut lineage = Map::new();
         let mut ref_source = None;
         for (i, f) in self.fields.iter().enumerate() {
@@ -940,8 +947,9 @@ impl RowWriter {
             };
             let best = live
                 .iter()
-                .filter(|c| c.vals.get(f).is_some_and(|v| !v.is_null()))
-                .min_by(|a, b| {
+                .enumerate()
+                .filter(|(_, c)| c.vals.get(f).is_some_and(|v| !v.is_null()))
+                .min_by(|(_, a), (_, b)| {
                     rank(a)
                         .cmp(&rank(b))
                         .then_with(|| b.updated_us.cmp(&a.updated_us))
@@ -953,31 +961,23 @@ impl RowWriter {
                             ))
                         })
                 });
-            let value = best.map(|c| match &c.vals[f] {
+            let value = best.map(|(_, c)| match &c.vals[f] {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             });
-            if let Some(c) = best {
-                lineage.insert(
-                    f.clone(),
-                    Value::Array(vec![
-                        Value::String(c.source.clone()),
-                        Value::String(c.stream.clone()),
-                        Value::String(c.external_id.clone()),
-                        c.updated_text.clone().map_or(Value::Null, Value::String),
-                    ]),
-                );
+            if let Some((pos, c)) = best {
+                // 1-based, as Postgres arrays are.
+                lineage.insert(f.clone(), Value::from(pos + 1));
                 if f == "company_ref" {
                     ref_source = Some(c.source.clone());
                 }
             }
             self.cols[i].push(value);
         }
-        let mut sources: Vec<String> = live
+        let sources: Vec<String> = live
             .iter()
             .map(|c| format!("{}/{}/{}", c.source, c.stream, c.external_id))
             .collect();
-        sources.sort_unstable();
         self.ids.push(first.unified_id);
         self.ref_source.push(ref_source);
         self.gone.push(live.is_empty());

@@ -415,7 +415,7 @@ impl Seeded {
                 (h >> 20) % 10_000
             ),
             (Kind::Contacts, "mobilephone") if sometimes(40) => {
-                format!("+1 555 {:03} {:04}", h % 997, (h >> 24) % 10_000)
+                format!("+1 646 {:03} {:04}", 200 + h % 797, (h >> 24) % 10_000)
             }
             (Kind::Contacts, "company") => {
                 let (w, s) = company();
