@@ -441,10 +441,15 @@ pub(crate) fn record_success(src: &str, s: &StreamRow, plan: &Plan, done: Done) 
     run
 }
 
-/// Run `f` in a subtransaction: on an error, roll back what it did and
-/// return the error's message (the transaction goes on).
-pub(crate) fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, String> {
-    // SAFETY: as in sync_stream_guarded below.
+/// Run `f` in a subtransaction (the dance of PL/pgSQL's exception blocks):
+/// it is kept if `f` returns a value `keep` accepts, and rolled back if `f`
+/// raises or `keep` refuses; either way the transaction goes on.
+fn subtransaction<R>(
+    f: impl FnOnce() -> R,
+    keep: impl FnOnce(&R) -> bool,
+) -> std::thread::Result<R> {
+    // SAFETY: begun and ended here, with the memory context and resource
+    // owner of the caller restored afterwards.
     let (old_cxt, old_owner) =
         unsafe { (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner) };
     unsafe {
@@ -452,25 +457,24 @@ pub(crate) fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, String> {
         pg_sys::MemoryContextSwitchTo(old_cxt);
     }
     let result = catch_unwind(AssertUnwindSafe(f));
+    let commit = matches!(&result, Ok(r) if keep(r));
     unsafe {
-        match &result {
-            Ok(_) => pg_sys::ReleaseCurrentSubTransaction(),
-            Err(_) => {
-                pg_sys::MemoryContextSwitchTo(old_cxt);
-                pg_sys::RollbackAndReleaseCurrentSubTransaction();
-            }
+        if commit {
+            pg_sys::ReleaseCurrentSubTransaction();
+        } else {
+            pg_sys::MemoryContextSwitchTo(old_cxt);
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
         }
         pg_sys::MemoryContextSwitchTo(old_cxt);
         pg_sys::CurrentResourceOwner = old_owner;
     }
-    result.map_err(|panic| match panic.downcast::<CaughtError>() {
-        Ok(caught) => match caught.as_ref() {
-            CaughtError::PostgresError(r)
-            | CaughtError::ErrorReport(r)
-            | CaughtError::RustPanic { ereport: r, .. } => r.message().to_owned(),
-        },
-        Err(_) => "internal error".to_owned(),
-    })
+    result
+}
+
+/// Run `f` in a subtransaction: on an error, roll back what it did and
+/// return the error's message (the transaction goes on).
+pub(crate) fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    subtransaction(f, |_| true).map_err(|panic| failure(Err(panic), &Context::default()).message)
 }
 
 /// Run one stream inside a subtransaction; on failure roll it back, record
@@ -489,24 +493,12 @@ fn sync_stream_guarded(
     let started = Instant::now();
     let progress = Progress::default();
 
-    // SAFETY: the standard subtransaction dance of PL/pgSQL's exception blocks.
-    let (old_cxt, old_owner) =
-        unsafe { (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner) };
-    unsafe {
-        pg_sys::BeginInternalSubTransaction(std::ptr::null());
-        pg_sys::MemoryContextSwitchTo(old_cxt);
-    }
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        sync_stream(src, cfg, s, &plan, &progress, None)
-    }));
-    let restore = || unsafe {
-        pg_sys::MemoryContextSwitchTo(old_cxt);
-        pg_sys::CurrentResourceOwner = old_owner;
-    };
+    let result = subtransaction(
+        || sync_stream(src, cfg, s, &plan, &progress, None),
+        |r| r.is_ok(),
+    );
     match result {
         Ok(Ok(done)) => {
-            unsafe { pg_sys::ReleaseCurrentSubTransaction() };
-            restore();
             let run = record_success(&src.name, s, &plan, done);
             if let Some(w) = crate::merge::after_sync(&src.name, &s.stream, run.run_id) {
                 pgrx::warning!(
@@ -532,11 +524,6 @@ fn sync_stream_guarded(
             )
         }
         failed => {
-            unsafe {
-                pg_sys::MemoryContextSwitchTo(old_cxt);
-                pg_sys::RollbackAndReleaseCurrentSubTransaction();
-            }
-            restore();
             let f = failure(failed, &ctx);
             let mut run = run_record(&src.name, s, &plan, &progress);
             // Rolled back: nothing this run wrote is kept.
