@@ -32,7 +32,7 @@ CREATE TABLE crm_sync.unified_fields (
     PRIMARY KEY (entity, field)
 );
 COMMENT ON TABLE crm_sync.unified_fields IS
-    'The fields of crm.contacts/companies/deals and how their values are cleaned. ref fields hold the source''s own id of a linked record (a contact''s or deal''s company).';
+    'The fields of crm.contacts/companies/deals and how their values are cleaned. ref fields hold the source''s own id of a linked record: company_ref (a contact''s or deal''s company) becomes company_id, contact_ref (a deal''s primary contact) becomes contact_id, the unified ids of the linked rows.';
 INSERT INTO crm_sync.unified_fields VALUES
     ('contact', 'first_name', 'text'), ('contact', 'last_name', 'text'), ('contact', 'email', 'email'),
     ('contact', 'phone', 'phone'), ('contact', 'company_name', 'text'), ('contact', 'company_domain', 'domain'),
@@ -44,18 +44,20 @@ INSERT INTO crm_sync.unified_fields VALUES
     ('company', 'annual_revenue', 'numeric'), ('company', 'owner', 'text'), ('company', 'lifecycle_stage', 'text'),
     ('company', 'created_at', 'timestamptz'), ('company', 'updated_at', 'timestamptz'),
     ('deal', 'name', 'text'), ('deal', 'amount', 'numeric'), ('deal', 'currency', 'text'),
-    ('deal', 'stage', 'text'), ('deal', 'close_date', 'date'), ('deal', 'company_ref', 'ref'),
+    ('deal', 'stage', 'text'), ('deal', 'close_date', 'date'), ('deal', 'company_ref', 'ref'), ('deal', 'contact_ref', 'ref'),
     ('deal', 'owner', 'text'), ('deal', 'created_at', 'timestamptz'), ('deal', 'updated_at', 'timestamptz');
 
 INSERT INTO crm_sync.mappings (provider, object, entity, field, expression, is_default) VALUES
-    -- HubSpot: values are in r._raw->'properties'.
+    -- HubSpot: values are in r._raw->'properties'; associated records in
+    -- r._raw->'associations' (the connector's option associations), the
+    -- primary one first.
     ('hubspot', 'contacts', 'contact', 'first_name', $$r._raw->'properties'->>'firstname'$$, true),
     ('hubspot', 'contacts', 'contact', 'last_name', $$r._raw->'properties'->>'lastname'$$, true),
     ('hubspot', 'contacts', 'contact', 'email', $$r._raw->'properties'->>'email'$$, true),
     ('hubspot', 'contacts', 'contact', 'phone', $$coalesce(nullif(r._raw->'properties'->>'phone', ''), r._raw->'properties'->>'mobilephone')$$, true),
     ('hubspot', 'contacts', 'contact', 'company_name', $$r._raw->'properties'->>'company'$$, true),
     ('hubspot', 'contacts', 'contact', 'company_domain', $$r._raw->'properties'->>'website'$$, true),
-    ('hubspot', 'contacts', 'contact', 'company_ref', $$r._raw->'properties'->>'associatedcompanyid'$$, true),
+    ('hubspot', 'contacts', 'contact', 'company_ref', $$coalesce(r._raw->'associations'->'companies'->'results'->0->>'id', nullif(r._raw->'properties'->>'associatedcompanyid', ''))$$, true),
     ('hubspot', 'contacts', 'contact', 'owner', $$r._raw->'properties'->>'hubspot_owner_id'$$, true),
     ('hubspot', 'contacts', 'contact', 'lifecycle_stage', $$r._raw->'properties'->>'lifecyclestage'$$, true),
     ('hubspot', 'contacts', 'contact', 'title', $$r._raw->'properties'->>'jobtitle'$$, true),
@@ -79,6 +81,7 @@ INSERT INTO crm_sync.mappings (provider, object, entity, field, expression, is_d
     ('hubspot', 'deals', 'deal', 'stage', $$r._raw->'properties'->>'dealstage'$$, true),
     ('hubspot', 'deals', 'deal', 'close_date', $$r._raw->'properties'->>'closedate'$$, true),
     ('hubspot', 'deals', 'deal', 'company_ref', $$r._raw->'associations'->'companies'->'results'->0->>'id'$$, true),
+    ('hubspot', 'deals', 'deal', 'contact_ref', $$r._raw->'associations'->'contacts'->'results'->0->>'id'$$, true),
     ('hubspot', 'deals', 'deal', 'owner', $$r._raw->'properties'->>'hubspot_owner_id'$$, true),
     ('hubspot', 'deals', 'deal', 'created_at', $$r._raw->'properties'->>'createdate'$$, true),
     ('hubspot', 'deals', 'deal', 'updated_at', $$r._updated_at$$, true),
@@ -122,6 +125,7 @@ INSERT INTO crm_sync.mappings (provider, object, entity, field, expression, is_d
     ('salesforce', 'Opportunity', 'deal', 'stage', $$r._raw->>'StageName'$$, true),
     ('salesforce', 'Opportunity', 'deal', 'close_date', $$r._raw->>'CloseDate'$$, true),
     ('salesforce', 'Opportunity', 'deal', 'company_ref', $$r._raw->>'AccountId'$$, true),
+    ('salesforce', 'Opportunity', 'deal', 'contact_ref', $$r._raw->>'ContactId'$$, true),
     ('salesforce', 'Opportunity', 'deal', 'owner', $$r._raw->>'OwnerId'$$, true),
     ('salesforce', 'Opportunity', 'deal', 'created_at', $$r._raw->>'CreatedDate'$$, true),
     ('salesforce', 'Opportunity', 'deal', 'updated_at', $$r._updated_at$$, true);
@@ -138,16 +142,17 @@ CREATE TABLE crm_sync.match_rules (
     enabled     boolean NOT NULL DEFAULT true,
     is_default  boolean NOT NULL DEFAULT false,
     PRIMARY KEY (entity, name),
-    CONSTRAINT match_rules_keys CHECK (keys <@ ARRAY['email', 'phone', 'name', 'domain', 'company_name', 'company'] AND cardinality(keys) > 0)
+    CONSTRAINT match_rules_keys CHECK (keys <@ ARRAY['email', 'phone', 'name', 'domain', 'company_name', 'company', 'contact'] AND cardinality(keys) > 0)
 );
 COMMENT ON TABLE crm_sync.match_rules IS
-    'Identity resolution rules, in position order. keys: email (normalised), phone (E.164), name (first and last name, accents and punctuation dropped), domain (bare website domain), company_name (company name without legal form), company (the unified company a contact or deal belongs to). Disable a rule with enabled = false; add your own.';
+    'Identity resolution rules, in position order. keys: email (normalised), phone (E.164), name (first and last name, accents and punctuation dropped), domain (bare website domain), company_name (company name without legal form), company (the unified company a contact or deal belongs to), contact (the unified primary contact of a deal). Disable a rule with enabled = false; add your own.';
 INSERT INTO crm_sync.match_rules VALUES
     ('contact', 1, 'email', '{email}', true, true),
     ('contact', 2, 'phone_and_name', '{phone,name}', true, true),
     ('company', 1, 'domain', '{domain}', true, true),
     ('company', 2, 'name', '{company_name}', true, true),
-    ('deal', 1, 'company_and_name', '{company,name}', true, true);
+    ('deal', 1, 'company_and_name', '{company,name}', true, true),
+    ('deal', 2, 'contact_and_name', '{contact,name}', true, true);
 
 -- A per-field source order that beats "most recently modified wins".
 CREATE TABLE crm_sync.field_priority (
@@ -176,6 +181,8 @@ CREATE TABLE crm_sync.source_records (
     company_key  text,
     company_ref  text,
     company_id   bigint,
+    contact_ref  text,
+    contact_id   bigint,
     first_seen   timestamptz NOT NULL DEFAULT now(),
     merged_at    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (entity, source, stream, external_id)
@@ -187,6 +194,7 @@ CREATE INDEX source_records_phone ON crm_sync.source_records (entity, phone) WHE
 CREATE INDEX source_records_domain ON crm_sync.source_records (entity, domain) WHERE domain IS NOT NULL;
 CREATE INDEX source_records_company_key ON crm_sync.source_records (entity, company_key) WHERE company_key IS NOT NULL;
 CREATE INDEX source_records_company ON crm_sync.source_records (entity, company_id) WHERE company_id IS NOT NULL;
+CREATE INDEX source_records_contact ON crm_sync.source_records (entity, contact_id) WHERE contact_id IS NOT NULL;
 CREATE INDEX source_records_name ON crm_sync.source_records (entity, name_key) WHERE name_key IS NOT NULL;
 COMMENT ON TABLE crm_sync.source_records IS
     'Every landed record that feeds the unified model, with its cleaned values (vals), match keys and unified id. Maintained by crm_sync.merge().';
@@ -275,6 +283,7 @@ CREATE TABLE crm.deals (
     stage            text,
     close_date       date,
     company_id       bigint,
+    contact_id       bigint,
     owner            text,
     created_at       timestamptz,
     updated_at       timestamptz,
@@ -285,7 +294,7 @@ CREATE TABLE crm.deals (
 );
 COMMENT ON TABLE crm.contacts IS 'People from every source, one row per person (HubSpot contacts, Salesforce contacts and leads). sources lists source/stream/id of the records merged; crm.field_lineage says which supplied each value.';
 COMMENT ON TABLE crm.companies IS 'Companies from every source (HubSpot companies, Salesforce accounts), one row per company.';
-COMMENT ON TABLE crm.deals IS 'Deals from every source (HubSpot deals, Salesforce opportunities), linked to their unified company.';
+COMMENT ON TABLE crm.deals IS 'Deals from every source (HubSpot deals, Salesforce opportunities), linked to their unified company (company_id) and primary contact (contact_id).';
 
 -- The crosswalk: unified id <-> source records.
 CREATE VIEW crm.identities AS

@@ -97,10 +97,20 @@ BEGIN
     ELSE
         RAISE NOTICE 'source "%" dropped; its landing tables remain in schema "%"', name, name;
     END IF;
+    -- Its records leave the unified model (schema crm) now, as a sync's
+    -- changes enter it, unless merging after syncs is off.
+    IF coalesce(current_setting('crm_sync.merge_after_sync', true), 'on') <> 'off' THEN
+        BEGIN
+            PERFORM crm_sync.merge();
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'source "%" dropped, but merging the unified model failed: %', name, SQLERRM
+                USING HINT = 'Fix it and run crm_sync.merge(); until then schema crm still shows the source''s records.';
+        END;
+    END IF;
 END
 $fn$;
 COMMENT ON FUNCTION crm_sync.drop_source(text, boolean) IS
-    'Forget a source (its streams, watermarks and credentials). drop_data => true also drops its schema and landing tables; run history stays in crm_sync.runs.';
+    'Forget a source (its streams, watermarks and credentials) and take its records out of the unified model (schema crm). drop_data => true also drops its schema and landing tables; run history stays in crm_sync.runs.';
 
 -- Managing sources and running syncs is for the extension owner and the roles
 -- it grants these functions to.

@@ -157,16 +157,18 @@ pub fn run(only: Option<(&str, &str)>, full: bool) -> Vec<EntityStats> {
             changed.extend(ids);
         }
         lap("staged");
-        if full {
-            changed.extend(prune(entity));
-        }
-        if entity != "company" {
-            let moved = link_companies(entity, &changed, full);
+        // Records of streams that are gone (a dropped source, a dropped
+        // landing table) leave the model.
+        let (rest, emptied) = prune(entity, full);
+        changed.extend(rest);
+        for target in link_targets(entity) {
+            let moved = link(entity, target, &changed, full);
             changed.extend(moved);
         }
-        lap("linked to companies");
-        if !changed.is_empty() || full {
-            let (affected, merged) = resolve(entity, &changed, full);
+        lap("linked");
+        if !changed.is_empty() || !emptied.is_empty() || full {
+            let (mut affected, merged) = resolve(entity, &changed, full);
+            affected.extend(emptied);
             lap("resolved");
             st.merged = merged;
             st.unified = survive(entity, &affected, full);
@@ -175,6 +177,12 @@ pub fn run(only: Option<(&str, &str)>, full: bool) -> Vec<EntityStats> {
         st.micros = t0.elapsed().as_micros() as i64;
         out.push(st);
     }
+    Spi::run(
+        "DELETE FROM crm_sync.merge_state m
+          WHERE NOT EXISTS (SELECT 1 FROM crm_sync.streams t WHERE t.source = m.source AND t.stream = m.stream)
+             OR to_regclass(format('%I.%I', m.source, m.stream)) IS NULL",
+    )
+    .expect("forget merge state of gone streams");
     out
 }
 
@@ -257,6 +265,7 @@ struct Staged {
     domain: Option<String>,
     company_key: Option<String>,
     company_ref: Option<String>,
+    contact_ref: Option<String>,
     invalid: Vec<(String, String, String)>,
 }
 
@@ -288,6 +297,7 @@ fn stage_row(
     st.email = get("email");
     st.phone = get("phone");
     st.company_ref = get("company_ref");
+    st.contact_ref = get("contact_ref");
     match entity {
         "contact" => {
             let full = [get("first_name"), get("last_name")]
@@ -431,21 +441,22 @@ fn write_staged(c: &mut SpiClient<'_>, entity: &str, s: &StreamMap, batch: &[Sta
         col(&|b| b.domain.clone()).into(),
         col(&|b| b.company_key.clone()).into(),
         col(&|b| b.company_ref.clone()).into(),
+        col(&|b| b.contact_ref.clone()).into(),
     ];
     c.update(
         "INSERT INTO crm_sync.source_records AS t
                 (entity, source, stream, external_id, record_id, updated_at, deleted, vals,
-                 email, phone, name_key, domain, company_key, company_ref, merged_at)
+                 email, phone, name_key, domain, company_key, company_ref, contact_ref, merged_at)
          SELECT $1, $2, $3, u.ext, u.rid, u.upd::timestamptz, u.del, u.vals::jsonb,
-                u.email, u.phone, u.name_key, u.domain, u.company_key, u.company_ref, now()
+                u.email, u.phone, u.name_key, u.domain, u.company_key, u.company_ref, u.contact_ref, now()
            FROM unnest($4::text[], $5::int8[], $6::text[], $7::bool[], $8::text[], $9::text[],
-                       $10::text[], $11::text[], $12::text[], $13::text[], $14::text[])
-                AS u(ext, rid, upd, del, vals, email, phone, name_key, domain, company_key, company_ref)
+                       $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[])
+                AS u(ext, rid, upd, del, vals, email, phone, name_key, domain, company_key, company_ref, contact_ref)
          ON CONFLICT (entity, source, stream, external_id) DO UPDATE
             SET updated_at = EXCLUDED.updated_at, deleted = EXCLUDED.deleted, vals = EXCLUDED.vals,
                 email = EXCLUDED.email, phone = EXCLUDED.phone, name_key = EXCLUDED.name_key,
                 domain = EXCLUDED.domain, company_key = EXCLUDED.company_key,
-                company_ref = EXCLUDED.company_ref, merged_at = now()",
+                company_ref = EXCLUDED.company_ref, contact_ref = EXCLUDED.contact_ref, merged_at = now()",
         None,
         &args,
     )
@@ -495,55 +506,106 @@ fn write_staged(c: &mut SpiClient<'_>, entity: &str, s: &StreamMap, batch: &[Sta
     .expect("write crm_sync.invalid_values");
 }
 
-/// Full merges drop records whose stream, source or landing row is gone;
-/// returns their record ids (their unified rows need recomputing).
-fn prune(entity: &str) -> Vec<i64> {
-    Spi::connect_mut(|c| {
+/// Drop the records of streams that are gone: the source was dropped, or the
+/// landing table. An incremental merge finds those streams in
+/// `crm_sync.merge_state`; a full one checks every record. Returns the
+/// remaining records of the unified rows that lost some (to link again) and
+/// the unified ids that lost all of theirs (to delete).
+fn prune(entity: &str, full: bool) -> (Vec<i64>, Vec<i64>) {
+    let gone = "(to_regclass(format('%I.%I', r.source, r.stream)) IS NULL
+                 OR NOT EXISTS (SELECT 1 FROM crm_sync.streams t WHERE t.source = r.source AND t.stream = r.stream))";
+    let which = if full {
+        gone.to_owned()
+    } else {
+        format!(
+            "(r.source, r.stream) IN (SELECT r.source, r.stream FROM crm_sync.merge_state r WHERE {gone})"
+        )
+    };
+    let rows: Vec<(i64, bool)> = Spi::connect_mut(|c| {
         c.update(
-            "WITH d AS (
-                DELETE FROM crm_sync.source_records r
-                 WHERE r.entity = $1
-                   AND (to_regclass(format('%I.%I', r.source, r.stream)) IS NULL
-                        OR NOT EXISTS (SELECT 1 FROM crm_sync.streams t WHERE t.source = r.source AND t.stream = r.stream))
-                RETURNING record_id),
-             u AS (DELETE FROM crm_sync.unified_ids WHERE entity = $1 AND record_id IN (SELECT record_id FROM d))
-             SELECT record_id FROM d",
+            &format!(
+                "WITH d AS (
+                    DELETE FROM crm_sync.source_records r WHERE r.entity = $1 AND {which}
+                    RETURNING r.source, r.stream, r.record_id),
+                 i AS (DELETE FROM crm_sync.invalid_values v USING (SELECT DISTINCT source, stream FROM d) g
+                        WHERE v.entity = $1 AND v.source = g.source AND v.stream = g.stream),
+                 u AS (DELETE FROM crm_sync.unified_ids WHERE entity = $1 AND record_id IN (SELECT record_id FROM d)
+                       RETURNING unified_id),
+                 rest AS (SELECT g.record_id FROM crm_sync.unified_ids g
+                           WHERE g.entity = $1 AND g.unified_id IN (SELECT unified_id FROM u)
+                             AND g.record_id NOT IN (SELECT record_id FROM d))
+                 SELECT record_id, false FROM rest
+                 UNION ALL
+                 SELECT DISTINCT unified_id, true FROM u"
+            ),
             None,
             &[entity.into()],
         )
         .expect("prune crm_sync.source_records")
-        .map(|r| r.get::<i64>(1).ok().flatten().unwrap_or_default())
+        .map(|r| {
+            (
+                r.get::<i64>(1).ok().flatten().unwrap_or_default(),
+                r.get::<bool>(2).ok().flatten().unwrap_or_default(),
+            )
+        })
         .collect()
-    })
+    });
+    let (ids, records): (Vec<_>, Vec<_>) =
+        rows.into_iter().partition(|(_, is_unified)| *is_unified);
+    (
+        records.into_iter().map(|(r, _)| r).collect(),
+        ids.into_iter().map(|(u, _)| u).collect(),
+    )
 }
 
-/// Point contacts and deals at the unified company of their company
-/// reference (same source): the changed ones (every one, `full`), those
-/// whose company was merged into another in this merge, and those whose
-/// company had not landed yet. Returns the records whose company changed.
-fn link_companies(entity: &str, changed: &[i64], full: bool) -> Vec<i64> {
+/// The entities whose unified rows an entity's records point at (through
+/// their `company_ref` / `contact_ref` fields); those are merged first.
+fn link_targets(entity: &str) -> &'static [&'static str] {
+    match entity {
+        "contact" => &["company"],
+        "deal" => &["company", "contact"],
+        _ => &[],
+    }
+}
+
+/// Point records at the unified `target` row of their reference (in the same
+/// source): the changed ones (every one, `full`), those whose target was
+/// merged into another in this merge, and those whose target had not landed
+/// yet. Returns the records whose link changed.
+fn link(entity: &str, target: &str, changed: &[i64], full: bool) -> Vec<i64> {
+    let (rf, id) = match target {
+        "company" => ("company_ref", "company_id"),
+        _ => ("contact_ref", "contact_id"),
+    };
     Spi::connect_mut(|c| {
         c.update(
-            "WITH want AS (
-                SELECT r.record_id,
-                       (SELECT ku.unified_id FROM crm_sync.source_records k
-                          JOIN crm_sync.unified_ids ku ON ku.entity = k.entity AND ku.record_id = k.record_id
-                         WHERE k.entity = 'company' AND k.source = r.source AND k.external_id = r.company_ref
-                         ORDER BY k.stream LIMIT 1) AS company_id
-                  FROM crm_sync.source_records r
-                 WHERE r.entity = $1
-                   AND ($3 OR r.record_id IN (SELECT unnest($2::int8[]))
-                        OR (r.company_id IS NULL AND r.company_ref IS NOT NULL)
-                        OR r.company_id IN (SELECT old_id FROM crm.merged_ids
-                                             WHERE entity = 'company' AND merged_at = now())))
-             UPDATE crm_sync.source_records r SET company_id = w.company_id
-               FROM want w
-              WHERE r.entity = $1 AND r.record_id = w.record_id AND r.company_id IS DISTINCT FROM w.company_id
-             RETURNING r.record_id",
+            &format!(
+                "WITH want AS (
+                    SELECT r.record_id,
+                           (SELECT ku.unified_id FROM crm_sync.source_records k
+                              JOIN crm_sync.unified_ids ku ON ku.entity = k.entity AND ku.record_id = k.record_id
+                             WHERE k.entity = $4 AND k.source = r.source AND k.external_id = r.{rf}
+                             ORDER BY k.stream LIMIT 1) AS target_id
+                      FROM crm_sync.source_records r
+                     WHERE r.entity = $1
+                       AND ($3 OR r.record_id IN (SELECT unnest($2::int8[]))
+                            OR (r.{id} IS NULL AND r.{rf} IS NOT NULL)
+                            OR r.{id} IN (SELECT old_id FROM crm.merged_ids
+                                           WHERE entity = $4 AND merged_at = now())))
+                 UPDATE crm_sync.source_records r SET {id} = w.target_id
+                   FROM want w
+                  WHERE r.entity = $1 AND r.record_id = w.record_id AND r.{id} IS DISTINCT FROM w.target_id
+                 RETURNING r.record_id"
+            ),
             None,
-            &[entity.into(), changed.to_vec().into(), full.into()],
+            &[
+                entity.into(),
+                changed.to_vec().into(),
+                full.into(),
+                target.into(),
+            ],
         )
-        .expect("link companies")
+        .unwrap_or_else(|e| panic!("link {entity} records to their {target}: {e}"))
         .map(|r| r.get::<i64>(1).ok().flatten().unwrap_or_default())
         .collect()
     })
@@ -571,6 +633,7 @@ fn rules(entity: &str) -> Vec<Vec<&'static str>> {
                     "domain" => Some("domain"),
                     "company_name" => Some("company_key"),
                     "company" => Some("company_id"),
+                    "contact" => Some("contact_id"),
                     _ => None,
                 })
                 .collect()
@@ -711,14 +774,20 @@ fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
             &[entity.into(), old.clone().into(), new.clone().into()],
         )
         .expect("write crm.merged_ids");
-        if entity == "company" {
-            for t in ["contacts", "deals"] {
-                Spi::run_with_args(
-                    &format!("UPDATE crm.{t} c SET company_id = u.new_id FROM unnest($1::int8[], $2::int8[]) u(old_id, new_id) WHERE c.company_id = u.old_id"),
-                    &[old.clone().into(), new.clone().into()],
-                )
-                .expect("follow merged companies");
-            }
+        // Unified rows that point at a merged id follow it.
+        for e in ENTITIES
+            .iter()
+            .filter(|e| link_targets(e).contains(&entity))
+        {
+            Spi::run_with_args(
+                &format!(
+                    "UPDATE crm.{t} c SET {entity}_id = u.new_id FROM unnest($1::int8[], $2::int8[]) u(old_id, new_id)
+                      WHERE c.{entity}_id = u.old_id",
+                    t = table(e)
+                ),
+                &[old.clone().into(), new.clone().into()],
+            )
+            .unwrap_or_else(|err| panic!("follow merged {entity} rows: {err}"));
         }
     }
     let mut affected: Vec<i64> = ids;
@@ -795,7 +864,8 @@ fn survive(entity: &str, ids: &[i64], full: bool) -> i64 {
         v
     };
     let sql = "SELECT i.unified_id, x.source, x.stream, x.external_id,
-                      (extract(epoch FROM x.updated_at) * 1e6)::int8, x.deleted, x.vals::text
+                      (extract(epoch FROM x.updated_at) * 1e6)::int8, x.deleted, x.vals::text,
+                      x.company_id, x.contact_id
                  FROM crm_sync.unified_ids i
                  JOIN crm_sync.source_records x ON x.entity = i.entity AND x.record_id = i.record_id
                 WHERE i.entity = $1 AND i.unified_id = ANY ($2)
@@ -820,6 +890,8 @@ fn survive(entity: &str, ids: &[i64], full: bool) -> i64 {
                         .flatten()
                         .and_then(|v| serde_json::from_str(&v).ok())
                         .unwrap_or_default(),
+                    company_id: r.get(8).ok().flatten(),
+                    contact_id: r.get(9).ok().flatten(),
                 })
                 .collect();
             for g in rows.chunk_by(|a, b| a.unified_id == b.unified_id) {
@@ -841,15 +913,39 @@ struct Contribution {
     updated_us: Option<i64>,
     deleted: bool,
     vals: Map<String, Value>,
+    /// The unified rows its `company_ref` and `contact_ref` point at.
+    company_id: Option<i64>,
+    contact_id: Option<i64>,
+}
+
+impl Contribution {
+    /// The value it offers for `field`: for a reference, the unified id of
+    /// the linked row (found by `link`), which stays NULL until that record
+    /// lands.
+    fn value(&self, field: &str, kind: &str) -> Option<String> {
+        let v = self.vals.get(field)?;
+        if kind == "ref" {
+            let id = if field == "contact_ref" {
+                self.contact_id
+            } else {
+                self.company_id
+            };
+            return id.map(|i| i.to_string());
+        }
+        Some(match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+    }
 }
 
 /// Unified rows gathered column by column, written with one statement.
 struct RowWriter {
     sql: String,
-    fields: Vec<String>,
+    /// (field, kind)
+    fields: Vec<(String, String)>,
     ids: Vec<i64>,
     cols: Vec<Vec<Option<String>>>,
-    ref_source: Vec<Option<String>>,
     gone: Vec<bool>,
     sources: Vec<String>,
     lineage: Vec<String>,
@@ -869,13 +965,9 @@ impl RowWriter {
             let v = format!("u.c{i}");
             match kind.as_str() {
                 "ref" => {
-                    cols.push("company_id".to_owned());
-                    exprs.push(format!(
-                        "(SELECT ku.unified_id FROM crm_sync.source_records k
-                           JOIN crm_sync.unified_ids ku ON ku.entity = k.entity AND ku.record_id = k.record_id
-                           WHERE k.entity = 'company' AND k.source = u.ref_source AND k.external_id = {v}
-                           ORDER BY k.stream LIMIT 1)"
-                    ));
+                    // company_ref -> company_id, contact_ref -> contact_id
+                    cols.push(qi(&format!("{}_id", f.trim_end_matches("_ref"))));
+                    exprs.push(format!("{v}::int8"));
                 }
                 "numeric" | "date" | "timestamptz" => {
                     cols.push(qi(f));
@@ -889,7 +981,6 @@ impl RowWriter {
         }
         let n = fields.len() + 2;
         for (k, ty) in [
-            ("ref_source", "text[]"),
             ("gone", "bool[]"),
             ("sources", "text[]"),
             ("lineage", "text[]"),
@@ -918,10 +1009,9 @@ impl RowWriter {
         );
         RowWriter {
             sql,
-            fields: fields.iter().map(|(f, _)| f.clone()).collect(),
+            fields: fields.to_vec(),
             ids: vec![],
             cols: vec![Vec::new(); fields.len()],
-            ref_source: vec![],
             gone: vec![],
             sources: vec![],
             lineage: vec![],
@@ -937,8 +1027,7 @@ impl RowWriter {
             (&a.source, &a.stream, &a.external_id).cmp(&(&b.source, &b.stream, &b.external_id))
         });
         let mut lineage = Map::new();
-        let mut ref_source = None;
-        for (i, f) in self.fields.iter().enumerate() {
+        for (i, (f, kind)) in self.fields.iter().enumerate() {
             let order = priority.get(f);
             let rank = |c: &Contribution| {
                 order
@@ -961,16 +1050,10 @@ impl RowWriter {
                             ))
                         })
                 });
-            let value = best.map(|(_, c)| match &c.vals[f] {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            });
-            if let Some((pos, c)) = best {
+            let value = best.and_then(|(_, c)| c.value(f, kind));
+            if let Some((pos, _)) = best {
                 // 1-based, as Postgres arrays are.
                 lineage.insert(f.clone(), Value::from(pos + 1));
-                if f == "company_ref" {
-                    ref_source = Some(c.source.clone());
-                }
             }
             self.cols[i].push(value);
         }
@@ -979,7 +1062,6 @@ impl RowWriter {
             .map(|c| format!("{}/{}/{}", c.source, c.stream, c.external_id))
             .collect();
         self.ids.push(first.unified_id);
-        self.ref_source.push(ref_source);
         self.gone.push(live.is_empty());
         self.sources.push(sources.join("\u{1f}"));
         self.lineage.push(Value::Object(lineage).to_string());
@@ -994,7 +1076,6 @@ impl RowWriter {
         for col in &mut self.cols {
             args.push(std::mem::take(col).into());
         }
-        args.push(std::mem::take(&mut self.ref_source).into());
         args.push(std::mem::take(&mut self.gone).into());
         args.push(std::mem::take(&mut self.sources).into());
         args.push(std::mem::take(&mut self.lineage).into());

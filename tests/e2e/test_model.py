@@ -102,6 +102,54 @@ def test_companies_match_on_domain_and_clean_names_and_countries(db, both):
     assert len(rows[0][3]) == 2
 
 
+def ids_by_source(row):
+    """{source: CRM id} of a unified row's records."""
+    return {s.split("/")[0]: s.split("/")[2] for s in row["sources"]}
+
+
+def test_deals_link_to_their_company_and_contact_and_merge_across_crms(db, both):
+    hs, sf = both
+    ada = person(db, "ada.lovelace@example.com")
+    grace = db.execute("SELECT id, sources FROM crm.contacts WHERE last_name = 'Hopper'").fetchone()
+    grace = {"id": grace[0], "sources": grace[1]}
+    cur = db.execute("SELECT id, sources FROM crm.companies WHERE domain = 'acme.com'")
+    acme = dict(zip(("id", "sources"), cur.fetchone()))
+    person_ids, grace_ids, acme_ids = ids_by_source(ada), ids_by_source(grace), ids_by_source(acme)
+    # HubSpot links through associations, Salesforce through AccountId and
+    # ContactId; the same deal is in both, under differently written names.
+    hs.upsert("deals", [
+        {"properties": {"dealname": "Acme Renewal 2025", "amount": "1200", "dealstage": "closedwon"},
+         "associations": {"companies": [acme_ids["hs"]], "contacts": [person_ids["hs"]]}},
+        {"properties": {"dealname": "Pilot project", "amount": "300"},
+         "associations": {"contacts": [grace_ids["hs"]]}},
+    ])
+    # The contact's company, through HubSpot's contact-to-company association.
+    hs.upsert("contacts", [{"id": person_ids["hs"], "properties": {},
+                            "associations": {"companies": [acme_ids["hs"]]}}])
+    sync(db, "hs")
+    sf.upsert("Opportunity", [
+        {"Name": "ACME renewal 2025", "AccountId": acme_ids["sf"], "ContactId": person_ids["sf"],
+         "StageName": "Closed Won", "Amount": 1250, "CloseDate": "2025-03-01"},
+        {"Name": "Pilot Project", "ContactId": grace_ids["sf"], "StageName": "Prospecting", "CloseDate": "2025-06-01"},
+    ])
+    sync(db, "sf")
+    renewal = db.execute("SELECT id, company_id, contact_id, sources, amount FROM crm.deals "
+                         "WHERE name ILIKE 'acme renewal 2025'").fetchall()
+    assert len(renewal) == 1, renewal
+    _, company_id, contact_id, sources, amount = renewal[0]
+    assert (company_id, contact_id) == (acme["id"], ada["id"])
+    assert {s.split("/")[0] for s in sources} == {"hs", "sf"}
+    assert amount == 1250, "Salesforce's opportunity is the newer record"
+    pilot = db.execute("SELECT company_id, contact_id, sources FROM crm.deals WHERE name ILIKE 'pilot project'").fetchall()
+    assert len(pilot) == 1, "matched on contact and name, with no company"
+    assert pilot[0][0] is None and pilot[0][1] == grace["id"] and len(pilot[0][2]) == 2
+    assert one(db, "SELECT company_id FROM crm.contacts WHERE id = %s", ada["id"]) == (acme["id"],)
+    # A rebuild agrees.
+    db.execute("SELECT * FROM crm_sync.merge(full => true)")
+    assert db.execute("SELECT company_id, contact_id FROM crm.deals WHERE name ILIKE 'acme renewal 2025'").fetchall() \
+        == [(acme["id"], ada["id"])]
+
+
 def test_a_delete_on_one_side_removes_only_its_contribution(db, both):
     hs, sf = both
     ada = person(db, "ada.lovelace@example.com")
@@ -126,6 +174,9 @@ def test_a_late_link_merges_two_rows_and_keeps_the_old_id(db, both):
     assert a["id"] != b["id"]
     hs_id = a["sources"][0].split("/")[2]
     sf_id = b["sources"][0].split("/")[2]
+    hs.upsert("deals", [{"properties": {"dealname": "Wu consulting"}, "associations": {"contacts": [hs_id]}}])
+    sync(db, "hs")
+    assert one(db, "SELECT contact_id FROM crm.deals WHERE name = 'Wu consulting'") == (a["id"],)
     hs.upsert("contacts", [{"id": hs_id, "properties": {"phone": "+1 212 555 0187"}}])
     sf.upsert("Contact", [{"Id": sf_id, "Phone": "(212) 555-0187"}])
     sync(db, "hs")
@@ -137,6 +188,8 @@ def test_a_late_link_merges_two_rows_and_keeps_the_old_id(db, both):
     new = rows[0][0]
     old = ({a["id"], b["id"]} - {new}).pop()
     assert one(db, "SELECT new_id FROM crm.merged_ids WHERE entity = 'contact' AND old_id = %s", old) == (new,)
+    assert one(db, "SELECT contact_id FROM crm.deals WHERE name = 'Wu consulting'") == (new,), \
+        "the deal follows its contact into the merged row"
 
 
 def test_field_priority_and_user_mappings_with_transformations(db, both):
@@ -181,3 +234,25 @@ def test_a_broken_user_mapping_does_not_fail_the_sync(db, both):
     assert one(db, "SELECT count(*) FROM hs.contacts WHERE email = 'new@z.example'") == (1,)
     with pytest.raises(psycopg.errors.UndefinedColumn):
         db.execute("SELECT * FROM crm_sync.merge()")
+
+
+def test_dropping_a_source_takes_its_records_out_of_the_model(db, both):
+    ada = person(db, "ada.lovelace@example.com")
+    sf_only = db.execute("SELECT count(*) FROM crm.contacts WHERE sources <@ "
+                         "(SELECT array_agg(s) FROM crm.contacts, unnest(sources) s WHERE s LIKE 'sf/%')").fetchone()[0]
+    assert sf_only > 0
+    before = db.execute("SELECT count(*) FROM crm.contacts").fetchone()[0]
+    db.execute("SELECT crm_sync.drop_source('sf')")
+    ada2 = person(db, "ada.lovelace@example.com")
+    assert ada2["id"] == ada["id"] and [s.split("/")[0] for s in ada2["sources"]] == ["hs"]
+    assert ada2["title"] == "Analyst", "the Salesforce value is gone with its source"
+    assert db.execute("SELECT count(*) FROM crm.contacts").fetchone()[0] == before - sf_only
+    for t in ("contacts", "companies", "deals"):
+        assert one(db, f"SELECT count(*) FROM crm.{t}, unnest(sources) s WHERE s LIKE 'sf/%%'") == (0,), t
+    assert one(db, "SELECT count(*) FROM crm.identities WHERE source = 'sf'") == (0,)
+    assert one(db, "SELECT count(*) FROM crm_sync.quality WHERE source = 'sf'") == (0,)
+    # The landing tables stay (drop_data => false), and a rebuild agrees.
+    assert one(db, "SELECT count(*) > 0 FROM sf.contact") == (True,)
+    snap = db.execute("SELECT * FROM crm.contacts ORDER BY id").fetchall()
+    db.execute("SELECT * FROM crm_sync.merge(full => true)")
+    assert [r[:-1] for r in snap] == [r[:-1] for r in db.execute("SELECT * FROM crm.contacts ORDER BY id").fetchall()]

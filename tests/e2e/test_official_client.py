@@ -64,3 +64,33 @@ def test_errors_parse_as_api_exceptions(hubspot):
     with pytest.raises(ApiException) as e:
         HubSpot(access_token=TOKEN, host=hubspot.url).crm.contacts.basic_api.get_page(limit=101)
     assert e.value.status == 400
+
+
+def test_list_with_associations(client, hubspot):
+    hubspot.upsert("deals", [{"id": "3", "associations": {"companies": ["12", "7"]}}])
+    page = client.crm.deals.basic_api.get_page(limit=5, associations=["companies"])
+    by_id = {r.id: r for r in page.results}
+    companies = by_id["3"].associations["companies"].results
+    assert [(a.id, a.type) for a in companies] == [
+        ("12", "deal_to_company"), ("7", "deal_to_company_unlabeled"), ("12", "deal_to_company_unlabeled")]
+    # Seeded deals have a primary company too; contacts were not asked for.
+    assert all(r.associations["companies"].results[0].type == "deal_to_company" for r in page.results)
+    assert all("contacts" not in r.associations for r in page.results)
+    one = client.crm.deals.basic_api.get_by_id("3", associations=["contacts"])
+    assert one.associations["contacts"].results[0].type == "deal_to_contact"
+
+
+def test_v4_batch_read_parses_with_207(client, hubspot):
+    from hubspot.crm.associations.v4 import BatchInputPublicFetchAssociationsBatchRequest
+
+    hubspot.upsert("deals", [{"id": "2", "associations": {"companies": []}}])
+    req = BatchInputPublicFetchAssociationsBatchRequest(inputs=[{"id": "1"}, {"id": "2"}])
+    resp = client.crm.associations.v4.batch_api.get_page("deals", "companies", req)
+    assert resp.status == "COMPLETE"
+    assert [r._from.id for r in resp.results] == ["1"]
+    to = resp.results[0].to[0]
+    assert int(to.to_object_id) > 0
+    assert [(t.type_id, t.label) for t in to.association_types] == [(5, "Primary"), (341, None)]
+    assert resp.num_errors == 1
+    assert resp.errors[0].sub_category == "crm.associations.NO_ASSOCIATIONS_FOUND"
+    assert resp.errors[0].context["fromObjectId"] == ["2"]

@@ -146,6 +146,11 @@ impl SourceConfig {
         self.credentials.get(key).and_then(Value::as_str)
     }
 
+    /// A boolean option (already checked by the provider with [`boolean`]).
+    pub fn option_bool(&self, key: &str) -> Option<bool> {
+        self.options.get(key).and_then(Value::as_bool)
+    }
+
     /// An integer option (already range-checked by the provider).
     pub fn option_u64(&self, key: &str) -> Option<u64> {
         self.options.get(key).and_then(Value::as_u64)
@@ -237,7 +242,32 @@ mod tests {
         assert_eq!(c.option_str("base_url"), None);
         assert_eq!(c.lookback, Duration::from_secs(60));
         assert!(c.track_deletes);
+        assert_eq!(c.option_bool("associations"), None);
         assert_eq!(c.secrets(), ["pat-1"]);
+    }
+
+    #[test]
+    fn hubspot_associations_option_is_a_boolean() {
+        let c = parse(json!({"associations": false}), json!({"access_token": "t"})).unwrap();
+        assert_eq!(c.option_bool("associations"), Some(false));
+        let e = parse(json!({"associations": "no"}), json!({"access_token": "t"})).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidConfig);
+        assert!(e
+            .message
+            .contains("options.associations must be true or false"));
+        // Salesforce has no such option.
+        let e = SourceConfig::parse(
+            "salesforce",
+            &json!({"associations": true}),
+            &json!({}),
+            false,
+        )
+        .unwrap_err();
+        assert!(
+            e.message.contains("unknown option \"associations\""),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

@@ -44,6 +44,26 @@ impl Kind {
         }
     }
 
+    /// An object type as v4 association paths accept it: the plural,
+    /// singular or object type id.
+    pub fn parse_any(s: &str) -> Option<Kind> {
+        match s.to_ascii_lowercase().as_str() {
+            "contact" => Some(Kind::Contacts),
+            "company" => Some(Kind::Companies),
+            "deal" => Some(Kind::Deals),
+            other => Kind::parse(other),
+        }
+    }
+
+    /// The singular name, as in HubSpot's messages ("contact").
+    pub fn singular(self) -> &'static str {
+        match self {
+            Kind::Contacts => "contact",
+            Kind::Companies => "company",
+            Kind::Deals => "deal",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Kind::Contacts => "contacts",
@@ -98,6 +118,42 @@ impl Kind {
             Kind::Deals => 0x33,
         }
     }
+}
+
+/// An association type between two objects as HubSpot defines it: the v3
+/// type name (`?associations=` lists), and the v4 type ids of the primary
+/// (labelled "Primary") and the unlabeled association.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AssocDef {
+    pub v3_type: &'static str,
+    pub primary: Option<u32>,
+    pub unlabeled: u32,
+}
+
+impl AssocDef {
+    /// The v3 type name of a non-primary association: HubSpot adds
+    /// `_unlabeled` where the pair has a primary association type.
+    pub fn v3_unlabeled(&self) -> String {
+        match self.primary {
+            Some(_) => format!("{}_unlabeled", self.v3_type),
+            None => self.v3_type.to_owned(),
+        }
+    }
+}
+
+/// The association types the mock knows (HubSpot-defined type ids).
+pub fn assoc_def(from: Kind, to: Kind) -> Option<AssocDef> {
+    let (v3_type, primary, unlabeled) = match (from, to) {
+        (Kind::Contacts, Kind::Companies) => ("contact_to_company", Some(1), 279),
+        (Kind::Deals, Kind::Companies) => ("deal_to_company", Some(5), 341),
+        (Kind::Deals, Kind::Contacts) => ("deal_to_contact", None, 3),
+        _ => return None,
+    };
+    Some(AssocDef {
+        v3_type,
+        primary,
+        unlabeled,
+    })
 }
 
 /// A property definition, shaped like `GET /crm/v3/properties/{type}`.
@@ -384,6 +440,28 @@ impl Seeded {
         self.updated_ms(id) - back
     }
 
+    /// The seeded company number a seeded contact or deal is about (its
+    /// `company`, `website` and `dealname` come from it). Companies use
+    /// [`company_word`] with their own id, so contact `company` equals the
+    /// name of company `company_n(id)` when that company exists.
+    pub fn company_n(&self, id: u64) -> u64 {
+        self.h(id, 13) % (self.count / 5 + 1) + 1
+    }
+
+    /// The record of kind `to` seeded record `id` is associated with, if
+    /// any; `to_count` is how many seeded records of kind `to` there are.
+    /// Contacts and deals: the company `company_n(id)` when it exists; deals
+    /// also one contact picked by a hash of the deal id.
+    pub fn associated(&self, id: u64, to: Kind, to_count: u64) -> Option<u64> {
+        match (self.kind, to) {
+            (Kind::Contacts | Kind::Deals, Kind::Companies) => {
+                Some(self.company_n(id)).filter(|n| *n <= to_count)
+            }
+            (Kind::Deals, Kind::Contacts) if to_count > 0 => Some(self.h(id, 14) % to_count + 1),
+            _ => None,
+        }
+    }
+
     /// The value of `prop` on seeded record `id`; `None` is a null.
     /// hs_object_id, createdate and the modified property are handled by
     /// the store, which knows about changes.
@@ -392,7 +470,7 @@ impl Seeded {
         let first = || pick(FIRST, self.h(id, 10));
         let last = || pick(LAST, self.h(id, 11));
         let place = || CITIES[(self.h(id, 12) % CITIES.len() as u64) as usize];
-        let company_n = || self.h(id, 13) % (self.count / 5 + 1) + 1;
+        let company_n = || self.company_n(id);
         let company = || company_word(self.seed, company_n());
         let domain = || format!("{}{}.example.com", company().0.to_lowercase(), company_n());
         let sometimes = |pct: u64| h % 100 < pct;
@@ -516,6 +594,62 @@ mod tests {
         for id in 1..=10_000 {
             assert!(s.created_ms(id) <= s.updated_ms(id));
         }
+    }
+
+    #[test]
+    fn seeded_associations_match_the_company_fields() {
+        let contacts = Seeded {
+            kind: Kind::Contacts,
+            seed: 42,
+            count: 1000,
+        };
+        let companies = Seeded {
+            kind: Kind::Companies,
+            seed: 42,
+            count: 200,
+        };
+        let deals = Seeded {
+            kind: Kind::Deals,
+            seed: 42,
+            count: 300,
+        };
+        let mut linked = 0;
+        for id in 1..=1000 {
+            match contacts.associated(id, Kind::Companies, 200) {
+                Some(c) => {
+                    linked += 1;
+                    assert_eq!(contacts.value(id, "company"), companies.value(c, "name"));
+                    let site = contacts.value(id, "website").unwrap();
+                    assert_eq!(
+                        site,
+                        format!("https://{}", companies.value(c, "domain").unwrap())
+                    );
+                }
+                None => assert!(contacts.company_n(id) > 200),
+            }
+            assert_eq!(contacts.associated(id, Kind::Deals, 300), None);
+        }
+        assert!(linked > 900, "{linked}");
+        for id in 1..=300 {
+            let c = deals.associated(id, Kind::Contacts, 1000).unwrap();
+            assert!((1..=1000).contains(&c));
+            assert_eq!(deals.associated(id, Kind::Contacts, 1000), Some(c));
+            assert!(deals.associated(id, Kind::Companies, 200).is_some());
+        }
+        assert_eq!(deals.associated(1, Kind::Contacts, 0), None);
+        assert_eq!(
+            assoc_def(Kind::Deals, Kind::Companies)
+                .unwrap()
+                .v3_unlabeled(),
+            "deal_to_company_unlabeled"
+        );
+        assert_eq!(
+            assoc_def(Kind::Deals, Kind::Contacts)
+                .unwrap()
+                .v3_unlabeled(),
+            "deal_to_contact"
+        );
+        assert_eq!(assoc_def(Kind::Companies, Kind::Contacts), None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! The HubSpot CRM v3 mock: objects list and search, properties, HubSpot's
-//! error and rate-limit bodies, plus admin endpoints under `/_mock/` for
-//! changing data, injecting faults and reading request statistics.
+//! The HubSpot CRM v3 mock: objects list and search, properties, record
+//! associations (v3 `?associations=` and v4 batch read), HubSpot's error and
+//! rate-limit bodies, plus admin endpoints under `/_mock/` for changing
+//! data, injecting faults and reading request statistics.
 //! README.md beside `Cargo.toml` lists the HubSpot documents followed.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::data::{parse_time, Kind, PropDef};
+use crate::data::{assoc_def, fmt_ms, parse_time, Kind, PropDef};
 use crate::mock::{Base, Mock};
 use crate::server::{Request, Response};
 use crate::store::{Key, Store};
@@ -23,6 +24,8 @@ pub const SEARCH_WINDOW: usize = 10_000;
 const MAX_GROUPS: usize = 5;
 const MAX_FILTERS_PER_GROUP: usize = 10;
 const MAX_FILTERS: usize = 25;
+/// `POST /crm/v4/associations/{from}/{to}/batch/read`: inputs per request.
+pub const ASSOC_BATCH_MAX: usize = 1000;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -62,6 +65,102 @@ impl State {
             .iter_mut()
             .find(|s| s.kind() == kind)
             .expect("all kinds have a store")
+    }
+
+    fn store_ref(&self, kind: Kind) -> &Store {
+        self.stores
+            .iter()
+            .find(|s| s.kind() == kind)
+            .expect("all kinds have a store")
+    }
+
+    /// The live records of kind `to` that record `id` of kind `from` is
+    /// associated with, the primary first.
+    fn associated(&self, from: Kind, id: u64, to: Kind) -> Vec<u64> {
+        let target = self.store_ref(to);
+        let mut ids = self.store_ref(from).associations(id, to, target.gen.count);
+        ids.retain(|t| target.exists(*t) && !target.is_archived(*t));
+        ids
+    }
+
+    /// Append `,"associations":{…}` for record `id` as the v3 objects API
+    /// returns it: per type `{"results":[{"id","type"}]}`, the primary first
+    /// (then every associated record by id, as `…_unlabeled` where the pair
+    /// has a primary type: HubSpot lists each label); types
+    /// without associations, and the key itself when there are none, left
+    /// out.
+    fn render_associations(&self, out: &mut Vec<u8>, from: Kind, id: u64, types: &[Kind]) {
+        let mut first_type = true;
+        for &to in types {
+            let Some(def) = assoc_def(from, to) else {
+                continue;
+            };
+            let ids = self.associated(from, id, to);
+            if ids.is_empty() {
+                continue;
+            }
+            out.extend_from_slice(if first_type {
+                b",\"associations\":{" as &[u8]
+            } else {
+                b","
+            });
+            first_type = false;
+            out.extend_from_slice(format!("\"{}\":{{\"results\":[", to.name()).as_bytes());
+            let unlabeled = def.v3_unlabeled();
+            let mut entries: Vec<(u64, &str)> = Vec::with_capacity(ids.len() + 1);
+            if def.primary.is_some() {
+                entries.push((ids[0], def.v3_type));
+            }
+            let mut sorted = ids.clone();
+            sorted.sort_unstable();
+            entries.extend(sorted.iter().map(|t| (*t, unlabeled.as_str())));
+            for (i, (t, ty)) in entries.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(format!("{{\"id\":\"{t}\",\"type\":\"{ty}\"}}").as_bytes());
+            }
+            out.extend_from_slice(b"]}");
+        }
+        if !first_type {
+            out.push(b'}');
+        }
+    }
+}
+
+/// The association types asked for with `associations=` (comma-separated,
+/// or the parameter repeated) that `kind` has; unknown ones are ignored, as
+/// HubSpot does.
+fn requested_associations(req: &Request, kind: Kind) -> Vec<Kind> {
+    let mut out = Vec::new();
+    for to in req
+        .params("associations")
+        .flat_map(|p| p.split(','))
+        .filter_map(|t| Kind::parse_any(t.trim()))
+    {
+        if assoc_def(kind, to).is_some() && !out.contains(&to) {
+            out.push(to);
+        }
+    }
+    out
+}
+
+/// Write one record, with its associations of `types` if any.
+fn render_with_associations(
+    st: &State,
+    out: &mut Vec<u8>,
+    kind: Kind,
+    id: u64,
+    props: &[&str],
+    types: &[Kind],
+) {
+    let store = st.store_ref(kind);
+    store.render(out, id, props);
+    if !types.is_empty() {
+        // render() ends with the record's closing brace.
+        out.pop();
+        st.render_associations(out, kind, id, types);
+        out.push(b'}');
     }
 }
 
@@ -228,7 +327,7 @@ impl HubSpotMock {
         out
     }
 
-    fn list(&self, st: &mut State, kind: Kind, req: &Request) -> Result<Response, Response> {
+    fn list(&self, st: &State, kind: Kind, req: &Request) -> Result<Response, Response> {
         let limit = match req.param("limit") {
             None => 10,
             Some(l) => match l.parse::<usize>() {
@@ -248,7 +347,8 @@ impl HubSpotMock {
         let archived = req
             .param("archived")
             .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-        let store = st.store(kind);
+        let assoc = requested_associations(req, kind);
+        let store = st.store_ref(kind);
         let requested: Vec<&str> = req
             .params("properties")
             .flat_map(|p| p.split(','))
@@ -264,7 +364,7 @@ impl HubSpotMock {
             if i > 0 {
                 out.push(b',');
             }
-            store.render(&mut out, *id, &props);
+            render_with_associations(st, &mut out, kind, *id, &props, &assoc);
         }
         out.push(b']');
         if more {
@@ -280,14 +380,8 @@ impl HubSpotMock {
         Ok(Response::json(200, out))
     }
 
-    fn read(
-        &self,
-        st: &mut State,
-        kind: Kind,
-        id: &str,
-        req: &Request,
-    ) -> Result<Response, Response> {
-        let store = st.store(kind);
+    fn read(&self, st: &State, kind: Kind, id: &str, req: &Request) -> Result<Response, Response> {
+        let store = st.store_ref(kind);
         let archived = req
             .param("archived")
             .is_some_and(|v| v.eq_ignore_ascii_case("true"));
@@ -307,9 +401,91 @@ impl HubSpotMock {
             .flat_map(|p| p.split(','))
             .collect();
         let props = Self::wanted(store, requested);
+        let assoc = requested_associations(req, kind);
         let mut out = Vec::new();
-        store.render(&mut out, n, &props);
+        render_with_associations(st, &mut out, kind, n, &props, &assoc);
         Ok(Response::json(200, out))
+    }
+
+    /// `POST /crm/v4/associations/{from}/{to}/batch/read`: per input id its
+    /// associated records with their association types; ids without any
+    /// are reported in `errors` (HTTP 207 Multi-Status).
+    fn batch_read_associations(
+        &self,
+        st: &State,
+        from: &str,
+        to: &str,
+        req: &Request,
+    ) -> Result<Response, Response> {
+        let kind_of = |t: &str| {
+            Kind::parse_any(t)
+                .ok_or_else(|| self.bad_request(&format!("Unable to infer object type from: {t}")))
+        };
+        let (from, to) = (kind_of(from)?, kind_of(to)?);
+        let body: Value = serde_json::from_slice(&req.body)
+            .map_err(|e| self.bad_request(&format!("Invalid input JSON on line 1: {e}")))?;
+        let inputs = body["inputs"]
+            .as_array()
+            .ok_or_else(|| self.bad_request("Invalid input JSON: inputs must be an array"))?;
+        if inputs.len() > ASSOC_BATCH_MAX {
+            return Err(self.bad_request(&format!(
+                "Batch input limit exceeded: {} inputs given, at most {ASSOC_BATCH_MAX} are allowed",
+                inputs.len()
+            )));
+        }
+        let started = chrono::Utc::now().timestamp_millis();
+        let def = assoc_def(from, to);
+        let mut results = Vec::new();
+        let mut errors = Vec::new();
+        for input in inputs {
+            let id = match &input["id"] {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                _ => return Err(self.bad_request("Invalid input JSON: every input needs an id")),
+            };
+            let found = match (def, id.parse::<u64>()) {
+                (Some(_), Ok(n)) if st.store_ref(from).exists(n) => st.associated(from, n, to),
+                _ => Vec::new(),
+            };
+            let Some(def) = def.filter(|_| !found.is_empty()) else {
+                errors.push(json!({
+                    "status": "error",
+                    "category": "OBJECT_NOT_FOUND",
+                    "subCategory": "crm.associations.NO_ASSOCIATIONS_FOUND",
+                    "message": format!("No {} is associated with {} {id}.", to.singular(), from.singular()),
+                    "context": {"fromObjectId": [id], "fromObjectType": [from.singular()], "toObjectType": [to.singular()]},
+                }));
+                continue;
+            };
+            let to_list: Vec<Value> = found
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let mut types = Vec::new();
+                    if let (0, Some(p)) = (i, def.primary) {
+                        types.push(json!({"category": "HUBSPOT_DEFINED", "typeId": p, "label": "Primary"}));
+                    }
+                    types.push(json!({"category": "HUBSPOT_DEFINED", "typeId": def.unlabeled, "label": null}));
+                    json!({"toObjectId": t, "associationTypes": types})
+                })
+                .collect();
+            results.push(json!({"from": {"id": id}, "to": to_list}));
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut out = json!({
+            "status": "COMPLETE",
+            "results": results,
+            "startedAt": fmt_ms(started),
+            "completedAt": fmt_ms(now),
+        });
+        let status = if errors.is_empty() {
+            200
+        } else {
+            out["numErrors"] = json!(errors.len());
+            out["errors"] = Value::Array(errors);
+            207
+        };
+        Ok(Response::json(status, out.to_string().into_bytes()))
     }
 
     fn properties(&self, st: &mut State, kind: Kind) -> Result<Response, Response> {
@@ -437,6 +613,9 @@ impl Mock for HubSpotMock {
             ("GET", ["crm", "v3", "properties", t]) => {
                 self.with_kind(t, |k| self.properties(st, k))
             }
+            ("POST", ["crm", "v4", "associations", from, to, "batch", "read"]) => {
+                self.batch_read_associations(st, from, to, req)
+            }
             _ => Err(self.error(
                 404,
                 "OBJECT_NOT_FOUND",
@@ -444,7 +623,7 @@ impl Mock for HubSpotMock {
             )),
         };
         let r = resp.unwrap_or_else(|e| e);
-        if r.status == 200 {
+        if r.status == 200 || r.status == 207 {
             r.with_header("X-HubSpot-RateLimit-Max", "190")
                 .with_header("X-HubSpot-RateLimit-Remaining", "189")
                 .with_header("X-HubSpot-RateLimit-Interval-Milliseconds", "10000")
@@ -566,7 +745,11 @@ fn apply_action(st: &mut State, action: &Value) -> Result<Value, String> {
                             .collect()
                     })
                     .unwrap_or_default();
+                let assoc = parse_associations(kind, &r["associations"])?;
                 let id = store.upsert(id, props, ts);
+                for (to, ids) in assoc {
+                    store.set_associations(id, to, ids);
+                }
                 out.push(json!({"id": id.to_string(), "updatedAt": crate::data::fmt_ms(ts)}));
             }
             Ok(json!({ "records": out }))
@@ -590,6 +773,36 @@ fn apply_action(st: &mut State, action: &Value) -> Result<Value, String> {
         }
         other => Err(format!("unknown op {other:?}")),
     }
+}
+
+/// An upserted record's `"associations": {"companies": ["12"], …}`: the
+/// associations of each type named replace the record's (the first listed is
+/// the primary one); absent or null, the record keeps its own.
+fn parse_associations(kind: Kind, v: &Value) -> Result<Vec<(Kind, Vec<u64>)>, String> {
+    let map = match v {
+        Value::Null => return Ok(Vec::new()),
+        Value::Object(m) => m,
+        other => return Err(format!("associations must be an object, not {other}")),
+    };
+    let mut out = Vec::new();
+    for (t, ids) in map {
+        let to = Kind::parse_any(t)
+            .filter(|to| assoc_def(kind, *to).is_some())
+            .ok_or_else(|| format!("{} have no associations of type {t:?}", kind.name()))?;
+        let ids = ids
+            .as_array()
+            .ok_or_else(|| format!("associations.{t} must be an array of ids"))?
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => s.parse::<u64>().ok(),
+                Value::Number(n) => n.as_u64(),
+                _ => None,
+            })
+            .map(|id| id.ok_or_else(|| format!("associations.{t} holds a bad id")))
+            .collect::<Result<Vec<u64>, String>>()?;
+        out.push((to, ids));
+    }
+    Ok(out)
 }
 
 fn add_property(st: &mut State, t: &str, body: &Value) -> Result<Value, String> {

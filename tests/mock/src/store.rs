@@ -23,6 +23,9 @@ pub struct Store {
     /// Live records as (modified ms, tie-break, id). Ties are ordered by a
     /// hash, not by id: HubSpot documents no order within equal sort keys.
     index: BTreeSet<(i64, u64, u64)>,
+    /// Associations set through the admin API, replacing the seeded ones of
+    /// that type: (id, to kind) -> associated ids, the first the primary.
+    assoc: HashMap<(u64, Kind), Vec<u64>>,
     pub max_ts: i64,
 }
 
@@ -52,6 +55,7 @@ impl Store {
             changed: HashMap::new(),
             archived: Default::default(),
             index: keys.into_iter().collect(),
+            assoc: HashMap::new(),
             max_ts,
         }
     }
@@ -168,6 +172,24 @@ impl Store {
         self.next_id = self.next_id.max(id + 1);
         self.max_ts = self.max_ts.max(ts);
         id
+    }
+
+    /// Record `id`'s associated records of kind `to`, the primary first:
+    /// the ones set with [`Store::set_associations`], else the seeded one
+    /// (seeded records only; `to_count` seeded records of kind `to`).
+    pub fn associations(&self, id: u64, to: Kind, to_count: u64) -> Vec<u64> {
+        if let Some(ids) = self.assoc.get(&(id, to)) {
+            return ids.clone();
+        }
+        if id <= self.gen.count {
+            return self.gen.associated(id, to, to_count).into_iter().collect();
+        }
+        Vec::new()
+    }
+
+    /// Replace record `id`'s associations of kind `to`.
+    pub fn set_associations(&mut self, id: u64, to: Kind, ids: Vec<u64>) {
+        self.assoc.insert((id, to), ids);
     }
 
     /// Archive a live record; false when there is none with this id.
@@ -338,6 +360,20 @@ mod tests {
         assert!(v["properties"]["phone"].is_null());
         assert_eq!(v["properties"]["hs_object_id"], "2");
         assert_eq!(v["archived"], false);
+    }
+
+    #[test]
+    fn associations_are_seeded_until_set() {
+        let mut s = Store::new(Kind::Deals, 7, 100);
+        let seeded = s.associations(3, Kind::Contacts, 1000);
+        assert_eq!(seeded.len(), 1);
+        s.upsert(Some(3), vec![("dealname".into(), Some("x".into()))], 1);
+        assert_eq!(s.associations(3, Kind::Contacts, 1000), seeded);
+        s.set_associations(3, Kind::Contacts, vec![9, 4]);
+        assert_eq!(s.associations(3, Kind::Contacts, 1000), vec![9, 4]);
+        let new = s.upsert(None, vec![], 2);
+        assert!(s.associations(new, Kind::Contacts, 1000).is_empty());
+        assert!(s.associations(new, Kind::Companies, 1000).is_empty());
     }
 
     #[test]

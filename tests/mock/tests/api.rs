@@ -219,3 +219,271 @@ fn properties_have_hubspot_shape_and_new_ones_appear() {
     assert!(by["contract_value"].get("hubspotDefined").is_none());
     assert!(items(&by["tier"]["options"]).len() >= 3);
 }
+
+fn post(port: u16, path: &str, body: &Value) -> Resp {
+    raw(
+        port,
+        "POST",
+        path,
+        &bearer(TOKEN, "Content-Type: application/json\r\n"),
+        &body.to_string(),
+    )
+}
+
+/// The `results` of one association type of a v3 record, as (id, type).
+fn assoc_of(rec: &Value, to: &str) -> Vec<(String, String)> {
+    match rec["associations"][to]["results"].as_array() {
+        None => vec![],
+        Some(a) => a
+            .iter()
+            .map(|e| {
+                (
+                    e["id"].as_str().unwrap().to_owned(),
+                    e["type"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn list_returns_associations_when_asked() {
+    let port = start(100);
+    // Without the parameter: no associations key at all.
+    let plain = get(port, "/crm/v3/objects/deals?limit=5").json();
+    assert!(items(&plain["results"])
+        .iter()
+        .all(|r| r.get("associations").is_none()));
+    // Comma-separated, unknown types ignored.
+    let r = get(
+        port,
+        "/crm/v3/objects/deals?limit=20&properties=dealname&associations=companies,contacts,tickets",
+    )
+    .json();
+    for rec in items(&r["results"]) {
+        let companies = assoc_of(rec, "companies");
+        let (primary, ty) = &companies[0];
+        assert_eq!(ty, "deal_to_company");
+        assert_eq!(
+            companies[1],
+            (primary.clone(), "deal_to_company_unlabeled".into())
+        );
+        let contacts = assoc_of(rec, "contacts");
+        assert_eq!(contacts.len(), 1);
+        assert_eq!(contacts[0].1, "deal_to_contact");
+        let c: u64 = contacts[0].0.parse().unwrap();
+        assert!((1..=100).contains(&c));
+        assert!(rec["associations"].get("tickets").is_none());
+    }
+    // A contact's primary company is the one its company/website name.
+    let r = get(
+        port,
+        "/crm/v3/objects/contacts?limit=100&properties=company,website&associations=companies",
+    )
+    .json();
+    let mut linked = 0;
+    for rec in items(&r["results"]) {
+        let companies = assoc_of(rec, "companies");
+        if companies.is_empty() {
+            // Its company number is past the 20 companies: no key at all.
+            assert!(rec.get("associations").is_none());
+            continue;
+        }
+        linked += 1;
+        let company = get(
+            port,
+            &format!(
+                "/crm/v3/objects/companies/{}?properties=name,domain",
+                companies[0].0
+            ),
+        )
+        .json();
+        assert_eq!(rec["properties"]["company"], company["properties"]["name"]);
+        assert_eq!(
+            rec["properties"]["website"].as_str().unwrap(),
+            format!(
+                "https://{}",
+                company["properties"]["domain"].as_str().unwrap()
+            )
+        );
+    }
+    assert!(linked > 50, "{linked}");
+    // The repeated parameter works too; companies have none of these.
+    let r = get(
+        port,
+        "/crm/v3/objects/deals/3?associations=companies&associations=contacts",
+    )
+    .json();
+    assert_eq!(assoc_of(&r, "contacts").len(), 1);
+    let r = get(
+        port,
+        "/crm/v3/objects/companies?limit=5&associations=contacts",
+    )
+    .json();
+    assert!(r["results"][0].get("associations").is_none());
+    // Search does not return associations.
+    let s = post(
+        port,
+        "/crm/v3/objects/deals/search",
+        &json!({"limit": 5, "associations": ["companies"]}),
+    )
+    .json();
+    assert!(s["results"][0].get("associations").is_none());
+}
+
+#[test]
+fn upserts_replace_associations_of_the_types_given() {
+    let port = start(100);
+    let seeded = get(
+        port,
+        "/crm/v3/objects/deals/4?associations=companies,contacts",
+    )
+    .json();
+    admin(
+        port,
+        "POST",
+        "/_mock/deals/upsert",
+        json!({"records": [
+            {"id": "4", "properties": {"dealname": "x"}, "associations": {"contacts": ["9", "5"]}},
+            {"id": "5", "properties": {"dealname": "y"}},
+            {"properties": {"dealname": "new"}}]}),
+    );
+    let r = get(
+        port,
+        "/crm/v3/objects/deals/4?associations=companies,contacts",
+    )
+    .json();
+    assert_eq!(
+        assoc_of(&r, "contacts"),
+        [
+            ("5".into(), "deal_to_contact".into()),
+            ("9".into(), "deal_to_contact".into())
+        ]
+    );
+    assert_eq!(assoc_of(&r, "companies"), assoc_of(&seeded, "companies"));
+    let kept = get(port, "/crm/v3/objects/deals/5?associations=contacts").json();
+    assert_eq!(assoc_of(&kept, "contacts").len(), 1);
+    let new = get(
+        port,
+        "/crm/v3/objects/deals/21?associations=companies,contacts",
+    )
+    .json();
+    assert!(new.get("associations").is_none());
+    // Emptied: the type disappears; archived targets are not listed.
+    admin(
+        port,
+        "POST",
+        "/_mock/contacts/upsert",
+        json!({"records": [{"id": "1", "associations": {"companies": []}},
+                           {"id": "2", "associations": {"companies": ["3", "4"]}}]}),
+    );
+    admin(
+        port,
+        "POST",
+        "/_mock/companies/archive",
+        json!({"ids": ["3"]}),
+    );
+    let r = get(
+        port,
+        "/crm/v3/objects/contacts?limit=2&associations=companies",
+    )
+    .json();
+    assert!(r["results"][0].get("associations").is_none());
+    assert_eq!(
+        assoc_of(&r["results"][1], "companies"),
+        [
+            ("4".into(), "contact_to_company".into()),
+            ("4".into(), "contact_to_company_unlabeled".into())
+        ]
+    );
+    // Bad association input is refused.
+    let bad = raw(
+        port,
+        "POST",
+        "/_mock/contacts/upsert",
+        "",
+        &json!({"records": [{"id": "1", "associations": {"deals": ["1"]}}]}).to_string(),
+    );
+    assert_eq!(bad.status, 400, "{}", bad.text());
+}
+
+#[test]
+fn v4_batch_read_with_207_for_ids_without_associations() {
+    let port = start(100);
+    admin(
+        port,
+        "POST",
+        "/_mock/deals/upsert",
+        json!({"records": [{"id": "2", "associations": {"companies": []}},
+                           {"id": "3", "associations": {"companies": ["7", "11"]}}]}),
+    );
+    let path = "/crm/v4/associations/deals/companies/batch/read";
+    let r = post(
+        port,
+        path,
+        &json!({"inputs": [{"id": "1"}, {"id": "2"}, {"id": "3"}, {"id": "999"}]}),
+    );
+    assert_eq!(r.status, 207, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["status"], "COMPLETE");
+    assert!(v["startedAt"].is_string() && v["completedAt"].is_string());
+    let results = items(&v["results"]);
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[0]["from"]["id"], "1");
+    let types = items(&results[0]["to"][0]["associationTypes"]);
+    assert_eq!(
+        types[0],
+        json!({"category": "HUBSPOT_DEFINED", "typeId": 5, "label": "Primary"})
+    );
+    assert_eq!(
+        types[1],
+        json!({"category": "HUBSPOT_DEFINED", "typeId": 341, "label": null})
+    );
+    assert!(results[0]["to"][0]["toObjectId"].is_u64());
+    let three: Vec<u64> = items(&results[1]["to"])
+        .iter()
+        .map(|t| t["toObjectId"].as_u64().unwrap())
+        .collect();
+    assert_eq!(three, [7, 11]);
+    assert_eq!(items(&results[1]["to"][1]["associationTypes"]).len(), 1);
+    assert_eq!(v["numErrors"], 2);
+    let e = &v["errors"][0];
+    assert_eq!(e["status"], "error");
+    assert_eq!(e["category"], "OBJECT_NOT_FOUND");
+    assert_eq!(e["subCategory"], "crm.associations.NO_ASSOCIATIONS_FOUND");
+    assert_eq!(e["context"]["fromObjectId"], json!(["2"]));
+    assert_eq!(e["message"], "No company is associated with deal 2.");
+    assert_eq!(v["errors"][1]["context"]["fromObjectId"], json!(["999"]));
+
+    // All found: 200 without errors. deal -> contact has no primary type.
+    let r = post(
+        port,
+        "/crm/v4/associations/deal/contacts/batch/read",
+        &json!({"inputs": [{"id": "1"}]}),
+    );
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert!(v.get("errors").is_none());
+    assert_eq!(
+        v["results"][0]["to"][0]["associationTypes"],
+        json!([{"category": "HUBSPOT_DEFINED", "typeId": 3, "label": null}])
+    );
+
+    // At most 1,000 inputs; HubSpot's error body otherwise.
+    let inputs: Vec<Value> = (1..=1000).map(|i| json!({"id": i.to_string()})).collect();
+    assert_eq!(post(port, path, &json!({ "inputs": inputs })).status, 207);
+    let inputs: Vec<Value> = (1..=1001).map(|i| json!({"id": i.to_string()})).collect();
+    let r = post(port, path, &json!({ "inputs": inputs }));
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["category"], "VALIDATION_ERROR");
+    assert_eq!(r.json()["status"], "error");
+    // Auth and unknown objects.
+    let r = raw(port, "POST", path, &bearer("wrong", ""), "{\"inputs\":[]}");
+    assert_eq!(r.status, 401);
+    let r = post(
+        port,
+        "/crm/v4/associations/widgets/companies/batch/read",
+        &json!({"inputs": []}),
+    );
+    assert_eq!(r.status, 400);
+}

@@ -605,6 +605,9 @@ impl Table {
                 let pct = if field == "ParentId" { 10 } else { 90 };
                 sometimes(pct).then(|| make_id("001", h % 1000 + 1))
             }
+            ("Opportunity", "ContactId") => {
+                sometimes(60).then(|| make_id("003", (h >> 12) % 1000 + 1))
+            }
             (_, "OwnerId") | (_, "CreatedById") | (_, "LastModifiedById") | (_, "UserId") => {
                 Some(user(h))
             }
@@ -700,6 +703,7 @@ fn is_special(obj: &str, field: &str) -> bool {
         "FirstName"
             | "LastName"
             | "AccountId"
+            | "ContactId"
             | "Account__c"
             | "ParentId"
             | "OwnerId"

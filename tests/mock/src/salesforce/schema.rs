@@ -563,6 +563,9 @@ pub fn objects() -> Vec<Object> {
         .audit(true, true);
     let opportunity = B(Vec::new())
         .reference("AccountId", "Account ID", "Account")
+        // The contact of the primary contact role (API 46.0 and later; see
+        // fixtures/salesforce/cumulusci/describe-Opportunity.json).
+        .reference("ContactId", "Contact ID", "Contact")
         .name_field("Name", "Name")
         .pick("StageName", "Stage", STAGES)
         .num("Amount", "Amount", "currency", 18, 2)

@@ -7,6 +7,11 @@
 //! Incremental run: search `lastmodified >= watermark - lookback`, sorted
 //! ascending, then list archived records to mark deletes.
 //!
+//! Associations (contacts -> companies, deals -> companies and contacts):
+//! list pages ask for them with `associations=`; search returns none, so
+//! each search page is followed by one v4 batch read per association type
+//! for its ids, merged into the records' raw JSON in the list's shape.
+//!
 //! Search is paged by the sort key, never by offset: HubSpot re-evaluates the
 //! result set on every request, so offsets skip records that move, and it
 //! refuses offsets past 10,000. Each query starts at the last timestamp seen
@@ -17,7 +22,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use super::{last_modified_property, HubSpot, SEARCH_PAGE_LIMIT};
+use super::{add_associations, last_modified_property, HubSpot, SEARCH_PAGE_LIMIT};
 use crate::connectors::{BoxFuture, SyncMode};
 use crate::engine::{Page, PageSource, Record};
 use crate::error::{CrmError, Result};
@@ -40,6 +45,8 @@ pub struct HubSpotReader<'a> {
     cursor_prop: &'static str,
     properties: Vec<String>,
     properties_csv: String,
+    /// Association types read with each record (empty: none).
+    associations: &'static [&'static str],
     phase: Phase,
     full: bool,
     track_deletes: bool,
@@ -89,6 +96,7 @@ impl<'a> HubSpotReader<'a> {
             cursor_prop,
             properties_csv: props.join(","),
             properties: props,
+            associations: api.associations_for(object),
             phase,
             full,
             track_deletes,
@@ -175,7 +183,13 @@ impl HubSpotReader<'_> {
             Phase::List { after } => {
                 let (records, next, resp) = self
                     .api
-                    .list_page(&self.object, &self.properties_csv, after.as_deref(), false)
+                    .list_page(
+                        &self.object,
+                        &self.properties_csv,
+                        self.associations,
+                        after.as_deref(),
+                        false,
+                    )
                     .await?;
                 if after.is_none() {
                     // Edits made from now on are found by the search phase.
@@ -196,7 +210,13 @@ impl HubSpotReader<'_> {
             Phase::Archived { after } => {
                 let (records, next, _) = self
                     .api
-                    .list_page(&self.object, &self.properties_csv, after.as_deref(), true)
+                    .list_page(
+                        &self.object,
+                        &self.properties_csv,
+                        self.associations,
+                        after.as_deref(),
+                        true,
+                    )
                     .await?;
                 self.phase = match next {
                     Some(a) => Phase::Archived { after: Some(a) },
@@ -214,6 +234,7 @@ impl HubSpotReader<'_> {
                     .api
                     .search_page(&self.object, &self.properties, filters, self.cursor_prop)
                     .await?;
+                add_associations(self.api, &self.object, self.associations, &mut records).await?;
                 if records.len() < SEARCH_PAGE_LIMIT as usize {
                     self.phase = self.after_search();
                     self.saw(&records);
@@ -259,10 +280,11 @@ impl HubSpotReader<'_> {
                 if let Some(id) = after_id {
                     filters.push(json!({"propertyName": "hs_object_id", "operator": "GT", "value": id.to_string()}));
                 }
-                let (records, total) = self
+                let (mut records, total) = self
                     .api
                     .search_page(&self.object, &self.properties, filters, "hs_object_id")
                     .await?;
+                add_associations(self.api, &self.object, self.associations, &mut records).await?;
                 let last_id = records
                     .last()
                     .map(|r| r.id.parse::<u64>())
