@@ -49,15 +49,17 @@ INSERT INTO crm_sync.unified_fields VALUES
 
 INSERT INTO crm_sync.mappings (provider, object, entity, field, expression, is_default) VALUES
     -- HubSpot: values are in r._raw->'properties'; associated records in
-    -- r._raw->'associations' (the connector's option associations), the
-    -- primary one first.
+    -- r._raw->'associations' (the connector's option associations). The
+    -- primary company is the entry of the labelled type (the others repeat
+    -- as *_unlabeled); deals have no primary contact, so the lowest id is
+    -- taken, the same whichever API call supplied the list.
     ('hubspot', 'contacts', 'contact', 'first_name', $$r._raw->'properties'->>'firstname'$$, true),
     ('hubspot', 'contacts', 'contact', 'last_name', $$r._raw->'properties'->>'lastname'$$, true),
     ('hubspot', 'contacts', 'contact', 'email', $$r._raw->'properties'->>'email'$$, true),
     ('hubspot', 'contacts', 'contact', 'phone', $$coalesce(nullif(r._raw->'properties'->>'phone', ''), r._raw->'properties'->>'mobilephone')$$, true),
     ('hubspot', 'contacts', 'contact', 'company_name', $$r._raw->'properties'->>'company'$$, true),
     ('hubspot', 'contacts', 'contact', 'company_domain', $$r._raw->'properties'->>'website'$$, true),
-    ('hubspot', 'contacts', 'contact', 'company_ref', $$coalesce(r._raw->'associations'->'companies'->'results'->0->>'id', nullif(r._raw->'properties'->>'associatedcompanyid', ''))$$, true),
+    ('hubspot', 'contacts', 'contact', 'company_ref', $$coalesce(nullif(r._raw->'properties'->>'associatedcompanyid', ''), jsonb_path_query_first(r._raw, '$.associations.companies.results[*] ? (@.type == "contact_to_company").id') #>> '{}', r._raw->'associations'->'companies'->'results'->0->>'id')$$, true),
     ('hubspot', 'contacts', 'contact', 'owner', $$r._raw->'properties'->>'hubspot_owner_id'$$, true),
     ('hubspot', 'contacts', 'contact', 'lifecycle_stage', $$r._raw->'properties'->>'lifecyclestage'$$, true),
     ('hubspot', 'contacts', 'contact', 'title', $$r._raw->'properties'->>'jobtitle'$$, true),
@@ -80,8 +82,8 @@ INSERT INTO crm_sync.mappings (provider, object, entity, field, expression, is_d
     ('hubspot', 'deals', 'deal', 'currency', $$r._raw->'properties'->>'deal_currency_code'$$, true),
     ('hubspot', 'deals', 'deal', 'stage', $$r._raw->'properties'->>'dealstage'$$, true),
     ('hubspot', 'deals', 'deal', 'close_date', $$r._raw->'properties'->>'closedate'$$, true),
-    ('hubspot', 'deals', 'deal', 'company_ref', $$r._raw->'associations'->'companies'->'results'->0->>'id'$$, true),
-    ('hubspot', 'deals', 'deal', 'contact_ref', $$r._raw->'associations'->'contacts'->'results'->0->>'id'$$, true),
+    ('hubspot', 'deals', 'deal', 'company_ref', $$coalesce(jsonb_path_query_first(r._raw, '$.associations.companies.results[*] ? (@.type == "deal_to_company").id') #>> '{}', r._raw->'associations'->'companies'->'results'->0->>'id')$$, true),
+    ('hubspot', 'deals', 'deal', 'contact_ref', $$(SELECT e->>'id' FROM jsonb_array_elements(r._raw->'associations'->'contacts'->'results') e ORDER BY length(e->>'id'), e->>'id' LIMIT 1)$$, true),
     ('hubspot', 'deals', 'deal', 'owner', $$r._raw->'properties'->>'hubspot_owner_id'$$, true),
     ('hubspot', 'deals', 'deal', 'created_at', $$r._raw->'properties'->>'createdate'$$, true),
     ('hubspot', 'deals', 'deal', 'updated_at', $$r._updated_at$$, true),
@@ -152,7 +154,9 @@ INSERT INTO crm_sync.match_rules VALUES
     ('company', 1, 'domain', '{domain}', true, true),
     ('company', 2, 'name', '{company_name}', true, true),
     ('deal', 1, 'company_and_name', '{company,name}', true, true),
-    ('deal', 2, 'contact_and_name', '{contact,name}', true, true);
+    -- Off by default: within one CRM, a contact's deals often share a name
+    -- (HubSpot's default "<contact> - New Deal").
+    ('deal', 2, 'contact_and_name', '{contact,name}', false, true);
 
 -- A per-field source order that beats "most recently modified wins".
 CREATE TABLE crm_sync.field_priority (

@@ -99,7 +99,7 @@ BEGIN
     END IF;
     -- Its records leave the unified model (schema crm) now, as a sync's
     -- changes enter it, unless merging after syncs is off.
-    IF coalesce(current_setting('crm_sync.merge_after_sync', true), 'on') <> 'off' THEN
+    IF coalesce(nullif(current_setting('crm_sync.merge_after_sync', true), ''), 'on')::boolean THEN
         BEGIN
             PERFORM crm_sync.merge();
         EXCEPTION WHEN OTHERS THEN

@@ -133,6 +133,10 @@ pub fn run(only: Option<(&str, &str)>, full: bool) -> Vec<EntityStats> {
     Spi::run("SELECT pg_advisory_xact_lock(hashtextextended('crm_sync/merge', 0))")
         .expect("merge lock");
     let mut out = Vec::new();
+    // The unified ids each entity's merge recomputed: records linked to
+    // them (a contact's company, say) are linked again, whether the group
+    // merged, split, changed its id or disappeared.
+    let mut touched: HashMap<&str, Vec<i64>> = HashMap::new();
     for entity in ENTITIES {
         let t0 = std::time::Instant::now();
         let mut st = EntityStats {
@@ -162,17 +166,23 @@ pub fn run(only: Option<(&str, &str)>, full: bool) -> Vec<EntityStats> {
         let (rest, emptied) = prune(entity, full);
         changed.extend(rest);
         for target in link_targets(entity) {
-            let moved = link(entity, target, &changed, full);
+            let targets = touched.get(target).map(Vec::as_slice).unwrap_or_default();
+            let moved = link(entity, target, &changed, targets, full);
             changed.extend(moved);
         }
         lap("linked");
         if !changed.is_empty() || !emptied.is_empty() || full {
             let (mut affected, merged) = resolve(entity, &changed, full);
             affected.extend(emptied);
+            affected.sort_unstable();
+            affected.dedup();
             lap("resolved");
             st.merged = merged;
             st.unified = survive(entity, &affected, full);
             lap("survived");
+            if !full {
+                touched.insert(entity, affected);
+            }
         }
         st.micros = t0.elapsed().as_micros() as i64;
         out.push(st);
@@ -456,7 +466,13 @@ fn write_staged(c: &mut SpiClient<'_>, entity: &str, s: &StreamMap, batch: &[Sta
             SET updated_at = EXCLUDED.updated_at, deleted = EXCLUDED.deleted, vals = EXCLUDED.vals,
                 email = EXCLUDED.email, phone = EXCLUDED.phone, name_key = EXCLUDED.name_key,
                 domain = EXCLUDED.domain, company_key = EXCLUDED.company_key,
-                company_ref = EXCLUDED.company_ref, contact_ref = EXCLUDED.contact_ref, merged_at = now()",
+                company_ref = EXCLUDED.company_ref, contact_ref = EXCLUDED.contact_ref, merged_at = now()
+          -- An unchanged record is not rewritten (a rebuild, a resync).
+          WHERE (t.updated_at, t.deleted, t.vals, t.email, t.phone, t.name_key, t.domain, t.company_key,
+                 t.company_ref, t.contact_ref)
+                IS DISTINCT FROM (EXCLUDED.updated_at, EXCLUDED.deleted, EXCLUDED.vals, EXCLUDED.email,
+                 EXCLUDED.phone, EXCLUDED.name_key, EXCLUDED.domain, EXCLUDED.company_key,
+                 EXCLUDED.company_ref, EXCLUDED.contact_ref)",
         None,
         &args,
     )
@@ -510,7 +526,8 @@ fn write_staged(c: &mut SpiClient<'_>, entity: &str, s: &StreamMap, batch: &[Sta
 /// landing table. An incremental merge finds those streams in
 /// `crm_sync.merge_state`; a full one checks every record. Returns the
 /// remaining records of the unified rows that lost some (to link again) and
-/// the unified ids that lost all of theirs (to delete).
+/// the unified ids that lost any (to recompute, or delete when none is
+/// left).
 fn prune(entity: &str, full: bool) -> (Vec<i64>, Vec<i64>) {
     let gone = "(to_regclass(format('%I.%I', r.source, r.stream)) IS NULL
                  OR NOT EXISTS (SELECT 1 FROM crm_sync.streams t WHERE t.source = r.source AND t.stream = r.stream))";
@@ -569,10 +586,11 @@ fn link_targets(entity: &str) -> &'static [&'static str] {
 }
 
 /// Point records at the unified `target` row of their reference (in the same
-/// source): the changed ones (every one, `full`), those whose target was
-/// merged into another in this merge, and those whose target had not landed
-/// yet. Returns the records whose link changed.
-fn link(entity: &str, target: &str, changed: &[i64], full: bool) -> Vec<i64> {
+/// source): the changed ones (every one, `full`), those linked to a target
+/// row this merge recomputed (`targets`: merged, split, renamed or gone), and
+/// those whose target had not landed yet. Returns the records whose link
+/// changed.
+fn link(entity: &str, target: &str, changed: &[i64], targets: &[i64], full: bool) -> Vec<i64> {
     let (rf, id) = match target {
         "company" => ("company_ref", "company_id"),
         _ => ("contact_ref", "contact_id"),
@@ -590,8 +608,7 @@ fn link(entity: &str, target: &str, changed: &[i64], full: bool) -> Vec<i64> {
                      WHERE r.entity = $1
                        AND ($3 OR r.record_id IN (SELECT unnest($2::int8[]))
                             OR (r.{id} IS NULL AND r.{rf} IS NOT NULL)
-                            OR r.{id} IN (SELECT old_id FROM crm.merged_ids
-                                           WHERE entity = $4 AND merged_at = now())))
+                            OR r.{id} = ANY ($5)))
                  UPDATE crm_sync.source_records r SET {id} = w.target_id
                    FROM want w
                   WHERE r.entity = $1 AND r.record_id = w.record_id AND r.{id} IS DISTINCT FROM w.target_id
@@ -603,6 +620,7 @@ fn link(entity: &str, target: &str, changed: &[i64], full: bool) -> Vec<i64> {
                 changed.to_vec().into(),
                 full.into(),
                 target.into(),
+                targets.to_vec().into(),
             ],
         )
         .unwrap_or_else(|e| panic!("link {entity} records to their {target}: {e}"))
@@ -644,6 +662,7 @@ fn rules(entity: &str) -> Vec<Vec<&'static str>> {
 /// Link records again; returns the unified ids to recompute and how many
 /// ids were merged into others.
 fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
+    let t = std::time::Instant::now();
     let rules = rules(entity);
     let key_exprs: Vec<String> = rules
         .iter()
@@ -706,7 +725,12 @@ fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
             c.select(
                 sql.as_str(),
                 None,
-                &[entity.into(), changed.to_vec().into(), after.into()],
+                // (a full merge's scope needs no list of changes)
+                &[
+                    entity.into(),
+                    if full { Vec::new() } else { changed.to_vec() }.into(),
+                    after.into(),
+                ],
             )
             .expect("read records to resolve")
             .map(|r| {
@@ -736,8 +760,17 @@ fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
             break;
         }
     }
+    pgrx::debug1!(
+        "pg_crm_sync merge {entity}: read {} records to resolve in {:?}",
+        members.len(),
+        t.elapsed()
+    );
     let only: Vec<Member> = members.iter().map(|(m, _)| m.clone()).collect();
     let ids = identity::resolve(&only);
+    pgrx::debug1!(
+        "pg_crm_sync merge {entity}: linked them after {:?}",
+        t.elapsed()
+    );
     // Old ids that no longer name any group were merged into the group
     // that holds their earliest record.
     let new_set: std::collections::HashSet<i64> = ids.iter().copied().collect();
@@ -761,6 +794,10 @@ fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
         &[entity.into(), rid.into(), ids.clone().into()],
     )
     .expect("write unified ids");
+    pgrx::debug1!(
+        "pg_crm_sync merge {entity}: wrote unified ids after {:?}",
+        t.elapsed()
+    );
     let old: Vec<i64> = merged.keys().copied().collect();
     let new: Vec<i64> = merged.values().map(|v| v.2).collect();
     if !old.is_empty() {
@@ -774,21 +811,6 @@ fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
             &[entity.into(), old.clone().into(), new.clone().into()],
         )
         .expect("write crm.merged_ids");
-        // Unified rows that point at a merged id follow it.
-        for e in ENTITIES
-            .iter()
-            .filter(|e| link_targets(e).contains(&entity))
-        {
-            Spi::run_with_args(
-                &format!(
-                    "UPDATE crm.{t} c SET {entity}_id = u.new_id FROM unnest($1::int8[], $2::int8[]) u(old_id, new_id)
-                      WHERE c.{entity}_id = u.old_id",
-                    t = table(e)
-                ),
-                &[old.clone().into(), new.clone().into()],
-            )
-            .unwrap_or_else(|err| panic!("follow merged {entity} rows: {err}"));
-        }
     }
     let mut affected: Vec<i64> = ids;
     affected.extend(members.iter().filter_map(|(_, o)| *o));
@@ -872,8 +894,10 @@ fn survive(entity: &str, ids: &[i64], full: bool) -> i64 {
                 ORDER BY i.unified_id";
     let mut w = RowWriter::new(entity, &fields);
     let mut written = 0i64;
+    let (mut t_read, mut t_write) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
     for chunk in all.chunks(FETCH as usize) {
         written += Spi::connect_mut(|c| {
+            let t = std::time::Instant::now();
             let rows: Vec<Contribution> = c
                 .select(sql, None, &[entity.into(), chunk.to_vec().into()])
                 .expect("read source records")
@@ -897,10 +921,18 @@ fn survive(entity: &str, ids: &[i64], full: bool) -> i64 {
             for g in rows.chunk_by(|a, b| a.unified_id == b.unified_id) {
                 w.push(g, &priority);
             }
-            w.flush(c)
+            t_read += t.elapsed();
+            let t = std::time::Instant::now();
+            let n = w.flush(c);
+            t_write += t.elapsed();
+            n
         });
         pgrx::check_for_interrupts!();
     }
+    pgrx::debug1!(
+        "pg_crm_sync merge {entity}: survivorship read {} rows' records in {t_read:?}, wrote them in {t_write:?}",
+        all.len()
+    );
     written
 }
 
@@ -993,6 +1025,8 @@ impl RowWriter {
             names.push(k.0.to_owned());
         }
         let sets: Vec<String> = cols.iter().map(|c| format!("{c} = EXCLUDED.{c}")).collect();
+        let olds: Vec<String> = cols.iter().map(|c| format!("t.{c}")).collect();
+        let news: Vec<String> = cols.iter().map(|c| format!("EXCLUDED.{c}")).collect();
         let sql = format!(
             "INSERT INTO crm.{t} AS t (id, {cols}, deleted_at, sources, lineage, merged_at)
              SELECT u.id, {exprs}, CASE WHEN u.gone THEN now() END,
@@ -1000,7 +1034,11 @@ impl RowWriter {
                FROM unnest({unnest}) AS u({names})
              ON CONFLICT (id) DO UPDATE SET {sets},
                 deleted_at = CASE WHEN EXCLUDED.deleted_at IS NULL THEN NULL ELSE coalesce(t.deleted_at, EXCLUDED.deleted_at) END,
-                sources = EXCLUDED.sources, lineage = EXCLUDED.lineage, merged_at = now()",
+                sources = EXCLUDED.sources, lineage = EXCLUDED.lineage, merged_at = now()
+              WHERE ({olds}, t.deleted_at IS NULL, t.sources, t.lineage)
+                    IS DISTINCT FROM ({news}, EXCLUDED.deleted_at IS NULL, EXCLUDED.sources, EXCLUDED.lineage)",
+            olds = olds.join(", "),
+            news = news.join(", "),
             cols = cols.join(", "),
             exprs = exprs.join(", "),
             unnest = unnest.join(", "),
@@ -1071,7 +1109,6 @@ impl RowWriter {
         if self.ids.is_empty() {
             return 0;
         }
-        let n = self.ids.len() as i64;
         let mut args: Vec<DatumWithOid> = vec![std::mem::take(&mut self.ids).into()];
         for col in &mut self.cols {
             args.push(std::mem::take(col).into());
@@ -1079,8 +1116,9 @@ impl RowWriter {
         args.push(std::mem::take(&mut self.gone).into());
         args.push(std::mem::take(&mut self.sources).into());
         args.push(std::mem::take(&mut self.lineage).into());
+        // Rows written; unchanged ones are skipped.
         c.update(self.sql.as_str(), None, &args)
-            .expect("write unified rows");
-        n
+            .expect("write unified rows")
+            .len() as i64
     }
 }

@@ -115,6 +115,8 @@ def test_deals_link_to_their_company_and_contact_and_merge_across_crms(db, both)
     cur = db.execute("SELECT id, sources FROM crm.companies WHERE domain = 'acme.com'")
     acme = dict(zip(("id", "sources"), cur.fetchone()))
     person_ids, grace_ids, acme_ids = ids_by_source(ada), ids_by_source(grace), ids_by_source(acme)
+    # Matching deals on contact and name is a rule that ships disabled.
+    db.execute("UPDATE crm_sync.match_rules SET enabled = true WHERE entity = 'deal' AND name = 'contact_and_name'")
     # HubSpot links through associations, Salesforce through AccountId and
     # ContactId; the same deal is in both, under differently written names.
     hs.upsert("deals", [
@@ -144,10 +146,49 @@ def test_deals_link_to_their_company_and_contact_and_merge_across_crms(db, both)
     assert len(pilot) == 1, "matched on contact and name, with no company"
     assert pilot[0][0] is None and pilot[0][1] == grace["id"] and len(pilot[0][2]) == 2
     assert one(db, "SELECT company_id FROM crm.contacts WHERE id = %s", ada["id"]) == (acme["id"],)
-    # A rebuild agrees.
+    assert_rebuild_agrees(db)
+
+
+def model(db):
+    """Every unified row (without merged_at) and every record's links."""
+    out = {t: [r[:-1] for r in db.execute(f"SELECT * FROM crm.{t} ORDER BY id").fetchall()]
+           for t in ("contacts", "companies", "deals")}
+    out["links"] = db.execute("SELECT entity, source, stream, external_id, company_id, contact_id "
+                              "FROM crm_sync.source_records ORDER BY 1, 2, 3, 4").fetchall()
+    return out
+
+
+def assert_rebuild_agrees(db):
+    before = model(db)
     db.execute("SELECT * FROM crm_sync.merge(full => true)")
-    assert db.execute("SELECT company_id, contact_id FROM crm.deals WHERE name ILIKE 'acme renewal 2025'").fetchall() \
-        == [(acme["id"], ada["id"])]
+    after = model(db)
+    for k in before:
+        assert before[k] == after[k], k
+
+
+def test_links_follow_a_company_that_splits(db, both):
+    hs, sf = both
+    acme = db.execute("SELECT id, sources FROM crm.companies WHERE domain = 'acme.com'").fetchone()
+    acme_ids = ids_by_source({"sources": acme[1]})
+    sf.upsert("Opportunity", [{"Name": "Acme expansion", "AccountId": acme_ids["sf"], "StageName": "Prospecting",
+                               "CloseDate": "2025-09-01"}])
+    hs.upsert("deals", [{"properties": {"dealname": "Acme upsell"}, "associations": {"companies": [acme_ids["hs"]]}}])
+    sync(db, "sf")
+    sync(db, "hs")
+    deals = dict(db.execute("SELECT name, company_id FROM crm.deals WHERE name IN ('Acme expansion', 'Acme upsell')").fetchall())
+    assert deals == {"Acme expansion": acme[0], "Acme upsell": acme[0]}
+    # HubSpot's company turns out to be another one: the group splits, and
+    # each deal follows its own side.
+    hs.upsert("companies", [{"id": acme_ids["hs"], "properties": {"domain": "acme-labs.example", "name": "Acme Labs"}}])
+    sync(db, "hs")
+    hs_co = one(db, "SELECT unified_id FROM crm.identities WHERE entity = 'company' AND source = 'hs' AND external_id = %s",
+                acme_ids["hs"])[0]
+    sf_co = one(db, "SELECT unified_id FROM crm.identities WHERE entity = 'company' AND source = 'sf' AND external_id = %s",
+                acme_ids["sf"])[0]
+    assert hs_co != sf_co
+    deals = dict(db.execute("SELECT name, company_id FROM crm.deals WHERE name IN ('Acme expansion', 'Acme upsell')").fetchall())
+    assert deals == {"Acme expansion": sf_co, "Acme upsell": hs_co}
+    assert_rebuild_agrees(db)
 
 
 def test_a_delete_on_one_side_removes_only_its_contribution(db, both):
@@ -253,6 +294,4 @@ def test_dropping_a_source_takes_its_records_out_of_the_model(db, both):
     assert one(db, "SELECT count(*) FROM crm_sync.quality WHERE source = 'sf'") == (0,)
     # The landing tables stay (drop_data => false), and a rebuild agrees.
     assert one(db, "SELECT count(*) > 0 FROM sf.contact") == (True,)
-    snap = db.execute("SELECT * FROM crm.contacts ORDER BY id").fetchall()
-    db.execute("SELECT * FROM crm_sync.merge(full => true)")
-    assert [r[:-1] for r in snap] == [r[:-1] for r in db.execute("SELECT * FROM crm.contacts ORDER BY id").fetchall()]
+    assert_rebuild_agrees(db)

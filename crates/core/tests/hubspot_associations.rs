@@ -60,6 +60,14 @@ impl Sink for Keep {
 
 /// Every record one run of `object` returns, by id, and the run's API calls.
 fn run(cfg: &SourceConfig, object: &str, mode: SyncMode) -> (Vec<(String, Value)>, u64) {
+    try_run(cfg, object, mode).unwrap()
+}
+
+fn try_run(
+    cfg: &SourceConfig,
+    object: &str,
+    mode: SyncMode,
+) -> Result<(Vec<(String, Value)>, u64), CrmError> {
     let http = HttpClient::new(cfg.http.clone()).unwrap();
     let conn = (cfg.provider.connect)(&http, cfg).unwrap();
     let fields = block_on_interruptible(conn.fields(object), &mut || {}).unwrap();
@@ -76,14 +84,14 @@ fn run(cfg: &SourceConfig, object: &str, mode: SyncMode) -> (Vec<(String, Value)
     };
     let mut reader = block_on_interruptible(conn.reader(req), &mut || {}).unwrap();
     let mut sink = Keep::default();
-    engine::run(reader.as_mut(), &mut sink, 500, &mut || {}).unwrap();
+    engine::run(reader.as_mut(), &mut sink, 500, &mut || {})?;
     drop(reader);
     let recs = sink
         .0
         .into_iter()
         .map(|r| (r.id.clone(), serde_json::from_str(&r.raw).unwrap()))
         .collect();
-    (recs, http.api_calls())
+    Ok((recs, http.api_calls()))
 }
 
 fn results(raw: &Value, to: &str) -> Value {
@@ -225,4 +233,29 @@ fn v4_calls(port: u16) -> u64 {
         .filter(|(k, _)| k.contains("/crm/v4/"))
         .map(|(_, v)| v.as_u64().unwrap_or(1))
         .sum()
+}
+
+#[test]
+fn a_batch_read_failing_for_another_reason_fails_the_page() {
+    let port = start();
+    let cfg = config(port, json!({}));
+    admin(
+        port,
+        "POST",
+        "/_mock/deals/upsert",
+        json!({"records": [{"properties": {"dealname": "Changed"}}], "timestamp_ms": CHANGED_MS}),
+    );
+    admin(
+        port,
+        "POST",
+        "/_mock/faults",
+        json!({"rules": [{"path_contains": "/crm/v4/", "count": 1, "kind": "association_error"}]}),
+    );
+    let watermark = "2030-03-17T00:00:00Z".to_owned();
+    let err = try_run(&cfg, "deals", SyncMode::Incremental { watermark }).unwrap_err();
+    assert!(
+        err.message.contains("READ_FAILED"),
+        "the record is not landed without its links: {}",
+        err.message
+    );
 }

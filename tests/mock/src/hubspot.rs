@@ -568,6 +568,7 @@ impl Mock for HubSpotMock {
         "503",
         "bad_token",
         "missing_scopes",
+        "association_error",
     ];
 
     fn base(&self) -> &Base<State> {
@@ -582,6 +583,18 @@ impl Mock for HubSpotMock {
             "503" => self.error(503, "SERVICE_UNAVAILABLE", "Service Unavailable"),
             "bad_token" => self.unauthorized(),
             "missing_scopes" => self.missing_scopes(&req.path),
+            // A v4 batch read that failed for some inputs for another reason
+            // than their having no associations.
+            "association_error" => Response::json(
+                207,
+                json!({"status": "COMPLETE", "results": [], "numErrors": 1, "errors": [{
+                    "status": "error", "category": "INTERNAL_ERROR",
+                    "subCategory": "crm.associations.READ_FAILED",
+                    "message": "Unable to read associations, try again.",
+                    "context": {}}]})
+                .to_string()
+                .into_bytes(),
+            ),
             _ => return None,
         })
     }

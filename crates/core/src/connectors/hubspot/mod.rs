@@ -412,6 +412,15 @@ impl<'a> HubSpot<'a> {
             let body = json!({ "inputs": inputs });
             let resp = self.call(Method::POST, &path, &[], Some(&body)).await?;
             let batch: AssocBatch = parse_json(&endpoint, &resp.body)?;
+            // A 207 lists the ids without associations; any other error
+            // would land records without their links, so it fails the page
+            // (which is read again on the next attempt).
+            if let Some(e) = batch.errors.iter().find(|e| !e.no_associations()) {
+                return Err(CrmError::bad_response(format!(
+                    "{endpoint} reported an error for some records: {} {}: {}",
+                    e.category, e.sub_category, e.message
+                )));
+            }
             for r in batch.results {
                 let entries = v3_associations(object, to, &r.to);
                 if !entries.is_empty() {
@@ -431,6 +440,25 @@ impl<'a> HubSpot<'a> {
 struct AssocBatch {
     #[serde(default)]
     results: Vec<AssocResult>,
+    #[serde(default)]
+    errors: Vec<AssocError>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AssocError {
+    #[serde(default)]
+    category: String,
+    #[serde(rename = "subCategory", default)]
+    sub_category: String,
+    #[serde(default)]
+    message: String,
+}
+
+impl AssocError {
+    /// "This record has none": the only error a complete answer has.
+    fn no_associations(&self) -> bool {
+        self.sub_category.ends_with("NO_ASSOCIATIONS_FOUND")
+    }
 }
 
 #[derive(Debug, Deserialize)]

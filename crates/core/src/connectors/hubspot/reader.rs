@@ -213,7 +213,8 @@ impl HubSpotReader<'_> {
                     .list_page(
                         &self.object,
                         &self.properties_csv,
-                        self.associations,
+                        // Deleted records supply no values, links included.
+                        &[],
                         after.as_deref(),
                         true,
                     )
@@ -234,8 +235,9 @@ impl HubSpotReader<'_> {
                     .api
                     .search_page(&self.object, &self.properties, filters, self.cursor_prop)
                     .await?;
-                add_associations(self.api, &self.object, self.associations, &mut records).await?;
                 if records.len() < SEARCH_PAGE_LIMIT as usize {
+                    add_associations(self.api, &self.object, self.associations, &mut records)
+                        .await?;
                     self.phase = self.after_search();
                     self.saw(&records);
                     return Ok(Some(Page { records, total }));
@@ -254,21 +256,25 @@ impl HubSpotReader<'_> {
                         self.cursor_prop
                     )));
                 }
-                if first == last {
+                let next = if first == last {
                     // A whole page in one timestamp: read that tie by id.
-                    self.phase = Phase::Tie {
+                    Phase::Tie {
                         ts_ms: last,
                         after_id: None,
-                    };
+                    }
                 } else {
                     // The page may have cut the tie at `last`: keep what is
                     // strictly before it, and start the next query at it.
                     records.retain(|r| r.updated_at.is_some_and(|d| d.timestamp_millis() < last));
-                    self.phase = Phase::Range {
+                    Phase::Range {
                         from_ms: last,
                         inclusive: true,
-                    };
-                }
+                    }
+                };
+                // After the cut (what is read again is looked up then), and
+                // before the phase moves on, so a failure repeats this page.
+                add_associations(self.api, &self.object, self.associations, &mut records).await?;
+                self.phase = next;
                 self.saw(&records);
                 Ok(Some(Page { records, total }))
             }
