@@ -161,6 +161,12 @@ pub fn run(only: Option<(&str, &str)>, full: bool) -> Vec<EntityStats> {
             changed.extend(ids);
         }
         lap("staged");
+        // The steps below page through what was just written; the planner
+        // needs to know it is there (a first merge fills empty tables).
+        let big = changed.len() > 10_000;
+        if big {
+            Spi::run("ANALYZE crm_sync.source_records").expect("analyze crm_sync.source_records");
+        }
         // Records of streams that are gone (a dropped source, a dropped
         // landing table) leave the model.
         let (rest, emptied) = prune(entity, full);
@@ -176,6 +182,9 @@ pub fn run(only: Option<(&str, &str)>, full: bool) -> Vec<EntityStats> {
             affected.extend(emptied);
             affected.sort_unstable();
             affected.dedup();
+            if big {
+                Spi::run("ANALYZE crm_sync.unified_ids").expect("analyze crm_sync.unified_ids");
+            }
             lap("resolved");
             st.merged = merged;
             st.unified = survive(entity, &affected, full);
@@ -366,6 +375,16 @@ fn stage(entity: &str, s: &StreamMap, full: bool) -> (Vec<i64>, i64) {
     let (mut t_read, mut t_write) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
     let cols = s.fields.len();
     let mut after = String::new();
+    let had_invalid = Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM crm_sync.invalid_values WHERE entity = $1 AND source = $2 AND stream = $3)",
+        &[
+            entity.into(),
+            s.source.as_str().into(),
+            s.stream.as_str().into(),
+        ],
+    )
+    .expect("look for the stream's invalid values")
+    .unwrap_or(true);
     loop {
         let more = Spi::connect_mut(|c| {
             let t = std::time::Instant::now();
@@ -400,7 +419,7 @@ fn stage(entity: &str, s: &StreamMap, full: bool) -> (Vec<i64>, i64) {
             );
             t_read += t.elapsed();
             let t = std::time::Instant::now();
-            write_staged(c, entity, s, &batch);
+            write_staged(c, entity, s, &batch, had_invalid);
             t_write += t.elapsed();
             batch.len() as i64 == FETCH
         });
@@ -424,7 +443,15 @@ fn stage(entity: &str, s: &StreamMap, full: bool) -> (Vec<i64>, i64) {
     (ids, invalid)
 }
 
-fn write_staged(c: &mut SpiClient<'_>, entity: &str, s: &StreamMap, batch: &[Staged]) {
+fn write_staged(
+    c: &mut SpiClient<'_>,
+    entity: &str,
+    s: &StreamMap,
+    batch: &[Staged],
+    // The stream had invalid values when its staging began (else there are
+    // none to clear: pages never repeat a record).
+    had_invalid: bool,
+) {
     let col = |f: &dyn Fn(&Staged) -> Option<String>| -> Vec<Option<String>> {
         batch.iter().map(f).collect()
     };
@@ -462,7 +489,7 @@ fn write_staged(c: &mut SpiClient<'_>, entity: &str, s: &StreamMap, batch: &[Sta
            FROM unnest($4::text[], $5::int8[], $6::text[], $7::bool[], $8::text[], $9::text[],
                        $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[])
                 AS u(ext, rid, upd, del, vals, email, phone, name_key, domain, company_key, company_ref, contact_ref)
-         ON CONFLICT (entity, source, stream, external_id) DO UPDATE
+         ON CONFLICT (entity, record_id) DO UPDATE
             SET updated_at = EXCLUDED.updated_at, deleted = EXCLUDED.deleted, vals = EXCLUDED.vals,
                 email = EXCLUDED.email, phone = EXCLUDED.phone, name_key = EXCLUDED.name_key,
                 domain = EXCLUDED.domain, company_key = EXCLUDED.company_key,
@@ -490,18 +517,20 @@ fn write_staged(c: &mut SpiClient<'_>, entity: &str, s: &StreamMap, batch: &[Sta
             f_problem.push(problem.clone());
         }
     }
-    c.update(
-        "DELETE FROM crm_sync.invalid_values
-          WHERE entity = $1 AND source = $2 AND stream = $3 AND external_id = ANY ($4)",
-        None,
-        &[
-            entity.into(),
-            s.source.as_str().into(),
-            s.stream.as_str().into(),
-            ext.into(),
-        ],
-    )
-    .expect("clear crm_sync.invalid_values");
+    if had_invalid {
+        c.update(
+            "DELETE FROM crm_sync.invalid_values
+              WHERE entity = $1 AND source = $2 AND stream = $3 AND external_id = ANY ($4)",
+            None,
+            &[
+                entity.into(),
+                s.source.as_str().into(),
+                s.stream.as_str().into(),
+                ext.into(),
+            ],
+        )
+        .expect("clear crm_sync.invalid_values");
+    }
     if f_ext.is_empty() {
         return;
     }
@@ -595,6 +624,18 @@ fn link(entity: &str, target: &str, changed: &[i64], targets: &[i64], full: bool
         "company" => ("company_ref", "company_id"),
         _ => ("contact_ref", "contact_id"),
     };
+    // Each kind of candidate found through its own index (one OR over them
+    // would read every record of the entity).
+    let scope = if full {
+        "SELECT record_id FROM crm_sync.source_records WHERE entity = $1".to_owned()
+    } else {
+        format!(
+            "SELECT record_id FROM crm_sync.source_records WHERE entity = $1 AND record_id = ANY ($2)
+             UNION SELECT record_id FROM crm_sync.source_records WHERE entity = $1 AND {id} = ANY ($4)
+             UNION SELECT record_id FROM crm_sync.source_records
+                    WHERE entity = $1 AND {id} IS NULL AND {rf} IS NOT NULL"
+        )
+    };
     Spi::connect_mut(|c| {
         c.update(
             &format!(
@@ -602,13 +643,10 @@ fn link(entity: &str, target: &str, changed: &[i64], targets: &[i64], full: bool
                     SELECT r.record_id,
                            (SELECT ku.unified_id FROM crm_sync.source_records k
                               JOIN crm_sync.unified_ids ku ON ku.entity = k.entity AND ku.record_id = k.record_id
-                             WHERE k.entity = $4 AND k.source = r.source AND k.external_id = r.{rf}
+                             WHERE k.entity = $3 AND k.source = r.source AND k.external_id = r.{rf}
                              ORDER BY k.stream LIMIT 1) AS target_id
                       FROM crm_sync.source_records r
-                     WHERE r.entity = $1
-                       AND ($3 OR r.record_id IN (SELECT unnest($2::int8[]))
-                            OR (r.{id} IS NULL AND r.{rf} IS NOT NULL)
-                            OR r.{id} = ANY ($5)))
+                     WHERE r.entity = $1 AND r.record_id IN ({scope}))
                  UPDATE crm_sync.source_records r SET {id} = w.target_id
                    FROM want w
                   WHERE r.entity = $1 AND r.record_id = w.record_id AND r.{id} IS DISTINCT FROM w.target_id
@@ -618,7 +656,6 @@ fn link(entity: &str, target: &str, changed: &[i64], targets: &[i64], full: bool
             &[
                 entity.into(),
                 changed.to_vec().into(),
-                full.into(),
                 target.into(),
                 targets.to_vec().into(),
             ],
@@ -683,72 +720,79 @@ fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
         format!("ARRAY[{}]", key_exprs.join(", "))
     };
     // Who takes part: everything (full), or the changed records, the
-    // unified rows they were in, and the rows their keys now match.
-    let scope = if full {
-        "r.entity = $1".to_owned()
-    } else {
-        let mut hits = vec!["x.record_id IN (SELECT record_id FROM ch)".to_owned()];
+    // unified rows they were in, and the rows their keys now match. Each
+    // rule's matches are found through its keys' index.
+    let scope: Option<Vec<i64>> = (!full).then(|| {
+        let mut cand = vec!["SELECT record_id FROM ch".to_owned()];
         for cols in &rules {
-            let xs: Vec<String> = cols.iter().map(|c| format!("x.{c}")).collect();
-            let cs: Vec<String> = cols.iter().map(|c| format!("ch.{c}")).collect();
-            let nn: Vec<String> = cols.iter().map(|c| format!("ch.{c} IS NOT NULL")).collect();
-            hits.push(format!(
-                "({}) IN (SELECT {} FROM ch WHERE {})",
-                xs.join(", "),
-                cs.join(", "),
-                nn.join(" AND ")
+            let on: Vec<String> = cols.iter().map(|c| format!("x.{c} = ch.{c}")).collect();
+            cand.push(format!(
+                "SELECT x.record_id FROM ch JOIN crm_sync.source_records x ON x.entity = $1 AND {}",
+                on.join(" AND ")
             ));
         }
-        format!(
-            "r.entity = $1 AND (r.record_id IN (SELECT record_id FROM ch) OR r.record_id IN (
-                SELECT g.record_id FROM crm_sync.unified_ids g
-                 WHERE g.entity = $1 AND g.unified_id IN (
-                    SELECT xu.unified_id FROM crm_sync.source_records x
-                      JOIN crm_sync.unified_ids xu ON xu.entity = x.entity AND xu.record_id = x.record_id
-                     WHERE x.entity = $1 AND ({}))))",
-            hits.join(" OR ")
-        )
+        let sql = format!(
+            "WITH ch AS (SELECT * FROM crm_sync.source_records WHERE entity = $1 AND record_id = ANY ($2)),
+                  cand AS ({})
+             SELECT record_id FROM ch
+             UNION
+             SELECT g.record_id FROM crm_sync.unified_ids g
+              WHERE g.entity = $1 AND g.unified_id IN (
+                    SELECT xu.unified_id FROM crm_sync.unified_ids xu
+                     WHERE xu.entity = $1 AND xu.record_id IN (SELECT record_id FROM cand))
+             ORDER BY 1",
+            cand.join(" UNION ")
+        );
+        Spi::connect(|c| {
+            c.select(&sql, None, &[entity.into(), changed.to_vec().into()])
+                .expect("find the records to resolve")
+                .map(|r| r.get::<i64>(1).ok().flatten().unwrap_or_default())
+                .collect()
+        })
+    });
+    // In pages by record id (keyset, or chunks of the scope), each in its
+    // own SPI connection.
+    let which = if full {
+        format!("r.record_id > $2 ORDER BY r.record_id LIMIT {FETCH}")
+    } else {
+        "r.record_id = ANY ($2) ORDER BY r.record_id".to_owned()
     };
-    // In keyset pages by record id, each in its own SPI connection.
     let sql = format!(
-        "WITH ch AS (SELECT * FROM crm_sync.source_records WHERE entity = $1 AND record_id = ANY ($2))
-         SELECT r.record_id, (extract(epoch FROM r.first_seen) * 1e6)::int8, u.unified_id, {keys_sql}
-           FROM (SELECT * FROM crm_sync.source_records r WHERE ({scope}) AND r.record_id > $3
-                  ORDER BY r.record_id LIMIT {FETCH}) r
+        "SELECT r.record_id, (extract(epoch FROM r.first_seen) * 1e6)::int8, u.unified_id, {keys_sql}
+           FROM crm_sync.source_records r
            LEFT JOIN crm_sync.unified_ids u ON u.entity = r.entity AND u.record_id = r.record_id
-          ORDER BY r.record_id"
+          WHERE r.entity = $1 AND {which}"
     );
     let mut members: Vec<(Member, Option<i64>)> = Vec::new();
+    let mut chunks = scope.as_deref().map(|s| s.chunks(FETCH as usize));
     let mut after = i64::MIN;
     loop {
+        let arg: DatumWithOid = match chunks.as_mut() {
+            None => after.into(),
+            Some(it) => match it.next() {
+                Some(chunk) => chunk.to_vec().into(),
+                None => break,
+            },
+        };
         let page: Vec<(Member, Option<i64>)> = Spi::connect(|c| {
-            c.select(
-                sql.as_str(),
-                None,
-                // (a full merge's scope needs no list of changes)
-                &[
-                    entity.into(),
-                    if full { Vec::new() } else { changed.to_vec() }.into(),
-                    after.into(),
-                ],
-            )
-            .expect("read records to resolve")
-            .map(|r| {
-                let keys: Vec<Option<String>> = r
-                    .get::<Vec<Option<String>>>(4)
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default();
-                (
-                    Member {
-                        id: r.get(1).ok().flatten().unwrap_or_default(),
-                        first_seen: r.get(2).ok().flatten().unwrap_or_default(),
-                        keys,
-                    },
-                    r.get(3).ok().flatten(),
-                )
-            })
-            .collect()
+            c.select(sql.as_str(), None, &[entity.into(), arg])
+                .expect("read records to resolve")
+                .map(|r| {
+                    let keys: Vec<Option<String>> = r
+                        .get::<Vec<Option<String>>>(4)
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default();
+                    (
+                        Member {
+                            id: r.get(1).ok().flatten().unwrap_or_default(),
+                            first_seen: r.get(2).ok().flatten().unwrap_or_default(),
+                            keys,
+                        },
+                        r.get(3).ok().flatten(),
+                    )
+                })
+                .collect()
         });
         pgrx::check_for_interrupts!();
         let n = page.len() as i64;
@@ -756,7 +800,7 @@ fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
             after = m.id;
         }
         members.extend(page);
-        if n < FETCH {
+        if chunks.is_none() && n < FETCH {
             break;
         }
     }
@@ -892,7 +936,7 @@ fn survive(entity: &str, ids: &[i64], full: bool) -> i64 {
                  JOIN crm_sync.source_records x ON x.entity = i.entity AND x.record_id = i.record_id
                 WHERE i.entity = $1 AND i.unified_id = ANY ($2)
                 ORDER BY i.unified_id";
-    let mut w = RowWriter::new(entity, &fields);
+    let mut w = RowWriter::new(entity, &fields, &priority);
     let mut written = 0i64;
     let (mut t_read, mut t_write) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
     for chunk in all.chunks(FETCH as usize) {
@@ -919,7 +963,7 @@ fn survive(entity: &str, ids: &[i64], full: bool) -> i64 {
                 })
                 .collect();
             for g in rows.chunk_by(|a, b| a.unified_id == b.unified_id) {
-                w.push(g, &priority);
+                w.push(g);
             }
             t_read += t.elapsed();
             let t = std::time::Instant::now();
@@ -976,6 +1020,8 @@ struct RowWriter {
     sql: String,
     /// (field, kind)
     fields: Vec<(String, String)>,
+    /// Per field, its source priority (`crm_sync.field_priority`).
+    priority: Vec<Option<Vec<String>>>,
     ids: Vec<i64>,
     cols: Vec<Vec<Option<String>>>,
     gone: Vec<bool>,
@@ -984,7 +1030,11 @@ struct RowWriter {
 }
 
 impl RowWriter {
-    fn new(entity: &str, fields: &[(String, String)]) -> Self {
+    fn new(
+        entity: &str,
+        fields: &[(String, String)],
+        priority: &HashMap<String, Vec<String>>,
+    ) -> Self {
         let t = table(entity);
         let mut cols = Vec::new();
         let mut exprs = Vec::new();
@@ -1048,6 +1098,10 @@ impl RowWriter {
         RowWriter {
             sql,
             fields: fields.to_vec(),
+            priority: fields
+                .iter()
+                .map(|(f, _)| priority.get(f).cloned())
+                .collect(),
             ids: vec![],
             cols: vec![Vec::new(); fields.len()],
             gone: vec![],
@@ -1057,7 +1111,7 @@ impl RowWriter {
     }
 
     /// Add the unified row made of `group` (the records of one unified id).
-    fn push(&mut self, group: &[Contribution], priority: &HashMap<String, Vec<String>>) {
+    fn push(&mut self, group: &[Contribution]) {
         let Some(first) = group.first() else { return };
         let mut live: Vec<&Contribution> = group.iter().filter(|c| !c.deleted).collect();
         // In `sources` order, so lineage can name a record by its position.
@@ -1066,7 +1120,7 @@ impl RowWriter {
         });
         let mut lineage = Map::new();
         for (i, (f, kind)) in self.fields.iter().enumerate() {
-            let order = priority.get(f);
+            let order = self.priority[i].as_ref();
             let rank = |c: &Contribution| {
                 order
                     .and_then(|o| o.iter().position(|s| *s == c.source))
