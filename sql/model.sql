@@ -349,6 +349,16 @@ SELECT pg_catalog.pg_extension_config_dump('crm_sync.mappings', 'WHERE NOT is_de
 SELECT pg_catalog.pg_extension_config_dump('crm_sync.match_rules', 'WHERE NOT is_default');
 SELECT pg_catalog.pg_extension_config_dump('crm.merged_ids', '');
 SELECT pg_catalog.pg_extension_config_dump('crm_sync.field_priority', '');
+-- The model itself, so that a restored database keeps its unified ids (a
+-- group's id depends on when each record was first seen) and goes on
+-- merging incrementally.
+SELECT pg_catalog.pg_extension_config_dump('crm_sync.source_records', '');
+SELECT pg_catalog.pg_extension_config_dump('crm_sync.unified_ids', '');
+SELECT pg_catalog.pg_extension_config_dump('crm_sync.invalid_values', '');
+SELECT pg_catalog.pg_extension_config_dump('crm_sync.merge_state', '');
+SELECT pg_catalog.pg_extension_config_dump('crm.contacts', '');
+SELECT pg_catalog.pg_extension_config_dump('crm.companies', '');
+SELECT pg_catalog.pg_extension_config_dump('crm.deals', '');
 
 GRANT SELECT ON crm_sync.mappings, crm_sync.unified_fields, crm_sync.match_rules, crm_sync.field_priority,
                 crm_sync.source_records, crm_sync.unified_ids, crm_sync.invalid_values, crm_sync.quality, crm_sync.merge_state TO PUBLIC;
