@@ -161,9 +161,11 @@ pub fn run(only: Option<(&str, &str)>, full: bool) -> Vec<EntityStats> {
             changed.extend(ids);
         }
         lap("staged");
-        // The steps below page through what was just written; the planner
-        // needs to know it is there (a first merge fills empty tables).
-        let big = changed.len() > 10_000;
+        // The steps below read what was just written, by entity; the
+        // planner must know it is there. Statistics from before (a first
+        // merge of empty tables, or of another entity only) make it expect
+        // one row and loop over every record of the entity for each one.
+        let big = changed.len() > 1_000;
         if big {
             Spi::run("ANALYZE crm_sync.source_records").expect("analyze crm_sync.source_records");
         }
