@@ -165,7 +165,7 @@ pub fn run(only: Option<(&str, &str)>, full: bool) -> Vec<EntityStats> {
         // planner must know it is there. Statistics from before (a first
         // merge of empty tables, or of another entity only) make it expect
         // one row and loop over every record of the entity for each one.
-        let big = changed.len() > 1_000;
+        let big = changed.len() > 1_000 && stats_lag(entity, changed.len());
         if big {
             Spi::run("ANALYZE crm_sync.source_records").expect("analyze crm_sync.source_records");
         }
@@ -205,6 +205,23 @@ pub fn run(only: Option<(&str, &str)>, full: bool) -> Vec<EntityStats> {
     )
     .expect("forget merge state of gone streams");
     out
+}
+
+/// Whether the planner's statistics know too few records of `entity` for
+/// `changed` records just staged (fewer than ten times as many).
+fn stats_lag(entity: &str, changed: usize) -> bool {
+    let known = Spi::get_one_with_args::<f64>(
+        "SELECT coalesce((SELECT m.f FROM pg_stats s,
+                                 unnest(s.most_common_vals::text::text[], s.most_common_freqs) AS m(v, f)
+                           WHERE s.schemaname = 'crm_sync' AND s.tablename = 'source_records'
+                             AND s.attname = 'entity' AND m.v = $1), 0)::float8
+                * greatest((SELECT reltuples FROM pg_class WHERE oid = 'crm_sync.source_records'::regclass), 0)",
+        &[entity.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(0.0);
+    (changed as f64) * 10.0 > known
 }
 
 /// A stream feeding an entity, with the mapping to use.
