@@ -30,6 +30,20 @@ use crm_sync_core::clean;
 use crm_sync_core::identity::{self, Member};
 
 const ENTITIES: [&str; 3] = ["company", "contact", "deal"];
+
+/// The links a record can have: (target entity, the mapped field holding
+/// the source's id of the linked record, the column holding its unified
+/// id in `crm_sync.source_records` and the crm tables). The target entity
+/// is also the name of the match key on that column.
+const REFS: [(&str, &str, &str); 2] = [
+    ("company", "company_ref", "company_id"),
+    ("contact", "contact_ref", "contact_id"),
+];
+
+/// The `REFS` entry of a ref field.
+fn ref_of_field(field: &str) -> Option<usize> {
+    REFS.iter().position(|r| r.1 == field)
+}
 const FETCH: i64 = 5_000;
 
 /// The crm table of an entity.
@@ -639,9 +653,8 @@ fn link_targets(entity: &str) -> &'static [&'static str] {
 /// those whose target had not landed yet. Returns the records whose link
 /// changed.
 fn link(entity: &str, target: &str, changed: &[i64], targets: &[i64], full: bool) -> Vec<i64> {
-    let (rf, id) = match target {
-        "company" => ("company_ref", "company_id"),
-        _ => ("contact_ref", "contact_id"),
+    let Some(&(_, rf, id)) = REFS.iter().find(|r| r.0 == target) else {
+        return Vec::new();
     };
     // Each kind of candidate found through its own index (one OR over them
     // would read every record of the entity).
@@ -706,9 +719,7 @@ fn rules(entity: &str) -> Vec<Vec<&'static str>> {
                     "name" => Some("name_key"),
                     "domain" => Some("domain"),
                     "company_name" => Some("company_key"),
-                    "company" => Some("company_id"),
-                    "contact" => Some("contact_id"),
-                    _ => None,
+                    other => REFS.iter().find(|r| r.0 == other).map(|r| r.2),
                 })
                 .collect()
         })
@@ -948,13 +959,16 @@ fn survive(entity: &str, ids: &[i64], full: bool) -> i64 {
         v.dedup();
         v
     };
-    let sql = "SELECT i.unified_id, x.source, x.stream, x.external_id,
-                      (extract(epoch FROM x.updated_at) * 1e6)::int8, x.deleted, x.vals::text,
-                      x.company_id, x.contact_id
-                 FROM crm_sync.unified_ids i
-                 JOIN crm_sync.source_records x ON x.entity = i.entity AND x.record_id = i.record_id
-                WHERE i.entity = $1 AND i.unified_id = ANY ($2)
-                ORDER BY i.unified_id";
+    let links: Vec<String> = REFS.iter().map(|r| format!("x.{}", r.2)).collect();
+    let sql = format!(
+        "SELECT i.unified_id, x.source, x.stream, x.external_id,
+                (extract(epoch FROM x.updated_at) * 1e6)::int8, x.deleted, x.vals::text, {}
+           FROM crm_sync.unified_ids i
+           JOIN crm_sync.source_records x ON x.entity = i.entity AND x.record_id = i.record_id
+          WHERE i.entity = $1 AND i.unified_id = ANY ($2)
+          ORDER BY i.unified_id",
+        links.join(", ")
+    );
     let mut w = RowWriter::new(entity, &fields, &priority);
     let mut written = 0i64;
     let (mut t_read, mut t_write) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
@@ -962,7 +976,7 @@ fn survive(entity: &str, ids: &[i64], full: bool) -> i64 {
         written += Spi::connect_mut(|c| {
             let t = std::time::Instant::now();
             let rows: Vec<Contribution> = c
-                .select(sql, None, &[entity.into(), chunk.to_vec().into()])
+                .select(sql.as_str(), None, &[entity.into(), chunk.to_vec().into()])
                 .expect("read source records")
                 .map(|r| Contribution {
                     unified_id: r.get(1).ok().flatten().unwrap_or_default(),
@@ -977,8 +991,7 @@ fn survive(entity: &str, ids: &[i64], full: bool) -> i64 {
                         .flatten()
                         .and_then(|v| serde_json::from_str(&v).ok())
                         .unwrap_or_default(),
-                    company_id: r.get(8).ok().flatten(),
-                    contact_id: r.get(9).ok().flatten(),
+                    links: std::array::from_fn(|i| r.get(8 + i).ok().flatten()),
                 })
                 .collect();
             for g in rows.chunk_by(|a, b| a.unified_id == b.unified_id) {
@@ -1008,9 +1021,8 @@ struct Contribution {
     updated_us: Option<i64>,
     deleted: bool,
     vals: Map<String, Value>,
-    /// The unified rows its `company_ref` and `contact_ref` point at.
-    company_id: Option<i64>,
-    contact_id: Option<i64>,
+    /// The unified rows its ref fields point at, in `REFS` order.
+    links: [Option<i64>; REFS.len()],
 }
 
 impl Contribution {
@@ -1020,11 +1032,7 @@ impl Contribution {
     fn value(&self, field: &str, kind: &str) -> Option<String> {
         let v = self.vals.get(field)?;
         if kind == "ref" {
-            let id = if field == "contact_ref" {
-                self.contact_id
-            } else {
-                self.company_id
-            };
+            let id = ref_of_field(field).and_then(|i| self.links[i]);
             return id.map(|i| i.to_string());
         }
         Some(match v {
@@ -1064,13 +1072,13 @@ impl RowWriter {
             unnest.push(format!("${p}::text[]"));
             names.push(format!("c{i}"));
             let v = format!("u.c{i}");
-            match kind.as_str() {
-                "ref" => {
-                    // company_ref -> company_id, contact_ref -> contact_id
-                    cols.push(qi(&format!("{}_id", f.trim_end_matches("_ref"))));
+            match (kind.as_str(), ref_of_field(f)) {
+                // The linked row's unified id (company_ref -> company_id).
+                ("ref", Some(r)) => {
+                    cols.push(REFS[r].2.to_owned());
                     exprs.push(format!("{v}::int8"));
                 }
-                "numeric" | "date" | "timestamptz" => {
+                ("numeric" | "date" | "timestamptz", _) => {
                     cols.push(qi(f));
                     exprs.push(format!("{v}::{kind}"));
                 }
