@@ -1,14 +1,14 @@
 //! A run that stops after a checkpoint resumes from it: the HubSpot reader
 //! against the HubSpot mock, in process and without Postgres.
 
+mod common;
+
+use common::Crashing;
 use crm_mock::hubspot::{HubSpotMock, Options};
 use crm_sync_core::config::SourceConfig;
-use crm_sync_core::connectors::{ReadRequest, SyncMode};
-use crm_sync_core::engine::{self, Outcome, Record, Sink, WriteStats};
-use crm_sync_core::http::HttpClient;
-use crm_sync_core::runtime::block_on_interruptible;
+use crm_sync_core::engine::Outcome;
 use crm_sync_core::types::parse_datetime;
-use crm_sync_core::{CrmError, ErrorKind};
+use crm_sync_core::CrmError;
 use serde_json::json;
 
 const CONTACTS: u64 = 2_500;
@@ -20,56 +20,12 @@ fn config(base: &str) -> SourceConfig {
     SourceConfig::parse("hubspot", &opts, &creds, false).unwrap()
 }
 
-/// Keeps what was written; after `stop_after` checkpoints it fails the run,
-/// as a killed worker would, keeping only what the checkpoints covered.
-struct Crashing {
-    committed: Vec<Record>,
-    pending: Vec<Record>,
-    position: Option<String>,
-    checkpoints: usize,
-    stop_after: usize,
-}
-
-impl Sink for Crashing {
-    fn write(&mut self, batch: &[Record]) -> Result<WriteStats, CrmError> {
-        self.pending.extend_from_slice(batch);
-        Ok(WriteStats {
-            upserted: batch.len() as u64,
-            ..Default::default()
-        })
-    }
-
-    fn checkpoint(&mut self, position: &str, _so_far: &Outcome) -> Result<(), CrmError> {
-        self.committed.append(&mut self.pending);
-        self.position = Some(position.to_owned());
-        self.checkpoints += 1;
-        if self.checkpoints == self.stop_after {
-            return Err(CrmError::new(ErrorKind::Transport, "worker killed"));
-        }
-        Ok(())
-    }
-}
-
 fn run(
     cfg: &SourceConfig,
     resume: Option<String>,
     sink: &mut Crashing,
 ) -> (Result<Outcome, CrmError>, u64) {
-    let http = HttpClient::new(cfg.http.clone()).unwrap();
-    let conn = (cfg.provider.connect)(&http, cfg).unwrap();
-    let fields = block_on_interruptible(conn.fields("contacts"), &mut || {}).unwrap();
-    let req = ReadRequest {
-        object: "contacts".into(),
-        fields: fields.into_iter().filter(|f| f.name == "email").collect(),
-        mode: SyncMode::Full,
-        lookback: std::time::Duration::ZERO,
-        track_deletes: true,
-        resume,
-    };
-    let mut reader = block_on_interruptible(conn.reader(req), &mut || {}).unwrap();
-    let out = engine::run(reader.as_mut(), sink, 500, &mut || {});
-    drop(reader);
-    (out, http.api_calls())
+    common::run(cfg, "contacts", |f| f.name == "email", 500, resume, sink)
 }
 
 #[test]
@@ -82,27 +38,14 @@ fn a_full_run_resumes_from_its_last_checkpoint() {
     });
     let cfg = config(&format!("http://127.0.0.1:{port}"));
 
-    let mut clean = Crashing {
-        committed: vec![],
-        pending: vec![],
-        position: None,
-        checkpoints: 0,
-        stop_after: 0,
-    };
+    let mut clean = Crashing::dying_after(0);
     let (out, clean_calls) = run(&cfg, None, &mut clean);
     let clean_watermark = out.unwrap().watermark;
-    clean.committed.append(&mut clean.pending);
-    assert_eq!(clean.committed.len() as u64, CONTACTS);
+    assert_eq!(clean.all().len() as u64, CONTACTS);
 
     // Dies after its 2nd checkpoint (1,000 of 2,500 records), with a third
     // batch written but not committed.
-    let mut first = Crashing {
-        committed: vec![],
-        pending: vec![],
-        position: None,
-        checkpoints: 0,
-        stop_after: 2,
-    };
+    let mut first = Crashing::dying_after(2);
     let (out, first_calls) = run(&cfg, None, &mut first);
     assert!(out.is_err());
     assert_eq!(first.committed.len(), 1_000);
@@ -111,22 +54,16 @@ fn a_full_run_resumes_from_its_last_checkpoint() {
         .as_i64()
         .expect("the position holds the list's start");
 
-    let mut second = Crashing {
-        committed: vec![],
-        pending: vec![],
-        position: None,
-        checkpoints: 0,
-        stop_after: 0,
-    };
+    let mut second = Crashing::dying_after(0);
     let (out, second_calls) = run(&cfg, Some(position), &mut second);
     let out = out.unwrap();
-    second.committed.append(&mut second.pending);
+    let second = second.all();
 
     // Nothing lost, nothing read twice.
     let mut ids: Vec<&str> = first
         .committed
         .iter()
-        .chain(&second.committed)
+        .chain(&second)
         .map(|r| r.id.as_str())
         .collect();
     assert_eq!(ids.len() as u64, CONTACTS);
@@ -163,16 +100,9 @@ fn a_position_from_another_kind_of_run_is_ignored() {
         "not json",
         r#"{"object":"companies","full":true,"phase":"done","watermark_ms":1}"#,
     ] {
-        let mut s = Crashing {
-            committed: vec![],
-            pending: vec![],
-            position: None,
-            checkpoints: 0,
-            stop_after: 0,
-        };
+        let mut s = Crashing::dying_after(0);
         let (out, _) = run(&cfg, Some(junk.to_owned()), &mut s);
         out.unwrap();
-        s.committed.append(&mut s.pending);
-        assert_eq!(s.committed.len(), 700, "{junk}: starts over");
+        assert_eq!(s.all().len(), 700, "{junk}: starts over");
     }
 }

@@ -2,9 +2,13 @@
 //! without Postgres: sessions renewed on expiry, fields deleted while a run
 //! starts, and the watermark kept to the live query's snapshot.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 
-use crm_mock::salesforce::{Options, SalesforceMock};
+use common::{admin, sf_config as config, sf_start as start};
+
+use crm_mock::salesforce::Options;
 use crm_sync_core::config::SourceConfig;
 use crm_sync_core::connectors::{ReadRequest, SyncMode};
 use crm_sync_core::engine::{self, Record, Sink, WriteStats};
@@ -12,37 +16,6 @@ use crm_sync_core::http::HttpClient;
 use crm_sync_core::runtime::{block_on_interruptible, runtime};
 use crm_sync_core::CrmError;
 use serde_json::{json, Value};
-
-/// Start a mock on its own runtime thread; returns its base URL.
-fn start(opts: Options) -> String {
-    let port = crm_mock::start_in_background(move || SalesforceMock::new(opts).unwrap());
-    format!("http://127.0.0.1:{port}")
-}
-
-fn admin(base: &str, method: reqwest::Method, path: &str, body: Value) -> Value {
-    let url = format!("{base}{path}");
-    runtime().block_on(async move {
-        let r = reqwest::Client::new()
-            .request(method, url)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "{}", r.status());
-        r.json::<Value>().await.unwrap_or(Value::Null)
-    })
-}
-
-fn config(base: &str, extra: Value) -> SourceConfig {
-    let mut opts =
-        json!({"login_url": base, "retry_base_ms": 5, "retry_max_ms": 20, "lookback_seconds": 0});
-    for (k, v) in extra.as_object().unwrap() {
-        opts[k] = v.clone();
-    }
-    let o = Options::default();
-    let creds = json!({"client_id": o.client_id, "refresh_token": o.refresh_token});
-    SourceConfig::parse("salesforce", &opts, &creds, false).unwrap()
-}
 
 #[derive(Default, Clone)]
 struct Mem(Arc<Mutex<Vec<Record>>>, Arc<Mutex<Vec<String>>>);

@@ -9,6 +9,11 @@
 //! components are selected instead and the compound values rebuilt, so a
 //! record lands the same whichever API read it. A job that fails, or an
 //! object Bulk API does not serve, falls back to the REST API with a warning.
+//!
+//! A run resumes ([`PageSource::checkpoint`]) from the job and the locator
+//! of the next results page (results are kept for days after a job
+//! completes), or from its REST reader's position; a job gone by then is
+//! started again, with a warning.
 //! <https://developer.salesforce.com/docs/atlas.en-us.api_asynch.meta/api_asynch/queries.htm>
 
 use std::rc::Rc;
@@ -16,7 +21,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use reqwest::Method;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Number, Value};
 
 use super::api::{parse_json, Api};
@@ -67,7 +72,38 @@ pub struct BulkReader<'a> {
     cap: Option<DateTime<Utc>>,
     waited: Duration,
     rest: Option<RestReader<'a>>,
+    /// The REST reader reads only the deletes pass (after the results).
+    deletes_only: bool,
+    /// The results being read are those of an interrupted run's job.
+    resumed_job: bool,
     warnings: Vec<String>,
+}
+
+/// A resumable position (see the module docs); opaque to the engine.
+#[derive(Serialize, Deserialize)]
+struct Position {
+    /// Always "bulk": a REST reader's position is not one of these.
+    reader: String,
+    object: String,
+    at: At,
+    watermark_ms: Option<i64>,
+    cap_ms: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum At {
+    /// The job's results, from this locator (`None`: the first page).
+    Results {
+        job: String,
+        locator: Option<String>,
+    },
+    /// The REST reader's own position.
+    Rest {
+        deletes_only: bool,
+        position: String,
+    },
+    Done,
 }
 
 impl<'a> BulkReader<'a> {
@@ -110,8 +146,81 @@ impl<'a> BulkReader<'a> {
             cap: None,
             waited: Duration::ZERO,
             rest: None,
+            deletes_only: false,
+            resumed_job: false,
             warnings: vec![],
         }
+    }
+
+    /// Go on from `position` (from [`PageSource::checkpoint`] of a full run
+    /// of the same object). A position that does not fit is ignored: the
+    /// run starts over, which is only slower.
+    pub fn resume_from(&mut self, position: &str) -> Result<()> {
+        let Ok(p) = serde_json::from_str::<Position>(position) else {
+            return Ok(());
+        };
+        if p.reader != "bulk" || p.object != self.req.object {
+            return Ok(());
+        }
+        match p.at {
+            At::Results { job, locator } => {
+                self.phase = Phase::Results { job, locator };
+                self.resumed_job = true;
+            }
+            At::Rest {
+                deletes_only: true, ..
+            } if !(self.req.track_deletes && self.d.has_is_deleted) => {
+                // Deletes are no longer tracked: the Bulk part was all.
+                self.phase = Phase::Done;
+            }
+            At::Rest {
+                deletes_only,
+                position,
+            } => {
+                self.continue_with_rest(deletes_only)?;
+                let rest = self.rest.as_mut().expect("REST reader set");
+                if !rest.resume_from(&position) {
+                    // Its REST part starts over; the Bulk part stays read.
+                    if !deletes_only {
+                        return Ok(());
+                    }
+                }
+            }
+            At::Done => self.phase = Phase::Done,
+        }
+        let at = |ms: Option<i64>| ms.and_then(DateTime::from_timestamp_millis);
+        self.watermark = at(p.watermark_ms);
+        self.cap = at(p.cap_ms);
+        Ok(())
+    }
+
+    fn position(&self) -> Option<Position> {
+        let at = match &self.phase {
+            Phase::Results { job, locator } => At::Results {
+                job: job.clone(),
+                locator: locator.clone(),
+            },
+            Phase::Rest => At::Rest {
+                deletes_only: self.deletes_only,
+                position: self.rest.as_ref()?.checkpoint()?,
+            },
+            Phase::Done => match &self.rest {
+                Some(r) => At::Rest {
+                    deletes_only: self.deletes_only,
+                    position: r.checkpoint()?,
+                },
+                None => At::Done,
+            },
+            Phase::Create | Phase::Poll { .. } => return None,
+        };
+        let ms = |d: Option<DateTime<Utc>>| d.map(|d| d.timestamp_millis());
+        Some(Position {
+            reader: "bulk".into(),
+            object: self.req.object.clone(),
+            at,
+            watermark_ms: ms(self.watermark),
+            cap_ms: ms(self.cap),
+        })
     }
 
     fn jobs_path(&self, rest: &str) -> String {
@@ -132,6 +241,7 @@ impl<'a> BulkReader<'a> {
     fn continue_with_rest(&mut self, deletes_only: bool) -> Result<()> {
         let (api, req, d) = (self.api, &self.req, &*self.d);
         let (b, m) = (self.batch_size, self.max_query_length);
+        self.deletes_only = deletes_only;
         self.rest = Some(if deletes_only {
             RestReader::deletes_only(api, req, d, b, m)?
         } else {
@@ -238,7 +348,7 @@ impl<'a> BulkReader<'a> {
                     if let Some(l) = &locator {
                         query.push(("locator", l));
                     }
-                    let resp = self
+                    let res = self
                         .api
                         .call(
                             Method::GET,
@@ -247,7 +357,34 @@ impl<'a> BulkReader<'a> {
                             &[("Accept", "text/csv".to_owned())],
                             None,
                         )
-                        .await?;
+                        .await;
+                    let resp = match res {
+                        // Gone (404 once deleted or expired), its locator no
+                        // longer served, or not ours to read: a position
+                        // that cannot be read on must not fail every later
+                        // run. Only a passing outage fails this one.
+                        Err(e)
+                            if self.resumed_job
+                                && !matches!(
+                                    e.kind,
+                                    ErrorKind::Transport
+                                        | ErrorKind::ServerError
+                                        | ErrorKind::RateLimited
+                                ) =>
+                        {
+                            self.warnings.push(format!(
+                                "Bulk API job {job} of the interrupted run could not be read on ({}); {} was read again from the start",
+                                e.code.as_deref().unwrap_or("rejected"),
+                                self.req.object
+                            ));
+                            self.resumed_job = false;
+                            self.watermark = None;
+                            self.cap = None;
+                            self.phase = Phase::Create;
+                            continue;
+                        }
+                        r => r?,
+                    };
                     let next = resp
                         .headers
                         .get("Sforce-Locator")
@@ -470,6 +607,10 @@ impl PageSource for BulkReader<'_> {
             w.extend(r.warnings());
         }
         w
+    }
+
+    fn checkpoint(&self) -> Option<String> {
+        serde_json::to_string(&self.position()?).ok()
     }
 }
 

@@ -354,23 +354,31 @@ impl Connector for Salesforce<'_> {
             let d = self.describe(&req.object).await?;
             if let (SyncMode::Full, Some(threshold)) = (&req.mode, self.bulk_threshold) {
                 if self.count(&req.object).await? > threshold {
-                    let r = bulk::BulkReader::new(
+                    let resume = req.resume.clone();
+                    let mut r = bulk::BulkReader::new(
                         &self.api,
                         req,
                         d,
                         self.batch_size,
                         self.max_query_length,
                     );
+                    if let Some(p) = resume {
+                        r.resume_from(&p)?;
+                    }
                     return Ok(Box::new(r) as Box<dyn PageSource + 'a>);
                 }
             }
-            let r = reader::RestReader::new(
+            let mut r = reader::RestReader::new(
                 &self.api,
                 &req,
                 &d,
                 self.batch_size,
                 self.max_query_length,
             )?;
+            // A position from another kind of run is ignored: it starts over.
+            if let Some(p) = &req.resume {
+                r.resume_from(p);
+            }
             Ok(Box::new(r) as Box<dyn PageSource + 'a>)
         })
     }

@@ -24,10 +24,21 @@
 //!
 //! A field deleted in the org (`INVALID_FIELD`) is dropped from the query
 //! with a warning and the query is sent again.
+//!
+//! A run can resume ([`PageSource::checkpoint`]): its position is the pass
+//! and the last (cursor time, Id) it returned, and the resumed query starts
+//! after it (`SystemModstamp >= :t AND (SystemModstamp > :t OR Id > :id)`,
+//! the query's own order) rather than from a query locator, which expires
+//! after 15 minutes unused. A page may show a record's current values in
+//! the query's original order, so only a record stamped before its query
+//! began can mark the position: one edited since could sort far later than
+//! where the query returned it. Records changed since the interrupted query
+//! began are stamped later than the position, so the resumed query finds
+//! them; the watermark stays capped at the interrupted query's start.
 
 use chrono::{DateTime, Utc};
 use reqwest::Method;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
@@ -40,7 +51,8 @@ use crate::error::{CrmError, Result};
 use crate::http::server_date_ms;
 use crate::types::{fmt_ts, parse_datetime};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 enum Pass {
     Live,
     Deleted,
@@ -85,8 +97,42 @@ pub struct RestReader<'a> {
     /// The server's time when the live query started: the watermark never
     /// passes it (see the module docs).
     cap: Option<DateTime<Utc>>,
+    /// The server's time when the current pass's query began: records
+    /// stamped later may show values newer than the query's order.
+    began: Option<DateTime<Utc>>,
     /// The last `nextRecordsUrl` followed, to stop a server that repeats one.
     last_url: Option<String>,
+    /// The last record the current pass returned (or, resuming, the one an
+    /// interrupted run had): its cursor time and Id. `None` before the
+    /// pass's first page, and when a record had no cursor time (then the
+    /// run cannot resume from a position).
+    after: Option<After>,
+    /// Records returned without a cursor time since the pass began.
+    unplaced: bool,
+}
+
+/// Where a pass stands: after this record, in the query's order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct After {
+    /// Cursor time in epoch milliseconds (absent for objects without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    t: Option<i64>,
+    id: String,
+}
+
+/// A resumable position (see the module docs); opaque to the engine.
+#[derive(Debug, Serialize, Deserialize)]
+struct Position {
+    /// Always "rest": a Bulk reader's position is not one of these.
+    reader: String,
+    object: String,
+    /// Where the live query starts (the watermark minus the lookback).
+    since_ms: Option<i64>,
+    /// `None`: every pass is done.
+    pass: Option<Pass>,
+    after: Option<After>,
+    watermark_ms: Option<i64>,
+    cap_ms: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -154,7 +200,60 @@ impl<'a> RestReader<'a> {
             warnings: vec![],
             dropped: vec![],
             cap: None,
+            began: None,
             last_url: None,
+            after: None,
+            unplaced: false,
+        })
+    }
+
+    /// Go on from `position` (from [`PageSource::checkpoint`] of a run of
+    /// the same object, mode and watermark). A position that does not fit
+    /// this run is ignored: the run starts over, which is only slower.
+    pub fn resume_from(&mut self, position: &str) -> bool {
+        let Ok(p) = serde_json::from_str::<Position>(position) else {
+            return false;
+        };
+        let ms = |d: Option<DateTime<Utc>>| d.map(|d| d.timestamp_millis());
+        let fits = p.reader == "rest"
+            && p.object == self.object
+            && p.since_ms == ms(self.since)
+            && p.after
+                .as_ref()
+                .is_none_or(|a| a.t.is_some() == self.cursor.is_some())
+            && (p.pass != Some(Pass::Deleted) || self.track_deletes);
+        if !fits {
+            return false;
+        }
+        let at = |ms: Option<i64>| ms.and_then(DateTime::from_timestamp_millis);
+        self.phase = match p.pass {
+            Some(pass) => Phase::Start(pass),
+            None => Phase::Done,
+        };
+        self.after = p.after;
+        self.watermark = at(p.watermark_ms).or(self.watermark);
+        self.cap = at(p.cap_ms);
+        true
+    }
+
+    /// Where the next page starts, if the run can go on from there.
+    fn position(&self) -> Option<Position> {
+        let pass = match &self.phase {
+            Phase::Done => None,
+            Phase::Start(p) | Phase::More(p, _) => Some(*p),
+        };
+        if self.unplaced && pass.is_some() {
+            return None;
+        }
+        let ms = |d: Option<DateTime<Utc>>| d.map(|d| d.timestamp_millis());
+        Some(Position {
+            reader: "rest".into(),
+            object: self.object.clone(),
+            since_ms: ms(self.since),
+            pass,
+            after: self.after.clone(),
+            watermark_ms: ms(self.watermark),
+            cap_ms: ms(self.cap),
         })
     }
 
@@ -196,6 +295,20 @@ impl<'a> RestReader<'a> {
         if let (Some(c), Some(s)) = (self.cursor, self.since) {
             conds.push(format!("{c} >= {}", soql::datetime(s)));
         }
+        // Resuming: after the last record returned, in the query's order.
+        if let Some(a) = &self.after {
+            let id = soql::string(&a.id);
+            conds.push(
+                match (self.cursor, a.t.and_then(DateTime::from_timestamp_millis)) {
+                    // The leading range keeps the cursor's index usable.
+                    (Some(c), Some(t)) => {
+                        let t = soql::datetime(t);
+                        format!("{c} >= {t} AND ({c} > {t} OR Id > {id})")
+                    }
+                    _ => format!("Id > {id}"),
+                },
+            );
+        }
         let mut sel = self.key.clone();
         sel.extend(self.plan.groups[0].iter().cloned());
         let w = (!conds.is_empty()).then(|| conds.join(" AND "));
@@ -219,13 +332,14 @@ impl<'a> RestReader<'a> {
             .await;
         match res {
             Ok(resp) => {
+                // The query began before the server stamped its answer, at
+                // most one round trip earlier.
+                let date =
+                    server_date_ms(&resp.headers).unwrap_or_else(|| Utc::now().timestamp_millis());
+                let rtt = resp.elapsed.as_millis() as i64 + 1;
+                self.began = DateTime::from_timestamp_millis(date - rtt);
                 if pass == Pass::Live && self.cap.is_none() {
-                    // The query began before the server stamped its answer,
-                    // at most one round trip earlier.
-                    let date = server_date_ms(&resp.headers)
-                        .unwrap_or_else(|| Utc::now().timestamp_millis());
-                    let rtt = resp.elapsed.as_millis() as i64 + 1;
-                    self.cap = DateTime::from_timestamp_millis(date - rtt);
+                    self.cap = self.began;
                 }
                 Ok(Some(parse_json(&format!("GET {path}"), &resp.body)?))
             }
@@ -275,12 +389,17 @@ impl<'a> RestReader<'a> {
                 (pass, p)
             }
         };
+        let mut records = self.take_records(pass, page.records)?;
         self.phase = match (page.next_records_url.clone(), pass) {
             (Some(u), _) => Phase::More(pass, u),
             (None, Pass::Live) if self.track_deletes => Phase::Start(Pass::Deleted),
             (None, _) => Phase::Done,
         };
-        let mut records = self.take_records(pass, page.records)?;
+        if !matches!(self.phase, Phase::More(..)) {
+            // A new pass (or none) begins from its start.
+            self.after = None;
+            self.unplaced = false;
+        }
         if self.plan.groups.len() > 1 && !records.is_empty() {
             self.fetch_other_groups(&mut records).await?;
         }
@@ -320,6 +439,18 @@ impl<'a> RestReader<'a> {
                 Pass::Live => None,
                 Pass::Deleted => Some(updated_at.unwrap_or_else(Utc::now)),
             };
+            match (self.cursor, updated_at) {
+                (Some(_), None) => self.unplaced = true,
+                // Edited since the query began: it may sort later than
+                // here, and the resumed query reads it again anyway.
+                (Some(_), Some(t)) if self.began.is_none_or(|b| t > b) => {}
+                (_, t) => {
+                    self.after = Some(After {
+                        t: t.map(|t| t.timestamp_millis()),
+                        id: id.clone(),
+                    })
+                }
+            }
             out.push(Record {
                 id,
                 updated_at,
@@ -442,5 +573,9 @@ impl PageSource for RestReader<'_> {
 
     fn dropped_fields(&self) -> Vec<String> {
         self.dropped.clone()
+    }
+
+    fn checkpoint(&self) -> Option<String> {
+        serde_json::to_string(&self.position()?).ok()
     }
 }
