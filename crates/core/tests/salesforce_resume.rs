@@ -182,6 +182,102 @@ fn a_record_edited_while_paging_does_not_move_the_position_past_unread_ones() {
 }
 
 #[test]
+fn a_run_paused_in_the_deletes_pass_resumes_in_it() {
+    let base = start(Options {
+        accounts: 1500,
+        ..Options::default()
+    });
+    let cfg = config(&base, json!({"batch_size": 200, "bulk_api": false}));
+    let mut clean = Crashing::dying_after(0);
+    run(&cfg, 500, None, &mut clean).0.unwrap();
+    let live: Vec<String> = clean
+        .all()
+        .into_iter()
+        .filter(|r| r.deleted_at.is_none())
+        .map(|r| r.id)
+        .collect();
+    // Deleted a minute ago: records stamped after their query began (the
+    // server's Date has whole seconds) never mark a position.
+    let ago = chrono::Utc::now().timestamp_millis() - 60_000;
+    admin(
+        &base,
+        "/_mock/sf/Account/delete",
+        json!({"ids": live[..500], "timestamp_ms": ago}),
+    );
+    let mut clean = Crashing::dying_after(0);
+    run(&cfg, 500, None, &mut clean).0.unwrap();
+    let clean = clean.all();
+    let expected: HashSet<&str> = clean.iter().map(|r| r.id.as_str()).collect();
+    let deleted = clean.iter().filter(|r| r.deleted_at.is_some()).count();
+    assert!(deleted > 500);
+
+    // About 1,000 live records, then over 500 deleted ones: the second
+    // checkpoint (1,200 records) falls in the deletes pass.
+    let mut first = Crashing::dying_after(2);
+    assert!(run(&cfg, 500, None, &mut first).0.is_err());
+    let p: Value = serde_json::from_str(first.position.as_deref().unwrap()).unwrap();
+    assert_eq!(p["pass"], "deleted", "{p}");
+    let position = first.position.clone();
+    let mut second = Crashing::dying_after(0);
+    run(&cfg, 500, position, &mut second).0.unwrap();
+    let second = second.all();
+    assert!(
+        second.iter().all(|r| r.deleted_at.is_some()),
+        "only the deletes pass is left"
+    );
+    let mut ids: HashSet<&str> = first.committed.iter().map(|r| r.id.as_str()).collect();
+    assert!(
+        second.iter().all(|r| !ids.contains(r.id.as_str())),
+        "nothing read twice"
+    );
+    ids.extend(second.iter().map(|r| r.id.as_str()));
+    assert_eq!(ids, expected);
+}
+
+#[test]
+fn an_object_without_a_modification_time_resumes_by_id() {
+    let base = start(Options {
+        accounts: 1500,
+        ..Options::default()
+    });
+    let cfg = config(&base, json!({"batch_size": 200, "bulk_api": false}));
+    let all = |_: &Field| true;
+    let mut clean = Crashing::dying_after(0);
+    common::run(&cfg, "AccountHistory", all, 500, None, &mut clean)
+        .0
+        .unwrap();
+    let clean = clean.all();
+    let expected: HashSet<&str> = clean.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(expected.len(), 1500);
+
+    let mut first = Crashing::dying_after(1);
+    assert!(
+        common::run(&cfg, "AccountHistory", all, 500, None, &mut first)
+            .0
+            .is_err()
+    );
+    let position = first.position.clone();
+    let p: Value = serde_json::from_str(position.as_deref().unwrap()).unwrap();
+    assert!(
+        p["after"]["t"].is_null() && p["after"]["id"].is_string(),
+        "{p}"
+    );
+    let mut second = Crashing::dying_after(0);
+    common::run(&cfg, "AccountHistory", all, 500, position, &mut second)
+        .0
+        .unwrap();
+    let second = second.all();
+    let mut ids: HashSet<&str> = first.committed.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids.len(), 600);
+    assert!(
+        second.iter().all(|r| !ids.contains(r.id.as_str())),
+        "nothing read twice"
+    );
+    ids.extend(second.iter().map(|r| r.id.as_str()));
+    assert_eq!(ids, expected);
+}
+
+#[test]
 fn a_bulk_run_resumes_from_its_jobs_next_results_page() {
     // 12,000 accounts: three results pages of 5,000 (the reader's page),
     // committed one by one with batches of 5,000.
