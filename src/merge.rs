@@ -940,76 +940,113 @@ fn survive(entity: &str, ids: &[i64], full: bool) -> i64 {
         &[entity.into(), ids.to_vec().into()],
     )
     .expect("drop unified rows without records");
-    // The unified ids to write, then pages of them, each in its own SPI
-    // connection (memory is given back after every page).
-    let all: Vec<i64> = if full {
-        Spi::connect(|c| {
-            c.select(
-                "SELECT DISTINCT unified_id FROM crm_sync.unified_ids WHERE entity = $1 ORDER BY unified_id",
-                None,
-                &[entity.into()],
-            )
-            .expect("read unified ids")
-            .map(|r| r.get::<i64>(1).ok().flatten().unwrap_or_default())
-            .collect()
-        })
-    } else {
-        let mut v = ids.to_vec();
-        v.sort_unstable();
-        v.dedup();
-        v
-    };
     let links: Vec<String> = REFS.iter().map(|r| format!("x.{}", r.2)).collect();
     let sql = format!(
         "SELECT i.unified_id, x.source, x.stream, x.external_id,
                 (extract(epoch FROM x.updated_at) * 1e6)::int8, x.deleted, x.vals::text, {}
            FROM crm_sync.unified_ids i
            JOIN crm_sync.source_records x ON x.entity = i.entity AND x.record_id = i.record_id
-          WHERE i.entity = $1 AND i.unified_id = ANY ($2)
+          WHERE i.entity = $1 {}
           ORDER BY i.unified_id",
-        links.join(", ")
+        links.join(", "),
+        if full {
+            ""
+        } else {
+            "AND i.unified_id = ANY ($2)"
+        }
     );
     let mut w = RowWriter::new(entity, &fields, &priority);
     let mut written = 0i64;
+    let mut rows_read = 0usize;
     let (mut t_read, mut t_write) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
-    for chunk in all.chunks(FETCH as usize) {
-        written += Spi::connect_mut(|c| {
+    // Pages of records in unified-id order, each read and written in its
+    // own SPI connection (memory is given back after every page). A full
+    // merge reads every record through one cursor: one pass over the
+    // tables, where pages of ids would each scan them again. A unified row
+    // whose records straddle a page waits for the next one.
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut pages = ids.chunks(FETCH as usize);
+    let mut cursor: Option<String> = None;
+    let mut carry: Vec<Contribution> = Vec::new();
+    loop {
+        let (done, n) = Spi::connect_mut(|c| {
             let t = std::time::Instant::now();
-            let rows: Vec<Contribution> = c
-                .select(sql.as_str(), None, &[entity.into(), chunk.to_vec().into()])
-                .expect("read source records")
-                .map(|r| Contribution {
-                    unified_id: r.get(1).ok().flatten().unwrap_or_default(),
-                    source: r.get(2).ok().flatten().unwrap_or_default(),
-                    stream: r.get(3).ok().flatten().unwrap_or_default(),
-                    external_id: r.get(4).ok().flatten().unwrap_or_default(),
-                    updated_us: r.get(5).ok().flatten(),
-                    deleted: r.get(6).ok().flatten().unwrap_or(false),
-                    vals: r
-                        .get::<String>(7)
-                        .ok()
-                        .flatten()
-                        .and_then(|v| serde_json::from_str(&v).ok())
-                        .unwrap_or_default(),
-                    links: std::array::from_fn(|i| r.get(8 + i).ok().flatten()),
-                })
-                .collect();
+            let mut rows = std::mem::take(&mut carry);
+            let done = if full {
+                let mut cur = match &cursor {
+                    None => c.open_cursor(sql.as_str(), &[entity.into()]),
+                    Some(name) => c.find_cursor(name).expect("find the survivorship cursor"),
+                };
+                let before = rows.len();
+                rows.extend(
+                    cur.fetch(FETCH)
+                        .expect("read source records")
+                        .map(|r| contribution(&r)),
+                );
+                let done = rows.len() - before < FETCH as usize;
+                if done {
+                    cursor = None;
+                } else {
+                    cursor = Some(cur.detach_into_name());
+                    let last = rows.last().map(|r| r.unified_id);
+                    let keep = rows.partition_point(|r| Some(r.unified_id) != last);
+                    carry = rows.split_off(keep);
+                }
+                done
+            } else {
+                match pages.next() {
+                    None => true,
+                    Some(page) => {
+                        rows.extend(
+                            c.select(sql.as_str(), None, &[entity.into(), page.to_vec().into()])
+                                .expect("read source records")
+                                .map(|r| contribution(&r)),
+                        );
+                        false
+                    }
+                }
+            };
             for g in rows.chunk_by(|a, b| a.unified_id == b.unified_id) {
                 w.push(g);
+                rows_read += 1;
             }
             t_read += t.elapsed();
             let t = std::time::Instant::now();
             let n = w.flush(c);
             t_write += t.elapsed();
-            n
+            (done, n)
         });
+        written += n;
         pgrx::check_for_interrupts!();
+        if done {
+            break;
+        }
     }
     pgrx::debug1!(
-        "pg_crm_sync merge {entity}: survivorship read {} rows' records in {t_read:?}, wrote them in {t_write:?}",
-        all.len()
+        "pg_crm_sync merge {entity}: survivorship read {rows_read} rows' records in {t_read:?}, wrote them in {t_write:?}"
     );
     written
+}
+
+/// A row of the survivorship query as one record's contribution.
+fn contribution(r: &pgrx::spi::SpiHeapTupleData<'_>) -> Contribution {
+    Contribution {
+        unified_id: r.get(1).ok().flatten().unwrap_or_default(),
+        source: r.get(2).ok().flatten().unwrap_or_default(),
+        stream: r.get(3).ok().flatten().unwrap_or_default(),
+        external_id: r.get(4).ok().flatten().unwrap_or_default(),
+        updated_us: r.get(5).ok().flatten(),
+        deleted: r.get(6).ok().flatten().unwrap_or(false),
+        vals: r
+            .get::<String>(7)
+            .ok()
+            .flatten()
+            .and_then(|v| serde_json::from_str(&v).ok())
+            .unwrap_or_default(),
+        links: std::array::from_fn(|i| r.get(8 + i).ok().flatten()),
+    }
 }
 
 /// One source record's part in a unified row.
