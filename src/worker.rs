@@ -23,6 +23,7 @@ use pgrx::bgworkers::{
     DynamicBackgroundWorker, SignalWakeFlags,
 };
 use pgrx::prelude::*;
+use pgrx::PgMemoryContexts;
 
 use crate::catalog::{self, StreamRow};
 use crate::errors::{self, Context};
@@ -96,12 +97,49 @@ pub fn commit_batch(job_id: i64) {
 
 // ---------------------------------------------------------------- launcher
 
-#[derive(Default)]
 struct Launcher {
     /// Workers this launcher started, by job.
     workers: HashMap<i64, DynamicBackgroundWorker>,
     /// Jobs whose worker was already sent a cancel.
     signalled: HashSet<i64>,
+    /// Where the workers' handles live. Postgres allocates a handle in the
+    /// current memory context, which is the transaction's in a tick: its
+    /// end freed the handle under the map, and a later status read saw
+    /// reused memory (a running job taken for interrupted, or a crash).
+    /// Reset whenever the map is empty.
+    handles: pg_sys::MemoryContext,
+}
+
+impl Launcher {
+    fn new() -> Self {
+        // SAFETY: a child of TopMemoryContext, which lives as long as the
+        // process; the name is a static string.
+        let handles = unsafe {
+            pg_sys::AllocSetContextCreateExtended(
+                pg_sys::TopMemoryContext,
+                c"pg_crm_sync worker handles".as_ptr(),
+                pg_sys::ALLOCSET_SMALL_MINSIZE as usize,
+                pg_sys::ALLOCSET_SMALL_INITSIZE as usize,
+                pg_sys::ALLOCSET_SMALL_MAXSIZE as usize,
+            )
+        };
+        Launcher {
+            workers: HashMap::new(),
+            signalled: HashSet::new(),
+            handles,
+        }
+    }
+
+    /// Drop handles of workers that exited (all of them with `all`), and
+    /// free their memory once none is left.
+    fn forget_workers(&mut self, all: bool) {
+        self.workers
+            .retain(|_, w| !all && !matches!(w.pid(), Err(BackgroundWorkerStatus::Stopped)));
+        if self.workers.is_empty() {
+            // SAFETY: no handle allocated in it is referenced any more.
+            unsafe { pg_sys::MemoryContextReset(self.handles) };
+        }
+    }
 }
 
 #[pg_guard]
@@ -112,7 +150,7 @@ pub extern "C-unwind" fn crm_sync_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
     shmem::set_launcher_latch(true);
     log!("pg_crm_sync launcher started for database \"{db}\"");
-    let mut state = Launcher::default();
+    let mut state = Launcher::new();
     loop {
         if BackgroundWorker::sighup_received() {
             // SAFETY: the documented way for a worker to reload its settings.
@@ -137,13 +175,10 @@ fn tick(state: &mut Launcher) {
     .flatten()
     .unwrap_or(false);
     if !installed {
-        state.workers.clear();
+        state.forget_workers(true);
         return;
     }
-    // Forget workers that have exited.
-    state
-        .workers
-        .retain(|_, w| !matches!(w.pid(), Err(BackgroundWorkerStatus::Stopped)));
+    state.forget_workers(false);
 
     let running = running_jobs();
     for job in &running {
@@ -355,7 +390,34 @@ fn start_jobs(state: &mut Launcher) {
         if busy.len() >= max {
             continue;
         }
-        match start_worker(q.job_id, db_oid, owner_oid) {
+        // Lock the row before the worker exists: its claim (FOR UPDATE)
+        // then waits for this transaction, and sees the job running. A
+        // worker that read the row first saw it still queued and left,
+        // and the job was later taken for interrupted.
+        let still_queued = Spi::connect_mut(|c| {
+            c.update(
+                "SELECT status = 'queued' FROM crm_sync.jobs WHERE job_id = $1 FOR UPDATE",
+                Some(1),
+                &[q.job_id.into()],
+            )
+            .expect("lock a job")
+            .first()
+            .get_one::<bool>()
+            .ok()
+            .flatten()
+            .unwrap_or(false)
+        });
+        if !still_queued {
+            // Cancelled since it was read.
+            continue;
+        }
+        // SAFETY: the handle is allocated in a context that outlives the
+        // transaction (see `Launcher::handles`).
+        let started = unsafe {
+            PgMemoryContexts::For(state.handles)
+                .switch_to(|_| start_worker(q.job_id, db_oid, owner_oid))
+        };
+        match started {
             Some(w) => {
                 Spi::run_with_args(
                     "UPDATE crm_sync.jobs
