@@ -396,7 +396,7 @@ fn start_jobs(state: &mut Launcher) {
         // and the job was later taken for interrupted.
         let still_queued = Spi::connect_mut(|c| {
             c.update(
-                "SELECT status = 'queued' FROM crm_sync.jobs WHERE job_id = $1 FOR UPDATE",
+                "SELECT status = 'queued' FROM crm_sync.jobs WHERE job_id = $1 FOR UPDATE SKIP LOCKED",
                 Some(1),
                 &[q.job_id.into()],
             )
@@ -408,7 +408,9 @@ fn start_jobs(state: &mut Launcher) {
             .unwrap_or(false)
         });
         if !still_queued {
-            // Cancelled since it was read.
+            // Cancelled or deleted since it was read, or another session
+            // holds the row (a cancel in an open transaction, say): the
+            // next tick looks again rather than wait.
             continue;
         }
         // SAFETY: the handle is allocated in a context that outlives the
