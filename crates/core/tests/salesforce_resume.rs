@@ -39,6 +39,18 @@ fn latest(recs: &[Record]) -> HashMap<&str, &Record> {
     recs.iter().map(|r| (r.id.as_str(), r)).collect()
 }
 
+/// The resumed run read nothing the interrupted one had committed, and the
+/// two together read every record a clean run reads.
+fn assert_read_once(committed: &[Record], resumed: &[Record], expected: &HashSet<&str>) {
+    let mut ids: HashSet<&str> = committed.iter().map(|r| r.id.as_str()).collect();
+    assert!(
+        resumed.iter().all(|r| !ids.contains(r.id.as_str())),
+        "nothing read twice"
+    );
+    ids.extend(resumed.iter().map(|r| r.id.as_str()));
+    assert_eq!(&ids, expected);
+}
+
 #[test]
 fn a_rest_run_resumes_after_its_last_record_even_inside_a_tie() {
     // 900 seeded accounts, then 600 stamped at one instant: with pages of
@@ -225,13 +237,7 @@ fn a_run_paused_in_the_deletes_pass_resumes_in_it() {
         second.iter().all(|r| r.deleted_at.is_some()),
         "only the deletes pass is left"
     );
-    let mut ids: HashSet<&str> = first.committed.iter().map(|r| r.id.as_str()).collect();
-    assert!(
-        second.iter().all(|r| !ids.contains(r.id.as_str())),
-        "nothing read twice"
-    );
-    ids.extend(second.iter().map(|r| r.id.as_str()));
-    assert_eq!(ids, expected);
+    assert_read_once(&first.committed, &second, &expected);
 }
 
 #[test]
@@ -266,15 +272,9 @@ fn an_object_without_a_modification_time_resumes_by_id() {
     common::run(&cfg, "AccountHistory", all, 500, position, &mut second)
         .0
         .unwrap();
-    let second = second.all();
-    let mut ids: HashSet<&str> = first.committed.iter().map(|r| r.id.as_str()).collect();
-    assert_eq!(ids.len(), 600);
-    assert!(
-        second.iter().all(|r| !ids.contains(r.id.as_str())),
-        "nothing read twice"
-    );
-    ids.extend(second.iter().map(|r| r.id.as_str()));
-    assert_eq!(ids, expected);
+    let committed: HashSet<&str> = first.committed.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(committed.len(), 600);
+    assert_read_once(&first.committed, &second.all(), &expected);
 }
 
 #[test]
@@ -312,10 +312,7 @@ fn a_bulk_run_resumes_from_its_jobs_next_results_page() {
         jobs_before,
         "the interrupted job's results are read on"
     );
-    let resumed: HashSet<&str> = second.iter().map(|r| r.id.as_str()).collect();
-    assert!(resumed.is_disjoint(&committed), "no record read twice");
-    let all: HashSet<&str> = committed.union(&resumed).copied().collect();
-    assert_eq!(all, expected);
+    assert_read_once(&first.committed, &second, &expected);
     assert_eq!(out.watermark, clean_wm, "the job's watermark");
     assert!(out.warnings.is_empty(), "{:?}", out.warnings);
 
