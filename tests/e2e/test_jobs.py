@@ -276,6 +276,11 @@ def test_one_stream_is_synced_by_one_job_at_a_time(jobs_connect, mock_factory):
                     lambda: (x := job(c, b)) and x["status"] == "queued" and x["detail"] and x)
     assert str(a) in jb["detail"]
     assert job(c, a)["status"] == "running"
+    # "running" is set when A's worker starts; it takes the stream's lock a
+    # moment later, once connected.
+    wait_until("job A's worker to hold the stream's lock", lambda: count(
+        c, "SELECT count(*) FROM pg_locks l JOIN crm_sync.jobs j ON l.pid = j.worker_pid "
+           "WHERE j.job_id = %s AND l.locktype = 'advisory' AND l.granted", a))
 
     # A foreground sync of the same stream is refused; reading the table is not blocked.
     with pytest.raises(psycopg.errors.LockNotAvailable):
