@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # The demo: install everything, start PostgreSQL 15 and the HubSpot and
-# Salesforce mocks on 127.0.0.1, sync HubSpot's contacts, companies and deals
-# and Salesforce's accounts, contacts, leads, opportunities and users, show
-# what landed, change a few records in the "CRMs" and show incremental syncs
-# moving only those, then run a sync as a background job.
+# Salesforce mocks on 127.0.0.1 (500 of their people and 125 of their
+# companies are in both CRMs, typed differently), sync HubSpot's contacts,
+# companies and deals and Salesforce's accounts, contacts, leads,
+# opportunities and users, show what landed, change a few records in the
+# "CRMs" and show incremental syncs moving only those, run a sync as a
+# background job and put one on a schedule, then show the unified model
+# (people merged across the CRMs, with lineage; merged companies; invalid
+# values) and crm_sync.status.
 #   scripts/demo.sh          run and stop everything at the end
 #   scripts/demo.sh --keep   leave Postgres and the mock running to explore
 set -euo pipefail
@@ -18,10 +22,11 @@ TOKEN=pat-na1-demo-token
 SF_REFRESH=5Aep861demo.refresh.token
 rm -rf "$DIR"
 bash scripts/pg.sh start "$DIR" "$PORT" "shared_preload_libraries = 'pg_crm_sync'" "crm_sync.database = 'crm_demo'"
-target/release/crm-mock hubspot --port 0 --contacts 20000 --companies 2000 --deals 3000 --token "$TOKEN" > "$DIR.mock" &
+target/release/crm-mock hubspot --port 0 --contacts 20000 --companies 2000 --deals 3000 --token "$TOKEN" \
+    --shared-people 500 > "$DIR.mock" &
 MOCK_PID=$!
 target/release/crm-mock salesforce --port 0 --accounts 5000 --contacts 8000 --leads 3000 \
-    --opportunities 4000 --users 40 --refresh-token "$SF_REFRESH" > "$DIR.sfmock" &
+    --opportunities 4000 --users 40 --refresh-token "$SF_REFRESH" --shared-people 500 > "$DIR.sfmock" &
 SF_PID=$!
 cleanup() {
     if [ "$keep" != "--keep" ]; then
@@ -75,12 +80,6 @@ run "SELECT id, email, firstname, lifecyclestage, phone, _deleted_at IS NOT NULL
 run "SELECT run_id, stream, mode, status, records, records_deleted, api_calls, finished_at - started_at AS took FROM crm_sync.runs ORDER BY run_id"
 
 echo
-echo "== The unified model: every sync merged what it landed into schema crm (cleaned, matched, with lineage)"
-run "SELECT (SELECT count(*) FROM crm.contacts) AS contacts, (SELECT count(*) FROM crm.companies) AS companies, (SELECT count(*) FROM crm.deals) AS deals, (SELECT count(*) FROM crm.identities) AS source_records"
-run "SELECT id, first_name, last_name, email, phone, country, company_id, sources FROM crm.contacts WHERE company_id IS NOT NULL ORDER BY id LIMIT 3"
-run "SELECT source, stream, field, valid, invalid, invalid_samples[1:2] AS samples FROM crm_sync.quality WHERE invalid > 0 ORDER BY source, stream, field"
-
-echo
 echo "== In the background: queue a job, follow it, wait for it (a launcher worker runs it)"
 curl -sf -X POST "$MOCK_URL/_mock/contacts/upsert" -H 'content-type: application/json' \
     -d '{"records":[{"id":"4","properties":{"lifecyclestage":"opportunity"}}]}' >/dev/null
@@ -88,6 +87,43 @@ JOB=$("${PSQL[@]}" -d crm_demo -At -c "SELECT crm_sync.sync_async('hubspot_demo'
 echo "crm_demo=# SELECT crm_sync.sync_async('hubspot_demo');  -- job $JOB"
 run "SELECT crm_sync.wait($JOB, '60 seconds') AS status"
 run "SELECT job_id, source, status, attempts, records, run_ids, finished_at - started_at AS took FROM crm_sync.jobs"
+
+echo
+echo "== On a schedule: the launcher queues a job now and every 15 minutes (pg_cron works too)"
+run "SELECT crm_sync.schedule('sf_demo', '15 minutes')"
+for _ in $(seq 100); do
+    SJOB=$("${PSQL[@]}" -d crm_demo -At -c "SELECT last_job_id FROM crm_sync.schedules WHERE source = 'sf_demo'")
+    [ -n "$SJOB" ] && break
+    sleep 0.1
+done
+run "SELECT crm_sync.wait($SJOB, '120 seconds') AS status"
+
+echo
+echo "== The unified model: every sync merged what it landed into schema crm (cleaned, matched, with lineage)"
+run "SELECT (SELECT count(*) FROM crm.contacts) AS contacts, (SELECT count(*) FROM crm.contacts WHERE cardinality(sources) > 1) AS contacts_in_both_crms, (SELECT count(*) FROM crm.companies) AS companies, (SELECT count(*) FROM crm.companies WHERE cardinality(sources) > 1) AS companies_in_both_crms, (SELECT count(*) FROM crm.deals) AS deals"
+
+echo
+echo "-- One person, as each CRM has them: typed differently (case, spaces, phone format, country)"
+PERSON="(SELECT unified_id FROM crm.identities WHERE entity = 'contact' AND source = 'hubspot_demo' AND external_id = '12')"
+run "SELECT i.source, i.external_id, coalesce(h._raw->'properties'->>'firstname', s._raw->>'FirstName') AS first_name, coalesce(h._raw->'properties'->>'lastname', s._raw->>'LastName') AS last_name, coalesce(h._raw->'properties'->>'email', s._raw->>'Email') AS email, coalesce(h._raw->'properties'->>'phone', s._raw->>'Phone') AS phone, coalesce(h._raw->'properties'->>'country', s._raw->>'MailingCountry') AS country FROM crm.identities i LEFT JOIN hubspot_demo.contacts h ON i.source = 'hubspot_demo' AND h.id = i.external_id LEFT JOIN sf_demo.contact s ON i.source = 'sf_demo' AND s.id = i.external_id WHERE i.entity = 'contact' AND i.unified_id = $PERSON ORDER BY i.source"
+echo
+echo "-- ... merged into one row of crm.contacts, cleaned"
+run "SELECT id, first_name, last_name, email, phone, country, company_id, sources FROM crm.contacts WHERE id = $PERSON"
+echo
+echo "-- ... and where each value came from"
+run "SELECT field, source, external_id, source_updated_at FROM crm.field_lineage WHERE entity = 'contact' AND unified_id = $PERSON ORDER BY field"
+echo
+echo "-- Companies in both CRMs (HubSpot companies, Salesforce accounts), matched on their web domain"
+run "SELECT id, name, domain, country, sources FROM crm.companies WHERE cardinality(sources) > 1 ORDER BY id LIMIT 3"
+echo
+echo "-- Values that failed cleaning: kept in the landing tables, left out of the model"
+run "SELECT source, stream, field, valid, invalid, invalid_samples[1:3] AS samples FROM crm_sync.quality WHERE invalid > 0 ORDER BY source, stream, field"
+
+echo
+echo "== crm_sync.status: every source and stream at a glance"
+echo "(lag: now minus the watermark, the newest change known to have landed; the Salesforce mock's"
+echo " seeded records were last changed in 2024, so streams nobody edited since show a lag of years)"
+run "SELECT source, stream, state, last_status, last_records, lag, error_sqlstate, running_job, date_trunc('second', next_run_at - now()) AS next_run_in, schedule, landing_rows FROM crm_sync.status ORDER BY source, stream"
 if [ "$keep" = "--keep" ]; then
     echo; echo "Still running: psql -h 127.0.0.1 -p $PORT -U postgres crm_demo   (mocks: $MOCK_URL pid $MOCK_PID, $SF_URL pid $SF_PID)"
 fi

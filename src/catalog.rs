@@ -3,8 +3,9 @@
 use pgrx::prelude::*;
 use pgrx::JsonB;
 
-use crate::errors::Context;
-use crm_sync_core::CrmError;
+/// The hint of every "source does not exist" error.
+pub const NO_SOURCE_HINT: &str =
+    "Create it with crm_sync.create_source(); see SELECT name FROM crm_sync.sources.";
 
 /// A source as stored, credentials included (read with the owner's rights).
 pub struct SourceRow {
@@ -100,28 +101,6 @@ pub fn next_run_id() -> i64 {
         .ok()
         .flatten()
         .expect("nextval for crm_sync.runs")
-}
-
-/// Only one sync of a stream at a time, in any session. Held until the
-/// transaction ends, so the rows and watermark it writes are committed first.
-pub fn lock_stream(source: &str, stream: &str, ctx: &Context) {
-    let got = Spi::get_one_with_args::<bool>(
-        "SELECT pg_try_advisory_xact_lock(hashtextextended('crm_sync/' || $1 || '/' || $2, 0))",
-        &[source.into(), stream.into()],
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(false);
-    if !got {
-        let e = CrmError::config("another session is already syncing this stream");
-        crate::errors::fail(
-            PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
-            crate::errors::message(&e, ctx),
-            Some(
-                "Wait for it to finish (see pg_stat_activity and crm_sync.jobs), then sync again.",
-            ),
-        );
-    }
 }
 
 /// One finished run, as recorded in crm_sync.runs.

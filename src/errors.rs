@@ -1,9 +1,14 @@
 //! The one place where core errors become Postgres errors: a SQLSTATE per
 //! kind, the source and stream in the message, DETAIL and HINT, and every
-//! known secret scrubbed.
+//! known secret scrubbed; and the one place where a failed run's error,
+//! caught while it unwound, is classified (status, message, SQLSTATE) and
+//! raised again.
+
+use std::any::Any;
+use std::panic::resume_unwind;
 
 use crm_sync_core::{CrmError, ErrorKind};
-use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::pg_sys::panic::{CaughtError, ErrorReport};
 use pgrx::{PgLogLevel, PgSqlErrorCode};
 
 /// Which source and stream an error belongs to.
@@ -92,6 +97,97 @@ impl<T> OrRaise<T> for Result<T, CrmError> {
         match self {
             Ok(v) => v,
             Err(e) => raise(&e, ctx),
+        }
+    }
+}
+
+/// Every string value in a credentials object, for scrubbing messages.
+pub fn secret_strings(v: &serde_json::Value) -> Vec<String> {
+    match v {
+        serde_json::Value::Object(m) => m.values().flat_map(secret_strings).collect(),
+        serde_json::Value::Array(a) => a.iter().flat_map(secret_strings).collect(),
+        serde_json::Value::String(s) => vec![s.clone()],
+        _ => vec![],
+    }
+}
+
+/// What a run that failed (or was cancelled) reports, and how to raise it
+/// again once it is recorded.
+pub struct Failure {
+    /// `failed` or `cancelled`, as crm_sync.runs and crm_sync.jobs say.
+    pub status: &'static str,
+    /// Scrubbed of secrets.
+    pub message: String,
+    pub code: PgSqlErrorCode,
+    pub rethrow: Rethrow,
+}
+
+/// The error behind a [`Failure`], to raise it as it came.
+pub enum Rethrow {
+    Report(ErrorReport),
+    Caught(Box<CaughtError>),
+    Panic(Box<dyn Any + Send>),
+}
+
+impl Failure {
+    /// A connector's or the engine's error.
+    pub fn of_error(e: &CrmError, ctx: &Context) -> Failure {
+        Failure {
+            status: "failed",
+            message: message(e, ctx),
+            code: sqlstate(e.kind),
+            rethrow: Rethrow::Report(report(e, ctx)),
+        }
+    }
+
+    /// An ERROR raised through Postgres (a cancel, a statement timeout, an
+    /// SPI error) or a Rust panic, caught while it unwound.
+    pub fn of_panic(panic: Box<dyn Any + Send>, ctx: &Context) -> Failure {
+        match panic.downcast::<CaughtError>() {
+            Ok(caught) => {
+                let (msg, code) = match caught.as_ref() {
+                    CaughtError::PostgresError(r)
+                    | CaughtError::ErrorReport(r)
+                    | CaughtError::RustPanic { ereport: r, .. } => {
+                        (scrub(r.message(), &ctx.secrets), r.sql_error_code())
+                    }
+                };
+                let status = if code == PgSqlErrorCode::ERRCODE_QUERY_CANCELED {
+                    "cancelled"
+                } else {
+                    "failed"
+                };
+                Failure {
+                    status,
+                    message: msg,
+                    code,
+                    rethrow: Rethrow::Caught(caught),
+                }
+            }
+            Err(other) => Failure {
+                status: "failed",
+                message: "internal error".to_owned(),
+                code: PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                rethrow: Rethrow::Panic(other),
+            },
+        }
+    }
+
+    /// The SQLSTATE's five characters.
+    pub fn sqlstate(&self) -> String {
+        sqlstate_text(self.code)
+    }
+}
+
+impl Rethrow {
+    pub fn raise(self) -> ! {
+        match self {
+            Rethrow::Report(r) => {
+                r.report(PgLogLevel::ERROR);
+                unreachable!("ERROR does not return")
+            }
+            Rethrow::Caught(c) => c.rethrow(),
+            Rethrow::Panic(p) => resume_unwind(p),
         }
     }
 }

@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 
-use crm_sync_core::engine::{Record, Sink, WriteStats};
+use crm_sync_core::engine::{Sink, WriteStats};
+use crm_sync_core::source::Record;
 use crm_sync_core::types::{coerce_timestamp, pg_timestamp, PgType};
 use crm_sync_core::CrmError;
 

@@ -1,21 +1,24 @@
 //! pg_crm_sync: keep PostgreSQL tables in sync with CRMs.
 //!
-//! This crate is the Postgres side: settings, the SQL API, the catalog and the
-//! SPI writer. The engine, connectors and HTTP layer live in `crates/core`
-//! (`crm_sync_core`), which has no pgrx in it.
+//! This crate is the Postgres side; ARCHITECTURE.md draws the whole. From
+//! the top: `sql_api` (the SQL functions, thin) and `worker` (background
+//! processes) call `sync` (the one sync path) and `merge` (the unified
+//! model), which stand on `catalog`, `landing`, `locks`, `txn`, `errors`,
+//! `gucs` and `shmem`. The engine, connectors, HTTP layer and the model's
+//! rules live in `crates/core` (`crm_sync_core`), which has no pgrx in it.
 
 use pgrx::prelude::*;
 
 mod catalog;
-mod clean;
 mod errors;
-mod failed_run;
 mod gucs;
-mod jobs;
 mod landing;
+mod locks;
 mod merge;
 mod shmem;
 mod sql_api;
+mod sync;
+mod txn;
 mod worker;
 
 ::pgrx::pg_module_magic!();
@@ -24,13 +27,30 @@ pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap)
 pgrx::extension_sql_file!(
     "../sql/sources.sql",
     name = "sources",
-    requires = [sql_api::check_source, sql_api::provider_streams]
+    requires = [
+        sql_api::sources::check_source,
+        sql_api::sources::provider_streams
+    ]
 );
 pgrx::extension_sql_file!("../sql/model.sql", name = "model", requires = ["jobs"]);
 pgrx::extension_sql_file!(
     "../sql/jobs.sql",
     name = "jobs",
-    requires = ["sources", jobs::progress, jobs::check_background]
+    requires = [
+        "sources",
+        sql_api::jobs::progress,
+        sql_api::jobs::check_background
+    ]
+);
+pgrx::extension_sql_file!(
+    "../sql/status.sql",
+    name = "status",
+    requires = [
+        "jobs",
+        "model",
+        sql_api::status::watermark_time,
+        sql_api::status::cron_next_local
+    ]
 );
 
 #[pg_guard]

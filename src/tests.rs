@@ -247,7 +247,8 @@ mod tests {
     #[pg_test]
     fn a_forgotten_field_keeps_its_landed_values() {
         use crate::landing::{ensure_table, Column, SpiSink};
-        use crm_sync_core::engine::{Record, Sink};
+        use crm_sync_core::engine::Sink;
+        use crm_sync_core::source::Record;
         use crm_sync_core::types::PgType;
         Spi::run("CREATE SCHEMA land").unwrap();
         let col = |p: &str| Column {
@@ -437,5 +438,67 @@ mod tests {
             .unwrap();
             assert_eq!(public, Some(false), "{f}");
         }
+    }
+
+    #[pg_test]
+    fn status_lists_every_stream_with_its_schedule_and_no_pg_cron() {
+        create_demo();
+        create_sf();
+        Spi::run(
+            "UPDATE crm_sync.streams SET enabled = false WHERE source = 'hs' AND stream = 'deals'",
+        )
+        .unwrap();
+        // A schedule row as crm_sync.schedule() leaves it (that function
+        // also checks for the launcher, which these tests do not preload).
+        Spi::run(
+            "INSERT INTO crm_sync.schedules (source, stream, every, next_run_at)
+             VALUES ('hs', 'contacts', '15 minutes', now() + interval '10 minutes')",
+        )
+        .unwrap();
+        let rows = Spi::get_one::<String>(
+            "SELECT string_agg(format('%s.%s=%s', source, stream, state), ',' ORDER BY source, stream)
+               FROM crm_sync.status",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            rows,
+            "hs.companies=never synced,hs.contacts=never synced,hs.deals=disabled,\
+             sf.account=never synced,sf.contact=never synced,sf.lead=never synced,\
+             sf.opportunity=never synced,sf.user=never synced"
+        );
+        let sched = Spi::get_one::<String>(
+            "SELECT format('%s %s', schedule, next_run_at > now()) FROM crm_sync.status
+              WHERE source = 'hs' AND stream = 'contacts'",
+        )
+        .unwrap();
+        assert_eq!(sched.as_deref(), Some("every 00:15:00 t"));
+        let none = Spi::get_one::<i64>(
+            "SELECT count(*) FROM crm_sync.status WHERE schedule IS NOT NULL OR lag IS NOT NULL",
+        )
+        .unwrap();
+        assert_eq!(none, Some(1));
+    }
+
+    #[pg_test]
+    fn cron_schedules_fire_next_in_pg_crons_time_zone() {
+        // GMT unless cron.timezone says otherwise.
+        Spi::run("SET TimeZone = 'UTC'").unwrap();
+        let next = Spi::get_one::<String>(
+            "SELECT crm_sync._cron_next('30 3 * * *', '2026-12-04 17:31:55+00')::text",
+        )
+        .unwrap();
+        assert_eq!(next.as_deref(), Some("2026-12-05 03:30:00+00"));
+        Spi::run("SET cron.timezone = 'America/New_York'").unwrap();
+        let next = Spi::get_one::<String>(
+            "SELECT crm_sync._cron_next('30 3 * * *', '2026-12-04 17:31:55+00')::text",
+        )
+        .unwrap();
+        assert_eq!(next.as_deref(), Some("2026-12-05 08:30:00+00"));
+        let none = Spi::get_one::<bool>(
+            "SELECT crm_sync._cron_next('5 seconds', now()) IS NULL AND crm_sync._watermark_time('not a time') IS NULL",
+        )
+        .unwrap();
+        assert_eq!(none, Some(true));
     }
 }

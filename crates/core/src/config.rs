@@ -1,12 +1,14 @@
 //! Source options and credentials, checked once when a source is created or
 //! altered and again before each sync. Unknown keys are errors: a typo in an
-//! option must not silently fall back to a default.
+//! option must not silently fall back to a default. This module knows no
+//! provider: `connectors::configure` hands it the provider's keys and runs
+//! the provider's own checks between [`SourceConfig::check_keys`] and
+//! [`SourceConfig::parse`].
 
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::connectors::{CheckArgs, Provider};
 use crate::error::{CrmError, Result};
 use crate::http::{check_url_allowed, HttpSettings};
 
@@ -21,11 +23,15 @@ pub const COMMON_OPTIONS: &[&str] = &[
     "default_region",
 ];
 
+/// A source's options and credentials: JSON objects.
+pub type Settings<'a> = (&'a Map<String, Value>, &'a Map<String, Value>);
+
 /// A source's checked settings: the common ones parsed, the provider's own
-/// kept as given (its connector reads them; [`Provider::check`] vetted them).
+/// kept as given (its connector reads them; the provider's check vetted them).
 #[derive(Clone)]
 pub struct SourceConfig {
-    pub provider: &'static Provider,
+    /// The provider's name, for messages.
+    pub provider: String,
     pub options: Map<String, Value>,
     pub credentials: Map<String, Value>,
     pub http: HttpSettings,
@@ -39,7 +45,7 @@ pub struct SourceConfig {
 impl std::fmt::Debug for SourceConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SourceConfig")
-            .field("provider", &self.provider.name)
+            .field("provider", &self.provider)
             .field("options", &self.options)
             .field("credentials", &self.credentials.keys().collect::<Vec<_>>())
             .field("http", &self.http)
@@ -50,46 +56,50 @@ impl std::fmt::Debug for SourceConfig {
 }
 
 impl SourceConfig {
-    /// Check `options` and `credentials` for `provider`. `allow_insecure_http`
-    /// comes from the `crm_sync.allow_insecure_http` setting.
-    pub fn parse(
+    /// `options` and `credentials` as JSON objects whose keys are all known:
+    /// the provider's `own_options` or a common one, and its `credential_keys`.
+    pub fn check_keys<'a>(
         provider: &str,
-        options: &Value,
-        credentials: &Value,
-        allow_insecure_http: bool,
-    ) -> Result<SourceConfig> {
-        let provider = Provider::find(provider)?;
+        own_options: &[&str],
+        credential_keys: &[&str],
+        options: &'a Value,
+        credentials: &'a Value,
+    ) -> Result<Settings<'a>> {
         let opts = object(options, "options")?;
         let creds = object(credentials, "credentials")?;
         for k in opts.keys() {
-            if !provider.options.contains(&k.as_str()) && !COMMON_OPTIONS.contains(&k.as_str()) {
-                let mut known: Vec<&str> = provider.options.to_vec();
+            if !own_options.contains(&k.as_str()) && !COMMON_OPTIONS.contains(&k.as_str()) {
+                let mut known: Vec<&str> = own_options.to_vec();
                 known.extend_from_slice(COMMON_OPTIONS);
                 return Err(CrmError::config(format!(
-                    "unknown option {k:?} for provider {}",
-                    provider.name
+                    "unknown option {k:?} for provider {provider}"
                 ))
                 .with_hint(format!("Known options: {}.", known.join(", "))));
             }
         }
         for k in creds.keys() {
-            if !provider.credentials.contains(&k.as_str()) {
+            if !credential_keys.contains(&k.as_str()) {
                 // Name the key, never the value.
                 return Err(CrmError::config(format!(
-                    "unknown credential {k:?} for provider {}",
-                    provider.name
+                    "unknown credential {k:?} for provider {provider}"
                 ))
                 .with_hint(format!(
                     "Known credentials: {}.",
-                    provider.credentials.join(", ")
+                    credential_keys.join(", ")
                 )));
             }
         }
-        (provider.check)(&CheckArgs {
-            options: opts,
-            credentials: creds,
-            allow_insecure_http,
-        })?;
+        Ok((opts, creds))
+    }
+
+    /// Parse the options every provider understands. `allow_insecure_http`
+    /// comes from the `crm_sync.allow_insecure_http` setting.
+    pub fn parse(
+        provider: &str,
+        opts: &Map<String, Value>,
+        creds: &Map<String, Value>,
+        allow_insecure_http: bool,
+    ) -> Result<SourceConfig> {
         let d = HttpSettings::default();
         let http = HttpSettings {
             timeout: Duration::from_secs(
@@ -110,7 +120,7 @@ impl SourceConfig {
         // the unified model; checked here so a typo fails at create_source.
         match opts.get("default_region") {
             None | Some(Value::Null) => {}
-            Some(Value::String(r)) if crate::clean::country(r).is_ok_and(|c| c.is_some()) => {}
+            Some(Value::String(r)) if crate::model::clean::country(r).is_ok_and(|c| c.is_some()) => {}
             Some(v) => {
                 return Err(CrmError::config(format!(
                     "option default_region must be a country (ISO 3166 code or name), not {v}"
@@ -119,7 +129,7 @@ impl SourceConfig {
             }
         }
         Ok(SourceConfig {
-            provider,
+            provider: provider.to_owned(),
             options: opts.clone(),
             credentials: creds.clone(),
             http,
@@ -222,85 +232,5 @@ pub fn int(opts: &Map<String, Value>, key: &str, min: u64, max: u64) -> Result<O
                 "options.{key} must be an integer from {min} to {max}"
             ))),
         },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ErrorKind;
-    use serde_json::json;
-
-    fn parse(o: Value, c: Value) -> Result<SourceConfig> {
-        SourceConfig::parse("hubspot", &o, &c, false)
-    }
-
-    #[test]
-    fn defaults() {
-        let c = parse(json!({}), json!({"access_token": "pat-1"})).unwrap();
-        assert_eq!(c.provider.name, "hubspot");
-        assert_eq!(c.option_str("base_url"), None);
-        assert_eq!(c.lookback, Duration::from_secs(60));
-        assert!(c.track_deletes);
-        assert_eq!(c.option_bool("associations"), None);
-        assert_eq!(c.secrets(), ["pat-1"]);
-    }
-
-    #[test]
-    fn hubspot_associations_option_is_a_boolean() {
-        let c = parse(json!({"associations": false}), json!({"access_token": "t"})).unwrap();
-        assert_eq!(c.option_bool("associations"), Some(false));
-        let e = parse(json!({"associations": "no"}), json!({"access_token": "t"})).unwrap_err();
-        assert_eq!(e.kind, ErrorKind::InvalidConfig);
-        assert!(e
-            .message
-            .contains("options.associations must be true or false"));
-        // Salesforce has no such option.
-        let e = SourceConfig::parse(
-            "salesforce",
-            &json!({"associations": true}),
-            &json!({}),
-            false,
-        )
-        .unwrap_err();
-        assert!(
-            e.message.contains("unknown option \"associations\""),
-            "{}",
-            e.message
-        );
-    }
-
-    #[test]
-    fn bad_input_is_named_without_the_secret() {
-        let e = SourceConfig::parse("hubspt", &json!({}), &json!({}), false).unwrap_err();
-        assert!(e.message.contains("unknown provider \"hubspt\""));
-        let e = parse(json!({}), json!({})).unwrap_err();
-        assert!(e.message.contains("needs credentials.access_token"));
-        let e = parse(json!({"base_ur": "x"}), json!({"access_token": "t"})).unwrap_err();
-        assert!(
-            e.message.contains("unknown option \"base_ur\""),
-            "{}",
-            e.message
-        );
-        assert!(e.hint.unwrap().contains("base_url"));
-        let e = parse(
-            json!({}),
-            json!({"access_token": "t", "secret_thing": "hunter2"}),
-        )
-        .unwrap_err();
-        assert!(!format!("{e:?}").contains("hunter2"));
-        let e = parse(
-            json!({"base_url": "http://example.com"}),
-            json!({"access_token": "t"}),
-        )
-        .unwrap_err();
-        assert_eq!(e.kind, ErrorKind::InvalidConfig);
-        let e = parse(json!({"max_retries": -1}), json!({"access_token": "t"})).unwrap_err();
-        assert!(e.message.contains("max_retries"));
-        assert!(parse(
-            json!({"base_url": "http://127.0.0.1:9"}),
-            json!({"access_token": "t"})
-        )
-        .is_ok());
     }
 }

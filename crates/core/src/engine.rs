@@ -1,64 +1,15 @@
 //! The sync loop: pull pages from a connector's [`PageSource`], de-duplicate
 //! them into batches, and hand each batch to a [`Sink`] in one call. The
 //! engine owns batching and interrupt checks; the connector owns paging and
-//! the cursor; the sink (SPI in the extension) owns writing. The watermark is
-//! returned to the caller, which stores it in the same transaction as the rows.
+//! the cursor (its contract is [`crate::source`]); the sink (SPI in the
+//! extension) owns writing. The watermark is returned to the caller, which
+//! stores it in the same transaction as the rows.
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Utc};
-
-use crate::connectors::BoxFuture;
 use crate::error::Result;
 use crate::runtime::{block_on_interruptible, kick};
-
-/// One CRM record as the engine sees it.
-#[derive(Debug, Clone)]
-pub struct Record {
-    /// The CRM's id, unique within a stream.
-    pub id: String,
-    /// The CRM's modification time, if it has one.
-    pub updated_at: Option<DateTime<Utc>>,
-    /// Set when the CRM reports the record deleted/archived.
-    pub deleted_at: Option<DateTime<Utc>>,
-    /// Field values by field name, as JSON values from the API.
-    pub fields: serde_json::Map<String, serde_json::Value>,
-    /// The whole record exactly as received (JSON text).
-    pub raw: String,
-}
-
-/// A page of records from one API call.
-#[derive(Debug, Default)]
-pub struct Page {
-    pub records: Vec<Record>,
-    /// Total matches, when the API reports one (for progress).
-    pub total: Option<u64>,
-}
-
-/// Where a connector's stream reader stands. Implementations live in
-/// `connectors::*`; see that module for the contract.
-pub trait PageSource {
-    /// The next page, or `None` when the stream is exhausted for this run.
-    fn next_page(&mut self) -> BoxFuture<'_, Result<Option<Page>>>;
-    /// The watermark to store once every page returned so far is written.
-    fn watermark(&self) -> Option<String>;
-    /// Things the user should know about this run that did not stop it (a
-    /// field the CRM no longer has, say); recorded with the run.
-    fn warnings(&self) -> Vec<String> {
-        Vec::new()
-    }
-    /// Fields the reader stopped reading during the run (the CRM deleted
-    /// them); the sink stops writing their columns, which keep their values.
-    fn dropped_fields(&self) -> Vec<String> {
-        Vec::new()
-    }
-    /// Where this run stands after the pages returned so far, if the reader
-    /// can resume from there (see [`crate::connectors::ReadRequest::resume`]):
-    /// an opaque string, asked for between pages only.
-    fn checkpoint(&self) -> Option<String> {
-        None
-    }
-}
+use crate::source::{BoxFuture, Page, PageSource, Record};
 
 /// Counts a sink reports for one batch.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -227,6 +178,7 @@ impl Batch {
 mod tests {
     use super::*;
     use crate::error::CrmError;
+    use chrono::DateTime;
 
     fn rec(id: &str, ts: i64) -> Record {
         Record {

@@ -1,18 +1,23 @@
 //! The parts of pg_crm_sync that need no database: the sync engine, the CRM
-//! connectors and the HTTP layer. Nothing in this crate may import pgrx; the
-//! extension crate supplies a [`engine::Sink`] that writes through SPI and an
-//! interrupt check, and everything else is tested here with plain `cargo test`.
+//! connectors, the HTTP layer and the unified model's rules. Nothing in this
+//! crate may import pgrx; the extension crate supplies an [`engine::Sink`]
+//! that writes through SPI and an interrupt check, and everything else is
+//! tested here with plain `cargo test`.
 //!
-//! Start reading at [`connectors`]: it states what a connector must supply.
+//! Start reading at [`source`]: it states what a connector must supply.
+//! Imports run one way: `connectors` -> `source` -> `config`/`http`/`types`;
+//! `engine` -> `source`; `model` needs none of them (`config` asks its
+//! cleaner whether `default_region` is a country).
 
-pub mod clean;
 pub mod config;
 pub mod connectors;
+pub mod cron;
 pub mod engine;
 pub mod error;
 pub mod http;
-pub mod identity;
+pub mod model;
 pub mod runtime;
+pub mod source;
 pub mod types;
 
 pub use error::{CrmError, ErrorKind};

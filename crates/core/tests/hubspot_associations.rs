@@ -6,25 +6,25 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 
 use crm_mock::hubspot::{HubSpotMock, Options};
-use crm_sync_core::config::SourceConfig;
-use crm_sync_core::connectors::{ReadRequest, SyncMode};
-use crm_sync_core::engine::{self, Record, Sink, WriteStats};
+use crm_sync_core::connectors::{self, Configured};
+use crm_sync_core::engine::{self, Sink, WriteStats};
 use crm_sync_core::http::HttpClient;
 use crm_sync_core::runtime::block_on_interruptible;
+use crm_sync_core::source::{ReadRequest, Record, SyncMode};
 use crm_sync_core::CrmError;
 use serde_json::{json, Value};
 
 /// Mock changes are made at this time (2030-03-17), after every seeded one.
 const CHANGED_MS: i64 = 1_900_000_000_000;
 
-fn config(port: u16, extra: Value) -> SourceConfig {
+fn config(port: u16, extra: Value) -> Configured {
     let mut opts = json!({"base_url": format!("http://127.0.0.1:{port}"), "retry_base_ms": 5,
                           "retry_max_ms": 20, "lookback_seconds": 0});
     for (k, v) in extra.as_object().unwrap() {
         opts[k] = v.clone();
     }
     let creds = json!({"access_token": Options::default().token});
-    SourceConfig::parse("hubspot", &opts, &creds, true).unwrap()
+    connectors::configure("hubspot", &opts, &creds, true).unwrap()
 }
 
 /// A request to the mock's admin or stats API; its JSON answer.
@@ -59,17 +59,17 @@ impl Sink for Keep {
 }
 
 /// Every record one run of `object` returns, by id, and the run's API calls.
-fn run(cfg: &SourceConfig, object: &str, mode: SyncMode) -> (Vec<(String, Value)>, u64) {
+fn run(cfg: &Configured, object: &str, mode: SyncMode) -> (Vec<(String, Value)>, u64) {
     try_run(cfg, object, mode).unwrap()
 }
 
 fn try_run(
-    cfg: &SourceConfig,
+    cfg: &Configured,
     object: &str,
     mode: SyncMode,
 ) -> Result<(Vec<(String, Value)>, u64), CrmError> {
-    let http = HttpClient::new(cfg.http.clone()).unwrap();
-    let conn = (cfg.provider.connect)(&http, cfg).unwrap();
+    let http = HttpClient::new(cfg.config.http.clone()).unwrap();
+    let conn = cfg.connect(&http).unwrap();
     let fields = block_on_interruptible(conn.fields(object), &mut || {}).unwrap();
     let req = ReadRequest {
         object: object.into(),

@@ -5,7 +5,7 @@ mod common;
 
 use common::Crashing;
 use crm_mock::hubspot::{HubSpotMock, Options};
-use crm_sync_core::config::SourceConfig;
+use crm_sync_core::connectors::{self, Configured};
 use crm_sync_core::engine::Outcome;
 use crm_sync_core::types::parse_datetime;
 use crm_sync_core::CrmError;
@@ -13,15 +13,15 @@ use serde_json::json;
 
 const CONTACTS: u64 = 2_500;
 
-fn config(base: &str) -> SourceConfig {
+fn config(base: &str) -> Configured {
     let opts =
         json!({"base_url": base, "retry_base_ms": 5, "retry_max_ms": 20, "lookback_seconds": 0});
     let creds = json!({"access_token": Options::default().token});
-    SourceConfig::parse("hubspot", &opts, &creds, false).unwrap()
+    connectors::configure("hubspot", &opts, &creds, false).unwrap()
 }
 
 fn run(
-    cfg: &SourceConfig,
+    cfg: &Configured,
     resume: Option<String>,
     sink: &mut Crashing,
 ) -> (Result<Outcome, CrmError>, u64) {

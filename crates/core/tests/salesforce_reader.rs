@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex};
 use common::{admin, sf_config as config, sf_start as start};
 
 use crm_mock::salesforce::Options;
-use crm_sync_core::config::SourceConfig;
-use crm_sync_core::connectors::{ReadRequest, SyncMode};
-use crm_sync_core::engine::{self, Record, Sink, WriteStats};
+use crm_sync_core::connectors::Configured;
+use crm_sync_core::engine::{self, Sink, WriteStats};
 use crm_sync_core::http::HttpClient;
 use crm_sync_core::runtime::{block_on_interruptible, runtime};
+use crm_sync_core::source::{ReadRequest, Record, SyncMode};
 use crm_sync_core::CrmError;
 use serde_json::{json, Value};
 
@@ -36,14 +36,14 @@ impl Sink for Mem {
 
 /// Read `object` once; returns the records, the watermark and warnings.
 fn read(
-    cfg: &SourceConfig,
+    cfg: &Configured,
     object: &str,
     fields: Option<&[&str]>,
     mode: SyncMode,
     before_read: impl FnOnce(),
 ) -> (Vec<Record>, Option<String>, Vec<String>, u64) {
-    let http = HttpClient::new(cfg.http.clone()).unwrap();
-    let conn = (cfg.provider.connect)(&http, cfg).unwrap();
+    let http = HttpClient::new(cfg.config.http.clone()).unwrap();
+    let conn = cfg.connect(&http).unwrap();
     let all = block_on_interruptible(conn.fields(object), &mut || {}).unwrap();
     let chosen = all
         .into_iter()
@@ -171,7 +171,7 @@ fn the_deletes_pass_never_moves_the_watermark_past_unseen_changes() {
 }
 
 /// The Name of Account `id` as the next incremental run from `wm` reads it.
-fn name_next_run(cfg: &SourceConfig, wm: Option<String>, id: &Value) -> Value {
+fn name_next_run(cfg: &Configured, wm: Option<String>, id: &Value) -> Value {
     let mode = SyncMode::Incremental {
         watermark: wm.unwrap(),
     };

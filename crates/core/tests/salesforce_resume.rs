@@ -9,10 +9,11 @@ use std::collections::{HashMap, HashSet};
 
 use common::{sf_config as config, sf_start as start, Crashing};
 use crm_mock::salesforce::Options;
-use crm_sync_core::config::SourceConfig;
-use crm_sync_core::connectors::Field;
-use crm_sync_core::engine::{Outcome, Record};
+use crm_sync_core::connectors::Configured;
+use crm_sync_core::engine::Outcome;
 use crm_sync_core::runtime::runtime;
+use crm_sync_core::source::Field;
+use crm_sync_core::source::Record;
 use crm_sync_core::CrmError;
 use serde_json::{json, Value};
 
@@ -25,7 +26,7 @@ fn name(f: &Field) -> bool {
 }
 
 fn run(
-    cfg: &SourceConfig,
+    cfg: &Configured,
     batch: usize,
     resume: Option<String>,
     sink: &mut Crashing,

@@ -37,6 +37,9 @@ pub struct Options {
     /// Search requests allowed per second (0: no limit).
     pub search_rate_limit: u32,
     pub gzip: bool,
+    /// The first contacts and companies are people and companies the
+    /// Salesforce mock knows too (`crate::people`; 0: none).
+    pub shared_people: u64,
 }
 
 impl Default for Options {
@@ -49,6 +52,7 @@ impl Default for Options {
             token: "pat-na1-mock".into(),
             search_rate_limit: 0,
             gzip: false,
+            shared_people: 0,
         }
     }
 }
@@ -173,8 +177,10 @@ pub struct HubSpotMock {
 impl HubSpotMock {
     pub fn new(opts: Options) -> HubSpotMock {
         let stores = vec![
-            Store::new(Kind::Contacts, opts.seed, opts.contacts),
-            Store::new(Kind::Companies, opts.seed, opts.companies),
+            Store::new(Kind::Contacts, opts.seed, opts.contacts)
+                .with_shared_people(opts.shared_people),
+            Store::new(Kind::Companies, opts.seed, opts.companies)
+                .with_shared_people(opts.shared_people),
             Store::new(Kind::Deals, opts.seed, opts.deals),
         ];
         HubSpotMock {

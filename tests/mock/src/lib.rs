@@ -9,6 +9,7 @@ pub mod data;
 pub mod faults;
 pub mod hubspot;
 mod mock;
+pub mod people;
 pub mod salesforce;
 pub mod server;
 pub mod store;

@@ -1,11 +1,16 @@
 //! `crm-mock hubspot [--port N] [--seed N] [--contacts N] [--companies N]
-//! [--deals N] [--token T] [--search-rate-limit N] [--gzip]`
+//! [--deals N] [--token T] [--search-rate-limit N] [--shared-people N] [--gzip]`
 //!
 //! `crm-mock salesforce [--port N] [--seed N] [--accounts N] [--contacts N]
 //! [--leads N] [--opportunities N] [--users N] [--invoices N] [--client-id S]
 //! [--client-secret S] [--refresh-token S] [--username S]
 //! [--jwt-public-key PEMPATH] [--session-calls N] [--daily-api-limit N]
-//! [--max-query-length N] [--bulk-polls N] [--live-cursors] [--gzip]`
+//! [--max-query-length N] [--bulk-polls N] [--shared-people N] [--live-cursors]
+//! [--gzip]`
+//!
+//! `--shared-people N` (both mocks, for the demo): the first N contacts and
+//! N/4 companies are the same people and companies in both mocks, each
+//! written its own way (see `people.rs`).
 //!
 //! Prints `listening on 127.0.0.1:PORT` once ready, then serves until killed.
 
@@ -17,11 +22,12 @@ use crm_mock::salesforce::{self, SalesforceMock};
 use crm_mock::server::Handler;
 
 const USAGE: &str = "usage: crm-mock hubspot [--port N] [--seed N] [--contacts N] [--companies N] \
-[--deals N] [--token T] [--search-rate-limit N] [--gzip]
+[--deals N] [--token T] [--search-rate-limit N] [--shared-people N] [--gzip]
        crm-mock salesforce [--port N] [--seed N] [--accounts N] [--contacts N] [--leads N] \
 [--opportunities N] [--users N] [--invoices N] [--client-id S] [--client-secret S] \
 [--refresh-token S] [--username S] [--jwt-public-key PEMPATH] [--session-calls N] \
-[--daily-api-limit N] [--max-query-length N] [--bulk-polls N] [--live-cursors] [--gzip]";
+[--daily-api-limit N] [--max-query-length N] [--bulk-polls N] [--shared-people N] \
+[--live-cursors] [--gzip]";
 
 /// Largest seeded count a mock starts with.
 const MAX_COUNT: u64 = 5_000_000;
@@ -129,6 +135,7 @@ fn parse_salesforce(args: &[String]) -> Result<(u16, salesforce::Options), Strin
             "--daily-api-limit" => o.daily_api_limit = f.num()?,
             "--max-query-length" => o.max_query_length = f.num()? as usize,
             "--bulk-polls" => o.bulk_polls = f.num()?,
+            "--shared-people" => o.shared_people = f.num()?,
             _ => return f.unknown(),
         }
         Ok(())
@@ -156,6 +163,7 @@ fn parse_hubspot(args: &[String]) -> Result<(u16, Options), String> {
             "--deals" => o.deals = f.num()?,
             "--token" => o.token = f.text(),
             "--search-rate-limit" => o.search_rate_limit = f.num()? as u32,
+            "--shared-people" => o.shared_people = f.num()?,
             _ => return f.unknown(),
         }
         Ok(())

@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crate::data::{fmt_ms, mix, parse_time, Kind, PropDef, Seeded};
+use crate::people;
 
 #[derive(Debug, Clone)]
 struct Changed {
@@ -27,6 +28,9 @@ pub struct Store {
     /// that type: (id, to kind) -> associated ids, the first the primary.
     assoc: HashMap<(u64, Kind), Vec<u64>>,
     pub max_ts: i64,
+    /// People shared with the other demo CRM (`crate::people`): the first
+    /// ones of the contacts and companies are theirs.
+    shared: u64,
 }
 
 /// A typed value for comparisons.
@@ -57,6 +61,7 @@ impl Store {
             index: keys.into_iter().collect(),
             assoc: HashMap::new(),
             max_ts,
+            shared: 0,
         }
     }
 
@@ -98,6 +103,27 @@ impl Store {
         }
     }
 
+    /// Make the first seeded records those of `shared` people (contacts)
+    /// or their companies, as `crate::people` writes them in HubSpot.
+    pub fn with_shared_people(mut self, shared: u64) -> Self {
+        self.shared = shared;
+        self
+    }
+
+    /// A seeded record's value as the shared people decide it, if they do.
+    fn shared_value(&self, id: u64, prop: &str) -> Option<Option<String>> {
+        if self.shared == 0 || id > self.gen.count {
+            return None;
+        }
+        match self.kind() {
+            Kind::Contacts if id <= self.shared => people::hubspot_contact(id, self.shared, prop),
+            Kind::Companies if id <= people::companies(self.shared) => {
+                people::hubspot_company(id, prop)
+            }
+            _ => None,
+        }
+    }
+
     pub fn value(&self, id: u64, prop: &str) -> Option<String> {
         if prop == "hs_object_id" {
             return Some(id.to_string());
@@ -115,6 +141,9 @@ impl Store {
             if id > self.gen.count {
                 return None;
             }
+        }
+        if let Some(v) = self.shared_value(id, prop) {
+            return v;
         }
         self.gen.value(id, prop)
     }
@@ -180,6 +209,10 @@ impl Store {
     pub fn associations(&self, id: u64, to: Kind, to_count: u64) -> Vec<u64> {
         if let Some(ids) = self.assoc.get(&(id, to)) {
             return ids.clone();
+        }
+        if self.kind() == Kind::Contacts && to == Kind::Companies && id <= self.shared {
+            let c = people::person(id, self.shared).company;
+            return (c <= to_count).then_some(c).into_iter().collect();
         }
         if id <= self.gen.count {
             return self.gen.associated(id, to, to_count).into_iter().collect();

@@ -1,206 +1,152 @@
-//! Connectors: one folder per CRM. A newcomer adding a CRM starts here.
-//!
-//! Adding a CRM means adding one module here (plus its mock under
-//! `tests/mock`) and one line in [`PROVIDERS`]; the engine, the SQL API and
-//! the landing tables need no change.
-//!
-//! # What a connector supplies
-//! A [`Provider`] value describes the CRM to the rest of the system:
-//! - **Options and credentials** it accepts ([`Provider::options`],
-//!   [`Provider::credentials`]) and a check of their values
-//!   ([`Provider::check`]), run when a source is created or altered. Secrets
-//!   live only in credentials.
-//! - **Default streams** ([`StreamDefaults`]): the objects a new source syncs,
-//!   each with a default list of fields (or all of them).
-//! - **Auth and a connection** ([`Provider::connect`]): turns a checked
-//!   [`SourceConfig`] into a [`Connector`]. How the connector authenticates
-//!   (a static token, an OAuth flow, a cached session refreshed on expiry) is
-//!   its own business.
-//!
-//! A [`Connector`] then answers three questions:
-//! - **Discovery**: which objects the account has ([`Connector::objects`]) and
-//!   which fields an object has, each with its CRM type mapped to a landing
-//!   column type ([`Connector::fields`]). Custom objects and fields included.
-//! - **Reading**: a [`PageSource`] for one run of one stream
-//!   ([`Connector::reader`]): pages of [`crate::engine::Record`]s, each with
-//!   its id, modification time, deletion mark and raw JSON, then the
-//!   watermark (the connector's cursor, opaque to everyone else) to store.
-//! - **Error classification**: every failure is a [`crate::CrmError`] with a
-//!   [`crate::ErrorKind`] (which becomes the SQLSTATE). Retries of 429, 5xx
-//!   and transport errors are done by [`crate::http::HttpClient::send`]; a
-//!   connector interprets the statuses and error bodies it knows (expired
-//!   session, bad credentials, quota used up, a rejected query, an unreadable
-//!   body) and may retry what its CRM documents as transient.
-//!
-//! # What must hold
-//! - A reader never loses a record: every record changed after the previous
-//!   run's watermark, including while this run pages, is returned by this run
-//!   or is still after the watermark this run reports.
-//! - A watermark never moves backward, and is only valid once every page
-//!   returned before it was asked for has been written.
-//! - A page may repeat records, and a run may return a record more than once;
-//!   the engine keeps the newest version per id (by `updated_at`).
-//! - Deleted/archived records are returned with `deleted_at` set, not skipped.
-//! - A connector never touches Postgres and never logs secrets (nor puts them
-//!   in an error); it does not sleep except inside the HTTP layer, so cancels
-//!   are honoured promptly.
+//! The CRMs pg_crm_sync knows: one folder each, behind the contract in
+//! [`crate::source`], and the registry that finds a provider by name and
+//! checks a source's settings against it.
 
 pub mod hubspot;
 pub mod salesforce;
 
-use std::future::Future;
-use std::pin::Pin;
-use std::time::Duration;
-
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::config::SourceConfig;
-use crate::engine::PageSource;
 use crate::error::{CrmError, Result};
 use crate::http::HttpClient;
-use crate::types::PgType;
-
-/// A boxed future: keeps [`Connector`] and [`PageSource`] usable as trait
-/// objects, so the engine holds no connector type.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+use crate::source::{CheckArgs, Connector, Provider};
 
 /// Every CRM pg_crm_sync knows. Add a line here for a new connector.
 pub const PROVIDERS: &[&Provider] = &[&hubspot::PROVIDER, &salesforce::PROVIDER];
 
-/// Describes one CRM to the rest of the system; see the module docs.
-pub struct Provider {
-    /// The name users pass to `crm_sync.create_source(name, provider, ...)`.
-    pub name: &'static str,
-    /// Provider-specific option keys (common ones are in
-    /// [`crate::config::COMMON_OPTIONS`]).
-    pub options: &'static [&'static str],
-    /// Credential keys. Only these may hold secrets.
-    pub credentials: &'static [&'static str],
-    /// Streams registered for a new source.
-    pub streams: &'static [StreamDefaults],
-    /// Fields synced for other objects (streams added by the user) when the
-    /// user has not chosen.
-    pub other_objects: DefaultFields,
-    /// Check the values of options and credentials (keys are checked already).
-    pub check: fn(&CheckArgs<'_>) -> Result<()>,
+/// The provider called `name`.
+pub fn find(name: &str) -> Result<&'static Provider> {
+    PROVIDERS
+        .iter()
+        .copied()
+        .find(|p| p.name == name)
+        .ok_or_else(|| {
+            let known: Vec<&str> = PROVIDERS.iter().map(|p| p.name).collect();
+            CrmError::config(format!("unknown provider {name:?}"))
+                .with_hint(format!("Supported providers: {}.", known.join(", ")))
+        })
+}
+
+/// A source's provider and its checked settings.
+#[derive(Debug, Clone)]
+pub struct Configured {
+    pub provider: &'static Provider,
+    pub config: SourceConfig,
+}
+
+impl Configured {
     /// Open a connection for one sync or discovery call.
-    pub connect: for<'a> fn(&'a HttpClient, &'a SourceConfig) -> Result<Box<dyn Connector + 'a>>,
-}
-
-impl std::fmt::Debug for Provider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name)
+    pub fn connect<'a>(&'a self, http: &'a HttpClient) -> Result<Box<dyn Connector + 'a>> {
+        (self.provider.connect)(http, &self.config)
     }
 }
 
-impl Provider {
-    /// The provider called `name`.
-    pub fn find(name: &str) -> Result<&'static Provider> {
-        PROVIDERS
-            .iter()
-            .copied()
-            .find(|p| p.name == name)
-            .ok_or_else(|| {
-                let known: Vec<&str> = PROVIDERS.iter().map(|p| p.name).collect();
-                CrmError::config(format!("unknown provider {name:?}"))
-                    .with_hint(format!("Supported providers: {}.", known.join(", ")))
-            })
+/// Check `options` and `credentials` for `provider`: no unknown key, the
+/// provider's own checks, then the options every provider understands.
+/// `allow_insecure_http` comes from the `crm_sync.allow_insecure_http`
+/// setting.
+pub fn configure(
+    provider: &str,
+    options: &Value,
+    credentials: &Value,
+    allow_insecure_http: bool,
+) -> Result<Configured> {
+    let provider = find(provider)?;
+    let (opts, creds) = SourceConfig::check_keys(
+        provider.name,
+        provider.options,
+        provider.credentials,
+        options,
+        credentials,
+    )?;
+    (provider.check)(&CheckArgs {
+        options: opts,
+        credentials: creds,
+        allow_insecure_http,
+    })?;
+    let config = SourceConfig::parse(provider.name, opts, creds, allow_insecure_http)?;
+    Ok(Configured { provider, config })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+    use serde_json::json;
+    use std::time::Duration;
+
+    fn parse(o: Value, c: Value) -> Result<Configured> {
+        configure("hubspot", &o, &c, false)
     }
 
-    /// The default stream for `name`, if the provider has one.
-    pub fn stream(&self, name: &str) -> Option<&'static StreamDefaults> {
-        self.streams.iter().find(|s| s.name == name)
+    #[test]
+    fn defaults() {
+        let c = parse(json!({}), json!({"access_token": "pat-1"})).unwrap();
+        assert_eq!(c.provider.name, "hubspot");
+        let c = c.config;
+        assert_eq!(c.option_str("base_url"), None);
+        assert_eq!(c.lookback, Duration::from_secs(60));
+        assert!(c.track_deletes);
+        assert_eq!(c.option_bool("associations"), None);
+        assert_eq!(c.secrets(), ["pat-1"]);
     }
-}
 
-/// What [`Provider::check`] sees.
-pub struct CheckArgs<'a> {
-    pub options: &'a Map<String, Value>,
-    pub credentials: &'a Map<String, Value>,
-    /// The `crm_sync.allow_insecure_http` setting.
-    pub allow_insecure_http: bool,
-}
+    #[test]
+    fn hubspot_associations_option_is_a_boolean() {
+        let c = parse(json!({"associations": false}), json!({"access_token": "t"})).unwrap();
+        assert_eq!(c.config.option_bool("associations"), Some(false));
+        let e = parse(json!({"associations": "no"}), json!({"access_token": "t"})).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidConfig);
+        assert!(e
+            .message
+            .contains("options.associations must be true or false"));
+        // Salesforce has no such option.
+        let e = configure(
+            "salesforce",
+            &json!({"associations": true}),
+            &json!({}),
+            false,
+        )
+        .unwrap_err();
+        assert!(
+            e.message.contains("unknown option \"associations\""),
+            "{}",
+            e.message
+        );
+    }
 
-/// A live connection to one CRM account; see the module docs.
-pub trait Connector {
-    /// The objects (types) the account has that can be synced.
-    fn objects(&self) -> BoxFuture<'_, Result<Vec<ObjectInfo>>>;
-    /// The fields of `object`, custom ones included.
-    fn fields<'a>(&'a self, object: &'a str) -> BoxFuture<'a, Result<Vec<Field>>>;
-    /// A reader for one run of one stream.
-    fn reader<'a>(&'a self, req: ReadRequest) -> BoxFuture<'a, Result<Box<dyn PageSource + 'a>>>;
-}
-
-/// What the engine asks a connector to read.
-#[derive(Debug, Clone)]
-pub struct ReadRequest {
-    /// The CRM's object name.
-    pub object: String,
-    /// The fields to read (a connector adds the ones it needs for its cursor).
-    pub fields: Vec<Field>,
-    pub mode: SyncMode,
-    /// Incremental runs start this far before the watermark.
-    pub lookback: Duration,
-    /// Look for deleted records too.
-    pub track_deletes: bool,
-    /// Where an interrupted run of the same mode stopped: a position the
-    /// reader returned from [`PageSource::checkpoint`]. Readers that cannot
-    /// resume ignore it and start over, which is safe, only slower.
-    pub resume: Option<String>,
-}
-
-/// A stream registered by default for a new source.
-#[derive(Debug, Clone)]
-pub struct StreamDefaults {
-    /// Stream name, also the landing table's name.
-    pub name: &'static str,
-    /// The CRM's object (type) name.
-    pub object: &'static str,
-    /// Fields synced unless the user chooses others.
-    pub fields: DefaultFields,
-}
-
-/// Which fields a stream syncs when the user has not chosen.
-#[derive(Debug, Clone, Copy)]
-pub enum DefaultFields {
-    /// Every field the object has.
-    All,
-    /// These fields (those the object lacks are skipped).
-    Only(&'static [&'static str]),
-}
-
-/// An object (type) in the CRM, as discovered.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ObjectInfo {
-    pub name: String,
-    pub label: String,
-    /// True for objects the user (not the vendor) defined.
-    pub custom: bool,
-}
-
-/// A field of a CRM object, as discovered.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Field {
-    pub name: String,
-    pub label: String,
-    /// The CRM's own type name.
-    pub crm_type: String,
-    /// The landing column type it maps to.
-    pub pg_type: PgType,
-    /// True for fields the user (not the vendor) defined.
-    pub custom: bool,
-}
-
-/// Full or incremental, as the engine asks a reader.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SyncMode {
-    /// Read everything; the reader establishes a fresh watermark.
-    Full,
-    /// Read what changed since the stored watermark.
-    Incremental { watermark: String },
-}
-
-/// Turn a CRM field name into a landing column name (lower case).
-pub fn column_name(field: &str) -> String {
-    field.to_lowercase()
+    #[test]
+    fn bad_input_is_named_without_the_secret() {
+        let e = configure("hubspt", &json!({}), &json!({}), false).unwrap_err();
+        assert!(e.message.contains("unknown provider \"hubspt\""));
+        let e = parse(json!({}), json!({})).unwrap_err();
+        assert!(e.message.contains("needs credentials.access_token"));
+        let e = parse(json!({"base_ur": "x"}), json!({"access_token": "t"})).unwrap_err();
+        assert!(
+            e.message.contains("unknown option \"base_ur\""),
+            "{}",
+            e.message
+        );
+        assert!(e.hint.unwrap().contains("base_url"));
+        let e = parse(
+            json!({}),
+            json!({"access_token": "t", "secret_thing": "hunter2"}),
+        )
+        .unwrap_err();
+        assert!(!format!("{e:?}").contains("hunter2"));
+        let e = parse(
+            json!({"base_url": "http://example.com"}),
+            json!({"access_token": "t"}),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidConfig);
+        let e = parse(json!({"max_retries": -1}), json!({"access_token": "t"})).unwrap_err();
+        assert!(e.message.contains("max_retries"));
+        assert!(parse(
+            json!({"base_url": "http://127.0.0.1:9"}),
+            json!({"access_token": "t"})
+        )
+        .is_ok());
+    }
 }

@@ -4,12 +4,12 @@
 #![allow(dead_code)]
 
 use crm_mock::salesforce::{Options, SalesforceMock};
-use crm_sync_core::config::SourceConfig;
-use crm_sync_core::connectors::{Field, ReadRequest, SyncMode};
-use crm_sync_core::engine::{self, Outcome, Record, Sink, WriteStats};
+use crm_sync_core::connectors::{self, Configured};
+use crm_sync_core::engine::{self, Outcome, Sink, WriteStats};
 use crm_sync_core::http::HttpClient;
 use crm_sync_core::runtime::block_on_interruptible;
 use crm_sync_core::runtime::runtime;
+use crm_sync_core::source::{Field, ReadRequest, Record, SyncMode};
 use crm_sync_core::{CrmError, ErrorKind};
 use serde_json::{json, Value};
 
@@ -64,15 +64,15 @@ impl Sink for Crashing {
 /// in engine batches of `batch`; returns its outcome and the API calls it
 /// made.
 pub fn run(
-    cfg: &SourceConfig,
+    cfg: &Configured,
     object: &str,
     keep: fn(&Field) -> bool,
     batch: usize,
     resume: Option<String>,
     sink: &mut Crashing,
 ) -> (Result<Outcome, CrmError>, u64) {
-    let http = HttpClient::new(cfg.http.clone()).unwrap();
-    let conn = (cfg.provider.connect)(&http, cfg).unwrap();
+    let http = HttpClient::new(cfg.config.http.clone()).unwrap();
+    let conn = cfg.connect(&http).unwrap();
     let fields = block_on_interruptible(conn.fields(object), &mut || {}).unwrap();
     let req = ReadRequest {
         object: object.into(),
@@ -96,7 +96,7 @@ pub fn sf_start(opts: Options) -> String {
 
 /// A Salesforce source on the mock at `base` (fast retries, no lookback),
 /// with the options in `extra` added.
-pub fn sf_config(base: &str, extra: Value) -> SourceConfig {
+pub fn sf_config(base: &str, extra: Value) -> Configured {
     let mut opts =
         json!({"login_url": base, "retry_base_ms": 5, "retry_max_ms": 20, "lookback_seconds": 0});
     for (k, v) in extra.as_object().unwrap() {
@@ -104,7 +104,7 @@ pub fn sf_config(base: &str, extra: Value) -> SourceConfig {
     }
     let o = Options::default();
     let creds = json!({"client_id": o.client_id, "refresh_token": o.refresh_token});
-    SourceConfig::parse("salesforce", &opts, &creds, false).unwrap()
+    connectors::configure("salesforce", &opts, &creds, false).unwrap()
 }
 
 /// Call a mock's admin API; panics unless it succeeds.

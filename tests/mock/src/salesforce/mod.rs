@@ -62,6 +62,9 @@ pub struct Options {
     /// every page (false: every page is a snapshot as of the query).
     pub live_cursors: bool,
     pub gzip: bool,
+    /// The first contacts and accounts are people and companies the
+    /// HubSpot mock knows too (`crate::people`; 0: none).
+    pub shared_people: u64,
 }
 
 impl Default for Options {
@@ -85,6 +88,7 @@ impl Default for Options {
             bulk_polls: 2,
             live_cursors: false,
             gzip: false,
+            shared_people: 0,
         }
     }
 }
@@ -207,7 +211,7 @@ impl SalesforceMock {
                     .find(|c| c.0 == o.name)
                     .map(|c| c.1)
                     .unwrap_or(0);
-                Table::new(o, opts.seed, n)
+                Table::new(o, opts.seed, n).with_shared_people(opts.shared_people)
             })
             .collect();
         Ok(SalesforceMock {

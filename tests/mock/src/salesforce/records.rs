@@ -15,6 +15,7 @@ use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 
 use super::schema::{Field, Object};
 use crate::data::{mix, FIRST, LAST, SUFFIX, WORDS};
+use crate::people;
 
 /// 2023-01-01T00:00:00Z: seeded records were modified in 2023 and 2024 ...
 pub const T0_MS: i64 = 1_672_531_200_000;
@@ -207,6 +208,9 @@ pub struct Table {
     /// Fields added at run time: null on existing records.
     added: Vec<String>,
     pub max_ts: i64,
+    /// People shared with the other demo CRM (`crate::people`): the first
+    /// contacts and accounts are theirs.
+    shared: u64,
 }
 
 /// How a record looks at some point.
@@ -237,6 +241,7 @@ impl Table {
             index: BTreeSet::new(),
             added: Vec::new(),
             max_ts: 0,
+            shared: 0,
         };
         t.max_ts = if count > 0 {
             t.slot_ts(count - 1)
@@ -244,6 +249,34 @@ impl Table {
             T0_MS
         };
         t
+    }
+
+    /// Make the first seeded Contacts and Accounts those of `shared`
+    /// people and their companies, as `crate::people` writes them in
+    /// Salesforce.
+    pub fn with_shared_people(mut self, shared: u64) -> Self {
+        self.shared = shared;
+        self
+    }
+
+    /// A seeded record's value as the shared people decide it, if they do.
+    fn shared_value(&self, n: u64, field: &str) -> Option<Option<String>> {
+        if self.shared == 0 {
+            return None;
+        }
+        match self.obj.name.as_str() {
+            "Contact" if n <= self.shared => match field {
+                "AccountId" => {
+                    let c = people::person(n, self.shared).company;
+                    Some(Some(make_id("001", c)))
+                }
+                _ => people::salesforce_contact(n, self.shared, field),
+            },
+            "Account" if n <= people::companies(self.shared) => {
+                people::salesforce_account(n, field)
+            }
+            _ => None,
+        }
     }
 
     fn history(&self) -> bool {
@@ -561,6 +594,9 @@ impl Table {
     /// The seeded value of a field (None: null).
     fn seeded_value(&self, n: u64, field: &str) -> Option<String> {
         let f = self.obj.field(field)?;
+        if let Some(v) = self.shared_value(n, field) {
+            return v;
+        }
         let h = self.h(n, name_hash(field));
         let sometimes = |pct: u64| h % 100 < pct;
         let first = FIRST[(self.h(n, 10) % FIRST.len() as u64) as usize];

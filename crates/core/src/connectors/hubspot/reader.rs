@@ -22,11 +22,10 @@
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use super::{add_associations, last_modified_property, HubSpot, SEARCH_PAGE_LIMIT};
-use crate::connectors::{BoxFuture, SyncMode};
-use crate::engine::{Page, PageSource, Record};
+use super::api::{add_associations, last_modified_property, HubSpot, SEARCH_PAGE_LIMIT};
 use crate::error::{CrmError, Result};
 use crate::http::server_date_ms;
+use crate::source::{BoxFuture, Page, PageSource, Record, SyncMode};
 use crate::types::{fmt_ts, parse_datetime};
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -25,12 +25,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Number, Value};
 
 use super::api::{parse_json, Api};
+use super::describe::Describe;
 use super::reader::{capped, RestReader};
-use super::{soql, Describe};
-use crate::connectors::{BoxFuture, ReadRequest};
-use crate::engine::{Page, PageSource, Record};
+use super::soql;
 use crate::error::{CrmError, ErrorKind, Result};
 use crate::http::{body_excerpt, server_date_ms};
+use crate::source::{BoxFuture, Page, PageSource, ReadRequest, Record};
 use crate::types::{fmt_ts, parse_datetime};
 
 /// Records per results page: a page is parsed whole, so this bounds memory.

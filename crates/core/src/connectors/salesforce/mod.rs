@@ -5,6 +5,7 @@
 mod api;
 pub mod auth;
 pub mod bulk;
+mod describe;
 mod reader;
 pub mod soql;
 
@@ -16,16 +17,16 @@ use serde::Deserialize;
 use serde_json::Value;
 use url::Url;
 
-use super::{
-    BoxFuture, CheckArgs, Connector, DefaultFields, Field, ObjectInfo, PageSource, Provider,
-    ReadRequest, StreamDefaults, SyncMode,
-};
 use crate::config::{check_url_option, int, SourceConfig};
 use crate::error::{CrmError, Result};
 use crate::http::HttpClient;
-use crate::types::PgType;
+use crate::source::{
+    BoxFuture, CheckArgs, Connector, DefaultFields, Field, ObjectInfo, PageSource, Provider,
+    ReadRequest, StreamDefaults, SyncMode,
+};
 use api::Api;
 use auth::{Flow, Login};
+pub use describe::{pg_type_for, Describe};
 
 pub const DEFAULT_LOGIN_URL: &str = "https://login.salesforce.com";
 pub const DEFAULT_API_VERSION: &str = "59.0";
@@ -168,55 +169,6 @@ fn default_audience(login_url: &Url) -> String {
         "https://test.salesforce.com".to_owned()
     } else {
         DEFAULT_LOGIN_URL.to_owned()
-    }
-}
-
-/// Map a Salesforce field type (describe's `type`) to a landing column type.
-/// <https://developer.salesforce.com/docs/atlas.en-us.api.meta/api/field_types.htm>
-pub fn pg_type_for(sf_type: &str) -> PgType {
-    match sf_type {
-        "boolean" => PgType::Boolean,
-        "int" | "long" => PgType::BigInt,
-        "double" | "currency" | "percent" => PgType::Numeric,
-        "date" => PgType::Date,
-        "datetime" => PgType::TimestampTz,
-        "time" => PgType::Time,
-        "address" | "location" | "complexvalue" => PgType::Jsonb,
-        // id, string, picklist, multipicklist, combobox, email, phone, url,
-        // textarea, reference, encryptedstring, base64, anyType, ...
-        _ => PgType::Text,
-    }
-}
-
-/// What describe says about an object, as the reader needs it.
-#[derive(Debug)]
-pub struct Describe {
-    pub fields: Vec<Field>,
-    /// Compound fields (addresses, locations) and their component fields.
-    pub components: HashMap<String, Vec<String>>,
-    /// `SystemModstamp`, else `LastModifiedDate`, else none (full refresh).
-    pub cursor: Option<&'static str>,
-    pub has_is_deleted: bool,
-}
-
-impl Describe {
-    #[cfg(test)]
-    fn from_fields(fields: Vec<Field>) -> Describe {
-        Self::with_components(fields, HashMap::new())
-    }
-
-    fn with_components(fields: Vec<Field>, components: HashMap<String, Vec<String>>) -> Describe {
-        let has = |n: &str| fields.iter().any(|f| f.name == n);
-        let cursor = ["SystemModstamp", "LastModifiedDate"]
-            .into_iter()
-            .find(|c| has(c));
-        let has_is_deleted = has("IsDeleted");
-        Describe {
-            fields,
-            components,
-            cursor,
-            has_is_deleted,
-        }
     }
 }
 
@@ -390,30 +342,6 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn type_map_follows_the_issue() {
-        for (t, pg) in [
-            ("id", PgType::Text),
-            ("string", PgType::Text),
-            ("picklist", PgType::Text),
-            ("email", PgType::Text),
-            ("reference", PgType::Text),
-            ("textarea", PgType::Text),
-            ("boolean", PgType::Boolean),
-            ("int", PgType::BigInt),
-            ("double", PgType::Numeric),
-            ("currency", PgType::Numeric),
-            ("percent", PgType::Numeric),
-            ("date", PgType::Date),
-            ("datetime", PgType::TimestampTz),
-            ("time", PgType::Time),
-            ("address", PgType::Jsonb),
-            ("location", PgType::Jsonb),
-        ] {
-            assert_eq!(pg_type_for(t), pg, "{t}");
-        }
-    }
-
-    #[test]
     fn options_are_checked() {
         let opts = |o: Value| o.as_object().unwrap().clone();
         let creds = json!({"client_id": "c", "refresh_token": "r"});
@@ -439,23 +367,5 @@ mod tests {
             default_audience(&Url::parse("https://acme.my.salesforce.com").unwrap()),
             DEFAULT_LOGIN_URL
         );
-    }
-
-    #[test]
-    fn describe_picks_the_cursor() {
-        let f = |n: &str| Field {
-            name: n.into(),
-            label: n.into(),
-            crm_type: "datetime".into(),
-            pg_type: PgType::TimestampTz,
-            custom: false,
-        };
-        let d = Describe::from_fields(vec![f("Id"), f("LastModifiedDate"), f("SystemModstamp")]);
-        assert_eq!(d.cursor, Some("SystemModstamp"));
-        let d = Describe::from_fields(vec![f("Id"), f("LastModifiedDate")]);
-        assert_eq!(d.cursor, Some("LastModifiedDate"));
-        let d = Describe::from_fields(vec![f("Id"), f("CreatedDate")]);
-        assert_eq!(d.cursor, None);
-        assert!(!d.has_is_deleted);
     }
 }

@@ -43,12 +43,11 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::api::{parse_json, Api};
+use super::describe::Describe;
 use super::soql;
-use super::Describe;
-use crate::connectors::{BoxFuture, ReadRequest, SyncMode};
-use crate::engine::{Page, PageSource, Record};
 use crate::error::{CrmError, Result};
 use crate::http::server_date_ms;
+use crate::source::{BoxFuture, Page, PageSource, ReadRequest, Record, SyncMode};
 use crate::types::{fmt_ts, parse_datetime};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,14 +1,15 @@
 //! The SQL API of background syncs: `sync_async`, `cancel`, `wait` and the
-//! rows behind the `crm_sync.progress` view. Workers live in `worker.rs`.
+//! rows behind the `crm_sync.progress` view. Workers live in `crate::worker`.
 
 use std::time::{Duration, Instant};
 
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 
+use crate::catalog::NO_SOURCE_HINT;
 use crate::errors::fail as raise;
-use crate::gucs;
-use crate::shmem;
+use crate::worker::signal_worker;
+use crate::{gucs, shmem};
 
 fn current_database() -> String {
     // SAFETY: a connected backend always has a database.
@@ -73,7 +74,7 @@ pub fn sync_async(
         raise(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
             format!("source \"{source}\" does not exist"),
-            Some(crate::sql_api::sync::NO_SOURCE_HINT),
+            Some(NO_SOURCE_HINT),
         );
     }
     if let Some(st) = stream {
@@ -172,15 +173,6 @@ pub fn cancel(job_id: i64) -> bool {
         }
         _ => false,
     }
-}
-
-/// Cancel the current statement of worker `pid`, if it is one of ours.
-pub fn signal_worker(pid: i32) {
-    let _ = Spi::run_with_args(
-        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity
-          WHERE pid = $1 AND backend_type = 'pg_crm_sync worker'",
-        &[pid.into()],
-    );
 }
 
 /// Block until job `job_id` ends (or `timeout` passes) and return its

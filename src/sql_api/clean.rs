@@ -1,4 +1,4 @@
-//! SQL wrappers of `crm_sync_core::clean`: `crm_sync.clean_email(text)` and
+//! SQL wrappers of `crm_sync_core::model::clean`: `crm_sync.clean_email(text)` and
 //! friends, for the unified customer model. Each returns the canonical form
 //! or NULL, for empty input and for an invalid value alike;
 //! `crm_sync.clean_problem(kind, value)` tells the two apart and says why.
@@ -10,7 +10,7 @@
 
 use pgrx::prelude::*;
 
-use crm_sync_core::clean::{self as core_clean, Kind};
+use crm_sync_core::model::clean::{self as core_clean, Kind};
 
 /// Trimmed, every run of whitespace (NBSP, tabs, newlines) one space; NULL
 /// if nothing is left.

@@ -1,0 +1,107 @@
+//! What describe says about an object, as the readers need it: its fields
+//! with their landing types, the compound fields and their parts, and the
+//! field that serves as the cursor.
+
+use std::collections::HashMap;
+
+use crate::source::Field;
+use crate::types::PgType;
+
+/// Map a Salesforce field type (describe's `type`) to a landing column type.
+/// <https://developer.salesforce.com/docs/atlas.en-us.api.meta/api/field_types.htm>
+pub fn pg_type_for(sf_type: &str) -> PgType {
+    match sf_type {
+        "boolean" => PgType::Boolean,
+        "int" | "long" => PgType::BigInt,
+        "double" | "currency" | "percent" => PgType::Numeric,
+        "date" => PgType::Date,
+        "datetime" => PgType::TimestampTz,
+        "time" => PgType::Time,
+        "address" | "location" | "complexvalue" => PgType::Jsonb,
+        // id, string, picklist, multipicklist, combobox, email, phone, url,
+        // textarea, reference, encryptedstring, base64, anyType, ...
+        _ => PgType::Text,
+    }
+}
+
+/// What describe says about an object, as the reader needs it.
+#[derive(Debug)]
+pub struct Describe {
+    pub fields: Vec<Field>,
+    /// Compound fields (addresses, locations) and their component fields.
+    pub components: HashMap<String, Vec<String>>,
+    /// `SystemModstamp`, else `LastModifiedDate`, else none (full refresh).
+    pub cursor: Option<&'static str>,
+    pub has_is_deleted: bool,
+}
+
+impl Describe {
+    #[cfg(test)]
+    fn from_fields(fields: Vec<Field>) -> Describe {
+        Self::with_components(fields, HashMap::new())
+    }
+
+    pub(super) fn with_components(
+        fields: Vec<Field>,
+        components: HashMap<String, Vec<String>>,
+    ) -> Describe {
+        let has = |n: &str| fields.iter().any(|f| f.name == n);
+        let cursor = ["SystemModstamp", "LastModifiedDate"]
+            .into_iter()
+            .find(|c| has(c));
+        let has_is_deleted = has("IsDeleted");
+        Describe {
+            fields,
+            components,
+            cursor,
+            has_is_deleted,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_map_follows_the_issue() {
+        for (t, pg) in [
+            ("id", PgType::Text),
+            ("string", PgType::Text),
+            ("picklist", PgType::Text),
+            ("email", PgType::Text),
+            ("reference", PgType::Text),
+            ("textarea", PgType::Text),
+            ("boolean", PgType::Boolean),
+            ("int", PgType::BigInt),
+            ("double", PgType::Numeric),
+            ("currency", PgType::Numeric),
+            ("percent", PgType::Numeric),
+            ("date", PgType::Date),
+            ("datetime", PgType::TimestampTz),
+            ("time", PgType::Time),
+            ("address", PgType::Jsonb),
+            ("location", PgType::Jsonb),
+        ] {
+            assert_eq!(pg_type_for(t), pg, "{t}");
+        }
+    }
+
+    #[test]
+    fn describe_picks_the_cursor() {
+        let f = |n: &str| Field {
+            name: n.into(),
+            label: n.into(),
+            crm_type: "datetime".into(),
+            pg_type: PgType::TimestampTz,
+            custom: false,
+        };
+        let d = Describe::from_fields(vec![f("Id"), f("LastModifiedDate"), f("SystemModstamp")]);
+        assert_eq!(d.cursor, Some("SystemModstamp"));
+        let d = Describe::from_fields(vec![f("Id"), f("LastModifiedDate")]);
+        assert_eq!(d.cursor, Some("LastModifiedDate"));
+        let d = Describe::from_fields(vec![f("Id"), f("CreatedDate")]);
+        assert_eq!(d.cursor, None);
+        assert!(!d.has_is_deleted);
+    }
+}

@@ -1,0 +1,245 @@
+//! The connector contract: what a CRM connector supplies and what the
+//! engine may rely on. A newcomer adding a CRM starts here.
+//!
+//! Adding a CRM means one folder under `connectors/` that implements these
+//! types (plus its mock under `tests/mock`) and one line in
+//! [`crate::connectors::PROVIDERS`]; the engine, the SQL API and the landing
+//! tables need no change. Connectors import this module, never the engine.
+//!
+//! # What a connector supplies
+//! A [`Provider`] value describes the CRM to the rest of the system:
+//! - **Options and credentials** it accepts ([`Provider::options`],
+//!   [`Provider::credentials`]) and a check of their values
+//!   ([`Provider::check`]), run when a source is created or altered. Secrets
+//!   live only in credentials.
+//! - **Default streams** ([`StreamDefaults`]): the objects a new source syncs,
+//!   each with a default list of fields (or all of them).
+//! - **Auth and a connection** ([`Provider::connect`]): turns a checked
+//!   [`SourceConfig`] into a [`Connector`]. How the connector authenticates
+//!   (a static token, an OAuth flow, a cached session refreshed on expiry) is
+//!   its own business.
+//!
+//! A [`Connector`] then answers three questions:
+//! - **Discovery**: which objects the account has ([`Connector::objects`]) and
+//!   which fields an object has, each with its CRM type mapped to a landing
+//!   column type ([`Connector::fields`]). Custom objects and fields included.
+//! - **Reading**: a [`PageSource`] for one run of one stream
+//!   ([`Connector::reader`]): pages of [`Record`]s, each with its id,
+//!   modification time, deletion mark and raw JSON, then the watermark (the
+//!   connector's cursor, opaque to everyone else) to store.
+//! - **Error classification**: every failure is a [`crate::CrmError`] with a
+//!   [`crate::ErrorKind`] (which becomes the SQLSTATE). Retries of 429, 5xx
+//!   and transport errors are done by [`crate::http::HttpClient::send`]; a
+//!   connector interprets the statuses and error bodies it knows (expired
+//!   session, bad credentials, quota used up, a rejected query, an unreadable
+//!   body) and may retry what its CRM documents as transient.
+//!
+//! # What must hold
+//! - A reader never loses a record: every record changed after the previous
+//!   run's watermark, including while this run pages, is returned by this run
+//!   or is still after the watermark this run reports.
+//! - A watermark never moves backward, and is only valid once every page
+//!   returned before it was asked for has been written.
+//! - A page may repeat records, and a run may return a record more than once;
+//!   the engine keeps the newest version per id (by `updated_at`).
+//! - Deleted/archived records are returned with `deleted_at` set, not skipped.
+//! - A connector never touches Postgres and never logs secrets (nor puts them
+//!   in an error); it does not sleep except inside the HTTP layer, so cancels
+//!   are honoured promptly.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+use crate::config::SourceConfig;
+use crate::error::Result;
+use crate::http::HttpClient;
+use crate::types::PgType;
+
+/// A boxed future: keeps [`Connector`] and [`PageSource`] usable as trait
+/// objects, so the engine holds no connector type.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
+/// Describes one CRM to the rest of the system; see the module docs.
+pub struct Provider {
+    /// The name users pass to `crm_sync.create_source(name, provider, ...)`.
+    pub name: &'static str,
+    /// Provider-specific option keys (common ones are in
+    /// [`crate::config::COMMON_OPTIONS`]).
+    pub options: &'static [&'static str],
+    /// Credential keys. Only these may hold secrets.
+    pub credentials: &'static [&'static str],
+    /// Streams registered for a new source.
+    pub streams: &'static [StreamDefaults],
+    /// Fields synced for other objects (streams added by the user) when the
+    /// user has not chosen.
+    pub other_objects: DefaultFields,
+    /// Check the values of options and credentials (keys are checked already).
+    pub check: fn(&CheckArgs<'_>) -> Result<()>,
+    /// Open a connection for one sync or discovery call.
+    pub connect: for<'a> fn(&'a HttpClient, &'a SourceConfig) -> Result<Box<dyn Connector + 'a>>,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+impl Provider {
+    /// The default stream for `name`, if the provider has one.
+    pub fn stream(&self, name: &str) -> Option<&'static StreamDefaults> {
+        self.streams.iter().find(|s| s.name == name)
+    }
+
+    /// The fields a stream of `object` syncs when the user has not chosen.
+    pub fn default_fields(&self, object: &str) -> DefaultFields {
+        self.streams
+            .iter()
+            .find(|d| d.object == object)
+            .map_or(self.other_objects, |d| d.fields)
+    }
+}
+
+/// What [`Provider::check`] sees.
+pub struct CheckArgs<'a> {
+    pub options: &'a Map<String, Value>,
+    pub credentials: &'a Map<String, Value>,
+    /// The `crm_sync.allow_insecure_http` setting.
+    pub allow_insecure_http: bool,
+}
+
+/// A live connection to one CRM account; see the module docs.
+pub trait Connector {
+    /// The objects (types) the account has that can be synced.
+    fn objects(&self) -> BoxFuture<'_, Result<Vec<ObjectInfo>>>;
+    /// The fields of `object`, custom ones included.
+    fn fields<'a>(&'a self, object: &'a str) -> BoxFuture<'a, Result<Vec<Field>>>;
+    /// A reader for one run of one stream.
+    fn reader<'a>(&'a self, req: ReadRequest) -> BoxFuture<'a, Result<Box<dyn PageSource + 'a>>>;
+}
+
+/// What the engine asks a connector to read.
+#[derive(Debug, Clone)]
+pub struct ReadRequest {
+    /// The CRM's object name.
+    pub object: String,
+    /// The fields to read (a connector adds the ones it needs for its cursor).
+    pub fields: Vec<Field>,
+    pub mode: SyncMode,
+    /// Incremental runs start this far before the watermark.
+    pub lookback: Duration,
+    /// Look for deleted records too.
+    pub track_deletes: bool,
+    /// Where an interrupted run of the same mode stopped: a position the
+    /// reader returned from [`PageSource::checkpoint`]. Readers that cannot
+    /// resume ignore it and start over, which is safe, only slower.
+    pub resume: Option<String>,
+}
+
+/// Full or incremental, as the engine asks a reader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Read everything; the reader establishes a fresh watermark.
+    Full,
+    /// Read what changed since the stored watermark.
+    Incremental { watermark: String },
+}
+
+/// One CRM record as a reader returns it.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// The CRM's id, unique within a stream.
+    pub id: String,
+    /// The CRM's modification time, if it has one.
+    pub updated_at: Option<DateTime<Utc>>,
+    /// Set when the CRM reports the record deleted/archived.
+    pub deleted_at: Option<DateTime<Utc>>,
+    /// Field values by field name, as JSON values from the API.
+    pub fields: Map<String, Value>,
+    /// The whole record exactly as received (JSON text).
+    pub raw: String,
+}
+
+/// A page of records from one API call.
+#[derive(Debug, Default)]
+pub struct Page {
+    pub records: Vec<Record>,
+    /// Total matches, when the API reports one (for progress).
+    pub total: Option<u64>,
+}
+
+/// Where a connector's stream reader stands; see the module docs for what
+/// must hold.
+pub trait PageSource {
+    /// The next page, or `None` when the stream is exhausted for this run.
+    fn next_page(&mut self) -> BoxFuture<'_, Result<Option<Page>>>;
+    /// The watermark to store once every page returned so far is written.
+    fn watermark(&self) -> Option<String>;
+    /// Things the user should know about this run that did not stop it (a
+    /// field the CRM no longer has, say); recorded with the run.
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Fields the reader stopped reading during the run (the CRM deleted
+    /// them); the sink stops writing their columns, which keep their values.
+    fn dropped_fields(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Where this run stands after the pages returned so far, if the reader
+    /// can resume from there (see [`ReadRequest::resume`]): an opaque
+    /// string, asked for between pages only.
+    fn checkpoint(&self) -> Option<String> {
+        None
+    }
+}
+
+/// A stream registered by default for a new source.
+#[derive(Debug, Clone)]
+pub struct StreamDefaults {
+    /// Stream name, also the landing table's name.
+    pub name: &'static str,
+    /// The CRM's object (type) name.
+    pub object: &'static str,
+    /// Fields synced unless the user chooses others.
+    pub fields: DefaultFields,
+}
+
+/// Which fields a stream syncs when the user has not chosen.
+#[derive(Debug, Clone, Copy)]
+pub enum DefaultFields {
+    /// Every field the object has.
+    All,
+    /// These fields (those the object lacks are skipped).
+    Only(&'static [&'static str]),
+}
+
+/// An object (type) in the CRM, as discovered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectInfo {
+    pub name: String,
+    pub label: String,
+    /// True for objects the user (not the vendor) defined.
+    pub custom: bool,
+}
+
+/// A field of a CRM object, as discovered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Field {
+    pub name: String,
+    pub label: String,
+    /// The CRM's own type name.
+    pub crm_type: String,
+    /// The landing column type it maps to.
+    pub pg_type: PgType,
+    /// True for fields the user (not the vendor) defined.
+    pub custom: bool,
+}
+
+/// Turn a CRM field name into a landing column name (lower case).
+pub fn column_name(field: &str) -> String {
+    field.to_lowercase()
+}

@@ -1,0 +1,116 @@
+//! Step 2: records of gone streams (a dropped source or landing table)
+//! leave the model, and records point at the unified row of the company
+//! or contact they reference.
+
+use pgrx::prelude::*;
+
+use crm_sync_core::model::{Ref, REFS};
+
+/// Drop the records of streams that are gone: the source was dropped, or the
+/// landing table. An incremental merge finds those streams in
+/// `crm_sync.merge_state`; a full one checks every record. Returns the
+/// remaining records of the unified rows that lost some (to link again) and
+/// the unified ids that lost any (to recompute, or delete when none is
+/// left).
+pub fn prune(entity: &str, full: bool) -> (Vec<i64>, Vec<i64>) {
+    let gone = "(to_regclass(format('%I.%I', r.source, r.stream)) IS NULL
+                 OR NOT EXISTS (SELECT 1 FROM crm_sync.streams t WHERE t.source = r.source AND t.stream = r.stream))";
+    let which = if full {
+        gone.to_owned()
+    } else {
+        format!(
+            "(r.source, r.stream) IN (SELECT r.source, r.stream FROM crm_sync.merge_state r WHERE {gone})"
+        )
+    };
+    let rows: Vec<(i64, bool)> = Spi::connect_mut(|c| {
+        c.update(
+            &format!(
+                "WITH d AS (
+                    DELETE FROM crm_sync.source_records r WHERE r.entity = $1 AND {which}
+                    RETURNING r.source, r.stream, r.record_id),
+                 i AS (DELETE FROM crm_sync.invalid_values v USING (SELECT DISTINCT source, stream FROM d) g
+                        WHERE v.entity = $1 AND v.source = g.source AND v.stream = g.stream),
+                 u AS (DELETE FROM crm_sync.unified_ids WHERE entity = $1 AND record_id IN (SELECT record_id FROM d)
+                       RETURNING unified_id),
+                 rest AS (SELECT g.record_id FROM crm_sync.unified_ids g
+                           WHERE g.entity = $1 AND g.unified_id IN (SELECT unified_id FROM u)
+                             AND g.record_id NOT IN (SELECT record_id FROM d))
+                 SELECT record_id, false FROM rest
+                 UNION ALL
+                 SELECT DISTINCT unified_id, true FROM u"
+            ),
+            None,
+            &[entity.into()],
+        )
+        .expect("prune crm_sync.source_records")
+        .map(|r| {
+            (
+                r.get::<i64>(1).ok().flatten().unwrap_or_default(),
+                r.get::<bool>(2).ok().flatten().unwrap_or_default(),
+            )
+        })
+        .collect()
+    });
+    let (ids, records): (Vec<_>, Vec<_>) =
+        rows.into_iter().partition(|(_, is_unified)| *is_unified);
+    (
+        records.into_iter().map(|(r, _)| r).collect(),
+        ids.into_iter().map(|(u, _)| u).collect(),
+    )
+}
+
+/// Point records at the unified `target` row of their reference (in the same
+/// source): the changed ones (every one, `full`), those linked to a target
+/// row this merge recomputed (`targets`: merged, split, renamed or gone), and
+/// those whose target had not landed yet. Returns the records whose link
+/// changed.
+pub fn link(entity: &str, target: &str, changed: &[i64], targets: &[i64], full: bool) -> Vec<i64> {
+    let Some(Ref {
+        field: rf,
+        column: id,
+        ..
+    }) = REFS.iter().find(|r| r.target == target)
+    else {
+        return Vec::new();
+    };
+    // Each kind of candidate found through its own index (one OR over them
+    // would read every record of the entity).
+    let scope = if full {
+        "SELECT record_id FROM crm_sync.source_records WHERE entity = $1".to_owned()
+    } else {
+        format!(
+            "SELECT record_id FROM crm_sync.source_records WHERE entity = $1 AND record_id = ANY ($2)
+             UNION SELECT record_id FROM crm_sync.source_records WHERE entity = $1 AND {id} = ANY ($4)
+             UNION SELECT record_id FROM crm_sync.source_records
+                    WHERE entity = $1 AND {id} IS NULL AND {rf} IS NOT NULL"
+        )
+    };
+    Spi::connect_mut(|c| {
+        c.update(
+            &format!(
+                "WITH want AS (
+                    SELECT r.record_id,
+                           (SELECT ku.unified_id FROM crm_sync.source_records k
+                              JOIN crm_sync.unified_ids ku ON ku.entity = k.entity AND ku.record_id = k.record_id
+                             WHERE k.entity = $3 AND k.source = r.source AND k.external_id = r.{rf}
+                             ORDER BY k.stream LIMIT 1) AS target_id
+                      FROM crm_sync.source_records r
+                     WHERE r.entity = $1 AND r.record_id IN ({scope}))
+                 UPDATE crm_sync.source_records r SET {id} = w.target_id
+                   FROM want w
+                  WHERE r.entity = $1 AND r.record_id = w.record_id AND r.{id} IS DISTINCT FROM w.target_id
+                 RETURNING r.record_id"
+            ),
+            None,
+            &[
+                entity.into(),
+                changed.to_vec().into(),
+                target.into(),
+                targets.to_vec().into(),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("link {entity} records to their {target}: {e}"))
+        .map(|r| r.get::<i64>(1).ok().flatten().unwrap_or_default())
+        .collect()
+    })
+}

@@ -1,0 +1,181 @@
+//! The unified customer model: the merge after each sync and
+//! `crm_sync.merge()`. Per entity (companies first, then contacts and
+//! deals, which link to companies), in steps, one file each:
+//!
+//! 1. [`stage`] — landing rows written since the stream's last merge (by
+//!    `_run_id`) are read through the mapping expressions, cleaned and keyed
+//!    (`crm_sync_core::model::stage`) and upserted into
+//!    `crm_sync.source_records`; values that fail cleaning go to
+//!    `crm_sync.invalid_values` and stay out of the model.
+//! 2. [`link`] — records of gone streams leave; records point at the unified
+//!    row of the company or contact they reference.
+//! 3. [`resolve`] — the changed records, the unified rows they belonged to
+//!    and the rows their keys now match are linked again
+//!    (`crm_sync_core::model::identity`); ids that disappear are recorded in
+//!    `crm.merged_ids` as merged into the surviving id.
+//! 4. [`survive`] — for the affected unified rows, each field takes its
+//!    value by the rules of `crm_sync_core::model::survive`, and the row is
+//!    written with its lineage.
+//!
+//! A full merge stages every landing row and resolves every record; it gives
+//! the same result as the incremental steps. Every step reads in pages, each
+//! in its own SPI connection, so memory stays flat.
+
+mod link;
+mod resolve;
+mod sql;
+mod stage;
+mod survive;
+
+use std::collections::HashMap;
+
+use pgrx::prelude::*;
+
+use crate::{gucs, locks, txn};
+use crm_sync_core::model::{link_targets, ENTITIES};
+
+/// Merge one stream's changes after its sync, in a subtransaction: a merge
+/// that fails (a broken mapping expression, say) leaves the sync's rows in
+/// place and is reported as a warning, for `crm_sync.merge()` to redo.
+pub fn after_sync(source: &str, stream: &str, run_id: i64) -> Option<String> {
+    if !gucs::MERGE_AFTER_SYNC.get() {
+        return None;
+    }
+    let mapped = Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM crm_sync.streams t JOIN crm_sync.sources s ON s.name = t.source
+                          JOIN crm_sync.mappings m ON m.provider = s.provider AND m.object = t.object AND m.enabled
+                         WHERE t.source = $1 AND t.stream = $2)",
+        &[source.into(), stream.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    if !mapped {
+        return None;
+    }
+    match txn::in_subtransaction(|| run(Some((source, stream)), false)) {
+        Ok(stats) => {
+            // Values that failed cleaning are the run's warnings too.
+            let invalid: i64 = stats.iter().map(|s| s.invalid).sum();
+            if invalid > 0 {
+                Spi::run_with_args(
+                    "UPDATE crm_sync.runs
+                        SET warnings = warnings + $2,
+                            warning_samples = coalesce(warning_samples, '{}') || format(
+                                '%s values failed cleaning for the unified model and were left out of it; see crm_sync.quality', $2)
+                      WHERE run_id = $1",
+                    &[run_id.into(), invalid.into()],
+                )
+                .expect("count invalid values in crm_sync.runs");
+            }
+            None
+        }
+        Err(message) => Some(format!(
+            "merging into the unified model failed: {message}; the synced rows are kept; fix it and run crm_sync.merge()"
+        )),
+    }
+}
+
+pub struct EntityStats {
+    pub entity: &'static str,
+    pub changed: i64,
+    pub invalid: i64,
+    pub unified: i64,
+    pub merged: i64,
+    pub micros: i64,
+}
+
+/// Merge every entity; `only` limits staging to one (source, stream).
+pub fn run(only: Option<(&str, &str)>, full: bool) -> Vec<EntityStats> {
+    locks::merge_for_transaction();
+    let mut out = Vec::new();
+    // The unified ids each entity's merge recomputed: records linked to
+    // them (a contact's company, say) are linked again, whether the group
+    // merged, split, changed its id or disappeared.
+    let mut touched: HashMap<&str, Vec<i64>> = HashMap::new();
+    for entity in ENTITIES {
+        let t0 = std::time::Instant::now();
+        let mut st = EntityStats {
+            entity,
+            changed: 0,
+            invalid: 0,
+            unified: 0,
+            merged: 0,
+            micros: 0,
+        };
+        let mut changed: Vec<i64> = Vec::new();
+        let lap = |what: &str| {
+            pgrx::debug1!(
+                "pg_crm_sync merge {entity}: {what} after {:?}",
+                t0.elapsed()
+            )
+        };
+        for s in stage::streams(entity, only) {
+            let (ids, invalid) = stage::stage(entity, &s, full);
+            st.changed += ids.len() as i64;
+            st.invalid += invalid;
+            changed.extend(ids);
+        }
+        lap("staged");
+        // The steps below read what was just written, by entity; the
+        // planner must know it is there. Statistics from before (a first
+        // merge of empty tables, or of another entity only) make it expect
+        // one row and loop over every record of the entity for each one.
+        let big = changed.len() > 1_000 && stats_lag(entity, changed.len());
+        if big {
+            Spi::run("ANALYZE crm_sync.source_records").expect("analyze crm_sync.source_records");
+        }
+        // Records of streams that are gone (a dropped source, a dropped
+        // landing table) leave the model.
+        let (rest, emptied) = link::prune(entity, full);
+        changed.extend(rest);
+        for target in link_targets(entity) {
+            let targets = touched.get(target).map(Vec::as_slice).unwrap_or_default();
+            let moved = link::link(entity, target, &changed, targets, full);
+            changed.extend(moved);
+        }
+        lap("linked");
+        if !changed.is_empty() || !emptied.is_empty() || full {
+            let (mut affected, merged) = resolve::resolve(entity, &changed, full);
+            affected.extend(emptied);
+            affected.sort_unstable();
+            affected.dedup();
+            if big {
+                Spi::run("ANALYZE crm_sync.unified_ids").expect("analyze crm_sync.unified_ids");
+            }
+            lap("resolved");
+            st.merged = merged;
+            st.unified = survive::survive(entity, &affected, full);
+            lap("survived");
+            if !full {
+                touched.insert(entity, affected);
+            }
+        }
+        st.micros = t0.elapsed().as_micros() as i64;
+        out.push(st);
+    }
+    Spi::run(
+        "DELETE FROM crm_sync.merge_state m
+          WHERE NOT EXISTS (SELECT 1 FROM crm_sync.streams t WHERE t.source = m.source AND t.stream = m.stream)
+             OR to_regclass(format('%I.%I', m.source, m.stream)) IS NULL",
+    )
+    .expect("forget merge state of gone streams");
+    out
+}
+
+/// Whether the planner's statistics know too few records of `entity` for
+/// `changed` records just staged (fewer than ten times as many).
+fn stats_lag(entity: &str, changed: usize) -> bool {
+    let known = Spi::get_one_with_args::<f64>(
+        "SELECT coalesce((SELECT m.f FROM pg_stats s,
+                                 unnest(s.most_common_vals::text::text[], s.most_common_freqs) AS m(v, f)
+                           WHERE s.schemaname = 'crm_sync' AND s.tablename = 'source_records'
+                             AND s.attname = 'entity' AND m.v = $1), 0)::float8
+                * greatest((SELECT reltuples FROM pg_class WHERE oid = 'crm_sync.source_records'::regclass), 0)",
+        &[entity.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(0.0);
+    (changed as f64) * 10.0 > known
+}

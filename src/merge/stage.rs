@@ -1,0 +1,293 @@
+//! Step 1: stage the landing rows written since a stream's last merge
+//! into `crm_sync.source_records`, cleaned and keyed, and their invalid
+//! values into `crm_sync.invalid_values`.
+
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use serde_json::Value;
+
+use crate::locks;
+use crm_sync_core::model;
+use crm_sync_core::model::identity;
+use crm_sync_core::model::stage::{Mapped, Staged};
+
+use super::sql::{qi, FETCH};
+
+/// A stream feeding an entity, with the mapping to use.
+pub struct StreamMap {
+    source: String,
+    stream: String,
+    region: Option<String>,
+    fields: Vec<Mapped>,
+    /// The mapping expression of each field, over the landing row `r`.
+    exprs: Vec<String>,
+    merged_run: i64,
+}
+
+/// The streams feeding `entity` (only the one `only` names, if set).
+pub fn streams(entity: &str, only: Option<(&str, &str)>) -> Vec<StreamMap> {
+    type Row = (String, String, Option<String>, String, String, String, i64);
+    let rows: Vec<Row> = Spi::connect(|c| {
+        c.select(
+            "SELECT DISTINCT ON (t.source, t.stream, f.field)
+                    t.source, t.stream, s.options->>'default_region', f.field, f.kind, m.expression,
+                    coalesce(ms.merged_run, 0)
+               FROM crm_sync.streams t
+               JOIN crm_sync.sources s ON s.name = t.source
+               JOIN crm_sync.mappings m ON m.provider = s.provider AND m.object = t.object
+                                       AND m.entity = $1 AND m.enabled
+                                       AND (m.source IS NULL OR m.source = t.source)
+               JOIN crm_sync.unified_fields f ON f.entity = m.entity AND f.field = m.field
+               LEFT JOIN crm_sync.merge_state ms ON ms.source = t.source AND ms.stream = t.stream
+              WHERE to_regclass(format('%I.%I', t.source, t.stream)) IS NOT NULL
+              ORDER BY t.source, t.stream, f.field, m.source NULLS LAST",
+            None,
+            &[entity.into()],
+        )
+        .expect("read crm_sync.mappings")
+        .map(|r| {
+            (
+                r.get(1).ok().flatten().unwrap_or_default(),
+                r.get(2).ok().flatten().unwrap_or_default(),
+                r.get(3).ok().flatten(),
+                r.get(4).ok().flatten().unwrap_or_default(),
+                r.get(5).ok().flatten().unwrap_or_default(),
+                r.get(6).ok().flatten().unwrap_or_default(),
+                r.get(7).ok().flatten().unwrap_or_default(),
+            )
+        })
+        .collect()
+    });
+    let mut out: Vec<StreamMap> = Vec::new();
+    for (source, stream, region, field, kind, expr, merged_run) in rows {
+        if let Some((s, t)) = only {
+            if s != source || t != stream {
+                continue;
+            }
+        }
+        let m = match out.last_mut() {
+            Some(m) if m.source == source && m.stream == stream => m,
+            _ => {
+                out.push(StreamMap {
+                    source,
+                    stream,
+                    region,
+                    fields: vec![],
+                    exprs: vec![],
+                    merged_run,
+                });
+                out.last_mut().expect("just pushed")
+            }
+        };
+        m.fields.push(Mapped { field, kind });
+        m.exprs.push(expr);
+    }
+    out
+}
+
+/// Stage the stream's rows changed since its last merge; returns the
+/// record ids staged and the number of invalid values.
+pub fn stage(entity: &str, s: &StreamMap, full: bool) -> (Vec<i64>, i64) {
+    // A sync of this stream still writing: its own merge will follow.
+    if !locks::try_stream_for_transaction(&s.source, &s.stream) {
+        pgrx::notice!(
+            "{}.{} is being synced; its changes are merged when that sync ends",
+            s.source,
+            s.stream
+        );
+        return (vec![], 0);
+    }
+    let exprs: Vec<String> = s.exprs.iter().map(|e| format!("({e})::text")).collect();
+    let since = if full { 0 } else { s.merged_run };
+    // Keyset pages, each in its own SPI connection, so that memory is
+    // given back after every page however large the stream.
+    let sql = format!(
+        "SELECT r.id, r._updated_at::text, r._deleted_at IS NOT NULL, r._run_id, {} FROM {}.{} r
+          WHERE r._run_id > $1 AND r.id > $2 ORDER BY r.id LIMIT {FETCH}",
+        exprs.join(", "),
+        qi(&s.source),
+        qi(&s.stream)
+    );
+    let mut ids = Vec::new();
+    let mut invalid = 0i64;
+    let mut max_run = s.merged_run;
+    let (mut t_read, mut t_write) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
+    let cols = s.fields.len();
+    let mut after = String::new();
+    let had_invalid = Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM crm_sync.invalid_values WHERE entity = $1 AND source = $2 AND stream = $3)",
+        &[
+            entity.into(),
+            s.source.as_str().into(),
+            s.stream.as_str().into(),
+        ],
+    )
+    .expect("look for the stream's invalid values")
+    .unwrap_or(true);
+    loop {
+        let more = Spi::connect_mut(|c| {
+            let t = std::time::Instant::now();
+            let batch: Vec<Staged> = c
+                .select(sql.as_str(), None, &[since.into(), after.as_str().into()])
+                .expect("read landing rows through the mappings")
+                .map(|r| {
+                    let run: i64 = r.get(4).ok().flatten().unwrap_or_default();
+                    max_run = max_run.max(run);
+                    let values = (0..cols)
+                        .map(|i| r.get::<String>(5 + i).ok().flatten())
+                        .collect();
+                    model::stage::stage(
+                        entity,
+                        s.region.as_deref(),
+                        &s.fields,
+                        r.get(1).ok().flatten().unwrap_or_default(),
+                        r.get(2).ok().flatten(),
+                        r.get(3).ok().flatten().unwrap_or(false),
+                        values,
+                    )
+                })
+                .collect();
+            let Some(last) = batch.last() else {
+                return false;
+            };
+            after = last.external_id.clone();
+            invalid += batch.iter().map(|b| b.invalid.len() as i64).sum::<i64>();
+            ids.extend(
+                batch
+                    .iter()
+                    .map(|b| identity::record_id(entity, &s.source, &s.stream, &b.external_id)),
+            );
+            t_read += t.elapsed();
+            let t = std::time::Instant::now();
+            write_staged(c, entity, s, &batch, had_invalid);
+            t_write += t.elapsed();
+            batch.len() as i64 == FETCH
+        });
+        pgrx::check_for_interrupts!();
+        if !more {
+            break;
+        }
+    }
+    pgrx::debug1!(
+        "pg_crm_sync merge {entity}: {}.{}: read and cleaned {} records in {t_read:?}, wrote them in {t_write:?}",
+        s.source,
+        s.stream,
+        ids.len()
+    );
+    Spi::run_with_args(
+        "INSERT INTO crm_sync.merge_state (source, stream, merged_run, merged_at) VALUES ($1, $2, $3, now())
+         ON CONFLICT (source, stream) DO UPDATE SET merged_run = EXCLUDED.merged_run, merged_at = now()",
+        &[s.source.as_str().into(), s.stream.as_str().into(), max_run.into()],
+    )
+    .expect("write crm_sync.merge_state");
+    (ids, invalid)
+}
+
+fn write_staged(
+    c: &mut SpiClient<'_>,
+    entity: &str,
+    s: &StreamMap,
+    batch: &[Staged],
+    // The stream had invalid values when its staging began (else there are
+    // none to clear: pages never repeat a record).
+    had_invalid: bool,
+) {
+    let col = |f: &dyn Fn(&Staged) -> Option<String>| -> Vec<Option<String>> {
+        batch.iter().map(f).collect()
+    };
+    let ext: Vec<String> = batch.iter().map(|b| b.external_id.clone()).collect();
+    let rid: Vec<i64> = batch
+        .iter()
+        .map(|b| identity::record_id(entity, &s.source, &s.stream, &b.external_id))
+        .collect();
+    let upd = col(&|b| b.updated_at.clone());
+    let del: Vec<bool> = batch.iter().map(|b| b.deleted).collect();
+    let vals = col(&|b| Some(Value::Object(b.vals.clone()).to_string()));
+    let args: Vec<DatumWithOid> = vec![
+        entity.into(),
+        s.source.as_str().into(),
+        s.stream.as_str().into(),
+        ext.clone().into(),
+        rid.into(),
+        upd.into(),
+        del.into(),
+        vals.into(),
+        col(&|b| b.email.clone()).into(),
+        col(&|b| b.phone.clone()).into(),
+        col(&|b| b.name_key.clone()).into(),
+        col(&|b| b.domain.clone()).into(),
+        col(&|b| b.company_key.clone()).into(),
+        col(&|b| b.company_ref.clone()).into(),
+        col(&|b| b.contact_ref.clone()).into(),
+    ];
+    c.update(
+        "INSERT INTO crm_sync.source_records AS t
+                (entity, source, stream, external_id, record_id, updated_at, deleted, vals,
+                 email, phone, name_key, domain, company_key, company_ref, contact_ref, merged_at)
+         SELECT $1, $2, $3, u.ext, u.rid, u.upd::timestamptz, u.del, u.vals::jsonb,
+                u.email, u.phone, u.name_key, u.domain, u.company_key, u.company_ref, u.contact_ref, now()
+           FROM unnest($4::text[], $5::int8[], $6::text[], $7::bool[], $8::text[], $9::text[],
+                       $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[])
+                AS u(ext, rid, upd, del, vals, email, phone, name_key, domain, company_key, company_ref, contact_ref)
+         ON CONFLICT (entity, record_id) DO UPDATE
+            SET updated_at = EXCLUDED.updated_at, deleted = EXCLUDED.deleted, vals = EXCLUDED.vals,
+                email = EXCLUDED.email, phone = EXCLUDED.phone, name_key = EXCLUDED.name_key,
+                domain = EXCLUDED.domain, company_key = EXCLUDED.company_key,
+                company_ref = EXCLUDED.company_ref, contact_ref = EXCLUDED.contact_ref, merged_at = now()
+          -- An unchanged record is not rewritten (a rebuild, a resync).
+          WHERE (t.updated_at, t.deleted, t.vals, t.email, t.phone, t.name_key, t.domain, t.company_key,
+                 t.company_ref, t.contact_ref)
+                IS DISTINCT FROM (EXCLUDED.updated_at, EXCLUDED.deleted, EXCLUDED.vals, EXCLUDED.email,
+                 EXCLUDED.phone, EXCLUDED.name_key, EXCLUDED.domain, EXCLUDED.company_key,
+                 EXCLUDED.company_ref, EXCLUDED.contact_ref)",
+        None,
+        &args,
+    )
+    .expect("write crm_sync.source_records");
+    // The invalid values of these records, as of now.
+    let mut f_ext = Vec::new();
+    let mut f_field = Vec::new();
+    let mut f_value = Vec::new();
+    let mut f_problem = Vec::new();
+    for b in batch {
+        for (field, value, problem) in &b.invalid {
+            f_ext.push(b.external_id.clone());
+            f_field.push(field.clone());
+            f_value.push(value.clone());
+            f_problem.push(problem.clone());
+        }
+    }
+    if had_invalid {
+        c.update(
+            "DELETE FROM crm_sync.invalid_values
+              WHERE entity = $1 AND source = $2 AND stream = $3 AND external_id = ANY ($4)",
+            None,
+            &[
+                entity.into(),
+                s.source.as_str().into(),
+                s.stream.as_str().into(),
+                ext.into(),
+            ],
+        )
+        .expect("clear crm_sync.invalid_values");
+    }
+    if f_ext.is_empty() {
+        return;
+    }
+    c.update(
+        "INSERT INTO crm_sync.invalid_values (entity, source, stream, external_id, field, value, problem)
+         SELECT $1, $2, $3, u.* FROM unnest($4::text[], $5::text[], $6::text[], $7::text[]) u",
+        None,
+        &[
+            entity.into(),
+            s.source.as_str().into(),
+            s.stream.as_str().into(),
+            f_ext.into(),
+            f_field.into(),
+            f_value.into(),
+            f_problem.into(),
+        ],
+    )
+    .expect("write crm_sync.invalid_values");
+}

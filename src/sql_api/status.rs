@@ -1,0 +1,25 @@
+//! Helpers of the `crm_sync.status` view (sql/status.sql).
+
+use pgrx::datum::TimestampWithTimeZone;
+use pgrx::prelude::*;
+
+use crm_sync_core::cron;
+use crm_sync_core::types::parse_datetime;
+
+/// A watermark as a time, or NULL if it is not one (a connector's cursor
+/// is opaque; every connector today stores a time).
+#[pg_extern(immutable, parallel_safe, strict, name = "_watermark_time")]
+pub fn watermark_time(cursor: &str) -> Option<TimestampWithTimeZone> {
+    // Postgres epoch is 2000-01-01.
+    const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
+    let d = parse_datetime(cursor)?;
+    TimestampWithTimeZone::try_from(d.timestamp_micros() - PG_EPOCH_OFFSET_US).ok()
+}
+
+/// When a pg_cron schedule fires next after `after`, both as seconds since
+/// 1970 of local times in pg_cron's time zone; NULL when that cannot be
+/// known (`@reboot`, `N seconds`, a schedule pg_cron would refuse).
+#[pg_extern(immutable, parallel_safe, strict, name = "_cron_next_local")]
+pub fn cron_next_local(schedule: &str, after: i64) -> Option<i64> {
+    cron::next_after_epoch(schedule, after)
+}

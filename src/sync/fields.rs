@@ -1,0 +1,71 @@
+//! Which fields of a stream's CRM object land, and as which columns.
+
+use std::collections::HashMap;
+
+use crate::catalog::StreamRow;
+use crate::landing::Column;
+use crate::txn::check_interrupts;
+use crm_sync_core::connectors::Configured;
+use crm_sync_core::runtime::block_on_interruptible;
+use crm_sync_core::source::{column_name, Connector, DefaultFields, Field};
+use crm_sync_core::types::PgType;
+use crm_sync_core::CrmError;
+
+/// The fields of `object`, as the CRM describes them now.
+pub fn fetch_fields(conn: &dyn Connector, object: &str) -> Result<Vec<Field>, CrmError> {
+    block_on_interruptible(conn.fields(object), &mut check_interrupts)
+}
+
+/// The properties a stream syncs: its list, `{*}` for all, or the defaults.
+/// A listed property the CRM no longer has is an error, unless the landing
+/// table has its column already: then the field was deleted in the CRM, and
+/// it is dropped from the stream with a warning (returned second).
+pub fn select_fields(
+    cfg: &Configured,
+    s: &StreamRow,
+    fields: &[Field],
+    landed: &HashMap<String, PgType>,
+) -> Result<(Vec<Column>, Vec<String>), CrmError> {
+    let col = |f: &Field| Column {
+        property: f.name.clone(),
+        column: column_name(&f.name),
+        pg_type: f.pg_type,
+    };
+    match &s.properties {
+        Some(list) if list.iter().any(|p| p == "*") => {
+            Ok((fields.iter().map(col).collect(), vec![]))
+        }
+        Some(list) => {
+            let mut cols = vec![];
+            let mut gone = vec![];
+            for p in list {
+                // Exact name first; CRM API names are case-insensitive.
+                let found = fields
+                    .iter()
+                    .find(|f| &f.name == p)
+                    .or_else(|| fields.iter().find(|f| f.name.eq_ignore_ascii_case(p)));
+                match found {
+                    Some(f) => cols.push(col(f)),
+                    None if landed.contains_key(&column_name(p)) => gone.push(p.clone()),
+                    None => {
+                        return Err(CrmError::config(format!("property \"{p}\" does not exist on {}", s.object)).with_hint(
+                            "See crm_sync.discover(source, stream) for the properties, and fix crm_sync.streams.properties.",
+                        ))
+                    }
+                }
+            }
+            Ok((cols, gone))
+        }
+        None => {
+            let cols = match cfg.provider.default_fields(&s.object) {
+                DefaultFields::All => fields.iter().map(col).collect(),
+                DefaultFields::Only(names) => fields
+                    .iter()
+                    .filter(|f| names.contains(&f.name.as_str()))
+                    .map(col)
+                    .collect(),
+            };
+            Ok((cols, vec![]))
+        }
+    }
+}

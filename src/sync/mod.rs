@@ -1,0 +1,126 @@
+//! The one in-database sync path: plan → read pages → write batches →
+//! commit → record the run → merge into the unified model, for both
+//! callers. `crm_sync.sync()` runs each stream in a subtransaction of the
+//! caller's transaction; a background job commits every batch with its
+//! checkpoint. The [`Commit`] value they pass is the only difference.
+//!
+//! - [`plan`] — full or incremental, from which watermark or checkpoint;
+//! - [`read`] — the connector's pages through the engine into the landing
+//!   table (`crate::landing`), committing as [`Commit`] says;
+//! - [`record`] — the run's row in crm_sync.runs, and the watermark;
+//! - [`job`] — a background job's streams, one after another.
+
+mod commit;
+mod failed_run;
+mod fields;
+pub mod job;
+mod plan;
+mod read;
+mod record;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use pgrx::prelude::*;
+
+use crate::catalog::{self, RunRecord, SourceRow, StreamRow, NO_SOURCE_HINT};
+use crate::errors::{self, Context, Failure, OrRaise};
+use crate::{gucs, locks, merge, txn};
+use crm_sync_core::connectors::{self, Configured};
+
+pub use commit::Commit;
+pub use fields::{fetch_fields, select_fields};
+
+/// A source with its checked settings, and the context of its errors;
+/// raises if it does not exist or its settings no longer check out.
+pub fn load(source: &str) -> (SourceRow, Configured, Context) {
+    let mut ctx = Context {
+        source: Some(source.to_owned()),
+        ..Default::default()
+    };
+    let Some(src) = catalog::load_source(source) else {
+        errors::fail(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("source \"{source}\" does not exist"),
+            Some(NO_SOURCE_HINT),
+        )
+    };
+    ctx.secrets = errors::secret_strings(&src.credentials);
+    let cfg = connectors::configure(
+        &src.provider,
+        &src.options,
+        &src.credentials,
+        gucs::ALLOW_INSECURE_HTTP.get(),
+    )
+    .map_err(|e| e.with_hint("Fix the source with crm_sync.alter_source()."))
+    .or_raise(&ctx);
+    (src, cfg, ctx)
+}
+
+/// A stream's run that succeeded.
+pub struct Synced {
+    pub run: RunRecord,
+    pub mode: &'static str,
+    pub duration: Duration,
+    /// Why the merge after the sync failed (the synced rows are kept),
+    /// scrubbed of secrets.
+    pub merge_warning: Option<String>,
+}
+
+/// A stream's run that failed, as recorded; raise `failure` to report it.
+pub struct Failed {
+    pub failure: Failure,
+    pub run: RunRecord,
+}
+
+/// Sync one stream of `src`. A foreground run ([`Commit::WithCaller`])
+/// takes the stream's lock for the caller's transaction (55P03 if another
+/// session syncs it); a background job holds the stream's session lock
+/// already (see [`job`]). On failure nothing uncommitted is kept, the run
+/// is recorded, and the failure is returned for the caller to raise or
+/// report.
+pub fn sync_stream(
+    src: &SourceRow,
+    cfg: &Configured,
+    s: &StreamRow,
+    full_refresh: bool,
+    commit: Commit,
+    ctx: &Context,
+) -> Result<Synced, Box<Failed>> {
+    let started = Instant::now();
+    let mut ctx = ctx.clone();
+    ctx.stream = Some(s.stream.clone());
+    if commit == Commit::WithCaller {
+        locks::stream_for_transaction(&src.name, &s.stream, &ctx);
+    }
+    let plan = plan::plan(&src.name, &s.stream, full_refresh);
+    commit.step();
+    let progress = read::Progress::default();
+    let read = || read::read_stream(src, cfg, s, &plan, &progress, commit);
+    let result = match commit {
+        Commit::WithCaller => txn::subtransaction(read, |r| r.is_ok()),
+        Commit::EveryBatch { .. } => catch_unwind(AssertUnwindSafe(read)),
+    };
+    let failure = match result {
+        Ok(Ok(done)) => {
+            let run = record::succeeded(&src.name, s, &plan, done);
+            let merge_warning = merge::after_sync(&src.name, &s.stream, run.run_id)
+                .map(|w| errors::scrub(&w, &ctx.secrets));
+            return Ok(Synced {
+                run,
+                mode: plan.mode,
+                duration: started.elapsed(),
+                merge_warning,
+            });
+        }
+        Ok(Err(e)) => Failure::of_error(&e, &ctx),
+        Err(panic) => Failure::of_panic(panic, &ctx),
+    };
+    if let Commit::EveryBatch { .. } = commit {
+        // The last batch's transaction is lost; the committed ones stay.
+        txn::abort();
+        txn::begin();
+    }
+    let run = record::failed(&src.name, s, &plan, &progress, &failure, commit);
+    Err(Box::new(Failed { failure, run }))
+}

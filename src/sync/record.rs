@@ -1,0 +1,91 @@
+//! Recording a run in crm_sync.runs: a run that succeeded with its
+//! watermark, in the transaction that wrote its last rows; a run that
+//! failed where it survives the rollback.
+
+use crate::catalog::{self, RunRecord, StreamRow};
+use crate::errors::Failure;
+
+use super::commit::Commit;
+use super::failed_run;
+use super::plan::Plan;
+use super::read::{Done, Progress};
+
+/// The run row of a stream's run, before it ends.
+pub fn run_record(src: &str, s: &StreamRow, plan: &Plan, progress: &Progress) -> RunRecord {
+    RunRecord {
+        run_id: plan.run_id,
+        source: src.to_owned(),
+        stream: s.stream.clone(),
+        mode: plan.mode.to_owned(),
+        status: "succeeded".to_owned(),
+        started_at_us: plan.started_us,
+        finished_at_us: catalog::now_us(),
+        records: progress.records.get() as i64,
+        records_deleted: 0,
+        bytes: progress.bytes.get() as i64,
+        api_calls: progress.api_calls.get() as i64,
+        warnings: 0,
+        warning_samples: vec![],
+        watermark: None,
+        error: None,
+        error_sqlstate: None,
+    }
+}
+
+/// Store what a successful run did: its watermark, its run row; its
+/// checkpoint is spent. In the transaction that wrote the (last) rows.
+pub fn succeeded(src: &str, s: &StreamRow, plan: &Plan, done: Done) -> RunRecord {
+    let mut run = run_record(src, s, plan, &Progress::default());
+    run.records = done.outcome.stats.upserted as i64;
+    run.records_deleted = done.outcome.stats.deleted as i64;
+    run.warnings = (done.outcome.stats.warnings + done.outcome.warnings.len() as u64) as i64;
+    run.warning_samples = done.warning_samples;
+    run.watermark = done.outcome.watermark.clone();
+    run.api_calls = done.api_calls as i64;
+    run.bytes = done.bytes as i64;
+    if let Some(w) = &run.watermark {
+        catalog::save_watermark(src, &s.stream, w, plan.run_id);
+    }
+    catalog::delete_checkpoint(src, &s.stream);
+    catalog::insert_run(&run);
+    for w in &done.outcome.warnings {
+        pgrx::warning!("{}.{}: {}", src, s.stream, w);
+    }
+    if done.outcome.stats.warnings > 0 {
+        pgrx::warning!(
+            "{}.{}: {} values did not fit their columns and were kept in _raw only; see crm_sync.runs (run_id {})",
+            src,
+            s.stream,
+            done.outcome.stats.warnings,
+            plan.run_id
+        );
+    }
+    run
+}
+
+/// Record a run that failed. Called after its writes were rolled back: the
+/// caller's whole transaction for a foreground run (so the row goes in
+/// through a worker of its own, and no record it wrote is kept), or its
+/// last, uncommitted batch for a background run (whose committed batches
+/// count).
+pub fn failed(
+    src: &str,
+    s: &StreamRow,
+    plan: &Plan,
+    progress: &Progress,
+    f: &Failure,
+    commit: Commit,
+) -> RunRecord {
+    let mut run = run_record(src, s, plan, progress);
+    run.status = f.status.to_owned();
+    run.error = Some(f.message.clone());
+    run.error_sqlstate = Some(f.sqlstate());
+    match commit {
+        Commit::WithCaller => {
+            run.records = 0;
+            failed_run::record(&run);
+        }
+        Commit::EveryBatch { .. } => catalog::insert_run(&run),
+    }
+    run
+}

@@ -1,0 +1,83 @@
+//! Transactions the extension drives itself: subtransactions (a stream of
+//! a foreground sync, the merge after it), the top-level transactions of
+//! background workers, which commit in steps, and the interrupt check that
+//! lets a cancel or statement timeout end them.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use pgrx::prelude::*;
+
+use crate::errors::{Context, Failure};
+
+/// Run `f` in a subtransaction (the dance of PL/pgSQL's exception blocks):
+/// it is kept if `f` returns a value `keep` accepts, and rolled back if `f`
+/// raises or `keep` refuses; either way the transaction goes on.
+pub fn subtransaction<R>(
+    f: impl FnOnce() -> R,
+    keep: impl FnOnce(&R) -> bool,
+) -> std::thread::Result<R> {
+    // SAFETY: begun and ended here, with the memory context and resource
+    // owner of the caller restored afterwards.
+    let (old_cxt, old_owner) =
+        unsafe { (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner) };
+    unsafe {
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(old_cxt);
+    }
+    let result = catch_unwind(AssertUnwindSafe(f));
+    let commit = matches!(&result, Ok(r) if keep(r));
+    unsafe {
+        if commit {
+            pg_sys::ReleaseCurrentSubTransaction();
+        } else {
+            pg_sys::MemoryContextSwitchTo(old_cxt);
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+        }
+        pg_sys::MemoryContextSwitchTo(old_cxt);
+        pg_sys::CurrentResourceOwner = old_owner;
+    }
+    result
+}
+
+/// Run `f` in a subtransaction: on an error, roll back what it did and
+/// return the error's message (the transaction goes on).
+pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    subtransaction(f, |_| true)
+        .map_err(|panic| Failure::of_panic(panic, &Context::default()).message)
+}
+
+/// Start a transaction in a background worker's main loop.
+pub fn begin() {
+    // SAFETY: called from a worker's main loop, outside any transaction.
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+}
+
+/// Commit the transaction [`begin`] started.
+pub fn commit() {
+    // SAFETY: pairs with begin().
+    unsafe {
+        pg_sys::PopActiveSnapshot();
+        pg_sys::CommitTransactionCommand();
+    }
+}
+
+/// Roll back after an error was caught; releases locks and snapshots.
+pub fn abort() {
+    // SAFETY: after an error was caught, in a worker's own transaction.
+    unsafe { pg_sys::AbortCurrentTransaction() };
+}
+
+/// Commit what a background run has written and go on in a new transaction.
+pub fn commit_and_continue() {
+    commit();
+    begin();
+}
+
+/// Lets Postgres act on a cancel or statement timeout (raises if pending).
+pub fn check_interrupts() {
+    pgrx::check_for_interrupts!();
+}
