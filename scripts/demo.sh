@@ -100,7 +100,8 @@ run "SELECT crm_sync.wait($SJOB, '120 seconds') AS status"
 
 echo
 echo "== The unified model: every sync merged what it landed into schema crm (cleaned, matched, with lineage)"
-run "SELECT (SELECT count(*) FROM crm.contacts) AS contacts, (SELECT count(*) FROM crm.contacts WHERE cardinality(sources) > 1) AS contacts_in_both_crms, (SELECT count(*) FROM crm.companies) AS companies, (SELECT count(*) FROM crm.companies WHERE cardinality(sources) > 1) AS companies_in_both_crms, (SELECT count(*) FROM crm.deals) AS deals"
+BOTH="(SELECT count(DISTINCT split_part(s, '/', 1)) FROM unnest(sources) s) = 2"
+run "SELECT (SELECT count(*) FROM crm.contacts) AS contacts, (SELECT count(*) FROM crm.contacts WHERE $BOTH) AS contacts_in_both_crms, (SELECT count(*) FROM crm.companies) AS companies, (SELECT count(*) FROM crm.companies WHERE $BOTH) AS companies_in_both_crms, (SELECT count(*) FROM crm.deals) AS deals"
 
 echo
 echo "-- One person, as each CRM has them: typed differently (case, spaces, phone format, country)"
@@ -108,13 +109,13 @@ PERSON="(SELECT unified_id FROM crm.identities WHERE entity = 'contact' AND sour
 run "SELECT i.source, i.external_id, coalesce(h._raw->'properties'->>'firstname', s._raw->>'FirstName') AS first_name, coalesce(h._raw->'properties'->>'lastname', s._raw->>'LastName') AS last_name, coalesce(h._raw->'properties'->>'email', s._raw->>'Email') AS email, coalesce(h._raw->'properties'->>'phone', s._raw->>'Phone') AS phone, coalesce(h._raw->'properties'->>'country', s._raw->>'MailingCountry') AS country FROM crm.identities i LEFT JOIN hubspot_demo.contacts h ON i.source = 'hubspot_demo' AND h.id = i.external_id LEFT JOIN sf_demo.contact s ON i.source = 'sf_demo' AND s.id = i.external_id WHERE i.entity = 'contact' AND i.unified_id = $PERSON ORDER BY i.source"
 echo
 echo "-- ... merged into one row of crm.contacts, cleaned"
-run "SELECT id, first_name, last_name, email, phone, country, company_id, sources FROM crm.contacts WHERE id = $PERSON"
+run "SELECT p.id, p.first_name, p.last_name, p.email, p.phone, p.country, c.name AS company, p.sources FROM crm.contacts p LEFT JOIN crm.companies c ON c.id = p.company_id WHERE p.id = $PERSON"
 echo
 echo "-- ... and where each value came from"
 run "SELECT field, source, external_id, source_updated_at FROM crm.field_lineage WHERE entity = 'contact' AND unified_id = $PERSON ORDER BY field"
 echo
 echo "-- Companies in both CRMs (HubSpot companies, Salesforce accounts), matched on their web domain"
-run "SELECT id, name, domain, country, sources FROM crm.companies WHERE cardinality(sources) > 1 ORDER BY id LIMIT 3"
+run "SELECT c.id, c.name, c.domain, c.country, c.sources, (SELECT count(*) FROM crm.contacts p WHERE p.company_id = c.id) AS people FROM crm.companies c WHERE $BOTH ORDER BY people DESC, c.id LIMIT 3"
 echo
 echo "-- Values that failed cleaning: kept in the landing tables, left out of the model"
 run "SELECT source, stream, field, valid, invalid, invalid_samples[1:3] AS samples FROM crm_sync.quality WHERE invalid > 0 ORDER BY source, stream, field"

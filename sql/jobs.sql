@@ -1,5 +1,5 @@
 -- Background syncs: the job queue, checkpoints of interrupted runs,
--- schedules, and the progress view. The launcher (src/worker.rs) runs jobs.
+-- schedules, and the progress view. The launcher (src/worker/) runs jobs.
 
 CREATE TABLE crm_sync.jobs (
     job_id           bigserial PRIMARY KEY,

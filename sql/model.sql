@@ -1,6 +1,6 @@
 -- The unified customer model: schema crm (people, companies, deals merged
 -- from every source), and its configuration in crm_sync (mappings, match
--- rules, field priorities). crm_sync.merge() (src/merge.rs) fills it.
+-- rules, field priorities). crm_sync.merge() (src/merge/) fills it.
 
 CREATE SCHEMA crm;
 COMMENT ON SCHEMA crm IS

@@ -497,7 +497,7 @@ impl Seeded {
             }
             (Kind::Contacts, "company") => {
                 let (w, s) = company();
-                format!("{w} {s}")
+                format!("{w} {s} {}", company_n())
             }
             (Kind::Contacts, "jobtitle") if sometimes(70) => pick(TITLES, h >> 8).to_owned(),
             (Kind::Contacts, "website") => format!("https://{}", domain()),
@@ -523,9 +523,12 @@ impl Seeded {
                 fmt_date(self.created_ms(id) - 86_400_000 * (h % 90) as i64)
             }
             (Kind::Contacts, "is_vip") => h.is_multiple_of(10).to_string(),
+            // Numbered, as in the Salesforce mock: 128 word pairs alone
+            // would make many companies share a name, which the unified
+            // model's name rule would take for one company.
             (Kind::Companies, "name") => {
                 let (w, s) = company_word(self.seed, id);
-                format!("{w} {s}")
+                format!("{w} {s} {id}")
             }
             (Kind::Companies, "domain") => {
                 let (w, _) = company_word(self.seed, id);

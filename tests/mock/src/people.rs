@@ -53,18 +53,44 @@ fn ascii(s: &str) -> String {
         .collect()
 }
 
-/// Shared company `c`: its name and its web domain.
+/// Kinds of business, the second word of a shared company's name.
+const KINDS: [&str; 10] = [
+    "Labs",
+    "Systems",
+    "Logistics",
+    "Health",
+    "Foods",
+    "Energy",
+    "Media",
+    "Robotics",
+    "Capital",
+    "Textiles",
+];
+
+/// Shared company `c` (1-based): its name and its web domain. Names are
+/// distinct (the unified model matches companies by name too): a word and
+/// a kind for the first 160, numbered after that.
 pub fn company(c: u64) -> (String, String) {
-    let word = WORDS[(h(c, 1) % WORDS.len() as u64) as usize];
-    let kind = ["Labs", "Systems", "Logistics", "Health", "Foods"][(h(c, 2) % 5) as usize];
-    (
-        format!("{word} {kind}"),
-        format!(
-            "{}-{}{c}.example.com",
-            word.to_lowercase(),
-            kind.to_lowercase()
-        ),
-    )
+    let i = c - 1;
+    let word = WORDS[(i % WORDS.len() as u64) as usize];
+    let kind = KINDS[((i / WORDS.len() as u64) % KINDS.len() as u64) as usize];
+    let round = i / (WORDS.len() * KINDS.len()) as u64;
+    let name = if round == 0 {
+        format!("{word} {kind}")
+    } else {
+        format!("{word} {kind} {}", round + 1)
+    };
+    let domain = format!(
+        "{}-{}{}.example.com",
+        word.to_lowercase(),
+        kind.to_lowercase(),
+        if round == 0 {
+            String::new()
+        } else {
+            (round + 1).to_string()
+        }
+    );
+    (name, domain)
 }
 
 /// Shared person `k` (1-based) of `shared` people.
@@ -100,6 +126,7 @@ pub fn hubspot_contact(k: u64, shared: u64, prop: &str) -> Option<Option<String>
         }
         "email" => p.email.clone(),
         "firstname" => p.first.to_owned(),
+        "lastname" if k.is_multiple_of(3) => p.last.to_uppercase(),
         "lastname" => p.last.to_owned(),
         "phone" if k.is_multiple_of(11) => "n/a".to_owned(),
         "phone" => format!("+1 ({area}) {exch:03}-{line:04}"),
@@ -118,7 +145,6 @@ pub fn salesforce_contact(k: u64, shared: u64, field: &str) -> Option<Option<Str
     Some(Some(match field {
         "FirstName" if k.is_multiple_of(7) => format!("{}  ", p.first),
         "FirstName" => p.first.to_owned(),
-        "LastName" if k.is_multiple_of(3) => p.last.to_uppercase(),
         "LastName" => p.last.to_owned(),
         "Name" => format!("{} {}", p.first, p.last),
         // Someone typed "at" for "@".
@@ -152,7 +178,7 @@ pub fn hubspot_company(c: u64, prop: &str) -> Option<Option<String>> {
 pub fn salesforce_account(c: u64, field: &str) -> Option<Option<String>> {
     let (name, domain) = company(c);
     Some(Some(match field {
-        "Name" => format!("{}, Inc.", name.to_uppercase()),
+        "Name" => format!("{name}, Inc."),
         "Website" => format!("https://www.{domain}/"),
         "BillingCountry" => "USA".to_owned(),
         _ => return None,
@@ -195,6 +221,15 @@ mod tests {
             .contains(&domain));
         assert_eq!(hubspot_company(p.company, "name").unwrap(), Some(name));
         assert_eq!(hubspot_contact(k, 100, "hs_object_id"), None);
+    }
+
+    #[test]
+    fn shared_companies_have_names_and_domains_of_their_own() {
+        let all: Vec<(String, String)> = (1..=400).map(company).collect();
+        let names: std::collections::HashSet<_> = all.iter().map(|c| &c.0).collect();
+        let domains: std::collections::HashSet<_> = all.iter().map(|c| &c.1).collect();
+        assert_eq!(names.len(), 400);
+        assert_eq!(domains.len(), 400);
     }
 
     #[test]

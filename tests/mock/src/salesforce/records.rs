@@ -614,6 +614,11 @@ impl Table {
         let obj = self.obj.name.as_str();
         let named = match (obj, field) {
             ("Account", "Name") => Some(format!("{} {n}", company(n))),
+            // Each account its own site (or none), as in a real org.
+            ("Account", "Website") if sometimes(85) => Some(format!(
+                "https://www.{}-{n}.example.com",
+                ascii(company(n).split(' ').next().unwrap_or("Acme"))
+            )),
             (_, "FirstName") => Some(first.to_owned()),
             (_, "LastName") => Some(last.to_owned()),
             ("User", "Name") | ("Contact", "Name") | ("Lead", "Name") => {
@@ -752,6 +757,7 @@ fn is_special(obj: &str, field: &str) -> bool {
     ) || (obj == "AccountHistory" && matches!(field, "OldValue" | "NewValue"))
         || (field == "Name" && obj != "Invoice__c")
         || (obj == "User" && field == "Username")
+        || (obj == "Account" && field == "Website")
 }
 
 /// The first index in `0..n` where `pred` turns false (pred is monotone).
