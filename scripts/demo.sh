@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: install everything, start PostgreSQL 15 and the HubSpot and
 # Salesforce mocks on 127.0.0.1 (500 of their people and 125 of their
-# companies are in both CRMs, typed differently), sync HubSpot's contacts,
+# companies are in both CRMs, typed differently: see tests/mock/src/people.rs),
+# sync HubSpot's contacts,
 # companies and deals and Salesforce's accounts, contacts, leads,
 # opportunities and users, show what landed, change a few records in the
 # "CRMs" and show incremental syncs moving only those, run a sync as a
@@ -76,7 +77,7 @@ OPP=$("${PSQL[@]}" -d crm_demo -At -c "SELECT id FROM sf_demo.opportunity WHERE 
 curl -sf -X POST "$SF_URL/_mock/sf/Account/upsert" -H 'content-type: application/json' -d "{\"records\":[$ACC]}" >/dev/null
 curl -sf -X POST "$SF_URL/_mock/sf/Opportunity/delete" -H 'content-type: application/json' -d "{\"ids\":[\"$OPP\"]}" >/dev/null
 run "SELECT stream, mode, status, records_upserted, records_deleted, api_calls, duration, watermark FROM crm_sync.sync('sf_demo')"
-run "SELECT id, email, firstname, lifecyclestage, phone, _deleted_at IS NOT NULL AS deleted, _run_id FROM hubspot_demo.contacts WHERE _run_id = (SELECT max(run_id) FROM crm_sync.runs WHERE stream = 'contacts') ORDER BY id::int"
+run "SELECT id, email, firstname, lifecyclestage, phone, _deleted_at IS NOT NULL AS deleted, _run_id FROM hubspot_demo.contacts WHERE _run_id = (SELECT max(run_id) FROM crm_sync.runs WHERE source = 'hubspot_demo' AND stream = 'contacts') ORDER BY id::int"
 run "SELECT run_id, stream, mode, status, records, records_deleted, api_calls, finished_at - started_at AS took FROM crm_sync.runs ORDER BY run_id"
 
 echo
@@ -91,11 +92,16 @@ run "SELECT job_id, source, status, attempts, records, run_ids, finished_at - st
 echo
 echo "== On a schedule: the launcher queues a job now and every 15 minutes (pg_cron works too)"
 run "SELECT crm_sync.schedule('sf_demo', '15 minutes')"
-for _ in $(seq 100); do
+SJOB=
+for _ in $(seq 300); do
     SJOB=$("${PSQL[@]}" -d crm_demo -At -c "SELECT last_job_id FROM crm_sync.schedules WHERE source = 'sf_demo'")
     [ -n "$SJOB" ] && break
     sleep 0.1
 done
+if [ -z "$SJOB" ]; then
+    echo "demo: the launcher queued no job for the schedule within 30 s; see $DIR/server.log" >&2
+    exit 1
+fi
 run "SELECT crm_sync.wait($SJOB, '120 seconds') AS status"
 
 echo

@@ -49,7 +49,8 @@ pgrx::extension_sql_file!(
         "jobs",
         "model",
         sql_api::status::watermark_time,
-        sql_api::status::cron_next_local
+        sql_api::status::cron_next_local,
+        sql_api::status::sync_calls
     ]
 );
 

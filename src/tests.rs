@@ -501,4 +501,65 @@ mod tests {
         .unwrap();
         assert_eq!(none, Some(true));
     }
+
+    #[pg_test]
+    fn a_source_wide_schedule_is_not_shown_on_disabled_streams() {
+        create_sf();
+        Spi::run(
+            "UPDATE crm_sync.streams SET enabled = false WHERE source = 'sf' AND stream = 'user'",
+        )
+        .unwrap();
+        Spi::run(
+            "INSERT INTO crm_sync.schedules (source, every, next_run_at)
+             VALUES ('sf', '1 hour', now() + interval '1 hour')",
+        )
+        .unwrap();
+        let rows = Spi::get_one::<String>(
+            "SELECT string_agg(format('%s=%s', stream, coalesce(schedule, '-')), ',' ORDER BY stream)
+               FROM crm_sync.status WHERE source = 'sf'",
+        )
+        .unwrap();
+        assert_eq!(
+            rows.as_deref(),
+            Some("account=every 01:00:00,contact=every 01:00:00,lead=every 01:00:00,opportunity=every 01:00:00,user=-")
+        );
+    }
+
+    #[pg_test]
+    fn a_look_alike_cron_job_table_is_not_read() {
+        // Without pg_cron, anyone who may create a schema could make a
+        // "cron.job" whose rows run their functions as the status reader.
+        create_demo();
+        Spi::run(
+            "CREATE SCHEMA cron;
+             CREATE TABLE cron.job (jobid bigint, schedule text, command text, database text,
+                                    username text, active boolean, jobname text);
+             INSERT INTO cron.job VALUES (1, '* * * * *', $$SELECT crm_sync.sync_async('hs')$$,
+                                          current_database(), current_user, true, 'fake');",
+        )
+        .unwrap();
+        let shown =
+            Spi::get_one::<i64>("SELECT count(*) FROM crm_sync.status WHERE schedule IS NOT NULL")
+                .unwrap();
+        assert_eq!(shown, Some(0));
+        let jobs = Spi::get_one::<i64>("SELECT count(*) FROM crm_sync._cron_jobs()").unwrap();
+        assert_eq!(jobs, Some(0));
+    }
+
+    #[pg_test]
+    fn a_firing_minute_a_fraction_of_a_second_away_is_next() {
+        Spi::run("SET TimeZone = 'UTC'").unwrap();
+        let next = Spi::get_one::<String>(
+            "SELECT crm_sync._cron_next('30 3 * * *', '2026-12-05 03:29:59.6+00')::text",
+        )
+        .unwrap();
+        assert_eq!(next.as_deref(), Some("2026-12-05 03:30:00+00"));
+        // pg_cron's cron.match_dom_and_dow: both day fields must match.
+        Spi::run("SET cron.match_dom_and_dow = on").unwrap();
+        let next = Spi::get_one::<String>(
+            "SELECT crm_sync._cron_next('0 0 13 * 5', '2026-12-04 12:00:00+00')::text",
+        )
+        .unwrap();
+        assert_eq!(next.as_deref(), Some("2027-08-13 00:00:00+00"));
+    }
 }

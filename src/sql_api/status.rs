@@ -17,9 +17,18 @@ pub fn watermark_time(cursor: &str) -> Option<TimestampWithTimeZone> {
 }
 
 /// When a pg_cron schedule fires next after `after`, both as seconds since
-/// 1970 of local times in pg_cron's time zone; NULL when that cannot be
-/// known (`@reboot`, `N seconds`, a schedule pg_cron would refuse).
+/// 1970 of local times in pg_cron's time zone; `and_days` is
+/// `cron.match_dom_and_dow`. NULL when it never fires or that cannot be
+/// known (`@reboot`, `N seconds`, a schedule that does not parse).
 #[pg_extern(immutable, parallel_safe, strict, name = "_cron_next_local")]
-pub fn cron_next_local(schedule: &str, after: i64) -> Option<i64> {
-    cron::next_after_epoch(schedule, after)
+pub fn cron_next_local(schedule: &str, after: i64, and_days: bool) -> Option<i64> {
+    cron::next_after_epoch(schedule, after, and_days)
+}
+
+/// The source and stream of each sync a cron job's command runs.
+#[pg_extern(immutable, parallel_safe, strict, name = "_sync_calls")]
+pub fn sync_calls(
+    command: &str,
+) -> TableIterator<'static, (name!(source, String), name!(stream, Option<String>))> {
+    TableIterator::new(cron::sync_calls(command))
 }

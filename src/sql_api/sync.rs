@@ -61,7 +61,7 @@ pub fn sync(
     for s in chosen {
         let done = match sync::sync_stream(&src, &cfg, s, full_refresh, Commit::WithCaller, &ctx) {
             Ok(done) => done,
-            Err(failed) => failed.failure.rethrow.raise(),
+            Err(failure) => failure.rethrow.raise(),
         };
         if let Some(w) = &done.merge_warning {
             pgrx::warning!("{}.{}: {}", src.name, s.stream, w);

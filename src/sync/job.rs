@@ -115,15 +115,12 @@ fn run_stream(
     let commit = Commit::EveryBatch { job_id: job.job_id };
     let out = match sync_stream(src, cfg, s, job.full_refresh, commit, ctx) {
         Ok(done) => {
-            add_run(job.job_id, done.run.run_id, done.run.records);
             if let Some(w) = done.merge_warning {
                 note(job.job_id, &w);
             }
             (Ended::Succeeded, None)
         }
-        Err(failed) => {
-            add_run(job.job_id, failed.run.run_id, failed.run.records);
-            let f = failed.failure;
+        Err(f) => {
             log!("pg_crm_sync: job {}: {}", job.job_id, f.message);
             let ended = if f.status == "cancelled" {
                 Ended::Cancelled
@@ -148,14 +145,6 @@ pub fn set_application_name(job: &Job, stream: &str) {
         &[name.as_str().into()],
     )
     .expect("set application_name");
-}
-
-fn add_run(job_id: i64, run_id: i64, records: i64) {
-    Spi::run_with_args(
-        "UPDATE crm_sync.jobs SET run_ids = run_ids || $2, records = records + $3 WHERE job_id = $1",
-        &[job_id.into(), run_id.into(), records.into()],
-    )
-    .expect("update crm_sync.jobs");
 }
 
 fn note(job_id: i64, detail: &str) {

@@ -67,18 +67,12 @@ pub struct Synced {
     pub merge_warning: Option<String>,
 }
 
-/// A stream's run that failed, as recorded; raise `failure` to report it.
-pub struct Failed {
-    pub failure: Failure,
-    pub run: RunRecord,
-}
-
 /// Sync one stream of `src`. A foreground run ([`Commit::WithCaller`])
 /// takes the stream's lock for the caller's transaction (55P03 if another
 /// session syncs it); a background job holds the stream's session lock
 /// already (see [`job`]). On failure nothing uncommitted is kept, the run
-/// is recorded, and the failure is returned for the caller to raise or
-/// report.
+/// is recorded, and the failure is returned for the caller to raise
+/// (`Failure::rethrow`) or report.
 pub fn sync_stream(
     src: &SourceRow,
     cfg: &Configured,
@@ -86,8 +80,7 @@ pub fn sync_stream(
     full_refresh: bool,
     commit: Commit,
     ctx: &Context,
-) -> Result<Synced, Box<Failed>> {
-    let started = Instant::now();
+) -> Result<Synced, Box<Failure>> {
     let mut ctx = ctx.clone();
     ctx.stream = Some(s.stream.clone());
     if commit == Commit::WithCaller {
@@ -95,6 +88,7 @@ pub fn sync_stream(
     }
     let plan = plan::plan(&src.name, &s.stream, full_refresh);
     commit.step();
+    let started = Instant::now();
     let progress = read::Progress::default();
     let read = || read::read_stream(src, cfg, s, &plan, &progress, commit);
     let result = match commit {
@@ -103,7 +97,7 @@ pub fn sync_stream(
     };
     let failure = match result {
         Ok(Ok(done)) => {
-            let run = record::succeeded(&src.name, s, &plan, done);
+            let run = record::succeeded(&src.name, s, &plan, done, commit);
             let merge_warning = merge::after_sync(&src.name, &s.stream, run.run_id)
                 .map(|w| errors::scrub(&w, &ctx.secrets));
             return Ok(Synced {
@@ -121,6 +115,6 @@ pub fn sync_stream(
         txn::abort();
         txn::begin();
     }
-    let run = record::failed(&src.name, s, &plan, &progress, &failure, commit);
-    Err(Box::new(Failed { failure, run }))
+    record::failed(&src.name, s, &plan, &progress, &failure, commit);
+    Err(Box::new(failure))
 }

@@ -1,6 +1,9 @@
-//! Recording a run in crm_sync.runs: a run that succeeded with its
-//! watermark, in the transaction that wrote its last rows; a run that
-//! failed where it survives the rollback.
+//! Recording a run in crm_sync.runs (and, for a background run, on its
+//! job's row): a run that succeeded with its watermark, in the transaction
+//! that wrote its last rows; a run that failed where it survives the
+//! rollback.
+
+use pgrx::prelude::*;
 
 use crate::catalog::{self, RunRecord, StreamRow};
 use crate::errors::Failure;
@@ -34,7 +37,7 @@ pub fn run_record(src: &str, s: &StreamRow, plan: &Plan, progress: &Progress) ->
 
 /// Store what a successful run did: its watermark, its run row; its
 /// checkpoint is spent. In the transaction that wrote the (last) rows.
-pub fn succeeded(src: &str, s: &StreamRow, plan: &Plan, done: Done) -> RunRecord {
+pub fn succeeded(src: &str, s: &StreamRow, plan: &Plan, done: Done, commit: Commit) -> RunRecord {
     let mut run = run_record(src, s, plan, &Progress::default());
     run.records = done.outcome.stats.upserted as i64;
     run.records_deleted = done.outcome.stats.deleted as i64;
@@ -48,6 +51,7 @@ pub fn succeeded(src: &str, s: &StreamRow, plan: &Plan, done: Done) -> RunRecord
     }
     catalog::delete_checkpoint(src, &s.stream);
     catalog::insert_run(&run);
+    on_job(commit, &run);
     for w in &done.outcome.warnings {
         pgrx::warning!("{}.{}: {}", src, s.stream, w);
     }
@@ -75,7 +79,7 @@ pub fn failed(
     progress: &Progress,
     f: &Failure,
     commit: Commit,
-) -> RunRecord {
+) {
     let mut run = run_record(src, s, plan, progress);
     run.status = f.status.to_owned();
     run.error = Some(f.message.clone());
@@ -85,7 +89,24 @@ pub fn failed(
             run.records = 0;
             failed_run::record(&run);
         }
-        Commit::EveryBatch { .. } => catalog::insert_run(&run),
+        Commit::EveryBatch { .. } => {
+            catalog::insert_run(&run);
+            on_job(commit, &run);
+        }
     }
-    run
+}
+
+/// Add a background run to its job's row. The row stays locked until the
+/// run's transaction commits, merge included: `crm_sync.cancel()` locks
+/// the row first, so it waits, and a cancel never interrupts a stream's
+/// last commit or the merge after it.
+fn on_job(commit: Commit, run: &RunRecord) {
+    let Some(job_id) = commit.job_id() else {
+        return;
+    };
+    Spi::run_with_args(
+        "UPDATE crm_sync.jobs SET run_ids = run_ids || $2, records = records + $3 WHERE job_id = $1",
+        &[job_id.into(), run.run_id.into(), run.records.into()],
+    )
+    .expect("update crm_sync.jobs");
 }

@@ -404,3 +404,25 @@ def test_errors_of_sync_async_and_of_a_failing_job(pg_cluster, jobs_connect, db,
     assert wrong not in str(n)
     log = (pg_cluster["dir"] / "server.log").read_text(errors="replace")
     assert wrong not in log and TOKEN not in log
+
+
+def test_a_cancel_does_not_undo_a_finished_streams_merge(jobs_connect, hubspot):
+    """A cancel that comes while a job merges the stream it has just synced
+    waits for that stream to commit: the merge is not rolled back, and the
+    job does not report it failed."""
+    c = jobs_connect()
+    create_source(c, hubspot)
+    # A mapping that takes its time: the merge after the sync of the 250
+    # contacts runs for a few seconds.
+    c.execute("INSERT INTO crm_sync.mappings (provider, object, entity, field, expression, source) "
+              "VALUES ('hubspot', 'contacts', 'contact', 'title', "
+              "$$pg_sleep(0.01)::text || (r._raw->'properties'->>'jobtitle')$$, 'hs')")
+    job_id = queue(c, "hs", "contacts")
+    wait_until("the job merging", lambda: count(
+        c, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_crm_sync worker' "
+           "AND wait_event = 'PgSleep'") > 0)
+    c.execute("SELECT crm_sync.cancel(%s)", (job_id,))
+    j = wait_job(c, job_id)
+    assert "merging into the unified model failed" not in (j["detail"] or ""), j
+    assert count(c, "SELECT count(*) FROM crm.identities WHERE source = 'hs' AND stream = 'contacts'") == 250
+    assert count(c, "SELECT count(*) FROM crm_sync.runs WHERE stream = 'contacts' AND status = 'succeeded'") == 1

@@ -326,3 +326,69 @@ def test_a_full_merge_larger_than_one_read_page_keeps_every_row_whole(db):
     assert db.execute("SELECT count(*), min(cardinality(sources)), max(cardinality(sources)), "
                       "count(*) FILTER (WHERE title IS NULL) FROM crm.contacts").fetchone() == (1800, 3, 3, 0)
     assert model(db) == incremental
+
+
+def test_the_demos_shared_people_merge_one_row_each(db, mock_factory, sf_factory):
+    """Both mocks with --shared-people (as scripts/demo.sh runs them): each
+    person in both CRMs is one row of crm.contacts, each shared company one
+    row of crm.companies, and the values either CRM got wrong are reported,
+    not merged."""
+    shared = 40
+    hs = mock_factory(60, 15, 5, "--shared-people", str(shared))
+    sf = sf_factory("--accounts", "15", "--contacts", "60", "--leads", "2", "--opportunities", "2",
+                    "--users", "2", "--shared-people", str(shared))
+    create_source(db, hs)
+    create_sf_source(db, sf, default_region="US", bulk_api=False)
+    sync(db, "hs")
+    sync(db, "sf")
+
+    def unified(entity, source, ext):
+        return one(db, "SELECT unified_id FROM crm.identities WHERE entity = %s AND source = %s "
+                       "AND external_id = %s", entity, source, ext)[0]
+
+    # Seeded Salesforce ids sort in creation order: the k-th is record k,
+    # the same person as HubSpot contact k.
+    def sf_rows(table, n):
+        return db.execute(f"SELECT id, _deleted_at IS NULL FROM sf.{table} ORDER BY id LIMIT %s",
+                          (n,)).fetchall()
+
+    merged = 0
+    for k, (sf_id, live) in enumerate(sf_rows("contact", shared), start=1):
+        hs_row = unified("contact", "hs", str(k))
+        row = one(db, "SELECT sources, email, phone, country FROM crm.contacts WHERE id = %s", hs_row)
+        if live:
+            assert unified("contact", "sf", sf_id) == hs_row, (k, row)
+            assert sorted(s.split("/")[0] for s in row[0]) == ["hs", "sf"], (k, row)
+            assert row[2] is not None and row[2].startswith("+1"), (k, row)
+            merged += 1
+        else:
+            assert [s.split("/")[0] for s in row[0]] == ["hs"], (k, row)
+    assert merged >= shared - 3, "most shared people are live in Salesforce"
+    # Nobody else is merged across the two CRMs.
+    both = one(db, "SELECT count(*) FROM crm.contacts WHERE "
+                   "(SELECT count(DISTINCT split_part(s, '/', 1)) FROM unnest(sources) s) = 2")[0]
+    assert both == merged
+
+    companies = 10  # a quarter of the shared people
+    live_companies = 0
+    for c, (sf_id, live) in enumerate(sf_rows("account", companies), start=1):
+        if live:
+            assert unified("company", "sf", sf_id) == unified("company", "hs", str(c)), c
+            live_companies += 1
+    # The other companies of the two CRMs share no name or domain.
+    assert one(db, "SELECT count(*) FROM crm.companies WHERE "
+                   "(SELECT count(DISTINCT split_part(s, '/', 1)) FROM unnest(sources) s) = 2")[0] \
+        == live_companies
+
+    # What a CRM got wrong is reported per source and field, with samples,
+    # and counted from the landing rows as they are.
+    def invalid(source, stream, field):
+        r = one(db, "SELECT invalid FROM crm_sync.quality WHERE source = %s AND stream = %s AND field = %s",
+                source, stream, field)
+        return r[0] if r else 0
+    assert invalid("hs", "contacts", "phone") == one(
+        db, "SELECT count(*) FROM hs.contacts WHERE _raw->'properties'->>'phone' = 'n/a'")[0] > 0
+    assert invalid("sf", "contact", "email") == one(
+        db, "SELECT count(*) FROM sf.contact WHERE _raw->>'Email' LIKE '% at %'")[0] > 0
+    assert invalid("sf", "contact", "country") == one(
+        db, "SELECT count(*) FROM sf.contact WHERE _raw->>'MailingCountry' = 'Untied States'")[0] > 0

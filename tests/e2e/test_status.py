@@ -132,3 +132,35 @@ def test_status_shows_the_job_syncing_a_stream(jobs_connect, mock_factory):
     s = status(c)["contacts"]
     assert s["state"] == "cancelled" and s["last_status"] == "cancelled"
     assert s["error"] is None and s["failures"] is None
+
+
+def test_each_role_sees_the_schedules_of_its_own_cron_jobs(jobs_connect, hubspot):
+    c = jobs_connect()
+    create_source(c, hubspot)
+    c.execute("CREATE ROLE status_ops LOGIN")
+    c.execute("CREATE ROLE status_viewer LOGIN")
+    c.execute("GRANT USAGE ON SCHEMA cron TO status_ops, status_viewer")
+    try:
+        c.execute("SET ROLE status_ops")
+        c.execute("SELECT cron.schedule('ops-hs', '0 0 1 1 *', $$SELECT crm_sync.sync_async('hs')$$)")
+        # A role without any grant of pg_crm_sync's reads the status, and
+        # sees its own cron job's schedule (pg_cron's settings are read
+        # for it: they are superuser-only).
+        s = status(c)
+        assert s["contacts"]["schedule"] == "pg_cron ops-hs: 0 0 1 1 *"
+        assert s["contacts"]["next_run_at"] is not None
+        # Another role does not see it; nor does one without access to
+        # pg_cron's schema, which still gets the rest of the status.
+        c.execute("SET ROLE status_viewer")
+        assert status(c)["contacts"]["schedule"] is None
+        c.execute("RESET ROLE")
+        c.execute("REVOKE USAGE ON SCHEMA cron FROM status_viewer")
+        c.execute("SET ROLE status_viewer")
+        s = status(c)
+        assert s["contacts"]["schedule"] is None and s["contacts"]["state"] == "never synced"
+    finally:
+        c.execute("RESET ROLE")
+        c.execute("SELECT cron.unschedule(jobid) FROM cron.job WHERE username = 'status_ops'")
+        c.execute("REVOKE USAGE ON SCHEMA cron FROM status_ops, status_viewer")
+        c.execute("DROP ROLE status_ops")
+        c.execute("DROP ROLE status_viewer")

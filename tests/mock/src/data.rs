@@ -356,6 +356,20 @@ pub const WORDS: &[&str] = &[
 pub const SUFFIX: &[&str] = &[
     "Inc", "GmbH", "Ltd", "LLC", "SA", "Group", "Labs", "Partners",
 ];
+/// Legal forms of seeded HubSpot companies: none of [`SUFFIX`], which the
+/// Salesforce mock's accounts use, so that no HubSpot company and
+/// Salesforce account share a name by chance (the unified model would take
+/// them for one company). Shared companies are `crate::people`'s.
+const HUBSPOT_SUFFIX: &[&str] = &[
+    "Corp",
+    "AG",
+    "Co",
+    "BV",
+    "Holdings",
+    "Industries",
+    "Works",
+    "Studio",
+];
 const CITIES: &[(&str, &str, &str)] = &[
     ("Boston", "MA", "United States"),
     ("Austin", "TX", "United States"),
@@ -379,7 +393,7 @@ const TITLES: &[&str] = &[
 /// Which seeded company a seeded contact works for (shared by name/domain).
 fn company_word(seed: u64, n: u64) -> (&'static str, &'static str) {
     let h = mix(seed ^ n.wrapping_mul(0x5bd1_e995));
-    (pick(WORDS, h), pick(SUFFIX, h >> 17))
+    (pick(WORDS, h), pick(HUBSPOT_SUFFIX, h >> 17))
 }
 
 fn pick<'a>(list: &[&'a str], h: u64) -> &'a str {
