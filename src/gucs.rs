@@ -11,6 +11,11 @@ pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(5000);
 /// would let credentials travel unencrypted.
 pub static ALLOW_INSECURE_HTTP: GucSetting<bool> = GucSetting::<bool>::new(false);
 
+/// Internal networks (private, loopback, link-local...) syncs may connect
+/// to anyway, comma-separated CIDRs. Superuser only: it opens the server's
+/// own network to whoever may create a source.
+pub static ALLOWED_NETWORKS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
 /// Milliseconds between progress NOTICEs of a foreground sync (0: none).
 pub static PROGRESS_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(5000);
 
@@ -23,6 +28,14 @@ pub static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
 /// The database whose jobs and schedules the launcher runs.
 pub static DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
+
+/// `crm_sync.allowed_networks` as text ('' when unset).
+pub fn allowed_networks() -> String {
+    ALLOWED_NETWORKS
+        .get()
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
 
 pub fn database() -> String {
     DATABASE
@@ -95,6 +108,14 @@ fn define_session_settings() {
         c"Allow plain http:// CRM URLs to hosts other than loopback.",
         c"Off by default: credentials would travel unencrypted. Loopback http is always allowed (for tests and local mocks).",
         &ALLOW_INSECURE_HTTP,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"crm_sync.allowed_networks",
+        c"Internal networks syncs may connect to, as comma-separated CIDRs (e.g. 10.0.0.0/8).",
+        c"Empty by default: a CRM host that resolves to a private, loopback, link-local or otherwise internal address is refused (plain http to loopback excepted), so a source cannot reach the server's own network or a cloud metadata endpoint.",
+        &ALLOWED_NETWORKS,
         GucContext::Suset,
         GucFlags::default(),
     );

@@ -27,6 +27,8 @@ use crate::catalog::{self, RunRecord, SourceRow, StreamRow, NO_SOURCE_HINT};
 use crate::errors::{self, Context, Failure, OrRaise};
 use crate::{gucs, locks, merge, txn};
 use crm_sync_core::connectors::{self, Configured};
+use crm_sync_core::http::address;
+use crm_sync_core::CrmError;
 
 pub use commit::Commit;
 pub use fields::{fetch_fields, select_fields};
@@ -46,7 +48,7 @@ pub fn load(source: &str) -> (SourceRow, Configured, Context) {
         )
     };
     ctx.secrets = errors::secret_strings(&src.credentials);
-    let cfg = connectors::configure(
+    let mut cfg = connectors::configure(
         &src.provider,
         &src.options,
         &src.credentials,
@@ -54,6 +56,13 @@ pub fn load(source: &str) -> (SourceRow, Configured, Context) {
     )
     .map_err(|e| e.with_hint("Fix the source with crm_sync.alter_source()."))
     .or_raise(&ctx);
+    cfg.config.http.allowed_networks = address::parse_networks(&gucs::allowed_networks())
+        .map_err(|e| {
+            CrmError::config(format!("crm_sync.allowed_networks: {e}")).with_hint(
+                "A superuser sets it to comma-separated CIDRs, such as '10.0.0.0/8, fd00::/8'.",
+            )
+        })
+        .or_raise(&ctx);
     (src, cfg, ctx)
 }
 

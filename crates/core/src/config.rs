@@ -21,6 +21,7 @@ pub const COMMON_OPTIONS: &[&str] = &[
     "lookback_seconds",
     "track_deletes",
     "default_region",
+    "max_response_mb",
 ];
 
 /// A source's options and credentials: JSON objects.
@@ -113,6 +114,9 @@ impl SourceConfig {
                 int(opts, "retry_max_ms", 1, 600_000)?.unwrap_or(d.retry_max.as_millis() as u64),
             ),
             allow_insecure_http,
+            allowed_networks: Vec::new(),
+            max_body_bytes: int(opts, "max_response_mb", 1, 4096)?
+                .map_or(d.max_body_bytes, |mb| mb * 1024 * 1024),
         };
         let lookback = Duration::from_secs(int(opts, "lookback_seconds", 0, 86_400)?.unwrap_or(60));
         let track_deletes = boolean(opts, "track_deletes")?.unwrap_or(true);

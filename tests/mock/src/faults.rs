@@ -13,8 +13,20 @@ use serde_json::{json, Value};
 
 use crate::server::{Reply, Request, Response};
 
-/// Fault kinds every mock understands, rendered by [`transport_fault`].
-pub const TRANSPORT_KINDS: &[&str] = &["502", "reset", "latency", "malformed", "truncated", "cut"];
+/// Fault kinds every mock understands, rendered by [`transport_fault`]:
+/// besides broken transports, a redirect to another host (which a client
+/// must not follow with its token) and a small gzip body that inflates to
+/// `size_mb` megabytes (a decompression bomb).
+pub const TRANSPORT_KINDS: &[&str] = &[
+    "502",
+    "reset",
+    "latency",
+    "malformed",
+    "truncated",
+    "cut",
+    "redirect",
+    "gzip_bomb",
+];
 
 #[derive(Debug, Clone)]
 struct Fault {
@@ -24,6 +36,7 @@ struct Fault {
     count: u64,
     kind: String,
     latency_ms: u64,
+    size_mb: u64,
     seen: u64,
     fired: u64,
 }
@@ -60,6 +73,7 @@ impl Rules {
                 count: r["count"].as_u64().unwrap_or(1),
                 kind: kind.to_owned(),
                 latency_ms: r["latency_ms"].as_u64().unwrap_or(1000),
+                size_mb: r["size_mb"].as_u64().unwrap_or(100).min(2048),
                 seen: 0,
                 fired: 0,
             });
@@ -103,9 +117,9 @@ impl Rules {
         fire
     }
 
-    /// The fault kind (and latency) this request gets, if any. Every
-    /// matching rule counts the request; the first due one fires.
-    pub fn pick(&mut self, req: &Request) -> Option<(String, u64)> {
+    /// The fault this request gets, if any. Every matching rule counts
+    /// the request; the first due one fires.
+    pub fn pick(&mut self, req: &Request) -> Option<Picked> {
         let mut chosen = None;
         for f in self.faults.iter_mut() {
             if !req.path.contains(&f.path_contains) {
@@ -120,21 +134,30 @@ impl Rules {
             f.seen += 1;
             if chosen.is_none() && f.seen > f.skip && (f.count == 0 || f.fired < f.count) {
                 f.fired += 1;
-                chosen = Some((f.kind.clone(), f.latency_ms));
+                chosen = Some(Picked {
+                    kind: f.kind.clone(),
+                    latency_ms: f.latency_ms,
+                    size_mb: f.size_mb,
+                });
             }
         }
         chosen
     }
 }
 
+/// A fault due for a request.
+#[derive(Debug, Clone)]
+pub struct Picked {
+    pub kind: String,
+    pub latency_ms: u64,
+    pub size_mb: u64,
+}
+
 /// Render a transport-level fault; `answer` produces the real response for
 /// the kinds that send it late, halved or cut. None for other kinds.
-pub fn transport_fault(
-    kind: &str,
-    latency_ms: u64,
-    answer: impl FnOnce() -> Response,
-) -> Option<Reply> {
-    Some(match kind {
+pub fn transport_fault(fault: &Picked, answer: impl FnOnce() -> Response) -> Option<Reply> {
+    let latency_ms = fault.latency_ms;
+    Some(match fault.kind.as_str() {
         "502" => Reply::Send(html(502, "<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center></body></html>")),
         "reset" => Reply::Reset,
         "latency" => Reply::Delay(Duration::from_millis(latency_ms), answer()),
@@ -147,8 +170,35 @@ pub fn transport_fault(
             Reply::Send(r)
         }
         "cut" => Reply::Cut { response: answer() },
+        "redirect" => Reply::Send(Response {
+            status: 302,
+            headers: vec![(
+                "Location".into(),
+                "https://collector.example/steal?from=crm".into(),
+            )],
+            body: Vec::new(),
+        }),
+        "gzip_bomb" => Reply::Send(gzip_bomb(fault.size_mb)),
         _ => return None,
     })
+}
+
+/// A 200 whose gzip body inflates to `mb` megabytes of JSON whitespace.
+fn gzip_bomb(mb: u64) -> Response {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let block = vec![b' '; 1 << 20];
+    for _ in 0..mb {
+        enc.write_all(&block).expect("write to a Vec");
+    }
+    Response {
+        status: 200,
+        headers: vec![
+            ("Content-Type".into(), "application/json".into()),
+            ("Content-Encoding".into(), "gzip".into()),
+        ],
+        body: enc.finish().expect("finish into a Vec"),
+    }
 }
 
 /// API request counters for `GET /_mock/stats`.

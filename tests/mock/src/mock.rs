@@ -129,10 +129,10 @@ fn api<M: Mock>(m: &M, req: &Request) -> Reply {
 /// The fault the rules give this request, if any: the vendor's own kinds
 /// rendered by the vendor, the transport-level ones here.
 fn fault<M: Mock>(m: &M, rules: &mut Rules, st: &mut M::State, req: &Request) -> Option<Reply> {
-    let (kind, latency) = rules.pick(req)?;
-    match m.fault(&kind, req) {
+    let picked = rules.pick(req)?;
+    match m.fault(&picked.kind, req) {
         Some(r) => Some(Reply::Send(r)),
-        None => transport_fault(&kind, latency, || m.route(st, req)),
+        None => transport_fault(&picked, || m.route(st, req)),
     }
 }
 

@@ -160,6 +160,12 @@ async fn connection(stream: TcpStream, handler: Arc<dyn Handler>) -> std::io::Re
 }
 
 fn encode(resp: &Response, gzip: bool, close: bool) -> (Vec<u8>, Vec<u8>) {
+    // A body encoded already (a fault's) is sent as it is.
+    let encoded = resp
+        .headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-encoding"));
+    let gzip = gzip && !encoded;
     let body = if gzip && resp.body.len() > 256 {
         let mut enc = GzEncoder::new(Vec::with_capacity(resp.body.len() / 4), Compression::fast());
         enc.write_all(&resp.body).expect("write to a Vec");

@@ -1,18 +1,27 @@
 //! The HTTP layer: one reqwest client (rustls, gzip) with timeouts, bounded
 //! exponential backoff with full jitter for 429/5xx/transport errors, call and
-//! byte accounting, and the rule that plain `http://` goes to loopback only.
+//! byte accounting, and what a request may reach: plain `http://` only to
+//! loopback, no internal address unless allowed ([`address`]), no redirect
+//! followed, no response body larger than the source allows.
 //!
 //! Connectors build requests and interpret status codes they know (401, 400,
 //! ...); retrying is decided here so every connector behaves the same.
 
+pub mod address;
+
 use std::cell::Cell;
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::HeaderMap;
 use reqwest::{Method, RequestBuilder, StatusCode};
 use url::{Host, Url};
 
 use crate::error::{CrmError, ErrorKind, Result};
+use address::Network;
 
 /// Settings of one sync's HTTP client.
 #[derive(Debug, Clone)]
@@ -26,7 +35,17 @@ pub struct HttpSettings {
     pub retry_max: Duration,
     /// Allow `http://` to hosts other than loopback (never on by default).
     pub allow_insecure_http: bool,
+    /// Internal networks a request may reach anyway (the superuser setting
+    /// `crm_sync.allowed_networks`).
+    pub allowed_networks: Vec<Network>,
+    /// Largest response body read, after decompression.
+    pub max_body_bytes: u64,
 }
+
+/// Default of [`HttpSettings::max_body_bytes`]: 64 MB (the source option
+/// `max_response_mb`). The largest page a connector asks for is a Bulk API
+/// results page of a few MB.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
 
 impl Default for HttpSettings {
     fn default() -> Self {
@@ -36,6 +55,8 @@ impl Default for HttpSettings {
             retry_base: Duration::from_millis(500),
             retry_max: Duration::from_secs(30),
             allow_insecure_http: false,
+            allowed_networks: Vec::new(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         }
     }
 }
@@ -56,6 +77,9 @@ pub struct Response {
 pub struct HttpClient {
     client: reqwest::Client,
     settings: HttpSettings,
+    /// Hosts requested over plain http (loopback only): they may resolve
+    /// to loopback.
+    http_hosts: Arc<Mutex<HashSet<String>>>,
     api_calls: Cell<u64>,
     bytes: Cell<u64>,
     retries: Cell<u64>,
@@ -63,9 +87,18 @@ pub struct HttpClient {
 
 impl HttpClient {
     pub fn new(settings: HttpSettings) -> Result<Self> {
+        let http_hosts = Arc::new(Mutex::new(HashSet::new()));
+        let resolver = Arc::new(Resolver {
+            allowed_networks: settings.allowed_networks.clone(),
+            http_hosts: http_hosts.clone(),
+        });
         let client = reqwest::Client::builder()
             .use_rustls_tls()
             .https_only(false)
+            // A redirect could send a request, and its token, to another
+            // host, or from https to http: it is an error instead.
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(resolver)
             .gzip(true)
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout.min(Duration::from_secs(15)))
@@ -81,6 +114,7 @@ impl HttpClient {
         Ok(HttpClient {
             client,
             settings,
+            http_hosts,
             api_calls: Cell::new(0),
             bytes: Cell::new(0),
             retries: Cell::new(0),
@@ -151,27 +185,25 @@ impl HttpClient {
     ) -> Result<Response> {
         let mut attempt: u32 = 0;
         loop {
+            let req = build().build().map_err(|e| transport_error(endpoint, &e))?;
+            let url = req.url().clone();
+            self.check_target(&url)
+                .map_err(|e| e.with_endpoint(endpoint))?;
             self.api_calls.set(self.api_calls.get() + 1);
             let started = std::time::Instant::now();
-            let outcome = match build().send().await {
-                Ok(resp) => {
-                    let status = resp.status();
-                    let headers = resp.headers().clone();
-                    match resp.bytes().await {
-                        Ok(body) => {
-                            self.bytes.set(self.bytes.get() + body.len() as u64);
-                            Ok(Response {
-                                status,
-                                headers,
-                                body,
-                                elapsed: started.elapsed(),
-                            })
-                        }
-                        Err(e) => Err(transport_error(endpoint, &e)),
-                    }
-                }
+            let outcome = match self.client.execute(req).await {
+                Ok(resp) => self.read(endpoint, resp, started).await,
                 Err(e) => Err(transport_error(endpoint, &e)),
             };
+            match &outcome {
+                // Only a transport error is worth another try; a refused
+                // address or an oversized body would come again.
+                Err(e) if e.kind != ErrorKind::Transport => return outcome,
+                Ok(r) if r.status.is_redirection() && r.status != StatusCode::NOT_MODIFIED => {
+                    return Err(redirected(endpoint, &url, r));
+                }
+                _ => {}
+            }
             let retry_after = match &outcome {
                 Ok(r)
                     if r.status == StatusCode::TOO_MANY_REQUESTS
@@ -195,6 +227,162 @@ impl HttpClient {
             tokio::time::sleep(wait).await;
         }
     }
+
+    /// Read a response whole, refusing a body larger than the source
+    /// allows (without reading on).
+    async fn read(
+        &self,
+        endpoint: &str,
+        mut resp: reqwest::Response,
+        started: std::time::Instant,
+    ) -> Result<Response> {
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let max = self.settings.max_body_bytes;
+        let too_large = || {
+            CrmError::bad_response(format!(
+                "the response is larger than {} MB (after decompression); it was not read further",
+                max / (1024 * 1024)
+            ))
+            .with_endpoint(endpoint)
+            .with_hint(
+                "Raise the source option max_response_mb if the CRM really sends pages this large.",
+            )
+        };
+        if resp.content_length().is_some_and(|n| n > max) {
+            return Err(too_large());
+        }
+        let mut body = bytes::BytesMut::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    if (body.len() + chunk.len()) as u64 > max {
+                        self.bytes.set(self.bytes.get() + body.len() as u64);
+                        return Err(too_large());
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => return Err(transport_error(endpoint, &e)),
+            }
+        }
+        self.bytes.set(self.bytes.get() + body.len() as u64);
+        Ok(Response {
+            status,
+            headers,
+            body: body.freeze(),
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Check a request's URL before it is sent: the scheme rule, and the
+    /// address rule for a host given as an IP address (names are checked
+    /// when they resolve, see [`Resolver`]).
+    fn check_target(&self, url: &Url) -> Result<()> {
+        check_url_allowed(url, self.settings.allow_insecure_http)?;
+        let http = url.scheme() == "http";
+        let ip = match url.host() {
+            Some(Host::Ipv4(a)) => Some(IpAddr::V4(a)),
+            Some(Host::Ipv6(a)) => Some(IpAddr::V6(a)),
+            Some(Host::Domain(d)) => {
+                if http {
+                    if let Ok(mut hosts) = self.http_hosts.lock() {
+                        hosts.insert(d.to_ascii_lowercase());
+                    }
+                }
+                None
+            }
+            None => None,
+        };
+        match ip {
+            Some(ip) if !address::allowed(ip, &self.settings.allowed_networks, http) => {
+                Err(refused(url.host_str().unwrap_or("?"), ip))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Resolves host names and keeps only the addresses a request may reach.
+struct Resolver {
+    allowed_networks: Vec<Network>,
+    http_hosts: Arc<Mutex<HashSet<String>>>,
+}
+
+/// A host name that resolved only to addresses a request may not reach.
+#[derive(Debug)]
+struct Refused {
+    host: String,
+    ip: IpAddr,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} resolves to {}", self.host, self.ip)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+impl Resolve for Resolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let host = name.as_str().to_ascii_lowercase();
+        let nets = self.allowed_networks.clone();
+        let http = self
+            .http_hosts
+            .lock()
+            .map(|h| h.contains(&host))
+            .unwrap_or(false);
+        Box::pin(async move {
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let ok: Vec<SocketAddr> = found
+                .iter()
+                .copied()
+                .filter(|a| address::allowed(a.ip(), &nets, http))
+                .collect();
+            match (ok.is_empty(), found.first()) {
+                (false, _) => Ok(Box::new(ok.into_iter()) as Addrs),
+                (true, Some(first)) => Err(Box::new(Refused {
+                    host,
+                    ip: first.ip(),
+                })
+                    as Box<dyn std::error::Error + Send + Sync>),
+                (true, None) => Err(format!("{host} has no address").into()),
+            }
+        })
+    }
+}
+
+fn refused(host: &str, ip: IpAddr) -> CrmError {
+    CrmError::config(format!(
+        "{host} ({ip}) is an internal address; syncs may not connect to it"
+    ))
+    .with_hint("A superuser can allow internal networks with crm_sync.allowed_networks (for example '10.0.0.0/8').")
+}
+
+/// A 3xx answer: the request is not sent on, to its Location or anywhere.
+fn redirected(endpoint: &str, url: &Url, r: &Response) -> CrmError {
+    let to = r
+        .headers
+        .get(reqwest::header::LOCATION)
+        .and_then(|l| l.to_str().ok())
+        .and_then(|l| url.join(l).ok());
+    let host = to
+        .as_ref()
+        .map(|u| format!("{}://{}", u.scheme(), u.host_str().unwrap_or("?")))
+        .unwrap_or_else(|| "an unnamed location".into());
+    CrmError::new(
+        ErrorKind::Transport,
+        format!(
+            "the server redirected the request (HTTP {}) to {host}; redirects are not followed",
+            r.status.as_u16()
+        ),
+    )
+    .with_endpoint(endpoint)
+    .with_hint(
+        "Set the source's URL option to the API's own address (a proxy or a moved endpoint may redirect).",
+    )
 }
 
 fn transport_error(endpoint: &str, e: &reqwest::Error) -> CrmError {
@@ -203,6 +391,9 @@ fn transport_error(endpoint: &str, e: &reqwest::Error) -> CrmError {
     let mut cause = String::new();
     let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
     while let Some(s) = src {
+        if let Some(r) = s.downcast_ref::<Refused>() {
+            return refused(&r.host, r.ip).with_endpoint(endpoint);
+        }
         cause = s.to_string();
         src = s.source();
     }
