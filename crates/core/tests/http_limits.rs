@@ -4,8 +4,7 @@
 //! Against the HubSpot mock on 127.0.0.1, in process; no request leaves
 //! 127.0.0.0/8 (a redirect's target is named in the error, never called).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+mod common;
 
 use crm_mock::hubspot::{HubSpotMock, Options};
 use crm_sync_core::connectors::{self, Configured};
@@ -32,20 +31,10 @@ fn mock() -> u16 {
     })
 }
 
-/// A request to the mock's admin or stats API; its JSON answer.
+/// A call of the mock's admin or stats API; its JSON answer.
 fn admin(port: u16, method: &str, path: &str, body: Value) -> Value {
-    let body = body.to_string();
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    serde_json::from_slice(&raw[split + 4..]).unwrap()
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    common::admin(&format!("http://127.0.0.1:{port}"), method, path, body)
 }
 
 fn fields(cfg: &Configured) -> (Result<usize, crm_sync_core::CrmError>, u64) {
