@@ -6,7 +6,7 @@ use pgrx::prelude::*;
 use crate::errors::{self, Context};
 use crm_sync_core::CrmError;
 
-const STREAM_KEY: &str = "hashtextextended('crm_sync/' || $1 || '/' || $2, 0)";
+const STREAM_KEY: &str = "pg_catalog.hashtextextended('crm_sync/' || $1 || '/' || $2, 0::int8)";
 
 fn get_bool(sql: &str, source: &str, stream: &str) -> bool {
     Spi::get_one_with_args::<bool>(sql, &[source.into(), stream.into()])
@@ -35,7 +35,7 @@ pub fn stream_for_transaction(source: &str, stream: &str, ctx: &Context) {
 /// holds it (a sync still writing): then false, at once.
 pub fn try_stream_for_transaction(source: &str, stream: &str) -> bool {
     get_bool(
-        &format!("SELECT pg_try_advisory_xact_lock({STREAM_KEY})"),
+        &format!("SELECT pg_catalog.pg_try_advisory_xact_lock({STREAM_KEY})"),
         source,
         stream,
     )
@@ -45,7 +45,7 @@ pub fn try_stream_for_transaction(source: &str, stream: &str) -> bool {
 /// times); false if another session holds it.
 pub fn try_stream_for_session(source: &str, stream: &str) -> bool {
     get_bool(
-        &format!("SELECT pg_try_advisory_lock({STREAM_KEY})"),
+        &format!("SELECT pg_catalog.pg_try_advisory_lock({STREAM_KEY})"),
         source,
         stream,
     )
@@ -54,7 +54,7 @@ pub fn try_stream_for_session(source: &str, stream: &str) -> bool {
 /// Wait for the stream's lock, for the session.
 pub fn stream_for_session(source: &str, stream: &str) {
     Spi::run_with_args(
-        &format!("SELECT pg_advisory_lock({STREAM_KEY})"),
+        &format!("SELECT pg_catalog.pg_advisory_lock({STREAM_KEY})"),
         &[source.into(), stream.into()],
     )
     .expect("wait for the stream's lock");
@@ -63,7 +63,7 @@ pub fn stream_for_session(source: &str, stream: &str) {
 /// Release the session's lock on the stream.
 pub fn release_stream(source: &str, stream: &str) {
     let _ = Spi::run_with_args(
-        &format!("SELECT pg_advisory_unlock({STREAM_KEY})"),
+        &format!("SELECT pg_catalog.pg_advisory_unlock({STREAM_KEY})"),
         &[source.into(), stream.into()],
     );
 }
@@ -71,6 +71,6 @@ pub fn release_stream(source: &str, stream: &str) {
 /// One merge at a time, until this transaction ends: unified rows span
 /// sources.
 pub fn merge_for_transaction() {
-    Spi::run("SELECT pg_advisory_xact_lock(hashtextextended('crm_sync/merge', 0))")
+    Spi::run("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('crm_sync/merge', 0::int8))")
         .expect("merge lock");
 }

@@ -81,3 +81,14 @@ pub fn commit_and_continue() {
 pub fn check_interrupts() {
     pgrx::check_for_interrupts!();
 }
+
+/// Pin this session's `search_path` to `pg_catalog, pg_temp`: what a
+/// background worker runs first after connecting. Workers run as the
+/// extension's owner; the database's own `search_path` (which a database
+/// owner may set to `public, pg_catalog`) would let functions and operators
+/// planted in `public` shadow the ones its SQL means (CVE-2018-1058). The
+/// call itself is qualified, so nothing is resolved through the old path.
+pub fn pin_search_path() {
+    Spi::run("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false)")
+        .expect("pin search_path");
+}

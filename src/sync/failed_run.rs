@@ -79,5 +79,8 @@ pub extern "C-unwind" fn crm_sync_record_run(arg: pg_sys::Datum) {
     };
     let dbname = BackgroundWorker::get_extra().to_owned();
     BackgroundWorker::connect_worker_to_spi(Some(&dbname), None);
-    BackgroundWorker::transaction(|| insert_run(&run));
+    BackgroundWorker::transaction(|| {
+        crate::txn::pin_search_path();
+        insert_run(&run)
+    });
 }

@@ -39,6 +39,7 @@ pub extern "C-unwind" fn crm_sync_job_main(arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), Some(user));
 
     txn::begin();
+    txn::pin_search_path();
     let Some(job) = claim(job_id) else {
         txn::commit();
         return;

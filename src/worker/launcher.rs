@@ -73,6 +73,9 @@ pub extern "C-unwind" fn crm_sync_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let db = gucs::database();
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
+    txn::begin();
+    txn::pin_search_path();
+    txn::commit();
     shmem::set_launcher_latch(true);
     log!("pg_crm_sync launcher started for database \"{db}\"");
     let mut state = Launcher::new();

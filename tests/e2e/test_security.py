@@ -77,3 +77,61 @@ def test_internal_addresses_need_a_superusers_allowance(db, connect):
     other = connect(user="net_user")
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         other.execute("SET crm_sync.allowed_networks = '0.0.0.0/0'")
+
+
+# Functions a role that may create objects in public (a database owner, or
+# anyone in a database upgraded from PostgreSQL 14 or older) plants to
+# shadow the ones the extension's SQL means: each logs its call, then does
+# what the real one does.
+PLANTED = {
+    "hashtextextended(text, integer)": ("bigint", "pg_catalog.hashtextextended($1, $2)"),
+    "now()": ("timestamptz", "pg_catalog.now()"),
+    "format(text, bigint, text)": ("text", "pg_catalog.format($1, $2, $3)"),
+    "to_timestamp(double precision)": ("timestamptz", "pg_catalog.to_timestamp($1)"),
+    "set_config(text, text, boolean)": ("text", "pg_catalog.set_config($1, $2, $3)"),
+    "to_regclass(text)": ("regclass", "pg_catalog.to_regclass($1)"),
+    "lower(text)": ("text", "pg_catalog.lower($1)"),
+    "nextval(regclass)": ("bigint", "pg_catalog.nextval($1)"),
+}
+
+
+def test_background_workers_never_call_functions_planted_in_public(pg_cluster, jobs_connect, hubspot):
+    from conftest import wait_job, wait_until
+    c = jobs_connect()
+    create_source(c, hubspot)
+    c.execute("CREATE TABLE public.planted_calls (fn text)")
+    c.execute("GRANT INSERT ON public.planted_calls TO PUBLIC")
+    for sig, (ret, body) in PLANTED.items():
+        name = sig.split("(")[0]
+        c.execute(f"CREATE FUNCTION public.{sig} RETURNS {ret} LANGUAGE sql AS "
+                  f"$$ INSERT INTO public.planted_calls VALUES ('{name}'); SELECT {body} $$")
+    try:
+        # The database's search_path puts public first: every new session
+        # (each job worker, the failed-run recorder, a restarted launcher)
+        # starts with it.
+        c.execute("ALTER DATABASE crm_jobs SET search_path = public, pg_catalog")
+        c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                  "WHERE backend_type = 'pg_crm_sync launcher'")
+        wait_until("the launcher back", lambda: c.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_crm_sync launcher'").fetchone()[0],
+            timeout=30)
+        job_id = c.execute("SELECT crm_sync.sync_async('hs')").fetchone()[0]
+        assert wait_job(c, job_id)["status"] == "succeeded"
+        c.execute("SELECT crm_sync.schedule('hs', '1 hour', 'deals')")
+        wait_until("the scheduled job", lambda: c.execute(
+            "SELECT last_job_id FROM crm_sync.schedules").fetchone()[0])
+        scheduled = c.execute("SELECT last_job_id FROM crm_sync.schedules").fetchone()[0]
+        assert wait_job(c, scheduled)["status"] == "succeeded"
+        # A foreground sync that fails: its run is recorded by a worker of
+        # its own, in a new session.
+        hubspot.fault(path_contains="/crm/v3/objects/companies", skip=0, count=0, kind="bad_token")
+        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+            sync(c, stream="companies", full_refresh=True)
+        assert c.execute("SELECT count(*) FROM crm_sync.runs WHERE status = 'failed'").fetchone()[0] == 1
+        assert c.execute("SELECT count(*) FROM public.planted_calls").fetchone()[0] == 0, \
+            c.execute("SELECT fn, count(*) FROM public.planted_calls GROUP BY fn").fetchall()
+    finally:
+        c.execute("ALTER DATABASE crm_jobs RESET search_path")
+        for sig in PLANTED:
+            c.execute(f"DROP FUNCTION public.{sig}")
+        c.execute("DROP TABLE public.planted_calls")
