@@ -84,6 +84,4 @@ SELECT pg_catalog.pg_extension_config_dump('crm_sync.watermarks', '');
 SELECT pg_catalog.pg_extension_config_dump('crm_sync.runs', '');
 SELECT pg_catalog.pg_extension_config_dump('crm_sync.runs_run_id_seq', '');
 
-REVOKE ALL ON crm_sync.credentials FROM PUBLIC;
-GRANT USAGE ON SCHEMA crm_sync TO PUBLIC;
-GRANT SELECT ON crm_sync.sources, crm_sync.streams, crm_sync.watermarks, crm_sync.runs TO PUBLIC;
+-- Access: nothing here is PUBLIC (see sql/access.sql, loaded last).

@@ -21,6 +21,8 @@ CREATE TABLE crm_sync.jobs (
     detail           text,
     cancel_requested boolean NOT NULL DEFAULT false,
     scheduled_by     text,
+    -- The role that asked (crm_sync._caller(), or a schedule's owner): the
+    -- job runs only while it may sync.
     queued_by        text NOT NULL DEFAULT current_user
 );
 CREATE INDEX jobs_open ON crm_sync.jobs (job_id) WHERE status IN ('queued', 'running');
@@ -76,7 +78,9 @@ CREATE TABLE crm_sync.schedules (
     every       interval NOT NULL CHECK (every >= interval '1 second'),
     next_run_at timestamptz NOT NULL DEFAULT now(),
     last_job_id bigint,
-    created_at  timestamptz NOT NULL DEFAULT now()
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    -- Its jobs are queued by this role and run only while it may sync.
+    owner       text NOT NULL DEFAULT current_user
 );
 COMMENT ON TABLE crm_sync.schedules IS
     'Syncs the launcher queues by itself (for servers without pg_cron). Change with crm_sync.schedule()/unschedule().';
@@ -86,7 +90,6 @@ SELECT pg_catalog.pg_extension_config_dump('crm_sync.jobs_job_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('crm_sync.checkpoints', '');
 SELECT pg_catalog.pg_extension_config_dump('crm_sync.schedules', '');
 
-GRANT SELECT ON crm_sync.jobs, crm_sync.checkpoints, crm_sync.schedules TO PUBLIC;
 
 CREATE FUNCTION crm_sync.schedule(source text, every interval, stream text DEFAULT NULL)
 RETURNS void
@@ -108,10 +111,11 @@ BEGIN
             USING ERRCODE = 'undefined_object',
                   HINT = 'See SELECT stream FROM crm_sync.streams WHERE source = ''' || schedule.source || '''.';
     END IF;
-    INSERT INTO crm_sync.schedules AS s (source, stream, every, next_run_at)
-    VALUES (schedule.source, schedule.stream, every, now())
+    INSERT INTO crm_sync.schedules AS s (source, stream, every, next_run_at, owner)
+    VALUES (schedule.source, schedule.stream, every, now(), crm_sync._caller())
     ON CONFLICT ON CONSTRAINT schedules_pkey
-    DO UPDATE SET stream = EXCLUDED.stream, every = EXCLUDED.every, next_run_at = now();
+    DO UPDATE SET stream = EXCLUDED.stream, every = EXCLUDED.every, next_run_at = now(),
+                  owner = EXCLUDED.owner;
     PERFORM crm_sync._check_background();
 END;
 $$;
@@ -128,8 +132,6 @@ $$;
 COMMENT ON FUNCTION crm_sync.unschedule(text) IS
     'Stop syncing the source on a schedule; true if it had one. Jobs already queued still run (crm_sync.cancel() stops them).';
 
-REVOKE EXECUTE ON FUNCTION crm_sync.schedule(text, interval, text) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION crm_sync.unschedule(text) FROM PUBLIC;
 
 CREATE VIEW crm_sync.progress AS
 SELECT p.pid, p.job_id, p.run_id, p.source, p.stream, p.mode, p.started_at,
@@ -145,4 +147,3 @@ SELECT p.pid, p.job_id, p.run_id, p.source, p.stream, p.mode, p.started_at,
   FROM crm_sync._progress() p;
 COMMENT ON VIEW crm_sync.progress IS
     'Each running sync, background or foreground: records, pages, bytes and API calls so far, rate, and (where the CRM reports a total) percent done and estimated time left. Needs pg_crm_sync in shared_preload_libraries.';
-GRANT SELECT ON crm_sync.progress TO PUBLIC;

@@ -5,7 +5,6 @@
 CREATE SCHEMA crm;
 COMMENT ON SCHEMA crm IS
     'One clean, de-duplicated customer model merged from every CRM source by crm_sync.merge() (run after each sync).';
-GRANT USAGE ON SCHEMA crm TO PUBLIC;
 
 -- What each provider's landing rows contribute to a unified field: a SQL
 -- expression over the landing row r (typed columns, or r._raw, which always
@@ -359,7 +358,3 @@ SELECT pg_catalog.pg_extension_config_dump('crm_sync.merge_state', '');
 SELECT pg_catalog.pg_extension_config_dump('crm.contacts', '');
 SELECT pg_catalog.pg_extension_config_dump('crm.companies', '');
 SELECT pg_catalog.pg_extension_config_dump('crm.deals', '');
-
-GRANT SELECT ON crm_sync.mappings, crm_sync.unified_fields, crm_sync.match_rules, crm_sync.field_priority,
-                crm_sync.source_records, crm_sync.unified_ids, crm_sync.invalid_values, crm_sync.quality, crm_sync.merge_state TO PUBLIC;
-GRANT SELECT ON ALL TABLES IN SCHEMA crm TO PUBLIC;

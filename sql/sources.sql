@@ -34,6 +34,7 @@ BEGIN
                   HINT = 'Choose another source name.';
     END IF;
     -- Validates provider, options and credentials; raises with a hint if wrong.
+    PERFORM crm_sync._check_credential_refs(name, coalesce(credentials, '{}'));
     PERFORM crm_sync._check_source(name, provider, coalesce(options, '{}'), coalesce(credentials, '{}'));
 
     INSERT INTO crm_sync.sources (name, provider, options)
@@ -45,6 +46,8 @@ BEGIN
     EXECUTE format('CREATE SCHEMA %I', name);
     EXECUTE format('COMMENT ON SCHEMA %I IS %L', name,
                    format('Landing tables of pg_crm_sync source %s (%s)', name, provider));
+    -- Roles with an access level may read its landing tables.
+    PERFORM crm_sync._apply_access_all();
 END
 $fn$;
 COMMENT ON FUNCTION crm_sync.create_source(text, text, jsonb, jsonb) IS
@@ -63,6 +66,7 @@ DECLARE
     cred jsonb;
     new_options jsonb;
     new_credentials jsonb;
+    moved text;
 BEGIN
     SELECT * INTO src FROM crm_sync.sources s WHERE s.name = alter_source.name FOR UPDATE;
     IF NOT FOUND THEN
@@ -73,6 +77,19 @@ BEGIN
     -- Keys given replace old ones; a key given as null is removed.
     new_options := jsonb_strip_nulls(src.options || coalesce(options, '{}'));
     new_credentials := jsonb_strip_nulls(coalesce(cred, '{}') || coalesce(credentials, '{}'));
+    PERFORM crm_sync._check_credential_refs(name, coalesce(credentials, '{}'));
+    -- Credentials follow their host: a new host gets new credentials, given
+    -- in the same call, and none of the stored ones.
+    moved := crm_sync._host_change(src.provider, src.options, new_options);
+    IF moved IS NOT NULL THEN
+        IF credentials IS NULL OR credentials = '{}' THEN
+            RAISE EXCEPTION 'source "%": changing % needs new credentials in the same call', name, moved
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'The stored credentials are never sent to a new host.',
+                      HINT = 'Pass credentials => ''{...}'' together with options => ''{...}''.';
+        END IF;
+        new_credentials := jsonb_strip_nulls(credentials);
+    END IF;
     PERFORM crm_sync._check_source(name, src.provider, new_options, new_credentials);
     UPDATE crm_sync.sources s SET options = new_options, updated_at = now() WHERE s.name = alter_source.name;
     UPDATE crm_sync.credentials c SET credentials = new_credentials, updated_at = now() WHERE c.source = alter_source.name;
@@ -112,11 +129,6 @@ $fn$;
 COMMENT ON FUNCTION crm_sync.drop_source(text, boolean) IS
     'Forget a source (its streams, watermarks and credentials) and take its records out of the unified model (schema crm). drop_data => true also drops its schema and landing tables; run history stays in crm_sync.runs.';
 
--- Managing sources and running syncs is for the extension owner and the roles
--- it grants these functions to.
-REVOKE EXECUTE ON FUNCTION crm_sync.create_source(text, text, jsonb, jsonb) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION crm_sync.alter_source(text, jsonb, jsonb) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION crm_sync.drop_source(text, boolean) FROM PUBLIC;
 
 CREATE FUNCTION crm_sync.add_stream(
     source text,
@@ -160,4 +172,3 @@ END
 $fn$;
 COMMENT ON FUNCTION crm_sync.add_stream(text, text, text, text[]) IS
     'Sync another object of a source (custom objects included) into <source>.<stream>; stream defaults to the object''s name in lower case. Returns the stream name.';
-REVOKE EXECUTE ON FUNCTION crm_sync.add_stream(text, text, text, text[]) FROM PUBLIC;

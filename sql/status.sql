@@ -134,4 +134,3 @@ COMMENT ON COLUMN crm_sync.status.lag IS 'now() minus the watermark: changes in 
 COMMENT ON COLUMN crm_sync.status.failures IS 'Runs that failed since the last one that succeeded (cancelled runs do not count); error, error_sqlstate and error_at are the newest one''s.';
 COMMENT ON COLUMN crm_sync.status.landing_rows IS 'Rows in the landing table, as the statistics estimate them (pg_stat_user_tables.n_live_tup).';
 
-GRANT SELECT ON crm_sync.status TO PUBLIC;

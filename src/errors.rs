@@ -7,6 +7,7 @@
 use std::any::Any;
 use std::panic::resume_unwind;
 
+use crm_sync_core::config::SecretRef;
 use crm_sync_core::{CrmError, ErrorKind};
 use pgrx::pg_sys::panic::{CaughtError, ErrorReport};
 use pgrx::{PgLogLevel, PgSqlErrorCode};
@@ -101,10 +102,16 @@ impl<T> OrRaise<T> for Result<T, CrmError> {
     }
 }
 
-/// Every string value in a credentials object, for scrubbing messages.
+/// Every string value in a credentials object, for scrubbing messages; a
+/// reference (`{"env": "NAME"}`, `{"file": "/path"}`) names where a secret
+/// is, and is no secret itself (its value is scrubbed once read).
 pub fn secret_strings(v: &serde_json::Value) -> Vec<String> {
     match v {
-        serde_json::Value::Object(m) => m.values().flat_map(secret_strings).collect(),
+        serde_json::Value::Object(m) => m
+            .iter()
+            .filter(|(k, v)| !matches!(SecretRef::of(k, v), Some(Ok(_))))
+            .flat_map(|(_, v)| secret_strings(v))
+            .collect(),
         serde_json::Value::Array(a) => a.iter().flat_map(secret_strings).collect(),
         serde_json::Value::String(s) => vec![s.clone()],
         _ => vec![],

@@ -142,6 +142,12 @@ pub fn ensure_table(schema: &str, table: &str, wanted: &[Column]) -> Result<Vec<
             ))
         ))
         .map_err(|e| CrmError::config(format!("cannot comment landing table: {e}")))?;
+        // Roles with an access level read it (crm_sync.access).
+        Spi::run_with_args(
+            "SELECT crm_sync._grant_landing($1::regclass)",
+            &[format!("{}.{}", qi(schema), qi(table)).as_str().into()],
+        )
+        .map_err(|e| CrmError::config(format!("cannot grant access to the landing table: {e}")))?;
         existing = existing_columns(schema, table);
     }
     let mut out = Vec::with_capacity(wanted.len());

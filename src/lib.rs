@@ -15,6 +15,7 @@ mod gucs;
 mod landing;
 mod locks;
 mod merge;
+mod secrets;
 mod shmem;
 mod sql_api;
 mod sync;
@@ -29,7 +30,9 @@ pgrx::extension_sql_file!(
     name = "sources",
     requires = [
         sql_api::sources::check_source,
-        sql_api::sources::provider_streams
+        sql_api::sources::provider_streams,
+        sql_api::sources::check_credential_refs,
+        sql_api::sources::host_change
     ]
 );
 pgrx::extension_sql_file!("../sql/model.sql", name = "model", requires = ["jobs"]);
@@ -78,30 +81,4 @@ pub mod pg_test {
     }
 }
 
-pgrx::extension_sql!(
-    r#"
-REVOKE EXECUTE ON FUNCTION crm_sync.sync(text, text, boolean) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION crm_sync.discover(text, text) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION crm_sync.discover(text) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION crm_sync._check_source(text, text, jsonb, jsonb) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION crm_sync.sync_async(text, text, boolean, text) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION crm_sync.cancel(bigint) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION crm_sync.merge(boolean) FROM PUBLIC;
-COMMENT ON FUNCTION crm_sync.merge(boolean) IS
-    'Merge what the syncs landed since the last merge into the unified model (schema crm); full => true re-reads every landing row and resolves every identity again, with the same result. Runs by itself after each sync (crm_sync.merge_after_sync).';
-COMMENT ON FUNCTION crm_sync.sync_async(text, text, boolean, text) IS
-    'Queue a sync of one stream (or every enabled stream) for a background worker; returns the job id at once. if_running: ''wait'' (default) runs it after another sync of the same stream ends, ''skip'' ends it as skipped. See crm_sync.jobs and crm_sync.progress.';
-COMMENT ON FUNCTION crm_sync.cancel(bigint) IS
-    'Stop a queued or running job (a running one within about a second; rows of batches already committed stay, and the next run resumes from there). True if the job was queued or running.';
-COMMENT ON FUNCTION crm_sync.wait(bigint, interval) IS
-    'Wait until a job ends and return its status; after timeout, return its status then (queued or running).';
-COMMENT ON FUNCTION crm_sync.sync(text, text, boolean) IS
-    'Sync one stream (or every enabled stream) of a source in this transaction; returns one row per stream. Rows and watermark commit together.';
-COMMENT ON FUNCTION crm_sync.discover(text, text) IS
-    'The fields of a stream''s CRM object (or of any object, by its CRM name), the column type each lands as, and whether it is synced.';
-COMMENT ON FUNCTION crm_sync.discover(text) IS
-    'The objects of a source''s CRM account that can be synced, and the stream that syncs each.';
-"#,
-    name = "grants",
-    finalize
-);
+pgrx::extension_sql_file!("../sql/access.sql", name = "access", finalize);

@@ -224,7 +224,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             dumped,
-            "crm.companies,crm.contacts,crm.deals,crm.merged_ids,crm_sync.checkpoints,crm_sync.credentials,crm_sync.field_priority,crm_sync.invalid_values,crm_sync.jobs,crm_sync.jobs_job_id_seq,crm_sync.mappings,crm_sync.match_rules,crm_sync.merge_state,crm_sync.runs,crm_sync.runs_run_id_seq,crm_sync.schedules,crm_sync.source_records,crm_sync.sources,crm_sync.streams,crm_sync.unified_ids,crm_sync.watermarks"
+            "crm.companies,crm.contacts,crm.deals,crm.merged_ids,crm_sync.access,crm_sync.checkpoints,crm_sync.credentials,crm_sync.field_priority,crm_sync.invalid_values,crm_sync.jobs,crm_sync.jobs_job_id_seq,crm_sync.mappings,crm_sync.match_rules,crm_sync.merge_state,crm_sync.runs,crm_sync.runs_run_id_seq,crm_sync.schedules,crm_sync.source_records,crm_sync.sources,crm_sync.streams,crm_sync.unified_ids,crm_sync.watermarks"
         );
     }
 
@@ -232,6 +232,8 @@ mod tests {
     fn credentials_are_hidden_from_other_roles() {
         create_demo();
         Spi::run("CREATE ROLE crm_reader").unwrap();
+        // Even the read level, which sees everything else.
+        Spi::run("SELECT crm_sync.grant_access('crm_reader', 'read')").unwrap();
         Spi::run("SET ROLE crm_reader").unwrap();
         let sources = Spi::get_one::<i64>("SELECT count(*) FROM crm_sync.sources").unwrap();
         assert_eq!(sources, Some(1), "sources are readable");
@@ -561,5 +563,147 @@ mod tests {
         )
         .unwrap();
         assert_eq!(next.as_deref(), Some("2027-08-13 00:00:00+00"));
+    }
+
+    /// What a role may do: (privilege, object, kind) for has_*_privilege.
+    fn may(role: &str, kind: &str, object: &str, privilege: &str) -> bool {
+        Spi::get_one_with_args::<bool>(
+            &format!("SELECT has_{kind}_privilege($1, $2, $3)"),
+            &[role.into(), object.into(), privilege.into()],
+        )
+        .unwrap()
+        .unwrap()
+    }
+
+    const SECRETS_AND_VALUES: &[(&str, &str)] = &[
+        ("table", "crm_sync.credentials"),
+        ("table", "crm.contacts"),
+        ("table", "crm.companies"),
+        ("table", "crm.identities"),
+        ("table", "crm_sync.source_records"),
+        ("table", "crm_sync.invalid_values"),
+        ("table", "crm_sync.quality"),
+        ("table", "crm_sync.runs"),
+        ("table", "crm_sync.jobs"),
+        ("table", "crm_sync.status"),
+        ("table", "crm_sync.sources"),
+        ("table", "hs.contacts"),
+    ];
+
+    fn landing_table() {
+        use crate::landing::{ensure_table, Column};
+        use crm_sync_core::types::PgType;
+        ensure_table(
+            "hs",
+            "contacts",
+            &[Column {
+                property: "email".into(),
+                column: "email".into(),
+                pg_type: PgType::Text,
+            }],
+        )
+        .unwrap();
+    }
+
+    #[pg_test]
+    fn a_role_without_a_level_sees_no_crm_value_and_runs_nothing() {
+        create_demo();
+        landing_table();
+        Spi::run("CREATE ROLE nobody_at_all").unwrap();
+        for (kind, object) in SECRETS_AND_VALUES {
+            assert!(!may("nobody_at_all", kind, object, "SELECT"), "{object}");
+        }
+        for f in [
+            "crm_sync.sync(text,text,boolean)",
+            "crm_sync.wait(bigint,interval)",
+            "crm_sync.merge(boolean)",
+            "crm_sync._progress()",
+            "crm_sync.grant_access(regrole,text)",
+        ] {
+            assert!(!may("nobody_at_all", "function", f, "EXECUTE"), "{f}");
+        }
+        // The pure cleaners are everyone's.
+        assert!(may(
+            "nobody_at_all",
+            "function",
+            "crm_sync.clean_email(text)",
+            "EXECUTE"
+        ));
+        Spi::run("SET ROLE nobody_at_all").unwrap();
+        let email =
+            Spi::get_one::<String>("SELECT crm_sync.clean_email(' Ada@Example.COM ')").unwrap();
+        Spi::run("RESET ROLE").unwrap();
+        assert_eq!(email.as_deref(), Some("ada@example.com"));
+    }
+
+    #[pg_test]
+    fn access_levels_add_up_and_come_off_from_the_top() {
+        create_demo();
+        Spi::run("CREATE ROLE lvl").unwrap();
+        Spi::run("SELECT crm_sync.grant_access('lvl', 'read')").unwrap();
+        // A landing table created after the grant is readable too.
+        landing_table();
+        for (kind, object) in &SECRETS_AND_VALUES[1..] {
+            assert!(may("lvl", kind, object, "SELECT"), "read: {object}");
+        }
+        assert!(!may("lvl", "table", "crm_sync.credentials", "SELECT"));
+        assert!(!may(
+            "lvl",
+            "function",
+            "crm_sync.sync(text,text,boolean)",
+            "EXECUTE"
+        ));
+        Spi::run("SELECT crm_sync.grant_access('lvl', 'operate')").unwrap();
+        for f in [
+            "crm_sync.sync(text,text,boolean)",
+            "crm_sync.sync_async(text,text,boolean,text)",
+            "crm_sync.cancel(bigint)",
+            "crm_sync.wait(bigint,interval)",
+            "crm_sync.schedule(text,interval,text)",
+            "crm_sync.merge(boolean)",
+        ] {
+            assert!(may("lvl", "function", f, "EXECUTE"), "operate: {f}");
+        }
+        assert!(!may(
+            "lvl",
+            "function",
+            "crm_sync.create_source(text,text,jsonb,jsonb)",
+            "EXECUTE"
+        ));
+        assert!(!may("lvl", "table", "crm_sync.mappings", "INSERT"));
+        Spi::run("SELECT crm_sync.grant_access('lvl', 'admin')").unwrap();
+        assert!(may(
+            "lvl",
+            "function",
+            "crm_sync.create_source(text,text,jsonb,jsonb)",
+            "EXECUTE"
+        ));
+        assert!(may("lvl", "table", "crm_sync.mappings", "INSERT"));
+        assert!(!may("lvl", "table", "crm_sync.credentials", "SELECT"));
+        // Granting a lower level keeps the higher one.
+        Spi::run("SELECT crm_sync.grant_access('lvl', 'read')").unwrap();
+        assert!(may("lvl", "table", "crm_sync.mappings", "INSERT"));
+        // Taking operate takes admin too, and leaves read.
+        Spi::run("SELECT crm_sync.revoke_access('lvl', 'operate')").unwrap();
+        let level =
+            Spi::get_one::<String>("SELECT level FROM crm_sync.access WHERE role = 'lvl'::regrole")
+                .unwrap();
+        assert_eq!(level.as_deref(), Some("read"));
+        assert!(!may(
+            "lvl",
+            "function",
+            "crm_sync.sync(text,text,boolean)",
+            "EXECUTE"
+        ));
+        assert!(may("lvl", "table", "hs.contacts", "SELECT"));
+        Spi::run("SELECT crm_sync.revoke_access('lvl')").unwrap();
+        assert!(!may("lvl", "table", "hs.contacts", "SELECT"));
+        assert!(!may("lvl", "table", "crm.contacts", "SELECT"));
+    }
+
+    #[pg_test(error = "unknown access level 'superuser'")]
+    fn an_unknown_access_level_is_an_error() {
+        Spi::run("CREATE ROLE lvl2").unwrap();
+        Spi::run("SELECT crm_sync.grant_access('lvl2', 'superuser')").unwrap();
     }
 }

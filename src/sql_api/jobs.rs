@@ -98,12 +98,14 @@ pub fn sync_async(
     check_background();
     let id = Spi::get_one_with_args::<i64>(
         "INSERT INTO crm_sync.jobs (source, stream, full_refresh, if_running, queued_by)
-         VALUES ($1, $2, $3, $4, session_user) RETURNING job_id",
+         VALUES ($1, $2, $3, $4, $5) RETURNING job_id",
         &[
             source.into(),
             stream.into(),
             full_refresh.into(),
             if_running.into(),
+            // The job runs only while this role may sync.
+            super::access::caller_name().into(),
         ],
     )
     .ok()

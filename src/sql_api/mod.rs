@@ -9,8 +9,10 @@
 //! - [`jobs`] — background syncs: `sync_async`, `cancel`, `wait`, progress;
 //! - [`model`] — `crm_sync.merge()`;
 //! - [`clean`] — the cleaners as SQL functions;
-//! - [`status`] — helpers of the `crm_sync.status` view.
+//! - [`status`] — helpers of the `crm_sync.status` view;
+//! - [`access`] — who is asking (access levels live in sql/access.sql).
 
+pub(crate) mod access;
 pub(crate) mod clean;
 pub(crate) mod jobs;
 pub(crate) mod model;

@@ -5,26 +5,54 @@
 use pgrx::prelude::*;
 use pgrx::JsonB;
 
-use crate::errors::{secret_strings, Context, OrRaise};
-use crate::gucs;
+use crate::errors::{self, secret_strings, Context, OrRaise};
+use crate::{gucs, secrets};
+use crm_sync_core::config::has_secret_refs;
 use crm_sync_core::connectors;
 
 /// Raise if `options`/`credentials` do not suit `provider`. Used by
 /// create_source and alter_source.
 #[pg_extern(name = "_check_source")]
 pub fn check_source(name: &str, provider: &str, options: JsonB, credentials: JsonB) {
-    let cfg = connectors::configure(
-        provider,
-        &options.0,
-        &credentials.0,
-        gucs::ALLOW_INSECURE_HTTP.get(),
-    );
-    let ctx = Context {
+    let mut ctx = Context {
         source: Some(name.to_owned()),
         stream: None,
         secrets: secret_strings(&credentials.0),
     };
-    cfg.or_raise(&ctx);
+    let creds = secrets::resolve(&credentials.0).or_raise(&ctx);
+    ctx.secrets = secret_strings(&creds);
+    connectors::configure(
+        provider,
+        &options.0,
+        &creds,
+        gucs::ALLOW_INSECURE_HTTP.get(),
+    )
+    .or_raise(&ctx);
+}
+
+/// Raise unless the caller may give these credentials: references
+/// (`{"env": ...}`, `{"file": ...}`) read the server's environment and
+/// files, so only a superuser may give them. Used by create_source and
+/// alter_source on the credentials a call gives.
+#[pg_extern(name = "_check_credential_refs")]
+pub fn check_credential_refs(name: &str, given: JsonB) {
+    if has_secret_refs(&given.0) && !super::access::caller_is_superuser() {
+        errors::fail(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("source \"{name}\": only a superuser may give credentials by reference ({{\"env\": ...}}, {{\"file\": ...}})"),
+            Some("They read the server's environment and files. Give the credential as a value, or ask a superuser."),
+        );
+    }
+}
+
+/// Which host option (`base_url`, `login_url`) changes origin between a
+/// source's old and new options, as `key (old → new)`; NULL if none. Used
+/// by alter_source: such a change needs new credentials.
+#[pg_extern(name = "_host_change")]
+pub fn host_change(provider: &str, old_options: JsonB, new_options: JsonB) -> Option<String> {
+    connectors::host_change(provider, &old_options.0, &new_options.0)
+        .or_raise(&Context::default())
+        .map(|(key, a, b)| format!("{key} ({a} → {b})"))
 }
 
 /// The streams a provider registers for a new source.

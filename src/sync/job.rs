@@ -18,6 +18,8 @@ pub struct Job {
     pub full_refresh: bool,
     /// `wait` or `skip`: what to do when another session syncs a stream.
     pub if_running: String,
+    /// The role that queued it (or owns the schedule that did).
+    pub queued_by: String,
 }
 
 /// How a job ended: its status, error and SQLSTATE.
@@ -38,6 +40,16 @@ enum Ended {
 
 /// Sync every stream of the job. Runs in a transaction, and leaves one open.
 pub fn run(job: &Job) -> JobEnd {
+    if !may_sync(&job.queued_by) {
+        return JobEnd {
+            status: "failed",
+            error: Some(format!(
+                "job {} was queued by role \"{}\", which may no longer sync (it lost the operate access level, or the role is gone); nothing was synced",
+                job.job_id, job.queued_by
+            )),
+            sqlstate: Some("42501".into()),
+        };
+    }
     let (src, cfg, ctx) = load(&job.source);
     let streams = catalog::load_streams(&job.source);
     let chosen: Vec<&StreamRow> = match &job.stream {
@@ -134,6 +146,23 @@ fn run_stream(
     locks::release_stream(&src.name, &s.stream);
     txn::commit_and_continue();
     out
+}
+
+/// Whether `role` may sync in the foreground (`crm_sync.sync()`, the
+/// operate level): a job runs with the rights of the role that queued it,
+/// checked when it runs, so a role that lost its grant no longer runs its
+/// schedules and pg_cron jobs.
+fn may_sync(role: &str) -> bool {
+    Spi::get_one_with_args::<bool>(
+        "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1)
+                     THEN pg_catalog.has_function_privilege($1::name,
+                              'crm_sync.sync(text, text, boolean)'::regprocedure, 'EXECUTE')
+                     ELSE false END",
+        &[role.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false)
 }
 
 /// Name the worker in pg_stat_activity after the job and the stream it

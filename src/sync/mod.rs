@@ -25,7 +25,7 @@ use pgrx::prelude::*;
 
 use crate::catalog::{self, RunRecord, SourceRow, StreamRow, NO_SOURCE_HINT};
 use crate::errors::{self, Context, Failure, OrRaise};
-use crate::{gucs, locks, merge, txn};
+use crate::{gucs, locks, merge, secrets, txn};
 use crm_sync_core::connectors::{self, Configured};
 use crm_sync_core::http::address;
 use crm_sync_core::CrmError;
@@ -48,10 +48,16 @@ pub fn load(source: &str) -> (SourceRow, Configured, Context) {
         )
     };
     ctx.secrets = errors::secret_strings(&src.credentials);
+    let credentials = secrets::resolve(&src.credentials)
+        .map_err(|e| {
+            e.with_hint("Fix the source with crm_sync.alter_source(), or the server's environment.")
+        })
+        .or_raise(&ctx);
+    ctx.secrets = errors::secret_strings(&credentials);
     let mut cfg = connectors::configure(
         &src.provider,
         &src.options,
-        &src.credentials,
+        &credentials,
         gucs::ALLOW_INSECURE_HTTP.get(),
     )
     .map_err(|e| e.with_hint("Fix the source with crm_sync.alter_source()."))

@@ -87,7 +87,7 @@ fn claim(job_id: i64) -> Option<Job> {
     let row = Spi::connect_mut(|c| {
         let t = c
             .update(
-                "SELECT source, stream, full_refresh, if_running, status, cancel_requested
+                "SELECT source, stream, full_refresh, if_running, status, cancel_requested, queued_by
                    FROM crm_sync.jobs WHERE job_id = $1 FOR UPDATE",
                 Some(1),
                 &[job_id.into()],
@@ -106,6 +106,7 @@ fn claim(job_id: i64) -> Option<Job> {
                 stream: r.get(2).ok().flatten(),
                 full_refresh: r.get(3).ok().flatten().unwrap_or(false),
                 if_running: r.get(4).ok().flatten().unwrap_or_default(),
+                queued_by: r.get(7).ok().flatten().unwrap_or_default(),
             },
             status,
             cancel,

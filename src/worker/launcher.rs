@@ -229,11 +229,11 @@ fn interrupted(job: &RunningJob) {
 fn queue_due_schedules() {
     Spi::run(
         "WITH due AS (
-            SELECT source, stream, every, next_run_at FROM crm_sync.schedules
+            SELECT source, stream, every, next_run_at, owner FROM crm_sync.schedules
              WHERE next_run_at <= now() FOR UPDATE),
          q AS (
             INSERT INTO crm_sync.jobs (source, stream, if_running, scheduled_by, queued_by)
-            SELECT source, stream, 'skip', 'schedule', 'crm_sync.schedule' FROM due
+            SELECT source, stream, 'skip', 'schedule', owner FROM due
             RETURNING job_id, source)
          UPDATE crm_sync.schedules s
             SET last_job_id = q.job_id,

@@ -107,14 +107,10 @@ def test_background_workers_never_call_functions_planted_in_public(pg_cluster, j
                   f"$$ INSERT INTO public.planted_calls VALUES ('{name}'); SELECT {body} $$")
     try:
         # The database's search_path puts public first: every new session
-        # (each job worker, the failed-run recorder, a restarted launcher)
-        # starts with it.
+        # (each job worker, the failed-run recorder) starts with it. (The
+        # launcher, connected before, has public in its default path: the
+        # overloads planted above would catch it too.)
         c.execute("ALTER DATABASE crm_jobs SET search_path = public, pg_catalog")
-        c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                  "WHERE backend_type = 'pg_crm_sync launcher'")
-        wait_until("the launcher back", lambda: c.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_crm_sync launcher'").fetchone()[0],
-            timeout=30)
         job_id = c.execute("SELECT crm_sync.sync_async('hs')").fetchone()[0]
         assert wait_job(c, job_id)["status"] == "succeeded"
         c.execute("SELECT crm_sync.schedule('hs', '1 hour', 'deals')")
@@ -135,3 +131,173 @@ def test_background_workers_never_call_functions_planted_in_public(pg_cluster, j
         for sig in PLANTED:
             c.execute(f"DROP FUNCTION public.{sig}")
         c.execute("DROP TABLE public.planted_calls")
+
+
+def test_a_role_without_a_level_sees_no_customer(db, connect, hubspot):
+    """A freshly created LOGIN role, no grant: no unified customer, cleaned
+    value, invalid value, quality sample, run warning, job or landing row."""
+    create_source(db, hubspot)
+    sync(db)
+    db.execute("CREATE ROLE sec_snooper LOGIN")
+    s = connect(user="sec_snooper")
+    for sql in ("SELECT email, phone FROM crm.contacts", "SELECT vals FROM crm_sync.source_records",
+                "SELECT value FROM crm_sync.invalid_values", "SELECT invalid_samples FROM crm_sync.quality",
+                "SELECT warning_samples FROM crm_sync.runs", "SELECT * FROM crm_sync.jobs",
+                "SELECT * FROM crm_sync.status", "SELECT email FROM hs.contacts",
+                "SELECT * FROM crm_sync.sources", "SELECT * FROM crm_sync.credentials"):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            s.execute(sql)
+    for sql in ("SELECT * FROM crm_sync.sync('hs')", "SELECT crm_sync.merge()",
+                "SELECT crm_sync.grant_access('sec_snooper', 'admin')"):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            s.execute(sql)
+    # The pure cleaners stay public.
+    assert s.execute("SELECT crm_sync.clean_phone('(415) 555-2671', 'US')").fetchone()[0] == "+14155552671"
+
+
+def test_read_operate_and_admin_roles_do_what_their_level_allows(db, connect, hubspot):
+    create_source(db, hubspot)
+    for role, level in (("sec_reader", "read"), ("sec_operator", "operate"), ("sec_admin", "admin")):
+        db.execute(f"CREATE ROLE {role} LOGIN")
+        db.execute("SELECT crm_sync.grant_access(%s, %s)", (role, level))
+    op = connect(user="sec_operator")
+    # An sec_operator syncs (with the owner's rights, never seeing the token)...
+    assert sync(op, stream="contacts")["contacts"]["records_upserted"] == 250
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        op.execute("SELECT * FROM crm_sync.credentials")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        op.execute("SELECT crm_sync.alter_source('hs', options => '{}')")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        op.execute("INSERT INTO crm_sync.mappings (provider, object, entity, field, expression) "
+                   "VALUES ('hubspot', 'contacts', 'contact', 'title', 'r.id')")
+    # ... a sec_reader reads what landed, including tables created after its grant...
+    rd = connect(user="sec_reader")
+    assert rd.execute("SELECT count(*) FROM hs.contacts").fetchone()[0] == 250
+    assert rd.execute("SELECT count(*) FROM crm.contacts").fetchone()[0] == 250
+    assert rd.execute("SELECT state FROM crm_sync.status WHERE stream = 'contacts'").fetchone()[0] == "ok"
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        sync(rd, stream="deals")
+    # ... and an admin manages sources and mappings.
+    ad = connect(user="sec_admin")
+    ad.execute("UPDATE crm_sync.streams SET enabled = false WHERE source = 'hs' AND stream = 'deals'")
+    ad.execute("SELECT crm_sync.alter_source('hs', options => '{\"lookback_seconds\": 5}')")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        ad.execute("SELECT * FROM crm_sync.credentials")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        ad.execute("SELECT crm_sync.grant_access('sec_reader', 'admin')")
+
+
+def test_a_job_runs_only_while_the_role_that_queued_it_may_sync(jobs_connect, hubspot):
+    """Jobs, and the jobs of a schedule, run with the rights of the role that
+    queued them: once it loses the operate level, they fail with 42501."""
+    from conftest import job, wait_job, wait_until
+    c = jobs_connect()
+    create_source(c, hubspot)
+    c.execute("CREATE ROLE sec_jobber LOGIN")
+    c.execute("SELECT crm_sync.grant_access('sec_jobber', 'operate')")
+    try:
+        j = jobs_connect(user="sec_jobber")
+        job_id = j.execute("SELECT crm_sync.sync_async('hs', 'deals')").fetchone()[0]
+        assert wait_job(c, job_id)["status"] == "succeeded"
+        assert job(c, job_id)["queued_by"] == "sec_jobber"
+        j.execute("SELECT crm_sync.schedule('hs', '1 hour', 'deals')")
+        first = wait_until("the schedule's first job", lambda: c.execute(
+            "SELECT last_job_id FROM crm_sync.schedules").fetchone()[0])
+        assert wait_job(c, first)["status"] == "succeeded"
+        assert job(c, first)["queued_by"] == "sec_jobber"
+
+        c.execute("SELECT crm_sync.revoke_access('sec_jobber', 'operate')")
+        # The schedule fires again: its job fails, saying why.
+        c.execute("UPDATE crm_sync.schedules SET next_run_at = now()")
+        second = wait_until("the schedule's second job", lambda: (n := c.execute(
+            "SELECT last_job_id FROM crm_sync.schedules").fetchone()[0]) != first and n)
+        ended = wait_job(c, second)
+        assert (ended["status"], ended["error_sqlstate"]) == ("failed", "42501")
+        assert 'queued by role "sec_jobber", which may no longer sync' in ended["error"]
+        # Nothing was synced for it.
+        assert ended["run_ids"] == []
+    finally:
+        c.execute("SELECT crm_sync.unschedule('hs')")
+        c.execute("SELECT crm_sync.revoke_access('sec_jobber')")
+        c.execute("DROP ROLE sec_jobber")
+
+
+def test_credentials_follow_their_host(db, hubspot):
+    """Whoever may alter a source cannot send its stored token elsewhere by
+    changing its URL: a new host needs new credentials in the same call,
+    and gets none of the stored ones."""
+    create_source(db, hubspot)
+    moved = psycopg.types.json.Jsonb({"base_url": "https://collector.example"})
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
+        db.execute("SELECT crm_sync.alter_source('hs', options => %s)", (moved,))
+    assert (f"changing base_url ({hubspot.url} → https://collector.example) needs new credentials "
+            "in the same call") in str(e.value)
+    assert "never sent to a new host" in e.value.diag.message_detail
+    assert db.execute("SELECT options->>'base_url' FROM crm_sync.sources").fetchone()[0] == hubspot.url
+    # The same host with another path is the same host.
+    db.execute("SELECT crm_sync.alter_source('hs', options => %s)",
+               (psycopg.types.json.Jsonb({"base_url": hubspot.url + "/"}),))
+    # With new credentials it moves, and the old ones are dropped, not merged.
+    db.execute("SELECT crm_sync.alter_source('hs', options => %s, credentials => %s)",
+               (moved, psycopg.types.json.Jsonb({"access_token": "pat-new-host"})))
+    assert db.execute("SELECT credentials FROM crm_sync.credentials").fetchone()[0] == \
+        {"access_token": "pat-new-host"}
+
+
+def test_salesforce_credentials_follow_the_login_host(db, salesforce):
+    from conftest import create_sf_source
+    create_sf_source(db, salesforce)
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
+        db.execute("SELECT crm_sync.alter_source('sf', options => %s)",
+                   (psycopg.types.json.Jsonb({"login_url": "https://test.salesforce.com"}),))
+    assert "changing login_url" in str(e.value)
+    # New credentials must stand on their own: the stored refresh token and
+    # secret are not kept for the new host.
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        db.execute("SELECT crm_sync.alter_source('sf', options => %s, credentials => %s)",
+                   (psycopg.types.json.Jsonb({"login_url": "https://test.salesforce.com"}),
+                    psycopg.types.json.Jsonb({"client_id": "3MVG9other"})))
+
+
+def test_credentials_by_reference_stay_out_of_sql_text(db, connect, hubspot):
+    """A superuser can store a credential as a reference to a file (or an
+    environment variable) of the server: the token is read when the source
+    is checked and synced, and never appears in SQL text or the catalog."""
+    import os
+    import pwd
+    import uuid
+    path = f"/tmp/crm_sync_secret_{uuid.uuid4().hex[:8]}"
+    with open(path, "w") as f:
+        f.write(TOKEN + "\n")
+    pg = pwd.getpwnam("postgres")
+    os.chown(path, pg.pw_uid, pg.pw_gid)
+    os.chmod(path, 0o600)
+    try:
+        ref = psycopg.types.json.Jsonb({"access_token": {"file": path}})
+        db.execute("SELECT crm_sync.create_source('hs', 'hubspot', %s, %s)",
+                   (psycopg.types.json.Jsonb({"base_url": hubspot.url}), ref))
+        assert sync(db, stream="deals")["deals"]["records_upserted"] == 40
+        assert db.execute("SELECT credentials FROM crm_sync.credentials").fetchone()[0] == \
+            {"access_token": {"file": path}}
+        # A bad token read from the file is scrubbed from errors like any.
+        with open(path, "w") as f:
+            f.write("pat-from-file-wrong\n")
+        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification) as e:
+            sync(db, stream="deals", full_refresh=True)
+        assert "pat-from-file-wrong" not in str(e.value)
+        # A missing variable is named when the reference is given.
+        with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
+            db.execute("SELECT crm_sync.alter_source('hs', credentials => %s)",
+                       (psycopg.types.json.Jsonb({"access_token": {"env": "CRM_SYNC_NO_SUCH_VARIABLE"}}),))
+        assert "environment variable CRM_SYNC_NO_SUCH_VARIABLE: not set" in str(e.value)
+    finally:
+        os.unlink(path)
+    # Only a superuser may store a reference (it reads the server's files).
+    db.execute("CREATE ROLE sec_ref_admin LOGIN")
+    db.execute("SELECT crm_sync.grant_access('sec_ref_admin', 'admin')")
+    a = connect(user="sec_ref_admin")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege) as e:
+        a.execute("SELECT crm_sync.create_source('hs2', 'hubspot', %s, %s)",
+                  (psycopg.types.json.Jsonb({"base_url": hubspot.url}),
+                   psycopg.types.json.Jsonb({"access_token": {"file": "/etc/passwd"}})))
+    assert "only a superuser may give credentials by reference" in str(e.value)

@@ -140,12 +140,14 @@ def test_each_role_sees_the_schedules_of_its_own_cron_jobs(jobs_connect, hubspot
     c.execute("CREATE ROLE status_ops LOGIN")
     c.execute("CREATE ROLE status_viewer LOGIN")
     c.execute("GRANT USAGE ON SCHEMA cron TO status_ops, status_viewer")
+    c.execute("SELECT crm_sync.grant_access('status_ops', 'read')")
+    c.execute("SELECT crm_sync.grant_access('status_viewer', 'read')")
     try:
         c.execute("SET ROLE status_ops")
         c.execute("SELECT cron.schedule('ops-hs', '0 0 1 1 *', $$SELECT crm_sync.sync_async('hs')$$)")
-        # A role without any grant of pg_crm_sync's reads the status, and
-        # sees its own cron job's schedule (pg_cron's settings are read
-        # for it: they are superuser-only).
+        # A role with the read level sees the status, and its own cron
+        # job's schedule (pg_cron's settings are read for it: they are
+        # superuser-only).
         s = status(c)
         assert s["contacts"]["schedule"] == "pg_cron ops-hs: 0 0 1 1 *"
         assert s["contacts"]["next_run_at"] is not None
@@ -162,5 +164,7 @@ def test_each_role_sees_the_schedules_of_its_own_cron_jobs(jobs_connect, hubspot
         c.execute("RESET ROLE")
         c.execute("SELECT cron.unschedule(jobid) FROM cron.job WHERE username = 'status_ops'")
         c.execute("REVOKE USAGE ON SCHEMA cron FROM status_ops, status_viewer")
+        c.execute("SELECT crm_sync.revoke_access('status_ops')")
+        c.execute("SELECT crm_sync.revoke_access('status_viewer')")
         c.execute("DROP ROLE status_ops")
         c.execute("DROP ROLE status_viewer")

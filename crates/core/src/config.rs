@@ -238,3 +238,145 @@ pub fn int(opts: &Map<String, Value>, key: &str, min: u64, max: u64) -> Result<O
         },
     }
 }
+
+/// A credential given by reference, so that its value never appears in SQL
+/// text (statement logs, `pg_stat_activity`): read where the server runs,
+/// each time it is used. Only a superuser may store one (it reads the
+/// server's environment and files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    /// `{"env": "NAME"}`: an environment variable of the server process.
+    Env(String),
+    /// `{"file": "/path"}`: a file the server can read (trailing newline
+    /// dropped).
+    File(String),
+}
+
+impl SecretRef {
+    /// The reference a credential value is, if it is one; `Err` for an
+    /// object that is no valid reference.
+    pub fn of(key: &str, v: &Value) -> Option<Result<SecretRef>> {
+        let m = v.as_object()?;
+        let bad = |why: &str| {
+            Some(Err(CrmError::config(format!(
+                "credentials.{key} is not a valid reference: {why}"
+            ))
+            .with_hint(
+                "Give a value, {\"env\": \"VARIABLE\"} (the server's environment) or {\"file\": \"/absolute/path\"} (a file the server can read).",
+            )))
+        };
+        if m.len() != 1 {
+            return bad("one key, env or file");
+        }
+        match m.iter().next() {
+            Some((k, Value::String(name))) if k == "env" => {
+                let ok = name
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if ok {
+                    Some(Ok(SecretRef::Env(name.clone())))
+                } else {
+                    bad("an environment variable name is letters, digits and _")
+                }
+            }
+            Some((k, Value::String(path))) if k == "file" => {
+                if path.starts_with('/') {
+                    Some(Ok(SecretRef::File(path.clone())))
+                } else {
+                    bad("the file's path must be absolute")
+                }
+            }
+            _ => bad("one key, env or file, with a string"),
+        }
+    }
+}
+
+/// Whether any credential is given by reference.
+pub fn has_secret_refs(credentials: &Value) -> bool {
+    credentials
+        .as_object()
+        .is_some_and(|m| m.iter().any(|(k, v)| SecretRef::of(k, v).is_some()))
+}
+
+/// The credentials with every reference replaced by what `read` finds for
+/// it; errors name the key and the reference, never a value.
+pub fn resolve_secrets(
+    credentials: &Value,
+    read: &mut dyn FnMut(&SecretRef) -> std::result::Result<String, String>,
+) -> Result<Value> {
+    let Some(m) = credentials.as_object() else {
+        return Ok(credentials.clone());
+    };
+    let mut out = Map::new();
+    for (k, v) in m {
+        let value = match SecretRef::of(k, v) {
+            None => v.clone(),
+            Some(r) => {
+                let r = r?;
+                let found = read(&r).map_err(|why| {
+                    let what = match &r {
+                        SecretRef::Env(n) => format!("environment variable {n}"),
+                        SecretRef::File(p) => format!("file {p}"),
+                    };
+                    CrmError::config(format!("credentials.{k}: {what}: {why}"))
+                        .with_hint("Set it where the PostgreSQL server runs, or give the credential as a value.")
+                })?;
+                Value::String(found)
+            }
+        };
+        out.insert(k.clone(), value);
+    }
+    Ok(Value::Object(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn references_are_resolved_and_errors_name_no_value() {
+        let creds = json!({"client_id": "abc", "client_secret": {"env": "SF_SECRET"},
+                           "refresh_token": {"file": "/run/secrets/sf"}});
+        assert!(has_secret_refs(&creds));
+        assert!(!has_secret_refs(&json!({"access_token": "pat-1"})));
+        let mut seen = vec![];
+        let out = resolve_secrets(&creds, &mut |r| {
+            seen.push(r.clone());
+            Ok(match r {
+                SecretRef::Env(_) => "s3cret".into(),
+                SecretRef::File(_) => "5Aep-token".into(),
+            })
+        })
+        .unwrap();
+        assert_eq!(
+            out,
+            json!({"client_id": "abc", "client_secret": "s3cret", "refresh_token": "5Aep-token"})
+        );
+        assert_eq!(seen.len(), 2);
+        let e = resolve_secrets(&json!({"access_token": {"env": "HS_TOKEN"}}), &mut |_| {
+            Err("not set in the server's environment".into())
+        })
+        .unwrap_err();
+        assert!(e
+            .message
+            .contains("credentials.access_token: environment variable HS_TOKEN: not set"));
+    }
+
+    #[test]
+    fn bad_references_say_why() {
+        for (v, why) in [
+            (json!({"env": "1BAD"}), "letters, digits"),
+            (json!({"env": "A;rm"}), "letters, digits"),
+            (json!({"file": "relative/path"}), "absolute"),
+            (json!({"env": "A", "file": "/b"}), "one key"),
+            (json!({"url": "http://x"}), "one key"),
+        ] {
+            let e = SecretRef::of("access_token", &v).unwrap().unwrap_err();
+            assert!(e.message.contains(why), "{v}: {}", e.message);
+        }
+        assert!(SecretRef::of("access_token", &json!("pat")).is_none());
+    }
+}

@@ -72,6 +72,10 @@ pub struct Provider {
     pub options: &'static [&'static str],
     /// Credential keys. Only these may hold secrets.
     pub credentials: &'static [&'static str],
+    /// Options naming a host the credentials are sent to, with their
+    /// defaults: changing one needs new credentials in the same call, so a
+    /// stored secret never reaches a new host.
+    pub hosts: &'static [(&'static str, &'static str)],
     /// Streams registered for a new source.
     pub streams: &'static [StreamDefaults],
     /// Fields synced for other objects (streams added by the user) when the

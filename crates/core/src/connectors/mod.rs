@@ -69,6 +69,26 @@ pub fn configure(
     Ok(Configured { provider, config })
 }
 
+/// The first host option of `provider` whose origin (scheme, host, port)
+/// differs between `old` and `new` options: its key and both origins.
+pub fn host_change(
+    provider: &str,
+    old: &Value,
+    new: &Value,
+) -> Result<Option<(&'static str, String, String)>> {
+    let provider = find(provider)?;
+    let origin = |opts: &Value, key: &str, default: &str| {
+        let v = opts.get(key).and_then(Value::as_str).unwrap_or(default);
+        url::Url::parse(v)
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_else(|_| v.to_owned())
+    };
+    Ok(provider.hosts.iter().find_map(|(key, default)| {
+        let (a, b) = (origin(old, key, default), origin(new, key, default));
+        (a != b).then_some((*key, a, b))
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +133,51 @@ mod tests {
             e.message.contains("unknown option \"associations\""),
             "{}",
             e.message
+        );
+    }
+
+    #[test]
+    fn a_host_change_is_a_change_of_origin() {
+        let old = json!({"base_url": "https://api.hubapi.com"});
+        assert_eq!(host_change("hubspot", &old, &json!({})).unwrap(), None);
+        assert_eq!(
+            host_change(
+                "hubspot",
+                &old,
+                &json!({"base_url": "https://api.hubapi.com/"})
+            )
+            .unwrap(),
+            None
+        );
+        let (key, a, b) = host_change(
+            "hubspot",
+            &old,
+            &json!({"base_url": "https://evil.example"}),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (key, a.as_str(), b.as_str()),
+            ("base_url", "https://api.hubapi.com", "https://evil.example")
+        );
+        // http vs https, or another port, is another origin.
+        assert!(host_change(
+            "hubspot",
+            &old,
+            &json!({"base_url": "http://api.hubapi.com"})
+        )
+        .unwrap()
+        .is_some());
+        assert!(host_change(
+            "salesforce",
+            &json!({}),
+            &json!({"login_url": "https://login.salesforce.com:8443"})
+        )
+        .unwrap()
+        .is_some());
+        assert_eq!(
+            host_change("salesforce", &json!({}), &json!({"api_version": "60.0"})).unwrap(),
+            None
         );
     }
 

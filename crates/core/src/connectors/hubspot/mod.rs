@@ -24,6 +24,7 @@ pub const PROVIDER: Provider = Provider {
     name: "hubspot",
     options: &["base_url", "associations"],
     credentials: &["access_token"],
+    hosts: &[("base_url", DEFAULT_BASE_URL)],
     streams: STREAMS,
     // Objects may have hundreds of properties, all sent in the list URL:
     // only the id and modification time unless the user picks properties.

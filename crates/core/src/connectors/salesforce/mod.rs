@@ -59,6 +59,9 @@ pub const PROVIDER: Provider = Provider {
         "username",
         "private_key",
     ],
+    // Logins go to login_url; API calls to the instance_url the login
+    // returns for those credentials.
+    hosts: &[("login_url", DEFAULT_LOGIN_URL)],
     streams: STREAMS,
     other_objects: DefaultFields::All,
     check,
