@@ -40,6 +40,21 @@ COMMENT ON TABLE crm_sync.streams IS
 COMMENT ON COLUMN crm_sync.streams.properties IS
     'Properties synced into typed columns: NULL for the defaults, ''{*}'' for all, or a list of property names (custom ones included).';
 
+-- The column each property lands in: lower-cased, or cut and suffixed with
+-- a hash when too long for Postgres (63 bytes) or taken. Recorded once, so
+-- a column never moves.
+CREATE TABLE crm_sync.landing_columns (
+    source      text NOT NULL,
+    stream      text NOT NULL,
+    property    text NOT NULL,
+    column_name text NOT NULL,
+    PRIMARY KEY (source, stream, property),
+    UNIQUE (source, stream, column_name),
+    FOREIGN KEY (source, stream) REFERENCES crm_sync.streams (source, stream) ON DELETE CASCADE
+);
+COMMENT ON TABLE crm_sync.landing_columns IS
+    'The landing column of each synced property: its lower-cased name, or, when that is longer than 63 bytes or taken (names differing only in case), the name cut and suffixed with a hash. Never changes once recorded.';
+
 CREATE TABLE crm_sync.watermarks (
     source      text NOT NULL,
     stream      text NOT NULL,
@@ -81,6 +96,7 @@ SELECT pg_catalog.pg_extension_config_dump('crm_sync.sources', '');
 SELECT pg_catalog.pg_extension_config_dump('crm_sync.credentials', '');
 SELECT pg_catalog.pg_extension_config_dump('crm_sync.streams', '');
 SELECT pg_catalog.pg_extension_config_dump('crm_sync.watermarks', '');
+SELECT pg_catalog.pg_extension_config_dump('crm_sync.landing_columns', '');
 SELECT pg_catalog.pg_extension_config_dump('crm_sync.runs', '');
 SELECT pg_catalog.pg_extension_config_dump('crm_sync.runs_run_id_seq', '');
 

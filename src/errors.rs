@@ -118,12 +118,21 @@ pub fn secret_strings(v: &serde_json::Value) -> Vec<String> {
     }
 }
 
+/// Longest error text recorded in crm_sync.runs and crm_sync.jobs (and
+/// sent in NOTIFY payloads): a CRM's error message is the remote server's
+/// text, of any length.
+const MAX_RECORDED_ERROR: usize = 2000;
+
+fn bounded(s: String) -> String {
+    crm_sync_core::error::bounded_text(&s, MAX_RECORDED_ERROR)
+}
+
 /// What a run that failed (or was cancelled) reports, and how to raise it
 /// again once it is recorded.
 pub struct Failure {
     /// `failed` or `cancelled`, as crm_sync.runs and crm_sync.jobs say.
     pub status: &'static str,
-    /// Scrubbed of secrets.
+    /// Scrubbed of secrets, and bounded in length.
     pub message: String,
     pub code: PgSqlErrorCode,
     pub rethrow: Rethrow,
@@ -141,7 +150,7 @@ impl Failure {
     pub fn of_error(e: &CrmError, ctx: &Context) -> Failure {
         Failure {
             status: "failed",
-            message: message(e, ctx),
+            message: bounded(message(e, ctx)),
             code: sqlstate(e.kind),
             rethrow: Rethrow::Report(report(e, ctx)),
         }
@@ -155,9 +164,10 @@ impl Failure {
                 let (msg, code) = match caught.as_ref() {
                     CaughtError::PostgresError(r)
                     | CaughtError::ErrorReport(r)
-                    | CaughtError::RustPanic { ereport: r, .. } => {
-                        (scrub(r.message(), &ctx.secrets), r.sql_error_code())
-                    }
+                    | CaughtError::RustPanic { ereport: r, .. } => (
+                        bounded(scrub(r.message(), &ctx.secrets)),
+                        r.sql_error_code(),
+                    ),
                 };
                 let status = if code == PgSqlErrorCode::ERRCODE_QUERY_CANCELED {
                     "cancelled"

@@ -7,20 +7,11 @@ use std::collections::HashMap;
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 
+use crm_sync_core::columns::{self, SYSTEM_COLUMNS};
 use crm_sync_core::engine::{Sink, WriteStats};
 use crm_sync_core::source::Record;
 use crm_sync_core::types::{coerce_timestamp, pg_timestamp, PgType};
 use crm_sync_core::CrmError;
-
-/// Columns every landing table has besides one per property.
-const SYSTEM_COLUMNS: &[&str] = &[
-    "id",
-    "_raw",
-    "_updated_at",
-    "_deleted_at",
-    "_synced_at",
-    "_run_id",
-];
 
 /// How many bad values a run keeps as samples in crm_sync.runs.
 const WARNING_SAMPLES: usize = 10;
@@ -77,6 +68,112 @@ fn compression_clause() -> &'static str {
     }
 }
 
+/// What a stream's landing table has: its columns, the column recorded for
+/// each property (crm_sync.landing_columns), and how many attributes it
+/// has used (dropped ones count towards Postgres' 1,600).
+pub struct Landed {
+    pub columns: HashMap<String, PgType>,
+    pub recorded: HashMap<String, String>,
+    pub attributes: usize,
+}
+
+impl Landed {
+    pub fn load(source: &str, stream: &str) -> Landed {
+        let recorded = Spi::connect(|c| {
+            c.select(
+                "SELECT property, column_name FROM crm_sync.landing_columns
+                  WHERE source = $1 AND stream = $2",
+                None,
+                &[source.into(), stream.into()],
+            )
+            .expect("read crm_sync.landing_columns")
+            .filter_map(|r| Some((r.get::<String>(1).ok()??, r.get::<String>(2).ok()??)))
+            .collect()
+        });
+        let attributes = Spi::get_one_with_args::<i64>(
+            "SELECT count(*) FROM pg_catalog.pg_attribute a
+              WHERE a.attrelid = pg_catalog.to_regclass(pg_catalog.format('%I.%I', $1::text, $2::text))
+                AND a.attnum > 0",
+            &[source.into(), stream.into()],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(0) as usize;
+        Landed {
+            columns: existing_columns(source, stream),
+            recorded,
+            // A table to create will have its system columns.
+            attributes: attributes.max(SYSTEM_COLUMNS.len()),
+        }
+    }
+
+    /// Whether `property` has a column in the table (recorded, or from
+    /// before columns were recorded: its plain name).
+    pub fn has_column(&self, property: &str) -> bool {
+        let column = self
+            .recorded
+            .get(property)
+            .cloned()
+            .unwrap_or_else(|| columns::plain(property));
+        self.columns.contains_key(&column)
+    }
+}
+
+/// The columns of `fields` in the stream's landing table: recorded ones,
+/// and for new properties new unique names, recorded now (in the run's
+/// transaction). Second, the properties left without a column because the
+/// table is full (they stay in `_raw`).
+pub fn columns_for(
+    source: &str,
+    stream: &str,
+    landed: &Landed,
+    fields: &[crm_sync_core::source::Field],
+) -> Result<(Vec<Column>, Vec<String>), CrmError> {
+    let taken = landed.columns.keys().cloned().collect();
+    let props: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
+    let a = columns::assign(&landed.recorded, &taken, landed.attributes, &props);
+    if !a.new.is_empty() {
+        let (p, c): (Vec<String>, Vec<String>) = a.new.iter().cloned().unzip();
+        Spi::run_with_args(
+            "INSERT INTO crm_sync.landing_columns (source, stream, property, column_name)
+             SELECT $1, $2, u.p, u.c FROM unnest($3::text[], $4::text[]) u(p, c)
+             ON CONFLICT DO NOTHING",
+            &[source.into(), stream.into(), p.into(), c.into()],
+        )
+        .map_err(|e| CrmError::config(format!("cannot record landing columns: {e}")))?;
+    }
+    let column_of = |p: &str| {
+        landed
+            .recorded
+            .get(p)
+            .or_else(|| a.new.iter().find(|(q, _)| q == p).map(|(_, c)| c))
+            .cloned()
+    };
+    let cols = fields
+        .iter()
+        .filter_map(|f| {
+            column_of(&f.name).map(|column| Column {
+                property: f.name.clone(),
+                column,
+                pg_type: f.pg_type,
+            })
+        })
+        .collect();
+    Ok((cols, a.without_column))
+}
+
+/// The tablespace new tables of this database go to by default.
+fn database_tablespace() -> String {
+    Spi::get_one::<String>(
+        "SELECT t.spcname::text FROM pg_catalog.pg_tablespace t
+           JOIN pg_catalog.pg_database d ON d.dattablespace = t.oid
+          WHERE d.datname = pg_catalog.current_database()",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| "pg_default".to_owned())
+}
+
 /// Existing columns of `schema.table` and their types; empty if no table.
 pub fn existing_columns(schema: &str, table: &str) -> HashMap<String, PgType> {
     Spi::connect(|c| {
@@ -113,7 +210,13 @@ pub fn ensure_table(schema: &str, table: &str, wanted: &[Column]) -> Result<Vec<
         format!("{} {}{z}", qi(&c.column), c.pg_type.sql_name())
     };
     if existing.is_empty() {
-        let mut cols = vec!["id text PRIMARY KEY".to_owned()];
+        // The database's own tablespace and the heap, whatever the caller
+        // set default_tablespace and default_table_access_method to: the
+        // table belongs to the extension's owner.
+        let space = qi(&database_tablespace());
+        let mut cols = vec![format!(
+            "id text PRIMARY KEY USING INDEX TABLESPACE {space}"
+        )];
         for c in wanted {
             if !SYSTEM_COLUMNS.contains(&c.column.as_str()) {
                 cols.push(col_def(c));
@@ -127,7 +230,7 @@ pub fn ensure_table(schema: &str, table: &str, wanted: &[Column]) -> Result<Vec<
             "_run_id bigint".to_owned(),
         ]);
         Spi::run(&format!(
-            "CREATE TABLE {}.{} ({})",
+            "CREATE TABLE {}.{} ({}) USING heap TABLESPACE {space}",
             qi(schema),
             qi(table),
             cols.join(", ")

@@ -224,7 +224,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             dumped,
-            "crm.companies,crm.contacts,crm.deals,crm.merged_ids,crm_sync.access,crm_sync.checkpoints,crm_sync.credentials,crm_sync.field_priority,crm_sync.invalid_values,crm_sync.jobs,crm_sync.jobs_job_id_seq,crm_sync.mappings,crm_sync.match_rules,crm_sync.merge_state,crm_sync.runs,crm_sync.runs_run_id_seq,crm_sync.schedules,crm_sync.source_records,crm_sync.sources,crm_sync.streams,crm_sync.unified_ids,crm_sync.watermarks"
+            "crm.companies,crm.contacts,crm.deals,crm.merged_ids,crm_sync.access,crm_sync.checkpoints,crm_sync.credentials,crm_sync.field_priority,crm_sync.invalid_values,crm_sync.jobs,crm_sync.jobs_job_id_seq,crm_sync.landing_columns,crm_sync.mappings,crm_sync.match_rules,crm_sync.merge_state,crm_sync.runs,crm_sync.runs_run_id_seq,crm_sync.schedules,crm_sync.source_records,crm_sync.sources,crm_sync.streams,crm_sync.unified_ids,crm_sync.watermarks"
         );
     }
 
@@ -705,5 +705,22 @@ mod tests {
     fn an_unknown_access_level_is_an_error() {
         Spi::run("CREATE ROLE lvl2").unwrap();
         Spi::run("SELECT crm_sync.grant_access('lvl2', 'superuser')").unwrap();
+    }
+
+    #[pg_test]
+    fn landing_tables_ignore_the_callers_table_defaults() {
+        // A caller of a SECURITY DEFINER sync chooses its session's
+        // settings; the owner's landing table takes none of them.
+        create_demo();
+        Spi::run("CREATE ACCESS METHOD caller_heap TYPE TABLE HANDLER heap_tableam_handler")
+            .unwrap();
+        Spi::run("SET default_table_access_method = 'caller_heap'").unwrap();
+        landing_table();
+        let am = Spi::get_one::<String>(
+            "SELECT a.amname::text FROM pg_class c JOIN pg_am a ON a.oid = c.relam
+              WHERE c.oid = 'hs.contacts'::regclass",
+        )
+        .unwrap();
+        assert_eq!(am.as_deref(), Some("heap"));
     }
 }

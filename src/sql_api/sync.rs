@@ -166,7 +166,7 @@ pub fn discover(
         Some(s) => {
             // A typo in the list is what discover helps fix: show the
             // fields, none selected, rather than the error.
-            let landed = landing::existing_columns(source, &s.stream);
+            let landed = landing::Landed::load(source, &s.stream);
             select_fields(&cfg, s, &fields, &landed)
                 .map(|x| x.0)
                 .unwrap_or_default()
@@ -176,7 +176,7 @@ pub fn discover(
     let rows: Vec<_> = fields
         .into_iter()
         .map(|f| {
-            let sel = selected.iter().any(|c| c.property == f.name);
+            let sel = selected.iter().any(|c| c.name == f.name);
             (
                 f.name,
                 f.label,

@@ -1,14 +1,11 @@
 //! Which fields of a stream's CRM object land, and as which columns.
 
-use std::collections::HashMap;
-
 use crate::catalog::StreamRow;
-use crate::landing::Column;
+use crate::landing::Landed;
 use crate::txn::check_interrupts;
 use crm_sync_core::connectors::Configured;
 use crm_sync_core::runtime::block_on_interruptible;
-use crm_sync_core::source::{column_name, Connector, DefaultFields, Field};
-use crm_sync_core::types::PgType;
+use crm_sync_core::source::{Connector, DefaultFields, Field};
 use crm_sync_core::CrmError;
 
 /// The fields of `object`, as the CRM describes them now.
@@ -24,13 +21,9 @@ pub fn select_fields(
     cfg: &Configured,
     s: &StreamRow,
     fields: &[Field],
-    landed: &HashMap<String, PgType>,
-) -> Result<(Vec<Column>, Vec<String>), CrmError> {
-    let col = |f: &Field| Column {
-        property: f.name.clone(),
-        column: column_name(&f.name),
-        pg_type: f.pg_type,
-    };
+    landed: &Landed,
+) -> Result<(Vec<Field>, Vec<String>), CrmError> {
+    let col = |f: &Field| f.clone();
     match &s.properties {
         Some(list) if list.iter().any(|p| p == "*") => {
             Ok((fields.iter().map(col).collect(), vec![]))
@@ -46,7 +39,7 @@ pub fn select_fields(
                     .or_else(|| fields.iter().find(|f| f.name.eq_ignore_ascii_case(p)));
                 match found {
                     Some(f) => cols.push(col(f)),
-                    None if landed.contains_key(&column_name(p)) => gone.push(p.clone()),
+                    None if landed.has_column(p) => gone.push(p.clone()),
                     None => {
                         return Err(CrmError::config(format!("property \"{p}\" does not exist on {}", s.object)).with_hint(
                             "See crm_sync.discover(source, stream) for the properties, and fix crm_sync.streams.properties.",

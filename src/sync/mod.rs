@@ -72,6 +72,20 @@ pub fn load(source: &str) -> (SourceRow, Configured, Context) {
     (src, cfg, ctx)
 }
 
+/// The secrets of a source (its credentials, references read), to scrub
+/// from what a failure reports where `load`'s context is not at hand: a
+/// worker's last resort after a panic.
+pub fn secrets_of(source: &str) -> Vec<String> {
+    let Some(src) = catalog::load_source(source) else {
+        return vec![];
+    };
+    let mut out = errors::secret_strings(&src.credentials);
+    if let Ok(read) = secrets::resolve(&src.credentials) {
+        out.extend(errors::secret_strings(&read));
+    }
+    out
+}
+
 /// A stream's run that succeeded.
 pub struct Synced {
     pub run: RunRecord,

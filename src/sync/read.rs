@@ -64,13 +64,19 @@ pub fn read_stream(
     );
     let conn = cfg.connect(&http)?;
     let fields = fetch_fields(conn.as_ref(), &s.object)?;
-    let landed = landing::existing_columns(&src.name, &s.stream);
+    let landed = landing::Landed::load(&src.name, &s.stream);
     let (wanted, gone) = select_fields(cfg, s, &fields, &landed)?;
-    let columns = landing::ensure_table(&src.name, &s.stream, &wanted)?;
+    let (wanted_columns, without_column) =
+        landing::columns_for(&src.name, &s.stream, &landed, &wanted)?;
+    let columns = landing::ensure_table(&src.name, &s.stream, &wanted_columns)?;
     commit.step();
-    let read_fields: Vec<Field> = columns
+    // Properties without a column are read too: they land in _raw.
+    let read_fields: Vec<Field> = wanted
         .iter()
-        .filter_map(|c| fields.iter().find(|f| f.name == c.property).cloned())
+        .filter(|f| {
+            columns.iter().any(|c| c.property == f.name) || without_column.contains(&f.name)
+        })
+        .cloned()
         .collect();
     let fields_key = columns
         .iter()
@@ -159,6 +165,13 @@ pub fn read_stream(
     )?;
     drop(reader);
     let mut outcome = outcome;
+    if !without_column.is_empty() {
+        outcome.warnings.insert(0, format!(
+            "{} properties have no column (a table holds at most 1,600 columns) and are in _raw only: {}",
+            without_column.len(),
+            without_column.join(", ")
+        ));
+    }
     for p in gone.iter().rev() {
         outcome.warnings.insert(0, format!(
             "property {p} is listed in crm_sync.streams.properties but {} no longer has it (deleted, or hidden from this user); it is skipped and its column keeps the values already landed",

@@ -55,7 +55,7 @@ pub extern "C-unwind" fn crm_sync_job_main(arg: pg_sys::Datum) {
             let ctx = Context {
                 source: Some(job.source.clone()),
                 stream: job.stream.clone(),
-                secrets: vec![],
+                secrets: crate::sync::secrets_of(&job.source),
             };
             let f = Failure::of_panic(panic, &ctx);
             JobEnd {

@@ -301,3 +301,31 @@ def test_credentials_by_reference_stay_out_of_sql_text(db, connect, hubspot):
                   (psycopg.types.json.Jsonb({"base_url": hubspot.url}),
                    psycopg.types.json.Jsonb({"access_token": {"file": "/etc/passwd"}})))
     assert "only a superuser may give credentials by reference" in str(e.value)
+
+
+def test_long_property_names_sharing_a_prefix_land_in_columns_of_their_own(db, hubspot):
+    """Two HubSpot properties whose names share their first 63 bytes (where
+    Postgres cuts an identifier) used to fail the stream on every run with
+    "column already exists"; each now gets a stable column of its own."""
+    base = "hs_analytics_first_touch_converting_campaign_source_data_drill_down"
+    props = [base + "_one", base + "_two"]
+    for p in props:
+        hubspot.admin("POST", "/_mock/contacts/properties", {"name": p, "type": "string", "fieldType": "text"})
+    create_source(db, hubspot)
+    db.execute("UPDATE crm_sync.streams SET properties = %s WHERE stream = 'contacts'", (["email", *props],))
+    hubspot.upsert("contacts", [{"id": "1", "properties": {props[0]: "first", props[1]: "second"}}])
+    sync(db, stream="contacts")
+    cols = dict(db.execute("SELECT property, column_name FROM crm_sync.landing_columns "
+                           "WHERE stream = 'contacts'").fetchall())
+    assert cols["email"] == "email"
+    assert cols[props[0]] != cols[props[1]]
+    assert all(len(cols[p].encode()) <= 63 for p in props)
+    row = db.execute(f'SELECT "{cols[props[0]]}", "{cols[props[1]]}" FROM hs.contacts WHERE id = %s',
+                     ("1",)).fetchone()
+    assert row == ("first", "second")
+    # And again: the columns stay where they are.
+    hubspot.upsert("contacts", [{"id": "1", "properties": {props[1]: "changed"}}])
+    assert sync(db, stream="contacts")["contacts"]["status"] == "succeeded"
+    assert db.execute(f'SELECT "{cols[props[1]]}" FROM hs.contacts WHERE id = %s', ("1",)).fetchone()[0] == "changed"
+    assert dict(db.execute("SELECT property, column_name FROM crm_sync.landing_columns "
+                           "WHERE stream = 'contacts'").fetchall()) == cols

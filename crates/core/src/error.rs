@@ -39,6 +39,19 @@ pub struct CrmError {
     pub code: Option<Box<str>>,
 }
 
+/// `s` cut to `max` characters (with `…` when cut), control characters
+/// other than newline and tab dropped: a remote server's text made fit to
+/// record.
+pub fn bounded_text(s: &str, max: usize) -> String {
+    let keep = |c: &char| !c.is_control() || *c == '\n' || *c == '\t';
+    let mut kept = s.chars().filter(keep);
+    let mut out: String = kept.by_ref().take(max).collect();
+    if kept.next().is_some() {
+        out.push('…');
+    }
+    out
+}
+
 impl CrmError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         CrmError {
@@ -61,6 +74,26 @@ impl CrmError {
 
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = Some(detail.into());
+        self
+    }
+
+    /// The error with every occurrence of `secrets` (a session token, say)
+    /// in its texts replaced; secrets shorter than 4 characters are left.
+    pub fn redact(mut self, secrets: &[&str]) -> Self {
+        let scrub = |s: &mut String| {
+            for sec in secrets.iter().filter(|s| s.len() >= 4) {
+                if s.contains(sec) {
+                    *s = s.replace(sec, "[redacted]");
+                }
+            }
+        };
+        scrub(&mut self.message);
+        for t in [&mut self.detail, &mut self.hint, &mut self.endpoint]
+            .into_iter()
+            .flatten()
+        {
+            scrub(t);
+        }
         self
     }
 
@@ -93,3 +126,27 @@ impl fmt::Display for CrmError {
 impl std::error::Error for CrmError {}
 
 pub type Result<T, E = CrmError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_texts_are_bounded_and_cleaned() {
+        assert_eq!(bounded_text("short", 10), "short");
+        assert_eq!(bounded_text("abcdef", 3), "abc…");
+        assert_eq!(bounded_text("a\u{1b}[31mb\nc\u{0}", 10), "a[31mb\nc");
+        assert_eq!(bounded_text(&"é".repeat(5), 2), "éé…");
+    }
+
+    #[test]
+    fn redact_replaces_secrets_in_every_text() {
+        let e = CrmError::bad_response("token tok-123456 refused")
+            .with_detail("sent tok-123456")
+            .with_hint("rotate tok-123456")
+            .redact(&["tok-123456", "ab"]);
+        assert_eq!(e.message, "token [redacted] refused");
+        assert_eq!(e.detail.as_deref(), Some("sent [redacted]"));
+        assert_eq!(e.hint.as_deref(), Some("rotate [redacted]"));
+    }
+}

@@ -242,8 +242,3 @@ pub struct Field {
     /// True for fields the user (not the vendor) defined.
     pub custom: bool,
 }
-
-/// Turn a CRM field name into a landing column name (lower case).
-pub fn column_name(field: &str) -> String {
-    field.to_lowercase()
-}

@@ -133,3 +133,29 @@ fn plain_http_to_loopback_by_name_is_allowed() {
     let cfg = config(&format!("http://localhost:{port}"), json!({}));
     assert!(fields(&cfg).0.unwrap() > 0);
 }
+
+#[test]
+fn a_salesforce_session_token_never_reaches_an_error() {
+    let base = common::sf_start(crm_mock::salesforce::Options::default());
+    common::admin(
+        &base,
+        reqwest::Method::POST,
+        "/_mock/faults",
+        json!({"rules": [{"path_contains": "/describe", "kind": "echo_session", "count": 0}]}),
+    );
+    let cfg = common::sf_config(&base, json!({}));
+    let http = HttpClient::new(cfg.config.http.clone()).unwrap();
+    let conn = cfg.connect(&http).unwrap();
+    let e = block_on_interruptible(conn.fields("Account"), &mut || {}).unwrap_err();
+    // The mock quoted "Bearer <session>" (in the error's detail); the
+    // session is gone from every text of the error.
+    let all = format!("{} | {:?} | {:?}", e.message, e.detail, e.hint);
+    assert!(
+        all.contains("Request with Bearer [redacted] was refused"),
+        "{all}"
+    );
+    assert_eq!(
+        all.matches("Bearer ").count(),
+        all.matches("Bearer [redacted]").count()
+    );
+}

@@ -469,15 +469,26 @@ impl Mock for SalesforceMock {
         "query_timeout",
         "500",
         "503",
+        "echo_session",
     ];
 
     fn base(&self) -> &Base<State> {
         &self.base
     }
 
-    fn fault(&self, kind: &str, _req: &Request) -> Option<Response> {
+    fn fault(&self, kind: &str, req: &Request) -> Option<Response> {
         Some(match kind {
             "invalid_session" => invalid_session(),
+            // An error whose message quotes the request's session token, as
+            // a misbehaving proxy or error page might.
+            "echo_session" => sf_error(
+                400,
+                "INVALID_QUERY_FILTER_OPERATOR",
+                &format!(
+                    "Request with {} was refused",
+                    req.header("authorization").unwrap_or("no Authorization")
+                ),
+            ),
             "request_limit" => request_limit(),
             "query_timeout" => sf_error(
                 400,

@@ -152,13 +152,16 @@ impl<'a> Api<'a> {
                     &transient,
                     retries,
                 )
-                .await?;
+                .await
+                .map_err(|e| e.redact(&[&s.access_token]))?;
             if resp.status == StatusCode::UNAUTHORIZED && !fresh {
                 // INVALID_SESSION_ID: the session timed out or was revoked.
                 fresh = true;
                 continue;
             }
-            return check_status(&endpoint, resp);
+            // The session token is no credential the SQL side knows to
+            // scrub: never let it reach an error.
+            return check_status(&endpoint, resp).map_err(|e| e.redact(&[&s.access_token]));
         }
     }
 
