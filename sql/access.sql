@@ -94,6 +94,7 @@ BEGIN
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', f, r::text);
     END LOOP;
     EXECUTE format('GRANT INSERT, UPDATE, DELETE ON crm_sync.mappings, crm_sync.match_rules, crm_sync.field_priority TO %I', r::text);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION crm_sync._check_mapping(text, text, text, text) TO %I', r::text);
     EXECUTE format('GRANT UPDATE (enabled, properties) ON crm_sync.streams TO %I', r::text);
     EXECUTE format('GRANT DELETE ON crm_sync.checkpoints TO %I', r::text);
 END
@@ -184,6 +185,20 @@ COMMENT ON FUNCTION crm_sync.discover(text, text) IS
     'The fields of a stream''s CRM object (or of any object, by its CRM name), the column type each lands as, and whether it is synced.';
 COMMENT ON FUNCTION crm_sync.discover(text) IS
     'The objects of a source''s CRM account that can be synced, and the stream that syncs each.';
+
+-- Mappings are SQL the merge evaluates as the owner: each written one must
+-- be a single expression that compiles against the landing tables it is
+-- for (crm_sync._check_mapping). The shipped ones are in already.
+CREATE FUNCTION crm_sync._check_mapping_row() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    PERFORM crm_sync._check_mapping(NEW.provider, NEW.object, NEW.source, NEW.expression);
+    RETURN NEW;
+END
+$fn$;
+CREATE TRIGGER mappings_check BEFORE INSERT OR UPDATE OF provider, object, source, expression
+    ON crm_sync.mappings FOR EACH ROW EXECUTE FUNCTION crm_sync._check_mapping_row();
 
 -- PUBLIC: USAGE on crm_sync to reach the cleaners, EXECUTE on the pure
 -- cleaners, nothing else: no table, view or other function.

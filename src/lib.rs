@@ -81,4 +81,9 @@ pub mod pg_test {
     }
 }
 
-pgrx::extension_sql_file!("../sql/access.sql", name = "access", finalize);
+pgrx::extension_sql_file!(
+    "../sql/access.sql",
+    name = "access",
+    requires = [sql_api::model::check_mapping],
+    finalize
+);

@@ -723,4 +723,37 @@ mod tests {
         .unwrap();
         assert_eq!(am.as_deref(), Some("heap"));
     }
+
+    fn map_title(expression: &str) {
+        Spi::run_with_args(
+            "INSERT INTO crm_sync.mappings (provider, object, entity, field, expression, source)
+             VALUES ('hubspot', 'contacts', 'contact', 'title', $1, 'hs')",
+            &[expression.into()],
+        )
+        .unwrap();
+    }
+
+    #[pg_test(error = "mapping of hubspot contacts: it is more than one statement")]
+    fn a_mapping_cannot_smuggle_a_statement() {
+        create_demo();
+        map_title("r.id); DROP TABLE crm_sync.runs; SELECT (1");
+    }
+
+    #[pg_test(
+        error = "mapping of hubspot contacts: it is more than one expression (a FROM, a second column, a set operation...)"
+    )]
+    fn a_mapping_is_one_expression() {
+        create_demo();
+        map_title("1) FROM pg_authid WHERE (true");
+    }
+
+    #[pg_test(
+        error = "mapping of hubspot contacts: the expression does not compile against hs.contacts: column r.emial does not exist"
+    )]
+    fn a_mapping_compiles_against_its_landing_tables() {
+        create_demo();
+        landing_table();
+        map_title("lower(r.email) -- a comment ends with its line");
+        map_title("upper(r.emial)");
+    }
 }

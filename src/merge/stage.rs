@@ -98,7 +98,8 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool) -> (Vec<i64>, i64) {
         );
         return (vec![], 0);
     }
-    let exprs: Vec<String> = s.exprs.iter().map(|e| format!("({e})::text")).collect();
+    // On lines of their own: a trailing comment in one ends with its line.
+    let exprs: Vec<String> = s.exprs.iter().map(|e| format!("(\n{e}\n)::text")).collect();
     let since = if full { 0 } else { s.merged_run };
     // Keyset pages, each in its own SPI connection, so that memory is
     // given back after every page however large the stream.

@@ -264,8 +264,12 @@ def test_a_full_rebuild_gives_the_same_model(db, both):
 
 def test_a_broken_user_mapping_does_not_fail_the_sync(db, both):
     hs, _ = both
+    # A mapping is checked when written; it breaks later when the column
+    # it reads is dropped.
+    db.execute("ALTER TABLE hs.contacts ADD COLUMN no_such_column text")
     db.execute("""INSERT INTO crm_sync.mappings (provider, object, entity, field, expression, source)
                   VALUES ('hubspot', 'contacts', 'contact', 'owner', 'r.no_such_column', 'hs')""")
+    db.execute("ALTER TABLE hs.contacts DROP COLUMN no_such_column")
     hs.upsert("contacts", [{"properties": {"email": "new@z.example", "firstname": "New"}}])
     notices = []
     db.add_notice_handler(lambda d: notices.append(d.message_primary))

@@ -329,3 +329,25 @@ def test_long_property_names_sharing_a_prefix_land_in_columns_of_their_own(db, h
     assert db.execute(f'SELECT "{cols[props[1]]}" FROM hs.contacts WHERE id = %s', ("1",)).fetchone()[0] == "changed"
     assert dict(db.execute("SELECT property, column_name FROM crm_sync.landing_columns "
                            "WHERE stream = 'contacts'").fetchall()) == cols
+
+
+def test_mappings_are_checked_when_written(db, connect, hubspot):
+    """A mapping is SQL the merge runs as the owner: an admin may write one,
+    but only one expression that compiles against its landing tables; a
+    smuggled statement is refused before anything runs."""
+    create_source(db, hubspot)
+    sync(db, stream="contacts")
+    db.execute("CREATE ROLE sec_mapper LOGIN")
+    db.execute("SELECT crm_sync.grant_access('sec_mapper', 'admin')")
+    a = connect(user="sec_mapper")
+    insert = ("INSERT INTO crm_sync.mappings (provider, object, entity, field, expression, source) "
+              "VALUES ('hubspot', 'contacts', 'contact', 'title', %s, 'hs')")
+    for expr, why in (("r.id); DELETE FROM crm_sync.runs; SELECT (1", "more than one statement"),
+                      ("r.id) FROM crm_sync.credentials WHERE (true", "more than one expression"),
+                      ("r.no_such_column", "does not compile against hs.contacts")):
+        with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
+            a.execute(insert, (expr,))
+        assert why in str(e.value), expr
+    assert db.execute("SELECT count(*) FROM crm_sync.runs").fetchone()[0] == 1, "nothing was run"
+    a.execute(insert, ("upper(r._raw->'properties'->>'jobtitle')",))
+    assert sync(db, stream="contacts")["contacts"]["status"] == "succeeded"
