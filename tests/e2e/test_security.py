@@ -351,3 +351,14 @@ def test_mappings_are_checked_when_written(db, connect, hubspot):
     assert db.execute("SELECT count(*) FROM crm_sync.runs").fetchone()[0] == 1, "nothing was run"
     a.execute(insert, ("upper(r._raw->'properties'->>'jobtitle')",))
     assert sync(db, stream="contacts")["contacts"]["status"] == "succeeded"
+
+
+def test_a_paging_loop_is_stopped(db, hubspot):
+    """A listing whose cursors go round (a, b, a, ...) would keep a sync
+    reading forever; it stops with 08P01 when a cursor comes back."""
+    create_source(db, hubspot)
+    hubspot.fault(path_contains="/crm/v3/objects/deals", skip=0, count=0, kind="cursor_loop")
+    with pytest.raises(psycopg.errors.ProtocolViolation) as e:
+        sync(db, stream="deals")
+    assert "paging.next.after came back" in str(e.value)
+    assert last_run(db, "deals")[2] == "08P01"

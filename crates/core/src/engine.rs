@@ -85,6 +85,8 @@ pub fn run_with_progress(
     let mut next: Option<Next<'_>> = Some(source.next_page());
     let mut ready: Option<Result<Option<Page>>> = None;
     let mut dropped_count = 0;
+    // Pages read since the CRM first reported a total.
+    let mut pages_since_total = 0u64;
     loop {
         let page = match (ready.take(), next.as_mut()) {
             (Some(r), _) => r,
@@ -101,6 +103,15 @@ pub fn run_with_progress(
         // The first total a run sees covers the run's main query.
         if out.total.is_none() {
             out.total = page.total;
+        }
+        if let Some(t) = out.total {
+            pages_since_total += 1;
+            if pages_since_total > crate::paging::page_bound(t) {
+                return Err(crate::error::CrmError::bad_response(format!(
+                    "the CRM reported {t} matching records, but its pages went on past {pages_since_total}; stopping instead of paging forever"
+                ))
+                .with_hint("The API or something in between is looping; run the sync again later."));
+            }
         }
         // No request is in flight here: ask whether the reader dropped a
         // field (the CRM deleted it). Records read before hold its values:
@@ -320,6 +331,36 @@ mod tests {
         let mut sink = LogSink::default();
         run(&mut src, &mut sink, 100, &mut || {}).unwrap();
         assert_eq!(sink.0, ["write 1,2", "forget F", "write 3"]);
+    }
+
+    /// Pages of one record each that never end, claiming a total of 3.
+    struct Endless(u64);
+    impl PageSource for Endless {
+        fn next_page(&mut self) -> BoxFuture<'_, Result<Option<Page>>> {
+            self.0 += 1;
+            let page = Page {
+                records: vec![rec(&self.0.to_string(), 1)],
+                total: Some(3),
+            };
+            Box::pin(async move { Ok(Some(page)) })
+        }
+        fn watermark(&self) -> Option<String> {
+            None
+        }
+    }
+
+    #[test]
+    fn pages_past_what_the_total_allows_stop_the_run() {
+        let mut src = Endless(0);
+        let e = run(&mut src, &mut MemSink::default(), 10, &mut || {}).unwrap_err();
+        assert_eq!(e.kind, crate::ErrorKind::BadResponse);
+        assert!(
+            e.message.contains("reported 3 matching records"),
+            "{}",
+            e.message
+        );
+        // Stopped at the bound (2 x 3 + 100), not long after.
+        assert!(src.0 <= crate::paging::page_bound(3) + 2, "{}", src.0);
     }
 
     #[test]

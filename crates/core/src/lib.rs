@@ -17,6 +17,7 @@ pub mod engine;
 pub mod error;
 pub mod http;
 pub mod model;
+pub mod paging;
 pub mod runtime;
 pub mod source;
 pub mod types;

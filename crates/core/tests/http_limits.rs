@@ -159,3 +159,38 @@ fn a_salesforce_session_token_never_reaches_an_error() {
         all.matches("Bearer [redacted]").count()
     );
 }
+
+#[test]
+fn a_paging_cursor_that_comes_back_stops_the_run() {
+    let port = mock();
+    admin(
+        port,
+        "POST",
+        "/_mock/faults",
+        json!({"rules": [{"path_contains": "/crm/v3/objects/contacts", "kind": "cursor_loop", "count": 0}]}),
+    );
+    let cfg = config(&format!("http://127.0.0.1:{port}"), json!({}));
+    let http = HttpClient::new(cfg.config.http.clone()).unwrap();
+    let conn = cfg.connect(&http).unwrap();
+    let req = crm_sync_core::source::ReadRequest {
+        object: "contacts".into(),
+        fields: vec![],
+        mode: crm_sync_core::source::SyncMode::Full,
+        lookback: std::time::Duration::ZERO,
+        track_deletes: true,
+        resume: None,
+    };
+    let mut reader = block_on_interruptible(conn.reader(req), &mut || {}).unwrap();
+    let mut sink = common::Crashing::dying_after(0);
+    let e = crm_sync_core::engine::run(reader.as_mut(), &mut sink, 100, &mut || {}).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::BadResponse);
+    assert!(
+        e.message.contains("paging.next.after came back"),
+        "{}",
+        e.message
+    );
+    drop(reader);
+    // Pages answering loop-a, loop-b, then loop-a again: three, then the
+    // error (not a fourth request).
+    assert_eq!(http.api_calls(), 3);
+}

@@ -575,6 +575,7 @@ impl Mock for HubSpotMock {
         "bad_token",
         "missing_scopes",
         "association_error",
+        "cursor_loop",
     ];
 
     fn base(&self) -> &Base<State> {
@@ -601,6 +602,21 @@ impl Mock for HubSpotMock {
                 .to_string()
                 .into_bytes(),
             ),
+            // A list whose `after` cursors go round: a, b, a, ...
+            "cursor_loop" => {
+                let next = if req.param("after") == Some("loop-a") {
+                    "loop-b"
+                } else {
+                    "loop-a"
+                };
+                Response::json(
+                    200,
+                    json!({"results": [], "paging": {"next": {"after": next,
+                        "link": format!("{}?after={next}", req.path)}}})
+                    .to_string()
+                    .into_bytes(),
+                )
+            }
             _ => return None,
         })
     }

@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 use super::api::{add_associations, last_modified_property, HubSpot, SEARCH_PAGE_LIMIT};
 use crate::error::{CrmError, Result};
 use crate::http::server_date_ms;
+use crate::paging::Cursors;
 use crate::source::{BoxFuture, Page, PageSource, Record, SyncMode};
 use crate::types::{fmt_ts, parse_datetime};
 
@@ -52,6 +53,8 @@ pub struct HubSpotReader<'a> {
     lookback_ms: i64,
     /// Highest modification time known complete: the watermark to store.
     watermark_ms: Option<i64>,
+    /// `after` cursors followed in the list phases.
+    cursors: Cursors,
 }
 
 impl<'a> HubSpotReader<'a> {
@@ -101,6 +104,7 @@ impl<'a> HubSpotReader<'a> {
             track_deletes,
             lookback_ms,
             watermark_ms,
+            cursors: Cursors::default(),
         };
         if let Some(saved) = resume.and_then(|s| serde_json::from_str::<Checkpoint>(s).ok()) {
             // Only a position of this same kind of run; anything else (an
@@ -196,6 +200,9 @@ impl HubSpotReader<'_> {
                         .unwrap_or_else(|| Utc::now().timestamp_millis());
                     self.watermark_ms = Some(t0);
                 }
+                if let Some(a) = &next {
+                    self.cursors.follow("HubSpot's paging.next.after", a)?;
+                }
                 self.phase = match next {
                     Some(a) => Phase::List { after: Some(a) },
                     None if self.track_deletes => Phase::Archived { after: None },
@@ -218,6 +225,9 @@ impl HubSpotReader<'_> {
                         true,
                     )
                     .await?;
+                if let Some(a) = &next {
+                    self.cursors.follow("HubSpot's paging.next.after", a)?;
+                }
                 self.phase = match next {
                     Some(a) => Phase::Archived { after: Some(a) },
                     None if self.full => self.catch_up(),

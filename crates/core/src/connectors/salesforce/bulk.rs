@@ -30,6 +30,7 @@ use super::reader::{capped, RestReader};
 use super::soql;
 use crate::error::{CrmError, ErrorKind, Result};
 use crate::http::{body_excerpt, server_date_ms};
+use crate::paging::Cursors;
 use crate::source::{BoxFuture, Page, PageSource, ReadRequest, Record};
 use crate::types::{fmt_ts, parse_datetime};
 
@@ -77,6 +78,8 @@ pub struct BulkReader<'a> {
     /// The results being read are those of an interrupted run's job.
     resumed_job: bool,
     warnings: Vec<String>,
+    /// Result locators followed, to stop a server that sends one again.
+    locators: Cursors,
 }
 
 /// A resumable position (see the module docs); opaque to the engine.
@@ -149,6 +152,7 @@ impl<'a> BulkReader<'a> {
             deletes_only: false,
             resumed_job: false,
             warnings: vec![],
+            locators: Cursors::default(),
         }
     }
 
@@ -391,11 +395,10 @@ impl<'a> BulkReader<'a> {
                         .and_then(|v| v.to_str().ok())
                         .filter(|l| !l.is_empty() && *l != "null")
                         .map(str::to_owned);
-                    if next.is_some() && next == locator {
-                        return Err(CrmError::bad_response(
-                            "Salesforce returned the same Sforce-Locator twice; stopping instead of looping",
-                        )
-                        .with_endpoint(format!("GET {path}")));
+                    if let Some(l) = &next {
+                        self.locators
+                            .follow("Salesforce's Sforce-Locator", l)
+                            .map_err(|e| e.with_endpoint(format!("GET {path}")))?;
                     }
                     let records = self.parse_csv(&format!("GET {path}"), &resp.body)?;
                     drop(resp);

@@ -47,6 +47,7 @@ use super::describe::Describe;
 use super::soql;
 use crate::error::{CrmError, Result};
 use crate::http::server_date_ms;
+use crate::paging::Cursors;
 use crate::source::{BoxFuture, Page, PageSource, ReadRequest, Record, SyncMode};
 use crate::types::{fmt_ts, parse_datetime};
 
@@ -99,8 +100,8 @@ pub struct RestReader<'a> {
     /// The server's time when the current pass's query began: records
     /// stamped later may show values newer than the query's order.
     began: Option<DateTime<Utc>>,
-    /// The last `nextRecordsUrl` followed, to stop a server that repeats one.
-    last_url: Option<String>,
+    /// The `nextRecordsUrl`s followed, to stop a server that sends one again.
+    urls: Cursors,
     /// The last record the current pass returned (or, resuming, the one an
     /// interrupted run had): its cursor time and Id. `None` before the
     /// pass's first page, and when a record had no cursor time (then the
@@ -200,7 +201,7 @@ impl<'a> RestReader<'a> {
             dropped: vec![],
             cap: None,
             began: None,
-            last_url: None,
+            urls: Cursors::default(),
             after: None,
             unplaced: false,
         })
@@ -375,16 +376,11 @@ impl<'a> RestReader<'a> {
                 (pass, page)
             }
             Phase::More(pass, url) => {
-                if self.last_url.as_deref() == Some(url.as_str()) {
-                    return Err(CrmError::bad_response(
-                        "Salesforce returned the same nextRecordsUrl twice; stopping instead of looping",
-                    ));
-                }
+                self.urls.follow("Salesforce's nextRecordsUrl", &url)?;
                 let (p, _) = self
                     .api
                     .get_json::<QueryPage>(&url, &[], &self.headers())
                     .await?;
-                self.last_url = Some(url);
                 (pass, p)
             }
         };
