@@ -99,11 +99,15 @@ def test_background_workers_never_call_functions_planted_in_public(pg_cluster, j
     from conftest import wait_job, wait_until
     c = jobs_connect()
     create_source(c, hubspot)
-    c.execute("CREATE TABLE public.planted_calls (fn text)")
-    c.execute("GRANT INSERT ON public.planted_calls TO PUBLIC")
+    # The planter: a role with no access level that may create in public.
+    c.execute("CREATE ROLE sec_planter LOGIN")
+    c.execute("GRANT CREATE ON SCHEMA public TO sec_planter")
+    p = jobs_connect(user="sec_planter")
+    p.execute("CREATE TABLE public.planted_calls (fn text)")
+    p.execute("GRANT INSERT ON public.planted_calls TO PUBLIC")
     for sig, (ret, body) in PLANTED.items():
         name = sig.split("(")[0]
-        c.execute(f"CREATE FUNCTION public.{sig} RETURNS {ret} LANGUAGE sql AS "
+        p.execute(f"CREATE FUNCTION public.{sig} RETURNS {ret} LANGUAGE sql AS "
                   f"$$ INSERT INTO public.planted_calls VALUES ('{name}'); SELECT {body} $$")
     try:
         # The database's search_path puts public first: every new session
@@ -131,6 +135,9 @@ def test_background_workers_never_call_functions_planted_in_public(pg_cluster, j
         for sig in PLANTED:
             c.execute(f"DROP FUNCTION public.{sig}")
         c.execute("DROP TABLE public.planted_calls")
+        c.execute("REVOKE CREATE ON SCHEMA public FROM sec_planter")
+        p.close()
+        c.execute("DROP ROLE sec_planter")
 
 
 def test_a_role_without_a_level_sees_no_customer(db, connect, hubspot):
@@ -222,24 +229,27 @@ def test_a_job_runs_only_while_the_role_that_queued_it_may_sync(jobs_connect, hu
         c.execute("DROP ROLE sec_jobber")
 
 
-def test_credentials_follow_their_host(db, hubspot):
-    """Whoever may alter a source cannot send its stored token elsewhere by
-    changing its URL: a new host needs new credentials in the same call,
-    and gets none of the stored ones."""
+def test_credentials_follow_their_host(db, connect, hubspot):
+    """Whoever may alter a source (an admin role) cannot send its stored
+    token elsewhere by changing its URL: a new host needs new credentials
+    in the same call, and gets none of the stored ones."""
     create_source(db, hubspot)
+    db.execute("CREATE ROLE sec_mover LOGIN")
+    db.execute("SELECT crm_sync.grant_access('sec_mover', 'admin')")
+    mover = connect(user="sec_mover")
     moved = psycopg.types.json.Jsonb({"base_url": "https://collector.example"})
     with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
-        db.execute("SELECT crm_sync.alter_source('hs', options => %s)", (moved,))
+        mover.execute("SELECT crm_sync.alter_source('hs', options => %s)", (moved,))
     assert (f"changing base_url ({hubspot.url} → https://collector.example) needs new credentials "
             "in the same call") in str(e.value)
     assert "never sent to a new host" in e.value.diag.message_detail
     assert db.execute("SELECT options->>'base_url' FROM crm_sync.sources").fetchone()[0] == hubspot.url
     # The same host with another path is the same host.
-    db.execute("SELECT crm_sync.alter_source('hs', options => %s)",
-               (psycopg.types.json.Jsonb({"base_url": hubspot.url + "/"}),))
+    mover.execute("SELECT crm_sync.alter_source('hs', options => %s)",
+                  (psycopg.types.json.Jsonb({"base_url": hubspot.url + "/"}),))
     # With new credentials it moves, and the old ones are dropped, not merged.
-    db.execute("SELECT crm_sync.alter_source('hs', options => %s, credentials => %s)",
-               (moved, psycopg.types.json.Jsonb({"access_token": "pat-new-host"})))
+    mover.execute("SELECT crm_sync.alter_source('hs', options => %s, credentials => %s)",
+                  (moved, psycopg.types.json.Jsonb({"access_token": "pat-new-host"})))
     assert db.execute("SELECT credentials FROM crm_sync.credentials").fetchone()[0] == \
         {"access_token": "pat-new-host"}
 
