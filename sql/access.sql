@@ -39,40 +39,43 @@ SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     rank integer := (SELECT crm_sync._level_rank(a.level) FROM crm_sync.access a WHERE a.role = r);
+    -- The role's name as it is (regrole's text is quoted already: %I on
+    -- it would quote twice).
+    who name := (SELECT rolname FROM pg_roles WHERE oid = r);
     s text;
     f text;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE oid = r) THEN
+    IF who IS NULL THEN
         RETURN;  -- a dropped role
     END IF;
-    EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA crm_sync, crm FROM %I', r::text);
-    EXECUTE format('REVOKE ALL ON ALL FUNCTIONS IN SCHEMA crm_sync FROM %I', r::text);
-    EXECUTE format('REVOKE ALL ON SCHEMA crm FROM %I', r::text);
+    EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA crm_sync, crm FROM %I', who);
+    EXECUTE format('REVOKE ALL ON ALL FUNCTIONS IN SCHEMA crm_sync FROM %I', who);
+    EXECUTE format('REVOKE ALL ON SCHEMA crm FROM %I', who);
     FOR s IN SELECT n.nspname FROM crm_sync.sources src JOIN pg_namespace n ON n.nspname = src.name LOOP
-        EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA %I FROM %I', s, r::text);
-        EXECUTE format('REVOKE ALL ON SCHEMA %I FROM %I', s, r::text);
+        EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA %I FROM %I', s, who);
+        EXECUTE format('REVOKE ALL ON SCHEMA %I FROM %I', s, who);
     END LOOP;
     IF rank IS NULL THEN
         RETURN;
     END IF;
     -- read
-    EXECUTE format('GRANT USAGE ON SCHEMA crm TO %I', r::text);
-    EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA crm TO %I', r::text);
+    EXECUTE format('GRANT USAGE ON SCHEMA crm TO %I', who);
+    EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA crm TO %I', who);
     EXECUTE format('GRANT SELECT ON crm_sync.sources, crm_sync.streams, crm_sync.watermarks, crm_sync.runs,
                         crm_sync.jobs, crm_sync.checkpoints, crm_sync.schedules, crm_sync.progress, crm_sync.status,
                         crm_sync.quality, crm_sync.mappings, crm_sync.unified_fields, crm_sync.match_rules,
                         crm_sync.field_priority, crm_sync.source_records, crm_sync.unified_ids,
                         crm_sync.invalid_values, crm_sync.merge_state, crm_sync.access,
-                        crm_sync.landing_columns TO %I', r::text);
+                        crm_sync.landing_columns TO %I', who);
     FOREACH f IN ARRAY ARRAY['crm_sync._progress()', 'crm_sync._watermark_time(text)',
                              'crm_sync._cron_jobs()', 'crm_sync._cron_next(text, timestamptz)',
                              'crm_sync._cron_next_local(text, bigint, boolean)', 'crm_sync._cron_settings()',
                              'crm_sync._sync_calls(text)', 'crm_sync._level_rank(text)'] LOOP
-        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', f, r::text);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', f, who);
     END LOOP;
     FOR s IN SELECT n.nspname FROM crm_sync.sources src JOIN pg_namespace n ON n.nspname = src.name LOOP
-        EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', s, r::text);
-        EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA %I TO %I', s, r::text);
+        EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', s, who);
+        EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA %I TO %I', s, who);
     END LOOP;
     IF rank < 2 THEN
         RETURN;
@@ -82,7 +85,7 @@ BEGIN
                              'crm_sync.cancel(bigint)', 'crm_sync.wait(bigint, interval)',
                              'crm_sync.schedule(text, interval, text)', 'crm_sync.unschedule(text)',
                              'crm_sync.discover(text)', 'crm_sync.discover(text, text)', 'crm_sync.merge(boolean)'] LOOP
-        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', f, r::text);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', f, who);
     END LOOP;
     IF rank < 3 THEN
         RETURN;
@@ -91,12 +94,12 @@ BEGIN
     FOREACH f IN ARRAY ARRAY['crm_sync.create_source(text, text, jsonb, jsonb)',
                              'crm_sync.alter_source(text, jsonb, jsonb)', 'crm_sync.drop_source(text, boolean)',
                              'crm_sync.add_stream(text, text, text, text[])'] LOOP
-        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', f, r::text);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', f, who);
     END LOOP;
-    EXECUTE format('GRANT INSERT, UPDATE, DELETE ON crm_sync.mappings, crm_sync.match_rules, crm_sync.field_priority TO %I', r::text);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION crm_sync._check_mapping(text, text, text, text) TO %I', r::text);
-    EXECUTE format('GRANT UPDATE (enabled, properties) ON crm_sync.streams TO %I', r::text);
-    EXECUTE format('GRANT DELETE ON crm_sync.checkpoints TO %I', r::text);
+    EXECUTE format('GRANT INSERT, UPDATE, DELETE ON crm_sync.mappings, crm_sync.match_rules, crm_sync.field_priority TO %I', who);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION crm_sync._check_mapping(text, text, text, text) TO %I', who);
+    EXECUTE format('GRANT UPDATE (enabled, properties) ON crm_sync.streams TO %I', who);
+    EXECUTE format('GRANT DELETE ON crm_sync.checkpoints TO %I', who);
 END
 $fn$;
 
@@ -115,10 +118,10 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
-    r regrole;
+    who name;
 BEGIN
-    FOR r IN SELECT a.role FROM crm_sync.access a JOIN pg_roles x ON x.oid = a.role LOOP
-        EXECUTE format('GRANT SELECT ON %s TO %I', t, r::text);
+    FOR who IN SELECT x.rolname FROM crm_sync.access a JOIN pg_roles x ON x.oid = a.role LOOP
+        EXECUTE format('GRANT SELECT ON %s TO %I', t, who);
     END LOOP;
 END
 $fn$;

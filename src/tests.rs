@@ -756,4 +756,16 @@ mod tests {
         map_title("lower(r.email) -- a comment ends with its line");
         map_title("upper(r.emial)");
     }
+
+    #[pg_test]
+    fn levels_reach_roles_whose_names_need_quoting() {
+        create_demo();
+        landing_table();
+        Spi::run(r#"CREATE ROLE "Sales Ops""#).unwrap();
+        Spi::run(r#"SELECT crm_sync.grant_access('"Sales Ops"', 'read')"#).unwrap();
+        assert!(may("Sales Ops", "table", "crm.contacts", "SELECT"));
+        assert!(may("Sales Ops", "table", "hs.contacts", "SELECT"));
+        Spi::run(r#"SELECT crm_sync.revoke_access('"Sales Ops"')"#).unwrap();
+        assert!(!may("Sales Ops", "table", "hs.contacts", "SELECT"));
+    }
 }
