@@ -193,7 +193,10 @@ COMMENT ON FUNCTION crm_sync.discover(text) IS
 -- be a single expression that compiles against the landing tables it is
 -- for (crm_sync._check_mapping). The shipped ones are in already.
 CREATE FUNCTION crm_sync._check_mapping_row() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql
+-- Parsed as the merge parses it (see merge::run).
+SET search_path = pg_catalog, pg_temp
+SET standard_conforming_strings = on
 AS $fn$
 BEGIN
     PERFORM crm_sync._check_mapping(NEW.provider, NEW.object, NEW.source, NEW.expression);

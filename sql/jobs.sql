@@ -35,7 +35,9 @@ COMMENT ON COLUMN crm_sync.jobs.attempts IS
     'Times a worker started the job; above 1 when a crash or restart interrupted it and it resumed from its checkpoint.';
 
 -- NOTIFY crm_sync with the job as JSON when it ends, whoever ends it (its
--- worker, the launcher, crm_sync.cancel()); delivered at commit.
+-- worker, the launcher, crm_sync.cancel()); delivered at commit. The error
+-- is cut to 1,000 characters: a payload must stay under 8,000 bytes, and a
+-- remote server's text may be four bytes a character.
 CREATE FUNCTION crm_sync._notify_job_end() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
@@ -43,7 +45,7 @@ BEGIN
     PERFORM pg_notify('crm_sync', json_build_object(
         'job_id', NEW.job_id, 'source', NEW.source, 'stream', NEW.stream,
         'status', NEW.status, 'records', NEW.records, 'run_ids', NEW.run_ids,
-        'error', left(NEW.error, 4000), 'finished_at', NEW.finished_at)::text);
+        'error', left(NEW.error, 1000), 'finished_at', NEW.finished_at)::text);
     RETURN NULL;
 END;
 $$;

@@ -27,6 +27,14 @@ BEGIN
             USING ERRCODE = 'duplicate_object',
                   HINT = 'Change it with crm_sync.alter_source(), or drop it first with crm_sync.drop_source().';
     END IF;
+    -- A schema named after a role is that role's "$user" schema, first in
+    -- its default search_path: landing tables would shadow its own.
+    IF EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = create_source.name) THEN
+        RAISE EXCEPTION 'source name "%" is the name of a role', name
+            USING ERRCODE = 'invalid_name',
+                  DETAIL = 'Its schema would come first in that role''s default search_path.',
+                  HINT = 'Choose another name.';
+    END IF;
     IF EXISTS (SELECT 1 FROM pg_namespace n WHERE n.nspname = create_source.name) THEN
         RAISE EXCEPTION 'schema "%" already exists', name
             USING ERRCODE = 'duplicate_schema',
@@ -103,6 +111,8 @@ RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
+DECLARE
+    who name;
 BEGIN
     DELETE FROM crm_sync.sources s WHERE s.name = drop_source.name;
     IF NOT FOUND THEN
@@ -112,7 +122,16 @@ BEGIN
     IF drop_data THEN
         EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', name);
     ELSE
-        RAISE NOTICE 'source "%" dropped; its landing tables remain in schema "%"', name, name;
+        -- The tables stay, the source's readers do not: access levels
+        -- reach only the schemas of sources, so a later revoke would miss
+        -- this one.
+        IF EXISTS (SELECT 1 FROM pg_namespace n WHERE n.nspname = drop_source.name) THEN
+            FOR who IN SELECT x.rolname FROM crm_sync.access a JOIN pg_roles x ON x.oid = a.role LOOP
+                EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA %I FROM %I', name, who);
+                EXECUTE format('REVOKE ALL ON SCHEMA %I FROM %I', name, who);
+            END LOOP;
+        END IF;
+        RAISE NOTICE 'source "%" dropped; its landing tables remain in schema "%", readable by its owner only', name, name;
     END IF;
     -- Its records leave the unified model (schema crm) now, as a sync's
     -- changes enter it, unless merging after syncs is off.

@@ -44,6 +44,10 @@ pub fn sqlstate_text(code: PgSqlErrorCode) -> String {
 
 pub fn scrub(s: &str, secrets: &[String]) -> String {
     let mut out = s.to_owned();
+    // Longest first: a secret inside another must not leave the other's
+    // tail behind.
+    let mut secrets: Vec<&String> = secrets.iter().collect();
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
     for sec in secrets {
         if sec.len() >= 4 {
             out = out.replace(sec.as_str(), "[redacted]");

@@ -768,4 +768,28 @@ mod tests {
         Spi::run(r#"SELECT crm_sync.revoke_access('"Sales Ops"')"#).unwrap();
         assert!(!may("Sales Ops", "table", "hs.contacts", "SELECT"));
     }
+
+    #[pg_test]
+    fn a_dropped_sources_tables_leave_the_levels() {
+        create_demo();
+        landing_table();
+        Spi::run("CREATE ROLE lvl3").unwrap();
+        Spi::run("SELECT crm_sync.grant_access('lvl3', 'read')").unwrap();
+        assert!(may("lvl3", "table", "hs.contacts", "SELECT"));
+        Spi::run("SET crm_sync.merge_after_sync = off").unwrap();
+        Spi::run("SELECT crm_sync.drop_source('hs')").unwrap();
+        // The table stays, for its owner only: revoke_access would no
+        // longer reach it.
+        assert!(!may("lvl3", "table", "hs.contacts", "SELECT"));
+        assert!(!may("lvl3", "schema", "hs", "USAGE"));
+    }
+
+    #[pg_test(error = "source name \"lvl4\" is the name of a role")]
+    fn a_source_is_not_named_after_a_role() {
+        Spi::run("CREATE ROLE lvl4").unwrap();
+        Spi::run(
+            "SELECT crm_sync.create_source('lvl4', 'hubspot', '{\"base_url\": \"http://127.0.0.1:9\"}', '{\"access_token\": \"t-123\"}')",
+        )
+        .unwrap();
+    }
 }

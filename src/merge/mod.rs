@@ -88,6 +88,10 @@ pub struct EntityStats {
 /// Merge every entity; `only` limits staging to one (source, stream).
 pub fn run(only: Option<(&str, &str)>, full: bool) -> Vec<EntityStats> {
     locks::merge_for_transaction();
+    // Mappings are parsed as their check parsed them, whatever the session
+    // set: a string literal must not turn into code, or a date into another
+    // date, between the check and the merge.
+    let saved = pin_parse_settings();
     let mut out = Vec::new();
     // The unified ids each entity's merge recomputed: records linked to
     // them (a contact's company, say) are linked again, whether the group
@@ -160,7 +164,45 @@ pub fn run(only: Option<(&str, &str)>, full: bool) -> Vec<EntityStats> {
              OR to_regclass(format('%I.%I', m.source, m.stream)) IS NULL",
     )
     .expect("forget merge state of gone streams");
+    restore_settings(saved);
     out
+}
+
+/// The settings that decide how a mapping parses and converts: set for
+/// this transaction; returns the values they had.
+fn pin_parse_settings() -> Vec<(&'static str, String)> {
+    [
+        ("standard_conforming_strings", "on"),
+        ("DateStyle", "ISO, MDY"),
+        ("IntervalStyle", "postgres"),
+    ]
+    .into_iter()
+    .map(|(name, value)| {
+        let old = Spi::get_one_with_args::<String>(
+            "SELECT pg_catalog.current_setting($1)",
+            &[name.into()],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+        set_setting(name, value);
+        (name, old)
+    })
+    .collect()
+}
+
+fn restore_settings(saved: Vec<(&'static str, String)>) {
+    for (name, value) in saved {
+        set_setting(name, &value);
+    }
+}
+
+fn set_setting(name: &str, value: &str) {
+    Spi::run_with_args(
+        "SELECT pg_catalog.set_config($1, $2, true)",
+        &[name.into(), value.into()],
+    )
+    .expect("set a merge setting");
 }
 
 /// Whether the planner's statistics know too few records of `entity` for

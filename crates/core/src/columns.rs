@@ -27,6 +27,9 @@ pub const SYSTEM_COLUMNS: &[&str] = &[
     "_run_id",
 ];
 
+/// Postgres' own system columns: no table column may take their names.
+pub const POSTGRES_SYSTEM_COLUMNS: &[&str] = &["ctid", "xmin", "xmax", "cmin", "cmax", "tableoid"];
+
 /// The plain column name of a property: its lower-cased name.
 pub fn plain(property: &str) -> String {
     property.to_lowercase()
@@ -82,7 +85,12 @@ pub fn assign(
 ) -> Assignment {
     let mut taken: HashSet<String> = taken.clone();
     taken.extend(known.values().cloned());
-    taken.extend(SYSTEM_COLUMNS.iter().map(|s| s.to_string()));
+    taken.extend(
+        SYSTEM_COLUMNS
+            .iter()
+            .chain(POSTGRES_SYSTEM_COLUMNS)
+            .map(|s| s.to_string()),
+    );
     // A column the table has for a property (a table landed before columns
     // were recorded) is that property's when its plain name matches.
     let mut new_props: Vec<&str> = properties
@@ -103,6 +111,7 @@ pub fn assign(
             && taken.contains(&c)
             && !recorded.contains(&c)
             && !SYSTEM_COLUMNS.contains(&c.as_str())
+            && !POSTGRES_SYSTEM_COLUMNS.contains(&c.as_str())
             && claimed.insert(c.clone())
         {
             out.new.push((p.to_string(), c));
@@ -188,6 +197,12 @@ mod tests {
         assert!(map["email"].starts_with("email_") && map["email"].len() == 14);
         assert!(map["_raw"].starts_with("_raw_"));
         assert!(map["ID"].starts_with("id_"));
+        // Postgres' own system columns are taken too.
+        let a = assign(&HashMap::new(), &HashSet::new(), 6, &["xmin", "ctid"]);
+        assert!(a
+            .new
+            .iter()
+            .all(|(p, c)| c.starts_with(&format!("{p}_")) && c.len() == p.len() + 9));
     }
 
     #[test]

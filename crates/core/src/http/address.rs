@@ -78,10 +78,17 @@ fn canonical(ip: IpAddr) -> IpAddr {
                 return IpAddr::V4(v4);
             }
             let s = v6.segments();
-            // 64:ff9b::/96, the well-known NAT64 prefix.
-            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-                let o = v6.octets();
-                return IpAddr::V4(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
+            let o = v6.octets();
+            let v4 = || IpAddr::V4(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
+            // 64:ff9b::/96 (well-known NAT64), 64:ff9b:1::/48 (local-use
+            // NAT64), ::ffff:0:a.b.c.d (SIIT), ::a.b.c.d (IPv4-compatible,
+            // deprecated; :: and ::1 themselves excepted).
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+                || s[..3] == [0x64, 0xff9b, 1]
+                || s[..6] == [0, 0, 0, 0, 0xffff, 0]
+                || (s[..6] == [0, 0, 0, 0, 0, 0] && u128::from(v6) > 1)
+            {
+                return v4();
             }
             IpAddr::V6(v6)
         }
@@ -121,6 +128,11 @@ pub fn is_internal(ip: IpAddr) -> bool {
                 || a == Ipv6Addr::UNSPECIFIED
         }
     }
+}
+
+/// Whether `ip` is loopback, IPv4 written as IPv6 included.
+pub fn is_loopback(ip: IpAddr) -> bool {
+    canonical(ip).is_loopback()
 }
 
 /// Whether a connection to `ip` is allowed; `loopback_ok` for a plain
@@ -169,6 +181,9 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
             "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::a9fe:a9fe",
+            "::ffff:0:a00:1",
+            "::a9fe:a9fe",
             "2001:db8::1",
         ] {
             assert!(is_internal(ip(bad)), "{bad}");

@@ -91,6 +91,7 @@ impl HttpClient {
         let resolver = Arc::new(Resolver {
             allowed_networks: settings.allowed_networks.clone(),
             http_hosts: http_hosts.clone(),
+            allow_insecure_http: settings.allow_insecure_http,
         });
         let client = reqwest::Client::builder()
             .use_rustls_tls()
@@ -98,6 +99,9 @@ impl HttpClient {
             // A redirect could send a request, and its token, to another
             // host, or from https to http: it is an error instead.
             .redirect(reqwest::redirect::Policy::none())
+            // A proxy from the server's environment (HTTPS_PROXY...) would
+            // resolve the CRM's host itself, past the address check.
+            .no_proxy()
             .dns_resolver(resolver)
             .gzip(true)
             .timeout(settings.timeout)
@@ -285,7 +289,7 @@ impl HttpClient {
             Some(Host::Ipv4(a)) => Some(IpAddr::V4(a)),
             Some(Host::Ipv6(a)) => Some(IpAddr::V6(a)),
             Some(Host::Domain(d)) => {
-                if http {
+                if http && !self.settings.allow_insecure_http {
                     if let Ok(mut hosts) = self.http_hosts.lock() {
                         hosts.insert(d.to_ascii_lowercase());
                     }
@@ -307,6 +311,7 @@ impl HttpClient {
 struct Resolver {
     allowed_networks: Vec<Network>,
     http_hosts: Arc<Mutex<HashSet<String>>>,
+    allow_insecure_http: bool,
 }
 
 /// A host name that resolved only to addresses a request may not reach.
@@ -328,18 +333,28 @@ impl Resolve for Resolver {
     fn resolve(&self, name: Name) -> Resolving {
         let host = name.as_str().to_ascii_lowercase();
         let nets = self.allowed_networks.clone();
-        let http = self
-            .http_hosts
-            .lock()
-            .map(|h| h.contains(&host))
-            .unwrap_or(false);
+        // A name used with plain http (only ever to loopback, unless
+        // insecure http is allowed) must resolve to loopback, not to some
+        // public address that would get the token in the clear.
+        let loopback_only = !self.allow_insecure_http
+            && self
+                .http_hosts
+                .lock()
+                .map(|h| h.contains(&host))
+                .unwrap_or(false);
         Box::pin(async move {
             let found: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let ok: Vec<SocketAddr> = found
                 .iter()
                 .copied()
-                .filter(|a| address::allowed(a.ip(), &nets, http))
+                .filter(|a| {
+                    if loopback_only {
+                        address::is_loopback(a.ip())
+                    } else {
+                        address::allowed(a.ip(), &nets, false)
+                    }
+                })
                 .collect();
             match (ok.is_empty(), found.first()) {
                 (false, _) => Ok(Box::new(ok.into_iter()) as Addrs),
