@@ -91,7 +91,6 @@ impl HttpClient {
         let resolver = Arc::new(Resolver {
             allowed_networks: settings.allowed_networks.clone(),
             http_hosts: http_hosts.clone(),
-            allow_insecure_http: settings.allow_insecure_http,
         });
         let client = reqwest::Client::builder()
             .use_rustls_tls()
@@ -311,7 +310,6 @@ impl HttpClient {
 struct Resolver {
     allowed_networks: Vec<Network>,
     http_hosts: Arc<Mutex<HashSet<String>>>,
-    allow_insecure_http: bool,
 }
 
 /// A host name that resolved only to addresses a request may not reach.
@@ -336,12 +334,12 @@ impl Resolve for Resolver {
         // A name used with plain http (only ever to loopback, unless
         // insecure http is allowed) must resolve to loopback, not to some
         // public address that would get the token in the clear.
-        let loopback_only = !self.allow_insecure_http
-            && self
-                .http_hosts
-                .lock()
-                .map(|h| h.contains(&host))
-                .unwrap_or(false);
+        // (check_target records such names only while insecure http is off.)
+        let loopback_only = self
+            .http_hosts
+            .lock()
+            .map(|h| h.contains(&host))
+            .unwrap_or(false);
         Box::pin(async move {
             let found: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();

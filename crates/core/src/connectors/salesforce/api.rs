@@ -117,7 +117,6 @@ impl<'a> Api<'a> {
                         path.split('?').next().unwrap_or(path)
                     ))
                 })?;
-            self.http.check_url(&url)?;
             let retries = if retry {
                 self.http.settings().max_retries
             } else {
