@@ -68,7 +68,7 @@ curl -sf -X POST "$MOCK_URL/_mock/contacts/archive" -H 'content-type: applicatio
 curl -sf -X POST "$MOCK_URL/_mock/deals/upsert" -H 'content-type: application/json' \
     -d '{"records":[{"id":"1","properties":{"dealstage":"closedwon","amount":"125000"}}]}' >/dev/null
 
-run "SELECT stream, mode, status, records_upserted, records_deleted, api_calls, duration, watermark FROM crm_sync.sync('hubspot_demo')"
+run "SELECT stream, mode, status, records_read, records_upserted, records_unchanged, records_deleted, api_calls, duration, watermark FROM crm_sync.sync('hubspot_demo')"
 
 echo
 echo "== Meanwhile, in Salesforce: 2 accounts edited, 1 opportunity deleted"
@@ -76,9 +76,9 @@ ACC=$("${PSQL[@]}" -d crm_demo -At -c "SELECT string_agg(format('{\"Id\":\"%s\",
 OPP=$("${PSQL[@]}" -d crm_demo -At -c "SELECT id FROM sf_demo.opportunity WHERE _deleted_at IS NULL ORDER BY id LIMIT 1")
 curl -sf -X POST "$SF_URL/_mock/sf/Account/upsert" -H 'content-type: application/json' -d "{\"records\":[$ACC]}" >/dev/null
 curl -sf -X POST "$SF_URL/_mock/sf/Opportunity/delete" -H 'content-type: application/json' -d "{\"ids\":[\"$OPP\"]}" >/dev/null
-run "SELECT stream, mode, status, records_upserted, records_deleted, api_calls, duration, watermark FROM crm_sync.sync('sf_demo')"
+run "SELECT stream, mode, status, records_read, records_upserted, records_unchanged, records_deleted, api_calls, duration, watermark FROM crm_sync.sync('sf_demo')"
 run "SELECT id, email, firstname, lifecyclestage, phone, _deleted_at IS NOT NULL AS deleted, _run_id FROM hubspot_demo.contacts WHERE _run_id = (SELECT max(run_id) FROM crm_sync.runs WHERE source = 'hubspot_demo' AND stream = 'contacts') ORDER BY id::int"
-run "SELECT run_id, stream, mode, status, records, records_deleted, api_calls, finished_at - started_at AS took FROM crm_sync.runs ORDER BY run_id"
+run "SELECT run_id, stream, mode, status, records_read, records, records_unchanged, records_deleted, api_calls, finished_at - started_at AS took FROM crm_sync.runs ORDER BY run_id"
 
 echo
 echo "== In the background: queue a job, follow it, wait for it (a launcher worker runs it)"

@@ -66,7 +66,7 @@ BEGIN
                         crm_sync.quality, crm_sync.mappings, crm_sync.unified_fields, crm_sync.match_rules,
                         crm_sync.field_priority, crm_sync.source_records, crm_sync.unified_ids,
                         crm_sync.invalid_values, crm_sync.merge_state, crm_sync.access,
-                        crm_sync.landing_columns TO %I', who);
+                        crm_sync.landing_columns, crm_sync.removed_defaults TO %I', who);
     FOREACH f IN ARRAY ARRAY['crm_sync._progress()', 'crm_sync._watermark_time(text)',
                              'crm_sync._cron_jobs()', 'crm_sync._cron_next(text, timestamptz)',
                              'crm_sync._cron_next_local(text, bigint, boolean)', 'crm_sync._cron_settings()',

@@ -75,7 +75,9 @@ CREATE TABLE crm_sync.runs (
     status          text NOT NULL CHECK (status IN ('succeeded', 'failed', 'cancelled')),
     started_at      timestamptz NOT NULL,
     finished_at     timestamptz,
+    records_read    bigint NOT NULL DEFAULT 0,
     records         bigint NOT NULL DEFAULT 0,
+    records_unchanged bigint NOT NULL DEFAULT 0,
     records_deleted bigint NOT NULL DEFAULT 0,
     bytes           bigint NOT NULL DEFAULT 0,
     api_calls       bigint NOT NULL DEFAULT 0,
@@ -88,7 +90,9 @@ CREATE TABLE crm_sync.runs (
 CREATE INDEX runs_source_stream_started ON crm_sync.runs (source, stream, started_at DESC);
 COMMENT ON TABLE crm_sync.runs IS
     'One row per stream per sync run: what it did, or why it failed. Failed runs are recorded even though their transaction rolled back.';
-COMMENT ON COLUMN crm_sync.runs.records IS 'Rows inserted or changed (records read again unchanged are not counted).';
+COMMENT ON COLUMN crm_sync.runs.records_read IS 'Records received from the CRM (every page; a record on two pages counts twice). Far above records + records_unchanged + records_deleted, or far above what changed, means the run read more than it needed.';
+COMMENT ON COLUMN crm_sync.runs.records IS 'Rows inserted or changed.';
+COMMENT ON COLUMN crm_sync.runs.records_unchanged IS 'Records written again exactly as they were (a full refresh of unchanged data counts them all here).';
 COMMENT ON COLUMN crm_sync.runs.warnings IS 'Things that did not stop the run: values that did not fit their column (they stay in _raw) and fields the CRM no longer has. warning_samples shows the first few.';
 
 -- pg_dump keeps configuration and state.

@@ -344,7 +344,107 @@ CREATE TABLE crm_sync.merge_state (
     PRIMARY KEY (source, stream)
 );
 
+-- Shipped rows (is_default) are not dumped: CREATE EXTENSION puts them back.
+-- A user's change to one must survive pg_dump all the same, so editing a
+-- shipped row makes it the user's (is_default = false, dumped), and
+-- deleting one, editing it or replacing it leaves a tombstone of its key
+-- in crm_sync.removed_defaults (dumped). At restore, CREATE EXTENSION
+-- inserts the shipped rows first; then every tombstone and every user row
+-- loaded removes the shipped row of its key, in whichever order they come.
+CREATE TABLE crm_sync.removed_defaults (
+    tbl         text NOT NULL CHECK (tbl IN ('mappings', 'match_rules')),
+    key         text[] NOT NULL,
+    removed_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tbl, key)
+);
+COMMENT ON TABLE crm_sync.removed_defaults IS
+    'Shipped mappings and match rules a user edited, replaced or deleted (key: provider, object, field, source or ''''; or entity, name). Kept so that a restore, which reinstalls the shipped rows, removes them again. Written by triggers; dumped by pg_dump.';
+
+-- The key of a mappings or match_rules row.
+CREATE FUNCTION crm_sync._default_key(tbl text, r jsonb) RETURNS text[]
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE tbl
+        WHEN 'mappings' THEN ARRAY[r->>'provider', r->>'object', r->>'field', coalesce(r->>'source', '')]
+        ELSE ARRAY[r->>'entity', r->>'name'] END
+$$;
+
+-- A tombstone removes the shipped row of its key (AFTER INSERT). One
+-- already there is not written twice but keeps the earlier time: a restore
+-- loads user rows and tombstones in either order, and a user row loaded
+-- first has left a tombstone of its own (BEFORE INSERT).
+CREATE FUNCTION crm_sync._merge_tombstone() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE crm_sync.removed_defaults d SET removed_at = least(d.removed_at, NEW.removed_at)
+     WHERE d.tbl = NEW.tbl AND d.key = NEW.key;
+    IF FOUND THEN
+        RETURN NULL;
+    END IF;
+    RETURN NEW;
+END;
+$$;
+CREATE FUNCTION crm_sync._apply_tombstone() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NEW.tbl = 'mappings' THEN
+        DELETE FROM crm_sync.mappings m
+         WHERE m.is_default AND ARRAY[m.provider, m.object, m.field, coalesce(m.source, '')] = NEW.key;
+    ELSE
+        DELETE FROM crm_sync.match_rules m WHERE m.is_default AND ARRAY[m.entity, m.name] = NEW.key;
+    END IF;
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER removed_defaults_merge BEFORE INSERT ON crm_sync.removed_defaults
+    FOR EACH ROW EXECUTE FUNCTION crm_sync._merge_tombstone();
+CREATE TRIGGER removed_defaults_apply AFTER INSERT ON crm_sync.removed_defaults
+    FOR EACH ROW EXECUTE FUNCTION crm_sync._apply_tombstone();
+
+-- On mappings and match_rules: a shipped row updated becomes the user's; a
+-- user row inserted replaces the shipped row of its key (BEFORE). A shipped
+-- row updated or deleted leaves a tombstone of the key it had (AFTER: the
+-- row is no longer shipped then, so the tombstone removes nothing more).
+CREATE FUNCTION crm_sync._track_defaults() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        NEW.is_default := false;
+    ELSIF NOT NEW.is_default THEN
+        IF TG_TABLE_NAME = 'mappings' THEN
+            DELETE FROM crm_sync.mappings m
+             WHERE m.is_default AND m.provider = NEW.provider AND m.object = NEW.object
+               AND m.field = NEW.field AND coalesce(m.source, '') = coalesce(NEW.source, '');
+        ELSE
+            DELETE FROM crm_sync.match_rules m WHERE m.is_default AND m.entity = NEW.entity AND m.name = NEW.name;
+        END IF;
+    END IF;
+    RETURN NEW;
+END;
+$$;
+CREATE FUNCTION crm_sync._tombstone_default() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    INSERT INTO crm_sync.removed_defaults (tbl, key)
+    VALUES (TG_TABLE_NAME, crm_sync._default_key(TG_TABLE_NAME, pg_catalog.to_jsonb(OLD)));
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER mappings_track_defaults BEFORE INSERT OR UPDATE ON crm_sync.mappings
+    FOR EACH ROW EXECUTE FUNCTION crm_sync._track_defaults();
+CREATE TRIGGER match_rules_track_defaults BEFORE INSERT OR UPDATE ON crm_sync.match_rules
+    FOR EACH ROW EXECUTE FUNCTION crm_sync._track_defaults();
+CREATE TRIGGER mappings_tombstone AFTER UPDATE OR DELETE ON crm_sync.mappings
+    FOR EACH ROW WHEN (OLD.is_default) EXECUTE FUNCTION crm_sync._tombstone_default();
+CREATE TRIGGER match_rules_tombstone AFTER UPDATE OR DELETE ON crm_sync.match_rules
+    FOR EACH ROW WHEN (OLD.is_default) EXECUTE FUNCTION crm_sync._tombstone_default();
+
 SELECT pg_catalog.pg_extension_config_dump('crm_sync.mappings', 'WHERE NOT is_default');
+SELECT pg_catalog.pg_extension_config_dump('crm_sync.removed_defaults', '');
 SELECT pg_catalog.pg_extension_config_dump('crm_sync.match_rules', 'WHERE NOT is_default');
 SELECT pg_catalog.pg_extension_config_dump('crm.merged_ids', '');
 SELECT pg_catalog.pg_extension_config_dump('crm_sync.field_priority', '');

@@ -114,7 +114,13 @@ pub struct RunRecord {
     /// Epoch microseconds.
     pub started_at_us: i64,
     pub finished_at_us: i64,
+    /// Records received from the CRM (every page; a record read twice
+    /// counts twice).
+    pub records_read: i64,
+    /// Rows inserted or changed.
     pub records: i64,
+    /// Records written again as they were.
+    pub records_unchanged: i64,
     pub records_deleted: i64,
     pub bytes: i64,
     pub api_calls: i64,
@@ -129,9 +135,9 @@ pub fn insert_run(r: &RunRecord) {
     Spi::run_with_args(
         "INSERT INTO crm_sync.runs (run_id, source, stream, mode, status, started_at, finished_at,
                                     records, records_deleted, bytes, api_calls, warnings, warning_samples,
-                                    watermark, error, error_sqlstate)
+                                    watermark, error, error_sqlstate, records_read, records_unchanged)
          VALUES ($1, $2, $3, $4, $5, to_timestamp($6 / 1e6), to_timestamp($7 / 1e6),
-                 $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+                 $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
         &[
             r.run_id.into(),
             r.source.as_str().into(),
@@ -149,6 +155,8 @@ pub fn insert_run(r: &RunRecord) {
             r.watermark.clone().into(),
             r.error.clone().into(),
             r.error_sqlstate.clone().into(),
+            r.records_read.into(),
+            r.records_unchanged.into(),
         ],
     )
     .expect("write crm_sync.runs");

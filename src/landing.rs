@@ -491,6 +491,7 @@ impl Sink for SpiSink {
             upserted: upserted as u64,
             deleted: deleted as u64,
             warnings,
+            ..Default::default()
         })
     }
 }

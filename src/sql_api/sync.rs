@@ -12,7 +12,7 @@ use crate::txn::check_interrupts;
 use super::status::watermark_time;
 use crm_sync_core::http::HttpClient;
 use crm_sync_core::runtime::block_on_interruptible;
-use crm_sync_core::{CrmError, ErrorKind};
+use crm_sync_core::ErrorKind;
 
 /// Sync one stream, or every enabled stream, of `source` in this transaction.
 /// The rows and the new watermark commit together; on any error nothing of
@@ -31,7 +31,9 @@ pub fn sync(
         name!(stream, String),
         name!(mode, String),
         name!(status, String),
+        name!(records_read, i64),
         name!(records_upserted, i64),
+        name!(records_unchanged, i64),
         name!(records_deleted, i64),
         name!(api_calls, i64),
         name!(bytes_received, i64),
@@ -48,10 +50,12 @@ pub fn sync(
             Some(s) => vec![s],
             None => {
                 let known: Vec<&str> = streams.iter().map(|s| s.stream.as_str()).collect();
-                errors::raise(
-                    &CrmError::config(format!("stream \"{name}\" does not exist"))
-                        .with_hint(format!("Streams of this source: {}.", known.join(", "))),
-                    &ctx,
+                // 42704 (undefined_object), as docs/errors.md says and as
+                // sync_async and schedule raise it.
+                errors::fail(
+                    PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+                    format!("source \"{source}\": stream \"{name}\" does not exist"),
+                    Some(&format!("Streams of this source: {}.", known.join(", "))),
                 )
             }
         },
@@ -71,7 +75,9 @@ pub fn sync(
             s.stream.clone(),
             done.mode.to_owned(),
             run.status,
+            run.records_read,
             run.records,
+            run.records_unchanged,
             run.records_deleted,
             run.api_calls,
             run.bytes,

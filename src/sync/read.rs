@@ -30,6 +30,8 @@ pub struct Progress {
     pub bytes: Cell<u64>,
     /// Rows written and committed (background runs commit in batches).
     pub records: Cell<u64>,
+    /// Records received from the CRM so far.
+    pub read: Cell<u64>,
 }
 
 /// What a run that read its stream to the end did.
@@ -120,6 +122,7 @@ pub fn read_stream(
     let started = Instant::now();
     let mut last = Instant::now();
     let mut report = |o: &Outcome| {
+        progress.read.set(o.records_received);
         slot.update(
             o.records_received,
             o.pages,

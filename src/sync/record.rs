@@ -23,7 +23,9 @@ pub fn run_record(src: &str, s: &StreamRow, plan: &Plan, progress: &Progress) ->
         status: "succeeded".to_owned(),
         started_at_us: plan.started_us,
         finished_at_us: catalog::now_us(),
+        records_read: progress.read.get() as i64,
         records: progress.records.get() as i64,
+        records_unchanged: 0,
         records_deleted: 0,
         bytes: progress.bytes.get() as i64,
         api_calls: progress.api_calls.get() as i64,
@@ -39,7 +41,9 @@ pub fn run_record(src: &str, s: &StreamRow, plan: &Plan, progress: &Progress) ->
 /// checkpoint is spent. In the transaction that wrote the (last) rows.
 pub fn succeeded(src: &str, s: &StreamRow, plan: &Plan, done: Done, commit: Commit) -> RunRecord {
     let mut run = run_record(src, s, plan, &Progress::default());
+    run.records_read = done.outcome.records_received as i64;
     run.records = done.outcome.stats.upserted as i64;
+    run.records_unchanged = done.outcome.stats.unchanged as i64;
     run.records_deleted = done.outcome.stats.deleted as i64;
     run.warnings = (done.outcome.stats.warnings + done.outcome.warnings.len() as u64) as i64;
     run.warning_samples = done.warning_samples;

@@ -57,20 +57,32 @@ def test_full_sync_lands_every_record_with_typed_columns(db, hubspot):
 def test_incremental_sync_moves_only_what_changed(db, hubspot):
     create_source(db, hubspot)
     sync(db)
+    hubspot.reset_stats()
     again = sync(db)
-    assert again["contacts"]["mode"] == "incremental"
-    assert again["contacts"]["records_upserted"] == 0
-    assert again["contacts"]["records_deleted"] == 0
+    # Nothing changed: nothing is read, one search, one archived-list page
+    # and one properties call per stream (counted by the mock, too).
+    assert {(k, r["mode"], r["records_read"], r["records_upserted"], r["records_unchanged"], r["records_deleted"],
+             r["api_calls"]) for k, r in again.items()} == {
+        (k, "incremental", 0, 0, 0, 0, 3) for k in ("companies", "contacts", "deals")}
+    assert hubspot.stats()["requests"] == 9
 
     hubspot.upsert("contacts", [{"id": "7", "properties": {"firstname": "Changed"}},
                                 {"properties": {"email": "new.person@example.com", "firstname": "New"}}])
     hubspot.archive("contacts", [9])
     hubspot.upsert("deals", [{"id": "3", "properties": {"amount": "1234.5"}}])
+    hubspot.reset_stats()
     rows = sync(db)
-    assert rows["contacts"]["records_upserted"] == 2
-    assert rows["contacts"]["records_deleted"] == 1
-    assert rows["deals"]["records_upserted"] == 1
-    assert rows["companies"]["records_upserted"] == 0
+    assert {k: r["mode"] for k, r in rows.items()} == dict.fromkeys(rows, "incremental")
+    # Read: the two changed contacts and the archived one; nothing else.
+    assert (rows["contacts"]["records_read"], rows["contacts"]["records_upserted"],
+            rows["contacts"]["records_unchanged"], rows["contacts"]["records_deleted"]) == (3, 2, 0, 1)
+    assert (rows["deals"]["records_read"], rows["deals"]["records_upserted"]) == (1, 1)
+    assert (rows["companies"]["records_read"], rows["companies"]["records_upserted"]) == (0, 0)
+    # A search page, an archived page and properties per stream, plus one
+    # associations call per associated type of the changed records
+    # (contacts: companies; deals: companies and contacts).
+    assert [r["api_calls"] for r in rows.values()] == [3, 4, 5]
+    assert hubspot.stats()["requests"] == 12
     assert count(db, "SELECT firstname FROM hs.contacts WHERE id = '7'") == "Changed"
     assert count(db, "SELECT count(*) FROM hs.contacts WHERE email = 'new.person@example.com'") == 1
     assert count(db, "SELECT amount FROM hs.deals WHERE id = '3'") == pytest.approx(1234.5)
@@ -79,6 +91,19 @@ def test_incremental_sync_moves_only_what_changed(db, hubspot):
     assert count(db, "SELECT count(*) FROM hs.contacts") == 251
     # Watermark moved to the newest change.
     assert rows["contacts"]["watermark"] > again["contacts"]["watermark"]
+
+
+def test_a_full_refresh_of_unchanged_data_reports_what_it_read(db, hubspot):
+    create_source(db, hubspot)
+    sync(db, stream="contacts")
+    hubspot.reset_stats()
+    r = sync(db, stream="contacts", full_refresh=True)["contacts"]
+    assert (r["mode"], r["records_read"], r["records_upserted"], r["records_unchanged"], r["records_deleted"]) == \
+        ("full", 250, 0, 250, 0)
+    assert r["api_calls"] == hubspot.stats()["requests"]
+    assert db.execute("""SELECT records_read, records, records_unchanged, records_deleted, api_calls
+                           FROM crm_sync.runs WHERE run_id = %s""", (r["run_id"],)).fetchone() == \
+        (250, 0, 250, 0, r["api_calls"])
 
 
 def test_restored_record_is_unmarked(db, hubspot):

@@ -18,6 +18,9 @@ pub struct WriteStats {
     pub upserted: u64,
     /// Rows newly marked deleted.
     pub deleted: u64,
+    /// Records written that changed nothing (read again as they were):
+    /// set by the engine, from the batch size and the two counts above.
+    pub unchanged: u64,
     /// Values that did not fit their column (kept in `_raw`).
     pub warnings: u64,
 }
@@ -26,6 +29,7 @@ impl std::ops::AddAssign for WriteStats {
     fn add_assign(&mut self, o: Self) {
         self.upserted += o.upserted;
         self.deleted += o.deleted;
+        self.unchanged += o.unchanged;
         self.warnings += o.warnings;
     }
 }
@@ -120,7 +124,7 @@ pub fn run_with_progress(
         if now_dropped.len() != dropped_count {
             if !batch.records.is_empty() {
                 check();
-                out.stats += sink.write(&batch.records)?;
+                out.stats += write(sink, &batch.records)?;
                 batch.clear();
             }
             sink.forget_fields(&now_dropped);
@@ -136,7 +140,7 @@ pub fn run_with_progress(
         next = Some(f);
         if batch.records.len() >= batch_size {
             check();
-            out.stats += sink.write(&batch.records)?;
+            out.stats += write(sink, &batch.records)?;
             batch.clear();
             // The batch holds every record up to this page's end.
             if let Some(p) = &position {
@@ -148,11 +152,18 @@ pub fn run_with_progress(
     drop(next);
     if !batch.records.is_empty() {
         check();
-        out.stats += sink.write(&batch.records)?;
+        out.stats += write(sink, &batch.records)?;
     }
     out.watermark = source.watermark();
     out.warnings = source.warnings();
     Ok(out)
+}
+
+/// Write one batch; what it did not insert, change or delete was unchanged.
+fn write(sink: &mut dyn Sink, batch: &[Record]) -> Result<WriteStats> {
+    let mut stats = sink.write(batch)?;
+    stats.unchanged = (batch.len() as u64).saturating_sub(stats.upserted + stats.deleted);
+    Ok(stats)
 }
 
 /// Records keyed by id; a later or newer version replaces an older one.
@@ -269,6 +280,34 @@ mod tests {
         )
         .unwrap();
         assert_eq!(seen, [(1, 10, 0), (2, 20, 20), (3, 30, 20)]);
+    }
+
+    /// Reports the first record of every batch as changed, the second as
+    /// deleted, the rest as unchanged.
+    struct ChangesTwo;
+    impl Sink for ChangesTwo {
+        fn write(&mut self, batch: &[Record]) -> Result<WriteStats> {
+            Ok(WriteStats {
+                upserted: batch.len().min(1) as u64,
+                deleted: batch.len().saturating_sub(1).min(1) as u64,
+                ..Default::default()
+            })
+        }
+    }
+
+    #[test]
+    fn records_written_but_not_changed_are_counted_as_unchanged() {
+        // 25 records, one of them twice (read once per page it moved to).
+        let pages = vec![
+            Ok((0..10).map(|i| rec(&i.to_string(), 1)).collect()),
+            Ok((9..25).map(|i| rec(&i.to_string(), 2)).collect()),
+        ];
+        let out = run(&mut Pages(pages), &mut ChangesTwo, 10, &mut || {}).unwrap();
+        assert_eq!(out.records_received, 26);
+        // Batches of 10 and 16: record 9 is written twice, once per batch.
+        assert_eq!(out.stats.upserted, 2);
+        assert_eq!(out.stats.deleted, 2);
+        assert_eq!(out.stats.unchanged, 8 + 14);
     }
 
     #[test]
