@@ -36,10 +36,14 @@ cleanup() {
     fi
 }
 trap cleanup EXIT
-for _ in $(seq 100); do grep -q listening "$DIR.mock" 2>/dev/null && break; sleep 0.05; done
-MOCK_URL="http://$(sed -n 's/^listening on //p' "$DIR.mock")"
-for _ in $(seq 100); do grep -q listening "$DIR.sfmock" 2>/dev/null && break; sleep 0.05; done
-SF_URL="http://$(sed -n 's/^listening on //p' "$DIR.sfmock")"
+# The mocks seed their data before they listen: wait up to a minute each.
+listening() {
+    for _ in $(seq 1200); do grep -q listening "$1" 2>/dev/null && break; sleep 0.05; done
+    grep -q listening "$1" || { echo "demo: the mock did not start within a minute; see $1" >&2; exit 1; }
+    echo "http://$(sed -n 's/^listening on //p' "$1")"
+}
+MOCK_URL=$(listening "$DIR.mock")
+SF_URL=$(listening "$DIR.sfmock")
 
 PSQL=(psql -X -q -h 127.0.0.1 -p "$PORT" -U postgres -v ON_ERROR_STOP=1 -P pager=off)
 "${PSQL[@]}" -d postgres -c "CREATE DATABASE crm_demo"

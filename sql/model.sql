@@ -385,16 +385,24 @@ BEGIN
     RETURN NEW;
 END;
 $$;
+-- Delete the shipped row of a key (from crm_sync._default_key).
+CREATE FUNCTION crm_sync._drop_shipped(tbl text, key text[]) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF tbl = 'mappings' THEN
+        DELETE FROM crm_sync.mappings m
+         WHERE m.is_default AND ARRAY[m.provider, m.object, m.field, coalesce(m.source, '')] = key;
+    ELSE
+        DELETE FROM crm_sync.match_rules m WHERE m.is_default AND ARRAY[m.entity, m.name] = key;
+    END IF;
+END;
+$$;
 CREATE FUNCTION crm_sync._apply_tombstone() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF NEW.tbl = 'mappings' THEN
-        DELETE FROM crm_sync.mappings m
-         WHERE m.is_default AND ARRAY[m.provider, m.object, m.field, coalesce(m.source, '')] = NEW.key;
-    ELSE
-        DELETE FROM crm_sync.match_rules m WHERE m.is_default AND ARRAY[m.entity, m.name] = NEW.key;
-    END IF;
+    PERFORM crm_sync._drop_shipped(NEW.tbl, NEW.key);
     RETURN NULL;
 END;
 $$;
@@ -414,13 +422,7 @@ BEGIN
     IF TG_OP = 'UPDATE' THEN
         NEW.is_default := false;
     ELSIF NOT NEW.is_default THEN
-        IF TG_TABLE_NAME = 'mappings' THEN
-            DELETE FROM crm_sync.mappings m
-             WHERE m.is_default AND m.provider = NEW.provider AND m.object = NEW.object
-               AND m.field = NEW.field AND coalesce(m.source, '') = coalesce(NEW.source, '');
-        ELSE
-            DELETE FROM crm_sync.match_rules m WHERE m.is_default AND m.entity = NEW.entity AND m.name = NEW.name;
-        END IF;
+        PERFORM crm_sync._drop_shipped(TG_TABLE_NAME, crm_sync._default_key(TG_TABLE_NAME, pg_catalog.to_jsonb(NEW)));
     END IF;
     RETURN NEW;
 END;

@@ -42,18 +42,10 @@ pub fn sqlstate_text(code: PgSqlErrorCode) -> String {
     }
 }
 
+/// `s` without any of `secrets`, in any spelling (see
+/// [`crm_sync_core::scrub`]).
 pub fn scrub(s: &str, secrets: &[String]) -> String {
-    let mut out = s.to_owned();
-    // Longest first: a secret inside another must not leave the other's
-    // tail behind.
-    let mut secrets: Vec<&String> = secrets.iter().collect();
-    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    for sec in secrets {
-        if sec.len() >= 4 {
-            out = out.replace(sec.as_str(), "[redacted]");
-        }
-    }
-    out
+    crm_sync_core::scrub::scrub(s, secrets)
 }
 
 /// The message a user sees: `source.stream: what happened (endpoint)`.

@@ -125,7 +125,17 @@ pub fn sync_stream(
         Commit::EveryBatch { .. } => catch_unwind(AssertUnwindSafe(read)),
     };
     let failure = match result {
-        Ok(Ok(done)) => {
+        Ok(Ok(mut done)) => {
+            // Warnings quote CRM values and texts: a secret among them
+            // stays out of run history and the WARNINGs.
+            for w in done
+                .outcome
+                .warnings
+                .iter_mut()
+                .chain(done.warning_samples.iter_mut())
+            {
+                *w = errors::scrub(w, &ctx.secrets);
+            }
             let run = record::succeeded(&src.name, s, &plan, done, commit);
             let merge_warning = merge::after_sync(&src.name, &s.stream, run.run_id)
                 .map(|w| errors::scrub(&w, &ctx.secrets));

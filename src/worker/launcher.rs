@@ -79,10 +79,12 @@ pub extern "C-unwind" fn crm_sync_launcher_main(_arg: pg_sys::Datum) {
     shmem::set_launcher_latch(true);
     log!("pg_crm_sync launcher started for database \"{db}\"");
     let mut state = Launcher::new();
+    show_settings();
     loop {
         if BackgroundWorker::sighup_received() {
             // SAFETY: the documented way for a worker to reload its settings.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            show_settings();
         }
         txn::begin();
         tick(&mut state);
@@ -92,6 +94,18 @@ pub extern "C-unwind" fn crm_sync_launcher_main(_arg: pg_sys::Datum) {
         }
     }
     shmem::set_launcher_latch(false);
+}
+
+/// Show the settings the launcher goes by in its `pg_stat_activity.query`,
+/// so that a DBA (or a test) sees when a reload has reached it.
+fn show_settings() {
+    let text = format!(
+        "pg_crm_sync launcher: crm_sync.max_workers = {}",
+        gucs::MAX_WORKERS.get()
+    );
+    let text = std::ffi::CString::new(text).expect("no NUL in the settings line");
+    // SAFETY: called on the launcher's main thread; the text is copied.
+    unsafe { pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_IDLE, text.as_ptr()) };
 }
 
 fn tick(state: &mut Launcher) {

@@ -277,13 +277,15 @@ def wait_until(what, check, timeout=60, interval=0.2):
 
 
 def _settle_reload(pg_cluster, name, value):
-    """After pg_reload_conf(): wait until new sessions see the value, then give
-    the launcher (signalled by the postmaster at the same time) a moment."""
+    """After pg_reload_conf(): wait until the launcher shows it goes by the
+    new value (in its pg_stat_activity.query)."""
+    want = f"pg_crm_sync launcher: {name} = {value}"
+
     def seen():
         with pg_connect(pg_cluster, JOBS_DB) as c:
-            return c.execute("SELECT current_setting(%s)", (name,)).fetchone()[0] == str(value)
-    wait_until(f"{name} = {value} after reload", seen, timeout=30)
-    time.sleep(1.0)
+            return c.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_crm_sync launcher' "
+                             "AND query = %s", (want,)).fetchone()[0] == 1
+    wait_until(f"the launcher to go by {name} = {value} after reload", seen, timeout=30, interval=0.05)
 
 
 def set_max_workers(pg_cluster, n):
@@ -452,13 +454,22 @@ class SfMock(Mock):
     def limits(self, **kw):
         self.admin("POST", "/_mock/sf/limits", kw)
 
+    def _token(self):
+        return requests.post(self.url + "/services/oauth2/token", data={
+            "grant_type": "refresh_token", "client_id": SF_CLIENT_ID,
+            "refresh_token": SF_REFRESH_TOKEN}, timeout=30).json()["access_token"]
+
     def query(self, soql):
         """Run SOQL through the mock's own API (token from the refresh flow)."""
-        tok = requests.post(self.url + "/services/oauth2/token", data={
-            "grant_type": "refresh_token", "client_id": SF_CLIENT_ID,
-            "refresh_token": SF_REFRESH_TOKEN}, timeout=30).json()
         r = requests.get(self.url + "/services/data/v59.0/queryAll", params={"q": soql},
-                         headers={"Authorization": "Bearer " + tok["access_token"]}, timeout=60)
+                         headers={"Authorization": "Bearer " + self._token()}, timeout=60)
+        r.raise_for_status()
+        return r.json()
+
+    def next_page(self, next_records_url):
+        """The page a query's nextRecordsUrl names."""
+        r = requests.get(self.url + next_records_url, headers={"Authorization": "Bearer " + self._token()},
+                         timeout=60)
         r.raise_for_status()
         return r.json()
 
@@ -478,3 +489,80 @@ def create_sf_source(db, mock, name="sf", credentials=None, **options):
     creds = credentials if credentials is not None else {
         "client_id": SF_CLIENT_ID, "client_secret": SF_CLIENT_SECRET, "refresh_token": SF_REFRESH_TOKEN}
     register(db, name, "salesforce", {"login_url": mock.url, **options}, creds)
+
+
+# ---------------------------------------------------------------------------
+# Secrets: what a CRM may echo of them, and every place a user or the server
+# log could see one.
+
+def secret_forms(secret, pair_with=()):
+    """The spellings of `secret` a CRM's error may repeat (see the mocks'
+    echo_secrets fault): as is, percent-encoded (upper and lower case hex, `+`
+    for a space), JSON-escaped (`\\/`, `\\u00XX`), base64 alone and of
+    `other:secret` (HTTP Basic), and, for a long one, its first half (a body
+    excerpt cut inside it)."""
+    import base64
+    import re
+    from urllib.parse import quote, quote_plus
+    forms = {secret}
+    for enc in (quote(secret, safe=""), quote_plus(secret, safe="")):
+        forms.add(enc)
+        forms.add(re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), enc))
+    forms.add(secret.replace("\\", "\\\\").replace("/", "\\/"))
+    for fmt in ("\\u{:04X}", "\\u{:04x}"):
+        forms.add("".join(c if c.isalnum() else fmt.format(ord(c)) for c in secret))
+    for raw in [secret] + [f"{o}:{secret}" for o in pair_with if o != secret]:
+        for b in (base64.b64encode(raw.encode()), base64.urlsafe_b64encode(raw.encode())):
+            forms.add(b.decode().rstrip("="))
+    if len(secret) >= 16:
+        forms.add(secret[:(len(secret) + 1) // 2])
+    return forms
+
+
+def collect_notices(conn):
+    """A list that fills with the text of each NOTICE and WARNING sent to conn."""
+    seen = []
+    conn.add_notice_handler(lambda d: seen.append(
+        " ".join(x or "" for x in (d.severity, d.message_primary, d.message_detail, d.message_hint))))
+    return seen
+
+
+def error_texts(err):
+    """An ERROR's message, DETAIL and HINT, for secret checks."""
+    if err is None:
+        return {}
+    d = err.diag
+    return {"error": str(err), "detail": d.message_detail or "", "hint": d.message_hint or "",
+            "context": d.context or ""}
+
+
+def seen_texts(db, pg_cluster, err=None, notices=()):
+    """Every place a secret could reach: the ERROR, crm_sync.runs, crm_sync.jobs,
+    NOTICE/WARNING text and the server log."""
+    texts = error_texts(err)
+    texts["runs"] = db.execute(
+        "SELECT coalesce(string_agg(row_to_json(r)::text, ''), '') FROM crm_sync.runs r").fetchone()[0]
+    if db.execute("SELECT to_regclass('crm_sync.jobs') IS NOT NULL").fetchone()[0]:
+        texts["jobs"] = db.execute(
+            "SELECT coalesce(string_agg(row_to_json(j)::text, ''), '') FROM crm_sync.jobs j").fetchone()[0]
+    texts["notices"] = "\n".join(notices)
+    texts["log"] = (pg_cluster["dir"] / "server.log").read_text(errors="replace")
+    return texts
+
+
+def assert_no_secret(texts, secrets, pair_with=()):
+    """No spelling (secret_forms) of any of `secrets` in any of `texts` (name -> text)."""
+    for s in secrets:
+        for form in secret_forms(s, pair_with):
+            for where, text in texts.items():
+                assert form not in text, f"{form!r} (a form of a secret) in {where}: {text[-2000:]}"
+
+
+def assert_echoed(mock, kind="echo_secrets", **sent):
+    """The mock's echo fault fired, and repeated each `name=value` given
+    (name: bearer, basic or a form field). Returns its stats."""
+    st = mock.stats()
+    assert st["faults_fired"].get(kind, 0) >= 1, st["faults_fired"]
+    for name, value in sent.items():
+        assert value in st["echoed"].get(name, []), (name, value, st["echoed"])
+    return st

@@ -8,7 +8,8 @@ import time
 import psycopg
 import pytest
 
-from conftest import TOKEN, create_source, free_port, sync
+from conftest import (TOKEN, assert_echoed, assert_no_secret, collect_notices, create_source, free_port,
+                      seen_texts, sync, wait_until)
 
 
 def state(db):
@@ -23,11 +24,12 @@ def last_run(db, stream="contacts"):
                       "ORDER BY run_id DESC LIMIT 1", (stream,)).fetchone()
 
 
-def no_secret_anywhere(db, pg_cluster, secret=TOKEN):
-    runs = db.execute("SELECT coalesce(string_agg(row_to_json(r)::text, ''), '') FROM crm_sync.runs r").fetchone()[0]
-    assert secret not in runs
-    log = (pg_cluster["dir"] / "server.log").read_text(errors="replace")
-    assert secret not in log
+def no_secret_anywhere(db, pg_cluster, mock, err, notices=(), secret=TOKEN):
+    """The mock echoed `secret` to the sync, and no spelling of it reached the
+    ERROR (message, DETAIL, HINT), crm_sync.runs, crm_sync.jobs, a NOTICE or
+    WARNING, or the server log."""
+    assert_echoed(mock, bearer=secret)
+    assert_no_secret(seen_texts(db, pg_cluster, err, notices), [secret])
 
 
 @pytest.mark.parametrize("kind", ["429", "429_retry_after", "500", "502", "503", "reset", "cut"])
@@ -39,6 +41,23 @@ def test_transient_faults_are_retried(db, hubspot, kind):
     assert rows["contacts"]["records_upserted"] == 250
     clean = sync(db, stream="contacts", full_refresh=True)
     assert rows["contacts"]["api_calls"] == clean["contacts"]["api_calls"] + 2
+
+
+def test_retry_after_is_honoured(db, hubspot):
+    """A 429 with Retry-After: 1 is retried no sooner than a second later,
+    though the backoff alone (retry_max_ms 50) would retry at once."""
+    create_source(db, hubspot)
+    sync(db, stream="contacts")
+    hubspot.fault(path_contains="/crm/v3/objects/contacts/search", skip=0, count=1, kind="429_retry_after")
+    hubspot.reset_stats()
+    t0 = time.monotonic()
+    r = sync(db, stream="contacts")["contacts"]
+    took = time.monotonic() - t0
+    assert r["status"] == "succeeded"
+    assert hubspot.stats()["status_counts"]["429"] == 1
+    assert took >= 1.0, f"retried after {took:.2f} s, before the server's Retry-After: 1"
+    assert took < 10
+    assert r["duration"].total_seconds() >= 1.0
 
 
 def test_persistent_rate_limit_and_server_errors(db, hubspot):
@@ -62,7 +81,9 @@ def test_bad_token_fails_at_once_and_keeps_data(db, hubspot, pg_cluster):
     sync(db, stream="contacts")
     hubspot.upsert("contacts", [{"id": "1", "properties": {"firstname": "x"}}])
     before = state(db)
-    hubspot.fault(path_contains="/search", skip=0, count=0, kind="bad_token")
+    # A 401 whose body quotes the token back.
+    hubspot.fault(path_contains="/search", skip=0, count=0, kind="echo_secrets", status=401)
+    notices = collect_notices(db)
     with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification) as e:
         sync(db, stream="contacts")
     assert 'source "hs", stream "contacts": HubSpot rejected the access token (HTTP 401 INVALID_AUTHENTICATION)' in str(e.value)
@@ -74,17 +95,19 @@ def test_bad_token_fails_at_once_and_keeps_data(db, hubspot, pg_cluster):
     assert "HubSpot rejected the access token" in error
     # 401 is not retried: the properties call and one search.
     assert calls == 2
-    no_secret_anywhere(db, pg_cluster)
+    assert "[redacted]" in e.value.diag.message_detail
+    no_secret_anywhere(db, pg_cluster, hubspot, e.value, notices)
 
 
 def test_wrong_credentials(db, hubspot, pg_cluster):
     wrong = "pat-na1-wrong-token-0000"
     create_source(db, hubspot, token=wrong)
+    hubspot.fault(path_contains="/crm/v3/properties/deals", kind="echo_secrets", status=401)
     with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification) as e:
         sync(db, stream="deals")
     assert wrong not in str(e.value)
     assert "GET /crm/v3/properties/deals" in str(e.value)
-    no_secret_anywhere(db, pg_cluster, wrong)
+    no_secret_anywhere(db, pg_cluster, hubspot, e.value, secret=wrong)
     db.execute("SELECT crm_sync.alter_source('hs', credentials => %s)", (psycopg.types.json.Jsonb({"access_token": TOKEN}),))
     assert sync(db, stream="deals")["deals"]["records_upserted"] == 40
 
@@ -169,16 +192,21 @@ def test_cancel_stops_a_sync_promptly_and_consistently(connect, hubspot):
     hubspot.fault(path_contains="/search", skip=0, count=0, kind="latency", latency_ms=30_000)
     worker = connect()
     pid = worker.info.backend_pid
+    hubspot.reset_stats()
     th, box = run_in_thread(worker, "SELECT * FROM crm_sync.sync('hs', 'contacts')")
-    time.sleep(1.0)
+    wait_until("the sync to wait on its search", lambda: any(
+        "/search" in k for k in hubspot.stats()["by_endpoint"]), timeout=30, interval=0.05)
     cancelled_at = time.monotonic()
     assert db.execute("SELECT pg_cancel_backend(%s)", (pid,)).fetchone()[0]
     th.join(timeout=15)
+    took = time.monotonic() - cancelled_at
     assert not th.is_alive(), "sync did not stop after pg_cancel_backend"
     assert isinstance(box["error"], psycopg.errors.QueryCanceled)
     # Interrupts are checked every 100 ms while waiting on the network; the
-    # mock would have answered only after 30 s. (A generous bound, not a benchmark.)
-    assert time.monotonic() - cancelled_at < 5
+    # mock would have answered only after 30 s. The README promises 100 ms;
+    # this bound (with room for a loaded machine) fails a cancel noticed
+    # only when the page arrives.
+    assert took < 1.0, f"the sync stopped {took:.2f} s after the cancel"
     assert state(db) == before
     assert last_run(db)[0] == "cancelled"
     hubspot.clear_faults()
@@ -197,8 +225,7 @@ def test_statement_timeout_stops_a_sync(connect, hubspot):
     assert "statement timeout" in str(e.value)
     db.execute("RESET statement_timeout")
     # Nothing of the cancelled first sync stays: not even its landing table.
-    if db.execute("SELECT to_regclass('hs.contacts') IS NOT NULL").fetchone()[0]:
-        assert db.execute("SELECT count(*) FROM hs.contacts").fetchone()[0] == 0
+    assert db.execute("SELECT to_regclass('hs.contacts')").fetchone()[0] is None
     assert last_run(db)[0] == "cancelled"
 
 
@@ -208,7 +235,9 @@ def test_two_syncs_of_one_stream_do_not_run_at_once(connect, hubspot):
     hubspot.fault(path_contains="/crm/v3/objects/deals", skip=1, count=1, kind="latency", latency_ms=3000)
     first = connect()
     th, box = run_in_thread(first, "SELECT * FROM crm_sync.sync('hs', 'deals')")
-    time.sleep(1.0)
+    wait_until("the first sync to hold the stream's lock", lambda: db.execute(
+        "SELECT count(*) FROM pg_locks WHERE pid = %s AND locktype = 'advisory' AND granted",
+        (first.info.backend_pid,)).fetchone()[0], timeout=30, interval=0.05)
     with pytest.raises(psycopg.errors.LockNotAvailable) as e:
         sync(db, stream="deals")
     assert "another session is already syncing this stream" in str(e.value)
@@ -249,3 +278,38 @@ def test_missing_scope_fails_at_once_with_a_hint(db, hubspot):
     status, _, sqlstate, calls = last_run(db, "deals")
     assert (status, sqlstate) == ("failed", "28000")
     assert calls == 2  # properties, then one list call: 403 is not retried
+
+
+def test_a_secret_echoed_in_any_spelling_is_never_shown(db, hubspot, pg_cluster):
+    """A 400 whose message repeats the token as sent, percent-encoded and
+    JSON-escaped: the DETAIL shows the CRM's message, every spelling of the
+    token redacted."""
+    token = "pat-na1-echo/secret+token=0123-4567"
+    hubspot.admin("POST", "/_mock/token", {"token": token})
+    create_source(db, hubspot, token=token)
+    hubspot.fault(path_contains="/crm/v3/objects/contacts", count=0, kind="echo_secrets")
+    notices = collect_notices(db)
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
+        sync(db, stream="contacts")
+    assert "HubSpot rejected the request (HTTP 400 VALIDATION_ERROR)" in str(e.value)
+    detail = e.value.diag.message_detail
+    assert "Invalid input JSON" in detail and detail.count("[redacted]") >= 4, detail
+    assert last_run(db)[0] == "failed"
+    no_secret_anywhere(db, pg_cluster, hubspot, e.value, notices, secret=token)
+
+
+def test_a_secret_in_a_warning_is_scrubbed(db, hubspot, pg_cluster):
+    """A value that does not fit its column is quoted in the run's warning
+    samples and in a WARNING: when that value is the source's own token, it
+    is redacted there too."""
+    create_source(db, hubspot)
+    db.execute("UPDATE crm_sync.streams SET properties = '{email,loyalty_score}' "
+               "WHERE source = 'hs' AND stream = 'contacts'")
+    hubspot.upsert("contacts", [{"id": "11", "properties": {"loyalty_score": TOKEN}}])
+    notices = collect_notices(db)
+    r = sync(db, stream="contacts")["contacts"]
+    assert r["warnings"] >= 1
+    samples = db.execute("SELECT warning_samples FROM crm_sync.runs WHERE run_id = %s",
+                         (r["run_id"],)).fetchone()[0]
+    assert any("loyalty_score" in s and "record 11" in s and "[redacted]" in s for s in samples), samples
+    assert_no_secret(seen_texts(db, pg_cluster, None, notices), [TOKEN])

@@ -5,14 +5,16 @@ can be waited for, cancelled, limited (crm_sync.max_workers), kept apart per
 stream, survive a restart while queued, and be scheduled by crm_sync.schedule()
 or pg_cron."""
 
+import json
 import threading
 import time
 
 import psycopg
 import pytest
 
-from conftest import (TOKEN, create_sf_source, create_source, job, reset_max_workers, restart_cluster,
-                      set_max_workers, wait_job, wait_notify, wait_until)
+from conftest import (TOKEN, assert_echoed, assert_no_secret, create_sf_source, create_source, job,
+                      reset_max_workers, restart_cluster, seen_texts, set_max_workers, wait_job, wait_notify,
+                      wait_until)
 
 HS_CONTACTS = "/crm/v3/objects/contacts"
 
@@ -75,13 +77,15 @@ def test_a_queued_job_runs_in_the_background_and_notifies(jobs_connect, hubspot)
     assert j["queued_at"] <= j["started_at"] <= j["finished_at"]
     assert j["attempts"] == 1
     assert j["error"] is None and j["error_sqlstate"] is None
-    assert count(c, "SELECT count(*) FROM hs.contacts") == 250
-    assert count(c, "SELECT count(DISTINCT id) FROM hs.contacts") == 250
+    # Every record of the mock once (ids 1..250 in its seed).
+    assert count(c, "SELECT array_agg(id::int ORDER BY id::int) FROM hs.contacts") == list(range(1, 251))
+    assert hubspot.stats()["live"]["contacts"] == 250
     assert count(c, "SELECT count(*) FROM hs.companies") == 60
     assert count(c, "SELECT count(*) FROM hs.deals") == 40
     # The worker merged what it landed into the unified model too.
     assert count(c, "SELECT count(*) FROM crm_sync.source_records WHERE source = 'hs'") == 350
-    assert count(c, "SELECT count(*) FROM crm.contacts") >= 1
+    assert count(c, "SELECT count(*) FROM crm.contacts") == count(
+        c, "SELECT count(DISTINCT unified_id) FROM crm.identities WHERE entity = 'contact' AND NOT deleted") > 0
 
     # Its runs are the ordinary crm_sync.runs rows, one per enabled stream.
     runs = job_runs(c, job_id)
@@ -101,10 +105,14 @@ def test_a_queued_job_runs_in_the_background_and_notifies(jobs_connect, hubspot)
     assert wait_sql(c, job_id, "1 s") == "succeeded"
 
     # A second job of the same source is incremental and writes nothing new.
+    hubspot.reset_stats()
     again = queue(c, stream="contacts")
     assert wait_sql(c, again) == "succeeded"
     runs = job_runs(c, again)
-    assert [(r["stream"], r["mode"], r["records"]) for r in runs] == [("contacts", "incremental", 0)]
+    assert [(r["stream"], r["mode"], r["records_read"], r["records"], r["records_unchanged"]) for r in runs] == \
+        [("contacts", "incremental", 0, 0, 0)]
+    # Properties, one search page, one archived-list page: as the mock counted.
+    assert runs[0]["api_calls"] == hubspot.stats()["requests"] == 3
     assert job(c, again)["records"] == 0
 
 
@@ -182,7 +190,15 @@ def test_progress_reports_percent_done_where_the_crm_reports_a_total(jobs_connec
         assert 0 <= p["percent_done"] <= 100, p
         assert (p["source"], p["stream"]) == ("sf", "account")
     assert second["percent_done"] > first["percent_done"]
-    assert second["eta"] is None or second["eta"].total_seconds() >= 0
+    # Rate and time left are known while a total is: the rate is records
+    # over the time the run has taken, the time left what remains at it.
+    for p in (first, second):
+        took = (p["updated_at"] - p["started_at"]).total_seconds()
+        assert took > 0, p
+        assert p["records_per_second"] == pytest.approx(p["records"] / took, rel=0.01), p
+        assert p["eta"] is not None, p
+        assert p["eta"].total_seconds() == pytest.approx((p["total"] - p["records"]) / p["records_per_second"],
+                                                         rel=0.05, abs=0.2), p
 
     assert wait_sql(c, job_id) == "succeeded"
     assert progress_of(c, job_id) is None
@@ -192,12 +208,18 @@ def test_progress_reports_percent_done_where_the_crm_reports_a_total(jobs_connec
 def test_cancel_a_running_and_a_queued_job(pg_cluster, jobs_connect, hubspot):
     c = jobs_connect()
     create_source(c, hubspot)
-    slow(hubspot, latency_ms=2000)
+    # Every page is answered 20 s late: only the cancel signal, not the
+    # next page or batch, can end the job within a second or two.
+    slow(hubspot, latency_ms=20_000)
     job_id = queue(c, stream="contacts")
     wait_job(c, job_id, statuses=("running",))
-    wait_until("the run to start", lambda: progress_of(c, job_id))
+    wait_until("the run to wait on its first page", lambda: progress_of(c, job_id) and any(
+        "/crm/v3/objects/contacts" in k for k in hubspot.stats()["by_endpoint"]))
+    t0 = time.monotonic()
     assert c.execute("SELECT crm_sync.cancel(%s)", (job_id,)).fetchone()[0] is True
     assert wait_sql(c, job_id, "30 s") == "cancelled"
+    took = time.monotonic() - t0
+    assert took < 2.5, f"cancel took {took:.1f} s (the README promises about a second)"
     j = job(c, job_id)
     assert j["status"] == "cancelled" and j["finished_at"] is not None
     assert [r["status"] for r in job_runs(c, job_id)] == ["cancelled"]
@@ -288,7 +310,9 @@ def test_one_stream_is_synced_by_one_job_at_a_time(jobs_connect, mock_factory):
     reader = jobs_connect()
     reader.execute("SET lock_timeout = '2s'")
     wait_until("hs.contacts to exist", lambda: count(reader, "SELECT to_regclass('hs.contacts') IS NOT NULL"))
-    assert 0 <= count(reader, "SELECT count(*) FROM hs.contacts") <= 2000
+    # A reader sees A's committed batches (of 200 records) and never a part of one.
+    seen = count(reader, "SELECT count(*) FROM hs.contacts")
+    assert seen % 200 == 0 and seen < 2000, seen
     assert job(c, a)["status"] == "running", "the reads above must happen while A writes"
 
     ja, jb = wait_job(c, a), wait_job(c, b)
@@ -390,6 +414,8 @@ def test_errors_of_sync_async_and_of_a_failing_job(pg_cluster, jobs_connect, db,
     wrong = "pat-na1-wrong-token-0000"
     c.execute("SELECT crm_sync.alter_source('hs', credentials => %s)",
               (psycopg.types.json.Jsonb({"access_token": wrong}),))
+    # The 401 quotes the token back.
+    hubspot.fault(path_contains="/crm/v3/", count=0, kind="echo_secrets", status=401)
     lis = listen(jobs_connect)
     job_id = queue(c, stream="contacts")
     assert wait_sql(c, job_id) == "failed"
@@ -401,9 +427,10 @@ def test_errors_of_sync_async_and_of_a_failing_job(pg_cluster, jobs_connect, db,
     assert [(r["status"], r["error_sqlstate"]) for r in job_runs(c, job_id)] == [("failed", "28000")]
     n = wait_notify(lis, job_id)
     assert n["status"] == "failed" and n["error"]
-    assert wrong not in str(n)
-    log = (pg_cluster["dir"] / "server.log").read_text(errors="replace")
-    assert wrong not in log and TOKEN not in log
+    assert_echoed(hubspot, bearer=wrong)
+    texts = seen_texts(c, pg_cluster)
+    texts.update(job_error=j["error"], job_detail=j["detail"] or "", notify=json.dumps(n))
+    assert_no_secret(texts, [wrong, TOKEN])
 
 
 def test_a_cancel_does_not_undo_a_finished_streams_merge(jobs_connect, hubspot):

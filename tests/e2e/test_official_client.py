@@ -16,13 +16,15 @@ def client(hubspot):
 
 def test_basic_api_list_pages_through_every_contact(client):
     seen, after = [], None
-    while True:
+    for _ in range(10):
         page = client.crm.contacts.basic_api.get_page(limit=100, after=after, properties=["email", "firstname"])
         seen += [r.id for r in page.results]
         assert all(r.properties["hs_object_id"] == r.id for r in page.results)
         if page.paging is None:
             break
         after = page.paging.next.after
+    else:
+        raise AssertionError("more than 10 pages of 100 for 250 contacts")
     assert len(seen) == 250 and len(set(seen)) == 250
 
 

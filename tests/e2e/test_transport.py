@@ -9,7 +9,7 @@ import threading
 import psycopg
 import pytest
 
-from conftest import TOKEN, create_source, sync
+from conftest import TOKEN, assert_echoed, assert_no_secret, collect_notices, create_source, seen_texts, sync
 
 
 def test_gzip_responses_are_decoded(db, mock_factory):
@@ -86,3 +86,21 @@ def test_tls_certificates_are_verified(db, self_signed_https):
     assert 'source "hs", stream "deals"' in msg
     assert "certificate" in msg.lower()
     assert TOKEN not in msg
+
+
+def test_a_body_excerpt_cut_inside_a_secret_shows_none_of_it(db, hubspot, pg_cluster):
+    """The HTTP layer keeps the first 300 characters of an error body, and the
+    extension scrubs after: a body cut two thirds into the token must not
+    show the part before the cut."""
+    token = "pat-na1-cut/inside+token=0123-4567-89ab"
+    hubspot.admin("POST", "/_mock/token", {"token": token})
+    create_source(db, hubspot, token=token)
+    hubspot.fault(path_contains="/crm/v3/objects/contacts", count=0, kind="echo_secrets_cut")
+    notices = collect_notices(db)
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
+        sync(db, stream="contacts")
+    detail = e.value.diag.message_detail
+    assert_echoed(hubspot, kind="echo_secrets_cut", bearer=token)
+    assert detail.endswith("[redacted]…"), detail
+    assert_no_secret(seen_texts(db, pg_cluster, e.value, notices), [token])
+    assert token[:8] not in detail

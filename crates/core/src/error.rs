@@ -78,14 +78,11 @@ impl CrmError {
     }
 
     /// The error with every occurrence of `secrets` (a session token, say)
-    /// in its texts replaced; secrets shorter than 4 characters are left.
+    /// in its texts replaced, in any spelling [`crate::scrub`] knows;
+    /// secrets shorter than 4 characters are left.
     pub fn redact(mut self, secrets: &[&str]) -> Self {
         let scrub = |s: &mut String| {
-            for sec in secrets.iter().filter(|s| s.len() >= 4) {
-                if s.contains(sec) {
-                    *s = s.replace(sec, "[redacted]");
-                }
-            }
+            *s = crate::scrub::scrub(s, secrets);
         };
         scrub(&mut self.message);
         for t in [&mut self.detail, &mut self.hint, &mut self.endpoint]

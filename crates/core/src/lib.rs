@@ -19,6 +19,7 @@ pub mod http;
 pub mod model;
 pub mod paging;
 pub mod runtime;
+pub mod scrub;
 pub mod source;
 pub mod types;
 

@@ -43,6 +43,12 @@ fn latest(recs: &[Record]) -> HashMap<&str, &Record> {
 /// The resumed run read nothing the interrupted one had committed, and the
 /// two together read every record a clean run reads.
 fn assert_read_once(committed: &[Record], resumed: &[Record], expected: &HashSet<&str>) {
+    // Counted, not only collected: a set would hide a record read twice.
+    assert_eq!(
+        committed.len() + resumed.len(),
+        expected.len(),
+        "every record read exactly once"
+    );
     let mut ids: HashSet<&str> = committed.iter().map(|r| r.id.as_str()).collect();
     assert!(
         resumed.iter().all(|r| !ids.contains(r.id.as_str())),
@@ -187,6 +193,12 @@ fn a_record_edited_while_paging_does_not_move_the_position_past_unread_ones() {
     let second = second.all();
     ids.extend(second.iter().map(|r| r.id.as_str()));
     assert_eq!(ids, expected, "every record, the unread ones included");
+    // The edited record was committed before its edit: read again once.
+    assert_eq!(
+        first.committed.len() + second.len(),
+        expected.len() + 1,
+        "nothing else read twice"
+    );
     assert!(
         second.len() <= 1500 - 600 + 10,
         "{}: resumed, not started over",

@@ -28,6 +28,14 @@ pub const TRANSPORT_KINDS: &[&str] = &[
     "gzip_bomb",
 ];
 
+/// Fault kinds every mock understands and renders in its own error shape:
+/// an error that repeats the secrets the request carried ([`sent_secrets`]),
+/// as APIs quote request parameters in `invalid_request` messages; `_cut`
+/// sends a plain-text body whose 300th character falls inside the first of
+/// them, as a client's bounded body excerpt cuts it. A rule's `status`
+/// (default 400) is the answer's.
+pub const ECHO_KINDS: &[&str] = &["echo_secrets", "echo_secrets_cut"];
+
 #[derive(Debug, Clone)]
 struct Fault {
     path_contains: String,
@@ -37,6 +45,7 @@ struct Fault {
     kind: String,
     latency_ms: u64,
     size_mb: u64,
+    status: Option<u16>,
     seen: u64,
     fired: u64,
 }
@@ -74,6 +83,10 @@ impl Rules {
                 kind: kind.to_owned(),
                 latency_ms: r["latency_ms"].as_u64().unwrap_or(1000),
                 size_mb: r["size_mb"].as_u64().unwrap_or(100).min(2048),
+                status: r["status"]
+                    .as_u64()
+                    .and_then(|s| u16::try_from(s).ok())
+                    .filter(|s| (100..600).contains(s)),
                 seen: 0,
                 fired: 0,
             });
@@ -138,6 +151,7 @@ impl Rules {
                     kind: f.kind.clone(),
                     latency_ms: f.latency_ms,
                     size_mb: f.size_mb,
+                    status: f.status,
                 });
             }
         }
@@ -151,6 +165,140 @@ pub struct Picked {
     pub kind: String,
     pub latency_ms: u64,
     pub size_mb: u64,
+    /// The status a rule asked for (the echo kinds).
+    pub status: Option<u16>,
+}
+
+/// A secret a request carried: where (`bearer`, `basic`, or a form
+/// field's name) and its text as sent (a form field still
+/// percent-encoded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    pub name: String,
+    pub raw: String,
+}
+
+impl Sent {
+    /// The value as the client meant it.
+    pub fn value(&self) -> String {
+        if self.name == "bearer" || self.name == "basic" {
+            self.raw.clone()
+        } else {
+            crate::server::decode(&self.raw)
+        }
+    }
+}
+
+/// Form fields that carry secrets (OAuth token requests).
+const FORM_SECRETS: &[&str] = &[
+    "client_id",
+    "client_secret",
+    "refresh_token",
+    "assertion",
+    "password",
+    "access_token",
+    "code",
+];
+
+/// The secrets a request carried: its `Authorization` credentials and
+/// the secret fields of a form body, in order.
+pub fn sent_secrets(req: &Request) -> Vec<Sent> {
+    let mut out = Vec::new();
+    if let Some(h) = req.header("authorization") {
+        let (name, raw) = match h.split_once(' ') {
+            Some(("Basic", v)) => ("basic", v),
+            Some((_, v)) => ("bearer", v),
+            None => ("bearer", h),
+        };
+        out.push(Sent {
+            name: name.into(),
+            raw: raw.trim().into(),
+        });
+    }
+    let body = String::from_utf8_lossy(&req.body);
+    for kv in body.split('&') {
+        if let Some((k, v)) = kv.split_once('=') {
+            if FORM_SECRETS.contains(&k) && !v.is_empty() {
+                out.push(Sent {
+                    name: k.into(),
+                    raw: v.into(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Each secret as sent, as meant, percent-encoded in lower case and
+/// JSON-escaped twice over (`\/`, and `\u00XX` for every punctuation
+/// character), as an API quoting the request's parameters might.
+pub fn echo_text(sent: &[Sent]) -> String {
+    let mut parts = Vec::new();
+    for s in sent {
+        let v = s.value();
+        let pct: String = v
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02x}")
+                }
+            })
+            .collect();
+        let slash = v.replace('\\', "\\\\").replace('/', "\\/");
+        let unicode: String = v
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_string()
+                } else {
+                    format!("\\u{:04X}", c as u32)
+                }
+            })
+            .collect();
+        parts.push(format!(
+            "{n}={raw} ({n} {v}; {pct}; {{\"{n}\":\"{slash}\"}}; {{\"{n}\":\"{unicode}\"}})",
+            n = s.name,
+            raw = s.raw,
+        ));
+    }
+    if parts.is_empty() {
+        "no credentials".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// Characters of a body a client keeps as an excerpt (crm_sync_core's
+/// `body_excerpt`).
+pub const EXCERPT_CHARS: usize = 300;
+
+/// `echo_secrets_cut`'s body: plain text whose first [`EXCERPT_CHARS`]
+/// characters end two thirds into the first secret sent.
+pub fn echo_cut(status: u16, sent: &[Sent]) -> Response {
+    let Some(first) = sent.first() else {
+        return Response {
+            status,
+            headers: vec![("Content-Type".into(), "text/plain".into())],
+            body: b"Bad Request: no credentials".to_vec(),
+        };
+    };
+    let len = first.raw.chars().count();
+    let visible = (len * 2 / 3).max(8).min(len.saturating_sub(1));
+    let head = format!("Bad Request: the request was refused. {}=", first.name);
+    let pad = EXCERPT_CHARS.saturating_sub(head.chars().count() + visible);
+    let body = format!(
+        "{}{head}{} ({})",
+        ".".repeat(pad),
+        first.raw,
+        echo_text(sent)
+    );
+    Response {
+        status,
+        headers: vec![("Content-Type".into(), "text/plain".into())],
+        body: body.into_bytes(),
+    }
 }
 
 /// Render a transport-level fault; `answer` produces the real response for
@@ -207,12 +355,30 @@ pub struct Stats {
     pub requests: u64,
     pub by_endpoint: BTreeMap<String, u64>,
     pub status_counts: BTreeMap<String, u64>,
+    /// Faults fired, by kind.
+    pub faults_fired: BTreeMap<String, u64>,
+    /// What the echo kinds repeated: each secret's values as meant, by
+    /// where they were sent.
+    pub echoed: BTreeMap<String, Vec<String>>,
 }
 
 impl Stats {
     pub fn count_request(&mut self, endpoint: String) {
         self.requests += 1;
         *self.by_endpoint.entry(endpoint).or_default() += 1;
+    }
+
+    pub fn count_fault(&mut self, kind: &str, req: &Request) {
+        *self.faults_fired.entry(kind.to_owned()).or_default() += 1;
+        if ECHO_KINDS.contains(&kind) {
+            for s in sent_secrets(req) {
+                let vals = self.echoed.entry(s.name.clone()).or_default();
+                let v = s.value();
+                if !vals.contains(&v) && vals.len() < 20 {
+                    vals.push(v);
+                }
+            }
+        }
     }
 
     pub fn count_reply(&mut self, reply: &Reply) {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::data::{assoc_def, fmt_ms, parse_time, Kind, PropDef};
+use crate::faults::{echo_cut, echo_text, sent_secrets, Picked};
 use crate::mock::{Base, Mock};
 use crate::server::{Request, Response};
 use crate::store::{Key, Store};
@@ -619,6 +620,31 @@ impl Mock for HubSpotMock {
             }
             _ => return None,
         })
+    }
+
+    /// HubSpot's error body quoting the request's token: a 400
+    /// VALIDATION_ERROR, or the rule's status (401: INVALID_AUTHENTICATION,
+    /// 403: MISSING_SCOPES).
+    fn echo(&self, _st: &mut State, fault: &Picked, req: &Request) -> Response {
+        let status = fault.status.unwrap_or(400);
+        let sent = sent_secrets(req);
+        if fault.kind == "echo_secrets_cut" {
+            return echo_cut(status, &sent);
+        }
+        let category = match status {
+            401 => "INVALID_AUTHENTICATION",
+            403 => "MISSING_SCOPES",
+            s if s >= 500 => "INTERNAL_ERROR",
+            _ => "VALIDATION_ERROR",
+        };
+        self.error(
+            status,
+            category,
+            &format!(
+                "Invalid input JSON on line 1: the request with {} was refused",
+                echo_text(&sent)
+            ),
+        )
     }
 
     fn apply_action(st: &mut State, action: &Value) -> Result<Value, String> {

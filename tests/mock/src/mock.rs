@@ -9,8 +9,8 @@ use std::sync::{Mutex, MutexGuard};
 use serde_json::{json, Value};
 
 use crate::faults::{
-    admin_body, admin_error, admin_reply, shared_admin, transport_fault, Rules, Stats,
-    TRANSPORT_KINDS,
+    admin_body, admin_error, admin_reply, shared_admin, transport_fault, Picked, Rules, Stats,
+    ECHO_KINDS, TRANSPORT_KINDS,
 };
 use crate::server::{Handler, Reply, Request, Response};
 
@@ -60,6 +60,9 @@ pub(crate) trait Mock: Send + Sync + 'static {
     fn base(&self) -> &Base<Self::State>;
     /// The answer for one of [`Self::FAULT_KINDS`]; None for other kinds.
     fn fault(&self, kind: &str, req: &Request) -> Option<Response>;
+    /// The answer for one of [`ECHO_KINDS`]: an error in the vendor's
+    /// shape repeating [`crate::faults::sent_secrets`].
+    fn echo(&self, st: &mut Self::State, fault: &Picked, req: &Request) -> Response;
     /// The API's answer.
     fn route(&self, st: &mut Self::State, req: &Request) -> Response;
     /// Run an admin action (from a hook).
@@ -118,7 +121,7 @@ fn api<M: Mock>(m: &M, req: &Request) -> Reply {
         let _ = M::apply_action(state, &action);
     }
 
-    let reply = match fault(m, rules, state, req) {
+    let reply = match fault(m, rules, stats, state, req) {
         Some(r) => r,
         None => Reply::Send(m.route(state, req)),
     };
@@ -128,8 +131,18 @@ fn api<M: Mock>(m: &M, req: &Request) -> Reply {
 
 /// The fault the rules give this request, if any: the vendor's own kinds
 /// rendered by the vendor, the transport-level ones here.
-fn fault<M: Mock>(m: &M, rules: &mut Rules, st: &mut M::State, req: &Request) -> Option<Reply> {
+fn fault<M: Mock>(
+    m: &M,
+    rules: &mut Rules,
+    stats: &mut Stats,
+    st: &mut M::State,
+    req: &Request,
+) -> Option<Reply> {
     let picked = rules.pick(req)?;
+    stats.count_fault(&picked.kind, req);
+    if ECHO_KINDS.contains(&picked.kind.as_str()) {
+        return Some(Reply::Send(m.echo(st, &picked, req)));
+    }
     match m.fault(&picked.kind, req) {
         Some(r) => Some(Reply::Send(r)),
         None => transport_fault(&picked, || m.route(st, req)),
@@ -156,7 +169,7 @@ fn admin<M: Mock>(m: &M, req: &Request) -> Reply {
         &req.method,
         &parts[1..],
         &body,
-        &[M::FAULT_KINDS, TRANSPORT_KINDS].concat(),
+        &[M::FAULT_KINDS, TRANSPORT_KINDS, ECHO_KINDS].concat(),
     );
     if let Some(r) = shared {
         return admin_reply(r);
@@ -167,6 +180,8 @@ fn admin<M: Mock>(m: &M, req: &Request) -> Reply {
                 "requests": stats.requests,
                 "by_endpoint": stats.by_endpoint,
                 "status_counts": stats.status_counts,
+                "faults_fired": stats.faults_fired,
+                "echoed": stats.echoed,
                 "bytes_sent": base.bytes_sent.load(Ordering::Relaxed),
             });
             for (k, x) in M::stats_extra(state) {

@@ -487,3 +487,47 @@ fn v4_batch_read_with_207_for_ids_without_associations() {
     );
     assert_eq!(r.status, 400);
 }
+
+#[test]
+fn echo_secrets_quotes_the_token_in_every_spelling() {
+    let token = "pat-na1-ab/cd+ef=gh-0123";
+    let port = start(10);
+    admin(port, "POST", "/_mock/token", json!({"token": token}));
+    admin(
+        port,
+        "POST",
+        "/_mock/faults",
+        json!({"rules": [{"path_contains": "/crm/v3/objects/contacts", "kind": "echo_secrets"},
+                         {"path_contains": "/crm/v3/objects/deals", "kind": "echo_secrets", "status": 401},
+                         {"path_contains": "/crm/v3/objects/companies", "kind": "echo_secrets_cut"}]}),
+    );
+    let r = get_as(port, token, "/crm/v3/objects/contacts");
+    assert_eq!(r.status, 400);
+    let v = r.json();
+    assert_eq!(v["status"], "error");
+    assert_eq!(v["category"], "VALIDATION_ERROR");
+    let msg = v["message"].as_str().unwrap();
+    for form in [
+        token,
+        "pat%2dna1%2dab%2fcd%2bef%3dgh%2d0123",
+        r"pat-na1-ab\/cd+ef=gh-0123",
+        r"pat\u002Dna1\u002Dab\u002Fcd\u002Bef\u003Dgh\u002D0123",
+    ] {
+        assert!(msg.contains(form), "{form} not in {msg}");
+    }
+    let r = get_as(port, token, "/crm/v3/objects/deals");
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["category"], "INVALID_AUTHENTICATION");
+    assert!(r.text().contains(token));
+    // Cut: the body's first 300 characters end inside the token.
+    let r = get_as(port, token, "/crm/v3/objects/companies");
+    assert_eq!(r.status, 400);
+    let text = r.text();
+    let head: String = text.chars().take(300).collect();
+    assert!(head.ends_with(&token[..16]), "{head}");
+    assert!(!head.contains(token));
+    let stats = admin(port, "GET", "/_mock/stats", Value::Null);
+    assert_eq!(stats["faults_fired"]["echo_secrets"], 2);
+    assert_eq!(stats["faults_fired"]["echo_secrets_cut"], 1);
+    assert_eq!(stats["echoed"]["bearer"], json!([token]));
+}

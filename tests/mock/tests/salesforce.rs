@@ -843,3 +843,64 @@ fn person_names_are_compound_name_fields() {
         )
     );
 }
+
+#[test]
+fn echo_secrets_quotes_form_fields_as_sent_and_the_session() {
+    let (port, sid) = start_logged_in(Options::default());
+    admin(
+        port,
+        "POST",
+        "/_mock/faults",
+        json!({"rules": [{"path_contains": "/services/oauth2/token", "kind": "echo_secrets", "count": 0},
+                         {"path_contains": "/query", "kind": "echo_secrets"}]}),
+    );
+    // A refresh token with `/`, `+` and `=`, percent-encoded in the form.
+    let r = token_call(
+        port,
+        "grant_type=refresh_token&client_id=3MVG9mock.client.id&client_secret=sec%2Fret%2B1%3D\
+         &refresh_token=5Aep%2Frefresh%2Btoken%3D%3D",
+    );
+    assert_eq!(r.status, 400);
+    let v = r.json();
+    // The error the grant earns, its description quoting the form.
+    assert_eq!(v["error"], "invalid_client");
+    let d = v["error_description"].as_str().unwrap();
+    for form in [
+        "refresh_token=5Aep%2Frefresh%2Btoken%3D%3D",
+        "5Aep/refresh+token==",
+        "5Aep%2frefresh%2btoken%3d%3d",
+        r#"{"refresh_token":"5Aep\/refresh+token=="}"#,
+        r"5Aep\u002Frefresh\u002Btoken\u003D\u003D",
+        "client_secret=sec%2Fret%2B1%3D",
+        "sec/ret+1=",
+    ] {
+        assert!(d.contains(form), "{form} not in {d}");
+    }
+    // A valid grant is refused too, quoting its secrets.
+    let r = token_call(
+        port,
+        "grant_type=client_credentials&client_id=3MVG9mock.client.id&client_secret=mock-client-secret",
+    );
+    assert_eq!(r.json()["error"], "invalid_grant");
+    assert!(r.text().contains("mock-client-secret"));
+    // REST: the session token, as sent and encoded (`!` is %21).
+    let r = query(port, &sid, "SELECT Id FROM Account");
+    assert_eq!(r.status, 400);
+    let e = &r.json()[0];
+    assert_eq!(e["errorCode"], "MALFORMED_QUERY");
+    let m = e["message"].as_str().unwrap();
+    assert!(m.contains(&sid), "{m}");
+    assert!(m.contains(&sid.replace('!', "%21")), "{m}");
+    assert!(m.contains(&sid.replace('!', r"\u0021")), "{m}");
+    let stats = admin(port, "GET", "/_mock/stats", Value::Null);
+    assert_eq!(stats["faults_fired"]["echo_secrets"], 3);
+    assert_eq!(
+        stats["echoed"]["refresh_token"],
+        json!(["5Aep/refresh+token=="])
+    );
+    assert_eq!(
+        stats["echoed"]["client_secret"],
+        json!(["sec/ret+1=", "mock-client-secret"])
+    );
+    assert_eq!(stats["echoed"]["bearer"], json!([sid]));
+}

@@ -224,7 +224,7 @@ impl HttpClient {
                     Err(e) => Err(e.with_detail(format!("gave up after {} attempts", attempt + 1))),
                 };
             }
-            let wait = retry_after.unwrap_or_else(|| backoff(&self.settings, attempt));
+            let wait = retry_wait(&self.settings, attempt, retry_after);
             attempt += 1;
             self.retries.set(self.retries.get() + 1);
             tokio::time::sleep(wait).await;
@@ -495,15 +495,19 @@ fn retry_after(h: &HeaderMap) -> Option<Duration> {
     Some(d.min(RETRY_AFTER_CAP))
 }
 
+/// How long to wait before retry `attempt + 1`: the server's `Retry-After`
+/// if it sent one (never less), else [`backoff`].
+fn retry_wait(s: &HttpSettings, attempt: u32, retry_after: Option<Duration>) -> Duration {
+    retry_after.unwrap_or_else(|| backoff(s, attempt))
+}
+
 /// Full-jitter exponential backoff: uniform in [0, min(max, base * 2^attempt)].
 pub fn backoff(s: &HttpSettings, attempt: u32) -> Duration {
     let cap = s
         .retry_base
         .saturating_mul(1u32.checked_shl(attempt.min(30)).unwrap_or(u32::MAX))
         .min(s.retry_max);
-    let ms = cap.as_millis() as u64;
-    // Never zero: a burst of instant retries is what rate limiters punish.
-    Duration::from_millis(fastrand::u64(ms / 2..=ms.max(1)))
+    Duration::from_millis(fastrand::u64(0..=cap.as_millis() as u64))
 }
 
 pub fn check_url_allowed(url: &Url, allow_insecure: bool) -> Result<()> {
@@ -565,20 +569,84 @@ mod tests {
         assert!(check_url_allowed(&Url::parse("http://10.0.0.1").unwrap(), true).is_ok());
     }
 
+    /// docs/configuration.md: "exponential backoff, full jitter,
+    /// `Retry-After` honoured". Full jitter is uniform in
+    /// [0, min(retry_max, retry_base * 2^attempt)]: every sample within the
+    /// bound, and spread over all of it (near 0, near the cap, the mean
+    /// half-way). 2,000 samples of a uniform variable miss these margins
+    /// with a probability far below 1e-20.
     #[test]
-    fn backoff_grows_and_is_capped() {
+    fn backoff_is_full_jitter_under_the_exponential_cap() {
         let s = HttpSettings {
             retry_base: Duration::from_millis(100),
             retry_max: Duration::from_millis(1000),
             ..Default::default()
         };
-        for _ in 0..50 {
-            let d0 = backoff(&s, 0);
-            assert!(d0 >= Duration::from_millis(50) && d0 <= Duration::from_millis(100));
-            let d3 = backoff(&s, 3);
-            assert!(d3 >= Duration::from_millis(400) && d3 <= Duration::from_millis(800));
-            let d20 = backoff(&s, 20);
-            assert!(d20 >= Duration::from_millis(500) && d20 <= Duration::from_millis(1000));
+        for (attempt, cap_ms) in [
+            (0, 100u64),
+            (1, 200),
+            (2, 400),
+            (3, 800),
+            (4, 1000),
+            (20, 1000),
+        ] {
+            let samples: Vec<u64> = (0..2000)
+                .map(|_| backoff(&s, attempt).as_millis() as u64)
+                .collect();
+            let (min, max) = (samples.iter().min().unwrap(), samples.iter().max().unwrap());
+            assert!(
+                *max <= cap_ms,
+                "attempt {attempt}: {max} ms above the cap {cap_ms} ms"
+            );
+            assert!(
+                *min <= cap_ms / 20,
+                "attempt {attempt}: nothing near 0 (min {min} ms of {cap_ms})"
+            );
+            assert!(
+                *max >= cap_ms * 19 / 20,
+                "attempt {attempt}: nothing near the cap (max {max} ms of {cap_ms})"
+            );
+            let mean = samples.iter().sum::<u64>() as f64 / samples.len() as f64;
+            assert!(
+                (mean / cap_ms as f64 - 0.5).abs() < 0.1,
+                "attempt {attempt}: mean {mean} ms is not half of {cap_ms} ms"
+            );
+            let low = samples.iter().filter(|&&d| d * 2 < cap_ms).count();
+            assert!(
+                (800..=1200).contains(&low),
+                "attempt {attempt}: {low} of 2000 in the lower half"
+            );
+        }
+    }
+
+    /// A `Retry-After` is a floor: the wait is never shorter, even above
+    /// retry_max; without one the backoff applies.
+    #[test]
+    fn retry_after_is_a_floor_of_the_wait() {
+        let s = HttpSettings {
+            retry_base: Duration::from_millis(100),
+            retry_max: Duration::from_millis(1000),
+            ..Default::default()
+        };
+        for attempt in [0, 3, 20] {
+            for given in [
+                Duration::from_millis(50),
+                Duration::from_secs(2),
+                Duration::from_secs(5),
+            ] {
+                for _ in 0..200 {
+                    let w = retry_wait(&s, attempt, Some(given));
+                    assert!(
+                        w >= given,
+                        "attempt {attempt}: waited {w:?} < Retry-After {given:?}"
+                    );
+                    assert!(
+                        w <= given.max(s.retry_max),
+                        "attempt {attempt}: waited {w:?} for {given:?}"
+                    );
+                }
+            }
+            assert!(retry_wait(&s, attempt, None) <= Duration::from_millis(1000));
         }
     }
 
@@ -591,5 +659,23 @@ mod tests {
         assert_eq!(retry_after(&h), Some(RETRY_AFTER_CAP));
         h.insert("retry-after", "soon".parse().unwrap());
         assert_eq!(retry_after(&h), None);
+        // An HTTP date: the time until then.
+        let at = std::time::SystemTime::now() + Duration::from_secs(30);
+        h.insert("retry-after", httpdate::fmt_http_date(at).parse().unwrap());
+        let d = retry_after(&h).unwrap();
+        assert!(
+            d > Duration::from_secs(28) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
+        // A date already past: retry at once.
+        h.insert(
+            "retry-after",
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h), Some(Duration::ZERO));
+        // A date far ahead: capped.
+        let at = std::time::SystemTime::now() + Duration::from_secs(86_400);
+        h.insert("retry-after", httpdate::fmt_http_date(at).parse().unwrap());
+        assert_eq!(retry_after(&h), Some(RETRY_AFTER_CAP));
     }
 }

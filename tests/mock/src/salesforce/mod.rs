@@ -18,6 +18,7 @@ use rsa::RsaPublicKey;
 use serde_json::{json, Value};
 
 use crate::data::mix;
+use crate::faults::{echo_cut, echo_text, sent_secrets, Picked};
 use crate::mock::{Base, Mock};
 use crate::server::{Request, Response};
 use crate::store::json_str;
@@ -282,16 +283,21 @@ impl SalesforceMock {
         None
     }
 
-    fn token(&self, st: &mut State, req: &Request) -> Response {
-        let own = Self::own_url(req);
-        let client = oauth::Client {
+    /// The connected app and user a token request is checked against.
+    fn oauth_client<'a>(&'a self, st: &'a State, own_url: &'a str) -> oauth::Client<'a> {
+        oauth::Client {
             client_id: &self.opts.client_id,
             client_secret: &self.opts.client_secret,
             refresh_token: st.refresh_token.as_deref(),
             username: &self.opts.username,
             public_key: self.public_key.as_ref(),
-            own_url: &own,
-        };
+            own_url,
+        }
+    }
+
+    fn token(&self, st: &mut State, req: &Request) -> Response {
+        let own = Self::own_url(req);
+        let client = self.oauth_client(st, &own);
         let scope = match oauth::check(req, &client) {
             Ok(s) => s,
             Err(e) => return oauth_error(e),
@@ -507,6 +513,42 @@ impl Mock for SalesforceMock {
             ),
             _ => return None,
         })
+    }
+
+    /// At the token endpoint, the OAuth error the grant earns (else
+    /// `invalid_grant`) whose description quotes the form's secrets as
+    /// sent; elsewhere a REST `MALFORMED_QUERY` quoting the session token.
+    /// Status 400 unless the rule names one.
+    fn echo(&self, st: &mut State, fault: &Picked, req: &Request) -> Response {
+        let status = fault.status.unwrap_or(400);
+        let sent = sent_secrets(req);
+        if fault.kind == "echo_secrets_cut" {
+            return echo_cut(status, &sent);
+        }
+        if req.path.contains("/services/oauth2/token") {
+            let own = Self::own_url(req);
+            let client = self.oauth_client(st, &own);
+            let (error, why) = match oauth::check(req, &client) {
+                Err(e) => e,
+                Ok(_) => ("invalid_grant", "authentication failure"),
+            };
+            return Response::json(
+                status,
+                json!({"error": error,
+                       "error_description": format!("{why}: request {}", echo_text(&sent))})
+                .to_string()
+                .into_bytes(),
+            );
+        }
+        sf_error(
+            status,
+            "MALFORMED_QUERY",
+            &format!(
+                "unexpected token: '{}' in the request with {}",
+                sent.first().map(|s| s.raw.as_str()).unwrap_or(""),
+                echo_text(&sent)
+            ),
+        )
     }
 
     fn endpoint(path: &str) -> String {
