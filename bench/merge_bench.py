@@ -10,6 +10,7 @@ Run through scripts/bench_merge.sh (--size 200000 by default).
 """
 
 import argparse
+import hashlib
 import os
 import subprocess
 import sys
@@ -57,6 +58,28 @@ SELECT '003' || lpad(i::text, 15, '0'),
 """
 
 
+def session(port):
+    """A new connection (a fresh backend: its peak memory is this step's
+    alone), printing the merge's step timings (DEBUG1)."""
+    m = psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="bench", autocommit=True)
+    m.execute("SET client_min_messages = debug1")
+    m.add_notice_handler(lambda d: print("   ", d.message_primary) if "merge" in d.message_primary else None)
+    return m
+
+
+def model_md5(c):
+    """md5 of every row of the unified model (ids, values, sources, lineage,
+    whether deleted) and of the merged-id map, times left out: equal md5s,
+    identical models."""
+    q = """SELECT md5(coalesce(string_agg(x, ',' ORDER BY x), '')) FROM
+             (SELECT (to_jsonb(t) - 'merged_at' - 'deleted_at'
+                      || jsonb_build_object('deleted', t.deleted_at IS NOT NULL))::text AS x FROM {t} t) s"""
+    parts = [c.execute(q.format(t=t)).fetchone()[0] for t in ("crm.contacts", "crm.companies", "crm.deals")]
+    parts += c.execute("SELECT md5(coalesce(string_agg(x, ',' ORDER BY x), '')) FROM "
+                       "(SELECT concat_ws('/', entity, old_id, new_id) AS x FROM crm.merged_ids) s").fetchone()
+    return hashlib.md5(",".join(parts).encode()).hexdigest()[:16]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=200_000, help="contacts per source")
@@ -83,23 +106,27 @@ def main():
             c.execute(HS_ROWS, {"n": n})
             c.execute(SF_ROWS, {"n": n})
             c.execute("ANALYZE")
-            c.execute("SET client_min_messages = debug1")
-            c.add_notice_handler(lambda d: print("   ", d.message_primary) if "merge" in d.message_primary else None)
             print(f"merge: {n:,} HubSpot + {n:,} Salesforce contacts, 30% the same people")
-            rows, secs, mem = run(c, "SELECT entity, records_changed, unified_rows_changed FROM crm_sync.merge(full => true)")
+            m = session(port)
+            rows, secs, mem = run(m, "SELECT entity, records_changed, unified_rows_changed FROM crm_sync.merge(full => true)")
+            m.close()
             staged = sum(r[1] for r in rows)
             unified = c.execute("SELECT count(*) FROM crm.contacts").fetchone()[0]
             print(f"  full merge:        {secs:7.2f} s  {staged / secs:9,.0f} records/s  "
                   f"{unified:,} unified contacts  peak private memory {mem['anon_kb'] / 1024:.0f} MiB")
+            print(f"  model md5 after the full merge: {model_md5(c)}")
             k = n // 100
             c.execute("UPDATE hs.contacts SET _raw = jsonb_set(_raw, '{properties,jobtitle}', '\"Changed\"'), "
-                      "_run_id = 2, _updated_at = now() WHERE id::int % 100 = 0")
+                      "_run_id = 2, _updated_at = timestamptz '2025-01-01' WHERE id::int % 100 = 0")
             c.execute("UPDATE sf.contact SET _raw = jsonb_set(_raw, '{Title}', '\"Changed\"'), _run_id = 2, "
-                      "_updated_at = now() WHERE right(id, 2) = '00'")
-            rows, secs, mem = run(c, "SELECT entity, records_changed, unified_rows_changed FROM crm_sync.merge()")
+                      "_updated_at = timestamptz '2025-01-01' WHERE right(id, 2) = '00'")
+            m = session(port)
+            rows, secs, mem = run(m, "SELECT entity, records_changed, unified_rows_changed FROM crm_sync.merge()")
+            m.close()
             staged = sum(r[1] for r in rows)
             print(f"  incremental (1%):  {secs:7.2f} s  {staged:,} records changed ({2 * k:,} expected), "
                   f"{sum(r[2] for r in rows):,} unified rows rewritten  peak private memory {mem['anon_kb'] / 1024:.0f} MiB")
+            print(f"  model md5 after the incremental merge: {model_md5(c)}")
             # The same model either way.
             before = c.execute("SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM "
                                "(SELECT id, email, phone, title, sources FROM crm.contacts) t").fetchone()[0]

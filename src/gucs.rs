@@ -22,6 +22,10 @@ pub static PROGRESS_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(5000);
 /// Merge each synced stream into the unified model (schema crm) at once.
 pub static MERGE_AFTER_SYNC: GucSetting<bool> = GucSetting::<bool>::new(true);
 
+/// Changed records a merge follows one by one; past this many, it
+/// recomputes the whole entity in pages.
+pub static MERGE_FOLLOW_AT_MOST: GucSetting<i32> = GucSetting::<i32>::new(50_000);
+
 /// Background workers that run jobs at once, at most.
 pub static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
 
@@ -80,6 +84,16 @@ fn define_session_settings() {
         c"Merge what each sync landed into the unified model (schema crm) right after it.",
         c"On by default; off leaves merging to crm_sync.merge().",
         &MERGE_AFTER_SYNC,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"crm_sync.merge_follow_at_most",
+        c"Changed records of one entity a merge follows one by one.",
+        c"Past this many, the merge recomputes the whole entity in pages: the same model, in memory that does not grow with the change (a first sync, a full refresh).",
+        &MERGE_FOLLOW_AT_MOST,
+        0,
+        10_000_000,
         GucContext::Userset,
         GucFlags::default(),
     );

@@ -63,20 +63,24 @@ pub fn prune(entity: &str, full: bool) -> (Vec<i64>, Vec<i64>) {
 /// source): the changed ones (every one, `full`), those linked to a target
 /// row this merge recomputed (`targets`: merged, split, renamed or gone), and
 /// those whose target had not landed yet. Returns the records whose link
-/// changed.
-pub fn link(entity: &str, target: &str, changed: &[i64], targets: &[i64], full: bool) -> Vec<i64> {
+/// changed: their ids, or (`full`, where there may be any number) how many.
+pub fn link(entity: &str, target: &str, changed: &[i64], targets: &[i64], full: bool) -> Moved {
     let Some(Ref {
         field: rf,
         column: id,
         ..
     }) = REFS.iter().find(|r| r.target == target)
     else {
-        return Vec::new();
+        return Moved::Records(Vec::new());
     };
     // Each kind of candidate found through its own index (one OR over them
     // would read every record of the entity).
     let scope = if full {
-        "SELECT record_id FROM crm_sync.source_records WHERE entity = $1".to_owned()
+        // Records with neither a reference nor a link have nothing to change.
+        format!(
+            "SELECT record_id FROM crm_sync.source_records
+              WHERE entity = $1 AND ({rf} IS NOT NULL OR {id} IS NOT NULL)"
+        )
     } else {
         format!(
             "SELECT record_id FROM crm_sync.source_records WHERE entity = $1 AND record_id = ANY ($2)
@@ -85,7 +89,12 @@ pub fn link(entity: &str, target: &str, changed: &[i64], targets: &[i64], full: 
                     WHERE entity = $1 AND {id} IS NULL AND {rf} IS NOT NULL"
         )
     };
-    Spi::connect_mut(|c| {
+    let tail = if full {
+        "SELECT count(*) FROM moved"
+    } else {
+        "SELECT record_id FROM moved"
+    };
+    let rows: Vec<i64> = Spi::connect_mut(|c| {
         c.update(
             &format!(
                 "WITH want AS (
@@ -95,11 +104,13 @@ pub fn link(entity: &str, target: &str, changed: &[i64], targets: &[i64], full: 
                              WHERE k.entity = $3 AND k.source = r.source AND k.external_id = r.{rf}
                              ORDER BY k.stream LIMIT 1) AS target_id
                       FROM crm_sync.source_records r
-                     WHERE r.entity = $1 AND r.record_id IN ({scope}))
-                 UPDATE crm_sync.source_records r SET {id} = w.target_id
-                   FROM want w
-                  WHERE r.entity = $1 AND r.record_id = w.record_id AND r.{id} IS DISTINCT FROM w.target_id
-                 RETURNING r.record_id"
+                     WHERE r.entity = $1 AND r.record_id IN ({scope})),
+                 moved AS (
+                    UPDATE crm_sync.source_records r SET {id} = w.target_id
+                      FROM want w
+                     WHERE r.entity = $1 AND r.record_id = w.record_id AND r.{id} IS DISTINCT FROM w.target_id
+                    RETURNING r.record_id)
+                 {tail}"
             ),
             None,
             &[
@@ -112,5 +123,16 @@ pub fn link(entity: &str, target: &str, changed: &[i64], targets: &[i64], full: 
         .unwrap_or_else(|e| panic!("link {entity} records to their {target}: {e}"))
         .map(|r| r.get::<i64>(1).ok().flatten().unwrap_or_default())
         .collect()
-    })
+    });
+    if full {
+        Moved::Count(rows.first().copied().unwrap_or_default())
+    } else {
+        Moved::Records(rows)
+    }
+}
+
+/// The records whose link changed.
+pub enum Moved {
+    Records(Vec<i64>),
+    Count(i64),
 }

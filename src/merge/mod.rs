@@ -97,6 +97,8 @@ pub fn run(only: Option<(&str, &str)>, full: bool) -> Vec<EntityStats> {
     // them (a contact's company, say) are linked again, whether the group
     // merged, split, changed its id or disappeared.
     let mut touched: HashMap<&str, Vec<i64>> = HashMap::new();
+    // Entities merged whole (not by their changed records).
+    let mut whole: Vec<&str> = Vec::new();
     for entity in ENTITIES {
         let t0 = std::time::Instant::now();
         let mut st = EntityStats {
@@ -108,6 +110,7 @@ pub fn run(only: Option<(&str, &str)>, full: bool) -> Vec<EntityStats> {
             micros: 0,
         };
         let mut changed: Vec<i64> = Vec::new();
+        let mut entity_full = full;
         let lap = |what: &str| {
             pgrx::debug1!(
                 "pg_crm_sync merge {entity}: {what} after {:?}",
@@ -115,17 +118,31 @@ pub fn run(only: Option<(&str, &str)>, full: bool) -> Vec<EntityStats> {
             )
         };
         for s in stage::streams(entity, only) {
-            let (ids, invalid) = stage::stage(entity, &s, full);
-            st.changed += ids.len() as i64;
-            st.invalid += invalid;
-            changed.extend(ids);
+            // Past this many changed records, the steps after staging run
+            // over the whole entity (the same result, in pages, with memory
+            // that does not grow with the change).
+            let keep = if entity_full {
+                0
+            } else {
+                (gucs::MERGE_FOLLOW_AT_MOST.get().max(0) as usize).saturating_sub(changed.len())
+            };
+            let staged = stage::stage(entity, &s, full, keep);
+            st.changed += staged.count;
+            st.invalid += staged.invalid;
+            match staged.ids {
+                Some(ids) if !entity_full => changed.extend(ids),
+                _ => {
+                    entity_full = true;
+                    changed = Vec::new();
+                }
+            }
         }
         lap("staged");
         // The steps below read what was just written, by entity; the
         // planner must know it is there. Statistics from before (a first
         // merge of empty tables, or of another entity only) make it expect
         // one row and loop over every record of the entity for each one.
-        let big = changed.len() > 1_000 && stats_lag(entity, changed.len());
+        let big = st.changed > 1_000 && stats_lag(entity, st.changed as usize);
         if big {
             Spi::run("ANALYZE crm_sync.source_records").expect("analyze crm_sync.source_records");
         }
@@ -135,12 +152,23 @@ pub fn run(only: Option<(&str, &str)>, full: bool) -> Vec<EntityStats> {
         changed.extend(rest);
         for target in link_targets(entity) {
             let targets = touched.get(target).map(Vec::as_slice).unwrap_or_default();
-            let moved = link::link(entity, target, &changed, targets, full);
-            changed.extend(moved);
+            // Every link is checked when the target, or this entity, was
+            // merged whole.
+            let link_all = entity_full || whole.contains(target);
+            match link::link(entity, target, &changed, targets, link_all) {
+                link::Moved::Records(moved) => changed.extend(moved),
+                // Links moved in a whole target: this entity's rows that
+                // show them are recomputed whole too.
+                link::Moved::Count(n) if n > 0 => {
+                    entity_full = true;
+                    changed = Vec::new();
+                }
+                link::Moved::Count(_) => {}
+            }
         }
         lap("linked");
-        if !changed.is_empty() || !emptied.is_empty() || full {
-            let (mut affected, merged) = resolve::resolve(entity, &changed, full);
+        if !changed.is_empty() || !emptied.is_empty() || entity_full {
+            let (mut affected, merged) = resolve::resolve(entity, &changed, entity_full);
             affected.extend(emptied);
             affected.sort_unstable();
             affected.dedup();
@@ -149,9 +177,11 @@ pub fn run(only: Option<(&str, &str)>, full: bool) -> Vec<EntityStats> {
             }
             lap("resolved");
             st.merged = merged;
-            st.unified = survive::survive(entity, &affected, full);
+            st.unified = survive::survive(entity, &affected, entity_full);
             lap("survived");
-            if !full {
+            if entity_full {
+                whole.push(entity);
+            } else {
                 touched.insert(entity, affected);
             }
         }

@@ -2,12 +2,9 @@
 //! by the enabled match rules, write their unified ids, and record ids
 //! merged into others in `crm.merged_ids`.
 
-use std::collections::{HashMap, HashSet};
-
-use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 
-use crm_sync_core::model::identity::{self, Member};
+use crm_sync_core::model::identity::Groups;
 use crm_sync_core::model::key_column;
 
 use super::sql::FETCH;
@@ -47,11 +44,6 @@ pub fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
             )
         })
         .collect();
-    let keys_sql = if key_exprs.is_empty() {
-        "ARRAY[]::text[]".to_owned()
-    } else {
-        format!("ARRAY[{}]", key_exprs.join(", "))
-    };
     // Who takes part: everything (full), or the changed records, the
     // unified rows they were in, and the rows their keys now match. Each
     // rule's matches are found through its keys' index.
@@ -83,115 +75,109 @@ pub fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
                 .collect()
         })
     });
-    // In pages by record id (keyset, or chunks of the scope), each in its
-    // own SPI connection.
-    let which = if full {
-        format!("r.record_id > $2 ORDER BY r.record_id LIMIT {FETCH}")
+    // The records in scope that share a rule's key with another: each
+    // key's records, one group at a time through a cursor, into union-find.
+    // Records that share no key are groups of their own and never leave
+    // the database.
+    let in_scope = if full {
+        "TRUE"
     } else {
-        "r.record_id = ANY ($2) ORDER BY r.record_id".to_owned()
+        "r.record_id = ANY ($2)"
     };
-    let sql = format!(
-        "SELECT r.record_id, (extract(epoch FROM r.first_seen) * 1e6)::int8, u.unified_id, {keys_sql}
-           FROM crm_sync.source_records r
-           LEFT JOIN crm_sync.unified_ids u ON u.entity = r.entity AND u.record_id = r.record_id
-          WHERE r.entity = $1 AND {which}"
-    );
-    let mut members: Vec<(Member, Option<i64>)> = Vec::new();
-    let mut chunks = scope.as_deref().map(|s| s.chunks(FETCH as usize));
-    let mut after = i64::MIN;
-    loop {
-        let arg: DatumWithOid = match chunks.as_mut() {
-            None => after.into(),
-            Some(it) => match it.next() {
-                Some(chunk) => chunk.to_vec().into(),
-                None => break,
-            },
-        };
-        let page: Vec<(Member, Option<i64>)> = Spi::connect(|c| {
-            c.select(sql.as_str(), None, &[entity.into(), arg])
-                .expect("read records to resolve")
-                .map(|r| {
-                    let keys: Vec<Option<String>> = r
-                        .get::<Vec<Option<String>>>(4)
-                        .ok()
-                        .flatten()
-                        .unwrap_or_default();
-                    (
-                        Member {
-                            id: r.get(1).ok().flatten().unwrap_or_default(),
-                            first_seen: r.get(2).ok().flatten().unwrap_or_default(),
-                            keys,
-                        },
-                        r.get(3).ok().flatten(),
-                    )
-                })
-                .collect()
-        });
-        pgrx::check_for_interrupts!();
-        let n = page.len() as i64;
-        if let Some((m, _)) = page.last() {
-            after = m.id;
-        }
-        members.extend(page);
-        if chunks.is_none() && n < FETCH {
-            break;
-        }
-    }
-    pgrx::debug1!(
-        "pg_crm_sync merge {entity}: read {} records to resolve in {:?}",
-        members.len(),
-        t.elapsed()
-    );
-    let only: Vec<Member> = members.iter().map(|(m, _)| m.clone()).collect();
-    let ids = identity::resolve(&only);
-    pgrx::debug1!(
-        "pg_crm_sync merge {entity}: linked them after {:?}",
-        t.elapsed()
-    );
-    // Old ids that no longer name any group were merged into the group
-    // that holds their earliest record.
-    let new_set: HashSet<i64> = ids.iter().copied().collect();
-    let mut merged: HashMap<i64, (i64, i64, i64)> = HashMap::new();
-    for ((m, old), new) in members.iter().zip(&ids) {
-        if let Some(old) = old {
-            if !new_set.contains(old) {
-                let e = merged.entry(*old).or_insert((m.first_seen, m.id, *new));
-                if (m.first_seen, m.id) < (e.0, e.1) {
-                    *e = (m.first_seen, m.id, *new);
+    let scope_ids: Vec<i64> = scope.unwrap_or_default();
+    let mut groups = Groups::default();
+    for key in &key_exprs {
+        let sql = format!(
+            "SELECT array_agg(r.record_id), array_agg((extract(epoch FROM r.first_seen) * 1e6)::int8)
+               FROM crm_sync.source_records r
+              WHERE r.entity = $1 AND {in_scope} AND {key} IS NOT NULL
+              GROUP BY {key} HAVING count(*) > 1"
+        );
+        Spi::connect_mut(|c| {
+            let mut cur = c.open_cursor(sql.as_str(), &[entity.into(), scope_ids.clone().into()]);
+            loop {
+                let page = cur.fetch(FETCH).expect("read records that share a key");
+                let n = page.len();
+                for row in page {
+                    let ids: Vec<i64> = row.get(1).ok().flatten().unwrap_or_default();
+                    let seen: Vec<i64> = row.get(2).ok().flatten().unwrap_or_default();
+                    let same: Vec<(i64, i64)> = ids.into_iter().zip(seen).collect();
+                    groups.link(&same);
+                }
+                pgrx::check_for_interrupts!();
+                if (n as i64) < FETCH {
+                    break;
                 }
             }
-        }
+        });
     }
-    let rid: Vec<i64> = members.iter().map(|(m, _)| m.id).collect();
-    Spi::run_with_args(
-        "INSERT INTO crm_sync.unified_ids AS t (entity, record_id, unified_id)
-         SELECT $1, u.rid, u.uid FROM unnest($2::int8[], $3::int8[]) u(rid, uid)
-         ON CONFLICT (entity, record_id) DO UPDATE SET unified_id = EXCLUDED.unified_id
-          WHERE t.unified_id IS DISTINCT FROM EXCLUDED.unified_id",
-        &[entity.into(), rid.into(), ids.clone().into()],
-    )
-    .expect("write unified ids");
+    pgrx::debug1!(
+        "pg_crm_sync merge {entity}: linked {} records that share a key after {:?}",
+        groups.len(),
+        t.elapsed()
+    );
+    // Their unified ids go in as arrays (no temporary table: one a caller
+    // created in this session could carry triggers); every other record's
+    // unified id is its own id.
+    let (linked_rid, linked_uid): (Vec<i64>, Vec<i64>) = groups.leaders().into_iter().unzip();
+    drop(groups);
+    // One statement: the new unified id of every record in scope; old ids
+    // that no longer name a group were merged into the group of their
+    // earliest record (crm.merged_ids, chains followed); then the ids are
+    // written. The unified ids touched (old and new) come back for an
+    // incremental merge.
+    let affected_sql = if full {
+        "NULL::int8[]"
+    } else {
+        "(SELECT array_agg(DISTINCT v) FROM (SELECT old FROM n WHERE old IS NOT NULL UNION SELECT new FROM n) a(v))"
+    };
+    let (merged, affected): (i64, Vec<i64>) = Spi::connect_mut(|c| {
+        let row = c
+            .update(
+                &format!(
+                    "WITH n AS MATERIALIZED (
+                        SELECT r.record_id, r.first_seen, u.unified_id AS old,
+                               coalesce(l.unified_id, r.record_id) AS new
+                          FROM crm_sync.source_records r
+                          LEFT JOIN crm_sync.unified_ids u ON u.entity = r.entity AND u.record_id = r.record_id
+                          LEFT JOIN unnest($3::int8[], $4::int8[]) l(record_id, unified_id)
+                                 ON l.record_id = r.record_id
+                         WHERE r.entity = $1 AND {in_scope}),
+                     m AS MATERIALIZED (
+                        SELECT DISTINCT ON (n.old) n.old AS old_id, n.new AS new_id
+                          FROM n
+                         WHERE n.old IS NOT NULL
+                           AND NOT EXISTS (SELECT 1 FROM n k WHERE k.record_id = n.old AND k.new = n.old)
+                         ORDER BY n.old, n.first_seen, n.record_id),
+                     chain AS (UPDATE crm.merged_ids x SET new_id = m.new_id FROM m
+                                WHERE x.entity = $1 AND x.new_id = m.old_id),
+                     ins AS (INSERT INTO crm.merged_ids (entity, old_id, new_id)
+                             SELECT $1, old_id, new_id FROM m
+                             ON CONFLICT (entity, old_id) DO UPDATE SET new_id = EXCLUDED.new_id, merged_at = now()),
+                     w AS (INSERT INTO crm_sync.unified_ids AS t (entity, record_id, unified_id)
+                           SELECT $1, n.record_id, n.new FROM n
+                           ON CONFLICT (entity, record_id) DO UPDATE SET unified_id = EXCLUDED.unified_id
+                            WHERE t.unified_id IS DISTINCT FROM EXCLUDED.unified_id)
+                     SELECT (SELECT count(*) FROM m), {affected_sql}"
+                ),
+                None,
+                &[
+                    entity.into(),
+                    scope_ids.clone().into(),
+                    linked_rid.into(),
+                    linked_uid.into(),
+                ],
+            )
+            .expect("write unified ids")
+            .first();
+        (
+            row.get::<i64>(1).ok().flatten().unwrap_or_default(),
+            row.get::<Vec<i64>>(2).ok().flatten().unwrap_or_default(),
+        )
+    });
     pgrx::debug1!(
         "pg_crm_sync merge {entity}: wrote unified ids after {:?}",
         t.elapsed()
     );
-    let old: Vec<i64> = merged.keys().copied().collect();
-    let new: Vec<i64> = merged.values().map(|v| v.2).collect();
-    if !old.is_empty() {
-        Spi::run_with_args(
-            "WITH m AS (SELECT * FROM unnest($2::int8[], $3::int8[]) u(old_id, new_id)),
-                  chain AS (UPDATE crm.merged_ids x SET new_id = m.new_id FROM m
-                             WHERE x.entity = $1 AND x.new_id = m.old_id)
-             INSERT INTO crm.merged_ids (entity, old_id, new_id)
-             SELECT $1, old_id, new_id FROM m
-             ON CONFLICT (entity, old_id) DO UPDATE SET new_id = EXCLUDED.new_id, merged_at = now()",
-            &[entity.into(), old.clone().into(), new.clone().into()],
-        )
-        .expect("write crm.merged_ids");
-    }
-    let mut affected: Vec<i64> = ids;
-    affected.extend(members.iter().filter_map(|(_, o)| *o));
-    affected.sort_unstable();
-    affected.dedup();
-    (affected, old.len() as i64)
+    (affected, merged)
 }

@@ -86,9 +86,18 @@ pub fn streams(entity: &str, only: Option<(&str, &str)>) -> Vec<StreamMap> {
     out
 }
 
-/// Stage the stream's rows changed since its last merge; returns the
-/// record ids staged and the number of invalid values.
-pub fn stage(entity: &str, s: &StreamMap, full: bool) -> (Vec<i64>, i64) {
+/// What staging a stream did.
+pub struct Staging {
+    /// The record ids staged, while there are at most the `keep` the caller
+    /// asked for; beyond that the caller merges the whole entity, and the
+    /// ids are not kept (memory stays flat however many records change).
+    pub ids: Option<Vec<i64>>,
+    pub count: i64,
+    pub invalid: i64,
+}
+
+/// Stage the stream's rows changed since its last merge.
+pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
     // A sync of this stream still writing: its own merge will follow.
     if !locks::try_stream_for_transaction(&s.source, &s.stream) {
         pgrx::notice!(
@@ -96,7 +105,11 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool) -> (Vec<i64>, i64) {
             s.source,
             s.stream
         );
-        return (vec![], 0);
+        return Staging {
+            ids: Some(vec![]),
+            count: 0,
+            invalid: 0,
+        };
     }
     // On lines of their own: a trailing comment in one ends with its line.
     let exprs: Vec<String> = s.exprs.iter().map(|e| format!("(\n{e}\n)::text")).collect();
@@ -110,7 +123,8 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool) -> (Vec<i64>, i64) {
         qi(&s.source),
         qi(&s.stream)
     );
-    let mut ids = Vec::new();
+    let mut ids = Some(Vec::new());
+    let mut count = 0i64;
     let mut invalid = 0i64;
     let mut max_run = s.merged_run;
     let (mut t_read, mut t_write) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
@@ -127,44 +141,49 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool) -> (Vec<i64>, i64) {
     .expect("look for the stream's invalid values")
     .unwrap_or(true);
     loop {
-        let more = Spi::connect_mut(|c| {
-            let t = std::time::Instant::now();
-            let batch: Vec<Staged> = c
-                .select(sql.as_str(), None, &[since.into(), after.as_str().into()])
-                .expect("read landing rows through the mappings")
-                .map(|r| {
-                    let run: i64 = r.get(4).ok().flatten().unwrap_or_default();
-                    max_run = max_run.max(run);
-                    let values = (0..cols)
-                        .map(|i| r.get::<String>(5 + i).ok().flatten())
-                        .collect();
-                    model::stage::stage(
-                        entity,
-                        s.region.as_deref(),
-                        &s.fields,
-                        r.get(1).ok().flatten().unwrap_or_default(),
-                        r.get(2).ok().flatten(),
-                        r.get(3).ok().flatten().unwrap_or(false),
-                        values,
-                    )
-                })
-                .collect();
-            let Some(last) = batch.last() else {
-                return false;
-            };
-            after = last.external_id.clone();
-            invalid += batch.iter().map(|b| b.invalid.len() as i64).sum::<i64>();
-            ids.extend(
-                batch
-                    .iter()
-                    .map(|b| identity::record_id(entity, &s.source, &s.stream, &b.external_id)),
-            );
-            t_read += t.elapsed();
-            let t = std::time::Instant::now();
-            write_staged(c, entity, s, &batch, had_invalid);
-            t_write += t.elapsed();
-            batch.len() as i64 == FETCH
-        });
+        let more =
+            Spi::connect_mut(|c| {
+                let t = std::time::Instant::now();
+                let batch: Vec<Staged> = c
+                    .select(sql.as_str(), None, &[since.into(), after.as_str().into()])
+                    .expect("read landing rows through the mappings")
+                    .map(|r| {
+                        let run: i64 = r.get(4).ok().flatten().unwrap_or_default();
+                        max_run = max_run.max(run);
+                        let values = (0..cols)
+                            .map(|i| r.get::<String>(5 + i).ok().flatten())
+                            .collect();
+                        model::stage::stage(
+                            entity,
+                            s.region.as_deref(),
+                            &s.fields,
+                            r.get(1).ok().flatten().unwrap_or_default(),
+                            r.get(2).ok().flatten(),
+                            r.get(3).ok().flatten().unwrap_or(false),
+                            values,
+                        )
+                    })
+                    .collect();
+                let Some(last) = batch.last() else {
+                    return false;
+                };
+                after = last.external_id.clone();
+                invalid += batch.iter().map(|b| b.invalid.len() as i64).sum::<i64>();
+                count += batch.len() as i64;
+                if count as usize > keep {
+                    ids = None;
+                }
+                if let Some(ids) = ids.as_mut() {
+                    ids.extend(batch.iter().map(|b| {
+                        identity::record_id(entity, &s.source, &s.stream, &b.external_id)
+                    }));
+                }
+                t_read += t.elapsed();
+                let t = std::time::Instant::now();
+                write_staged(c, entity, s, &batch, had_invalid);
+                t_write += t.elapsed();
+                batch.len() as i64 == FETCH
+            });
         pgrx::check_for_interrupts!();
         if !more {
             break;
@@ -174,7 +193,7 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool) -> (Vec<i64>, i64) {
         "pg_crm_sync merge {entity}: {}.{}: read and cleaned {} records in {t_read:?}, wrote them in {t_write:?}",
         s.source,
         s.stream,
-        ids.len()
+        count
     );
     Spi::run_with_args(
         "INSERT INTO crm_sync.merge_state (source, stream, merged_run, merged_at) VALUES ($1, $2, $3, now())
@@ -182,7 +201,11 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool) -> (Vec<i64>, i64) {
         &[s.source.as_str().into(), s.stream.as_str().into(), max_run.into()],
     )
     .expect("write crm_sync.merge_state");
-    (ids, invalid)
+    Staging {
+        ids,
+        count,
+        invalid,
+    }
 }
 
 fn write_staged(

@@ -166,8 +166,21 @@ def assert_rebuild_agrees(db):
         assert before[k] == after[k], k
 
 
-def test_links_follow_a_company_that_splits(db, both):
+# Merges follow changed records one by one (the default), or recompute an
+# entity whole past crm_sync.merge_follow_at_most changed records: every
+# entity (0), or some and not others (1). The model is the same.
+FOLLOW = pytest.mark.parametrize("follow", [None, 0, 1])
+
+
+def follow_at_most(db, follow):
+    if follow is not None:
+        db.execute(f"SET crm_sync.merge_follow_at_most = {int(follow)}")
+
+
+@FOLLOW
+def test_links_follow_a_company_that_splits(db, both, follow):
     hs, sf = both
+    follow_at_most(db, follow)
     acme = db.execute("SELECT id, sources FROM crm.companies WHERE domain = 'acme.com'").fetchone()
     acme_ids = ids_by_source({"sources": acme[1]})
     sf.upsert("Opportunity", [{"Name": "Acme expansion", "AccountId": acme_ids["sf"], "StageName": "Prospecting",
@@ -191,8 +204,10 @@ def test_links_follow_a_company_that_splits(db, both):
     assert_rebuild_agrees(db)
 
 
-def test_a_delete_on_one_side_removes_only_its_contribution(db, both):
+@FOLLOW
+def test_a_delete_on_one_side_removes_only_its_contribution(db, both, follow):
     hs, sf = both
+    follow_at_most(db, follow)
     ada = person(db, "ada.lovelace@example.com")
     sf_id = [s for s in ada["sources"] if s.startswith("sf/")][0].split("/")[2]
     sf.delete("Contact", [sf_id])
@@ -208,8 +223,10 @@ def test_a_delete_on_one_side_removes_only_its_contribution(db, both):
     assert gone == (True, [])
 
 
-def test_a_late_link_merges_two_rows_and_keeps_the_old_id(db, both):
+@FOLLOW
+def test_a_late_link_merges_two_rows_and_keeps_the_old_id(db, both, follow):
     hs, sf = both
+    follow_at_most(db, follow)
     a = person(db, "lin@x.example")
     b = person(db, "lin.wu@y.example")
     assert a["id"] != b["id"]

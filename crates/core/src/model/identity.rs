@@ -36,53 +36,112 @@ pub fn record_id(entity: &str, source: &str, stream: &str, external_id: &str) ->
     ((h >> 1) as i64).max(1)
 }
 
-/// The unified id of every member, in order.
+/// The unified id of every member, in order (in memory: for tests and small
+/// sets; the merge feeds [`Groups`] from SQL, a key group at a time).
 pub fn resolve(members: &[Member]) -> Vec<i64> {
-    let n = members.len();
-    let mut parent: Vec<usize> = (0..n).collect();
-    fn find(p: &mut [usize], mut x: usize) -> usize {
-        while p[x] != x {
-            p[x] = p[p[x]];
-            x = p[x];
+    let rules = members.iter().map(|m| m.keys.len()).max().unwrap_or(0);
+    let mut groups = Groups::default();
+    for r in 0..rules {
+        let mut by_key: HashMap<&str, Vec<(i64, i64)>> = HashMap::new();
+        for m in members {
+            if let Some(Some(k)) = m.keys.get(r) {
+                by_key.entry(k).or_default().push((m.id, m.first_seen));
+            }
+        }
+        for same in by_key.values().filter(|v| v.len() > 1) {
+            groups.link(same);
+        }
+    }
+    members.iter().map(|m| groups.leader(m.id)).collect()
+}
+
+/// Union-find over the records that share a key with another record (the
+/// rest are groups of one, named by themselves): memory grows with the
+/// records that match, not with every record. Each set's root is its
+/// earliest-seen record (then the smallest id), which names the group.
+#[derive(Debug, Default)]
+pub struct Groups {
+    index: HashMap<i64, usize>,
+    /// (first_seen, id, parent index)
+    nodes: Vec<(i64, i64, usize)>,
+}
+
+impl Groups {
+    /// Records that share one key (id, first_seen): one group.
+    pub fn link(&mut self, same: &[(i64, i64)]) {
+        let mut root: Option<usize> = None;
+        for &(id, first_seen) in same {
+            let i = self.node(id, first_seen);
+            let r = self.find(i);
+            root = Some(match root {
+                None => r,
+                Some(q) => self.union(q, r),
+            });
+        }
+    }
+
+    /// How many records take part (share a key with another).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The unified id of record `id`: its group's earliest-seen record.
+    pub fn leader(&mut self, id: i64) -> i64 {
+        match self.index.get(&id) {
+            Some(&i) => {
+                let r = self.find(i);
+                self.nodes[r].1
+            }
+            None => id,
+        }
+    }
+
+    /// Every record that takes part, with its unified id.
+    pub fn leaders(&mut self) -> Vec<(i64, i64)> {
+        (0..self.nodes.len())
+            .map(|i| {
+                let r = self.find(i);
+                (self.nodes[i].1, self.nodes[r].1)
+            })
+            .collect()
+    }
+
+    fn node(&mut self, id: i64, first_seen: i64) -> usize {
+        let next = self.nodes.len();
+        let i = *self.index.entry(id).or_insert(next);
+        if i == next {
+            self.nodes.push((first_seen, id, i));
+        }
+        i
+    }
+
+    fn find(&mut self, mut x: usize) -> usize {
+        while self.nodes[x].2 != x {
+            let up = self.nodes[self.nodes[x].2].2;
+            self.nodes[x].2 = up;
+            x = up;
         }
         x
     }
-    let rules = members.iter().map(|m| m.keys.len()).max().unwrap_or(0);
-    for r in 0..rules {
-        let mut first: HashMap<&str, usize> = HashMap::new();
-        for (i, m) in members.iter().enumerate() {
-            let Some(Some(k)) = m.keys.get(r) else {
-                continue;
-            };
-            match first.get(k.as_str()) {
-                Some(&j) => {
-                    let (a, b) = (find(&mut parent, i), find(&mut parent, j));
-                    if a != b {
-                        parent[a] = b;
-                    }
-                }
-                None => {
-                    first.insert(k, i);
-                }
-            }
+
+    /// Join two roots; the earlier-seen one stays the root.
+    fn union(&mut self, a: usize, b: usize) -> usize {
+        if a == b {
+            return a;
         }
+        let key = |n: &(i64, i64, usize)| (n.0, n.1);
+        let (keep, under) = if key(&self.nodes[a]) <= key(&self.nodes[b]) {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        self.nodes[under].2 = keep;
+        keep
     }
-    // The earliest-seen member (then the smallest id) names its group.
-    let mut best: HashMap<usize, usize> = HashMap::new();
-    for i in 0..n {
-        let root = find(&mut parent, i);
-        let e = best.entry(root).or_insert(i);
-        let (a, b) = (&members[i], &members[*e]);
-        if (a.first_seen, a.id) < (b.first_seen, b.id) {
-            *e = i;
-        }
-    }
-    (0..n)
-        .map(|i| {
-            let root = find(&mut parent, i);
-            members[best[&root]].id
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -129,6 +188,72 @@ mod tests {
         let mut more = ms.clone();
         more.push(m(1, 400, &[Some("k"), Some("p")]));
         assert_eq!(resolve(&more), vec![7, 7, 7, 7]);
+    }
+
+    /// The groups, found the slow way: records joined while any two of
+    /// different groups share a key.
+    fn naive(ms: &[Member]) -> Vec<i64> {
+        let mut g: Vec<usize> = (0..ms.len()).collect();
+        loop {
+            let mut moved = false;
+            for i in 0..ms.len() {
+                for j in 0..ms.len() {
+                    let shared = ms[i]
+                        .keys
+                        .iter()
+                        .zip(&ms[j].keys)
+                        .any(|(a, b)| a.is_some() && a == b);
+                    if shared && g[i] != g[j] {
+                        let (keep, drop) = (g[i].min(g[j]), g[i].max(g[j]));
+                        g.iter_mut().filter(|x| **x == drop).for_each(|x| *x = keep);
+                        moved = true;
+                    }
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        (0..ms.len())
+            .map(|i| {
+                let best = (0..ms.len())
+                    .filter(|&j| g[j] == g[i])
+                    .min_by_key(|&j| (ms[j].first_seen, ms[j].id))
+                    .unwrap();
+                ms[best].id
+            })
+            .collect()
+    }
+
+    #[test]
+    fn union_find_agrees_with_the_slow_way_on_random_records() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for round in 0..200 {
+            let n = rng.usize(1..40);
+            let ms: Vec<Member> = (0..n)
+                .map(|i| Member {
+                    id: 1000 - i as i64 * 7 % 13 * 100 - i as i64,
+                    first_seen: rng.i64(0..5),
+                    keys: (0..2)
+                        .map(|_| rng.bool().then(|| rng.u8(0..6).to_string()))
+                        .collect(),
+                })
+                .collect();
+            assert_eq!(resolve(&ms), naive(&ms), "round {round}: {ms:?}");
+        }
+    }
+
+    #[test]
+    fn only_records_that_share_a_key_take_part() {
+        let mut g = Groups::default();
+        g.link(&[(5, 10), (6, 3)]);
+        g.link(&[(7, 9), (6, 3)]);
+        g.link(&[(8, 1), (9, 1)]);
+        assert_eq!(g.len(), 5);
+        let mut l = g.leaders();
+        l.sort();
+        assert_eq!(l, vec![(5, 6), (6, 6), (7, 6), (8, 8), (9, 8)]);
+        assert_eq!(g.leader(42), 42, "a record of its own names itself");
     }
 
     #[test]
