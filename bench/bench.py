@@ -64,7 +64,7 @@ def run(conn, sql, args=()):
 
 
 def line(label, kind, n, what, secs, nbytes, calls, mem):
-    return (f"{label:<8}{kind:<6} {n:>9,} {what:<9} {secs:7.2f} s  {n / secs:9,.0f} records/s  "
+    return (f"{label:<8}{kind:<11} {n:>9,} {what:<9} {secs:7.2f} s  {n / secs:9,.0f} records/s  "
             f"{nbytes / secs / 1e6:6.1f} MB/s  {calls:>6} API calls  "
             f"peak backend private memory {mem['anon_kb'] / 1024:6.1f} MiB (peak RSS {mem['hwm_kb'] / 1024:.0f} MiB)")
 
@@ -88,25 +88,60 @@ def drop_db(pg, dbname):
         c.execute(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
 
 
-def full_syncs(db, label, n, what, repeat, create, sync_args, results, expected=None):
-    """`repeat` full syncs into a fresh source; prints each and the median; records the median run."""
-    runs = []
-    for _ in range(repeat):
+RESET_MODEL = """TRUNCATE crm_sync.source_records, crm_sync.unified_ids, crm_sync.merge_state,
+                         crm_sync.invalid_values, crm.contacts, crm.companies, crm.deals, crm.merged_ids"""
+MERGE_SQL = "SELECT sum(records_changed)::int8 FROM crm_sync.merge()"
+
+
+def measured(pg, dbname, sql, args=(), merge_after_sync=True):
+    """`sql` in a new backend (its peak memory is this step's alone)."""
+    with psycopg.connect(**pg, dbname=dbname, autocommit=True) as c:
+        if not merge_after_sync:
+            c.execute("SET crm_sync.merge_after_sync = off")
+        if os.environ.get("BENCH_STEPS"):  # the merge's step timings (DEBUG1)
+            c.execute("SET client_min_messages = debug1")
+            c.add_notice_handler(lambda d: print("   ", d.message_primary) if "merge" in d.message_primary else None)
+        return run(c, sql, args)
+
+
+def full_syncs(pg, db, label, n, what, repeat, create, sync_args, results, expected=None):
+    """Per run, into a fresh source and an empty unified model: the default
+    path (sync, each stream merged after it), then the sync alone
+    (merge_after_sync off) and the merge alone after it. Prints each and the
+    medians; records the median default run."""
+    runs = {"sync+merge": [], "sync": [], "merge": []}
+    dbname = db.info.dbname
+
+    def fresh():
         db.execute("SELECT crm_sync.drop_source(name, drop_data => true) FROM crm_sync.sources")
+        db.execute(RESET_MODEL)
         db.execute("CHECKPOINT")
         create()
-        rows, secs, mem = run(db, SYNC_SQL, sync_args)
-        recs, nbytes, calls = rows[0]
-        if expected is None:
-            assert recs == n, (recs, n)
-        elif recs != expected:
-            note(f"WARNING: {recs:,} records upserted, the mock holds {expected:,} live")
-        runs.append((recs / secs, recs, secs, nbytes, calls, mem))
-        print(line(label, "full", recs, what, secs, nbytes, calls, mem), flush=True)
-    runs.sort(key=lambda r: r[0])
-    med = runs[len(runs) // 2]
-    note(f"full sync of {n:,}: median {med[0]:,.0f} records/s over {repeat} runs")
-    results[(n, label)] = med
+
+    for _ in range(repeat):
+        for mode in ("sync+merge", "sync"):
+            fresh()
+            rows, secs, mem = measured(pg, dbname, SYNC_SQL, sync_args, merge_after_sync=(mode == "sync+merge"))
+            recs, nbytes, calls = rows[0]
+            if expected is None:
+                assert recs == n, (recs, n)
+            elif recs != expected:
+                note(f"WARNING: {recs:,} records upserted, the mock holds {expected:,} live")
+            runs[mode].append((recs / secs, recs, secs, nbytes, calls, mem))
+            print(line(label, mode, recs, what, secs, nbytes, calls, mem), flush=True)
+        rows, secs, mem = measured(pg, dbname, MERGE_SQL)
+        merged = rows[0][0] or 0
+        runs["merge"].append((merged / secs, merged, secs, 0, 0, mem))
+        print(line(label, "merge", merged, what, secs, 0, 0, mem), flush=True)
+    for mode, rs in runs.items():
+        rs.sort(key=lambda r: r[0])
+        med = rs[len(rs) // 2]
+        results[(n, label, mode)] = med
+    note(f"{n:,} {what}, medians over {repeat} run(s): sync alone "
+         f"{results[(n, label, 'sync')][0]:,.0f} records/s, merge alone {results[(n, label, 'merge')][0]:,.0f} "
+         f"records/s, both (the default) {results[(n, label, 'sync+merge')][0]:,.0f} records/s")
+    # The last run left the stream synced and merged, as the default path
+    # leaves it: the incremental run goes on from there.
 
 
 def bench_hubspot(pg, n, batch_size, repeat, copy_baseline, results):
@@ -114,7 +149,7 @@ def bench_hubspot(pg, n, batch_size, repeat, copy_baseline, results):
     dbname = f"bench_hs_{n}"
     try:
         with fresh_db(pg, dbname, batch_size) as db:
-            full_syncs(db, "hs", n, "contacts", repeat,
+            full_syncs(pg, db, "hs", n, "contacts", repeat,
                        lambda: db.execute("SELECT crm_sync.create_source('hs', 'hubspot', %s, %s)",
                                           (psycopg.types.json.Jsonb({"base_url": mock.url}),
                                            psycopg.types.json.Jsonb({"access_token": TOKEN}))),
@@ -125,7 +160,7 @@ def bench_hubspot(pg, n, batch_size, repeat, copy_baseline, results):
                 requests.post(f"{mock.url}/_mock/contacts/upsert", timeout=60,
                               json={"records": [{"id": str(i), "properties": {"firstname": f"b{i}"}} for i in ids]}
                               ).raise_for_status()
-            rows, secs, mem = run(db, SYNC_SQL, ("hs", "contacts"))
+            rows, secs, mem = measured(pg, dbname, SYNC_SQL, ("hs", "contacts"))
             recs, nbytes, calls = rows[0]
             assert recs == changed, (recs, changed)
             print(line("hs", "incr", changed, "changed", secs, nbytes, calls, mem), flush=True)
@@ -189,14 +224,14 @@ def bench_salesforce(pg, n, batch_size, repeat, modes, results):
                         drop_db(pg, dbname)
                         continue
                     extra = {}  # no bulk_api option yet: REST is the connector's only mode
-                full_syncs(db, label, n, "account", repeat, lambda: create_sf(db, mock, extra),
+                full_syncs(pg, db, label, n, "account", repeat, lambda: create_sf(db, mock, extra),
                            ("sf", "account"), results, expected=expected)
                 changed = max(1, n // 100)
                 ids = [r[0] for r in db.execute(
                     "SELECT id FROM sf.account WHERE _deleted_at IS NULL ORDER BY id LIMIT %s", (changed,))]
                 for start in range(0, len(ids), 10_000):
                     mock.upsert("Account", [{"Id": i, "Name": f"{label} {i}"} for i in ids[start:start + 10_000]])
-                rows, secs, mem = run(db, SYNC_SQL, ("sf", "account"))
+                rows, secs, mem = measured(pg, dbname, SYNC_SQL, ("sf", "account"))
                 recs, nbytes, calls = rows[0]
                 if recs != len(ids):
                     note(f"WARNING: incremental synced {recs:,} records, {len(ids):,} changed")
@@ -210,16 +245,17 @@ def bench_salesforce(pg, n, batch_size, repeat, modes, results):
 
 
 def summary(results, sizes, labels):
-    print("summary: median full sync per provider/mode", flush=True)
+    print("summary: medians of full syncs per provider/mode and size (sync alone, merge alone, both: the default)",
+          flush=True)
     for n in sizes:
         for label in labels:
-            r = results.get((n, label))
-            if r is None:
-                continue
-            rate, recs, secs, nbytes, calls, mem = r
-            print(f"{label:<8}{n:>15,}  {rate:9,.0f} records/s  {nbytes / secs / 1e6:6.1f} MB/s  "
-                  f"{calls:>6} API calls  peak backend private memory {mem['anon_kb'] / 1024:6.1f} MiB",
-                  flush=True)
+            for mode in ("sync", "merge", "sync+merge"):
+                r = results.get((n, label, mode))
+                if r is None:
+                    continue
+                rate, recs, secs, nbytes, calls, mem = r
+                print(f"{label:<8}{mode:<11}{n:>11,}  {rate:9,.0f} records/s  {secs:7.2f} s  "
+                      f"peak backend private memory {mem['anon_kb'] / 1024:6.1f} MiB", flush=True)
 
 
 def main():

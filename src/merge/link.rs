@@ -82,11 +82,21 @@ pub fn link(entity: &str, target: &str, changed: &[i64], targets: &[i64], full: 
               WHERE entity = $1 AND ({rf} IS NOT NULL OR {id} IS NOT NULL)"
         )
     } else {
+        // A reference still unresolved can resolve only when target records
+        // changed in this merge (`targets`): otherwise they are not looked
+        // at (there may be millions, referring to objects never synced).
+        let unresolved = if targets.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "UNION SELECT record_id FROM crm_sync.source_records
+                        WHERE entity = $1 AND {id} IS NULL AND {rf} IS NOT NULL"
+            )
+        };
         format!(
             "SELECT record_id FROM crm_sync.source_records WHERE entity = $1 AND record_id = ANY ($2)
              UNION SELECT record_id FROM crm_sync.source_records WHERE entity = $1 AND {id} = ANY ($4)
-             UNION SELECT record_id FROM crm_sync.source_records
-                    WHERE entity = $1 AND {id} IS NULL AND {rf} IS NOT NULL"
+             {unresolved}"
         )
     };
     let tail = if full {
@@ -94,17 +104,39 @@ pub fn link(entity: &str, target: &str, changed: &[i64], targets: &[i64], full: 
     } else {
         "SELECT record_id FROM moved"
     };
+    // The target of a reference: the unified row of the record with that
+    // id in the same source (of its first stream, by name). A whole link
+    // joins every reference at once; a link of some records looks each up.
+    let want = if full {
+        format!(
+            "targets AS (
+                SELECT DISTINCT ON (k.source, k.external_id) k.source, k.external_id, ku.unified_id
+                  FROM crm_sync.source_records k
+                  JOIN crm_sync.unified_ids ku ON ku.entity = k.entity AND ku.record_id = k.record_id
+                 WHERE k.entity = $3
+                 ORDER BY k.source, k.external_id, k.stream),
+             want AS (
+                SELECT r.record_id, t.unified_id AS target_id
+                  FROM crm_sync.source_records r
+                  LEFT JOIN targets t ON t.source = r.source AND t.external_id = r.{rf}
+                 WHERE r.entity = $1 AND r.record_id IN ({scope}))"
+        )
+    } else {
+        format!(
+            "want AS (
+                SELECT r.record_id,
+                       (SELECT ku.unified_id FROM crm_sync.source_records k
+                          JOIN crm_sync.unified_ids ku ON ku.entity = k.entity AND ku.record_id = k.record_id
+                         WHERE k.entity = $3 AND k.source = r.source AND k.external_id = r.{rf}
+                         ORDER BY k.stream LIMIT 1) AS target_id
+                  FROM crm_sync.source_records r
+                 WHERE r.entity = $1 AND r.record_id IN ({scope}))"
+        )
+    };
     let rows: Vec<i64> = Spi::connect_mut(|c| {
         c.update(
             &format!(
-                "WITH want AS (
-                    SELECT r.record_id,
-                           (SELECT ku.unified_id FROM crm_sync.source_records k
-                              JOIN crm_sync.unified_ids ku ON ku.entity = k.entity AND ku.record_id = k.record_id
-                             WHERE k.entity = $3 AND k.source = r.source AND k.external_id = r.{rf}
-                             ORDER BY k.stream LIMIT 1) AS target_id
-                      FROM crm_sync.source_records r
-                     WHERE r.entity = $1 AND r.record_id IN ({scope})),
+                "WITH {want},
                  moved AS (
                     UPDATE crm_sync.source_records r SET {id} = w.target_id
                       FROM want w

@@ -118,7 +118,7 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
     // given back after every page however large the stream.
     let sql = format!(
         "SELECT r.id, r._updated_at::text, r._deleted_at IS NOT NULL, r._run_id, {} FROM {}.{} r
-          WHERE r._run_id > $1 AND r.id > $2 ORDER BY r.id LIMIT {FETCH}",
+          WHERE r._run_id > $1",
         exprs.join(", "),
         qi(&s.source),
         qi(&s.stream)
@@ -129,7 +129,11 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
     let mut max_run = s.merged_run;
     let (mut t_read, mut t_write) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
     let cols = s.fields.len();
-    let mut after = String::new();
+    // One pass over the landing table through a cursor, fetched a page at
+    // a time, each page in its own SPI connection (memory is given back
+    // after every page): pages by id would walk the primary key over every
+    // row to find the few an incremental merge wants.
+    let mut cursor: Option<String> = None;
     let had_invalid = Spi::get_one_with_args::<bool>(
         "SELECT EXISTS (SELECT 1 FROM crm_sync.invalid_values WHERE entity = $1 AND source = $2 AND stream = $3)",
         &[
@@ -144,8 +148,12 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
         let more =
             Spi::connect_mut(|c| {
                 let t = std::time::Instant::now();
-                let batch: Vec<Staged> = c
-                    .select(sql.as_str(), None, &[since.into(), after.as_str().into()])
+                let mut cur = match &cursor {
+                    None => c.open_cursor(sql.as_str(), &[since.into()]),
+                    Some(name) => c.find_cursor(name).expect("find the staging cursor"),
+                };
+                let batch: Vec<Staged> = cur
+                    .fetch(FETCH)
                     .expect("read landing rows through the mappings")
                     .map(|r| {
                         let run: i64 = r.get(4).ok().flatten().unwrap_or_default();
@@ -164,10 +172,10 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
                         )
                     })
                     .collect();
-                let Some(last) = batch.last() else {
+                if batch.is_empty() {
                     return false;
-                };
-                after = last.external_id.clone();
+                }
+                cursor = (batch.len() as i64 == FETCH).then(|| cur.detach_into_name());
                 invalid += batch.iter().map(|b| b.invalid.len() as i64).sum::<i64>();
                 count += batch.len() as i64;
                 if count as usize > keep {
@@ -245,12 +253,31 @@ fn write_staged(
         col(&|b| b.company_ref.clone()).into(),
         col(&|b| b.contact_ref.clone()).into(),
     ];
+    // A new record points at the unified row of the record it references
+    // at once (the link step would otherwise write every new row twice);
+    // links of records already there are the link step's.
+    let (link_cols, link_vals): (String, String) = model::link_targets(entity)
+        .iter()
+        .filter_map(|target| model::REFS.iter().find(|r| r.target == *target))
+        .map(|r| {
+            (
+                format!(", {}", r.column),
+                format!(
+                    ", (SELECT ku.unified_id FROM crm_sync.source_records k
+                         JOIN crm_sync.unified_ids ku ON ku.entity = k.entity AND ku.record_id = k.record_id
+                        WHERE k.entity = '{}' AND k.source = $2 AND k.external_id = u.{}
+                        ORDER BY k.stream LIMIT 1)",
+                    r.target, r.field
+                ),
+            )
+        })
+        .unzip();
     c.update(
-        "INSERT INTO crm_sync.source_records AS t
+        &format!("INSERT INTO crm_sync.source_records AS t
                 (entity, source, stream, external_id, record_id, updated_at, deleted, vals,
-                 email, phone, name_key, domain, company_key, company_ref, contact_ref, merged_at)
+                 email, phone, name_key, domain, company_key, company_ref, contact_ref, merged_at{link_cols})
          SELECT $1, $2, $3, u.ext, u.rid, u.upd::timestamptz, u.del, u.vals::jsonb,
-                u.email, u.phone, u.name_key, u.domain, u.company_key, u.company_ref, u.contact_ref, now()
+                u.email, u.phone, u.name_key, u.domain, u.company_key, u.company_ref, u.contact_ref, now(){link_vals}
            FROM unnest($4::text[], $5::int8[], $6::text[], $7::bool[], $8::text[], $9::text[],
                        $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[])
                 AS u(ext, rid, upd, del, vals, email, phone, name_key, domain, company_key, company_ref, contact_ref)
@@ -264,7 +291,7 @@ fn write_staged(
                  t.company_ref, t.contact_ref)
                 IS DISTINCT FROM (EXCLUDED.updated_at, EXCLUDED.deleted, EXCLUDED.vals, EXCLUDED.email,
                  EXCLUDED.phone, EXCLUDED.name_key, EXCLUDED.domain, EXCLUDED.company_key,
-                 EXCLUDED.company_ref, EXCLUDED.contact_ref)",
+                 EXCLUDED.company_ref, EXCLUDED.contact_ref)"),
         None,
         &args,
     )

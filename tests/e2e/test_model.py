@@ -415,3 +415,25 @@ def test_the_demos_shared_people_merge_one_row_each(db, mock_factory, sf_factory
         db, "SELECT count(*) FROM sf.contact WHERE _raw->>'Email' LIKE '% at %'")[0] > 0
     assert invalid("sf", "contact", "country") == one(
         db, "SELECT count(*) FROM sf.contact WHERE _raw->>'MailingCountry' = 'Untied States'")[0] > 0
+
+
+@FOLLOW
+def test_a_reference_resolves_when_its_target_lands_later(db, hubspot, follow):
+    """Contacts synced before their companies point at them once the
+    companies land, and stay unlinked while nothing they reference lands."""
+    create_source(db, hubspot)
+    follow_at_most(db, follow)
+    sync(db, stream="contacts")
+    refs = one(db, "SELECT count(*) FROM crm_sync.source_records WHERE entity = 'contact' AND company_ref IS NOT NULL")[0]
+    assert refs > 0
+    assert one(db, "SELECT count(*) FROM crm.contacts WHERE company_id IS NOT NULL") == (0,)
+    sync(db, stream="deals")  # another entity changes: the contacts' references still have no target
+    assert one(db, "SELECT count(*) FROM crm.contacts WHERE company_id IS NOT NULL") == (0,)
+    sync(db, stream="companies")
+    linked = one(db, """SELECT count(*) FROM crm_sync.source_records r
+                          JOIN crm_sync.source_records k ON k.entity = 'company' AND k.source = r.source
+                                                        AND k.external_id = r.company_ref
+                         WHERE r.entity = 'contact'""")[0]
+    assert linked > 0
+    assert one(db, "SELECT count(*) FROM crm.contacts WHERE company_id IS NOT NULL") == (linked,)
+    assert_rebuild_agrees(db)
