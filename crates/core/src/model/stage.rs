@@ -178,3 +178,58 @@ mod tests {
         assert_eq!(s.name_key, None);
     }
 }
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+
+    /// Time stage() over landed values (see /tmp/values.tsv); not a test.
+    #[test]
+    #[ignore]
+    fn time_stage() {
+        let fields: Vec<Mapped> = std::fs::read_to_string("/tmp/fields.txt")
+            .unwrap()
+            .trim()
+            .split(',')
+            .map(|fk| {
+                let (f, k) = fk.split_once(':').unwrap();
+                Mapped { field: f.into(), kind: k.into() }
+            })
+            .collect();
+        let rows: Vec<Vec<Option<String>>> = std::fs::read_to_string("/tmp/values.tsv")
+            .unwrap()
+            .lines()
+            .map(|l| l.split('\t').map(|v| (v != "\\\\N").then(|| v.to_owned())).collect())
+            .collect();
+        for (i, m) in fields.iter().enumerate() {
+            let t = std::time::Instant::now();
+            for r in &rows {
+                if let Some(v) = &r[i] {
+                    let _ = clean::field(&m.kind, v, Some("US"));
+                }
+            }
+            eprintln!("{:>16} {:>6} {:?}", m.field, m.kind, t.elapsed());
+        }
+        let t = std::time::Instant::now();
+        for _ in 0..50_000 {
+            let _ = clean::phone("+1 212 515 3632", Some("US"));
+        }
+        eprintln!("one phone 50,000 times: {:?}", t.elapsed());
+        let t = std::time::Instant::now();
+        for _ in 0..50_000 {
+            let n = phonenumber::parse(None, "+1 212 515 3632").unwrap();
+            let _ = phonenumber::is_valid(&n);
+        }
+        eprintln!("parse+is_valid 50,000 times: {:?}", t.elapsed());
+        let t = std::time::Instant::now();
+        for _ in 0..50_000 {
+            let _ = phonenumber::parse(None, "+1 212 515 3632").unwrap();
+        }
+        eprintln!("parse 50,000 times: {:?}", t.elapsed());
+        let t = std::time::Instant::now();
+        for r in &rows {
+            let _ = stage("contact", Some("US"), &fields, "1".into(), None, false, r.clone());
+        }
+        eprintln!("stage() of {} rows: {:?}", rows.len(), t.elapsed());
+    }
+}
