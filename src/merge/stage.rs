@@ -117,7 +117,7 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
     // Keyset pages, each in its own SPI connection, so that memory is
     // given back after every page however large the stream.
     let sql = format!(
-        "SELECT r.id, r._updated_at::text, r._deleted_at IS NOT NULL, r._run_id, ARRAY[{}] FROM {}.{} r
+        "SELECT r.id, r._updated_at::text, r._deleted_at IS NOT NULL, r._run_id, {} FROM {}.{} r
           WHERE r._run_id > $1",
         exprs.join(", "),
         qi(&s.source),
@@ -158,11 +158,9 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
                     .map(|r| {
                         let run: i64 = r.get(4).ok().flatten().unwrap_or_default();
                         max_run = max_run.max(run);
-                        // The mapped values in one array: one datum to
-                        // convert per row instead of one per field.
-                        let mut values: Vec<Option<String>> =
-                            r.get(5).ok().flatten().unwrap_or_default();
-                        values.resize(cols, None);
+                        let values = (0..cols)
+                            .map(|i| r.get::<String>(5 + i).ok().flatten())
+                            .collect();
                         model::stage::stage(
                             entity,
                             s.region.as_deref(),
