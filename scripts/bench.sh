@@ -3,8 +3,9 @@
 # Salesforce accounts (REST query API and Bulk API 2.0) at 200,000 and
 # 1,000,000 records; override with --sizes 50000,200000 and
 # --providers hubspot|salesforce|hubspot,salesforce. Prints, per provider/mode
-# (hs, sf-rest, sf-bulk) and size, records/s, MB/s, API calls and the backend's
-# peak memory, then a side-by-side summary of the full-sync medians.
+# (hs, sf-rest, sf-bulk) and size, the default path (sync, then merge), the
+# sync alone and the merge alone, each with records/s, MB/s, API calls and the
+# backend's peak memory, COPY of the same rows for scale, then the medians.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null
