@@ -300,6 +300,45 @@ def test_a_broken_user_mapping_does_not_fail_the_sync(db, both):
         db.execute("SELECT * FROM crm_sync.merge()")
 
 
+def test_a_mapping_failing_on_a_value_does_not_fail_the_sync(db, both, pg_cluster):
+    """A mapping that compiles but fails on a row's value (a cast) fails the
+    merge while it reads the landing rows: the sync stands, the merge is
+    reported, and the server goes on (no crash while unwinding)."""
+    hs, _ = both
+    db.execute("""INSERT INTO crm_sync.mappings (provider, object, entity, field, expression, source)
+                  VALUES ('hubspot', 'contacts', 'contact', 'owner',
+                          $$((r._raw->'properties'->>'firstname')::int)::text$$, 'hs')""")
+    hs.upsert("contacts", [{"properties": {"email": "cast@z.example", "firstname": "Not a number"}}])
+    notices = []
+    db.add_notice_handler(lambda d: notices.append(d.message_primary))
+    rows = sync(db, "hs", "contacts")
+    assert rows["contacts"]["status"] == "succeeded"
+    assert any("merging into the unified model failed" in n and "invalid input syntax" in n for n in notices), notices
+    assert one(db, "SELECT count(*) FROM hs.contacts WHERE email = 'cast@z.example'") == (1,)
+    with pytest.raises(psycopg.errors.InvalidTextRepresentation):
+        db.execute("SELECT * FROM crm_sync.merge()")
+    # The same session goes on.
+    assert one(db, "SELECT 1") == (1,)
+
+
+def test_a_mapping_failing_on_a_later_page_does_not_fail_the_sync(db, mock_factory):
+    """The same, when the failing value is past the first page the merge
+    reads (its cursor is found again in a later SPI connection)."""
+    m = mock_factory(6000, 5, 5)
+    create_source(db, m)
+    db.execute("""INSERT INTO crm_sync.mappings (provider, object, entity, field, expression, source)
+                  VALUES ('hubspot', 'contacts', 'contact', 'owner',
+                          $$CASE WHEN r.id = '5999' THEN ('x' || r.id)::int::text END$$, 'hs')""")
+    notices = []
+    db.add_notice_handler(lambda d: notices.append(d.message_primary))
+    rows = sync(db, "hs", "contacts")
+    assert rows["contacts"]["status"] == "succeeded"
+    assert any("merging into the unified model failed" in n and "invalid input syntax" in n for n in notices), notices
+    assert one(db, "SELECT count(*) FROM hs.contacts") == (6000,)
+    assert one(db, "SELECT count(*) FROM crm.contacts") == (0,), "the failed merge left nothing half done"
+    assert one(db, "SELECT 1") == (1,)
+
+
 def test_dropping_a_source_takes_its_records_out_of_the_model(db, both):
     ada = person(db, "ada.lovelace@example.com")
     sf_only = db.execute("SELECT count(*) FROM crm.contacts WHERE sources <@ "
