@@ -166,6 +166,12 @@ pub fn run(only: Option<(&str, &str)>, full: bool) -> Vec<EntityStats> {
                 link::Moved::Count(_) => {}
             }
         }
+        // Links can bring many more (a company merge moving the links of
+        // all its contacts): past the limit, the entity goes whole too.
+        if !entity_full && changed.len() > gucs::MERGE_FOLLOW_AT_MOST.get().max(0) as usize {
+            entity_full = true;
+            changed = Vec::new();
+        }
         lap("linked");
         if !changed.is_empty() || !emptied.is_empty() || entity_full {
             let (mut affected, merged) = resolve::resolve(entity, &changed, entity_full);
