@@ -6,6 +6,8 @@ use pgrx::prelude::*;
 
 use crm_sync_core::model::{Ref, REFS};
 
+use super::sql::target_of;
+
 /// Drop the records of streams that are gone: the source was dropped, or the
 /// landing table. An incremental merge finds those streams in
 /// `crm_sync.merge_state`; a full one checks every record. Returns the
@@ -104,9 +106,9 @@ pub fn link(entity: &str, target: &str, changed: &[i64], targets: &[i64], full: 
     } else {
         "SELECT record_id FROM moved"
     };
-    // The target of a reference: the unified row of the record with that
-    // id in the same source (of its first stream, by name). A whole link
-    // joins every reference at once; a link of some records looks each up.
+    // The target of a reference (`target_of`). A whole link joins every
+    // reference at once, the same rule as a join; a link of some records
+    // looks each up.
     let want = if full {
         format!(
             "targets AS (
@@ -124,13 +126,10 @@ pub fn link(entity: &str, target: &str, changed: &[i64], targets: &[i64], full: 
     } else {
         format!(
             "want AS (
-                SELECT r.record_id,
-                       (SELECT ku.unified_id FROM crm_sync.source_records k
-                          JOIN crm_sync.unified_ids ku ON ku.entity = k.entity AND ku.record_id = k.record_id
-                         WHERE k.entity = $3 AND k.source = r.source AND k.external_id = r.{rf}
-                         ORDER BY k.stream LIMIT 1) AS target_id
+                SELECT r.record_id, {} AS target_id
                   FROM crm_sync.source_records r
-                 WHERE r.entity = $1 AND r.record_id IN ({scope}))"
+                 WHERE r.entity = $1 AND r.record_id IN ({scope}))",
+            target_of("$3", "r.source", &format!("r.{rf}"))
         )
     };
     let rows: Vec<i64> = Spi::connect_mut(|c| {
@@ -147,9 +146,9 @@ pub fn link(entity: &str, target: &str, changed: &[i64], targets: &[i64], full: 
             None,
             &[
                 entity.into(),
-                changed.to_vec().into(),
+                changed.into(),
                 target.into(),
-                targets.to_vec().into(),
+                targets.into(),
             ],
         )
         .unwrap_or_else(|e| panic!("link {entity} records to their {target}: {e}"))

@@ -111,6 +111,10 @@ pub fn run(only: Option<(&str, &str)>, full: bool) -> Vec<EntityStats> {
         };
         let mut changed: Vec<i64> = Vec::new();
         let mut entity_full = full;
+        // Past this many changed records, the steps after staging run over
+        // the whole entity (the same result, in pages, with memory that
+        // does not grow with the change).
+        let follow_at_most = gucs::MERGE_FOLLOW_AT_MOST.get().max(0) as usize;
         let lap = |what: &str| {
             pgrx::debug1!(
                 "pg_crm_sync merge {entity}: {what} after {:?}",
@@ -118,13 +122,10 @@ pub fn run(only: Option<(&str, &str)>, full: bool) -> Vec<EntityStats> {
             )
         };
         for s in stage::streams(entity, only) {
-            // Past this many changed records, the steps after staging run
-            // over the whole entity (the same result, in pages, with memory
-            // that does not grow with the change).
             let keep = if entity_full {
                 0
             } else {
-                (gucs::MERGE_FOLLOW_AT_MOST.get().max(0) as usize).saturating_sub(changed.len())
+                follow_at_most.saturating_sub(changed.len())
             };
             let staged = stage::stage(entity, &s, full, keep);
             st.changed += staged.count;
@@ -168,7 +169,7 @@ pub fn run(only: Option<(&str, &str)>, full: bool) -> Vec<EntityStats> {
         }
         // Links can bring many more (a company merge moving the links of
         // all its contacts): past the limit, the entity goes whole too.
-        if !entity_full && changed.len() > gucs::MERGE_FOLLOW_AT_MOST.get().max(0) as usize {
+        if !entity_full && changed.len() > follow_at_most {
             entity_full = true;
             changed = Vec::new();
         }

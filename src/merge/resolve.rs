@@ -69,7 +69,7 @@ pub fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
             cand.join(" UNION ")
         );
         Spi::connect(|c| {
-            c.select(&sql, None, &[entity.into(), changed.to_vec().into()])
+            c.select(&sql, None, &[entity.into(), changed.into()])
                 .expect("find the records to resolve")
                 .map(|r| r.get::<i64>(1).ok().flatten().unwrap_or_default())
                 .collect()
@@ -94,7 +94,8 @@ pub fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
               GROUP BY {key} HAVING count(*) > 1"
         );
         Spi::connect_mut(|c| {
-            let mut cur = c.open_cursor(sql.as_str(), &[entity.into(), scope_ids.clone().into()]);
+            let mut cur =
+                c.open_cursor(sql.as_str(), &[entity.into(), scope_ids.as_slice().into()]);
             loop {
                 let page = cur.fetch(FETCH).expect("read records that share a key");
                 let n = page.len();
@@ -163,7 +164,7 @@ pub fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
                 None,
                 &[
                     entity.into(),
-                    scope_ids.clone().into(),
+                    scope_ids.as_slice().into(),
                     linked_rid.into(),
                     linked_uid.into(),
                 ],

@@ -4,6 +4,18 @@
 /// SPI connection, so memory stays flat however large the model.
 pub const FETCH: i64 = 5_000;
 
+/// The unified id of the `target` entity's record a reference names: the
+/// record with that external id in the same source (of its first stream, by
+/// name). The arguments are SQL expressions.
+pub fn target_of(target: &str, source: &str, external_id: &str) -> String {
+    format!(
+        "(SELECT ku.unified_id FROM crm_sync.source_records k
+            JOIN crm_sync.unified_ids ku ON ku.entity = k.entity AND ku.record_id = k.record_id
+           WHERE k.entity = {target} AND k.source = {source} AND k.external_id = {external_id}
+           ORDER BY k.stream LIMIT 1)"
+    )
+}
+
 /// `s` quoted as an identifier (always, unlike `quote_ident`).
 pub fn qi(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))

@@ -12,7 +12,7 @@ use crm_sync_core::model;
 use crm_sync_core::model::identity;
 use crm_sync_core::model::stage::{Mapped, Staged};
 
-use super::sql::{qi, FETCH};
+use super::sql::{qi, target_of, FETCH};
 
 /// A stream feeding an entity, with the mapping to use.
 pub struct StreamMap {
@@ -263,11 +263,8 @@ fn write_staged(
             (
                 format!(", {}", r.column),
                 format!(
-                    ", (SELECT ku.unified_id FROM crm_sync.source_records k
-                         JOIN crm_sync.unified_ids ku ON ku.entity = k.entity AND ku.record_id = k.record_id
-                        WHERE k.entity = '{}' AND k.source = $2 AND k.external_id = u.{}
-                        ORDER BY k.stream LIMIT 1)",
-                    r.target, r.field
+                    ", {}",
+                    target_of(&format!("'{}'", r.target), "$2", &format!("u.{}", r.field))
                 ),
             )
         })

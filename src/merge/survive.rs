@@ -59,7 +59,7 @@ pub fn survive(entity: &str, ids: &[i64], full: bool) -> i64 {
                 AND NOT EXISTS (SELECT 1 FROM crm_sync.unified_ids r WHERE r.entity = $1 AND r.unified_id = u.id)",
             if full { "TRUE" } else { "u.id = ANY ($2)" }
         ),
-        &[entity.into(), ids.to_vec().into()],
+        &[entity.into(), ids.into()],
     )
     .expect("drop unified rows without records");
     let links: Vec<String> = REFS.iter().map(|r| format!("x.{}", r.column)).collect();
@@ -130,7 +130,7 @@ pub fn survive(entity: &str, ids: &[i64], full: bool) -> i64 {
                     None => true,
                     Some(page) => {
                         rows.extend(
-                            c.select(sql.as_str(), None, &[entity.into(), page.to_vec().into()])
+                            c.select(sql.as_str(), None, &[entity.into(), page.into()])
                                 .expect("read source records")
                                 .map(|r| contribution(&r)),
                         );

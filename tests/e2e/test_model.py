@@ -281,20 +281,31 @@ def test_a_full_rebuild_gives_the_same_model(db, both):
     assert len(before["contacts"]) > 5 and len(before["deals"]) >= 4
 
 
+def owner_mapping(db, expression):
+    """Map hs contacts' owner through `expression`; returns the list that
+    fills with the connection's NOTICE and WARNING texts."""
+    db.execute("""INSERT INTO crm_sync.mappings (provider, object, entity, field, expression, source)
+                  VALUES ('hubspot', 'contacts', 'contact', 'owner', %s, 'hs')""", (expression,))
+    notices = []
+    db.add_notice_handler(lambda d: notices.append(d.message_primary))
+    return notices
+
+
+def assert_merge_failed(notices, why):
+    assert any("merging into the unified model failed" in n and why in n for n in notices), notices
+
+
 def test_a_broken_user_mapping_does_not_fail_the_sync(db, both):
     hs, _ = both
     # A mapping is checked when written; it breaks later when the column
     # it reads is dropped.
     db.execute("ALTER TABLE hs.contacts ADD COLUMN no_such_column text")
-    db.execute("""INSERT INTO crm_sync.mappings (provider, object, entity, field, expression, source)
-                  VALUES ('hubspot', 'contacts', 'contact', 'owner', 'r.no_such_column', 'hs')""")
+    notices = owner_mapping(db, "r.no_such_column")
     db.execute("ALTER TABLE hs.contacts DROP COLUMN no_such_column")
     hs.upsert("contacts", [{"properties": {"email": "new@z.example", "firstname": "New"}}])
-    notices = []
-    db.add_notice_handler(lambda d: notices.append(d.message_primary))
     rows = sync(db, "hs", "contacts")
     assert rows["contacts"]["status"] == "succeeded"
-    assert any("merging into the unified model failed" in n and "no_such_column" in n for n in notices), notices
+    assert_merge_failed(notices, "no_such_column")
     assert one(db, "SELECT count(*) FROM hs.contacts WHERE email = 'new@z.example'") == (1,)
     with pytest.raises(psycopg.errors.UndefinedColumn):
         db.execute("SELECT * FROM crm_sync.merge()")
@@ -305,15 +316,11 @@ def test_a_mapping_failing_on_a_value_does_not_fail_the_sync(db, both, pg_cluste
     merge while it reads the landing rows: the sync stands, the merge is
     reported, and the server goes on (no crash while unwinding)."""
     hs, _ = both
-    db.execute("""INSERT INTO crm_sync.mappings (provider, object, entity, field, expression, source)
-                  VALUES ('hubspot', 'contacts', 'contact', 'owner',
-                          $$((r._raw->'properties'->>'firstname')::int)::text$$, 'hs')""")
+    notices = owner_mapping(db, "((r._raw->'properties'->>'firstname')::int)::text")
     hs.upsert("contacts", [{"properties": {"email": "cast@z.example", "firstname": "Not a number"}}])
-    notices = []
-    db.add_notice_handler(lambda d: notices.append(d.message_primary))
     rows = sync(db, "hs", "contacts")
     assert rows["contacts"]["status"] == "succeeded"
-    assert any("merging into the unified model failed" in n and "invalid input syntax" in n for n in notices), notices
+    assert_merge_failed(notices, "invalid input syntax")
     assert one(db, "SELECT count(*) FROM hs.contacts WHERE email = 'cast@z.example'") == (1,)
     with pytest.raises(psycopg.errors.InvalidTextRepresentation):
         db.execute("SELECT * FROM crm_sync.merge()")
@@ -326,14 +333,10 @@ def test_a_mapping_failing_on_a_later_page_does_not_fail_the_sync(db, mock_facto
     reads (its cursor is found again in a later SPI connection)."""
     m = mock_factory(6000, 5, 5)
     create_source(db, m)
-    db.execute("""INSERT INTO crm_sync.mappings (provider, object, entity, field, expression, source)
-                  VALUES ('hubspot', 'contacts', 'contact', 'owner',
-                          $$CASE WHEN r.id = '5999' THEN ('x' || r.id)::int::text END$$, 'hs')""")
-    notices = []
-    db.add_notice_handler(lambda d: notices.append(d.message_primary))
+    notices = owner_mapping(db, "CASE WHEN r.id = '5999' THEN ('x' || r.id)::int::text END")
     rows = sync(db, "hs", "contacts")
     assert rows["contacts"]["status"] == "succeeded"
-    assert any("merging into the unified model failed" in n and "invalid input syntax" in n for n in notices), notices
+    assert_merge_failed(notices, "invalid input syntax")
     assert one(db, "SELECT count(*) FROM hs.contacts") == (6000,)
     assert one(db, "SELECT count(*) FROM crm.contacts") == (0,), "the failed merge left nothing half done"
     assert one(db, "SELECT 1") == (1,)
