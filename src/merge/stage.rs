@@ -2,12 +2,15 @@
 //! into `crm_sync.source_records`, cleaned and keyed, and their invalid
 //! values into `crm_sync.invalid_values`.
 
+use std::time::Duration;
+
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use serde_json::Value;
 
 use crate::locks;
+use crm_sync_core::ahead;
 use crm_sync_core::model;
 use crm_sync_core::model::identity;
 use crm_sync_core::model::stage::{Mapped, Staged};
@@ -86,6 +89,10 @@ pub fn streams(entity: &str, only: Option<(&str, &str)>) -> Vec<StreamMap> {
     out
 }
 
+/// A landing row as its mappings read it: id, modification time, whether
+/// deleted, and the mapped values (in the order of the stream's fields).
+type Landed = (String, Option<String>, bool, Vec<Option<String>>);
+
 /// What staging a stream did.
 pub struct Staging {
     /// The record ids staged, while there are at most the `keep` the caller
@@ -127,7 +134,7 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
     let mut count = 0i64;
     let mut invalid = 0i64;
     let mut max_run = s.merged_run;
-    let (mut t_read, mut t_write) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
+    let (mut t_read, mut t_clean, mut t_write) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     let cols = s.fields.len();
     // One pass over the landing table through a cursor, fetched a page at
     // a time, each page in its own SPI connection (memory is given back
@@ -144,61 +151,84 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
     )
     .expect("look for the stream's invalid values")
     .unwrap_or(true);
-    loop {
-        let more =
+    // Values are cleaned on a helper thread, a page ahead: while it cleans
+    // one page, this thread reads the next and writes the one before.
+    let clean = |page: Vec<Landed>| -> Vec<Staged> {
+        page.into_iter()
+            .map(|(external_id, updated_at, deleted, values)| {
+                model::stage::stage(
+                    entity,
+                    s.region.as_deref(),
+                    &s.fields,
+                    external_id,
+                    updated_at,
+                    deleted,
+                    values,
+                )
+            })
+            .collect()
+    };
+    ahead::with_helper(clean, |cleaner| {
+        let mut read_all = false;
+        loop {
             Spi::connect_mut(|c| {
-                let t = std::time::Instant::now();
-                let mut cur = match &cursor {
-                    None => c.open_cursor(sql.as_str(), &[since.into()]),
-                    Some(name) => c.find_cursor(name).expect("find the staging cursor"),
-                };
-                let batch: Vec<Staged> = cur
-                    .fetch(FETCH)
-                    .expect("read landing rows through the mappings")
-                    .map(|r| {
-                        let run: i64 = r.get(4).ok().flatten().unwrap_or_default();
-                        max_run = max_run.max(run);
-                        let values = (0..cols)
-                            .map(|i| r.get::<String>(5 + i).ok().flatten())
-                            .collect();
-                        model::stage::stage(
-                            entity,
-                            s.region.as_deref(),
-                            &s.fields,
-                            r.get(1).ok().flatten().unwrap_or_default(),
-                            r.get(2).ok().flatten(),
-                            r.get(3).ok().flatten().unwrap_or(false),
-                            values,
-                        )
-                    })
-                    .collect();
-                if batch.is_empty() {
-                    return false;
+                if !read_all {
+                    let t = std::time::Instant::now();
+                    let mut cur = match &cursor {
+                        None => c.open_cursor(sql.as_str(), &[since.into()]),
+                        Some(name) => c.find_cursor(name).expect("find the staging cursor"),
+                    };
+                    let page: Vec<Landed> = cur
+                        .fetch(FETCH)
+                        .expect("read landing rows through the mappings")
+                        .map(|r| {
+                            let run: i64 = r.get(4).ok().flatten().unwrap_or_default();
+                            max_run = max_run.max(run);
+                            (
+                                r.get(1).ok().flatten().unwrap_or_default(),
+                                r.get(2).ok().flatten(),
+                                r.get(3).ok().flatten().unwrap_or(false),
+                                (0..cols)
+                                    .map(|i| r.get::<String>(5 + i).ok().flatten())
+                                    .collect(),
+                            )
+                        })
+                        .collect();
+                    read_all = page.len() < FETCH as usize;
+                    cursor = (!read_all).then(|| cur.detach_into_name());
+                    if !page.is_empty() {
+                        cleaner.send(page);
+                    }
+                    t_read += t.elapsed();
                 }
-                cursor = (batch.len() as i64 == FETCH).then(|| cur.detach_into_name());
-                invalid += batch.iter().map(|b| b.invalid.len() as i64).sum::<i64>();
-                count += batch.len() as i64;
-                if count as usize > keep {
-                    ids = None;
+                // One page stays with the cleaner while there are more.
+                if cleaner.in_flight() > 1 || (read_all && cleaner.in_flight() > 0) {
+                    let t = std::time::Instant::now();
+                    let batch = cleaner.recv().expect("a page is out");
+                    t_clean += t.elapsed();
+                    invalid += batch.iter().map(|b| b.invalid.len() as i64).sum::<i64>();
+                    count += batch.len() as i64;
+                    if count as usize > keep {
+                        ids = None;
+                    }
+                    if let Some(ids) = ids.as_mut() {
+                        ids.extend(batch.iter().map(|b| {
+                            identity::record_id(entity, &s.source, &s.stream, &b.external_id)
+                        }));
+                    }
+                    let t = std::time::Instant::now();
+                    write_staged(c, entity, s, &batch, had_invalid);
+                    t_write += t.elapsed();
                 }
-                if let Some(ids) = ids.as_mut() {
-                    ids.extend(batch.iter().map(|b| {
-                        identity::record_id(entity, &s.source, &s.stream, &b.external_id)
-                    }));
-                }
-                t_read += t.elapsed();
-                let t = std::time::Instant::now();
-                write_staged(c, entity, s, &batch, had_invalid);
-                t_write += t.elapsed();
-                batch.len() as i64 == FETCH
             });
-        pgrx::check_for_interrupts!();
-        if !more {
-            break;
+            pgrx::check_for_interrupts!();
+            if read_all && cleaner.in_flight() == 0 {
+                break;
+            }
         }
-    }
+    });
     pgrx::debug1!(
-        "pg_crm_sync merge {entity}: {}.{}: read and cleaned {} records in {t_read:?}, wrote them in {t_write:?}",
+        "pg_crm_sync merge {entity}: {}.{}: read {} records in {t_read:?}, waited {t_clean:?} for their cleaning, wrote them in {t_write:?}",
         s.source,
         s.stream,
         count

@@ -1,0 +1,217 @@
+//! Pure work on a helper thread while the caller's thread does its own:
+//! the merge cleans one page of landing rows (phone numbers, emails, keys)
+//! while the backend's main thread reads the next page and writes the
+//! previous one to Postgres. The helper runs only the `work` function it is
+//! given, which must not touch Postgres; it takes no signals (they are the
+//! main thread's: cancel, statement_timeout, latch wake-ups).
+
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+
+/// The caller's end: pages go in with [`Ahead::send`] and come back, in
+/// order, worked, with [`Ahead::recv`].
+pub struct Ahead<I, O> {
+    tx: Option<SyncSender<I>>,
+    rx: Receiver<O>,
+    in_flight: usize,
+}
+
+impl<I, O> Ahead<I, O> {
+    /// Hand a page to the helper; waits while it still holds one not yet
+    /// started (at most two pages are ever out of the caller's hands).
+    pub fn send(&mut self, page: I) {
+        let tx = self.tx.as_ref().expect("the helper thread is running");
+        if tx.send(page).is_err() {
+            panic!("the helper thread stopped");
+        }
+        self.in_flight += 1;
+    }
+
+    /// The next worked page, waiting for it; None when none is out.
+    pub fn recv(&mut self) -> Option<O> {
+        if self.in_flight == 0 {
+            return None;
+        }
+        let out = self.rx.recv().expect("the helper thread stopped");
+        self.in_flight -= 1;
+        Some(out)
+    }
+
+    /// Pages handed over and not yet taken back.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+}
+
+/// Run `body` with a helper thread that applies `work` to every page the
+/// body sends. The helper ends with the body (also when the body panics: a
+/// Postgres ERROR unwinds through here, and the helper is joined first).
+pub fn with_helper<I, O, R>(
+    work: impl Fn(I) -> O + Send + Sync,
+    body: impl FnOnce(&mut Ahead<I, O>) -> R,
+) -> R
+where
+    I: Send,
+    O: Send,
+{
+    std::thread::scope(|scope| {
+        let (tx, work_rx) = sync_channel::<I>(1);
+        let (out_tx, rx) = sync_channel::<O>(1);
+        let work = &work;
+        without_signals(|| {
+            scope.spawn(move || {
+                for page in work_rx {
+                    if out_tx.send(work(page)).is_err() {
+                        break;
+                    }
+                }
+            })
+        });
+        let mut ahead = Ahead {
+            tx: Some(tx),
+            rx,
+            in_flight: 0,
+        };
+        let out = body(&mut ahead);
+        // Closing the page channel ends the helper's loop.
+        ahead.tx = None;
+        out
+    })
+}
+
+/// Run `f` (which starts a thread) with every signal blocked, so that the
+/// thread inherits a mask that blocks them all: a host's signal handlers
+/// run on its own thread only.
+#[cfg(unix)]
+fn without_signals<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: sigfillset and pthread_sigmask are given valid pointers to
+    // sets on this stack; the old mask is put back before returning.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let out = f();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        out
+    }
+}
+
+#[cfg(not(unix))]
+fn without_signals<T>(f: impl FnOnce() -> T) -> T {
+    f()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_come_back_worked_and_in_order() {
+        let got = with_helper(
+            |page: Vec<u32>| page.iter().map(|x| x * 2).collect::<Vec<_>>(),
+            |a| {
+                let mut got = Vec::new();
+                for p in 0..10u32 {
+                    a.send(vec![p, p + 100]);
+                    // One page stays ahead while the caller works.
+                    if a.in_flight() > 1 {
+                        got.push(a.recv().unwrap());
+                    }
+                }
+                while let Some(p) = a.recv() {
+                    got.push(p);
+                }
+                got
+            },
+        );
+        let want: Vec<Vec<u32>> = (0..10u32).map(|p| vec![p * 2, (p + 100) * 2]).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn the_helper_works_while_the_caller_does() {
+        use std::sync::{mpsc::channel, Mutex};
+        use std::time::Duration;
+        // The helper starts a page and waits for the caller to say go: it
+        // gets the word only if the caller runs while the page is worked.
+        let (started_tx, started) = channel::<()>();
+        let (go, go_rx) = channel::<()>();
+        let go_rx = Mutex::new(go_rx);
+        let heard = with_helper(
+            |_: ()| {
+                started_tx.send(()).unwrap();
+                go_rx
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(Duration::from_secs(10))
+                    .is_ok()
+            },
+            |a| {
+                a.send(());
+                started.recv_timeout(Duration::from_secs(10)).unwrap();
+                go.send(()).unwrap();
+                a.recv().unwrap()
+            },
+        );
+        assert!(heard);
+    }
+
+    #[test]
+    fn a_panicking_caller_ends_the_helper() {
+        let r = std::panic::catch_unwind(|| {
+            with_helper(
+                |x: u32| x + 1,
+                |a| {
+                    a.send(1);
+                    a.send(2);
+                    panic!("an ERROR in the caller");
+                },
+            )
+        });
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn a_panicking_helper_fails_the_caller() {
+        let r = std::panic::catch_unwind(|| {
+            with_helper(
+                |x: u32| if x == 3 { panic!("bad page") } else { x },
+                |a| {
+                    let mut sum = 0;
+                    for x in 0..6 {
+                        a.send(x);
+                        sum += a.recv().unwrap();
+                    }
+                    sum
+                },
+            )
+        });
+        assert!(r.is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_helper_takes_no_signals() {
+        let blocked = with_helper(
+            |_: ()| unsafe {
+                let mut cur: libc::sigset_t = std::mem::zeroed();
+                libc::pthread_sigmask(libc::SIG_SETMASK, std::ptr::null(), &mut cur);
+                [libc::SIGINT, libc::SIGTERM, libc::SIGALRM, libc::SIGUSR1]
+                    .iter()
+                    .all(|s| libc::sigismember(&cur, *s) == 1)
+            },
+            |a| {
+                a.send(());
+                a.recv().unwrap()
+            },
+        );
+        assert!(blocked);
+        // The caller's own mask is as it was.
+        let caller_blocks_int = unsafe {
+            let mut cur: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_SETMASK, std::ptr::null(), &mut cur);
+            libc::sigismember(&cur, libc::SIGINT) == 1
+        };
+        assert!(!caller_blocks_int);
+    }
+}
