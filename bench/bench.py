@@ -30,6 +30,7 @@ PROVIDERS = ("hubspot", "salesforce")
 # would pick Bulk at these sizes); Bulk forces Bulk API 2.0 at any size.
 SF_MODES = {"sf-rest": {"bulk_api": False}, "sf-bulk": {"bulk_threshold": 0}}
 SYNC_SQL = "SELECT records_upserted, bytes_received, api_calls FROM crm_sync.sync(%s, %s)"
+RECONCILE_SQL = "SELECT records_seen, records_deleted, records_reread, api_calls FROM crm_sync.reconcile(%s, %s)"
 
 
 def rss_sampler(pid, stop, out):
@@ -166,6 +167,15 @@ def bench_hubspot(pg, n, batch_size, repeat, copy_baseline, results):
             print(line("hs", "incr", changed, "changed", secs, nbytes, calls, mem), flush=True)
             size = db.execute("SELECT pg_size_pretty(pg_total_relation_size('hs.contacts'))").fetchone()[0]
             note(f"landing table hs.contacts: {size}")
+            # Reconciliation: list every id (100 a call), mark the ones the
+            # CRM no longer has (0.01% purged, as GDPR erasures), read none.
+            purged = [str(i) for i in range(7, n + 1, 10_000)]
+            requests.post(f"{mock.url}/_mock/contacts/purge", json={"ids": purged}, timeout=60).raise_for_status()
+            rows, secs, mem = measured(pg, dbname, RECONCILE_SQL, ("hs", "contacts"))
+            seen, gone, reread, calls = rows[0]
+            assert (seen, gone, reread) == (n - len(purged), len(purged), 0), rows[0]
+            print(line("hs", "reconcile", seen, "ids", secs, 0, calls, mem)
+                  + f"  ({gone} marked gone)", flush=True)
             if copy_baseline:
                 # For scale: PostgreSQL's own COPY of the same rows into the same table shape.
                 path = f"/tmp/crm_sync_bench_{n}.copy"

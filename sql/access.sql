@@ -84,7 +84,8 @@ BEGIN
     FOREACH f IN ARRAY ARRAY['crm_sync.sync(text, text, boolean)', 'crm_sync.sync_async(text, text, boolean, text)',
                              'crm_sync.cancel(bigint)', 'crm_sync.wait(bigint, interval)',
                              'crm_sync.schedule(text, interval, text)', 'crm_sync.unschedule(text)',
-                             'crm_sync.discover(text)', 'crm_sync.discover(text, text)', 'crm_sync.merge(boolean)'] LOOP
+                             'crm_sync.discover(text)', 'crm_sync.discover(text, text)', 'crm_sync.merge(boolean)',
+                             'crm_sync.reconcile(text, text)'] LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', f, who);
     END LOOP;
     IF rank < 3 THEN
@@ -182,6 +183,8 @@ COMMENT ON FUNCTION crm_sync.cancel(bigint) IS
     'Stop a queued or running job (a running one within about a second; rows of batches already committed stay, and the next run resumes from there). True if the job was queued or running.';
 COMMENT ON FUNCTION crm_sync.wait(bigint, interval) IS
     'Wait until a job ends and return its status; after timeout, return its status then (queued or running).';
+COMMENT ON FUNCTION crm_sync.reconcile(text, text) IS
+    'List the ids the CRM has now for one stream (or every enabled stream) and compare: landed rows the CRM no longer has are marked deleted (_deleted_reason = ''gone''), records it has that never landed are read. One row per stream; incremental syncs run it by themselves every reconcile_every (a source option, default 1 day).';
 COMMENT ON FUNCTION crm_sync.sync(text, text, boolean) IS
     'Sync one stream (or every enabled stream) of a source in this transaction; returns one row per stream. Rows and watermark commit together.';
 COMMENT ON FUNCTION crm_sync.discover(text, text) IS

@@ -71,7 +71,7 @@ CREATE TABLE crm_sync.runs (
     run_id          bigserial PRIMARY KEY,
     source          text NOT NULL,
     stream          text NOT NULL,
-    mode            text NOT NULL CHECK (mode IN ('full', 'incremental')),
+    mode            text NOT NULL CHECK (mode IN ('full', 'incremental', 'reconcile')),
     status          text NOT NULL CHECK (status IN ('succeeded', 'failed', 'cancelled')),
     started_at      timestamptz NOT NULL,
     finished_at     timestamptz,
@@ -91,9 +91,20 @@ CREATE INDEX runs_source_stream_started ON crm_sync.runs (source, stream, starte
 COMMENT ON TABLE crm_sync.runs IS
     'One row per stream per sync run: what it did, or why it failed. Failed runs are recorded even though their transaction rolled back.';
 COMMENT ON COLUMN crm_sync.runs.records_read IS 'Records received from the CRM (every page; a record on two pages counts twice). Far above records + records_unchanged + records_deleted, or far above what changed, means the run read more than it needed.';
-COMMENT ON COLUMN crm_sync.runs.records IS 'Rows inserted or changed.';
+COMMENT ON COLUMN crm_sync.runs.records IS 'Rows inserted or changed (a reconcile run: records read again because they never landed).';
 COMMENT ON COLUMN crm_sync.runs.records_unchanged IS 'Records written again exactly as they were (a full refresh of unchanged data counts them all here).';
 COMMENT ON COLUMN crm_sync.runs.warnings IS 'Things that did not stop the run: values that did not fit their column (they stay in _raw) and fields the CRM no longer has. warning_samples shows the first few.';
+
+-- What a reconciliation (crm_sync.reconcile) listed: the ids the CRM has
+-- now, one run's at a time, deleted when the run ends. Unlogged and never
+-- dumped: a run that dies leaves nothing to keep.
+CREATE UNLOGGED TABLE crm_sync.reconcile_ids (
+    run_id  bigint NOT NULL,
+    id      text NOT NULL,
+    PRIMARY KEY (run_id, id)
+);
+COMMENT ON TABLE crm_sync.reconcile_ids IS
+    'Working set of crm_sync.reconcile(): the ids a CRM listed during one run; empty between runs.';
 
 -- pg_dump keeps configuration and state.
 SELECT pg_catalog.pg_extension_config_dump('crm_sync.sources', '');

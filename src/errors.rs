@@ -30,6 +30,7 @@ pub fn sqlstate(kind: ErrorKind) -> PgSqlErrorCode {
         ErrorKind::ServerError => ERRCODE_CONNECTION_FAILURE,
         ErrorKind::BadResponse => ERRCODE_PROTOCOL_VIOLATION,
         ErrorKind::ApiRejected => ERRCODE_INVALID_PARAMETER_VALUE,
+        ErrorKind::Unsupported => ERRCODE_FEATURE_NOT_SUPPORTED,
     }
 }
 

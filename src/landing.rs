@@ -196,6 +196,11 @@ pub fn existing_columns(schema: &str, table: &str) -> HashMap<String, PgType> {
     })
 }
 
+/// Why a landing row is marked deleted: `archived` (the CRM lists it as
+/// archived or deleted), `merged` (merged into another record) or `gone`
+/// (a reconciliation found the CRM no longer has it).
+pub const DELETED_REASON: &str = "_deleted_reason";
+
 /// Create the landing table if needed and add a column for each new
 /// property. A column that exists keeps its type (a user may have changed
 /// it); values are converted to whatever the column is.
@@ -226,6 +231,7 @@ pub fn ensure_table(schema: &str, table: &str, wanted: &[Column]) -> Result<Vec<
             format!("_raw jsonb{lz4} NOT NULL"),
             "_updated_at timestamptz".to_owned(),
             "_deleted_at timestamptz".to_owned(),
+            "_deleted_reason text".to_owned(),
             "_synced_at timestamptz NOT NULL DEFAULT now()".to_owned(),
             "_run_id bigint".to_owned(),
         ]);
@@ -252,6 +258,15 @@ pub fn ensure_table(schema: &str, table: &str, wanted: &[Column]) -> Result<Vec<
         )
         .map_err(|e| CrmError::config(format!("cannot grant access to the landing table: {e}")))?;
         existing = existing_columns(schema, table);
+    }
+    // Tables landed before deletes had reasons get the column.
+    if !existing.contains_key(DELETED_REASON) {
+        Spi::run(&format!(
+            "ALTER TABLE {}.{} ADD COLUMN IF NOT EXISTS {DELETED_REASON} text",
+            qi(schema),
+            qi(table)
+        ))
+        .map_err(|e| CrmError::config(format!("cannot add column {DELETED_REASON}: {e}")))?;
     }
     let mut out = Vec::with_capacity(wanted.len());
     for c in wanted {
@@ -347,12 +362,13 @@ impl SpiSink {
         };
         let sql = format!(
             "WITH up AS (
-               INSERT INTO {s}.{t} AS t (id, {cols}_raw, _updated_at, _deleted_at, _synced_at, _run_id)
-               SELECT u0, {casts}u1::jsonb, u2, u3, now(), $5
+               INSERT INTO {s}.{t} AS t (id, {cols}_raw, _updated_at, _deleted_at, _deleted_reason, _synced_at, _run_id)
+               SELECT u0, {casts}u1::jsonb, u2, u3, CASE WHEN u3 IS NOT NULL THEN 'archived' END, now(), $5
                  FROM (SELECT {unnests}) AS u
                ON CONFLICT (id) DO UPDATE
                   SET {sets}_raw = EXCLUDED._raw, _updated_at = EXCLUDED._updated_at,
-                      _deleted_at = EXCLUDED._deleted_at, _synced_at = EXCLUDED._synced_at, _run_id = EXCLUDED._run_id
+                      _deleted_at = EXCLUDED._deleted_at, _deleted_reason = EXCLUDED._deleted_reason,
+                      _synced_at = EXCLUDED._synced_at, _run_id = EXCLUDED._run_id
                 WHERE (t._raw IS DISTINCT FROM EXCLUDED._raw OR t._deleted_at IS DISTINCT FROM EXCLUDED._deleted_at)
                   AND (t._updated_at IS NULL OR EXCLUDED._updated_at IS NULL
                        OR EXCLUDED._updated_at >= t._updated_at OR EXCLUDED._deleted_at IS NOT NULL)

@@ -661,6 +661,7 @@ mod tests {
             "crm_sync.wait(bigint,interval)",
             "crm_sync.schedule(text,interval,text)",
             "crm_sync.merge(boolean)",
+            "crm_sync.reconcile(text,text)",
         ] {
             assert!(may("lvl", "function", f, "EXECUTE"), "operate: {f}");
         }

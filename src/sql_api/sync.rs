@@ -45,22 +45,7 @@ pub fn sync(
 > {
     let (src, cfg, ctx) = sync::load(source);
     let streams = catalog::load_streams(source);
-    let chosen: Vec<&StreamRow> = match stream {
-        Some(name) => match streams.iter().find(|s| s.stream == name) {
-            Some(s) => vec![s],
-            None => {
-                let known: Vec<&str> = streams.iter().map(|s| s.stream.as_str()).collect();
-                // 42704 (undefined_object), as docs/errors.md says and as
-                // sync_async and schedule raise it.
-                errors::fail(
-                    PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-                    format!("source \"{source}\": stream \"{name}\" does not exist"),
-                    Some(&format!("Streams of this source: {}.", known.join(", "))),
-                )
-            }
-        },
-        None => streams.iter().filter(|s| s.enabled).collect(),
-    };
+    let chosen = chosen_streams(source, &streams, stream);
     let mut rows = Vec::new();
     for s in chosen {
         let done = match sync::sync_stream(&src, &cfg, s, full_refresh, Commit::WithCaller, &ctx) {
@@ -70,6 +55,7 @@ pub fn sync(
         if let Some(w) = &done.merge_warning {
             pgrx::warning!("{}.{}: {}", src.name, s.stream, w);
         }
+        let reconciled = done.reconciled;
         let run = done.run;
         rows.push((
             s.stream.clone(),
@@ -86,8 +72,104 @@ pub fn sync(
             run.watermark.as_deref().and_then(watermark_time),
             run.run_id,
         ));
+        if let Some(r) = reconciled {
+            if let Some(w) = &r.merge_warning {
+                pgrx::warning!("{}.{}: {}", src.name, s.stream, w);
+            }
+            rows.push((
+                s.stream.clone(),
+                r.run.mode.clone(),
+                r.run.status.clone(),
+                r.run.records_read,
+                r.run.records,
+                0,
+                r.run.records_deleted,
+                r.run.api_calls,
+                r.run.bytes,
+                r.run.warnings,
+                Interval::from_micros(r.duration.as_micros() as i64),
+                None,
+                r.run.run_id,
+            ));
+        }
     }
     TableIterator::new(rows)
+}
+
+/// Reconcile one stream, or every enabled stream, of `source` with the CRM
+/// in this transaction: list the ids the CRM has now, mark landed rows it
+/// no longer has as deleted (`_deleted_reason = 'gone'`), and read the
+/// records it has that never landed. One row per stream.
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+#[allow(clippy::type_complexity)]
+pub fn reconcile(
+    source: &str,
+    stream: default!(Option<&str>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(stream, String),
+        name!(mode, String),
+        name!(status, String),
+        name!(records_seen, i64),
+        name!(records_deleted, i64),
+        name!(records_reread, i64),
+        name!(api_calls, i64),
+        name!(duration, Interval),
+        name!(run_id, i64),
+    ),
+> {
+    let (src, cfg, ctx) = sync::load(source);
+    let streams = catalog::load_streams(source);
+    let mut rows = Vec::new();
+    for s in chosen_streams(source, &streams, stream) {
+        let done = match sync::reconcile_stream(&src, &cfg, s, Commit::WithCaller, &ctx) {
+            Ok(done) => done,
+            Err(failure) => failure.rethrow.raise(),
+        };
+        if let Some(w) = &done.merge_warning {
+            pgrx::warning!("{}.{}: {}", src.name, s.stream, w);
+        }
+        let run = done.run;
+        rows.push((
+            s.stream.clone(),
+            run.mode,
+            run.status,
+            run.records_read,
+            run.records_deleted,
+            run.records,
+            run.api_calls,
+            Interval::from_micros(done.duration.as_micros() as i64),
+            run.run_id,
+        ));
+    }
+    TableIterator::new(rows)
+}
+
+/// The stream `stream` names (42704 if the source has none of that name),
+/// or every enabled stream.
+fn chosen_streams<'a>(
+    source: &str,
+    streams: &'a [StreamRow],
+    stream: Option<&str>,
+) -> Vec<&'a StreamRow> {
+    match stream {
+        Some(name) => match streams.iter().find(|s| s.stream == name) {
+            Some(s) => vec![s],
+            None => {
+                let known: Vec<&str> = streams.iter().map(|s| s.stream.as_str()).collect();
+                // 42704 (undefined_object), as docs/errors.md says and as
+                // sync_async and schedule raise it.
+                errors::fail(
+                    PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+                    format!("source \"{source}\": stream \"{name}\" does not exist"),
+                    Some(&format!("Streams of this source: {}.", known.join(", "))),
+                )
+            }
+        },
+        None => streams.iter().filter(|s| s.enabled).collect(),
+    }
 }
 
 /// The objects of a source's CRM account that can be synced, and the

@@ -16,6 +16,7 @@ mod fields;
 pub mod job;
 mod plan;
 mod read;
+mod reconcile;
 mod record;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -32,6 +33,7 @@ use crm_sync_core::CrmError;
 
 pub use commit::Commit;
 pub use fields::{fetch_fields, select_fields};
+pub use reconcile::{reconcile_stream, Reconciled};
 
 /// A source with its checked settings, and the context of its errors;
 /// raises if it does not exist or its settings no longer check out.
@@ -94,6 +96,9 @@ pub struct Synced {
     /// Why the merge after the sync failed (the synced rows are kept),
     /// scrubbed of secrets.
     pub merge_warning: Option<String>,
+    /// The reconciliation that followed an incremental run because
+    /// `reconcile_every` was due.
+    pub reconciled: Option<Reconciled>,
 }
 
 /// Sync one stream of `src`. A foreground run ([`Commit::WithCaller`])
@@ -120,40 +125,80 @@ pub fn sync_stream(
     let started = Instant::now();
     let progress = read::Progress::default();
     let read = || read::read_stream(src, cfg, s, &plan, &progress, commit);
+    let mut done = guarded(src, s, &plan, &progress, commit, &ctx, read)?;
+    // Warnings quote CRM values and texts: a secret among them stays out of
+    // run history and the WARNINGs.
+    for w in done
+        .outcome
+        .warnings
+        .iter_mut()
+        .chain(done.warning_samples.iter_mut())
+    {
+        *w = errors::scrub(w, &ctx.secrets);
+    }
+    let run = record::succeeded(&src.name, s, &plan, done, commit);
+    let merge_warning = merge::after_sync(&src.name, &s.stream, run.run_id)
+        .map(|w| errors::scrub(&w, &ctx.secrets));
+    let duration = started.elapsed();
+    // Deletes no modification time shows: when due, an incremental run
+    // reconciles the stream's ids too (its own run row).
+    let reconciled = if plan.mode == "incremental"
+        && reconcile::due(&src.name, &s.stream, cfg.config.reconcile_every)
+    {
+        commit.step();
+        // Its failure (recorded as a failed reconcile run) leaves the
+        // sync's rows in place.
+        match reconcile_stream(src, cfg, s, commit, &ctx) {
+            Ok(r) => Some(r),
+            Err(f) => {
+                pgrx::warning!(
+                    "{}.{}: the reconciliation after the sync failed: {}; the synced rows are kept; see crm_sync.runs",
+                    src.name,
+                    s.stream,
+                    f.message
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+    Ok(Synced {
+        run,
+        mode: plan.mode,
+        duration,
+        merge_warning,
+        reconciled,
+    })
+}
+
+/// Run a stream's `work` as `commit` says: in a subtransaction of the
+/// caller's transaction, or in a background job's current transaction.
+/// On failure nothing uncommitted is kept, the run is recorded as failed,
+/// and the failure is returned.
+fn guarded<T>(
+    src: &SourceRow,
+    s: &StreamRow,
+    plan: &plan::Plan,
+    progress: &read::Progress,
+    commit: Commit,
+    ctx: &Context,
+    work: impl FnOnce() -> Result<T, CrmError>,
+) -> Result<T, Box<Failure>> {
     let result = match commit {
-        Commit::WithCaller => txn::subtransaction(read, |r| r.is_ok()),
-        Commit::EveryBatch { .. } => catch_unwind(AssertUnwindSafe(read)),
+        Commit::WithCaller => txn::subtransaction(work, |r| r.is_ok()),
+        Commit::EveryBatch { .. } => catch_unwind(AssertUnwindSafe(work)),
     };
     let failure = match result {
-        Ok(Ok(mut done)) => {
-            // Warnings quote CRM values and texts: a secret among them
-            // stays out of run history and the WARNINGs.
-            for w in done
-                .outcome
-                .warnings
-                .iter_mut()
-                .chain(done.warning_samples.iter_mut())
-            {
-                *w = errors::scrub(w, &ctx.secrets);
-            }
-            let run = record::succeeded(&src.name, s, &plan, done, commit);
-            let merge_warning = merge::after_sync(&src.name, &s.stream, run.run_id)
-                .map(|w| errors::scrub(&w, &ctx.secrets));
-            return Ok(Synced {
-                run,
-                mode: plan.mode,
-                duration: started.elapsed(),
-                merge_warning,
-            });
-        }
-        Ok(Err(e)) => Failure::of_error(&e, &ctx),
-        Err(panic) => Failure::of_panic(panic, &ctx),
+        Ok(Ok(out)) => return Ok(out),
+        Ok(Err(e)) => Failure::of_error(&e, ctx),
+        Err(panic) => Failure::of_panic(panic, ctx),
     };
     if let Commit::EveryBatch { .. } = commit {
         // The last batch's transaction is lost; the committed ones stay.
         txn::abort();
         txn::begin();
     }
-    record::failed(&src.name, s, &plan, &progress, &failure, commit);
+    record::failed(&src.name, s, plan, progress, &failure, commit);
     Err(Box::new(failure))
 }

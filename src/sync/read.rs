@@ -15,7 +15,7 @@ use crm_sync_core::connectors::Configured;
 use crm_sync_core::engine::{self, Outcome, Sink, WriteStats};
 use crm_sync_core::http::HttpClient;
 use crm_sync_core::runtime::block_on_interruptible;
-use crm_sync_core::source::{Field, ReadRequest, Record, SyncMode};
+use crm_sync_core::source::{Connector, Field, ReadRequest, Record, SyncMode};
 use crm_sync_core::CrmError;
 
 use super::commit::Commit;
@@ -65,21 +65,13 @@ pub fn read_stream(
         plan.mode == "full",
     );
     let conn = cfg.connect(&http)?;
-    let fields = fetch_fields(conn.as_ref(), &s.object)?;
-    let landed = landing::Landed::load(&src.name, &s.stream);
-    let (wanted, gone) = select_fields(cfg, s, &fields, &landed)?;
-    let (wanted_columns, without_column) =
-        landing::columns_for(&src.name, &s.stream, &landed, &wanted)?;
-    let columns = landing::ensure_table(&src.name, &s.stream, &wanted_columns)?;
+    let Prepared {
+        columns,
+        read_fields,
+        without_column,
+        gone,
+    } = prepare(cfg, conn.as_ref(), &src.name, s)?;
     commit.step();
-    // Properties without a column are read too: they land in _raw.
-    let read_fields: Vec<Field> = wanted
-        .iter()
-        .filter(|f| {
-            columns.iter().any(|c| c.property == f.name) || without_column.contains(&f.name)
-        })
-        .cloned()
-        .collect();
     let fields_key = columns
         .iter()
         .map(|c| c.property.as_str())
@@ -191,6 +183,46 @@ pub fn read_stream(
     })
 }
 
+/// A stream's landing table made ready for a run: its columns, the fields
+/// to read, the properties left in `_raw` only, and chosen properties the
+/// CRM no longer has.
+pub struct Prepared {
+    pub columns: Vec<landing::Column>,
+    pub read_fields: Vec<Field>,
+    pub without_column: Vec<String>,
+    pub gone: Vec<String>,
+}
+
+/// Pick the stream's fields and make sure the landing table has their
+/// columns.
+pub fn prepare(
+    cfg: &Configured,
+    conn: &dyn Connector,
+    source: &str,
+    s: &StreamRow,
+) -> Result<Prepared, CrmError> {
+    let fields = fetch_fields(conn, &s.object)?;
+    let landed = landing::Landed::load(source, &s.stream);
+    let (wanted, gone) = select_fields(cfg, s, &fields, &landed)?;
+    let (wanted_columns, without_column) =
+        landing::columns_for(source, &s.stream, &landed, &wanted)?;
+    let columns = landing::ensure_table(source, &s.stream, &wanted_columns)?;
+    // Properties without a column are read too: they land in _raw.
+    let read_fields: Vec<Field> = wanted
+        .iter()
+        .filter(|f| {
+            columns.iter().any(|c| c.property == f.name) || without_column.contains(&f.name)
+        })
+        .cloned()
+        .collect();
+    Ok(Prepared {
+        columns,
+        read_fields,
+        without_column,
+        gone,
+    })
+}
+
 /// The landing writer, and at every checkpoint the run's commit policy
 /// with the reader's position.
 struct Committing<'a> {
@@ -264,9 +296,9 @@ fn progress_line(
     line
 }
 
-struct Counters<'a> {
-    http: &'a HttpClient,
-    out: &'a Progress,
+pub(super) struct Counters<'a> {
+    pub http: &'a HttpClient,
+    pub out: &'a Progress,
 }
 
 impl Drop for Counters<'_> {

@@ -104,7 +104,7 @@ pub fn failed(
 /// run's transaction commits, merge included: `crm_sync.cancel()` locks
 /// the row first, so it waits, and a cancel never interrupts a stream's
 /// last commit or the merge after it.
-fn on_job(commit: Commit, run: &RunRecord) {
+pub(super) fn on_job(commit: Commit, run: &RunRecord) {
     let Some(job_id) = commit.job_id() else {
         return;
     };

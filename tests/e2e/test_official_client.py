@@ -96,3 +96,24 @@ def test_v4_batch_read_parses_with_207(client, hubspot):
     assert resp.num_errors == 1
     assert resp.errors[0].sub_category == "crm.associations.NO_ASSOCIATIONS_FOUND"
     assert resp.errors[0].context["fromObjectId"] == ["2"]
+
+
+def test_batch_read_parses_found_records_and_errors(client, hubspot):
+    """`POST /crm/v3/objects/contacts/batch/read`, as reconciliation reads
+    records that never landed: found ones in results, a purged id in the
+    207's errors."""
+    from hubspot.crm.contacts import BatchReadInputSimplePublicObjectId, SimplePublicObjectId
+    hubspot.admin("POST", "/_mock/contacts/purge", {"ids": ["8"]})
+    req = BatchReadInputSimplePublicObjectId(
+        properties=["email", "lastmodifieddate"], properties_with_history=[],
+        inputs=[SimplePublicObjectId(id=i) for i in ("7", "8", "9")])
+    out = client.crm.contacts.batch_api.read(batch_read_input_simple_public_object_id=req)
+    assert out.status == "COMPLETE"
+    assert sorted(r.id for r in out.results) == ["7", "9"]
+    assert all(r.properties["email"] and r.properties["lastmodifieddate"] for r in out.results)
+    assert out.num_errors == 1
+    assert out.errors[0].category == "OBJECT_NOT_FOUND"
+    assert out.errors[0].context == {"ids": ["8"]}
+    # The purged id is gone from the list too.
+    ids = [r.id for r in client.crm.contacts.get_all()]
+    assert "8" not in ids and len(ids) == 249

@@ -23,6 +23,7 @@ pub const SYSTEM_COLUMNS: &[&str] = &[
     "_raw",
     "_updated_at",
     "_deleted_at",
+    "_deleted_reason",
     "_synced_at",
     "_run_id",
 ];

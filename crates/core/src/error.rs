@@ -21,6 +21,8 @@ pub enum ErrorKind {
     BadResponse,
     /// The CRM rejected the request (4xx other than auth and rate limits).
     ApiRejected,
+    /// The connector cannot do what was asked (yet).
+    Unsupported,
 }
 
 /// An error with enough context to tell the user what happened and what to do.
@@ -70,6 +72,10 @@ impl CrmError {
 
     pub fn bad_response(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::BadResponse, message)
+    }
+
+    pub fn unsupported(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unsupported, message)
     }
 
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {

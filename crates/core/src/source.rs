@@ -124,6 +124,40 @@ pub trait Connector {
     fn fields<'a>(&'a self, object: &'a str) -> BoxFuture<'a, Result<Vec<Field>>>;
     /// A reader for one run of one stream.
     fn reader<'a>(&'a self, req: ReadRequest) -> BoxFuture<'a, Result<Box<dyn PageSource + 'a>>>;
+    /// Reconciliation: the ids of every live record of `object` now, by the
+    /// cheapest listing the API offers, in pages (see [`IdSource`]).
+    /// Connectors that cannot list ids keep this default.
+    fn ids<'a>(&'a self, object: &'a str) -> BoxFuture<'a, Result<Box<dyn IdSource + 'a>>> {
+        Box::pin(async move {
+            Err(crate::CrmError::unsupported(format!(
+                "reconciliation of {object} is not supported by this connector yet"
+            )))
+        })
+    }
+    /// The live records `ids` of `object` with `fields`, as a reader returns
+    /// them; ids the CRM no longer has are left out. Used by reconciliation
+    /// for records it finds were never landed.
+    fn read_ids<'a>(
+        &'a self,
+        object: &'a str,
+        fields: &'a [Field],
+        ids: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Record>>> {
+        let _ = (fields, ids);
+        Box::pin(async move {
+            Err(crate::CrmError::unsupported(format!(
+                "reading {object} records by id is not supported by this connector yet"
+            )))
+        })
+    }
+}
+
+/// Where a listing of ids stands (see [`Connector::ids`]). Ids may repeat
+/// across pages; every id live when the listing began and still live when
+/// it ends is returned.
+pub trait IdSource {
+    /// The next page of ids, or `None` when the listing is complete.
+    fn next_ids(&mut self) -> BoxFuture<'_, Result<Option<Vec<String>>>>;
 }
 
 /// What the engine asks a connector to read.

@@ -27,6 +27,8 @@ const MAX_FILTERS_PER_GROUP: usize = 10;
 const MAX_FILTERS: usize = 25;
 /// `POST /crm/v4/associations/{from}/{to}/batch/read`: inputs per request.
 pub const ASSOC_BATCH_MAX: usize = 1000;
+/// `POST /crm/v3/objects/{type}/batch/read`: inputs per request.
+pub const BATCH_READ_MAX: usize = 100;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -414,6 +416,79 @@ impl HubSpotMock {
         Ok(Response::json(200, out))
     }
 
+    /// `POST /crm/v3/objects/{type}/batch/read`: up to 100 ids; ids that
+    /// are not live come back as an `OBJECT_NOT_FOUND` error of a 207
+    /// Multi-Status, the found records in `results` (HubSpot's batch read;
+    /// `idProperty` and `propertiesWithHistory` are not modelled).
+    fn batch_read(&self, st: &State, kind: Kind, req: &Request) -> Result<Response, Response> {
+        let body: Value = serde_json::from_slice(&req.body)
+            .map_err(|_| self.bad_request("Invalid input JSON on line 1"))?;
+        let inputs = body["inputs"]
+            .as_array()
+            .ok_or_else(|| self.bad_request("inputs must be an array"))?;
+        if inputs.len() > BATCH_READ_MAX {
+            return Err(self.bad_request(&format!(
+                "Batch input limit is {BATCH_READ_MAX}, got {}",
+                inputs.len()
+            )));
+        }
+        let archived = req
+            .param("archived")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let store = st.store_ref(kind);
+        let requested: Vec<&str> = body["properties"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let props = Self::wanted(store, requested);
+        let mut out = Vec::new();
+        out.extend_from_slice(b"{\"status\":\"COMPLETE\",\"results\":[");
+        let mut missing = Vec::new();
+        let mut first = true;
+        for input in inputs {
+            let id = input["id"]
+                .as_str()
+                .map(str::to_owned)
+                .or_else(|| input["id"].as_u64().map(|n| n.to_string()))
+                .unwrap_or_default();
+            match id
+                .parse::<u64>()
+                .ok()
+                .filter(|n| store.exists(*n) && store.is_archived(*n) == archived)
+            {
+                Some(n) => {
+                    if !first {
+                        out.push(b',');
+                    }
+                    first = false;
+                    store.render(&mut out, n, &props);
+                }
+                None => missing.push(id),
+            }
+        }
+        out.push(b']');
+        let status = if missing.is_empty() {
+            200
+        } else {
+            let errors = json!([{
+                "status": "error",
+                "category": "OBJECT_NOT_FOUND",
+                "message": format!("Could not get some {} objects, they may be deleted or not exist. Check that ids are valid.", kind.name().trim_end_matches('s').to_uppercase()),
+                "context": { "ids": missing },
+            }]);
+            out.extend_from_slice(
+                format!(
+                    ",\"numErrors\":{},\"errors\":{errors}",
+                    errors.as_array().map_or(0, Vec::len)
+                )
+                .as_bytes(),
+            );
+            207
+        };
+        out.extend_from_slice(b",\"startedAt\":\"2024-03-01T12:00:00.000Z\",\"completedAt\":\"2024-03-01T12:00:00.100Z\"}");
+        Ok(Response::json(status, out))
+    }
+
     /// `POST /crm/v4/associations/{from}/{to}/batch/read`: per input id its
     /// associated records with their association types; ids without any
     /// are reported in `errors` (HTTP 207 Multi-Status).
@@ -671,6 +746,9 @@ impl Mock for HubSpotMock {
                 }
                 self.with_kind(t, |k| self.search(st, k, req))
             }
+            ("POST", ["crm", "v3", "objects", t, "batch", "read"]) => {
+                self.with_kind(t, |k| self.batch_read(st, k, req))
+            }
             ("GET", ["crm", "v3", "properties", t]) => {
                 self.with_kind(t, |k| self.properties(st, k))
             }
@@ -712,6 +790,11 @@ impl Mock for HubSpotMock {
                 st,
                 &json!({"op": "archive", "object": t, "ids": body["ids"], "timestamp_ms": body["timestamp_ms"]}),
             ),
+            // Gone without a trace: a GDPR erasure, or an archived record
+            // past the 90-day restore window.
+            ("POST", [t, "purge"]) => {
+                apply_action(st, &json!({"op": "purge", "object": t, "ids": body["ids"]}))
+            }
             ("POST", [t, "properties"]) => add_property(st, t, body),
             ("POST", ["token"]) => match body["token"].as_str() {
                 Some(t) => {
@@ -816,24 +899,36 @@ fn apply_action(st: &mut State, action: &Value) -> Result<Value, String> {
             Ok(json!({ "records": out }))
         }
         Some("archive") => {
-            let ids = action["ids"].as_array().ok_or("ids must be an array")?;
-            let mut archived = Vec::new();
-            for v in ids {
-                let id = match v {
-                    Value::String(s) => s.parse::<u64>().ok(),
-                    Value::Number(n) => n.as_u64(),
-                    _ => None,
-                };
-                if let Some(id) = id {
-                    if store.archive(id, ts) {
-                        archived.push(id.to_string());
-                    }
-                }
-            }
+            let archived: Vec<String> = action_ids(action)?
+                .into_iter()
+                .filter(|id| store.archive(*id, ts))
+                .map(|id| id.to_string())
+                .collect();
             Ok(json!({ "archived": archived }))
+        }
+        Some("purge") => {
+            let purged: Vec<String> = action_ids(action)?
+                .into_iter()
+                .filter(|id| store.purge(*id))
+                .map(|id| id.to_string())
+                .collect();
+            Ok(json!({ "purged": purged }))
         }
         other => Err(format!("unknown op {other:?}")),
     }
+}
+
+/// An action's `"ids"`: numbers or strings of digits (others skipped).
+fn action_ids(action: &Value) -> Result<Vec<u64>, String> {
+    let ids = action["ids"].as_array().ok_or("ids must be an array")?;
+    Ok(ids
+        .iter()
+        .filter_map(|v| match v {
+            Value::String(s) => s.parse::<u64>().ok(),
+            Value::Number(n) => n.as_u64(),
+            _ => None,
+        })
+        .collect())
 }
 
 /// An upserted record's `"associations": {"companies": ["12"], …}`: the

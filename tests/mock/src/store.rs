@@ -21,6 +21,9 @@ pub struct Store {
     changed: HashMap<u64, Changed>,
     /// Archived ids and when they were archived.
     archived: std::collections::BTreeMap<u64, i64>,
+    /// Ids gone without a trace: erased (GDPR) or purged after the restore
+    /// window; in neither list, 404 on read.
+    purged: std::collections::HashSet<u64>,
     /// Live records as (modified ms, tie-break, id). Ties are ordered by a
     /// hash, not by id: HubSpot documents no order within equal sort keys.
     index: BTreeSet<(i64, u64, u64)>,
@@ -58,6 +61,7 @@ impl Store {
             next_id: count + 1,
             changed: HashMap::new(),
             archived: Default::default(),
+            purged: Default::default(),
             index: keys.into_iter().collect(),
             assoc: HashMap::new(),
             max_ts,
@@ -74,7 +78,8 @@ impl Store {
     }
 
     pub fn exists(&self, id: u64) -> bool {
-        (id >= 1 && id <= self.gen.count) || self.changed.contains_key(&id)
+        ((id >= 1 && id <= self.gen.count) || self.changed.contains_key(&id))
+            && !self.purged.contains(&id)
     }
 
     pub fn is_archived(&self, id: u64) -> bool {
@@ -240,6 +245,23 @@ impl Store {
         entry.updated_ms = ts;
         self.archived.insert(id, ts);
         self.max_ts = self.max_ts.max(ts);
+        true
+    }
+
+    /// Remove a record without a trace (a GDPR erasure, or an archived
+    /// record past HubSpot's 90-day restore window); false when there is
+    /// none with this id.
+    pub fn purge(&mut self, id: u64) -> bool {
+        if !self.exists(id) {
+            return false;
+        }
+        if !self.is_archived(id) {
+            self.index.remove(&(self.updated_ms(id), tie(id), id));
+        }
+        self.archived.remove(&id);
+        self.changed.remove(&id);
+        self.assoc.retain(|(from, _), _| *from != id);
+        self.purged.insert(id);
         true
     }
 

@@ -18,6 +18,8 @@ use crate::types::{parse_datetime, PgType};
 pub const DEFAULT_BASE_URL: &str = "https://api.hubapi.com";
 /// `GET /crm/v3/objects/{type}` accepts at most 100 per page.
 pub const LIST_PAGE_LIMIT: u32 = 100;
+/// `POST /crm/v3/objects/{object}/batch/read`: ids per call.
+pub const BATCH_READ_LIMIT: usize = 100;
 /// `POST .../search` accepts at most 200 per page.
 pub const SEARCH_PAGE_LIMIT: u32 = 200;
 /// Search returns at most 10,000 results per query; paging past that is a
@@ -217,6 +219,64 @@ impl<'a> HubSpot<'a> {
         let records = to_records(&endpoint, object, page.results)?;
         let next = page.paging.and_then(|p| p.next).map(|n| n.after);
         Ok((records, next, resp))
+    }
+
+    /// One page of the ids of live `object` records: the list endpoint asked
+    /// for no property beyond the id (`properties=hs_object_id`), the
+    /// cheapest listing HubSpot has (100 a call).
+    pub async fn id_page(
+        &self,
+        object: &str,
+        after: Option<&str>,
+    ) -> Result<(Vec<String>, Option<String>)> {
+        let path = format!("crm/v3/objects/{object}");
+        let mut q = vec![
+            ("limit", LIST_PAGE_LIMIT.to_string()),
+            ("archived", "false".to_owned()),
+            ("properties", "hs_object_id".to_owned()),
+        ];
+        if let Some(a) = after {
+            q.push(("after", a.to_owned()));
+        }
+        let resp = self.call(Method::GET, &path, &q, None).await?;
+        #[derive(Deserialize)]
+        struct Ids {
+            results: Vec<IdOnly>,
+            #[serde(default)]
+            paging: Option<Paging>,
+        }
+        #[derive(Deserialize)]
+        struct IdOnly {
+            #[serde(deserialize_with = "id_string")]
+            id: String,
+        }
+        let page: Ids = parse_json(&format!("GET /{path}"), &resp.body)?;
+        let next = page.paging.and_then(|p| p.next).map(|n| n.after);
+        Ok((page.results.into_iter().map(|r| r.id).collect(), next))
+    }
+
+    /// The live records `ids` of `object` with `properties`: `POST
+    /// /crm/v3/objects/{object}/batch/read`, [`BATCH_READ_LIMIT`] ids a
+    /// call. Ids HubSpot no longer has come back as errors of a 207 and are
+    /// left out.
+    pub async fn batch_read(
+        &self,
+        object: &str,
+        properties: &[String],
+        ids: &[String],
+    ) -> Result<Vec<Record>> {
+        let path = format!("crm/v3/objects/{object}/batch/read");
+        let endpoint = format!("POST /{path}");
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(BATCH_READ_LIMIT) {
+            let inputs: Vec<Value> = chunk.iter().map(|id| json!({ "id": id })).collect();
+            let body = json!({ "properties": properties, "inputs": inputs });
+            let q = [("archived", "false".to_owned())];
+            let resp = self.call(Method::POST, &path, &q, Some(&body)).await?;
+            let page: WirePage = parse_json(&endpoint, &resp.body)?;
+            out.extend(to_records(&endpoint, object, page.results)?);
+        }
+        Ok(out)
     }
 
     /// One page of `POST /crm/v3/objects/{object}/search`.

@@ -10,10 +10,10 @@ use crate::config::{boolean, check_url_option, require_credential, SourceConfig}
 use crate::error::Result;
 use crate::http::HttpClient;
 use crate::source::{
-    BoxFuture, CheckArgs, Connector, DefaultFields, Field, ObjectInfo, PageSource, Provider,
-    ReadRequest, StreamDefaults,
+    BoxFuture, CheckArgs, Connector, DefaultFields, Field, IdSource, ObjectInfo, PageSource,
+    Provider, ReadRequest, Record, StreamDefaults,
 };
-use api::{check_object, HubSpot, DEFAULT_BASE_URL};
+use api::{add_associations, check_object, last_modified_property, HubSpot, DEFAULT_BASE_URL};
 use reader::HubSpotReader;
 
 const TOKEN_HINT: &str =
@@ -91,6 +91,72 @@ impl Connector for HubSpot<'_> {
                 req.resume.as_deref(),
             )?;
             Ok(Box::new(r) as Box<dyn PageSource + 'a>)
+        })
+    }
+
+    fn ids<'a>(&'a self, object: &'a str) -> BoxFuture<'a, Result<Box<dyn IdSource + 'a>>> {
+        Box::pin(async move {
+            check_object(object)?;
+            Ok(Box::new(Ids {
+                api: self,
+                object,
+                after: None,
+                done: false,
+            }) as Box<dyn IdSource + 'a>)
+        })
+    }
+
+    fn read_ids<'a>(
+        &'a self,
+        object: &'a str,
+        fields: &'a [Field],
+        ids: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Record>>> {
+        Box::pin(async move {
+            check_object(object)?;
+            // The properties a reader asks for: the fields, and the
+            // modification time and id it keys on.
+            let mut props: Vec<String> = fields.iter().map(|f| f.name.clone()).collect();
+            for p in [last_modified_property(object), "hs_object_id"] {
+                if !props.iter().any(|x| x == p) {
+                    props.push(p.to_owned());
+                }
+            }
+            let mut records = self.batch_read(object, &props, ids).await?;
+            let types = self.associations_for(object);
+            for chunk in records.chunks_mut(api::ASSOC_BATCH_LIMIT) {
+                add_associations(self, object, types, chunk).await?;
+            }
+            Ok(records)
+        })
+    }
+}
+
+/// The ids of an object's live records, a list page at a time.
+struct Ids<'a> {
+    api: &'a HubSpot<'a>,
+    object: &'a str,
+    after: Option<String>,
+    done: bool,
+}
+
+impl IdSource for Ids<'_> {
+    fn next_ids(&mut self) -> BoxFuture<'_, Result<Option<Vec<String>>>> {
+        Box::pin(async move {
+            if self.done {
+                return Ok(None);
+            }
+            let (ids, next) = self.api.id_page(self.object, self.after.as_deref()).await?;
+            // A cursor that does not move would list forever.
+            if next.is_some() && next == self.after {
+                return Err(crate::CrmError::bad_response(format!(
+                    "HubSpot returned the same paging cursor twice while listing {} ids",
+                    self.object
+                )));
+            }
+            self.done = next.is_none();
+            self.after = next;
+            Ok(Some(ids))
         })
     }
 }
