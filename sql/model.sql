@@ -186,6 +186,9 @@ CREATE TABLE crm_sync.source_records (
     company_id   bigint,
     contact_ref  text,
     contact_id   bigint,
+    -- The record (same entity and stream, by record_id) the CRM merged
+    -- this one into: linked into one unified row with it.
+    merged_into  bigint,
     first_seen   timestamptz NOT NULL DEFAULT now(),
     merged_at    timestamptz NOT NULL DEFAULT now(),
     -- record_id is a hash of (entity, source, stream, external_id): one
@@ -205,6 +208,7 @@ CREATE INDEX source_records_company_pending ON crm_sync.source_records (entity)
 CREATE INDEX source_records_contact_pending ON crm_sync.source_records (entity)
     WHERE contact_id IS NULL AND contact_ref IS NOT NULL;
 CREATE INDEX source_records_name ON crm_sync.source_records (entity, name_key) WHERE name_key IS NOT NULL;
+CREATE INDEX source_records_merged ON crm_sync.source_records (entity, merged_into) WHERE merged_into IS NOT NULL;
 COMMENT ON TABLE crm_sync.source_records IS
     'Every landed record that feeds the unified model, with its cleaned values (vals), match keys and unified id. Maintained by crm_sync.merge().';
 

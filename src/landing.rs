@@ -201,6 +201,9 @@ pub fn existing_columns(schema: &str, table: &str) -> HashMap<String, PgType> {
 /// (a reconciliation found the CRM no longer has it).
 pub const DELETED_REASON: &str = "_deleted_reason";
 
+/// The id of the record a row's record was merged into (reason `merged`).
+pub const MERGED_INTO: &str = "_merged_into";
+
 /// Create the landing table if needed and add a column for each new
 /// property. A column that exists keeps its type (a user may have changed
 /// it); values are converted to whatever the column is.
@@ -232,6 +235,7 @@ pub fn ensure_table(schema: &str, table: &str, wanted: &[Column]) -> Result<Vec<
             "_updated_at timestamptz".to_owned(),
             "_deleted_at timestamptz".to_owned(),
             "_deleted_reason text".to_owned(),
+            "_merged_into text".to_owned(),
             "_synced_at timestamptz NOT NULL DEFAULT now()".to_owned(),
             "_run_id bigint".to_owned(),
         ]);
@@ -259,14 +263,16 @@ pub fn ensure_table(schema: &str, table: &str, wanted: &[Column]) -> Result<Vec<
         .map_err(|e| CrmError::config(format!("cannot grant access to the landing table: {e}")))?;
         existing = existing_columns(schema, table);
     }
-    // Tables landed before deletes had reasons get the column.
-    if !existing.contains_key(DELETED_REASON) {
-        Spi::run(&format!(
-            "ALTER TABLE {}.{} ADD COLUMN IF NOT EXISTS {DELETED_REASON} text",
-            qi(schema),
-            qi(table)
-        ))
-        .map_err(|e| CrmError::config(format!("cannot add column {DELETED_REASON}: {e}")))?;
+    // Tables landed before deletes had reasons get the columns.
+    for col in [DELETED_REASON, MERGED_INTO] {
+        if !existing.contains_key(col) {
+            Spi::run(&format!(
+                "ALTER TABLE {}.{} ADD COLUMN IF NOT EXISTS {col} text",
+                qi(schema),
+                qi(table)
+            ))
+            .map_err(|e| CrmError::config(format!("cannot add column {col}: {e}")))?;
+        }
     }
     let mut out = Vec::with_capacity(wanted.len());
     for c in wanted {
@@ -396,6 +402,46 @@ impl SpiSink {
     }
 }
 
+impl SpiSink {
+    /// Rows of records the CRM merged into records of `batch`: marked
+    /// deleted (reason `merged`, pointing at the record they went into), in
+    /// the transaction that writes the batch; their values stay (a chain of
+    /// merges points them at the newest record). Returns how many live rows
+    /// were marked.
+    fn mark_merged(&self, batch: &[Record]) -> i64 {
+        let (old, into): (Vec<&str>, Vec<&str>) = batch
+            .iter()
+            .flat_map(|r| r.merged_ids.iter().map(|m| (m.as_str(), r.id.as_str())))
+            .unzip();
+        if old.is_empty() {
+            return 0;
+        }
+        Spi::get_one_with_args::<i64>(
+            &format!(
+                "WITH m AS (
+                   UPDATE {s}.{t} AS t
+                      SET _deleted_at = coalesce(t._deleted_at, pg_catalog.now()),
+                          {DELETED_REASON} = 'merged', {MERGED_INTO} = w.target,
+                          _synced_at = pg_catalog.now(), _run_id = $3
+                     FROM (SELECT x.id, u.target, x._deleted_at IS NULL AS was_live
+                             FROM unnest($1::text[], $2::text[]) AS u(old, target)
+                             JOIN {s}.{t} x ON x.id = u.old
+                            WHERE x.id <> u.target
+                              AND (x.{DELETED_REASON} IS DISTINCT FROM 'merged'
+                                   OR x.{MERGED_INTO} IS DISTINCT FROM u.target)) w
+                    WHERE t.id = w.id
+                   RETURNING w.was_live)
+                 SELECT pg_catalog.count(*) FILTER (WHERE was_live) FROM m",
+                s = qi(&self.schema),
+                t = qi(&self.table),
+            ),
+            &[old.into(), into.into(), self.run_id.into()],
+        )
+        .expect("mark merged records")
+        .unwrap_or(0)
+    }
+}
+
 impl Sink for SpiSink {
     /// Columns of fields the CRM deleted mid-run keep their landed values.
     fn forget_fields(&mut self, fields: &[String]) {
@@ -503,9 +549,11 @@ impl Sink for SpiSink {
             let b: i64 = t.get(2).ok().flatten().unwrap_or(0);
             Ok((a, b))
         })?;
+        let merged = self.mark_merged(batch);
         Ok(WriteStats {
             upserted: upserted as u64,
-            deleted: deleted as u64,
+            deleted: (deleted + merged) as u64,
+            merged: merged as u64,
             warnings,
             ..Default::default()
         })

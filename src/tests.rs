@@ -270,6 +270,7 @@ mod tests {
                 updated_at: None,
                 deleted_at: None,
                 raw: serde_json::Value::Object(fields.clone()).to_string(),
+                merged_ids: Vec::new(),
                 fields,
             }
         };

@@ -48,7 +48,16 @@ pub fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
     // unified rows they were in, and the rows their keys now match. Each
     // rule's matches are found through its keys' index.
     let scope: Option<Vec<i64>> = (!full).then(|| {
-        let mut cand = vec!["SELECT record_id FROM ch".to_owned()];
+        let mut cand = vec![
+            "SELECT record_id FROM ch".to_owned(),
+            // Records merged into each other, both ways.
+            "SELECT x.record_id FROM ch JOIN crm_sync.source_records x
+                 ON x.entity = $1 AND x.record_id = ch.merged_into"
+                .to_owned(),
+            "SELECT x.record_id FROM ch JOIN crm_sync.source_records x
+                 ON x.entity = $1 AND x.merged_into = ch.record_id"
+                .to_owned(),
+        ];
         for cols in &rules {
             let on: Vec<String> = cols.iter().map(|c| format!("x.{c} = ch.{c}")).collect();
             cand.push(format!(
@@ -86,13 +95,32 @@ pub fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
     };
     let scope_ids: Vec<i64> = scope.unwrap_or_default();
     let mut groups = Groups::default();
-    for key in &key_exprs {
-        let sql = format!(
-            "SELECT array_agg(r.record_id), array_agg((extract(epoch FROM r.first_seen) * 1e6)::int8)
-               FROM crm_sync.source_records r
-              WHERE r.entity = $1 AND {in_scope} AND {key} IS NOT NULL
-              GROUP BY {key} HAVING count(*) > 1"
-        );
+    let mut linking: Vec<String> = key_exprs
+        .iter()
+        .map(|key| {
+            format!(
+                "SELECT array_agg(r.record_id), array_agg((extract(epoch FROM r.first_seen) * 1e6)::int8)
+                   FROM crm_sync.source_records r
+                  WHERE r.entity = $1 AND {in_scope} AND {key} IS NOT NULL
+                  GROUP BY {key} HAVING count(*) > 1"
+            )
+        })
+        .collect();
+    // A record the CRM merged into another is one with it, whatever the
+    // rules say (the old one is deleted: the new one takes its place).
+    let target_in_scope = if full {
+        "TRUE"
+    } else {
+        "t.record_id = ANY ($2)"
+    };
+    linking.push(format!(
+        "SELECT ARRAY[r.record_id, t.record_id],
+                ARRAY[(extract(epoch FROM r.first_seen) * 1e6)::int8, (extract(epoch FROM t.first_seen) * 1e6)::int8]
+           FROM crm_sync.source_records r
+           JOIN crm_sync.source_records t ON t.entity = r.entity AND t.record_id = r.merged_into
+          WHERE r.entity = $1 AND r.merged_into IS NOT NULL AND {in_scope} AND {target_in_scope}"
+    ));
+    for sql in &linking {
         Spi::connect_mut(|c| {
             let mut cur =
                 c.open_cursor(sql.as_str(), &[entity.into(), scope_ids.as_slice().into()]);

@@ -90,8 +90,15 @@ pub fn streams(entity: &str, only: Option<(&str, &str)>) -> Vec<StreamMap> {
 }
 
 /// A landing row as its mappings read it: id, modification time, whether
-/// deleted, and the mapped values (in the order of the stream's fields).
-type Landed = (String, Option<String>, bool, Vec<Option<String>>);
+/// deleted, the id it was merged into, and the mapped values (in the order
+/// of the stream's fields).
+type Landed = (
+    String,
+    Option<String>,
+    bool,
+    Option<String>,
+    Vec<Option<String>>,
+);
 
 /// What staging a stream did.
 pub struct Staging {
@@ -123,8 +130,16 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
     let since = if full { 0 } else { s.merged_run };
     // Keyset pages, each in its own SPI connection, so that memory is
     // given back after every page however large the stream.
+    // Tables not synced since merges were recorded lack the column.
+    let merged_into = if crate::landing::existing_columns(&s.source, &s.stream)
+        .contains_key(crate::landing::MERGED_INTO)
+    {
+        "r._merged_into"
+    } else {
+        "NULL::text"
+    };
     let sql = format!(
-        "SELECT r.id, r._updated_at::text, r._deleted_at IS NOT NULL, r._run_id, {} FROM {}.{} r
+        "SELECT r.id, r._updated_at::text, r._deleted_at IS NOT NULL, r._run_id, {merged_into}, {} FROM {}.{} r
           WHERE r._run_id > $1",
         exprs.join(", "),
         qi(&s.source),
@@ -155,8 +170,8 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
     // one page, this thread reads the next and writes the one before.
     let clean = |page: Vec<Landed>| -> Vec<Staged> {
         page.into_iter()
-            .map(|(external_id, updated_at, deleted, values)| {
-                model::stage::stage(
+            .map(|(external_id, updated_at, deleted, merged_into, values)| {
+                let mut st = model::stage::stage(
                     entity,
                     s.region.as_deref(),
                     &s.fields,
@@ -164,7 +179,9 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
                     updated_at,
                     deleted,
                     values,
-                )
+                );
+                st.merged_into = merged_into;
+                st
             })
             .collect()
     };
@@ -188,8 +205,9 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
                                 r.get(1).ok().flatten().unwrap_or_default(),
                                 r.get(2).ok().flatten(),
                                 r.get(3).ok().flatten().unwrap_or(false),
+                                r.get(5).ok().flatten(),
                                 (0..cols)
-                                    .map(|i| r.get::<String>(5 + i).ok().flatten())
+                                    .map(|i| r.get::<String>(6 + i).ok().flatten())
                                     .collect(),
                             )
                         })
@@ -282,6 +300,15 @@ fn write_staged(
         col(&|b| b.company_key.clone()).into(),
         col(&|b| b.company_ref.clone()).into(),
         col(&|b| b.contact_ref.clone()).into(),
+        batch
+            .iter()
+            .map(|b| {
+                b.merged_into
+                    .as_ref()
+                    .map(|m| identity::record_id(entity, &s.source, &s.stream, m))
+            })
+            .collect::<Vec<Option<i64>>>()
+            .into(),
     ];
     // A new record points at the unified row of the record it references
     // at once (the link step would otherwise write every new row twice);
@@ -302,23 +329,28 @@ fn write_staged(
     c.update(
         &format!("INSERT INTO crm_sync.source_records AS t
                 (entity, source, stream, external_id, record_id, updated_at, deleted, vals,
-                 email, phone, name_key, domain, company_key, company_ref, contact_ref, merged_at{link_cols})
+                 email, phone, name_key, domain, company_key, company_ref, contact_ref, merged_into,
+                 merged_at{link_cols})
          SELECT $1, $2, $3, u.ext, u.rid, u.upd::timestamptz, u.del, u.vals::jsonb,
-                u.email, u.phone, u.name_key, u.domain, u.company_key, u.company_ref, u.contact_ref, now(){link_vals}
+                u.email, u.phone, u.name_key, u.domain, u.company_key, u.company_ref, u.contact_ref,
+                u.merged_into, now(){link_vals}
            FROM unnest($4::text[], $5::int8[], $6::text[], $7::bool[], $8::text[], $9::text[],
-                       $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[])
-                AS u(ext, rid, upd, del, vals, email, phone, name_key, domain, company_key, company_ref, contact_ref)
+                       $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
+                       $16::int8[])
+                AS u(ext, rid, upd, del, vals, email, phone, name_key, domain, company_key, company_ref,
+                     contact_ref, merged_into)
          ON CONFLICT (entity, record_id) DO UPDATE
             SET updated_at = EXCLUDED.updated_at, deleted = EXCLUDED.deleted, vals = EXCLUDED.vals,
                 email = EXCLUDED.email, phone = EXCLUDED.phone, name_key = EXCLUDED.name_key,
                 domain = EXCLUDED.domain, company_key = EXCLUDED.company_key,
-                company_ref = EXCLUDED.company_ref, contact_ref = EXCLUDED.contact_ref, merged_at = now()
+                company_ref = EXCLUDED.company_ref, contact_ref = EXCLUDED.contact_ref,
+                merged_into = EXCLUDED.merged_into, merged_at = now()
           -- An unchanged record is not rewritten (a rebuild, a resync).
           WHERE (t.updated_at, t.deleted, t.vals, t.email, t.phone, t.name_key, t.domain, t.company_key,
-                 t.company_ref, t.contact_ref)
+                 t.company_ref, t.contact_ref, t.merged_into)
                 IS DISTINCT FROM (EXCLUDED.updated_at, EXCLUDED.deleted, EXCLUDED.vals, EXCLUDED.email,
                  EXCLUDED.phone, EXCLUDED.name_key, EXCLUDED.domain, EXCLUDED.company_key,
-                 EXCLUDED.company_ref, EXCLUDED.contact_ref)"),
+                 EXCLUDED.company_ref, EXCLUDED.contact_ref, EXCLUDED.merged_into)"),
         None,
         &args,
     )

@@ -60,6 +60,39 @@ def test_retry_after_is_honoured(db, hubspot):
     assert r["duration"].total_seconds() >= 1.0
 
 
+def test_the_daily_limit_stops_the_sync_at_once_with_53400(db, hubspot):
+    """HubSpot's DAILY policy lasts until midnight: no retries, 53400, a
+    hint saying when it resets; what was synced stays, the run is recorded."""
+    create_source(db, hubspot)
+    sync(db, stream="contacts")
+    hubspot.fault(path_contains="/crm/v3/objects/contacts", skip=0, count=0, kind="429_daily")
+    hubspot.reset_stats()
+    with pytest.raises(psycopg.errors.ConfigurationLimitExceeded) as e:
+        sync(db, stream="contacts")
+    # The properties call, then one call, not retried.
+    assert hubspot.stats()["status_counts"] == {"200": 1, "429": 1}
+    assert "daily API limit of 250000 calls is used up" in e.value.diag.message_primary
+    assert 'source "hs", stream "contacts"' in e.value.diag.message_primary
+    assert "midnight" in e.value.diag.message_hint
+    assert db.execute("SELECT count(*) FROM hs.contacts").fetchone()[0] == 250
+    run = db.execute("SELECT status, error_sqlstate, api_calls FROM crm_sync.runs "
+                     "ORDER BY run_id DESC LIMIT 1").fetchone()
+    assert run == ("failed", "53400", 2)
+
+
+def test_a_ten_secondly_limit_waits_for_its_window(db, hubspot):
+    """A TEN_SECONDLY_ROLLING 429 waits for the window the headers name (10 s
+    here, within retry_max_ms 1500: 1.5 s), not the backoff's 10 ms."""
+    create_source(db, hubspot, retry_max_ms=1500)
+    sync(db, stream="contacts")
+    hubspot.fault(path_contains="/crm/v3/objects/contacts/search", skip=0, count=1, kind="429")
+    t0 = time.monotonic()
+    r = sync(db, stream="contacts")["contacts"]
+    took = time.monotonic() - t0
+    assert r["status"] == "succeeded"
+    assert took >= 1.5, f"retried after {took:.2f} s, inside the rate limit window"
+
+
 def test_persistent_rate_limit_and_server_errors(db, hubspot):
     create_source(db, hubspot, max_retries=2)
     hubspot.fault(path_contains="/crm/v3/objects/contacts", skip=0, count=0, kind="429")

@@ -117,3 +117,21 @@ def test_batch_read_parses_found_records_and_errors(client, hubspot):
     # The purged id is gone from the list too.
     ids = [r.id for r in client.crm.contacts.get_all()]
     assert "8" not in ids and len(ids) == 249
+
+
+def test_merge_api_returns_a_record_with_a_new_id(client):
+    """`POST /crm/v3/objects/contacts/merge` as HubSpot's client sends it:
+    the merged record has a new id and names both old ones in
+    hs_merged_object_ids; the old ids leave the list."""
+    from hubspot.crm.contacts import PublicMergeInput
+    out = client.crm.contacts.basic_api.merge(
+        public_merge_input=PublicMergeInput(primary_object_id="20", object_id_to_merge="21"))
+    assert out.id not in ("20", "21") and int(out.id) > 250
+    again = client.crm.contacts.basic_api.get_by_id(out.id, properties=["hs_merged_object_ids"])
+    assert again.properties["hs_merged_object_ids"] == "20;21"
+    ids = {r.id for r in client.crm.contacts.get_all()}
+    assert "20" not in ids and "21" not in ids and out.id in ids
+    with pytest.raises(ApiException) as e:
+        client.crm.contacts.basic_api.merge(
+            public_merge_input=PublicMergeInput(primary_object_id="20", object_id_to_merge="22"))
+    assert e.value.status == 404

@@ -151,51 +151,57 @@ def test_a_5xx_on_every_retry_is_08006(db, hubspot):
 # docs/configuration.md: source options
 
 
-T = 1_900_000_000_000  # a fixed modification time (2030), in ms, far from the mock's seeds (2023)
+def watermark_ms(conn, stream="contacts"):
+    cur = one(conn, "SELECT cursor FROM crm_sync.watermarks WHERE source = 'hs' AND stream = %s", stream)
+    return int(one(conn, "SELECT extract(epoch FROM %s::timestamptz) * 1000", cur))
 
 
-def test_lookback_defaults_to_60_seconds(db, mock_factory):
-    """An incremental run re-reads what changed up to 60 s before the
-    watermark (inclusive), not earlier."""
+def test_hubspot_lookback_defaults_to_an_hour(db, mock_factory):
+    """An incremental run re-reads what changed up to an hour before the
+    watermark (inclusive), not earlier; the watermark is where the run's
+    search window ended, never later than the run's start."""
     m = mock_factory(30, 1, 1)
     # Every other test sets lookback_seconds 0; here the option is absent.
     db.execute("SELECT crm_sync.create_source('hs', 'hubspot', %s, %s)",
                (Jsonb({"base_url": m.url, "retry_base_ms": 10}), Jsonb({"access_token": TOKEN})))
     assert "lookback_seconds" not in one(db, "SELECT options FROM crm_sync.sources WHERE name = 'hs'")
+    before_run = int(time.time() * 1000)
     sync(db, stream="contacts")
-    m.upsert("contacts", [{"id": "1", "properties": {"firstname": "at-T"}}], timestamp_ms=T)
+    m.upsert("contacts", [{"id": "1", "properties": {"firstname": "now"}}])
+    started = int(time.time() * 1000)
     sync(db, stream="contacts")
-    assert one(db, "SELECT cursor FROM crm_sync.watermarks WHERE source = 'hs' AND stream = 'contacts'") == \
-        "2030-03-17T17:46:40.000Z"
-    assert firstnames(db, [1]) == {"1": "at-T"}
+    ended = int(time.time() * 1000)
+    w = watermark_ms(db)
+    assert before_run <= started <= w <= ended
+    assert firstnames(db, [1]) == {"1": "now"}
 
     # Changed in the CRM with modification times before the watermark, as a
     # lagging search index or a late commit would show them.
-    for i, ago_ms in [(2, 1), (3, 59_999), (4, 60_000), (5, 60_001), (6, 3_600_000)]:
-        m.upsert("contacts", [{"id": str(i), "properties": {"firstname": f"ago-{ago_ms}"}}], timestamp_ms=T - ago_ms)
+    for i, ago_ms in [(2, 1), (3, 120_000), (4, 3_600_000), (5, 3_600_001), (6, 86_400_000)]:
+        m.upsert("contacts", [{"id": str(i), "properties": {"firstname": f"ago-{ago_ms}"}}], timestamp_ms=w - ago_ms)
     before = firstnames(db, [5, 6])
     sync(db, stream="contacts")
-    assert firstnames(db, [2, 3, 4]) == {"2": "ago-1", "3": "ago-59999", "4": "ago-60000"}
+    assert firstnames(db, [2, 3, 4]) == {"2": "ago-1", "3": "ago-120000", "4": "ago-3600000"}
     assert firstnames(db, [5, 6]) == before, "changes older than the lookback are not read"
 
     # With the option set to 0, nothing before the watermark is read.
     db.execute("SELECT crm_sync.alter_source('hs', '{\"lookback_seconds\": 0}')")
-    m.upsert("contacts", [{"id": "7", "properties": {"firstname": "ago-1000"}}], timestamp_ms=T - 1000)
+    w = watermark_ms(db)
+    m.upsert("contacts", [{"id": "7", "properties": {"firstname": "ago-1000"}}], timestamp_ms=w - 1000)
     before = firstnames(db, [7])
     sync(db, stream="contacts")
     assert firstnames(db, [7]) == before
 
 
-def test_lookback_removed_with_null_is_back_to_60(db, mock_factory):
+def test_lookback_removed_with_null_is_back_to_the_default(db, mock_factory):
     m = mock_factory(10, 1, 1)
     create_source(db, m)  # lookback_seconds 0
     db.execute("SELECT crm_sync.alter_source('hs', '{\"lookback_seconds\": null}')")
     assert "lookback_seconds" not in one(db, "SELECT options FROM crm_sync.sources WHERE name = 'hs'")
     sync(db, stream="contacts")
-    m.upsert("contacts", [{"id": "1", "properties": {"firstname": "at-T"}}], timestamp_ms=T)
-    sync(db, stream="contacts")
-    m.upsert("contacts", [{"id": "2", "properties": {"firstname": "in"}}], timestamp_ms=T - 30_000)
-    m.upsert("contacts", [{"id": "3", "properties": {"firstname": "out"}}], timestamp_ms=T - 90_000)
+    w = watermark_ms(db)
+    m.upsert("contacts", [{"id": "2", "properties": {"firstname": "in"}}], timestamp_ms=w - 1_800_000)
+    m.upsert("contacts", [{"id": "3", "properties": {"firstname": "out"}}], timestamp_ms=w - 5_400_000)
     before = firstnames(db, [3])
     sync(db, stream="contacts")
     assert firstnames(db, [2]) == {"2": "in"}

@@ -24,6 +24,7 @@ pub const SYSTEM_COLUMNS: &[&str] = &[
     "_updated_at",
     "_deleted_at",
     "_deleted_reason",
+    "_merged_into",
     "_synced_at",
     "_run_id",
 ];

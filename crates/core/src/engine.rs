@@ -23,12 +23,17 @@ pub struct WriteStats {
     pub unchanged: u64,
     /// Values that did not fit their column (kept in `_raw`).
     pub warnings: u64,
+    /// Rows of other records newly marked deleted because the CRM merged
+    /// them into records of the batch ([`Record::merged_ids`]); counted in
+    /// `deleted` too.
+    pub merged: u64,
 }
 
 impl std::ops::AddAssign for WriteStats {
     fn add_assign(&mut self, o: Self) {
         self.upserted += o.upserted;
         self.deleted += o.deleted;
+        self.merged += o.merged;
         self.unchanged += o.unchanged;
         self.warnings += o.warnings;
     }
@@ -162,7 +167,8 @@ pub fn run_with_progress(
 /// Write one batch; what it did not insert, change or delete was unchanged.
 fn write(sink: &mut dyn Sink, batch: &[Record]) -> Result<WriteStats> {
     let mut stats = sink.write(batch)?;
-    stats.unchanged = (batch.len() as u64).saturating_sub(stats.upserted + stats.deleted);
+    let written = stats.upserted + stats.deleted - stats.merged.min(stats.deleted);
+    stats.unchanged = (batch.len() as u64).saturating_sub(written);
     Ok(stats)
 }
 
@@ -209,6 +215,7 @@ mod tests {
             deleted_at: None,
             fields: Default::default(),
             raw: format!("{{\"id\":\"{id}\",\"ts\":{ts}}}"),
+            merged_ids: Vec::new(),
         }
     }
 

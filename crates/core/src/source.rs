@@ -200,6 +200,10 @@ pub struct Record {
     pub fields: Map<String, Value>,
     /// The whole record exactly as received (JSON text).
     pub raw: String,
+    /// Ids of records the CRM merged into this one (they left every list):
+    /// their rows are marked deleted, reason `merged`, pointing here, in
+    /// the transaction that writes this record.
+    pub merged_ids: Vec<String>,
 }
 
 /// A page of records from one API call.

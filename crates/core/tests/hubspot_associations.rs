@@ -14,8 +14,10 @@ use crm_sync_core::source::{ReadRequest, Record, SyncMode};
 use crm_sync_core::CrmError;
 use serde_json::{json, Value};
 
-/// Mock changes are made at this time (2030-03-17), after every seeded one.
-const CHANGED_MS: i64 = 1_900_000_000_000;
+/// Mock changes are made at this time (ten minutes ago: after every seeded
+/// one, and inside a run's search window, which ends when the run begins).
+static CHANGED: std::sync::LazyLock<i64> =
+    std::sync::LazyLock::new(|| chrono::Utc::now().timestamp_millis() - 600_000);
 
 fn config(port: u16, extra: Value) -> Configured {
     let mut opts = json!({"base_url": format!("http://127.0.0.1:{port}"), "retry_base_ms": 5,
@@ -155,11 +157,11 @@ fn search_pages_get_associations_from_the_v4_batch_read() {
         port,
         "POST",
         "/_mock/deals/upsert",
-        json!({"records": records, "timestamp_ms": CHANGED_MS}),
+        json!({"records": records, "timestamp_ms": *CHANGED}),
     );
     admin(port, "POST", "/_mock/reset_stats", json!({}));
 
-    let watermark = chrono::DateTime::from_timestamp_millis(CHANGED_MS - 1000)
+    let watermark = chrono::DateTime::from_timestamp_millis(*CHANGED - 1000)
         .unwrap()
         .to_rfc3339();
     let cfg = config(port, json!({}));
@@ -209,7 +211,7 @@ fn search_pages_get_associations_from_the_v4_batch_read() {
 
     // Switched off: search pages get no v4 calls.
     admin(port, "POST", "/_mock/reset_stats", json!({}));
-    let watermark = chrono::DateTime::from_timestamp_millis(CHANGED_MS - 1000)
+    let watermark = chrono::DateTime::from_timestamp_millis(*CHANGED - 1000)
         .unwrap()
         .to_rfc3339();
     let (deals, _) = run(
@@ -243,7 +245,7 @@ fn a_batch_read_failing_for_another_reason_fails_the_page() {
         port,
         "POST",
         "/_mock/deals/upsert",
-        json!({"records": [{"properties": {"dealname": "Changed"}}], "timestamp_ms": CHANGED_MS}),
+        json!({"records": [{"properties": {"dealname": "Changed"}}], "timestamp_ms": *CHANGED}),
     );
     admin(
         port,
@@ -251,7 +253,9 @@ fn a_batch_read_failing_for_another_reason_fails_the_page() {
         "/_mock/faults",
         json!({"rules": [{"path_contains": "/crm/v4/", "count": 1, "kind": "association_error"}]}),
     );
-    let watermark = "2030-03-17T00:00:00Z".to_owned();
+    let watermark = chrono::DateTime::from_timestamp_millis(*CHANGED - 1000)
+        .unwrap()
+        .to_rfc3339();
     let err = try_run(&cfg, "deals", SyncMode::Incremental { watermark }).unwrap_err();
     assert!(
         err.message.contains("READ_FAILED"),

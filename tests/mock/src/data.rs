@@ -242,6 +242,7 @@ const CONTACT_PROPS: &[Def] = &[
     ("createdate", "Create Date", "datetime", "date", "contactinformation", &[], true),
     ("lastmodifieddate", "Last Modified Date", "datetime", "date", "contactinformation", &[], true),
     ("hs_object_id", "Record ID", "number", "number", "contactinformation", &[], true),
+    ("hs_merged_object_ids", "Merged Contact IDs", "enumeration", "checkbox", "contactinformation", &[], true),
     ("favorite_color", "Favorite color", "enumeration", "select", "contactinformation", COLORS, false),
     ("loyalty_score", "Loyalty score", "number", "number", "contactinformation", &[], false),
     ("signup_date", "Signup date", "date", "date", "contactinformation", &[], false),
@@ -265,6 +266,7 @@ const COMPANY_PROPS: &[Def] = &[
     ("createdate", "Create Date", "datetime", "date", "companyinformation", &[], true),
     ("hs_lastmodifieddate", "Last Modified Date", "datetime", "date", "companyinformation", &[], true),
     ("hs_object_id", "Record ID", "number", "number", "companyinformation", &[], true),
+    ("hs_merged_object_ids", "Merged Company IDs", "enumeration", "checkbox", "companyinformation", &[], true),
     ("tier", "Tier", "enumeration", "select", "companyinformation", TIERS, false),
 ];
 

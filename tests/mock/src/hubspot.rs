@@ -225,6 +225,20 @@ impl HubSpotMock {
     }
 
     fn rate_limited(&self, policy: &str, retry_after: bool) -> Response {
+        if policy == "DAILY" {
+            // Private apps' daily budget; OAuth calls get no daily headers.
+            let body = json!({
+                "status": "error",
+                "message": "You have reached your daily limit.",
+                "errorType": "RATE_LIMIT",
+                "correlationId": self.correlation_id(),
+                "policyName": "DAILY",
+                "groupName": "api-calls-daily",
+            });
+            return Response::json(429, body.to_string().into_bytes())
+                .with_header("X-HubSpot-RateLimit-Daily", "250000")
+                .with_header("X-HubSpot-RateLimit-Daily-Remaining", "0");
+        }
         let (max, interval, msg) = match policy {
             "SECONDLY" => ("5", "1000", "You have reached your secondly limit."),
             _ => (
@@ -394,9 +408,17 @@ impl HubSpotMock {
         let archived = req
             .param("archived")
             .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        // A merged-away id reads as the record it went into.
         let n = id
             .parse::<u64>()
             .ok()
+            .map(|n| {
+                if archived {
+                    n
+                } else {
+                    store.merged_into(n).unwrap_or(n)
+                }
+            })
             .filter(|n| store.exists(*n) && store.is_archived(*n) == archived);
         let Some(n) = n else {
             return Err(self.error(
@@ -413,6 +435,58 @@ impl HubSpotMock {
         let assoc = requested_associations(req, kind);
         let mut out = Vec::new();
         render_with_associations(st, &mut out, kind, n, &props, &assoc);
+        Ok(Response::json(200, out))
+    }
+
+    /// `POST /crm/v3/objects/{contacts,companies}/merge`
+    /// `{"primaryObjectId","objectIdToMerge"}`: the merged record, which
+    /// has a new id (see [`Store::merge`]) and the associations of both.
+    fn merge(&self, st: &mut State, kind: Kind, req: &Request) -> Result<Response, Response> {
+        if !matches!(kind, Kind::Contacts | Kind::Companies) {
+            return Err(
+                self.bad_request("merging records of this object is not modelled by the mock")
+            );
+        }
+        let body: Value = serde_json::from_slice(&req.body)
+            .map_err(|_| self.bad_request("Invalid input JSON on line 1"))?;
+        let id = |k: &str| {
+            body[k]
+                .as_str()
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| self.bad_request(&format!("{k} must be a record id")))
+        };
+        let (primary, secondary) = (id("primaryObjectId")?, id("objectIdToMerge")?);
+        let others: Vec<Kind> = [Kind::Contacts, Kind::Companies, Kind::Deals]
+            .into_iter()
+            .filter(|k| *k != kind)
+            .collect();
+        let assoc: Vec<(Kind, Vec<u64>)> = others
+            .iter()
+            .map(|&to| {
+                let mut ids = st.associated(kind, primary, to);
+                for x in st.associated(kind, secondary, to) {
+                    if !ids.contains(&x) {
+                        ids.push(x);
+                    }
+                }
+                (to, ids)
+            })
+            .collect();
+        let store = st.store(kind);
+        let ts = store.change_time(None);
+        let Some(new) = store.merge(primary, secondary, ts) else {
+            return Err(self.error(
+                404,
+                "OBJECT_NOT_FOUND",
+                "One or both of the records to merge were not found.",
+            ));
+        };
+        for (to, ids) in assoc {
+            store.set_associations(new, to, ids);
+        }
+        let props = Self::wanted(store, vec![]);
+        let mut out = Vec::new();
+        store.render(&mut out, new, &props);
         Ok(Response::json(200, out))
     }
 
@@ -646,6 +720,7 @@ impl Mock for HubSpotMock {
     const FAULT_KINDS: &'static [&'static str] = &[
         "429",
         "429_retry_after",
+        "429_daily",
         "500",
         "503",
         "bad_token",
@@ -662,6 +737,7 @@ impl Mock for HubSpotMock {
         Some(match kind {
             "429" => self.rate_limited("TEN_SECONDLY_ROLLING", false),
             "429_retry_after" => self.rate_limited("TEN_SECONDLY_ROLLING", true),
+            "429_daily" => self.rate_limited("DAILY", false),
             "500" => self.error(500, "INTERNAL_ERROR", "internal error"),
             "503" => self.error(503, "SERVICE_UNAVAILABLE", "Service Unavailable"),
             "bad_token" => self.unauthorized(),
@@ -746,6 +822,9 @@ impl Mock for HubSpotMock {
                 }
                 self.with_kind(t, |k| self.search(st, k, req))
             }
+            ("POST", ["crm", "v3", "objects", t, "merge"]) => {
+                self.with_kind(t, |k| self.merge(st, k, req))
+            }
             ("POST", ["crm", "v3", "objects", t, "batch", "read"]) => {
                 self.with_kind(t, |k| self.batch_read(st, k, req))
             }
@@ -795,6 +874,18 @@ impl Mock for HubSpotMock {
             ("POST", [t, "purge"]) => {
                 apply_action(st, &json!({"op": "purge", "object": t, "ids": body["ids"]}))
             }
+            // A search result at a stale place: sorted and filtered by its
+            // indexed time, shown with a later one (estuary/connectors#2210).
+            ("POST", [t, "stale_sort"]) => match Kind::parse(t) {
+                Some(k) => {
+                    let id = body["id"].as_str().and_then(|v| v.parse::<u64>().ok());
+                    match (id, body["shown_ms"].as_i64()) {
+                        (Some(id), Some(ms)) if st.store(k).show_stale(id, ms) => Ok(json!({})),
+                        _ => Err("id (a live record's, as a string) and shown_ms needed".into()),
+                    }
+                }
+                None => Err(format!("unknown object {t}")),
+            },
             ("POST", [t, "properties"]) => add_property(st, t, body),
             ("POST", ["token"]) => match body["token"].as_str() {
                 Some(t) => {
@@ -1186,7 +1277,13 @@ impl Filter {
     fn matches(&self, store: &Store, id: u64) -> bool {
         let raw = store.value(id, &self.prop);
         let has = raw.as_deref().is_some_and(|v| !v.is_empty());
-        let key = raw.as_deref().and_then(|v| store.key_of(&self.prop, v));
+        // The modification time compares as indexed (a stale result shows
+        // a later one).
+        let key = if self.prop == store.kind().modified_prop() {
+            store.key(id, &self.prop)
+        } else {
+            raw.as_deref().and_then(|v| store.key_of(&self.prop, v))
+        };
         let arg = |v: &Option<String>| v.as_deref().and_then(|v| store.key_of(&self.prop, v));
         let cmp = |o: &Option<String>| -> Option<std::cmp::Ordering> {
             let (a, b) = (key.as_ref()?, arg(o)?);

@@ -24,6 +24,12 @@ pub struct Store {
     /// Ids gone without a trace: erased (GDPR) or purged after the restore
     /// window; in neither list, 404 on read.
     purged: std::collections::HashSet<u64>,
+    /// Ids merged away and the record they went into.
+    merged_into: HashMap<u64, u64>,
+    /// Records search holds at a stale place: indexed (sorted and filtered)
+    /// at their modification time, shown with this later one, as HubSpot's
+    /// search returns a record changed after it was indexed.
+    shown_ms: HashMap<u64, i64>,
     /// Live records as (modified ms, tie-break, id). Ties are ordered by a
     /// hash, not by id: HubSpot documents no order within equal sort keys.
     index: BTreeSet<(i64, u64, u64)>,
@@ -62,6 +68,8 @@ impl Store {
             changed: HashMap::new(),
             archived: Default::default(),
             purged: Default::default(),
+            merged_into: HashMap::new(),
+            shown_ms: HashMap::new(),
             index: keys.into_iter().collect(),
             assoc: HashMap::new(),
             max_ts,
@@ -134,7 +142,12 @@ impl Store {
             return Some(id.to_string());
         }
         if prop == self.kind().modified_prop() {
-            return Some(fmt_ms(self.updated_ms(id)));
+            let ms = self
+                .shown_ms
+                .get(&id)
+                .copied()
+                .unwrap_or(self.updated_ms(id));
+            return Some(fmt_ms(ms));
         }
         if prop == "createdate" {
             return Some(fmt_ms(self.created_ms(id)));
@@ -156,8 +169,23 @@ impl Store {
     /// The value of `prop` as its type compares: numbers and times as
     /// numbers, everything else as lower-cased text.
     pub fn key(&self, id: u64, prop: &str) -> Option<Key> {
+        // Search compares the indexed time, whatever a result shows.
+        if prop == self.kind().modified_prop() {
+            return Some(Key::Num(self.updated_ms(id) as f64));
+        }
         let v = self.value(id, prop)?;
         self.key_of(prop, &v)
+    }
+
+    /// Show record `id` with modification time `shown_ms` while search keeps
+    /// it where it was indexed (see `shown_ms`); false when not live. Any
+    /// change to the record ends it.
+    pub fn show_stale(&mut self, id: u64, shown_ms: i64) -> bool {
+        if !self.exists(id) || self.is_archived(id) {
+            return false;
+        }
+        self.shown_ms.insert(id, shown_ms);
+        true
     }
 
     pub fn key_of(&self, prop: &str, v: &str) -> Option<Key> {
@@ -184,6 +212,7 @@ impl Store {
         ts: i64,
     ) -> u64 {
         let id = id.unwrap_or(self.next_id);
+        self.shown_ms.remove(&id);
         let existed = self.exists(id);
         if existed && !self.is_archived(id) {
             self.index.remove(&(self.updated_ms(id), tie(id), id));
@@ -263,6 +292,74 @@ impl Store {
         self.assoc.retain(|(from, _), _| *from != id);
         self.purged.insert(id);
         true
+    }
+
+    /// Merge two live records as HubSpot now merges contacts and companies:
+    /// a new record with a new id takes the primary's values (the
+    /// secondary's where the primary has none), the earlier create date,
+    /// and `hs_merged_object_ids` listing both old ids and those merged
+    /// into them before; both old ids leave every list, and reading one
+    /// gives the new record. None if either is not live or they are one.
+    pub fn merge(&mut self, primary: u64, secondary: u64, ts: i64) -> Option<u64> {
+        let live = |id: u64| self.exists(id) && !self.is_archived(id);
+        if primary == secondary || !live(primary) || !live(secondary) {
+            return None;
+        }
+        let skip = [
+            "hs_object_id",
+            "createdate",
+            self.kind().modified_prop(),
+            "hs_merged_object_ids",
+        ];
+        let props: Vec<(String, Option<String>)> = self
+            .props
+            .iter()
+            .filter(|p| !skip.contains(&p.name.as_str()))
+            .map(|p| {
+                let v = self
+                    .value(primary, &p.name)
+                    .filter(|v| !v.is_empty())
+                    .or_else(|| self.value(secondary, &p.name));
+                (p.name.clone(), v)
+            })
+            .collect();
+        let mut merged = vec![primary, secondary];
+        for id in [primary, secondary] {
+            if let Some(list) = self.value(id, "hs_merged_object_ids") {
+                merged.extend(list.split(';').filter_map(|x| x.trim().parse::<u64>().ok()));
+            }
+        }
+        merged.sort_unstable();
+        merged.dedup();
+        let created = self.created_ms(primary).min(self.created_ms(secondary));
+        let list = merged
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(";");
+        let mut props = props;
+        props.push(("hs_merged_object_ids".into(), Some(list)));
+        let new = self.upsert(None, props, ts);
+        if let Some(c) = self.changed.get_mut(&new) {
+            c.created_ms = created;
+        }
+        for old in [primary, secondary] {
+            self.purge(old);
+        }
+        for (_, into) in self.merged_into.iter_mut() {
+            if *into == primary || *into == secondary {
+                *into = new;
+            }
+        }
+        for old in merged {
+            self.merged_into.insert(old, new);
+        }
+        Some(new)
+    }
+
+    /// The record a merged-away id went into.
+    pub fn merged_into(&self, id: u64) -> Option<u64> {
+        self.merged_into.get(&id).copied()
     }
 
     /// Up to `limit` ids from `from` on, live or archived ones.

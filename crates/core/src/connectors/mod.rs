@@ -106,7 +106,7 @@ mod tests {
         assert_eq!(c.provider.name, "hubspot");
         let c = c.config;
         assert_eq!(c.option_str("base_url"), None);
-        assert_eq!(c.lookback, Duration::from_secs(60));
+        assert_eq!(c.lookback, Duration::from_secs(3_600));
         assert!(c.track_deletes);
         assert_eq!(c.option_bool("associations"), None);
         assert_eq!(c.secrets(), ["pat-1"]);

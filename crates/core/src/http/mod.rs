@@ -85,6 +85,17 @@ pub struct HttpClient {
     retries: Cell<u64>,
 }
 
+/// What a connector makes of a response before the retry policy does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// 429, 5xx: retried with backoff; anything else returned.
+    Default,
+    /// Returned as it is, whatever its status: the connector reports it.
+    Final,
+    /// Retried, waiting at least this long (None: the backoff).
+    Retry(Option<Duration>),
+}
+
 impl HttpClient {
     pub fn new(settings: HttpSettings) -> Result<Self> {
         let http_hosts = Arc::new(Mutex::new(HashSet::new()));
@@ -186,6 +197,27 @@ impl HttpClient {
         transient: &dyn Fn(&Response) -> bool,
         max_retries: u32,
     ) -> Result<Response> {
+        let judge = |r: &Response| {
+            if transient(r) {
+                Verdict::Retry(None)
+            } else {
+                Verdict::Default
+            }
+        };
+        self.send_judged(endpoint, build, &judge, max_retries).await
+    }
+
+    /// As [`HttpClient::send_with`], the connector judging each response
+    /// first ([`Verdict`]): a 429 its CRM documents as lasting (a daily
+    /// quota used up) is returned at once instead of retried, and a rate
+    /// limit window it knows is waited for.
+    pub async fn send_judged(
+        &self,
+        endpoint: &str,
+        build: impl Fn() -> RequestBuilder,
+        judge: &dyn Fn(&Response) -> Verdict,
+        max_retries: u32,
+    ) -> Result<Response> {
         let mut attempt: u32 = 0;
         loop {
             let req = build().build().map_err(|e| transport_error(endpoint, &e))?;
@@ -208,14 +240,25 @@ impl HttpClient {
                 _ => {}
             }
             let retry_after = match &outcome {
-                Ok(r)
-                    if r.status == StatusCode::TOO_MANY_REQUESTS
-                        || r.status.is_server_error()
-                        || transient(r) =>
-                {
-                    retry_after(&r.headers)
-                }
-                Ok(_) => return outcome,
+                Ok(r) => match judge(r) {
+                    Verdict::Final => return outcome,
+                    // The connector's wait (within the source's retry_max_ms)
+                    // is a floor under Retry-After's.
+                    Verdict::Retry(wait) => match (
+                        wait.map(|w| w.min(self.settings.retry_max)),
+                        retry_after(&r.headers),
+                    ) {
+                        (Some(a), Some(b)) => Some(a.max(b)),
+                        (a, b) => a.or(b),
+                    },
+                    Verdict::Default
+                        if r.status == StatusCode::TOO_MANY_REQUESTS
+                            || r.status.is_server_error() =>
+                    {
+                        retry_after(&r.headers)
+                    }
+                    Verdict::Default => return outcome,
+                },
                 Err(_) => None,
             };
             if attempt >= max_retries {

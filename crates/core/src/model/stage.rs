@@ -30,6 +30,9 @@ pub struct Staged {
     pub company_key: Option<String>,
     pub company_ref: Option<String>,
     pub contact_ref: Option<String>,
+    /// The external id of the record (same stream) the CRM merged this one
+    /// into: identity resolution puts them in one unified row.
+    pub merged_into: Option<String>,
     /// (field, value as landed, why it is invalid)
     pub invalid: Vec<(String, String, String)>,
 }

@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use url::Url;
 
 use crate::error::{CrmError, ErrorKind, Result};
-use crate::http::{body_excerpt, HttpClient, Response};
+use crate::http::{body_excerpt, HttpClient, Response, Verdict};
 use crate::source::{Field, Record};
 use crate::types::{parse_datetime, PgType};
 
@@ -141,19 +141,24 @@ impl<'a> HubSpot<'a> {
         let endpoint = format!("{method} /{path}");
         let resp = self
             .http
-            .send(&endpoint, || {
-                let mut rb = self
-                    .http
-                    .request(method.clone(), url.clone())
-                    .bearer_auth(&self.token);
-                if !query.is_empty() {
-                    rb = rb.query(query);
-                }
-                if let Some(b) = body {
-                    rb = rb.json(b);
-                }
-                rb
-            })
+            .send_judged(
+                &endpoint,
+                || {
+                    let mut rb = self
+                        .http
+                        .request(method.clone(), url.clone())
+                        .bearer_auth(&self.token);
+                    if !query.is_empty() {
+                        rb = rb.query(query);
+                    }
+                    if let Some(b) = body {
+                        rb = rb.json(b);
+                    }
+                    rb
+                },
+                &judge_rate_limit,
+                self.http.settings().max_retries,
+            )
             .await?;
         check_status(&endpoint, resp)
     }
@@ -598,19 +603,89 @@ fn to_records(endpoint: &str, object: &str, raws: Vec<Box<RawValue>>) -> Result<
             } else {
                 None
             };
+            let merged_ids = merged_ids(&w.id, &w.properties);
             Ok(Record {
                 id: w.id,
                 updated_at,
                 deleted_at,
                 fields: w.properties,
                 raw: raw.get().to_owned(),
+                merged_ids,
             })
         })
         .collect()
 }
 
+/// The property naming the records merged into a contact or company: a
+/// merge makes a record with a new id, both old ids leave every list, and
+/// this property of the new record lists them, and those of earlier merges
+/// into either (HubSpot's "updated merge functionality"; Fivetran's
+/// dbt_hubspot relies on it for chains of merges, fivetran/dbt_hubspot#172).
+pub const MERGED_IDS_PROPERTY: &str = "hs_merged_object_ids";
+
+/// The objects whose records can be merged into new ones.
+pub fn merges(object: &str) -> bool {
+    matches!(object, "contacts" | "companies")
+}
+
+/// The ids `hs_merged_object_ids` lists (semicolon-separated), the record's
+/// own left out.
+fn merged_ids(own: &str, properties: &Map<String, Value>) -> Vec<String> {
+    let Some(list) = properties.get(MERGED_IDS_PROPERTY).and_then(Value::as_str) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = list
+        .split(';')
+        .map(str::trim)
+        .filter(|id| !id.is_empty() && *id != own && id.bytes().all(|b| b.is_ascii_digit()))
+        .map(str::to_owned)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 fn parse_json<'de, T: Deserialize<'de>>(endpoint: &str, body: &'de [u8]) -> Result<T> {
     crate::http::parse_json("HubSpot", endpoint, body)
+}
+
+/// The `policyName` of a HubSpot 429 body: `DAILY`, `TEN_SECONDLY_ROLLING`,
+/// `SECONDLY` (search), ...
+fn rate_limit_policy(resp: &Response) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Limited {
+        #[serde(rename = "policyName")]
+        policy: Option<String>,
+    }
+    if resp.status != StatusCode::TOO_MANY_REQUESTS {
+        return None;
+    }
+    serde_json::from_slice::<Limited>(&resp.body).ok()?.policy
+}
+
+/// HubSpot's 429s by policy: the daily limit lasts until midnight, so it
+/// is reported at once; a ten-secondly or secondly window is waited out
+/// (`X-HubSpot-RateLimit-Interval-Milliseconds`, HubSpot's own clients
+/// wait 10 s a try); anything else is retried with backoff.
+/// <https://developers.hubspot.com/docs/api/usage-details>
+fn judge_rate_limit(resp: &Response) -> Verdict {
+    let window = || {
+        resp.headers
+            .get("x-hubspot-ratelimit-interval-milliseconds")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|ms| std::time::Duration::from_millis(ms.min(60_000)))
+    };
+    match rate_limit_policy(resp).as_deref() {
+        Some("DAILY") => Verdict::Final,
+        Some("TEN_SECONDLY_ROLLING") => {
+            Verdict::Retry(Some(window().unwrap_or(std::time::Duration::from_secs(10))))
+        }
+        Some("SECONDLY") => {
+            Verdict::Retry(Some(window().unwrap_or(std::time::Duration::from_secs(1))))
+        }
+        _ => Verdict::Default,
+    }
 }
 
 /// HubSpot error bodies: `{"status":"error","message":…,"category":…}`.
@@ -618,6 +693,21 @@ fn check_status(endpoint: &str, resp: Response) -> Result<Response> {
     let s = resp.status;
     if s.is_success() {
         return Ok(resp);
+    }
+    if rate_limit_policy(&resp).as_deref() == Some("DAILY") {
+        let limit = resp
+            .headers
+            .get("x-hubspot-ratelimit-daily")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| format!(" of {v} calls"))
+            .unwrap_or_default();
+        return Err(CrmError::new(
+            ErrorKind::RateLimited,
+            format!("HubSpot's daily API limit{limit} is used up (HTTP 429, policy DAILY)"),
+        )
+        .with_endpoint(endpoint)
+        .with_detail(body_excerpt(&resp.body))
+        .with_hint("The limit resets at midnight in the HubSpot account's time zone; sync again after that, or sync less (fewer streams or properties, a longer reconcile_every). The rows synced so far are kept."));
     }
     #[derive(Deserialize, Default)]
     struct ErrBody {
@@ -734,6 +824,7 @@ mod tests {
             deleted_at: None,
             fields: Map::new(),
             raw: raw.into(),
+            merged_ids: Vec::new(),
         }
     }
 
@@ -783,6 +874,26 @@ mod tests {
         assert_eq!(association_types("deals"), ["companies", "contacts"]);
         assert!(association_types("companies").is_empty());
         assert!(association_types("p_orders").is_empty());
+    }
+
+    #[test]
+    fn merged_ids_are_read_from_hs_merged_object_ids() {
+        let raw = r#"{"id":"901","properties":{"hs_merged_object_ids":"12;34; 901;;x7;34"},"archived":false}"#;
+        let recs = to_records(
+            "GET /x",
+            "contacts",
+            vec![RawValue::from_string(raw.into()).unwrap()],
+        )
+        .unwrap();
+        assert_eq!(recs[0].merged_ids, ["12", "34"]);
+        let none = r#"{"id":"5","properties":{"hs_merged_object_ids":null}}"#;
+        let recs = to_records(
+            "GET /x",
+            "contacts",
+            vec![RawValue::from_string(none.into()).unwrap()],
+        )
+        .unwrap();
+        assert!(recs[0].merged_ids.is_empty());
     }
 
     #[test]

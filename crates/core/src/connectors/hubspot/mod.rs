@@ -117,7 +117,11 @@ impl Connector for HubSpot<'_> {
             // The properties a reader asks for: the fields, and the
             // modification time and id it keys on.
             let mut props: Vec<String> = fields.iter().map(|f| f.name.clone()).collect();
-            for p in [last_modified_property(object), "hs_object_id"] {
+            let merged = api::merges(object).then_some(api::MERGED_IDS_PROPERTY);
+            for p in [last_modified_property(object), "hs_object_id"]
+                .into_iter()
+                .chain(merged)
+            {
                 if !props.iter().any(|x| x == p) {
                     props.push(p.to_owned());
                 }

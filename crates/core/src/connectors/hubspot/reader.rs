@@ -22,7 +22,10 @@
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use super::api::{add_associations, last_modified_property, HubSpot, SEARCH_PAGE_LIMIT};
+use super::api::{
+    add_associations, last_modified_property, merges, HubSpot, MERGED_IDS_PROPERTY,
+    SEARCH_PAGE_LIMIT,
+};
 use crate::error::{CrmError, Result};
 use crate::http::server_date_ms;
 use crate::paging::Cursors;
@@ -53,6 +56,10 @@ pub struct HubSpotReader<'a> {
     lookback_ms: i64,
     /// Highest modification time known complete: the watermark to store.
     watermark_ms: Option<i64>,
+    /// The upper bound of this run's search window (epoch ms): the time the
+    /// first search began. Changes after it are the next run's; results
+    /// beyond it never move the cursor or the watermark.
+    until_ms: Option<i64>,
     /// `after` cursors followed in the list phases.
     cursors: Cursors,
 }
@@ -71,7 +78,11 @@ impl<'a> HubSpotReader<'a> {
     ) -> Result<Self> {
         let cursor_prop = last_modified_property(object);
         let mut props: Vec<String> = properties.to_vec();
-        for p in [cursor_prop, "hs_object_id", "createdate"] {
+        let merged = merges(object).then_some(MERGED_IDS_PROPERTY);
+        for p in [cursor_prop, "hs_object_id", "createdate"]
+            .into_iter()
+            .chain(merged)
+        {
             if !props.iter().any(|x| x == p) {
                 props.push(p.to_owned());
             }
@@ -104,6 +115,7 @@ impl<'a> HubSpotReader<'a> {
             track_deletes,
             lookback_ms,
             watermark_ms,
+            until_ms: None,
             cursors: Cursors::default(),
         };
         if let Some(saved) = resume.and_then(|s| serde_json::from_str::<Checkpoint>(s).ok()) {
@@ -121,9 +133,33 @@ impl<'a> HubSpotReader<'a> {
         r.updated_at.map(|d| d.timestamp_millis())
     }
 
+    /// The search window's upper bound, fixed when the first search of the
+    /// run is made.
+    fn until(&mut self) -> i64 {
+        *self
+            .until_ms
+            .get_or_insert_with(|| Utc::now().timestamp_millis())
+    }
+
+    /// Move the watermark to the newest of `recs` inside the window (a
+    /// result dated after it, as search sometimes returns, does not count).
     fn saw(&mut self, recs: &[Record]) {
-        if let Some(m) = recs.iter().filter_map(|r| self.ts_ms(r)).max() {
+        let until = self.until_ms.unwrap_or(i64::MAX);
+        let newest = recs
+            .iter()
+            .filter_map(|r| self.ts_ms(r))
+            .filter(|t| *t <= until)
+            .max();
+        if let Some(m) = newest {
             self.watermark_ms = Some(self.watermark_ms.map_or(m, |w| w.max(m)));
+        }
+    }
+
+    /// The window was read to its end: every change indexed up to its upper
+    /// bound has been returned, so the watermark moves to it (never back).
+    fn window_done(&mut self) {
+        if let Some(u) = self.until_ms {
+            self.watermark_ms = Some(self.watermark_ms.map_or(u, |w| w.max(u)));
         }
     }
 
@@ -136,9 +172,11 @@ impl<'a> HubSpotReader<'a> {
         }
     }
 
-    fn range_filters(&self, from_ms: i64, inclusive: bool) -> Vec<Value> {
+    fn range_filters(&mut self, from_ms: i64, inclusive: bool) -> Vec<Value> {
+        let until = self.until();
         vec![
             json!({"propertyName": self.cursor_prop, "operator": if inclusive {"GTE"} else {"GT"}, "value": from_ms.to_string()}),
+            json!({"propertyName": self.cursor_prop, "operator": "LTE", "value": until.to_string()}),
         ]
     }
 }
@@ -240,6 +278,7 @@ impl HubSpotReader<'_> {
             }
             Phase::Range { from_ms, inclusive } => {
                 let filters = self.range_filters(from_ms, inclusive);
+                let until = self.until();
                 let (mut records, total) = self
                     .api
                     .search_page(&self.object, &self.properties, filters, self.cursor_prop)
@@ -249,24 +288,21 @@ impl HubSpotReader<'_> {
                         .await?;
                     self.phase = self.after_search();
                     self.saw(&records);
+                    self.window_done();
                     return Ok(Some(Page { records, total }));
                 }
-                let first = records.first().and_then(|r| self.ts_ms(r));
-                let last = records.last().and_then(|r| self.ts_ms(r));
-                let (Some(first), Some(last)) = (first, last) else {
+                let stamps: Vec<Option<i64>> = records.iter().map(|r| self.ts_ms(r)).collect();
+                let Some(kept) = in_order(&stamps, from_ms, inclusive, until) else {
                     return Err(CrmError::bad_response(format!(
-                        "search results lack {}",
+                        "search results are not sorted by {} as requested, or lack it",
                         self.cursor_prop
                     )));
                 };
-                if last < first || first < from_ms || (!inclusive && first == from_ms) {
-                    return Err(CrmError::bad_response(format!(
-                        "search results are not sorted by {} as requested",
-                        self.cursor_prop
-                    )));
-                }
+                let first = stamps[kept[0]].unwrap_or_default();
+                let last = stamps[*kept.last().expect("kept is not empty")].unwrap_or_default();
                 let next = if first == last {
-                    // A whole page in one timestamp: read that tie by id.
+                    // A whole page in one timestamp (out-of-order results
+                    // aside): read that tie by id.
                     Phase::Tie {
                         ts_ms: last,
                         after_id: None,
@@ -274,7 +310,16 @@ impl HubSpotReader<'_> {
                 } else {
                     // The page may have cut the tie at `last`: keep what is
                     // strictly before it, and start the next query at it.
-                    records.retain(|r| r.updated_at.is_some_and(|d| d.timestamp_millis() < last));
+                    // Results out of order (dated after their place in the
+                    // sort, or after the window) are kept, as read: they
+                    // never move the cursor, and the records between are
+                    // read by the next query.
+                    let mut i = 0;
+                    records.retain(|_| {
+                        let keep = !kept.contains(&i) || stamps[i].is_some_and(|t| t < last);
+                        i += 1;
+                        keep
+                    });
                     Phase::Range {
                         from_ms: last,
                         inclusive: true,
@@ -340,5 +385,61 @@ impl HubSpotReader<'_> {
             },
             None => Phase::Done,
         }
+    }
+}
+
+/// Which results of a full search page mark where the sort stands: walking
+/// back from the last, each result dated no later than every result after
+/// it and inside the window `[from, until]`. A result dated after its
+/// place in the sort (HubSpot's search returns a record changed since it
+/// was indexed with its new time, estuary/connectors#2210 and #4595) is left
+/// out, so it cannot make the next query skip what lies between. None when
+/// no result qualifies (or one lacks its time): the page is not sorted as
+/// asked. Indexes in ascending order.
+fn in_order(stamps: &[Option<i64>], from: i64, inclusive: bool, until: i64) -> Option<Vec<usize>> {
+    let mut kept = Vec::new();
+    let mut bound = until;
+    for (i, t) in stamps.iter().enumerate().rev() {
+        let t = (*t)?;
+        let after_from = if inclusive { t >= from } else { t > from };
+        if t <= bound && after_from {
+            kept.push(i);
+            bound = t;
+        }
+    }
+    kept.reverse();
+    (!kept.is_empty()).then_some(kept)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_order;
+
+    #[test]
+    fn results_dated_after_their_place_do_not_mark_the_page_end() {
+        // Sorted, with a spike in the middle and one past the window at the end.
+        let s = [
+            Some(10),
+            Some(11),
+            Some(500),
+            Some(12),
+            Some(13),
+            Some(9_999),
+        ];
+        assert_eq!(in_order(&s, 10, true, 1_000), Some(vec![0, 1, 3, 4]));
+        // The end is the last result in order inside the window.
+        let s = [Some(10), Some(20), Some(30)];
+        assert_eq!(in_order(&s, 10, true, 1_000), Some(vec![0, 1, 2]));
+        // Ties are in order; a strict lower bound leaves `from` out.
+        let s = [Some(10), Some(10), Some(11)];
+        assert_eq!(in_order(&s, 10, false, 100), Some(vec![2]));
+        assert_eq!(in_order(&s, 10, true, 100), Some(vec![0, 1, 2]));
+    }
+
+    #[test]
+    fn a_page_with_nothing_in_order_or_a_missing_time_is_refused() {
+        assert_eq!(in_order(&[Some(5_000), Some(6_000)], 10, true, 1_000), None);
+        assert_eq!(in_order(&[Some(10), None], 10, true, 1_000), None);
+        assert_eq!(in_order(&[Some(3), Some(4)], 10, true, 1_000), None);
     }
 }

@@ -511,6 +511,7 @@ impl<'a> BulkReader<'a> {
                 updated_at,
                 deleted_at: None,
                 raw: Value::Object(m.clone()).to_string(),
+                merged_ids: Vec::new(),
                 fields: m,
             });
         }

@@ -456,6 +456,7 @@ impl<'a> RestReader<'a> {
                     raw.get().to_owned()
                 },
                 fields,
+                merged_ids: Vec::new(),
             });
         }
         Ok(out)
