@@ -108,3 +108,35 @@ def test_a_full_sync_after_a_merge_marks_the_old_records_too(db, hubspot):
     # A reconciliation finds nothing more to do.
     r = db.execute("SELECT records_deleted, records_reread FROM crm_sync.reconcile('hs', 'companies')").fetchone()
     assert r == (0, 0)
+
+
+def test_every_association_of_a_record_is_read(db, mock_factory):
+    """A deal with 650 contacts: the list embeds 100 (then `paging`), the v4
+    batch read 500 (then `paging`); the rest are read with the associations
+    API, so none is lost."""
+    m = mock_factory(800, 5, 5)
+    m.upsert("deals", [{"id": "1", "associations": {"contacts": [str(i) for i in range(1, 651)]}}])
+    create_source(db, m)
+    sync(db, stream="deals")
+
+    def linked():
+        ids = db.execute("SELECT array_agg(DISTINCT (e->>'id')::int ORDER BY (e->>'id')::int) FROM hs.deals, "
+                         "jsonb_array_elements(_raw->'associations'->'contacts'->'results') e "
+                         "WHERE id = '1'").fetchone()[0]
+        return ids
+
+    assert linked() == list(range(1, 651))
+    assert one(db, "SELECT _raw->'associations'->'contacts' ? 'paging' FROM hs.deals WHERE id = '1'") is False
+    # 500 a page: two pages (a third read when the catch-up search finds
+    # the deal, changed in the second the list began).
+    stats = m.stats()["by_endpoint"]
+    assert stats.get("GET /crm/v4/objects/deals/1/associations/contacts") in (2, 3)
+    # Changed: read by search, associations by the v4 batch read (500, then
+    # the rest from its cursor).
+    m.upsert("deals", [{"id": "1", "properties": {"dealname": "Big one"}}])
+    m.reset_stats()
+    sync(db, stream="deals")
+    assert one(db, "SELECT dealname FROM hs.deals WHERE id = '1'") == "Big one"
+    assert linked() == list(range(1, 651))
+    stats = m.stats()["by_endpoint"]
+    assert stats.get("GET /crm/v4/objects/deals/1/associations/contacts") == 1

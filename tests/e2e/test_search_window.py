@@ -90,3 +90,35 @@ def test_changes_reaching_the_index_late_are_read_within_the_lookback(db, mock_f
     sync(db, stream="contacts")
     got = dict(db.execute("SELECT id, firstname FROM hs.contacts WHERE id IN ('3', '4')").fetchall())
     assert got == {"3": "late-2min", "4": "late-59min"}
+
+
+def test_a_portal_with_1000_properties_syncs_whole_records(db, mock_factory):
+    """`properties => '{*}'` on a portal with 1,000 custom properties of
+    realistic names: the list URL would pass HubSpot's ~16,300 characters
+    (a 414); the properties beyond what it carries are read with a batch
+    read of the same ids (a request body), and joined in."""
+    m = mock_factory(contacts=250, companies=5, deals=5)
+    names = [f"custom_{g}_field_{i:04}_for_reporting" for i in range(1000)
+             for g in [("marketing", "sales", "service", "finance")[i % 4]]]
+    for n in names:
+        m.admin("POST", "/_mock/contacts/properties", {"name": n, "type": "string", "fieldType": "text"})
+    create_source(db, m)
+    db.execute("UPDATE crm_sync.streams SET properties = '{*}' WHERE source = 'hs' AND stream = 'contacts'")
+    m.upsert("contacts", [{"id": str(i), "properties": {names[0]: f"first-{i}", names[-1]: f"last-{i}"}}
+                          for i in (1, 150)])
+    rows = sync(db, stream="contacts")
+    assert rows["contacts"]["status"] == "succeeded"
+    assert rows["contacts"]["records_upserted"] == 250
+    stats = m.stats()
+    assert stats["status_counts"].get("414", 0) == 0
+    assert stats["by_endpoint"].get("POST /crm/v3/objects/contacts/batch/read", 0) >= 3  # one per list page
+    cols = dict(db.execute("SELECT property, column_name FROM crm_sync.landing_columns "
+                           "WHERE source = 'hs' AND stream = 'contacts'").fetchall())
+    assert all(n in cols for n in names)
+    got = db.execute(f'SELECT id, "{cols[names[0]]}", "{cols[names[-1]]}", _raw->\'properties\'->>%s '
+                     "FROM hs.contacts WHERE id IN ('1', '150') ORDER BY id::int", (names[-1],)).fetchall()
+    assert got == [("1", "first-1", "last-1", "last-1"), ("150", "first-150", "last-150", "last-150")]
+    # Incremental runs search with the properties in the body.
+    m.upsert("contacts", [{"id": "7", "properties": {names[-1]: "changed"}}])
+    sync(db, stream="contacts")
+    assert one(db, f'SELECT "{cols[names[-1]]}" FROM hs.contacts WHERE id = \'7\'') == "changed"

@@ -143,7 +143,7 @@ fn list_pages_carry_associations() {
 #[test]
 fn search_pages_get_associations_from_the_v4_batch_read() {
     let port = start();
-    // 150 deals change (two v4 calls per type for the page), one gets new
+    // 150 deals change (one v4 call per type for the page), one gets new
     // companies (12 primary) and contacts, one loses its companies, and a
     // new deal has none.
     let mut records: Vec<Value> = (1..=150)
@@ -187,16 +187,17 @@ fn search_pages_get_associations_from_the_v4_batch_read() {
     assert_eq!(results(by_id["6"], "contacts").as_array().unwrap().len(), 1);
     assert!(by_id["301"].get("associations").is_none());
 
-    // A search page of 151 ids: two batch reads per association type.
+    // A search page of 151 ids: one batch read (of up to 1,000) per
+    // association type.
     let stats = admin(port, "GET", "/_mock/stats", json!({}));
     let calls = &stats["by_endpoint"];
     assert_eq!(
         calls["POST /crm/v4/associations/deals/companies/batch/read"],
-        2
+        1
     );
     assert_eq!(
         calls["POST /crm/v4/associations/deals/contacts/batch/read"],
-        2
+        1
     );
     assert_eq!(calls["POST /crm/v3/objects/deals/search"], 1);
 

@@ -18,6 +18,8 @@ use crate::store::{Key, Store};
 
 /// `GET /crm/v3/objects/{type}`: at most 100 per page.
 pub const LIST_MAX: usize = 100;
+/// The longest request target (path and query) HubSpot accepts.
+pub const URL_MAX: usize = 16_300;
 /// Search: at most 200 per page and 10,000 results per query.
 pub const SEARCH_MAX: usize = 200;
 pub const SEARCH_WINDOW: usize = 10_000;
@@ -27,6 +29,10 @@ const MAX_FILTERS_PER_GROUP: usize = 10;
 const MAX_FILTERS: usize = 25;
 /// `POST /crm/v4/associations/{from}/{to}/batch/read`: inputs per request.
 pub const ASSOC_BATCH_MAX: usize = 1000;
+/// Association entries a v3 record lists per type (`associations=`) before
+/// `paging`, and associated records a v4 answer holds per record.
+pub const V3_ASSOC_PAGE: usize = 100;
+pub const V4_ASSOC_PAGE: usize = 500;
 /// `POST /crm/v3/objects/{type}/batch/read`: inputs per request.
 pub const BATCH_READ_MAX: usize = 100;
 
@@ -121,13 +127,25 @@ impl State {
             let mut sorted = ids.clone();
             sorted.sort_unstable();
             entries.extend(sorted.iter().map(|t| (*t, unlabeled.as_str())));
-            for (i, (t, ty)) in entries.iter().enumerate() {
+            for (i, (t, ty)) in entries.iter().take(V3_ASSOC_PAGE).enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }
                 out.extend_from_slice(format!("{{\"id\":\"{t}\",\"type\":\"{ty}\"}}").as_bytes());
             }
-            out.extend_from_slice(b"]}");
+            out.push(b']');
+            // More than a page: the rest through the associations API.
+            if entries.len() > V3_ASSOC_PAGE {
+                out.extend_from_slice(
+                    format!(
+                        ",\"paging\":{{\"next\":{{\"after\":\"{V3_ASSOC_PAGE}\",\"link\":\"/crm/v3/objects/{}/{id}/associations/{}?after={V3_ASSOC_PAGE}\"}}}}",
+                        from.name(),
+                        to.name()
+                    )
+                    .as_bytes(),
+                );
+            }
+            out.push(b'}');
         }
         if !first_type {
             out.push(b'}');
@@ -563,6 +581,51 @@ impl HubSpotMock {
         Ok(Response::json(status, out))
     }
 
+    /// `GET /crm/v4/objects/{from}/{id}/associations/{to}`: one record's
+    /// associations, `limit` (at most 500) a page from `after` (an offset
+    /// here; opaque to clients), the primary first.
+    fn associations_of(
+        &self,
+        st: &State,
+        from: &str,
+        id: &str,
+        to: &str,
+        req: &Request,
+    ) -> Result<Response, Response> {
+        let kind_of = |t: &str| {
+            Kind::parse_any(t)
+                .ok_or_else(|| self.bad_request(&format!("Unable to infer object type from: {t}")))
+        };
+        let (from, to) = (kind_of(from)?, kind_of(to)?);
+        let limit = req
+            .param("limit")
+            .and_then(|l| l.parse::<usize>().ok())
+            .unwrap_or(V4_ASSOC_PAGE)
+            .clamp(1, V4_ASSOC_PAGE);
+        let after = match req.param("after") {
+            None | Some("") => 0,
+            Some(a) => a
+                .parse::<usize>()
+                .map_err(|_| self.bad_request(&format!("Invalid after cursor: {a}")))?,
+        };
+        let n = id
+            .parse::<u64>()
+            .ok()
+            .filter(|n| st.store_ref(from).exists(*n))
+            .ok_or_else(|| self.error(404, "OBJECT_NOT_FOUND", "Object not found."))?;
+        let Some(def) = assoc_def(from, to) else {
+            return Err(self.bad_request("No association type between these objects"));
+        };
+        let found = st.associated(from, n, to);
+        let page: Vec<u64> = found.iter().skip(after).take(limit).copied().collect();
+        let mut out = json!({"results": v4_entries(&def, &page, after)});
+        if after + limit < found.len() {
+            out["paging"] = json!({"next": {"after": (after + limit).to_string(),
+                "link": format!("/crm/v4/objects/{}/{n}/associations/{}?after={}", from.name(), to.name(), after + limit)}});
+        }
+        Ok(Response::json(200, out.to_string().into_bytes()))
+    }
+
     /// `POST /crm/v4/associations/{from}/{to}/batch/read`: per input id its
     /// associated records with their association types; ids without any
     /// are reported in `errors` (HTTP 207 Multi-Status).
@@ -613,19 +676,12 @@ impl HubSpotMock {
                 }));
                 continue;
             };
-            let to_list: Vec<Value> = found
-                .iter()
-                .enumerate()
-                .map(|(i, t)| {
-                    let mut types = Vec::new();
-                    if let (0, Some(p)) = (i, def.primary) {
-                        types.push(json!({"category": "HUBSPOT_DEFINED", "typeId": p, "label": "Primary"}));
-                    }
-                    types.push(json!({"category": "HUBSPOT_DEFINED", "typeId": def.unlabeled, "label": null}));
-                    json!({"toObjectId": t, "associationTypes": types})
-                })
-                .collect();
-            results.push(json!({"from": {"id": id}, "to": to_list}));
+            let mut result = json!({"from": {"id": id}, "to": v4_entries(&def, &found, 0)});
+            if found.len() > V4_ASSOC_PAGE {
+                result["paging"] = json!({"next": {"after": V4_ASSOC_PAGE.to_string(),
+                    "link": format!("/crm/v4/objects/{}/{id}/associations/{}?after={V4_ASSOC_PAGE}", from.name(), to.name())}});
+            }
+            results.push(result);
         }
         let now = chrono::Utc::now().timestamp_millis();
         let mut out = json!({
@@ -803,6 +859,15 @@ impl Mock for HubSpotMock {
     }
 
     fn route(&self, st: &mut State, req: &Request) -> Response {
+        // HubSpot's front end refuses longer URLs (airbyte#33976 saw 414s
+        // past about 16,300 characters with wide property lists).
+        if req.target_len > URL_MAX {
+            return Response {
+                status: 414,
+                headers: vec![("Content-Type".into(), "text/html".into())],
+                body: b"<html><body><h1>414 Request-URI Too Large</h1></body></html>".to_vec(),
+            };
+        }
         let auth_ok = req
             .header("authorization")
             .and_then(|v| v.strip_prefix("Bearer "))
@@ -830,6 +895,9 @@ impl Mock for HubSpotMock {
             }
             ("GET", ["crm", "v3", "properties", t]) => {
                 self.with_kind(t, |k| self.properties(st, k))
+            }
+            ("GET", ["crm", "v4", "objects", from, id, "associations", to]) => {
+                self.associations_of(st, from, id, to, req)
             }
             ("POST", ["crm", "v4", "associations", from, to, "batch", "read"]) => {
                 self.batch_read_associations(st, from, to, req)
@@ -906,6 +974,29 @@ impl Mock for HubSpotMock {
             .collect();
         vec![("live", json!(live))]
     }
+}
+
+/// v4 association entries for `ids` (the associated records from position
+/// `offset` on): the first of all (offset 0) is the primary.
+fn v4_entries(def: &crate::data::AssocDef, ids: &[u64], offset: usize) -> Vec<Value> {
+    ids.iter()
+        .take(if offset == 0 {
+            V4_ASSOC_PAGE
+        } else {
+            usize::MAX
+        })
+        .enumerate()
+        .map(|(i, t)| {
+            let mut types = Vec::new();
+            if let (0, 0, Some(p)) = (offset, i, def.primary) {
+                types.push(json!({"category": "HUBSPOT_DEFINED", "typeId": p, "label": "Primary"}));
+            }
+            types.push(
+                json!({"category": "HUBSPOT_DEFINED", "typeId": def.unlabeled, "label": null}),
+            );
+            json!({"toObjectId": t, "associationTypes": types})
+        })
+        .collect()
 }
 
 fn property_json(p: &PropDef, order: usize) -> Value {

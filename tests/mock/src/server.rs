@@ -22,6 +22,8 @@ pub struct Request {
     pub path: String,
     /// Query parameters in order, percent-decoded; repeated keys kept.
     pub query: Vec<(String, String)>,
+    /// Length of the request target (path and query) as sent.
+    pub target_len: usize,
     /// Header names lower-cased.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
@@ -271,6 +273,7 @@ async fn read_request(r: &mut BufReader<TcpStream>) -> std::io::Result<Option<Re
     let query = parse_form(qs);
     Ok(Some(Request {
         method,
+        target_len: target.len(),
         path: decode(path),
         query,
         headers,

@@ -25,10 +25,12 @@ pub const SEARCH_PAGE_LIMIT: u32 = 200;
 /// Search returns at most 10,000 results per query; paging past that is a
 /// 400. Our readers page by the sort key, so no query ever gets near it.
 pub const HUBSPOT_SEARCH_MAX_RESULTS: u32 = 10_000;
-/// Ids per `POST /crm/v4/associations/{from}/{to}/batch/read`. HubSpot's
-/// changelog has given both 1,000 and 100 as the limit; 100 is safe under
-/// either (a search page of 200 takes two calls per association type).
-pub const ASSOC_BATCH_LIMIT: usize = 100;
+/// Ids per `POST /crm/v4/associations/{from}/{to}/batch/read`: 1,000
+/// (HubSpot's reference; a changelog entry once said 100, then 1,000). A
+/// search page of 200 takes one call per association type.
+pub const ASSOC_BATCH_LIMIT: usize = 1000;
+/// Associations per page of `GET /crm/v4/objects/{from}/{id}/associations/{to}`.
+pub const ASSOC_PAGE_LIMIT: usize = 500;
 
 /// Object names go into URL paths: letters, digits, `_`, `-` only
 /// (`contacts`, `p_orders`, `2-123456`).
@@ -270,13 +272,24 @@ impl<'a> HubSpot<'a> {
         properties: &[String],
         ids: &[String],
     ) -> Result<Vec<Record>> {
+        self.batch_read_in(object, properties, ids, false).await
+    }
+
+    /// As [`HubSpot::batch_read`], of live or of archived records.
+    pub async fn batch_read_in(
+        &self,
+        object: &str,
+        properties: &[String],
+        ids: &[String],
+        archived: bool,
+    ) -> Result<Vec<Record>> {
         let path = format!("crm/v3/objects/{object}/batch/read");
         let endpoint = format!("POST /{path}");
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(BATCH_READ_LIMIT) {
             let inputs: Vec<Value> = chunk.iter().map(|id| json!({ "id": id })).collect();
             let body = json!({ "properties": properties, "inputs": inputs });
-            let q = [("archived", "false".to_owned())];
+            let q = [("archived", archived.to_string())];
             let resp = self.call(Method::POST, &path, &q, Some(&body)).await?;
             let page: WirePage = parse_json(&endpoint, &resp.body)?;
             out.extend(to_records(&endpoint, object, page.results)?);
@@ -304,6 +317,82 @@ impl<'a> HubSpot<'a> {
         let page: WirePage = parse_json(&endpoint, &resp.body)?;
         let records = to_records(&endpoint, object, page.results)?;
         Ok((records, page.total))
+    }
+
+    /// Every association of record `id` of `object` to `to` records, from
+    /// `after` on: `GET /crm/v4/objects/{object}/{id}/associations/{to}`,
+    /// [`ASSOC_PAGE_LIMIT`] a page, following `paging.next.after`.
+    async fn associations_of(
+        &self,
+        object: &str,
+        id: &str,
+        to: &str,
+        mut after: Option<String>,
+    ) -> Result<Vec<AssocTo>> {
+        check_object(to)?;
+        if !id.bytes().all(|b| b.is_ascii_digit()) || id.is_empty() {
+            return Err(CrmError::bad_response(format!(
+                "HubSpot returned a record id that is not a number: {id:?}"
+            )));
+        }
+        let path = format!("crm/v4/objects/{object}/{id}/associations/{to}");
+        let endpoint = format!("GET /crm/v4/objects/{object}/{{id}}/associations/{to}");
+        #[derive(Deserialize)]
+        struct AssocPage {
+            #[serde(default)]
+            results: Vec<AssocTo>,
+            #[serde(default)]
+            paging: Option<Paging>,
+        }
+        let mut out = Vec::new();
+        let mut cursors = crate::paging::Cursors::default();
+        loop {
+            let mut q = vec![("limit", ASSOC_PAGE_LIMIT.to_string())];
+            if let Some(a) = &after {
+                cursors.follow("HubSpot's association paging", a)?;
+                q.push(("after", a.clone()));
+            }
+            let resp = self.call(Method::GET, &path, &q, None).await?;
+            let page: AssocPage = parse_json(&endpoint, &resp.body)?;
+            out.extend(page.results);
+            after = page.paging.and_then(|p| p.next).map(|n| n.after);
+            if after.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Complete the associations a list page embedded (v3 `associations=`
+    /// lists one page per type, with `paging` when there are more): each
+    /// type that has more is read whole and put in the record's raw JSON.
+    pub async fn complete_associations(&self, object: &str, records: &mut [Record]) -> Result<()> {
+        for r in records.iter_mut() {
+            // Cheap test first: almost no record has more than a page.
+            if !r.raw.contains("\"paging\"") {
+                continue;
+            }
+            let mut raw: Value = serde_json::from_str(&r.raw).map_err(|e| {
+                CrmError::bad_response(format!(
+                    "a record in the response has an unexpected shape: {e}"
+                ))
+            })?;
+            let Some(assoc) = raw.get_mut("associations").and_then(Value::as_object_mut) else {
+                continue;
+            };
+            let mut changed = false;
+            for (to, per_type) in assoc.iter_mut() {
+                if per_type.get("paging").is_none() {
+                    continue;
+                }
+                let all = self.associations_of(object, &r.id, to, None).await?;
+                *per_type = json!({ "results": v3_associations(object, to, &all) });
+                changed = true;
+            }
+            if changed {
+                r.raw = raw.to_string();
+            }
+        }
+        Ok(())
     }
 
     /// The associations of `to` records for the records `from_ids` of
@@ -335,7 +424,13 @@ impl<'a> HubSpot<'a> {
                     e.category, e.sub_category, e.message
                 )));
             }
-            for r in batch.results {
+            for mut r in batch.results {
+                if let Some(after) = r.paging.take().and_then(|p| p.next).map(|n| n.after) {
+                    let rest = self
+                        .associations_of(object, &r.from.id, to, Some(after))
+                        .await?;
+                    r.to.extend(rest);
+                }
                 let entries = v3_associations(object, to, &r.to);
                 if !entries.is_empty() {
                     out.entry(r.from.id)
@@ -380,6 +475,10 @@ struct AssocResult {
     from: AssocFrom,
     #[serde(default)]
     to: Vec<AssocTo>,
+    /// More associations than one answer holds: the rest are read with
+    /// [`HubSpot::associations_of`] from this cursor.
+    #[serde(default)]
+    paging: Option<Paging>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -614,6 +713,70 @@ fn to_records(endpoint: &str, object: &str, raws: Vec<Box<RawValue>>) -> Result<
             })
         })
         .collect()
+}
+
+/// The longest `properties=` value (percent-encoded) a list URL carries:
+/// HubSpot refuses URLs past about 16,300 characters with 414, Airbyte
+/// splits its property lists at 15,000 (airbyte#33976); the rest of the URL
+/// (host, path, limit, after, associations) stays well under the margin.
+pub const LIST_PROPERTIES_MAX: usize = 12_000;
+
+/// Split `props` (the first ones always kept) into those a list URL carries
+/// and the rest, which a batch read takes in its body.
+pub fn split_for_url(props: &[String], keep_first: usize) -> (Vec<String>, Vec<String>) {
+    let encoded = |p: &str| {
+        p.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                    1
+                } else {
+                    3
+                }
+            })
+            .sum::<usize>()
+            + 3 // the %2C between names
+    };
+    let mut used = 0;
+    let (mut url, mut body) = (Vec::new(), Vec::new());
+    for (i, p) in props.iter().enumerate() {
+        let n = encoded(p);
+        if i < keep_first || (body.is_empty() && used + n <= LIST_PROPERTIES_MAX) {
+            used += n;
+            url.push(p.clone());
+        } else {
+            body.push(p.clone());
+        }
+    }
+    (url, body)
+}
+
+/// Put the properties of `extra` (the same records, read for other
+/// properties) into `records`, whose values and raw JSON get them; records
+/// `extra` lacks (gone between the two calls) are dropped, so that only
+/// whole records land.
+pub fn join_properties(records: &mut Vec<Record>, extra: Vec<Record>) -> Result<()> {
+    let mut by_id: HashMap<String, Record> = extra.into_iter().map(|r| (r.id.clone(), r)).collect();
+    records.retain(|r| by_id.contains_key(&r.id));
+    for r in records.iter_mut() {
+        let more = by_id
+            .remove(&r.id)
+            .expect("kept records have their other part");
+        let mut raw: Value = serde_json::from_str(&r.raw).map_err(|e| {
+            CrmError::bad_response(format!(
+                "a record in the response has an unexpected shape: {e}"
+            ))
+        })?;
+        if let Some(props) = raw.get_mut("properties").and_then(Value::as_object_mut) {
+            for (k, v) in &more.fields {
+                props.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        for (k, v) in more.fields {
+            r.fields.entry(k).or_insert(v);
+        }
+        r.raw = raw.to_string();
+    }
+    Ok(())
 }
 
 /// The property naming the records merged into a contact or company: a
@@ -874,6 +1037,51 @@ mod tests {
         assert_eq!(association_types("deals"), ["companies", "contacts"]);
         assert!(association_types("companies").is_empty());
         assert!(association_types("p_orders").is_empty());
+    }
+
+    #[test]
+    fn long_property_lists_are_split_within_the_url_budget() {
+        let props: Vec<String> = (0..1000)
+            .map(|i| format!("custom_property_with_a_realistic_long_name_{i:04}"))
+            .collect();
+        let (url, body) = split_for_url(&props, 3);
+        assert_eq!(url.len() + body.len(), 1000);
+        assert_eq!(url[..3], props[..3]);
+        let encoded: usize = url.iter().map(|p| p.len() + 3).sum();
+        assert!(encoded <= LIST_PROPERTIES_MAX, "{encoded}");
+        assert!(!body.is_empty());
+        // Order kept, nothing twice.
+        assert_eq!([url, body].concat(), props);
+        let few: Vec<String> = vec!["email".into(), "firstname".into()];
+        assert_eq!(split_for_url(&few, 1), (few.clone(), vec![]));
+    }
+
+    #[test]
+    fn extra_properties_join_whole_records_only() {
+        let rec = |raw: &str| {
+            to_records(
+                "GET /x",
+                "contacts",
+                vec![RawValue::from_string(raw.into()).unwrap()],
+            )
+            .unwrap()
+            .remove(0)
+        };
+        let mut page = vec![
+            rec(r#"{"id":"1","properties":{"email":"a@x.com"}}"#),
+            rec(r#"{"id":"2","properties":{"email":"b@x.com"}}"#),
+        ];
+        // Record 2 went between the two calls: it is left for the next run.
+        let extra = vec![rec(
+            r#"{"id":"1","properties":{"wide_1":"v1","email":"ignored"}}"#,
+        )];
+        join_properties(&mut page, extra).unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].fields["wide_1"], "v1");
+        assert_eq!(page[0].fields["email"], "a@x.com");
+        let raw: Value = serde_json::from_str(&page[0].raw).unwrap();
+        assert_eq!(raw["properties"]["wide_1"], "v1");
+        assert_eq!(raw["properties"]["email"], "a@x.com");
     }
 
     #[test]

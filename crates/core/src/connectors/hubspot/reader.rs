@@ -23,8 +23,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use super::api::{
-    add_associations, last_modified_property, merges, HubSpot, MERGED_IDS_PROPERTY,
-    SEARCH_PAGE_LIMIT,
+    add_associations, join_properties, last_modified_property, merges, split_for_url, HubSpot,
+    MERGED_IDS_PROPERTY, SEARCH_PAGE_LIMIT,
 };
 use crate::error::{CrmError, Result};
 use crate::http::server_date_ms;
@@ -48,6 +48,9 @@ pub struct HubSpotReader<'a> {
     cursor_prop: &'static str,
     properties: Vec<String>,
     properties_csv: String,
+    /// Properties beyond what a list URL holds: read for each list page
+    /// with a batch read (the request body has no such limit).
+    extra_properties: Vec<String>,
     /// Association types read with each record (empty: none).
     associations: &'static [&'static str],
     phase: Phase,
@@ -77,16 +80,21 @@ impl<'a> HubSpotReader<'a> {
         resume: Option<&str>,
     ) -> Result<Self> {
         let cursor_prop = last_modified_property(object);
-        let mut props: Vec<String> = properties.to_vec();
+        // The properties the reader itself needs first: a list URL always
+        // carries them.
         let merged = merges(object).then_some(MERGED_IDS_PROPERTY);
-        for p in [cursor_prop, "hs_object_id", "createdate"]
+        let mut props: Vec<String> = [cursor_prop, "hs_object_id", "createdate"]
             .into_iter()
             .chain(merged)
-        {
-            if !props.iter().any(|x| x == p) {
-                props.push(p.to_owned());
+            .map(str::to_owned)
+            .collect();
+        let required = props.len();
+        for p in properties {
+            if !props.contains(p) {
+                props.push(p.clone());
             }
         }
+        let (list_props, extra_properties) = split_for_url(&props, required);
         let (phase, watermark_ms, full) = match mode {
             SyncMode::Full => (Phase::List { after: None }, None, true),
             SyncMode::Incremental { watermark } => {
@@ -107,7 +115,8 @@ impl<'a> HubSpotReader<'a> {
             api,
             object: object.to_owned(),
             cursor_prop,
-            properties_csv: props.join(","),
+            properties_csv: list_props.join(","),
+            extra_properties,
             properties: props,
             associations: api.associations_for(object),
             phase,
@@ -222,7 +231,7 @@ impl HubSpotReader<'_> {
         match self.phase.clone() {
             Phase::Done => Ok(None),
             Phase::List { after } => {
-                let (records, next, resp) = self
+                let (mut records, next, resp) = self
                     .api
                     .list_page(
                         &self.object,
@@ -232,6 +241,12 @@ impl HubSpotReader<'_> {
                         false,
                     )
                     .await?;
+                self.read_extra(&mut records, false).await?;
+                if !self.associations.is_empty() {
+                    self.api
+                        .complete_associations(&self.object, &mut records)
+                        .await?;
+                }
                 if after.is_none() {
                     // Edits made from now on are found by the search phase.
                     let t0 = server_date_ms(&resp.headers)
@@ -252,7 +267,7 @@ impl HubSpotReader<'_> {
                 }))
             }
             Phase::Archived { after } => {
-                let (records, next, _) = self
+                let (mut records, next, _) = self
                     .api
                     .list_page(
                         &self.object,
@@ -263,6 +278,7 @@ impl HubSpotReader<'_> {
                         true,
                     )
                     .await?;
+                self.read_extra(&mut records, true).await?;
                 if let Some(a) = &next {
                     self.cursors.follow("HubSpot's paging.next.after", a)?;
                 }
@@ -373,6 +389,21 @@ impl HubSpotReader<'_> {
                 Ok(Some(Page { records, total }))
             }
         }
+    }
+
+    /// A wide portal's list page: read the properties its URL could not
+    /// carry with a batch read of the same ids, and join them in (records
+    /// gone in between are left for the next run).
+    async fn read_extra(&self, records: &mut Vec<Record>, archived: bool) -> Result<()> {
+        if self.extra_properties.is_empty() || records.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+        let extra = self
+            .api
+            .batch_read_in(&self.object, &self.extra_properties, &ids, archived)
+            .await?;
+        join_properties(records, extra)
     }
 
     /// The search that follows a full list: everything modified since the list
