@@ -416,9 +416,8 @@ impl SpiSink {
         if old.is_empty() {
             return 0;
         }
-        Spi::get_one_with_args::<i64>(
-            &format!(
-                "WITH m AS (
+        let sql = format!(
+            "WITH m AS (
                    UPDATE {s}.{t} AS t
                       SET _deleted_at = coalesce(t._deleted_at, pg_catalog.now()),
                           {DELETED_REASON} = 'merged', {MERGED_INTO} = w.target,
@@ -432,11 +431,15 @@ impl SpiSink {
                     WHERE t.id = w.id
                    RETURNING w.was_live)
                  SELECT pg_catalog.count(*) FILTER (WHERE was_live) FROM m",
-                s = qi(&self.schema),
-                t = qi(&self.table),
-            ),
-            &[old.into(), into.into(), self.run_id.into()],
-        )
+            s = qi(&self.schema),
+            t = qi(&self.table),
+        );
+        // Arrays made inside the connection are freed with it.
+        Spi::connect_mut(|c| {
+            c.update(&sql, None, &[old.into(), into.into(), self.run_id.into()])?
+                .first()
+                .get_one::<i64>()
+        })
         .expect("mark merged records")
         .unwrap_or(0)
     }

@@ -159,6 +159,9 @@ pub fn read_stream(
         &mut report,
     )?;
     drop(reader);
+    if let Some(rotated) = conn.rotated_credentials() {
+        crate::secrets::store_rotated(&src.name, &rotated);
+    }
     let mut outcome = outcome;
     if !without_column.is_empty() {
         outcome.warnings.insert(0, format!(

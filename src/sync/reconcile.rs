@@ -145,12 +145,18 @@ fn reconcile(
     while let Some(page) = block_on_interruptible(ids.next_ids(), &mut check_interrupts)? {
         seen += page.len() as i64;
         progress.read.set(seen as u64);
-        Spi::run_with_args(
-            "INSERT INTO crm_sync.reconcile_ids (run_id, id)
-             SELECT $1, u.id FROM pg_catalog.unnest($2::text[]) AS u(id)
-             ON CONFLICT DO NOTHING",
-            &[run_id.into(), page.into()],
-        )
+        // The array is made inside the SPI connection, in its memory,
+        // which is freed with it: memory stays flat over millions of ids.
+        Spi::connect_mut(|c| {
+            c.update(
+                "INSERT INTO crm_sync.reconcile_ids (run_id, id)
+                 SELECT $1, u.id FROM pg_catalog.unnest($2::text[]) AS u(id)
+                 ON CONFLICT DO NOTHING",
+                None,
+                &[run_id.into(), page.into()],
+            )
+            .map(|_| ())
+        })
         .expect("write crm_sync.reconcile_ids");
         check_interrupts();
     }
@@ -206,6 +212,9 @@ fn reconcile(
         if (page.len() as i64) < REREAD_PAGE {
             break;
         }
+    }
+    if let Some(rotated) = conn.rotated_credentials() {
+        crate::secrets::store_rotated(&src.name, &rotated);
     }
     Spi::run_with_args(
         "DELETE FROM crm_sync.reconcile_ids WHERE run_id = $1",

@@ -93,6 +93,37 @@ def test_a_ten_secondly_limit_waits_for_its_window(db, hubspot):
     assert took >= 1.5, f"retried after {took:.2f} s, inside the rate limit window"
 
 
+def test_calls_are_paced_by_the_rate_limit_headers_before_any_429(db, mock_factory):
+    """A portal allowing 6 calls a second (its headers say how many are left):
+    a sync of 13 calls waits for the window when none are left, instead of
+    running into 429s."""
+    m = mock_factory(1000, 5, 5)
+    m.admin("POST", "/_mock/limits", {"ten_secondly": 6, "interval_ms": 1000})
+    create_source(db, m, max_retries=0)
+    r = sync(db, stream="contacts")["contacts"]
+    assert r["status"] == "succeeded" and r["records_upserted"] == 1000
+    assert m.stats()["status_counts"].get("429", 0) == 0
+    assert r["api_calls"] >= 13
+
+
+def test_max_daily_share_leaves_the_rest_of_the_daily_limit(db, hubspot):
+    """max_daily_share 50: once the account has used half its daily calls
+    (all integrations together, as HubSpot's headers count them), the run
+    stops with 53400 after the call that showed it."""
+    hubspot.admin("POST", "/_mock/limits", {"daily": 1000, "daily_used": 480})
+    create_source(db, hubspot, max_daily_share=50)
+    sync(db, stream="deals")  # 480 + a few calls: under half
+    hubspot.admin("POST", "/_mock/limits", {"daily": 1000, "daily_used": 600})
+    hubspot.reset_stats()
+    with pytest.raises(psycopg.errors.ConfigurationLimitExceeded) as e:
+        sync(db, stream="contacts")
+    assert "used 601 of its 1000 API calls today, past the 50% this source may use" in str(e.value)
+    assert "max_daily_share" in e.value.diag.message_hint
+    assert hubspot.stats()["requests"] == 1
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        db.execute("SELECT crm_sync.alter_source('hs', options => '{\"max_daily_share\": 0}')")
+
+
 def test_persistent_rate_limit_and_server_errors(db, hubspot):
     create_source(db, hubspot, max_retries=2)
     hubspot.fault(path_contains="/crm/v3/objects/contacts", skip=0, count=0, kind="429")

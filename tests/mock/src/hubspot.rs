@@ -70,6 +70,33 @@ pub(crate) struct State {
     token: String,
     stores: Vec<Store>,
     searches: VecDeque<Instant>,
+    /// A public app's OAuth, once set through `/_mock/oauth`.
+    oauth: Option<OAuthApp>,
+    /// The portal's API budget, once set through `/_mock/limits`.
+    limits: Limits,
+}
+
+/// The portal's API budget (none unless set): a ten-secondly rolling
+/// window of `max` calls per `interval`, and a daily count.
+#[derive(Default)]
+pub(crate) struct Limits {
+    window: Option<(usize, Duration)>,
+    recent: VecDeque<Instant>,
+    daily: Option<u64>,
+    daily_used: u64,
+}
+
+/// An OAuth app installed in the portal: its refresh token, and the
+/// access tokens issued, each with when it expires.
+pub(crate) struct OAuthApp {
+    client_id: String,
+    client_secret: String,
+    refresh_token: String,
+    /// Every refresh returns a new refresh token and retires the old one.
+    rotate: bool,
+    ttl: Duration,
+    issued: BTreeMap<String, Instant>,
+    refreshes: u64,
 }
 
 impl State {
@@ -210,6 +237,8 @@ impl HubSpotMock {
                     token: opts.token.clone(),
                     stores,
                     searches: VecDeque::new(),
+                    oauth: None,
+                    limits: Limits::default(),
                 },
                 opts.gzip,
             ),
@@ -283,6 +312,55 @@ impl HubSpotMock {
         r
     }
 
+    /// `POST /oauth/v3/token` (form body), `grant_type=refresh_token`: a
+    /// new access token for the app's refresh token, `expires_in` seconds;
+    /// a wrong client is 400 `BAD_CLIENT_ID`, a wrong refresh token 400
+    /// `BAD_REFRESH_TOKEN`, as HubSpot answers.
+    fn oauth_token(&self, st: &mut State, req: &Request) -> Response {
+        let form: BTreeMap<String, String> =
+            crate::server::parse_form(std::str::from_utf8(&req.body).unwrap_or_default())
+                .into_iter()
+                .collect();
+        let refused = |status: &str, message: &str| {
+            Response::json(
+                400,
+                json!({"status": status, "message": message, "correlationId": self.correlation_id()})
+                    .to_string()
+                    .into_bytes(),
+            )
+        };
+        let Some(app) = st.oauth.as_mut() else {
+            return refused("BAD_CLIENT_ID", "missing or unknown client id");
+        };
+        let field = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
+        if field("grant_type") != "refresh_token" {
+            return refused("BAD_GRANT_TYPE", "missing or invalid grant type");
+        }
+        if field("client_id") != app.client_id || field("client_secret") != app.client_secret {
+            return refused("BAD_CLIENT_ID", "missing or unknown client id");
+        }
+        if field("refresh_token") != app.refresh_token {
+            return refused("BAD_REFRESH_TOKEN", "missing or invalid refresh token");
+        }
+        app.refreshes += 1;
+        let token = format!("oauth-mock-access-{:06}", app.refreshes);
+        app.issued.insert(token.clone(), Instant::now() + app.ttl);
+        if app.rotate {
+            app.refresh_token = format!("{}-r{}", app.client_id, app.refreshes);
+        }
+        Response::json(
+            200,
+            json!({
+                "token_type": "bearer",
+                "access_token": token,
+                "refresh_token": app.refresh_token,
+                "expires_in": app.ttl.as_secs(),
+            })
+            .to_string()
+            .into_bytes(),
+        )
+    }
+
     /// A private app without the object's read scope.
     fn missing_scopes(&self, path: &str) -> Response {
         let object = path.split('/').nth(4).unwrap_or("contacts");
@@ -319,6 +397,40 @@ impl HubSpotMock {
                 &format!("Unable to infer object type from: {t}"),
             )),
         }
+    }
+
+    /// Count a call against the portal's budget; the 429 HubSpot answers
+    /// when the daily count or the rolling window is used up.
+    fn spend(&self, st: &mut State) -> Option<Response> {
+        let l = &mut st.limits;
+        if let Some(d) = l.daily {
+            if l.daily_used >= d {
+                return Some(self.rate_limited("DAILY", false));
+            }
+        }
+        if let Some((max, every)) = l.window {
+            let now = Instant::now();
+            while l
+                .recent
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= every)
+            {
+                l.recent.pop_front();
+            }
+            if l.recent.len() >= max {
+                let r = self.rate_limited("TEN_SECONDLY_ROLLING", false);
+                return Some(
+                    r.with_header("X-HubSpot-RateLimit-Max", max.to_string())
+                        .with_header(
+                            "X-HubSpot-RateLimit-Interval-Milliseconds",
+                            every.as_millis().to_string(),
+                        ),
+                );
+            }
+            l.recent.push_back(now);
+        }
+        l.daily_used += u64::from(l.daily.is_some());
+        None
     }
 
     fn search_rate(&self, st: &mut State) -> Option<Response> {
@@ -592,11 +704,7 @@ impl HubSpotMock {
         to: &str,
         req: &Request,
     ) -> Result<Response, Response> {
-        let kind_of = |t: &str| {
-            Kind::parse_any(t)
-                .ok_or_else(|| self.bad_request(&format!("Unable to infer object type from: {t}")))
-        };
-        let (from, to) = (kind_of(from)?, kind_of(to)?);
+        let (from, to) = (self.kind_of(from)?, self.kind_of(to)?);
         let limit = req
             .param("limit")
             .and_then(|l| l.parse::<usize>().ok())
@@ -626,6 +734,13 @@ impl HubSpotMock {
         Ok(Response::json(200, out.to_string().into_bytes()))
     }
 
+    /// An object type named in an associations path (plural, singular or
+    /// `0-1`-style).
+    fn kind_of(&self, t: &str) -> Result<Kind, Response> {
+        Kind::parse_any(t)
+            .ok_or_else(|| self.bad_request(&format!("Unable to infer object type from: {t}")))
+    }
+
     /// `POST /crm/v4/associations/{from}/{to}/batch/read`: per input id its
     /// associated records with their association types; ids without any
     /// are reported in `errors` (HTTP 207 Multi-Status).
@@ -636,11 +751,7 @@ impl HubSpotMock {
         to: &str,
         req: &Request,
     ) -> Result<Response, Response> {
-        let kind_of = |t: &str| {
-            Kind::parse_any(t)
-                .ok_or_else(|| self.bad_request(&format!("Unable to infer object type from: {t}")))
-        };
-        let (from, to) = (kind_of(from)?, kind_of(to)?);
+        let (from, to) = (self.kind_of(from)?, self.kind_of(to)?);
         let body: Value = serde_json::from_slice(&req.body)
             .map_err(|e| self.bad_request(&format!("Invalid input JSON on line 1: {e}")))?;
         let inputs = body["inputs"]
@@ -868,14 +979,42 @@ impl Mock for HubSpotMock {
                 body: b"<html><body><h1>414 Request-URI Too Large</h1></body></html>".to_vec(),
             };
         }
-        let auth_ok = req
+        if req.method == "POST" && req.path == "/oauth/v3/token" {
+            return self.oauth_token(st, req);
+        }
+        let bearer = req
             .header("authorization")
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|t| t == st.token);
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let auth_ok = bearer.is_some_and(|t| t == st.token);
         if !auth_ok {
-            return self.unauthorized();
+            // An OAuth access token: valid until it expires.
+            let issued = bearer.and_then(|t| st.oauth.as_ref()?.issued.get(t).copied());
+            match issued {
+                Some(until) if Instant::now() < until => {}
+                Some(_) => {
+                    return self.error(
+                        401,
+                        "EXPIRED_AUTHENTICATION",
+                        "The OAuth token used to make this call expired 0 second(s) ago.",
+                    )
+                }
+                None => return self.unauthorized(),
+            }
+        }
+        if let Some(r) = self.spend(st) {
+            return r;
         }
         let parts: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+        let Some(parts) = numbered(parts) else {
+            return self.error(
+                404,
+                "OBJECT_NOT_FOUND",
+                &format!(
+                    "No route for {} {}: unknown API version",
+                    req.method, req.path
+                ),
+            );
+        };
         let resp = match (req.method.as_str(), parts.as_slice()) {
             ("GET", ["crm", "v3", "objects", t]) => self.with_kind(t, |k| self.list(st, k, req)),
             ("GET", ["crm", "v3", "objects", t, id]) => {
@@ -910,9 +1049,27 @@ impl Mock for HubSpotMock {
         };
         let r = resp.unwrap_or_else(|e| e);
         if r.status == 200 || r.status == 207 {
-            r.with_header("X-HubSpot-RateLimit-Max", "190")
-                .with_header("X-HubSpot-RateLimit-Remaining", "189")
-                .with_header("X-HubSpot-RateLimit-Interval-Milliseconds", "10000")
+            let l = &st.limits;
+            let (max, left, interval) = match l.window {
+                Some((max, every)) => (max, max.saturating_sub(l.recent.len()), every.as_millis()),
+                None => (190, 189, 10_000),
+            };
+            let r = r
+                .with_header("X-HubSpot-RateLimit-Max", max.to_string())
+                .with_header("X-HubSpot-RateLimit-Remaining", left.to_string())
+                .with_header(
+                    "X-HubSpot-RateLimit-Interval-Milliseconds",
+                    interval.to_string(),
+                );
+            match l.daily {
+                Some(d) => r
+                    .with_header("X-HubSpot-RateLimit-Daily", d.to_string())
+                    .with_header(
+                        "X-HubSpot-RateLimit-Daily-Remaining",
+                        d.saturating_sub(l.daily_used).to_string(),
+                    ),
+                None => r,
+            }
         } else {
             r
         }
@@ -954,6 +1111,64 @@ impl Mock for HubSpotMock {
                 }
                 None => Err(format!("unknown object {t}")),
             },
+            // Install an OAuth app: `{"client_id", "client_secret",
+            // "refresh_token", "ttl_ms"?, "rotate"?}`.
+            ("POST", ["oauth"]) => {
+                let text = |k: &str| body[k].as_str().map(str::to_owned);
+                match (
+                    text("client_id"),
+                    text("client_secret"),
+                    text("refresh_token"),
+                ) {
+                    (Some(client_id), Some(client_secret), Some(refresh_token)) => {
+                        st.oauth = Some(OAuthApp {
+                            client_id,
+                            client_secret,
+                            refresh_token,
+                            rotate: body["rotate"].as_bool().unwrap_or(false),
+                            ttl: Duration::from_millis(
+                                body["ttl_ms"].as_u64().unwrap_or(1_800_000),
+                            ),
+                            issued: BTreeMap::new(),
+                            refreshes: 0,
+                        });
+                        Ok(json!({}))
+                    }
+                    _ => Err("client_id, client_secret and refresh_token needed".into()),
+                }
+            }
+            // Every access token issued expires now.
+            ("POST", ["oauth", "expire"]) => match st.oauth.as_mut() {
+                Some(app) => {
+                    let now = Instant::now();
+                    app.issued.values_mut().for_each(|t| *t = now);
+                    Ok(json!({"refreshes": app.refreshes}))
+                }
+                None => Err("no OAuth app".into()),
+            },
+            ("GET", ["oauth"]) => match st.oauth.as_ref() {
+                Some(app) => {
+                    Ok(json!({"refreshes": app.refreshes, "refresh_token": app.refresh_token}))
+                }
+                None => Err("no OAuth app".into()),
+            },
+            // The portal's API budget: `{"ten_secondly": N, "interval_ms"?,
+            // "daily": D, "daily_used"?}` (absent or 0: no limit).
+            ("POST", ["limits"]) => {
+                let n = |k: &str| body[k].as_u64().filter(|v| *v > 0);
+                st.limits = Limits {
+                    window: n("ten_secondly").map(|m| {
+                        (
+                            m as usize,
+                            Duration::from_millis(n("interval_ms").unwrap_or(10_000)),
+                        )
+                    }),
+                    recent: VecDeque::new(),
+                    daily: n("daily"),
+                    daily_used: body["daily_used"].as_u64().unwrap_or(0),
+                };
+                Ok(json!({}))
+            }
             ("POST", [t, "properties"]) => add_property(st, t, body),
             ("POST", ["token"]) => match body["token"].as_str() {
                 Some(t) => {
@@ -973,6 +1188,36 @@ impl Mock for HubSpotMock {
             .map(|s| (s.kind().name(), s.live_count()))
             .collect();
         vec![("live", json!(live))]
+    }
+}
+
+/// The date versions the mock serves besides the numbered paths.
+pub const DATE_VERSIONS: &[&str] = &["2026-03"];
+
+/// A date-versioned path (`crm/objects/2026-03/contacts`,
+/// `crm/properties/2026-03/…`, `crm/associations/2026-03/…`, and the
+/// per-record associations `crm/objects/2026-03/{from}/{id}/associations/{to}`)
+/// as its numbered twin, which answers the same; numbered paths as they
+/// are; None for a date the mock does not know.
+fn numbered(parts: Vec<&str>) -> Option<Vec<&str>> {
+    let dated = |d: &str| {
+        d.len() == 7 && d.as_bytes()[4] == b'-' && d.bytes().filter(u8::is_ascii_digit).count() == 6
+    };
+    match parts.as_slice() {
+        ["crm", area, d, rest @ ..] if dated(d) => {
+            if !DATE_VERSIONS.contains(d) {
+                return None;
+            }
+            let head: &[&str] = match (*area, rest) {
+                ("objects", [_, _, "associations", _]) => &["crm", "v4", "objects"],
+                ("objects", _) => &["crm", "v3", "objects"],
+                ("properties", _) => &["crm", "v3", "properties"],
+                ("associations", _) => &["crm", "v4", "associations"],
+                _ => return None,
+            };
+            Some(head.iter().copied().chain(rest.iter().copied()).collect())
+        }
+        _ => Some(parts),
     }
 }
 

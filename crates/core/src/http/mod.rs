@@ -274,6 +274,13 @@ impl HttpClient {
         }
     }
 
+    /// Wait before the next request (a connector pacing itself to a rate
+    /// limit its CRM reports): the HTTP layer is where runs sleep, so that a
+    /// cancel still ends them within a second.
+    pub async fn wait(&self, d: Duration) {
+        tokio::time::sleep(d).await;
+    }
+
     /// Read a response whole, refusing a body larger than the source
     /// allows (without reading on).
     async fn read(

@@ -10,6 +10,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use url::Url;
 
+use super::auth::Auth;
 use crate::error::{CrmError, ErrorKind, Result};
 use crate::http::{body_excerpt, HttpClient, Response, Verdict};
 use crate::source::{Field, Record};
@@ -80,17 +81,22 @@ pub fn pg_type_for(hubspot_type: &str) -> PgType {
     }
 }
 
-/// A HubSpot account reached with a private-app access token.
+/// A HubSpot account reached with a bearer token or OAuth.
 pub struct HubSpot<'a> {
     pub http: &'a HttpClient,
     base: Url,
-    token: String,
+    pub auth: Auth,
+    /// `v3` (the numbered paths) or a date version such as `2026-03`.
+    version: String,
+    /// The share of the portal's daily API limit (percent) past which runs
+    /// stop (option `max_daily_share`; 100: HubSpot's own limit).
+    max_daily_share: u64,
     /// Read records' associations (see [`association_types`]).
     associations: bool,
 }
 
 impl<'a> HubSpot<'a> {
-    pub fn new(http: &'a HttpClient, base_url: &str, access_token: &str) -> Result<Self> {
+    pub fn new(http: &'a HttpClient, base_url: &str, auth: Auth) -> Result<Self> {
         let mut base = Url::parse(base_url).map_err(|e| {
             CrmError::config(format!("options.base_url is not a valid URL: {e}"))
                 .with_hint("Use an absolute URL such as https://api.hubapi.com.")
@@ -100,15 +106,42 @@ impl<'a> HubSpot<'a> {
             let p = format!("{}/", base.path());
             base.set_path(&p);
         }
-        if access_token.trim().is_empty() {
-            return Err(CrmError::config("credentials.access_token is empty"));
-        }
         Ok(HubSpot {
             http,
             base,
-            token: access_token.to_owned(),
+            auth,
+            version: "v3".to_owned(),
+            max_daily_share: 100,
             associations: true,
         })
+    }
+
+    /// Stop runs once the portal has used this share (percent) of its
+    /// daily API limit, leaving the rest to its other integrations.
+    pub fn with_max_daily_share(mut self, percent: u64) -> Self {
+        self.max_daily_share = percent.clamp(1, 100);
+        self
+    }
+
+    /// Use the date-versioned paths (`2026-03`) instead of the numbered
+    /// ones (`v3`, the default; see [`check_api_version`]).
+    pub fn with_api_version(mut self, version: &str) -> Self {
+        self.version = version.to_owned();
+        self
+    }
+
+    /// The path of an API: `area` is `objects`, `properties`,
+    /// `associations` (v4 when numbered) or `objects/v4` (the per-record
+    /// associations, v4 when numbered).
+    fn path(&self, area: &str, rest: &str) -> String {
+        let numbered = self.version == "v3";
+        match (area, numbered) {
+            ("objects/v4", true) => format!("crm/v4/objects/{rest}"),
+            ("objects/v4", false) => format!("crm/objects/{}/{rest}", self.version),
+            ("associations", true) => format!("crm/v4/associations/{rest}"),
+            (_, true) => format!("crm/v3/{area}/{rest}"),
+            (_, false) => format!("crm/{area}/{}/{rest}", self.version),
+        }
     }
 
     /// Read associations with records (the default) or not.
@@ -141,34 +174,95 @@ impl<'a> HubSpot<'a> {
     ) -> Result<Response> {
         let url = self.url(path);
         let endpoint = format!("{method} /{path}");
-        let resp = self
-            .http
-            .send_judged(
-                &endpoint,
-                || {
-                    let mut rb = self
-                        .http
-                        .request(method.clone(), url.clone())
-                        .bearer_auth(&self.token);
-                    if !query.is_empty() {
-                        rb = rb.query(query);
-                    }
-                    if let Some(b) = body {
-                        rb = rb.json(b);
-                    }
-                    rb
-                },
-                &judge_rate_limit,
-                self.http.settings().max_retries,
-            )
-            .await?;
-        check_status(&endpoint, resp)
+        let oauth = matches!(self.auth, Auth::OAuth(_));
+        let mut stale = false;
+        loop {
+            let token = self.auth.bearer(self.http, &self.base, stale).await?;
+            let resp = self
+                .http
+                .send_judged(
+                    &endpoint,
+                    || {
+                        let mut rb = self
+                            .http
+                            .request(method.clone(), url.clone())
+                            .bearer_auth(&token);
+                        if !query.is_empty() {
+                            rb = rb.query(query);
+                        }
+                        if let Some(b) = body {
+                            rb = rb.json(b);
+                        }
+                        rb
+                    },
+                    &judge_rate_limit,
+                    self.http.settings().max_retries,
+                )
+                .await
+                .map_err(|e| e.redact(&[&token]))?;
+            // An OAuth access token HubSpot no longer takes (expired early,
+            // revoked): refresh once and try again.
+            if oauth && !stale && resp.status == StatusCode::UNAUTHORIZED {
+                stale = true;
+                continue;
+            }
+            let resp = check_status(&endpoint, resp).map_err(|e| e.redact(&[&token]))?;
+            self.pace(&endpoint, &resp).await?;
+            return Ok(resp);
+        }
+    }
+
+    /// Keep within the budget the `X-HubSpot-RateLimit-*` headers report,
+    /// which count every integration's calls to the portal: stop once the
+    /// daily usage passes `max_daily_share`; as the rolling window runs
+    /// out, spread the calls left over it, and wait it out when none are.
+    async fn pace(&self, endpoint: &str, resp: &Response) -> Result<()> {
+        let num = |k: &str| {
+            resp.headers
+                .get(k)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        if self.max_daily_share < 100 {
+            let daily = num("x-hubspot-ratelimit-daily");
+            let left = num("x-hubspot-ratelimit-daily-remaining");
+            if let (Some(daily), Some(left)) = (daily, left) {
+                let used = daily.saturating_sub(left);
+                if daily > 0 && used * 100 >= daily * self.max_daily_share {
+                    return Err(CrmError::new(
+                        ErrorKind::RateLimited,
+                        format!(
+                            "the HubSpot account has used {used} of its {daily} API calls today, past the {}% this source may use (option max_daily_share)",
+                            self.max_daily_share
+                        ),
+                    )
+                    .with_endpoint(endpoint)
+                    .with_hint("The daily count resets at midnight in the HubSpot account's time zone; raise max_daily_share with crm_sync.alter_source() to let this source use more of it. The rows synced so far are kept."));
+                }
+            }
+        }
+        let window = (
+            num("x-hubspot-ratelimit-max"),
+            num("x-hubspot-ratelimit-remaining"),
+            num("x-hubspot-ratelimit-interval-milliseconds"),
+        );
+        if let (Some(max), Some(left), Some(ms)) = window {
+            let ms = ms.min(60_000);
+            if max > 0 && left == 0 {
+                self.http.wait(std::time::Duration::from_millis(ms)).await;
+            } else if left * 10 < max {
+                self.http
+                    .wait(std::time::Duration::from_millis(ms / max))
+                    .await;
+            }
+        }
+        Ok(())
     }
 
     /// Every property of `object`: `GET /crm/v3/properties/{object}`.
     pub async fn properties(&self, object: &str) -> Result<Vec<Field>> {
         check_object(object)?;
-        let path = format!("crm/v3/properties/{object}");
+        let path = self.path("properties", object);
         let resp = self.call(Method::GET, &path, &[], None).await?;
         #[derive(Deserialize)]
         struct Props {
@@ -208,7 +302,7 @@ impl<'a> HubSpot<'a> {
         after: Option<&str>,
         archived: bool,
     ) -> Result<(Vec<Record>, Option<String>, Response)> {
-        let path = format!("crm/v3/objects/{object}");
+        let path = self.path("objects", object);
         let mut q = vec![
             ("limit", LIST_PAGE_LIMIT.to_string()),
             ("archived", archived.to_string()),
@@ -236,7 +330,7 @@ impl<'a> HubSpot<'a> {
         object: &str,
         after: Option<&str>,
     ) -> Result<(Vec<String>, Option<String>)> {
-        let path = format!("crm/v3/objects/{object}");
+        let path = self.path("objects", object);
         let mut q = vec![
             ("limit", LIST_PAGE_LIMIT.to_string()),
             ("archived", "false".to_owned()),
@@ -283,7 +377,7 @@ impl<'a> HubSpot<'a> {
         ids: &[String],
         archived: bool,
     ) -> Result<Vec<Record>> {
-        let path = format!("crm/v3/objects/{object}/batch/read");
+        let path = self.path("objects", &format!("{object}/batch/read"));
         let endpoint = format!("POST /{path}");
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(BATCH_READ_LIMIT) {
@@ -305,7 +399,7 @@ impl<'a> HubSpot<'a> {
         filters: Vec<Value>,
         sort_by: &str,
     ) -> Result<(Vec<Record>, Option<u64>)> {
-        let path = format!("crm/v3/objects/{object}/search");
+        let path = self.path("objects", &format!("{object}/search"));
         let body = json!({
             "filterGroups": [{ "filters": filters }],
             "sorts": [{ "propertyName": sort_by, "direction": "ASCENDING" }],
@@ -335,8 +429,8 @@ impl<'a> HubSpot<'a> {
                 "HubSpot returned a record id that is not a number: {id:?}"
             )));
         }
-        let path = format!("crm/v4/objects/{object}/{id}/associations/{to}");
-        let endpoint = format!("GET /crm/v4/objects/{object}/{{id}}/associations/{to}");
+        let path = self.path("objects/v4", &format!("{object}/{id}/associations/{to}"));
+        let endpoint = format!("GET /{}", path.replace(&format!("/{id}/"), "/{id}/"));
         #[derive(Deserialize)]
         struct AssocPage {
             #[serde(default)]
@@ -407,7 +501,7 @@ impl<'a> HubSpot<'a> {
         from_ids: &[&str],
     ) -> Result<HashMap<String, Vec<Value>>> {
         check_object(to)?;
-        let path = format!("crm/v4/associations/{object}/{to}/batch/read");
+        let path = self.path("associations", &format!("{object}/{to}/batch/read"));
         let endpoint = format!("POST /{path}");
         let mut out = HashMap::new();
         for chunk in from_ids.chunks(ASSOC_BATCH_LIMIT) {
@@ -779,6 +873,26 @@ pub fn join_properties(records: &mut Vec<Record>, extra: Vec<Record>) -> Result<
     Ok(())
 }
 
+/// The date versions of HubSpot's API this connector knows, newest first.
+pub const DATE_VERSIONS: &[&str] = &["2026-03"];
+
+/// `api_version`: `v3` (the numbered paths: `/crm/v3/objects`, v4
+/// associations) or a date version (`/crm/objects/2026-03/...`), which
+/// HubSpot is moving to (v4 ends on 2027-03-30).
+/// <https://developers.hubspot.com/docs/api-reference/latest/overview>
+pub fn check_api_version(v: &str) -> Result<()> {
+    if v == "v3" || DATE_VERSIONS.contains(&v) {
+        return Ok(());
+    }
+    Err(CrmError::config(format!(
+        "option api_version {v:?} is not one this connector knows"
+    ))
+    .with_hint(format!(
+        "Use \"v3\" (the default) or one of: {}.",
+        DATE_VERSIONS.join(", ")
+    )))
+}
+
 /// The property naming the records merged into a contact or company: a
 /// merge makes a record with a new id, both old ids leave every list, and
 /// this property of the new record lists them, and those of earlier merges
@@ -892,7 +1006,7 @@ fn check_status(endpoint: &str, resp: Response) -> Result<Response> {
     };
     let err = match s {
         StatusCode::UNAUTHORIZED => CrmError::new(ErrorKind::Auth, format!("HubSpot rejected the access token ({what})"))
-            .with_hint("Check credentials.access_token: it must be a valid private-app token. Update it with crm_sync.alter_source(name, credentials => '{\"access_token\": \"...\"}')."),
+            .with_hint("Check credentials.access_token: a private app's access token, a service key or a personal access key (or an OAuth app's client_id, client_secret and refresh_token). Update it with crm_sync.alter_source(name, credentials => '{\"access_token\": \"...\"}')."),
         StatusCode::FORBIDDEN => CrmError::new(ErrorKind::Auth, format!("HubSpot refused access ({what})"))
             .with_hint("The private app lacks a scope this stream needs (e.g. crm.objects.contacts.read); grant it in HubSpot, or disable the stream in crm_sync.streams."),
         _ => CrmError::new(ErrorKind::ApiRejected, format!("HubSpot rejected the request ({what})"))

@@ -2,11 +2,12 @@
 //! file for the API facts this connector relies on.
 
 mod api;
+mod auth;
 mod reader;
 
 pub use api::{ASSOC_BATCH_LIMIT, HUBSPOT_SEARCH_MAX_RESULTS, LIST_PAGE_LIMIT, SEARCH_PAGE_LIMIT};
 
-use crate::config::{boolean, check_url_option, require_credential, SourceConfig};
+use crate::config::{boolean, check_url_option, SourceConfig};
 use crate::error::Result;
 use crate::http::HttpClient;
 use crate::source::{
@@ -16,14 +17,16 @@ use crate::source::{
 use api::{add_associations, check_object, last_modified_property, HubSpot, DEFAULT_BASE_URL};
 use reader::HubSpotReader;
 
-const TOKEN_HINT: &str =
-    "Pass the private app's access token: credentials => '{\"access_token\": \"pat-...\"}'.";
-
 /// HubSpot as the rest of the system sees it.
 pub const PROVIDER: Provider = Provider {
     name: "hubspot",
-    options: &["base_url", "associations"],
-    credentials: &["access_token"],
+    options: &["base_url", "associations", "api_version", "max_daily_share"],
+    credentials: &[
+        "access_token",
+        "client_id",
+        "client_secret",
+        "refresh_token",
+    ],
     hosts: &[("base_url", DEFAULT_BASE_URL)],
     streams: STREAMS,
     // Objects may have hundreds of properties, all sent in the list URL:
@@ -34,7 +37,17 @@ pub const PROVIDER: Provider = Provider {
 };
 
 fn check(a: &CheckArgs<'_>) -> Result<()> {
-    require_credential(a.credentials, "hubspot", "access_token", TOKEN_HINT)?;
+    auth::Auth::from_credentials(a.credentials)?;
+    crate::config::int(a.options, "max_daily_share", 1, 100)?;
+    match a.options.get("api_version") {
+        None | Some(serde_json::Value::Null) => {}
+        Some(serde_json::Value::String(v)) => api::check_api_version(v)?,
+        Some(v) => {
+            return Err(crate::CrmError::config(format!(
+                "option api_version must be a string such as \"v3\" or \"2026-03\", not {v}"
+            )))
+        }
+    }
     boolean(a.options, "associations")?;
     check_url_option(
         a.options,
@@ -46,8 +59,11 @@ fn check(a: &CheckArgs<'_>) -> Result<()> {
 
 fn connect<'a>(http: &'a HttpClient, cfg: &'a SourceConfig) -> Result<Box<dyn Connector + 'a>> {
     let base = cfg.option_str("base_url").unwrap_or(DEFAULT_BASE_URL);
-    let token = cfg.credential("access_token").unwrap_or_default();
-    let api = HubSpot::new(http, base, token)?
+    let auth = auth::Auth::from_credentials(&cfg.credentials)?;
+    let version = cfg.option_str("api_version").unwrap_or("v3");
+    let api = HubSpot::new(http, base, auth)?
+        .with_api_version(version)
+        .with_max_daily_share(cfg.option_u64("max_daily_share").unwrap_or(100))
         .with_associations(cfg.option_bool("associations").unwrap_or(true));
     Ok(Box::new(api))
 }
@@ -92,6 +108,13 @@ impl Connector for HubSpot<'_> {
             )?;
             Ok(Box::new(r) as Box<dyn PageSource + 'a>)
         })
+    }
+
+    fn rotated_credentials(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
+        let r = self.auth.rotated_refresh_token()?;
+        let mut m = serde_json::Map::new();
+        m.insert("refresh_token".into(), serde_json::Value::String(r));
+        Some(m)
     }
 
     fn ids<'a>(&'a self, object: &'a str) -> BoxFuture<'a, Result<Box<dyn IdSource + 'a>>> {
