@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};
 
+use crm_sync_core::http::budget::{self, SharedBudget, Window};
+
 pub const SLOTS: usize = 64;
 const NAME_LEN: usize = 64;
 
@@ -75,13 +77,21 @@ pub struct Board {
     /// memory is mapped at the same address in every backend.
     launcher_latch: usize,
     pub slots: [Slot; SLOTS],
+    /// The request budgets of the CRM accounts being called
+    /// (`crm_sync_core::http::budget`), shared by every backend.
+    budgets: [Window; BUDGETS],
 }
+
+/// CRM accounts whose budgets are kept at once (the least recently called
+/// gives its place).
+const BUDGETS: usize = 32;
 
 impl Default for Board {
     fn default() -> Self {
         Board {
             launcher_latch: 0,
             slots: [Slot::EMPTY; SLOTS],
+            budgets: [Window::default(); BUDGETS],
         }
     }
 }
@@ -98,6 +108,25 @@ static PRELOADED: AtomicBool = AtomicBool::new(false);
 pub fn init() {
     pg_shmem_init!(BOARD);
     PRELOADED.store(true, Ordering::Relaxed);
+    budget::set_shared(Box::new(ShmemBudget));
+}
+
+/// The request budgets in shared memory: every backend of the cluster
+/// calling one CRM account waits its turn in the same counters. Used only
+/// from a backend's main thread (where HTTP futures are polled).
+struct ShmemBudget;
+
+impl SharedBudget for ShmemBudget {
+    fn take(&self, key: u64, now_ms: i64) -> Option<std::time::Duration> {
+        let mut b = BOARD.exclusive();
+        budget::slot_for(&mut b.budgets, key, now_ms).take(now_ms)
+    }
+
+    fn learn(&self, key: u64, max: u32, interval_ms: u32) {
+        let now = crate::catalog::now_us() / 1000;
+        let mut b = BOARD.exclusive();
+        budget::slot_for(&mut b.budgets, key, now).learn(max, interval_ms);
+    }
 }
 
 /// Whether the library was preloaded (and the board exists).

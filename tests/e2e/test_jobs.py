@@ -453,3 +453,22 @@ def test_a_cancel_does_not_undo_a_finished_streams_merge(jobs_connect, hubspot):
     assert "merging into the unified model failed" not in (j["detail"] or ""), j
     assert count(c, "SELECT count(*) FROM crm.identities WHERE source = 'hs' AND stream = 'contacts'") == 250
     assert count(c, "SELECT count(*) FROM crm_sync.runs WHERE stream = 'contacts' AND status = 'succeeded'") == 1
+
+
+def test_jobs_calling_one_account_share_its_request_budget(jobs_connect, mock_factory):
+    """Two workers sync two sources of one HubSpot account (same token) at
+    once, the account allowing 6 calls a second and no retries: the
+    budget in shared memory takes their calls in turn, so neither runs into
+    a 429 (each alone could only see the other's calls after the fact)."""
+    c = jobs_connect()
+    m = mock_factory(1000, 5, 5)
+    m.admin("POST", "/_mock/limits", {"ten_secondly": 6, "interval_ms": 1000})
+    create_source(c, m, name="hs1", max_retries=0)
+    create_source(c, m, name="hs2", max_retries=0)
+    ids = [queue(c, s, "contacts") for s in ("hs1", "hs2")]
+    for i in ids:
+        assert wait_sql(c, i) == "succeeded", job(c, i)
+    assert m.stats()["status_counts"].get("429", 0) == 0
+    assert count(c, "SELECT count(*) FROM hs1.contacts") == count(c, "SELECT count(*) FROM hs2.contacts") == 1000
+    runs = [r for i in ids for r in job_runs(c, i)]
+    assert sum(r["api_calls"] for r in runs) >= 26

@@ -8,6 +8,7 @@
 //! ...); retrying is decided here so every connector behaves the same.
 
 pub mod address;
+pub mod budget;
 
 use std::cell::Cell;
 use std::collections::HashSet;
@@ -83,6 +84,8 @@ pub struct HttpClient {
     api_calls: Cell<u64>,
     bytes: Cell<u64>,
     retries: Cell<u64>,
+    /// Whose shared request budget the calls spend ([`budget`]), if any.
+    budget_key: Cell<Option<u64>>,
 }
 
 /// What a connector makes of a response before the retry policy does.
@@ -132,6 +135,7 @@ impl HttpClient {
             api_calls: Cell::new(0),
             bytes: Cell::new(0),
             retries: Cell::new(0),
+            budget_key: Cell::new(None),
         })
     }
 
@@ -220,6 +224,7 @@ impl HttpClient {
     ) -> Result<Response> {
         let mut attempt: u32 = 0;
         loop {
+            self.take_budget().await;
             let req = build().build().map_err(|e| transport_error(endpoint, &e))?;
             let url = req.url().clone();
             self.check_target(&url)
@@ -271,6 +276,34 @@ impl HttpClient {
             attempt += 1;
             self.retries.set(self.retries.get() + 1);
             tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Spend the request budget every process calling the same account
+    /// shares ([`budget`]; `key` names the account): each request waits
+    /// for its turn first.
+    pub fn share_budget(&self, key: u64) {
+        self.budget_key.set(Some(key));
+    }
+
+    /// What the CRM says the shared budget is: `max` calls per window.
+    pub fn learn_budget(&self, max: u32, interval_ms: u32) {
+        if let (Some(key), Some(b)) = (self.budget_key.get(), budget::shared()) {
+            b.learn(key, max, interval_ms);
+        }
+    }
+
+    /// Wait until the shared budget has a call for this request.
+    async fn take_budget(&self) {
+        let (Some(key), Some(b)) = (self.budget_key.get(), budget::shared()) else {
+            return;
+        };
+        loop {
+            let now = chrono::Utc::now().timestamp_millis();
+            match b.take(key, now) {
+                None => return,
+                Some(d) => tokio::time::sleep(d.min(Duration::from_secs(10))).await,
+            }
         }
     }
 

@@ -246,6 +246,10 @@ impl<'a> HubSpot<'a> {
             num("x-hubspot-ratelimit-remaining"),
             num("x-hubspot-ratelimit-interval-milliseconds"),
         );
+        if let (Some(max), Some(ms)) = (window.0, window.2) {
+            self.http
+                .learn_budget(max.min(u32::MAX as u64) as u32, ms.min(60_000) as u32);
+        }
         if let (Some(max), Some(left), Some(ms)) = window {
             let ms = ms.min(60_000);
             if max > 0 && left == 0 {

@@ -100,6 +100,18 @@ impl Auth {
         }
     }
 
+    /// Names whose request budget the calls spend: the host and the token
+    /// (or the OAuth app), hashed.
+    pub fn budget_key(&self, base: &str) -> u64 {
+        let mut h = DefaultHasher::new();
+        base.hash(&mut h);
+        match self {
+            Auth::Bearer(t) => t.hash(&mut h),
+            Auth::OAuth(o) => o.client_id.hash(&mut h),
+        }
+        h.finish().max(1)
+    }
+
     /// The refresh token HubSpot rotated to during this connection, if any.
     pub fn rotated_refresh_token(&self) -> Option<String> {
         match self {

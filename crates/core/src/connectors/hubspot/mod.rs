@@ -60,6 +60,9 @@ fn check(a: &CheckArgs<'_>) -> Result<()> {
 fn connect<'a>(http: &'a HttpClient, cfg: &'a SourceConfig) -> Result<Box<dyn Connector + 'a>> {
     let base = cfg.option_str("base_url").unwrap_or(DEFAULT_BASE_URL);
     let auth = auth::Auth::from_credentials(&cfg.credentials)?;
+    // Every process calling this account with these credentials spends one
+    // budget (HubSpot counts calls per app and account).
+    http.share_budget(auth.budget_key(base));
     let version = cfg.option_str("api_version").unwrap_or("v3");
     let api = HubSpot::new(http, base, auth)?
         .with_api_version(version)
