@@ -144,7 +144,9 @@ mod tests {
         Spi::run("SELECT crm_sync.create_source('x', 'hubspott', '{}', '{}')").unwrap();
     }
 
-    #[pg_test(error = "source \"x\": provider hubspot needs credentials.access_token")]
+    #[pg_test(
+        error = "source \"x\": provider hubspot needs credentials.access_token, or client_id, client_secret and refresh_token"
+    )]
     fn missing_credentials_is_an_error() {
         Spi::run("SELECT crm_sync.create_source('x', 'hubspot', '{}', '{}')").unwrap();
     }

@@ -6,7 +6,9 @@ watermark; changes that reach the index late are read within the lookback."""
 
 import time
 
-from conftest import create_source, sync
+import requests
+
+from conftest import TOKEN, create_source, sync
 
 
 def one(db, sql, *args):
@@ -122,3 +124,24 @@ def test_a_portal_with_1000_properties_syncs_whole_records(db, mock_factory):
     m.upsert("contacts", [{"id": "7", "properties": {names[-1]: "changed"}}])
     sync(db, stream="contacts")
     assert one(db, f'SELECT "{cols[names[-1]]}" FROM hs.contacts WHERE id = \'7\'') == "changed"
+
+
+def test_a_calculated_property_is_stale_until_a_full_refresh(db, mock_factory):
+    """HubSpot recomputes a calculated property (`"calculated": true`)
+    without moving the record's modification time: incremental runs keep
+    the old value, as docs/configuration.md says, and a full refresh reads
+    the new one."""
+    m = mock_factory(contacts=50, companies=5, deals=5)
+    answer = requests.get(f"{m.url}/crm/v3/properties/contacts", timeout=30,
+                          headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    props = {p["name"]: p for p in answer["results"]}
+    assert props["num_associated_deals"]["calculated"] is True
+    create_source(db, m)
+    db.execute("UPDATE crm_sync.streams SET properties = '{email,num_associated_deals}' "
+               "WHERE source = 'hs' AND stream = 'contacts'")
+    sync(db, stream="contacts")
+    m.admin("POST", "/_mock/contacts/calculated", {"id": "5", "property": "num_associated_deals", "value": "7"})
+    sync(db, stream="contacts")
+    assert one(db, "SELECT num_associated_deals FROM hs.contacts WHERE id = '5'") is None
+    sync(db, stream="contacts", full_refresh=True)
+    assert one(db, "SELECT num_associated_deals FROM hs.contacts WHERE id = '5'") == 7

@@ -167,6 +167,9 @@ pub struct PropDef {
     pub group: String,
     pub options: Vec<String>,
     pub hubspot_defined: bool,
+    /// Computed by HubSpot (rollups, counts): its value changes without
+    /// moving the record's modification time.
+    pub calculated: bool,
 }
 
 const LIFECYCLE: &[&str] = &[
@@ -243,6 +246,7 @@ const CONTACT_PROPS: &[Def] = &[
     ("lastmodifieddate", "Last Modified Date", "datetime", "date", "contactinformation", &[], true),
     ("hs_object_id", "Record ID", "number", "number", "contactinformation", &[], true),
     ("hs_merged_object_ids", "Merged Contact IDs", "enumeration", "checkbox", "contactinformation", &[], true),
+    ("num_associated_deals", "Associated Deals", "number", "number", "contactinformation", &[], true),
     ("favorite_color", "Favorite color", "enumeration", "select", "contactinformation", COLORS, false),
     ("loyalty_score", "Loyalty score", "number", "number", "contactinformation", &[], false),
     ("signup_date", "Signup date", "date", "date", "contactinformation", &[], false),
@@ -294,6 +298,7 @@ pub fn builtin_props(kind: Kind) -> Vec<PropDef> {
     defs.iter()
         .map(
             |&(name, label, kind, field_type, group, options, builtin)| PropDef {
+                calculated: name.starts_with("num_") || name == "hs_lead_score",
                 name: name.into(),
                 label: label.into(),
                 kind: kind.into(),

@@ -1052,7 +1052,9 @@ impl Mock for HubSpotMock {
             let l = &st.limits;
             let (max, left, interval) = match l.window {
                 Some((max, every)) => (max, max.saturating_sub(l.recent.len()), every.as_millis()),
-                None => (190, 189, 10_000),
+                // No budget set: an allowance no run reaches (tests and
+                // benchmarks measure the engine; /_mock/limits sets a real one).
+                None => (100_000, 99_999, 10_000),
             };
             let r = r
                 .with_header("X-HubSpot-RateLimit-Max", max.to_string())
@@ -1169,6 +1171,27 @@ impl Mock for HubSpotMock {
                 };
                 Ok(json!({}))
             }
+            // HubSpot recomputes a calculated property: its value changes,
+            // the record's modification time does not.
+            ("POST", [t, "calculated"]) => match Kind::parse(t) {
+                Some(k) => {
+                    let store = st.store(k);
+                    let id = body["id"].as_str().and_then(|v| v.parse::<u64>().ok());
+                    let prop = body["property"].as_str().unwrap_or_default();
+                    match id {
+                        Some(id) if store.prop(prop).is_some_and(|p| p.calculated) => {
+                            let v = body["value"].as_str().map(str::to_owned);
+                            if store.recompute(id, prop, v) {
+                                Ok(json!({}))
+                            } else {
+                                Err(format!("no live record {id}"))
+                            }
+                        }
+                        _ => Err("id (a string) and a calculated property needed".into()),
+                    }
+                }
+                None => Err(format!("unknown object {t}")),
+            },
             ("POST", [t, "properties"]) => add_property(st, t, body),
             ("POST", ["token"]) => match body["token"].as_str() {
                 Some(t) => {
@@ -1262,7 +1285,7 @@ fn property_json(p: &PropDef, order: usize) -> Value {
         "groupName": p.group,
         "options": options,
         "displayOrder": if p.hubspot_defined { -1 } else { order as i64 },
-        "calculated": false,
+        "calculated": p.calculated,
         "externalOptions": false,
         "hasUniqueValue": false,
         "hidden": false,
@@ -1409,6 +1432,7 @@ fn add_property(st: &mut State, t: &str, body: &Value) -> Result<Value, String> 
             })
             .unwrap_or_default(),
         hubspot_defined: false,
+        calculated: body["calculated"].as_bool().unwrap_or(false),
         name,
     };
     let v = property_json(&def, store.props.len());

@@ -177,6 +177,25 @@ impl Store {
         self.key_of(prop, &v)
     }
 
+    /// Set a calculated property's value as HubSpot recomputes it: the
+    /// record's modification time (and its place in search) stay.
+    pub fn recompute(&mut self, id: u64, prop: &str, value: Option<String>) -> bool {
+        if !self.exists(id) || self.is_archived(id) {
+            return false;
+        }
+        let (created, updated) = (self.created_ms(id), self.updated_ms(id));
+        self.changed
+            .entry(id)
+            .or_insert_with(|| Changed {
+                props: HashMap::new(),
+                created_ms: created,
+                updated_ms: updated,
+            })
+            .props
+            .insert(prop.to_owned(), value);
+        true
+    }
+
     /// Show record `id` with modification time `shown_ms` while search keeps
     /// it where it was indexed (see `shown_ms`); false when not live. Any
     /// change to the record ends it.
