@@ -374,6 +374,7 @@ impl SpiSink {
                ON CONFLICT (id) DO UPDATE
                   SET {sets}_raw = EXCLUDED._raw, _updated_at = EXCLUDED._updated_at,
                       _deleted_at = EXCLUDED._deleted_at, _deleted_reason = EXCLUDED._deleted_reason,
+                      _merged_into = NULL,
                       _synced_at = EXCLUDED._synced_at, _run_id = EXCLUDED._run_id
                 WHERE (t._raw IS DISTINCT FROM EXCLUDED._raw OR t._deleted_at IS DISTINCT FROM EXCLUDED._deleted_at)
                   AND (t._updated_at IS NULL OR EXCLUDED._updated_at IS NULL
@@ -423,7 +424,9 @@ impl SpiSink {
                           {DELETED_REASON} = 'merged', {MERGED_INTO} = w.target,
                           _synced_at = pg_catalog.now(), _run_id = $3
                      FROM (SELECT x.id, u.target, x._deleted_at IS NULL AS was_live
-                             FROM unnest($1::text[], $2::text[]) AS u(old, target)
+                             -- unnest of two arrays is FROM-clause syntax (ROWS FROM),
+                     -- not a function a schema can qualify.
+                     FROM unnest($1::text[], $2::text[]) AS u(old, target)
                              JOIN {s}.{t} x ON x.id = u.old
                             WHERE x.id <> u.target
                               AND (x.{DELETED_REASON} IS DISTINCT FROM 'merged'

@@ -117,9 +117,10 @@ pub fn init() {
 struct ShmemBudget;
 
 impl SharedBudget for ShmemBudget {
-    fn take(&self, key: u64, now_ms: i64) -> Option<std::time::Duration> {
+    fn take(&self, key: u64) -> Option<std::time::Duration> {
         let mut b = BOARD.exclusive();
-        budget::slot_for(&mut b.budgets, key, now_ms).take(now_ms)
+        let now = Window::now_ms();
+        budget::slot_for(&mut b.budgets, key, now).take(now)
     }
 
     fn learn(&self, key: u64, max: u32, interval_ms: u32) {

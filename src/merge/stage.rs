@@ -134,7 +134,7 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
     let merged_into = if crate::landing::existing_columns(&s.source, &s.stream)
         .contains_key(crate::landing::MERGED_INTO)
     {
-        "r._merged_into"
+        "CASE WHEN r._deleted_reason = 'merged' THEN r._merged_into END"
     } else {
         "NULL::text"
     };

@@ -143,6 +143,7 @@ pub fn sync_stream(
     // Deletes no modification time shows: when due, an incremental run
     // reconciles the stream's ids too (its own run row).
     let reconciled = if plan.mode == "incremental"
+        && cfg.provider.reconciles
         && reconcile::due(&src.name, &s.stream, cfg.config.reconcile_every)
     {
         commit.step();

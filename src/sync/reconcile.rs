@@ -95,8 +95,8 @@ pub fn due(source: &str, stream: &str, every: Option<Duration>) -> bool {
         return false;
     };
     Spi::get_one_with_args::<bool>(
-        "SELECT coalesce(max(finished_at) FILTER (WHERE mode = 'reconcile'), min(finished_at))
-                + make_interval(secs => $3) <= now()
+        "SELECT COALESCE(pg_catalog.max(finished_at) FILTER (WHERE mode = 'reconcile'), pg_catalog.min(finished_at))
+                + pg_catalog.make_interval(secs => $3) <= pg_catalog.now()
            FROM crm_sync.runs
           WHERE source = $1 AND stream = $2 AND status = 'succeeded'",
         &[source.into(), stream.into(), every.as_secs_f64().into()],
@@ -161,6 +161,24 @@ fn reconcile(
         check_interrupts();
     }
     drop(ids);
+    // An empty listing of a stream with live rows is far likelier a fault
+    // (a proxy's empty answer, a token that lost its scope) than every
+    // record erased: nothing is marked.
+    if seen == 0 {
+        let live = Spi::get_one::<i64>(&format!(
+            "SELECT pg_catalog.count(*) FROM {table} WHERE _deleted_at IS NULL"
+        ))
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+        if live > 0 {
+            return Err(CrmError::bad_response(format!(
+                "the CRM listed no {} records while {live} are landed live; nothing was marked deleted",
+                s.object
+            ))
+            .with_hint("Run crm_sync.reconcile() again later; if the CRM really has none, check that the credentials still see this object."));
+        }
+    }
     // 2. Landed rows the CRM no longer has.
     let gone = Spi::get_one_with_args::<i64>(
         &format!(

@@ -140,3 +140,20 @@ def test_every_association_of_a_record_is_read(db, mock_factory):
     assert linked() == list(range(1, 651))
     stats = m.stats()["by_endpoint"]
     assert stats.get("GET /crm/v4/objects/deals/1/associations/contacts") == 1
+
+
+def test_a_row_back_to_life_forgets_what_it_was_merged_into(db, hubspot):
+    """A row marked merged that the CRM lists live again (a stale mark, a
+    restore) loses its pointer: the unified model keeps it apart from the
+    record it pointed at."""
+    create_source(db, hubspot)
+    sync(db, stream="contacts")
+    db.execute("UPDATE hs.contacts SET _deleted_at = now(), _deleted_reason = 'merged', _merged_into = '7' "
+               "WHERE id = '8'")
+    db.execute("SELECT * FROM crm_sync.merge(full => true)")
+    assert unified_of(db, "hs/contacts/8") == []
+    sync(db, stream="contacts", full_refresh=True)
+    assert db.execute("SELECT _deleted_at, _deleted_reason, _merged_into FROM hs.contacts WHERE id = '8'"
+                      ).fetchone() == (None, None, None)
+    (u8,), (u7,) = unified_of(db, "hs/contacts/8"), unified_of(db, "hs/contacts/7")
+    assert u8 != u7

@@ -181,3 +181,26 @@ def test_reconcile_needs_the_operate_level(db, connect, hubspot):
     assert reconcile(op, stream="deals")["deals"]["records_seen"] == 40
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         op.execute("SELECT * FROM crm_sync.reconcile_ids")
+
+
+def test_an_empty_listing_of_a_landed_stream_marks_nothing(db, hubspot):
+    """A listing that comes back empty (a proxy's empty answer, a token that
+    lost its scope) while rows are landed is refused: nothing is marked."""
+    create_source(db, hubspot)
+    sync(db, stream="deals")
+    purge(hubspot, "deals", range(1, 41))
+    with pytest.raises(psycopg.errors.ProtocolViolation) as e:
+        reconcile(db, stream="deals")
+    assert "listed no deals records while 40 are landed live; nothing was marked deleted" in str(e.value)
+    assert one(db, "SELECT count(*) FROM hs.deals WHERE _deleted_at IS NULL") == 40
+
+
+def test_salesforce_incremental_syncs_do_not_try_to_reconcile(db, salesforce):
+    """Reconciliation is not built for Salesforce yet: its incremental syncs
+    never attempt one, however long since the first run."""
+    create_sf_source(db, salesforce)
+    sync(db, "sf", "account")
+    db.execute("UPDATE crm_sync.runs SET finished_at = finished_at - interval '3 days'")
+    rows = sync_rows(db, "sf", "account")
+    assert [r["mode"] for r in rows] == ["incremental"]
+    assert one(db, "SELECT count(*) FROM crm_sync.runs WHERE mode = 'reconcile'") == 0

@@ -84,16 +84,23 @@ where
 #[cfg(unix)]
 fn without_signals<T>(f: impl FnOnce() -> T) -> T {
     // SAFETY: sigfillset and pthread_sigmask are given valid pointers to
-    // sets on this stack; the old mask is put back before returning.
-    unsafe {
+    // sets on this stack; the old mask is put back when `_restore` drops,
+    // whether `f` returns or panics.
+    struct Restore(libc::sigset_t);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: a valid set saved below; also when `f` panics.
+            unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+        }
+    }
+    let _restore = unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
         let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        let out = f();
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        out
-    }
+        Restore(old)
+    };
+    f()
 }
 
 #[cfg(not(unix))]

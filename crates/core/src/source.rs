@@ -81,6 +81,9 @@ pub struct Provider {
     /// Fields synced for other objects (streams added by the user) when the
     /// user has not chosen.
     pub other_objects: DefaultFields,
+    /// Whether its connector can list ids ([`Connector::ids`]): incremental
+    /// syncs reconcile only then.
+    pub reconciles: bool,
     /// Check the values of options and credentials (keys are checked already).
     pub check: fn(&CheckArgs<'_>) -> Result<()>,
     /// Open a connection for one sync or discovery call.

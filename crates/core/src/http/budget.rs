@@ -53,15 +53,22 @@ impl Window {
         (self.max / 5).max(1)
     }
 
+    /// Now, in epoch milliseconds.
+    pub fn now_ms() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or_default()
+    }
+
     /// Take one call now, or say how long to wait before asking again.
     pub fn take(&mut self, now_ms: i64) -> Option<Duration> {
         self.used_ms = now_ms;
         let q = self.quarter_ms();
-        if now_ms >= self.start_ms + q || now_ms < self.start_ms {
+        // A clock read a moment before another backend's counts in the
+        // current quarter (never rewinds it).
+        if now_ms >= self.start_ms + q {
             self.start_ms = now_ms - (now_ms - self.start_ms).rem_euclid(q);
-            if now_ms < self.start_ms || now_ms - self.start_ms >= q {
-                self.start_ms = now_ms;
-            }
             self.taken = 0;
         }
         if self.taken < self.quota() {
@@ -84,8 +91,9 @@ impl Window {
 
 /// Where the shared counters live.
 pub trait SharedBudget: Send + Sync {
-    /// Take one call of `key`'s budget now, or say how long to wait.
-    fn take(&self, key: u64, now_ms: i64) -> Option<Duration>;
+    /// Take one call of `key`'s budget now, or say how long to wait (the
+    /// clock is read under the budget's lock).
+    fn take(&self, key: u64) -> Option<Duration>;
     /// Record what the CRM says `key`'s budget is.
     fn learn(&self, key: u64, max: u32, interval_ms: u32);
 }
@@ -153,6 +161,9 @@ mod tests {
         assert_eq!(w.take(1010), None);
         assert_eq!(w.take(1100), Some(Duration::from_millis(150)));
         assert_eq!(w.take(1250), None);
+        // A clock a little behind counts in the current quarter.
+        assert_eq!(w.take(1249), None);
+        assert_eq!(w.take(1249), Some(Duration::from_millis(251)));
     }
 
     #[test]

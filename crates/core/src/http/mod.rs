@@ -299,8 +299,7 @@ impl HttpClient {
             return;
         };
         loop {
-            let now = chrono::Utc::now().timestamp_millis();
-            match b.take(key, now) {
+            match b.take(key) {
                 None => return,
                 Some(d) => tokio::time::sleep(d.min(Duration::from_secs(10))).await,
             }

@@ -32,6 +32,8 @@ pub const HUBSPOT_SEARCH_MAX_RESULTS: u32 = 10_000;
 pub const ASSOC_BATCH_LIMIT: usize = 1000;
 /// Associations per page of `GET /crm/v4/objects/{from}/{id}/associations/{to}`.
 pub const ASSOC_PAGE_LIMIT: usize = 500;
+/// Most associations of one type read for one record.
+pub const MAX_ASSOCIATIONS: usize = 1_000_000;
 
 /// Object names go into URL paths: letters, digits, `_`, `-` only
 /// (`contacts`, `p_orders`, `2-123456`).
@@ -228,7 +230,9 @@ impl<'a> HubSpot<'a> {
             let left = num("x-hubspot-ratelimit-daily-remaining");
             if let (Some(daily), Some(left)) = (daily, left) {
                 let used = daily.saturating_sub(left);
-                if daily > 0 && used * 100 >= daily * self.max_daily_share {
+                if daily > 0
+                    && used.saturating_mul(100) >= daily.saturating_mul(self.max_daily_share)
+                {
                     return Err(CrmError::new(
                         ErrorKind::RateLimited,
                         format!(
@@ -254,7 +258,7 @@ impl<'a> HubSpot<'a> {
             let ms = ms.min(60_000);
             if max > 0 && left == 0 {
                 self.http.wait(std::time::Duration::from_millis(ms)).await;
-            } else if left * 10 < max {
+            } else if left.saturating_mul(10) < max {
                 self.http
                     .wait(std::time::Duration::from_millis(ms / max))
                     .await;
@@ -453,6 +457,13 @@ impl<'a> HubSpot<'a> {
             let resp = self.call(Method::GET, &path, &q, None).await?;
             let page: AssocPage = parse_json(&endpoint, &resp.body)?;
             out.extend(page.results);
+            // A record with more links than any real one (HubSpot caps
+            // associations per record far below this) is a looping answer.
+            if out.len() > MAX_ASSOCIATIONS {
+                return Err(CrmError::bad_response(format!(
+                    "{endpoint} returned more than {MAX_ASSOCIATIONS} associations for one record; stopping"
+                )));
+            }
             after = page.paging.and_then(|p| p.next).map(|n| n.after);
             if after.is_none() {
                 return Ok(out);

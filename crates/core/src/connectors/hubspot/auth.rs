@@ -227,8 +227,14 @@ impl OAuth {
             #[serde(alias = "expiresIn", default)]
             expires_in: Option<u64>,
         }
-        let g: Granted = crate::http::parse_json("HubSpot", endpoint, &resp.body)
-            .map_err(|e| e.redact(&[&self.client_secret, &current]))?;
+        // Not through the shared parser: its error quotes the body, which
+        // holds the new tokens.
+        let g: Granted = serde_json::from_slice(&resp.body).map_err(|_| {
+            CrmError::bad_response(
+                "HubSpot's token response is not the JSON expected (access_token, expires_in)",
+            )
+            .with_endpoint(endpoint)
+        })?;
         if g.access_token.trim().is_empty() {
             return Err(CrmError::bad_response(
                 "HubSpot's token response has an empty access_token",

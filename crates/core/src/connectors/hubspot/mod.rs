@@ -32,6 +32,7 @@ pub const PROVIDER: Provider = Provider {
     // Objects may have hundreds of properties, all sent in the list URL:
     // only the id and modification time unless the user picks properties.
     other_objects: DefaultFields::Only(&[]),
+    reconciles: true,
     check,
     connect,
 };
@@ -128,6 +129,7 @@ impl Connector for HubSpot<'_> {
                 object,
                 after: None,
                 done: false,
+                cursors: Default::default(),
             }) as Box<dyn IdSource + 'a>)
         })
     }
@@ -168,6 +170,7 @@ struct Ids<'a> {
     object: &'a str,
     after: Option<String>,
     done: bool,
+    cursors: crate::paging::Cursors,
 }
 
 impl IdSource for Ids<'_> {
@@ -177,12 +180,9 @@ impl IdSource for Ids<'_> {
                 return Ok(None);
             }
             let (ids, next) = self.api.id_page(self.object, self.after.as_deref()).await?;
-            // A cursor that does not move would list forever.
-            if next.is_some() && next == self.after {
-                return Err(crate::CrmError::bad_response(format!(
-                    "HubSpot returned the same paging cursor twice while listing {} ids",
-                    self.object
-                )));
+            // A cursor that comes back would list forever.
+            if let Some(n) = &next {
+                self.cursors.follow("HubSpot's paging.next.after", n)?;
             }
             self.done = next.is_none();
             self.after = next;

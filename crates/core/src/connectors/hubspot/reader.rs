@@ -315,7 +315,15 @@ impl HubSpotReader<'_> {
                     )));
                 };
                 let first = stamps[kept[0]].unwrap_or_default();
-                let last = stamps[*kept.last().expect("kept is not empty")].unwrap_or_default();
+                // The page's last result has nothing after it to vouch for
+                // its time: the next query starts at the one before it
+                // (read again, at worst), unless it is the only one in order.
+                let anchor = match kept.as_slice() {
+                    [.., before, end] if *end == stamps.len() - 1 => *before,
+                    [.., end] => *end,
+                    [] => unreachable!("in_order keeps at least one"),
+                };
+                let last = stamps[anchor].unwrap_or_default();
                 let next = if first == last {
                     // A whole page in one timestamp (out-of-order results
                     // aside): read that tie by id.

@@ -64,6 +64,8 @@ pub const PROVIDER: Provider = Provider {
     hosts: &[("login_url", DEFAULT_LOGIN_URL)],
     streams: STREAMS,
     other_objects: DefaultFields::All,
+    // Listing ids comes with the Salesforce real-world issue.
+    reconciles: false,
     check,
     connect,
 };
