@@ -24,7 +24,7 @@ pub struct Column {
     pub pg_type: PgType,
 }
 
-fn qi(s: &str) -> String {
+pub(crate) fn qi(s: &str) -> String {
     // Same quoting as quote_ident(), without a round trip to SQL.
     let plain = !s.is_empty()
         && s.chars()

@@ -3,7 +3,7 @@
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 
-use crate::catalog::{self, StreamRow};
+use crate::catalog::{self, RunRecord, StreamRow};
 use crate::errors::{self, OrRaise};
 use crate::landing;
 use crate::sync::{self, fetch_fields, select_fields, Commit};
@@ -55,45 +55,52 @@ pub fn sync(
         if let Some(w) = &done.merge_warning {
             pgrx::warning!("{}.{}: {}", src.name, s.stream, w);
         }
-        let reconciled = done.reconciled;
-        let run = done.run;
-        rows.push((
-            s.stream.clone(),
-            done.mode.to_owned(),
-            run.status,
-            run.records_read,
-            run.records,
-            run.records_unchanged,
-            run.records_deleted,
-            run.api_calls,
-            run.bytes,
-            run.warnings,
-            Interval::from_micros(done.duration.as_micros() as i64),
-            run.watermark.as_deref().and_then(watermark_time),
-            run.run_id,
-        ));
-        if let Some(r) = reconciled {
+        rows.push(sync_row(&s.stream, done.run, done.duration));
+        if let Some(r) = done.reconciled {
             if let Some(w) = &r.merge_warning {
                 pgrx::warning!("{}.{}: {}", src.name, s.stream, w);
             }
-            rows.push((
-                s.stream.clone(),
-                r.run.mode.clone(),
-                r.run.status.clone(),
-                r.run.records_read,
-                r.run.records,
-                0,
-                r.run.records_deleted,
-                r.run.api_calls,
-                r.run.bytes,
-                r.run.warnings,
-                Interval::from_micros(r.duration.as_micros() as i64),
-                None,
-                r.run.run_id,
-            ));
+            rows.push(sync_row(&s.stream, r.run, r.duration));
         }
     }
     TableIterator::new(rows)
+}
+
+/// One row of `crm_sync.sync()`'s result.
+type SyncRow = (
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    Interval,
+    Option<TimestampWithTimeZone>,
+    i64,
+);
+
+/// The row of `sync()`'s result for a run of `stream` (a sync, or the
+/// reconciliation that followed it).
+fn sync_row(stream: &str, run: RunRecord, duration: std::time::Duration) -> SyncRow {
+    (
+        stream.to_owned(),
+        run.mode,
+        run.status,
+        run.records_read,
+        run.records,
+        run.records_unchanged,
+        run.records_deleted,
+        run.api_calls,
+        run.bytes,
+        run.warnings,
+        Interval::from_micros(duration.as_micros() as i64),
+        run.watermark.as_deref().and_then(watermark_time),
+        run.run_id,
+    )
 }
 
 /// Reconcile one stream, or every enabled stream, of `source` with the CRM

@@ -91,7 +91,6 @@ pub fn secrets_of(source: &str) -> Vec<String> {
 /// A stream's run that succeeded.
 pub struct Synced {
     pub run: RunRecord,
-    pub mode: &'static str,
     pub duration: Duration,
     /// Why the merge after the sync failed (the synced rows are kept),
     /// scrubbed of secrets.
@@ -166,7 +165,6 @@ pub fn sync_stream(
     };
     Ok(Synced {
         run,
-        mode: plan.mode,
         duration,
         merge_warning,
         reconciled,

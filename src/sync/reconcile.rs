@@ -118,7 +118,7 @@ fn reconcile(
         http: &http,
         out: progress,
     };
-    let table = format!("{}.{}", qi(&src.name), qi(&s.stream));
+    let table = format!("{}.{}", landing::qi(&src.name), landing::qi(&s.stream));
     let exists = Spi::get_one_with_args::<bool>(
         "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
         &[table.as_str().into()],
@@ -240,8 +240,4 @@ fn reconcile(
     )
     .expect("clear crm_sync.reconcile_ids");
     Ok(Counts { seen, gone, reread })
-}
-
-fn qi(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
 }

@@ -625,17 +625,8 @@ impl HubSpotMock {
     /// Multi-Status, the found records in `results` (HubSpot's batch read;
     /// `idProperty` and `propertiesWithHistory` are not modelled).
     fn batch_read(&self, st: &State, kind: Kind, req: &Request) -> Result<Response, Response> {
-        let body: Value = serde_json::from_slice(&req.body)
-            .map_err(|_| self.bad_request("Invalid input JSON on line 1"))?;
-        let inputs = body["inputs"]
-            .as_array()
-            .ok_or_else(|| self.bad_request("inputs must be an array"))?;
-        if inputs.len() > BATCH_READ_MAX {
-            return Err(self.bad_request(&format!(
-                "Batch input limit is {BATCH_READ_MAX}, got {}",
-                inputs.len()
-            )));
-        }
+        let body = self.batch_body(req, BATCH_READ_MAX)?;
+        let inputs = body["inputs"].as_array().expect("checked by batch_body");
         let archived = req
             .param("archived")
             .is_some_and(|v| v.eq_ignore_ascii_case("true"));
@@ -734,6 +725,23 @@ impl HubSpotMock {
         Ok(Response::json(200, out.to_string().into_bytes()))
     }
 
+    /// A batch request's body: JSON whose `inputs` is an array of at most
+    /// `max` (HubSpot's 400 otherwise).
+    fn batch_body(&self, req: &Request, max: usize) -> Result<Value, Response> {
+        let body: Value = serde_json::from_slice(&req.body)
+            .map_err(|e| self.bad_request(&format!("Invalid input JSON on line 1: {e}")))?;
+        let n = body["inputs"]
+            .as_array()
+            .ok_or_else(|| self.bad_request("Invalid input JSON: inputs must be an array"))?
+            .len();
+        if n > max {
+            return Err(self.bad_request(&format!(
+                "Batch input limit exceeded: {n} inputs given, at most {max} are allowed"
+            )));
+        }
+        Ok(body)
+    }
+
     /// An object type named in an associations path (plural, singular or
     /// `0-1`-style).
     fn kind_of(&self, t: &str) -> Result<Kind, Response> {
@@ -752,17 +760,8 @@ impl HubSpotMock {
         req: &Request,
     ) -> Result<Response, Response> {
         let (from, to) = (self.kind_of(from)?, self.kind_of(to)?);
-        let body: Value = serde_json::from_slice(&req.body)
-            .map_err(|e| self.bad_request(&format!("Invalid input JSON on line 1: {e}")))?;
-        let inputs = body["inputs"]
-            .as_array()
-            .ok_or_else(|| self.bad_request("Invalid input JSON: inputs must be an array"))?;
-        if inputs.len() > ASSOC_BATCH_MAX {
-            return Err(self.bad_request(&format!(
-                "Batch input limit exceeded: {} inputs given, at most {ASSOC_BATCH_MAX} are allowed",
-                inputs.len()
-            )));
-        }
+        let body = self.batch_body(req, ASSOC_BATCH_MAX)?;
+        let inputs = body["inputs"].as_array().expect("checked by batch_body");
         let started = chrono::Utc::now().timestamp_millis();
         let def = assoc_def(from, to);
         let mut results = Vec::new();

@@ -824,6 +824,25 @@ fn to_records(endpoint: &str, object: &str, raws: Vec<Box<RawValue>>) -> Result<
         .collect()
 }
 
+/// The properties a read of `object` asks for: those the reader keys on
+/// (modification time, id, creation time, and the merged ids where records
+/// merge) first, then `wanted`; with how many come first.
+pub fn read_properties(object: &str, wanted: &[String]) -> (Vec<String>, usize) {
+    let merged = merges(object).then_some(MERGED_IDS_PROPERTY);
+    let mut props: Vec<String> = [last_modified_property(object), "hs_object_id", "createdate"]
+        .into_iter()
+        .chain(merged)
+        .map(str::to_owned)
+        .collect();
+    let required = props.len();
+    for p in wanted {
+        if !props.contains(p) {
+            props.push(p.clone());
+        }
+    }
+    (props, required)
+}
+
 /// The longest `properties=` value (percent-encoded) a list URL carries:
 /// HubSpot refuses URLs past about 16,300 characters with 414, Airbyte
 /// splits its property lists at 15,000 (airbyte#33976); the rest of the URL

@@ -14,7 +14,7 @@ use crate::source::{
     BoxFuture, CheckArgs, Connector, DefaultFields, Field, IdSource, ObjectInfo, PageSource,
     Provider, ReadRequest, Record, StreamDefaults,
 };
-use api::{add_associations, check_object, last_modified_property, HubSpot, DEFAULT_BASE_URL};
+use api::{add_associations, check_object, HubSpot, DEFAULT_BASE_URL};
 use reader::HubSpotReader;
 
 /// HubSpot as the rest of the system sees it.
@@ -142,23 +142,11 @@ impl Connector for HubSpot<'_> {
     ) -> BoxFuture<'a, Result<Vec<Record>>> {
         Box::pin(async move {
             check_object(object)?;
-            // The properties a reader asks for: the fields, and the
-            // modification time and id it keys on.
-            let mut props: Vec<String> = fields.iter().map(|f| f.name.clone()).collect();
-            let merged = api::merges(object).then_some(api::MERGED_IDS_PROPERTY);
-            for p in [last_modified_property(object), "hs_object_id"]
-                .into_iter()
-                .chain(merged)
-            {
-                if !props.iter().any(|x| x == p) {
-                    props.push(p.to_owned());
-                }
-            }
+            // The properties a reader asks for.
+            let wanted: Vec<String> = fields.iter().map(|f| f.name.clone()).collect();
+            let (props, _) = api::read_properties(object, &wanted);
             let mut records = self.batch_read(object, &props, ids).await?;
-            let types = self.associations_for(object);
-            for chunk in records.chunks_mut(api::ASSOC_BATCH_LIMIT) {
-                add_associations(self, object, types, chunk).await?;
-            }
+            add_associations(self, object, self.associations_for(object), &mut records).await?;
             Ok(records)
         })
     }

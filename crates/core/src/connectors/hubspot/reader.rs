@@ -23,8 +23,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use super::api::{
-    add_associations, join_properties, last_modified_property, merges, split_for_url, HubSpot,
-    MERGED_IDS_PROPERTY, SEARCH_PAGE_LIMIT,
+    add_associations, join_properties, last_modified_property, read_properties, split_for_url,
+    HubSpot, SEARCH_PAGE_LIMIT,
 };
 use crate::error::{CrmError, Result};
 use crate::http::server_date_ms;
@@ -82,18 +82,7 @@ impl<'a> HubSpotReader<'a> {
         let cursor_prop = last_modified_property(object);
         // The properties the reader itself needs first: a list URL always
         // carries them.
-        let merged = merges(object).then_some(MERGED_IDS_PROPERTY);
-        let mut props: Vec<String> = [cursor_prop, "hs_object_id", "createdate"]
-            .into_iter()
-            .chain(merged)
-            .map(str::to_owned)
-            .collect();
-        let required = props.len();
-        for p in properties {
-            if !props.contains(p) {
-                props.push(p.clone());
-            }
-        }
+        let (props, required) = read_properties(object, properties);
         let (list_props, extra_properties) = split_for_url(&props, required);
         let (phase, watermark_ms, full) = match mode {
             SyncMode::Full => (Phase::List { after: None }, None, true),
