@@ -254,3 +254,19 @@ pub fn delete_checkpoint(source: &str, stream: &str) {
     )
     .expect("delete from crm_sync.checkpoints");
 }
+
+/// Set `credentials.{key}` of `source` where it is stored as a string.
+pub fn update_credential(source: &str, key: &str, value: &str) -> bool {
+    Spi::get_one_with_args::<bool>(
+        "WITH u AS (
+           UPDATE crm_sync.credentials c
+              SET credentials = pg_catalog.jsonb_set(c.credentials, ARRAY[$2], pg_catalog.to_jsonb($3::text))
+            WHERE c.source = $1 AND pg_catalog.jsonb_typeof(c.credentials -> $2) = 'string'
+           RETURNING 1)
+         SELECT EXISTS (SELECT 1 FROM u)",
+        &[source.into(), key.into(), value.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false)
+}

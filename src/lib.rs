@@ -15,6 +15,7 @@ mod gucs;
 mod landing;
 mod locks;
 mod merge;
+mod own_txn;
 mod secrets;
 mod shmem;
 mod sql_api;

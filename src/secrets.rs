@@ -35,30 +35,34 @@ fn read(r: &SecretRef) -> Result<String, String> {
     }
 }
 
-/// Store credentials the CRM replaced during a run (a rotated refresh
-/// token: the old one no longer works), in the run's transaction. A key
-/// given by reference cannot be written here: a WARNING says to update
-/// the referenced secret. Values never appear in messages.
-pub fn store_rotated(source: &str, rotated: &serde_json::Map<String, serde_json::Value>) {
-    use pgrx::prelude::*;
-    for (key, value) in rotated {
-        let Some(v) = value.as_str() else { continue };
-        let stored = Spi::get_one_with_args::<bool>(
-            "WITH u AS (
-               UPDATE crm_sync.credentials c
-                  SET credentials = pg_catalog.jsonb_set(c.credentials, ARRAY[$2], pg_catalog.to_jsonb($3::text))
-                WHERE c.source = $1 AND pg_catalog.jsonb_typeof(c.credentials -> $2) = 'string'
-               RETURNING 1)
-             SELECT EXISTS (SELECT 1 FROM u)",
-            &[source.into(), key.as_str().into(), v.into()],
-        )
-        .ok()
-        .flatten()
-        .unwrap_or(false);
-        if !stored {
-            pgrx::warning!(
-                "source \"{source}\": the CRM rotated credentials.{key}, which is given by reference and cannot be stored here; put the new value where the reference points before the next sync"
-            );
-        }
+/// An HTTP client for one call of `source`'s connector, whose rotated
+/// credentials are stored the moment the CRM sends them ([`store_rotated`]).
+pub fn http_client(
+    source: &str,
+    settings: crm_sync_core::http::HttpSettings,
+) -> Result<crm_sync_core::http::HttpClient, CrmError> {
+    let http = crm_sync_core::http::HttpClient::new(settings)?;
+    let source = source.to_owned();
+    http.on_credential_rotated(Box::new(move |key, value| {
+        store_rotated(&source, key, value)
+    }));
+    Ok(http)
+}
+
+/// Store a credential the CRM replaced (a rotated refresh token: the old
+/// one no longer works), in a transaction of its own so that it survives a
+/// sync that fails afterwards; if that cannot be (the source was created in
+/// the caller's uncommitted transaction, or its row is locked), in the
+/// caller's transaction. A key given by reference cannot be written here: a
+/// WARNING says to update the referenced secret. Values never appear in
+/// messages.
+pub fn store_rotated(source: &str, key: &str, value: &str) {
+    if crate::own_txn::store_credential(source, key, value) {
+        return;
+    }
+    if !crate::catalog::update_credential(source, key, value) {
+        pgrx::warning!(
+            "source \"{source}\": the CRM rotated credentials.{key}, which is given by reference and cannot be stored here; put the new value where the reference points before the next sync"
+        );
     }
 }

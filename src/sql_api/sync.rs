@@ -10,7 +10,6 @@ use crate::sync::{self, fetch_fields, select_fields, Commit};
 use crate::txn::check_interrupts;
 
 use super::status::watermark_time;
-use crm_sync_core::http::HttpClient;
 use crm_sync_core::runtime::block_on_interruptible;
 use crm_sync_core::ErrorKind;
 
@@ -197,7 +196,7 @@ pub fn discover_objects(
 > {
     let (_src, cfg, ctx) = sync::load(source);
     let streams = catalog::load_streams(source);
-    let http = HttpClient::new(cfg.config.http.clone()).or_raise(&ctx);
+    let http = crate::secrets::http_client(source, cfg.config.http.clone()).or_raise(&ctx);
     let conn = cfg.connect(&http).or_raise(&ctx);
     let objects = block_on_interruptible(conn.objects(), &mut check_interrupts).or_raise(&ctx);
     let rows: Vec<_> = objects
@@ -240,7 +239,7 @@ pub fn discover(
         Some(s) => (s.object.clone(), Some(s)),
         None => (stream.to_owned(), None),
     };
-    let http = HttpClient::new(cfg.config.http.clone()).or_raise(&ctx);
+    let http = crate::secrets::http_client(source, cfg.config.http.clone()).or_raise(&ctx);
     let conn = cfg.connect(&http).or_raise(&ctx);
     let fields = fetch_fields(conn.as_ref(), &object)
         .map_err(|e| {

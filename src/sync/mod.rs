@@ -11,7 +11,6 @@
 //! - [`job`] — a background job's streams, one after another.
 
 mod commit;
-mod failed_run;
 mod fields;
 pub mod job;
 mod plan;

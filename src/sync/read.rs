@@ -51,7 +51,7 @@ pub fn read_stream(
     progress: &Progress,
     commit: Commit,
 ) -> Result<Done, CrmError> {
-    let http = HttpClient::new(cfg.config.http.clone())?;
+    let http = crate::secrets::http_client(&src.name, cfg.config.http.clone())?;
     // Copies the counters out even when a cancel unwinds through here.
     let _counters = Counters {
         http: &http,
@@ -159,9 +159,6 @@ pub fn read_stream(
         &mut report,
     )?;
     drop(reader);
-    if let Some(rotated) = conn.rotated_credentials() {
-        crate::secrets::store_rotated(&src.name, &rotated);
-    }
     let mut outcome = outcome;
     if !without_column.is_empty() {
         outcome.warnings.insert(0, format!(

@@ -20,7 +20,6 @@ use crate::txn::check_interrupts;
 use crate::{locks, merge};
 use crm_sync_core::connectors::Configured;
 use crm_sync_core::engine::Sink;
-use crm_sync_core::http::HttpClient;
 use crm_sync_core::runtime::block_on_interruptible;
 use crm_sync_core::CrmError;
 
@@ -113,7 +112,7 @@ fn reconcile(
     run_id: i64,
     progress: &Progress,
 ) -> Result<Counts, CrmError> {
-    let http = HttpClient::new(cfg.config.http.clone())?;
+    let http = crate::secrets::http_client(&src.name, cfg.config.http.clone())?;
     let _counters = Counters {
         http: &http,
         out: progress,
@@ -230,9 +229,6 @@ fn reconcile(
         if (page.len() as i64) < REREAD_PAGE {
             break;
         }
-    }
-    if let Some(rotated) = conn.rotated_credentials() {
-        crate::secrets::store_rotated(&src.name, &rotated);
     }
     Spi::run_with_args(
         "DELETE FROM crm_sync.reconcile_ids WHERE run_id = $1",

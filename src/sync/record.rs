@@ -9,9 +9,9 @@ use crate::catalog::{self, RunRecord, StreamRow};
 use crate::errors::Failure;
 
 use super::commit::Commit;
-use super::failed_run;
 use super::plan::Plan;
 use super::read::{Done, Progress};
+use crate::own_txn;
 
 /// The run row of a stream's run, before it ends.
 pub fn run_record(src: &str, s: &StreamRow, plan: &Plan, progress: &Progress) -> RunRecord {
@@ -91,7 +91,7 @@ pub fn failed(
     match commit {
         Commit::WithCaller => {
             run.records = 0;
-            failed_run::record(&run);
+            own_txn::record(&run);
         }
         Commit::EveryBatch { .. } => {
             catalog::insert_run(&run);

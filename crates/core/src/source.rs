@@ -127,12 +127,6 @@ pub trait Connector {
     fn fields<'a>(&'a self, object: &'a str) -> BoxFuture<'a, Result<Vec<Field>>>;
     /// A reader for one run of one stream.
     fn reader<'a>(&'a self, req: ReadRequest) -> BoxFuture<'a, Result<Box<dyn PageSource + 'a>>>;
-    /// Credentials the CRM replaced while this connection was open (a
-    /// rotated OAuth refresh token, whose predecessor no longer works): the
-    /// extension stores them. None when nothing changed.
-    fn rotated_credentials(&self) -> Option<Map<String, Value>> {
-        None
-    }
     /// Reconciliation: the ids of every live record of `object` now, by the
     /// cheapest listing the API offers, in pages (see [`IdSource`]).
     /// Connectors that cannot list ids keep this default.

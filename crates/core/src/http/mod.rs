@@ -10,7 +10,7 @@
 pub mod address;
 pub mod budget;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -86,7 +86,13 @@ pub struct HttpClient {
     retries: Cell<u64>,
     /// Whose shared request budget the calls spend ([`budget`]), if any.
     budget_key: Cell<Option<u64>>,
+    /// Told at once when the CRM replaces a credential
+    /// ([`HttpClient::credential_rotated`]).
+    on_rotation: RefCell<Option<RotationHook>>,
 }
+
+/// What the extension does with a rotated credential: `(key, new value)`.
+pub type RotationHook = Box<dyn Fn(&str, &str)>;
 
 /// What a connector makes of a response before the retry policy does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +142,7 @@ impl HttpClient {
             bytes: Cell::new(0),
             retries: Cell::new(0),
             budget_key: Cell::new(None),
+            on_rotation: RefCell::new(None),
         })
     }
 
@@ -276,6 +283,21 @@ impl HttpClient {
             attempt += 1;
             self.retries.set(self.retries.get() + 1);
             tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Who stores credentials the CRM replaces during this client's calls.
+    pub fn on_credential_rotated(&self, hook: RotationHook) {
+        self.on_rotation.replace(Some(hook));
+    }
+
+    /// The CRM replaced `key` (an OAuth token response carried a new
+    /// refresh token, and the one sent no longer works): the hook stores it
+    /// at once, before anything else can fail. Connectors call this the
+    /// moment they read the token response.
+    pub fn credential_rotated(&self, key: &str, value: &str) {
+        if let Some(hook) = self.on_rotation.borrow().as_ref() {
+            hook(key, value);
         }
     }
 

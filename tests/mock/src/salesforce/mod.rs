@@ -115,6 +115,11 @@ pub(crate) struct State {
     seq: u64,
     sessions: HashMap<String, u64>,
     refresh_token: Option<String>,
+    /// Refresh token rotation: each refresh returns a new refresh token
+    /// and invalidates the one used.
+    rotate_refresh_tokens: bool,
+    /// Refresh-token grants served.
+    refreshes: u64,
     api_calls: u64,
     session_calls: u64,
     daily_api_limit: u64,
@@ -223,6 +228,8 @@ impl SalesforceMock {
                     seq: 0,
                     sessions: HashMap::new(),
                     refresh_token: Some(opts.refresh_token.clone()),
+                    rotate_refresh_tokens: false,
+                    refreshes: 0,
                     api_calls: 0,
                     session_calls: opts.session_calls,
                     daily_api_limit: opts.daily_api_limit,
@@ -302,6 +309,19 @@ impl SalesforceMock {
             Ok(s) => s,
             Err(e) => return oauth_error(e),
         };
+        // With rotation on, the refresh token used is spent and a new one
+        // comes back with the session (help.salesforce.com, "OAuth 2.0
+        // Refresh Token Flow for Renewed Sessions").
+        let rotated = if scope == "api refresh_token" {
+            st.refreshes += 1;
+            st.rotate_refresh_tokens.then(|| {
+                let t = format!("5Aep861{}", self.opaque(80));
+                st.refresh_token = Some(t.clone());
+                t
+            })
+        } else {
+            None
+        };
         let access = format!("00D5G0000001MOCK!AQ{}", self.opaque(96));
         st.sessions.insert(access.clone(), 0);
         let issued_at = chrono::Utc::now().timestamp_millis().to_string();
@@ -310,20 +330,19 @@ impl SalesforceMock {
             records::make_id("005", 1)
         );
         let sig = oauth::signature(&id, &issued_at, &self.opts.client_secret);
-        Response::json(
-            200,
-            json!({
-                "access_token": access,
-                "instance_url": own,
-                "id": id,
-                "token_type": "Bearer",
-                "issued_at": issued_at,
-                "signature": sig,
-                "scope": scope,
-            })
-            .to_string()
-            .into_bytes(),
-        )
+        let mut body = json!({
+            "access_token": access,
+            "instance_url": own,
+            "id": id,
+            "token_type": "Bearer",
+            "issued_at": issued_at,
+            "signature": sig,
+            "scope": scope,
+        });
+        if let Some(t) = rotated {
+            body["refresh_token"] = json!(t);
+        }
+        Response::json(200, body.to_string().into_bytes())
     }
 
     fn rest(&self, st: &mut State, req: &Request, v: &str, rest: &[&str]) -> Response {
@@ -622,6 +641,17 @@ impl Mock for SalesforceMock {
                 st.sessions.clear();
                 Ok(json!({}))
             }
+            ("POST", ["sf", "oauth"]) => {
+                if let Some(b) = body["rotate_refresh_tokens"].as_bool() {
+                    st.rotate_refresh_tokens = b;
+                }
+                Ok(json!({}))
+            }
+            ("GET", ["sf", "oauth"]) => Ok(json!({
+                "refresh_token": st.refresh_token,
+                "rotate_refresh_tokens": st.rotate_refresh_tokens,
+                "refreshes": st.refreshes,
+            })),
             ("POST", ["sf", "revoke_refresh_token"]) => {
                 st.refresh_token = None;
                 Ok(json!({}))

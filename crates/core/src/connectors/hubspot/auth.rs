@@ -8,8 +8,8 @@
 //! and once more when HubSpot answers 401. The token endpoint is v3
 //! (`POST /oauth/v3/token`, parameters in the form body): v1 is deprecated
 //! on 16 February 2027. A refresh that returns another refresh token
-//! (rotation) is kept for the run and reported through
-//! [`Auth::rotated_refresh_token`], for the extension to store.
+//! (rotation) is kept for the run and handed at once to
+//! [`HttpClient::credential_rotated`], for the extension to store.
 //! <https://developers.hubspot.com/docs/api-reference/auth-oauth-v3/guide>,
 //! <https://developers.hubspot.com/changelog/upcoming-expiration-of-oauth-access-tokens-is-changing>
 
@@ -37,8 +37,6 @@ pub struct OAuth {
     client_id: String,
     client_secret: String,
     refresh_token: RefCell<String>,
-    /// The refresh token HubSpot returned in place of the one configured.
-    rotated: RefCell<Option<String>>,
 }
 
 /// How requests authenticate.
@@ -86,7 +84,6 @@ impl Auth {
                     client_id,
                     client_secret,
                     refresh_token: RefCell::new(refresh_token),
-                    rotated: RefCell::new(None),
                 }))
             }
             (None, None, None, None) => Err(CrmError::config(
@@ -112,14 +109,6 @@ impl Auth {
         h.finish().max(1)
     }
 
-    /// The refresh token HubSpot rotated to during this connection, if any.
-    pub fn rotated_refresh_token(&self) -> Option<String> {
-        match self {
-            Auth::OAuth(o) => o.rotated.borrow().clone(),
-            Auth::Bearer(_) => None,
-        }
-    }
-
     /// The bearer token to send now: the static one, or a valid OAuth
     /// access token (refreshed when `stale`, after a 401, or near expiry).
     pub async fn bearer(&self, http: &HttpClient, base: &Url, stale: bool) -> Result<String> {
@@ -141,8 +130,8 @@ impl Auth {
         let cache = cache.get_or_insert_with(HashMap::new);
         cache.remove(&key);
         if let Some(r) = rotated {
-            *o.refresh_token.borrow_mut() = r.clone();
-            *o.rotated.borrow_mut() = Some(r);
+            http.credential_rotated("refresh_token", &r);
+            *o.refresh_token.borrow_mut() = r;
         }
         cache.insert(o.key(base), (token.clone(), until));
         Ok(token)
@@ -266,7 +255,6 @@ mod tests {
         let o =
             creds(json!({"client_id": "c", "client_secret": "s", "refresh_token": "r"})).unwrap();
         assert!(matches!(o, Auth::OAuth(_)));
-        assert_eq!(o.rotated_refresh_token(), None);
         for bad in [
             json!({}),
             json!({"access_token": "pat-1", "refresh_token": "r"}),

@@ -114,13 +114,6 @@ impl Connector for HubSpot<'_> {
         })
     }
 
-    fn rotated_credentials(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
-        let r = self.auth.rotated_refresh_token()?;
-        let mut m = serde_json::Map::new();
-        m.insert("refresh_token".into(), serde_json::Value::String(r));
-        Some(m)
-    }
-
     fn ids<'a>(&'a self, object: &'a str) -> BoxFuture<'a, Result<Box<dyn IdSource + 'a>>> {
         Box::pin(async move {
             check_object(object)?;

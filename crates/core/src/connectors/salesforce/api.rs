@@ -44,7 +44,7 @@ fn first_error(body: &[u8]) -> Option<SfError> {
 
 impl<'a> Api<'a> {
     pub fn new(http: &'a HttpClient, version: &str, login: Login) -> Self {
-        let session = auth::cached(login.key);
+        let session = auth::cached(login.key());
         Api {
             http,
             version: version.to_owned(),
@@ -60,7 +60,7 @@ impl<'a> Api<'a> {
 
     async fn session(&self, fresh: bool) -> Result<Session> {
         if fresh {
-            auth::forget(self.login.key);
+            auth::forget(self.login.key());
             self.session.replace(None);
         }
         if let Some(s) = self.session.borrow().clone() {

@@ -12,7 +12,15 @@
 //! go) and no `expires_in`: a session lasts until Salesforce says otherwise
 //! with a 401 `INVALID_SESSION_ID`, upon which the caller logs in again once.
 //! <https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_flows.htm>
+//!
+//! With refresh token rotation on (a connected app or external client app
+//! setting), each refresh returns a new `refresh_token` and the one sent is
+//! invalidated; the new one is handed to
+//! [`HttpClient::credential_rotated`] the moment it arrives (NetCoreForce
+//! #94 is the bug of a client that dropped it).
+//! <https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_refresh_token_flow.htm>
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Mutex;
@@ -268,12 +276,15 @@ pub fn forget(key: u64) {
     }
 }
 
-/// How one source logs in.
+/// How one source logs in. With refresh token rotation on, each login
+/// returns a new refresh token and the one sent stops working: the flow
+/// takes the new one for the rest of the connection, and the HTTP client's
+/// rotation hook stores it at once.
 pub struct Login {
     pub login_url: Url,
     pub audience: String,
-    pub flow: Flow,
-    pub key: u64,
+    flow: RefCell<Flow>,
+    key: Cell<u64>,
 }
 
 impl Login {
@@ -282,9 +293,31 @@ impl Login {
         Login {
             login_url,
             audience,
-            flow,
-            key,
+            flow: RefCell::new(flow),
+            key: Cell::new(key),
         }
+    }
+
+    /// The session cache key of the credentials in use now.
+    pub fn key(&self) -> u64 {
+        self.key.get()
+    }
+
+    /// Take the refresh token a token response carried, if it is new.
+    fn rotate(&self, http: &HttpClient, new: Option<String>) {
+        let Some(new) = new.filter(|r| !r.trim().is_empty()) else {
+            return;
+        };
+        let mut flow = self.flow.borrow_mut();
+        let Flow::RefreshToken { refresh_token, .. } = &mut *flow else {
+            return;
+        };
+        if *refresh_token == new {
+            return;
+        }
+        http.credential_rotated("refresh_token", &new);
+        *refresh_token = new;
+        self.key.set(flow.fingerprint(self.login_url.as_str()));
     }
 
     /// `POST /services/oauth2/token`.
@@ -294,7 +327,8 @@ impl Login {
             .join("/services/oauth2/token")
             .expect("absolute path");
         let endpoint = "POST /services/oauth2/token";
-        let form = self.flow.form(&self.audience)?;
+        let form = self.flow.borrow().form(&self.audience)?;
+        let flow_name = self.flow.borrow().name();
         let resp = http
             .send(endpoint, || {
                 http.request(Method::POST, url.clone())
@@ -317,7 +351,7 @@ impl Login {
                 format!("{}: {}", e.error, e.error_description)
             };
             let hint = match e.error.as_str() {
-                "invalid_grant" => match self.flow {
+                "invalid_grant" => match &*self.flow.borrow() {
                     Flow::RefreshToken { .. } => "The refresh token was revoked or expired: authorize the connected app again and store the new token with crm_sync.alter_source(name, credentials => '{\"refresh_token\": \"...\"}').",
                     Flow::JwtBearer { .. } => "Check credentials.username, that the user is pre-authorized for the connected app, that the app holds the certificate of credentials.private_key, and options.jwt_audience.",
                     Flow::ClientCredentials { .. } => "Check that the connected app enables the client credentials flow and names a run-as user, and that options.login_url is the org's My Domain URL.",
@@ -332,10 +366,7 @@ impl Login {
             };
             return Err(CrmError::new(
                 kind,
-                format!(
-                    "Salesforce login ({} flow) failed ({what})",
-                    self.flow.name()
-                ),
+                format!("Salesforce login ({flow_name} flow) failed ({what})"),
             )
             .with_endpoint(endpoint)
             .with_code(e.error)
@@ -345,6 +376,9 @@ impl Login {
         struct Token {
             access_token: String,
             instance_url: String,
+            /// Only with refresh token rotation on.
+            #[serde(default)]
+            refresh_token: Option<String>,
         }
         let t: Token = serde_json::from_slice(&resp.body).map_err(|e| {
             // Never any of the body: it may hold a session token.
@@ -368,11 +402,12 @@ impl Login {
         })?;
         http.check_url(&instance_url)?;
         instance_url.set_path("/");
+        self.rotate(http, t.refresh_token);
         let s = Session {
             access_token: t.access_token,
             instance_url,
         };
-        store(self.key, &s);
+        store(self.key(), &s);
         Ok(s)
     }
 }
