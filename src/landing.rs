@@ -459,6 +459,70 @@ impl Sink for SpiSink {
     }
 
     fn write(&mut self, batch: &[Record]) -> Result<WriteStats, CrmError> {
+        if !batch.iter().any(|r| r.deletion_only) {
+            return self.write_records(batch);
+        }
+        // Records first, then the deletions known by id only (a deletes
+        // pass comes after the live one).
+        let (gone, rest): (Vec<&Record>, Vec<&Record>) =
+            batch.iter().partition(|r| r.deletion_only);
+        let mut stats = if rest.is_empty() {
+            WriteStats::default()
+        } else {
+            let rest: Vec<Record> = rest.into_iter().cloned().collect();
+            self.write_records(&rest)?
+        };
+        stats.deleted += self.mark_deleted(&gone) as u64;
+        Ok(stats)
+    }
+}
+
+impl SpiSink {
+    /// Rows of records the CRM reports deleted by id and time only: marked
+    /// deleted (reason `archived`, as a deleted record read whole is),
+    /// values kept; a row modified after the deletion, or in the same
+    /// instant (the record was undeleted since), stays live. Returns how many live rows were marked.
+    fn mark_deleted(&self, gone: &[&Record]) -> i64 {
+        let ids: Vec<&str> = gone.iter().map(|r| r.id.as_str()).collect();
+        let at: Vec<Option<i64>> = gone
+            .iter()
+            .map(|r| r.deleted_at.map(pg_timestamp))
+            .collect();
+        let sql = format!(
+            "WITH d AS (
+                   UPDATE {s}.{t} AS t
+                      SET _deleted_at = u.at, {DELETED_REASON} = 'archived',
+                          _synced_at = pg_catalog.now(), _run_id = $3
+                     -- unnest of two arrays is FROM-clause syntax (ROWS FROM),
+                     -- not a function a schema can qualify.
+                     FROM unnest($1::text[], $2::timestamptz[]) AS u(id, at)
+                    WHERE t.id = u.id AND t._deleted_at IS NULL
+                      AND (t._updated_at IS NULL OR t._updated_at < u.at)
+                   RETURNING 1)
+                 SELECT pg_catalog.count(*) FROM d",
+            s = qi(&self.schema),
+            t = qi(&self.table),
+        );
+        // Arrays made inside the connection are freed with it.
+        Spi::connect_mut(|c| -> Result<Option<i64>, CrmError> {
+            let args = [
+                text_array(&ids.iter().map(|i| Some(*i)).collect::<Vec<_>>())?,
+                timestamptz_array(&at)?,
+                self.run_id.into(),
+            ];
+            Ok(c.update(&sql, None, &args)
+                .expect("mark deleted records")
+                .first()
+                .get_one::<i64>()
+                .ok()
+                .flatten())
+        })
+        .ok()
+        .flatten()
+        .unwrap_or(0)
+    }
+
+    fn write_records(&mut self, batch: &[Record]) -> Result<WriteStats, CrmError> {
         let mut warnings = 0u64;
         let mut samples = Vec::new();
         let n = batch.len();

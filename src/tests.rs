@@ -273,6 +273,7 @@ mod tests {
                 deleted_at: None,
                 raw: serde_json::Value::Object(fields.clone()).to_string(),
                 merged_ids: Vec::new(),
+                deletion_only: false,
                 fields,
             }
         };

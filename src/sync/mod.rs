@@ -134,6 +134,19 @@ pub fn sync_stream(
     {
         *w = errors::scrub(w, &ctx.secrets);
     }
+    // The CRM's delete log did not reach back to the last run: only a
+    // reconciliation finds the deletes it lost.
+    let must_reconcile = done.outcome.reconcile_needed.clone();
+    if let Some(why) = &must_reconcile {
+        let what = if cfg.config.reconcile_every.is_some() {
+            "it is reconciled now"
+        } else {
+            "reconcile_every is off, so run crm_sync.reconcile() for it now"
+        };
+        let w = format!("{}.{}: {why}; {what}", src.name, s.stream);
+        done.warning_samples.push(w.clone());
+        done.outcome.warnings.push(w);
+    }
     let run = record::succeeded(&src.name, s, &plan, done, commit);
     let merge_warning = merge::after_sync(&src.name, &s.stream, run.run_id)
         .map(|w| errors::scrub(&w, &ctx.secrets));
@@ -142,7 +155,9 @@ pub fn sync_stream(
     // reconciles the stream's ids too (its own run row).
     let reconciled = if plan.mode == "incremental"
         && cfg.provider.reconciles
-        && reconcile::due(&src.name, &s.stream, cfg.config.reconcile_every)
+        && cfg.config.reconcile_every.is_some()
+        && (must_reconcile.is_some()
+            || reconcile::due(&src.name, &s.stream, cfg.config.reconcile_every))
     {
         commit.step();
         // Its failure (recorded as a failed reconcile run) leaves the

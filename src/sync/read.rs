@@ -108,6 +108,7 @@ pub fn read_stream(
         lookback: cfg.config.lookback,
         track_deletes: cfg.config.track_deletes,
         resume,
+        deletes_since: last_run_began(&src.name, &s.stream),
     };
     let mut reader = block_on_interruptible(conn.reader(req), &mut check_interrupts)?;
     let interval = gucs::PROGRESS_INTERVAL_MS.get();
@@ -181,6 +182,23 @@ pub fn read_stream(
         api_calls: http.api_calls(),
         bytes: http.bytes_received(),
     })
+}
+
+/// When the stream's last successful sync (full or incremental) began.
+fn last_run_began(
+    source: &str,
+    stream: &str,
+) -> Option<crm_sync_core::chrono::DateTime<crm_sync_core::chrono::Utc>> {
+    let ms = pgrx::Spi::get_one_with_args::<i64>(
+        "SELECT (pg_catalog.date_part('epoch', pg_catalog.max(started_at)) * 1000)::int8
+           FROM crm_sync.runs
+          WHERE source = $1 AND stream = $2 AND status = 'succeeded'
+            AND mode OPERATOR(pg_catalog.=) ANY (ARRAY['full', 'incremental'])",
+        &[source.into(), stream.into()],
+    )
+    .ok()
+    .flatten()?;
+    crm_sync_core::chrono::DateTime::from_timestamp_millis(ms)
 }
 
 /// A stream's landing table made ready for a run: its columns, the fields

@@ -152,7 +152,7 @@ def test_a_failed_reconciliation_keeps_the_sync_and_is_recorded(db, hubspot):
     assert (r["records_deleted"], r["records_reread"]) == (1, 1)
 
 
-def test_reconcile_refuses_what_it_cannot_do(db, hubspot, salesforce):
+def test_reconcile_refuses_what_it_cannot_do(db, hubspot):
     create_source(db, hubspot)
     with pytest.raises(psycopg.errors.UndefinedObject):
         reconcile(db, stream="tickets")
@@ -163,10 +163,6 @@ def test_reconcile_refuses_what_it_cannot_do(db, hubspot, salesforce):
     with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
         db.execute("SELECT crm_sync.alter_source('hs', options => '{\"reconcile_every\": \"daily\"}')")
     assert "reconcile_every" in str(e.value)
-    create_sf_source(db, salesforce)
-    sync(db, "sf", "account")
-    with pytest.raises(psycopg.errors.FeatureNotSupported):
-        reconcile(db, "sf", "account")
 
 
 def test_reconcile_needs_the_operate_level(db, connect, hubspot):
@@ -195,12 +191,13 @@ def test_an_empty_listing_of_a_landed_stream_marks_nothing(db, hubspot):
     assert one(db, "SELECT count(*) FROM hs.deals WHERE _deleted_at IS NULL") == 40
 
 
-def test_salesforce_incremental_syncs_do_not_try_to_reconcile(db, salesforce):
-    """Reconciliation is not built for Salesforce yet: its incremental syncs
-    never attempt one, however long since the first run."""
+def test_salesforce_incremental_syncs_reconcile_when_due(db, salesforce):
+    """Salesforce reconciles too: an incremental sync a day after the first
+    run also reconciles (its own row, mode 'reconcile')."""
     create_sf_source(db, salesforce)
     sync(db, "sf", "account")
     db.execute("UPDATE crm_sync.runs SET finished_at = finished_at - interval '3 days'")
     rows = sync_rows(db, "sf", "account")
-    assert [r["mode"] for r in rows] == ["incremental"]
-    assert one(db, "SELECT count(*) FROM crm_sync.runs WHERE mode = 'reconcile'") == 0
+    assert [r["mode"] for r in rows] == ["incremental", "reconcile"]
+    assert rows[1]["status"] == "succeeded"
+    assert one(db, "SELECT count(*) FROM crm_sync.runs WHERE mode = 'reconcile'") == 1

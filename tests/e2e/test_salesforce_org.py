@@ -72,3 +72,163 @@ def test_a_source_created_in_the_same_transaction_keeps_its_rotated_token(db, sa
     sync(db, "sf", "account")
     db.execute("COMMIT")
     assert stored_refresh_token(db) == oauth_state(sf)["refresh_token"] != SF_REFRESH_TOKEN
+
+
+# --- Hard deletes, purges, getDeleted, reconciliation -------------------------
+
+def rows_of(db, sql, *args):
+    cur = db.execute(sql, args or None)
+    cols = [d.name for d in cur.description]
+    return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+
+def reconcile(db, stream, source="sf"):
+    return rows_of(db, "SELECT * FROM crm_sync.reconcile(%s, %s)", source, stream)[0]
+
+
+def live_ids(db, table, n):
+    return [r[0] for r in db.execute(
+        f"SELECT id FROM {table} WHERE _deleted_at IS NULL ORDER BY id LIMIT %s", (n,)).fetchall()]
+
+
+def calls(sf, part):
+    return sum(v for k, v in sf.stats()["by_endpoint"].items() if part in k)
+
+
+def reason(db, table, rid):
+    return db.execute(f"SELECT _deleted_at IS NOT NULL, _deleted_reason FROM {table} WHERE id = %s",
+                      (rid,)).fetchone()
+
+
+def test_reconcile_marks_hard_deleted_and_purged_records_gone(db, sf_factory):
+    sf = sf_factory("--accounts", "1200")
+    create_sf_source(db, sf)
+    sync(db, "sf", "account")
+    hard = live_ids(db, "sf.account", 2)
+    sf.admin("POST", "/_mock/sf/Account/hard_delete", {"ids": hard})
+    # A deleted record purged from the recycle bin stays deleted here.
+    binned = one(db, "SELECT id FROM sf.account WHERE _deleted_at IS NOT NULL LIMIT 1")
+    sf.admin("POST", "/_mock/sf/Account/purge", {"ids": [binned]})
+    # A landed row lost here is read again.
+    lost = live_ids(db, "sf.account", 3)[2]
+    db.execute("DELETE FROM sf.account WHERE id = %s", (lost,))
+    sf.reset_stats()
+    r = reconcile(db, "account")
+    assert (r["status"] if "status" in r else "succeeded") == "succeeded"
+    assert (r["records_deleted"], r["records_reread"]) == (2, 1)
+    # 1,200 ids at 2,000 a page: one listing call (plus the count and the re-read).
+    assert r["api_calls"] <= 4, r
+    for h in hard:
+        assert reason(db, "sf.account", h) == (True, "gone")
+    assert reason(db, "sf.account", binned)[0] is True
+    assert reason(db, "sf.account", lost) == (False, None)
+    # A second reconciliation finds nothing more.
+    r = reconcile(db, "account")
+    assert (r["records_deleted"], r["records_reread"]) == (0, 0)
+
+
+def test_reconcile_of_a_large_object_lists_ids_with_bulk_api(db, sf_factory):
+    sf = sf_factory("--accounts", "3000")
+    create_sf_source(db, sf, bulk_threshold=1000)
+    sync(db, "sf", "account")
+    hard = live_ids(db, "sf.account", 3)
+    sf.admin("POST", "/_mock/sf/Account/hard_delete", {"ids": hard})
+    sf.reset_stats()
+    r = reconcile(db, "account")
+    assert r["records_deleted"] == 3
+    assert calls(sf, "/jobs/query") >= 2
+    assert calls(sf, "GET /services/data/v59.0/query/") == 0, sf.stats()["by_endpoint"]
+    assert [reason(db, "sf.account", h) for h in hard] == [(True, "gone")] * 3
+
+
+def test_incremental_runs_read_get_deleted_once_hard_deletes_included(db, salesforce):
+    sf = salesforce
+    create_sf_source(db, sf)
+    sync(db, "sf", "account")
+    hard, soft, back = live_ids(db, "sf.account", 3)
+    sf.admin("POST", "/_mock/sf/Account/hard_delete", {"ids": [hard]})
+    sf.delete("Account", [soft])
+    # Deleted and restored between runs: the log lists it, yet it is live.
+    sf.delete("Account", [back])
+    sf.undelete("Account", [back])
+    sf.reset_stats()
+    r = sync(db, "sf", "account")["account"]
+    assert r["mode"] == "incremental" and r["records_deleted"] == 2
+    by = sf.stats()["by_endpoint"]
+    assert calls(sf, "/sobjects/Account/deleted") == 1, by
+    assert calls(sf, "/queryAll") == 0, by
+    assert reason(db, "sf.account", hard) == (True, "archived")
+    assert reason(db, "sf.account", soft) == (True, "archived")
+    assert reason(db, "sf.account", back) == (False, None)
+    # Values stay as they were landed.
+    assert one(db, "SELECT name IS NOT NULL FROM sf.account WHERE id = %s", hard)
+
+
+def test_a_delete_log_that_no_longer_reaches_back_reconciles_the_stream(db, salesforce):
+    sf = salesforce
+    create_sf_source(db, sf)
+    sync(db, "sf", "account")
+    hard = live_ids(db, "sf.account", 1)[0]
+    sf.admin("POST", "/_mock/sf/Account/hard_delete", {"ids": [hard]})
+    # The log is emptied past the deletion (earliestDateAvailable moves on).
+    sf.admin("POST", "/_mock/sf/Account/expire_delete_log", {})
+    db.execute("SET client_min_messages = warning")
+    rows = rows_of(db, "SELECT * FROM crm_sync.sync('sf', 'account')")
+    assert [r["mode"] for r in rows] == ["incremental", "reconcile"]
+    assert rows[1]["records_deleted"] == 1
+    assert reason(db, "sf.account", hard) == (True, "gone")
+    w = one(db, "SELECT warning_samples::text FROM crm_sync.runs WHERE mode = 'incremental' ORDER BY run_id DESC LIMIT 1")
+    assert "earliestDateAvailable" in w and "reconciled now" in w
+
+
+def test_a_stream_paused_past_the_delete_log_says_it_must_be_reconciled(db, salesforce):
+    sf = salesforce
+    create_sf_source(db, sf, reconcile_every="off")
+    sync(db, "sf", "account")
+    hard = live_ids(db, "sf.account", 1)[0]
+    sf.admin("POST", "/_mock/sf/Account/hard_delete", {"ids": [hard]})
+    # The last run was 20 days ago: getDeleted reaches back 15 days only.
+    db.execute("UPDATE crm_sync.runs SET started_at = started_at - interval '20 days'")
+    notices = []
+    db.add_notice_handler(lambda d: notices.append(d.message_primary))
+    rows = rows_of(db, "SELECT * FROM crm_sync.sync('sf', 'account')")
+    assert [r["mode"] for r in rows] == ["incremental"]
+    assert any("run crm_sync.reconcile()" in n and "15 days" in n for n in notices), notices
+    assert reason(db, "sf.account", hard) == (False, None)
+    assert reconcile(db, "account")["records_deleted"] == 1
+
+
+# --- Archived activities -----------------------------------------------------
+
+def archived_counts(sf):
+    live = sf.query("SELECT COUNT() FROM Task WHERE IsDeleted = false")["totalSize"]
+    archived = sf.query("SELECT COUNT() FROM Task WHERE IsDeleted = false AND IsArchived = true")["totalSize"]
+    return live, archived
+
+
+@pytest.mark.parametrize("bulk", [False, True])
+def test_archived_tasks_land_as_live_rows_with_their_flag(db, sf_factory, bulk):
+    sf = sf_factory("--tasks", "300")
+    live, archived = archived_counts(sf)
+    assert archived > 50, "the mock archives about a third"
+    create_sf_source(db, sf, **({"bulk_threshold": 10} if bulk else {}))
+    assert one(db, "SELECT crm_sync.add_stream('sf', 'Task')") == "task"
+    sf.reset_stats()
+    r = sync(db, "sf", "task")["task"]
+    assert r["records_upserted"] == live
+    assert one(db, "SELECT count(*) FROM sf.task WHERE _deleted_at IS NULL AND isarchived") == archived
+    by = sf.stats()["by_endpoint"]
+    if bulk:
+        assert calls(sf, "POST /services/data/v59.0/jobs/query") == 1, by
+    else:
+        assert by.get("GET /services/data/v59.0/query") == 1, by  # the count only
+        assert by.get("GET /services/data/v59.0/queryAll", 0) >= 1, by
+    # An archived task changed later comes with the next incremental run.
+    old = one(db, "SELECT id FROM sf.task WHERE isarchived ORDER BY id LIMIT 1")
+    sf.upsert("Task", [{"Id": old, "Subject": "Edited while archived"}])
+    r = sync(db, "sf", "task")["task"]
+    assert r["mode"] == "incremental" and r["records_upserted"] == 1
+    assert one(db, "SELECT subject FROM sf.task WHERE id = %s", old) == "Edited while archived"
+    # Reconciliation counts archived tasks as live.
+    assert reconcile(db, "task")["records_deleted"] == 0
+    assert one(db, "SELECT count(*) FROM sf.task WHERE _deleted_at IS NULL") == live

@@ -7,6 +7,8 @@
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
+
 use crate::error::Result;
 use crate::runtime::{block_on_interruptible, kick};
 use crate::source::{BoxFuture, Page, PageSource, Record};
@@ -65,6 +67,8 @@ pub struct Outcome {
     /// Records the run's first query matches, when the CRM says (for
     /// progress; HubSpot search `total`, Salesforce `totalSize`).
     pub total: Option<u64>,
+    /// [`PageSource::reconcile_needed`] at the end of the run.
+    pub reconcile_needed: Option<String>,
 }
 
 /// Pull every page from `source` and write it to `sink` in batches of about
@@ -161,6 +165,7 @@ pub fn run_with_progress(
     }
     out.watermark = source.watermark();
     out.warnings = source.warnings();
+    out.reconcile_needed = source.reconcile_needed();
     Ok(out)
 }
 
@@ -183,10 +188,29 @@ impl Batch {
     fn push(&mut self, r: Record) {
         match self.index.get(&r.id) {
             Some(&i) => {
-                let old = &self.records[i];
-                let older = matches!((old.updated_at, r.updated_at), (Some(a), Some(b)) if b < a);
-                if !older || r.deleted_at.is_some() {
-                    self.records[i] = r;
+                let old = &mut self.records[i];
+                match (old.deletion_only, r.deletion_only) {
+                    // A deletion known by id only ends the record when it is
+                    // newer than the version read; the values stay.
+                    (false, true) => {
+                        if deletes(r.deleted_at, old.updated_at) {
+                            old.deleted_at = old.deleted_at.or(r.deleted_at);
+                        }
+                    }
+                    (true, false) => {
+                        let at = old.deleted_at;
+                        *old = r;
+                        if deletes(at, old.updated_at) {
+                            old.deleted_at = old.deleted_at.or(at);
+                        }
+                    }
+                    _ => {
+                        let older =
+                            matches!((old.updated_at, r.updated_at), (Some(a), Some(b)) if b < a);
+                        if !older || r.deleted_at.is_some() {
+                            *old = r;
+                        }
+                    }
                 }
             }
             None => {
@@ -199,6 +223,18 @@ impl Batch {
     fn clear(&mut self) {
         self.records.clear();
         self.index.clear();
+    }
+}
+
+/// A deletion at `deleted` ends a version modified before it (one
+/// modified later, or in the same instant, was restored since; a wrong
+/// guess either way is mended by reconciliation, which reads again what
+/// the CRM has but landed deleted).
+fn deletes(deleted: Option<DateTime<Utc>>, updated: Option<DateTime<Utc>>) -> bool {
+    match (deleted, updated) {
+        (Some(d), Some(u)) => u < d,
+        (Some(_), None) => true,
+        (None, _) => false,
     }
 }
 
@@ -216,6 +252,7 @@ mod tests {
             fields: Default::default(),
             raw: format!("{{\"id\":\"{id}\",\"ts\":{ts}}}"),
             merged_ids: Vec::new(),
+            deletion_only: false,
         }
     }
 
@@ -270,6 +307,29 @@ mod tests {
         assert_eq!(out.records_received, 5);
         assert_eq!(out.stats.upserted, 3);
         assert_eq!(out.watermark.as_deref(), Some("w"));
+    }
+
+    #[test]
+    fn a_deletion_known_by_id_ends_only_older_versions() {
+        let gone = |id: &str, ts: i64| Record {
+            deleted_at: DateTime::from_timestamp_millis(ts),
+            raw: String::new(),
+            deletion_only: true,
+            ..rec(id, 0)
+        };
+        let mut src = Pages(vec![
+            Ok(vec![rec("1", 10), rec("2", 30)]),
+            Ok(vec![gone("1", 20), gone("2", 20), gone("3", 20)]),
+        ]);
+        let mut sink = MemSink::default();
+        run(&mut src, &mut sink, 100, &mut || {}).unwrap();
+        let b = &sink.0[0];
+        // Deleted after it was read: ends with its values.
+        assert!(!b[0].deletion_only && b[0].deleted_at.is_some() && !b[0].raw.is_empty());
+        // Restored after the deletion: stays live.
+        assert!(!b[1].deletion_only && b[1].deleted_at.is_none());
+        // Never read: the deletion alone.
+        assert!(b[2].deletion_only);
     }
 
     #[test]

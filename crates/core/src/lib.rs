@@ -9,6 +9,7 @@
 //! `engine` -> `source`; `model` needs none of them (`config` asks its
 //! cleaner whether `default_region` is a country).
 
+pub use chrono;
 pub mod ahead;
 pub mod columns;
 pub mod config;

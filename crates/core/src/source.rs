@@ -179,6 +179,9 @@ pub struct ReadRequest {
     /// reader returned from [`PageSource::checkpoint`]. Readers that cannot
     /// resume ignore it and start over, which is safe, only slower.
     pub resume: Option<String>,
+    /// When the stream's last successful run began: deletes since then are
+    /// what an incremental run must find (None: no run yet).
+    pub deletes_since: Option<DateTime<Utc>>,
 }
 
 /// Full or incremental, as the engine asks a reader.
@@ -207,6 +210,11 @@ pub struct Record {
     /// their rows are marked deleted, reason `merged`, pointing here, in
     /// the transaction that writes this record.
     pub merged_ids: Vec<String>,
+    /// Only the deletion is known (Salesforce's getDeleted lists ids and
+    /// deletion times): a landed row is marked deleted at `deleted_at` and
+    /// keeps its values, unless it was modified after that (undeleted);
+    /// a record never landed stays absent. `fields` and `raw` are empty.
+    pub deletion_only: bool,
 }
 
 /// A page of records from one API call.
@@ -238,6 +246,12 @@ pub trait PageSource {
     /// can resume from there (see [`ReadRequest::resume`]): an opaque
     /// string, asked for between pages only.
     fn checkpoint(&self) -> Option<String> {
+        None
+    }
+    /// Why this run could not see every delete since the last one (the
+    /// CRM's delete log no longer reaches back that far), so the stream
+    /// must be reconciled now; None when it saw them all.
+    fn reconcile_needed(&self) -> Option<String> {
         None
     }
 }

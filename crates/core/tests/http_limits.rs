@@ -179,6 +179,7 @@ fn a_paging_cursor_that_comes_back_stops_the_run() {
         lookback: std::time::Duration::ZERO,
         track_deletes: true,
         resume: None,
+        deletes_since: None,
     };
     let mut reader = block_on_interruptible(conn.reader(req), &mut || {}).unwrap();
     let mut sink = common::Crashing::dying_after(0);

@@ -83,6 +83,7 @@ fn try_run(
         lookback: std::time::Duration::ZERO,
         track_deletes: true,
         resume: None,
+        deletes_since: None,
     };
     let mut reader = block_on_interruptible(conn.reader(req), &mut || {}).unwrap();
     let mut sink = Keep::default();

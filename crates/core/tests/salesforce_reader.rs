@@ -57,6 +57,7 @@ fn read(
         lookback: std::time::Duration::ZERO,
         track_deletes: true,
         resume: None,
+        deletes_since: None,
     };
     let mut reader = block_on_interruptible(conn.reader(req), &mut || {}).unwrap();
     let mut sink = Mem::default();

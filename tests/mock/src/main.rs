@@ -2,7 +2,7 @@
 //! [--deals N] [--token T] [--search-rate-limit N] [--shared-people N] [--gzip]`
 //!
 //! `crm-mock salesforce [--port N] [--seed N] [--accounts N] [--contacts N]
-//! [--leads N] [--opportunities N] [--users N] [--invoices N] [--client-id S]
+//! [--leads N] [--opportunities N] [--users N] [--invoices N] [--tasks N] [--client-id S]
 //! [--client-secret S] [--refresh-token S] [--username S]
 //! [--jwt-public-key PEMPATH] [--session-calls N] [--daily-api-limit N]
 //! [--max-query-length N] [--bulk-polls N] [--shared-people N] [--live-cursors]
@@ -24,7 +24,7 @@ use crm_mock::server::Handler;
 const USAGE: &str = "usage: crm-mock hubspot [--port N] [--seed N] [--contacts N] [--companies N] \
 [--deals N] [--token T] [--search-rate-limit N] [--shared-people N] [--gzip]
        crm-mock salesforce [--port N] [--seed N] [--accounts N] [--contacts N] [--leads N] \
-[--opportunities N] [--users N] [--invoices N] [--client-id S] [--client-secret S] \
+[--opportunities N] [--users N] [--invoices N] [--tasks N] [--client-id S] [--client-secret S] \
 [--refresh-token S] [--username S] [--jwt-public-key PEMPATH] [--session-calls N] \
 [--daily-api-limit N] [--max-query-length N] [--bulk-polls N] [--shared-people N] \
 [--live-cursors] [--gzip]";
@@ -121,6 +121,7 @@ fn parse_salesforce(args: &[String]) -> Result<(u16, salesforce::Options), Strin
             "--opportunities" => o.opportunities = f.num()?,
             "--users" => o.users = f.num()?,
             "--invoices" => o.invoices = f.num()?,
+            "--tasks" => o.tasks = f.num()?,
             "--client-id" => o.client_id = f.text(),
             "--client-secret" => o.client_secret = f.text(),
             "--refresh-token" => o.refresh_token = f.text(),
@@ -149,6 +150,7 @@ fn parse_salesforce(args: &[String]) -> Result<(u16, salesforce::Options), Strin
         ("opportunities", o.opportunities),
         ("users", o.users),
         ("invoices", o.invoices),
+        ("tasks", o.tasks),
     ])?;
     Ok((port, o))
 }

@@ -81,6 +81,7 @@ pub fn run(
         lookback: std::time::Duration::ZERO,
         track_deletes: true,
         resume,
+        deletes_since: None,
     };
     let mut reader = block_on_interruptible(conn.reader(req), &mut || {}).unwrap();
     let out = engine::run(reader.as_mut(), sink, batch, &mut || {});

@@ -45,6 +45,9 @@ pub struct Options {
     pub opportunities: u64,
     pub users: u64,
     pub invoices: u64,
+    /// Task records; about a third are archived (`IsArchived`), which
+    /// `query` hides and `queryAll` returns.
+    pub tasks: u64,
     pub client_id: String,
     pub client_secret: String,
     pub refresh_token: String,
@@ -78,6 +81,7 @@ impl Default for Options {
             opportunities: 50,
             users: 50,
             invoices: 50,
+            tasks: 50,
             client_id: "3MVG9mock.client.id".into(),
             client_secret: "mock-client-secret".into(),
             refresh_token: "5Aep861mock.refresh.token".into(),
@@ -203,6 +207,7 @@ impl SalesforceMock {
             ("AccountHistory", opts.accounts),
             ("Contact", opts.contacts),
             ("Invoice__c", opts.invoices),
+            ("Task", opts.tasks),
             ("Lead", opts.leads),
             ("Opportunity", opts.opportunities),
             ("User", opts.users),
@@ -384,6 +389,14 @@ impl SalesforceMock {
                         .to_string()
                         .into_bytes(),
                 ),
+                None => not_found(),
+            },
+            // getDeleted: the delete log between start and end (ISO 8601
+            // datetimes); start no more than 30 days back
+            // (INVALID_REPLICATION_DATE), the log reaching back 15 days or
+            // to earliestDateAvailable.
+            ("GET", ["sobjects", name, "deleted"]) => match st.table(name) {
+                Some(t) => get_deleted(t, req),
                 None => not_found(),
             },
             ("GET", ["sobjects", name, "describe"]) => match st.table(name) {
@@ -625,6 +638,39 @@ impl Mock for SalesforceMock {
                 action["object"] = json!(obj);
                 apply_action(st, &action)
             }
+            // Physical deletes: `hard_delete` (Bulk hardDelete: never in
+            // the recycle bin) or `purge` (empty the recycle bin of these
+            // deleted records). `expire_delete_log` drops the log's
+            // entries before `before_ms` (earliestDateAvailable).
+            ("POST", ["sf", obj, op @ ("hard_delete" | "purge")]) => (|| {
+                let t = st
+                    .table_mut(obj)
+                    .ok_or_else(|| format!("unknown object {obj}"))?;
+                let ts = t.change_time(body["timestamp_ms"].as_i64());
+                let mut done = 0;
+                for id in body["ids"].as_array().into_iter().flatten() {
+                    let n = id
+                        .as_str()
+                        .and_then(|i| t.parse_id(i))
+                        .ok_or_else(|| format!("unknown id {id}"))?;
+                    if *op == "purge" && !t.deleted(n, u64::MAX) {
+                        return Err(format!("{id} is not in the recycle bin"));
+                    }
+                    done += t.purge(n, ts) as u64;
+                }
+                st.seq += 1;
+                Ok(json!({"purged": done}))
+            })(),
+            ("POST", ["sf", obj, "expire_delete_log"]) => match st.table_mut(obj) {
+                Some(t) => {
+                    let before = body["before_ms"]
+                        .as_i64()
+                        .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
+                    t.expire_delete_log(before);
+                    Ok(json!({"earliestDateAvailable": fmt_dt(t.earliest_deleted)}))
+                }
+                None => Err(format!("unknown object {obj}")),
+            },
             ("POST", ["sf", obj, "fields"]) => schema::custom_field(body).and_then(|f| {
                 let d = f.describe();
                 st.table_mut(obj)
@@ -696,6 +742,67 @@ impl Mock for SalesforceMock {
             ("live", json!(live)),
         ]
     }
+}
+
+/// `GET sobjects/{X}/deleted/?start=&end=`.
+/// <https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_getdeleted.htm>
+fn get_deleted(t: &Table, req: &Request) -> Response {
+    let when = |k: &str| {
+        req.param(k).and_then(|v| {
+            chrono::DateTime::parse_from_rfc3339(v)
+                .ok()
+                .map(|d| d.timestamp_millis())
+                .or_else(|| parse_dt(v))
+        })
+    };
+    let (Some(start), Some(end)) = (when("start"), when("end")) else {
+        return sf_error(
+            400,
+            "MALFORMED_QUERY",
+            "getDeleted needs start and end as ISO 8601 date-times",
+        );
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    const DAY: i64 = 86_400_000;
+    // "startDate must chronologically precede endDate by more than one
+    // minute" (SOAP API guide, getDeleted()).
+    if end - start <= 60_000 {
+        return sf_error(
+            400,
+            "INVALID_REPLICATION_DATE",
+            "startDate must precede endDate by more than one minute",
+        );
+    }
+    if start < now - 30 * DAY {
+        return sf_error(
+            400,
+            "INVALID_REPLICATION_DATE",
+            "startDate cannot be more than 30 days ago",
+        );
+    }
+    let earliest = t.earliest_deleted.max(now - 15 * DAY);
+    let list: Vec<Value> = t
+        .deleted_between(start.max(earliest), end.min(now))
+        .into_iter()
+        .map(|(id, ts)| json!({"id": id, "deletedDate": fmt_dt(ts)}))
+        .collect();
+    if list.len() > 600_000 {
+        return sf_error(
+            400,
+            "EXCEEDED_ID_LIMIT",
+            "too many ids; use a shorter window",
+        );
+    }
+    Response::json(
+        200,
+        json!({
+            "deletedRecords": list,
+            "earliestDateAvailable": fmt_dt(earliest),
+            "latestDateCovered": fmt_dt(end.min(now)),
+        })
+        .to_string()
+        .into_bytes(),
+    )
 }
 
 /// Stats key: the path with query locators and job ids folded.

@@ -9,7 +9,7 @@
 //! in the slot. A time range is a slot range, so no index over seeded
 //! records is needed; changed records are indexed in a BTreeSet.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 
@@ -211,6 +211,14 @@ pub struct Table {
     /// People shared with the other demo CRM (`crate::people`): the first
     /// contacts and accounts are theirs.
     shared: u64,
+    /// Records physically deleted (hard-deleted, or purged from the recycle
+    /// bin): in neither `query` nor `queryAll`.
+    purged: HashSet<u64>,
+    /// The delete log getDeleted reads: (deletion time, record).
+    delete_log: Vec<(i64, u64)>,
+    /// getDeleted's `earliestDateAvailable`: deletes before it may be
+    /// missing from the log.
+    pub earliest_deleted: i64,
 }
 
 /// How a record looks at some point.
@@ -242,6 +250,9 @@ impl Table {
             added: Vec::new(),
             max_ts: 0,
             shared: 0,
+            purged: HashSet::new(),
+            delete_log: Vec::new(),
+            earliest_deleted: T0_MS,
         };
         t.max_ts = if count > 0 {
             t.slot_ts(count - 1)
@@ -325,6 +336,9 @@ impl Table {
     }
 
     fn at(&self, n: u64, seq: u64) -> Option<At<'_>> {
+        if self.purged.contains(&n) {
+            return None;
+        }
         if let Some(vs) = self.versions.get(&n) {
             if let Some(v) = vs.iter().rev().find(|v| v.seq <= seq) {
                 return Some(At::Changed(v));
@@ -468,6 +482,9 @@ impl Table {
                 changed.next()
             }
             .expect("peeked");
+            if self.purged.contains(&n) {
+                continue;
+            }
             if all || !self.deleted(n, u64::MAX) {
                 out.push(n);
             }
@@ -480,6 +497,12 @@ impl Table {
         (1..self.next)
             .filter(|n| self.exists(*n, u64::MAX) && (all || !self.deleted(*n, u64::MAX)))
             .collect()
+    }
+
+    /// Archived (`IsArchived`), which `query` leaves out.
+    pub fn archived(&self, n: u64) -> bool {
+        self.obj.has("IsArchived")
+            && self.value(n, "IsArchived", u64::MAX).as_deref() == Some("true")
     }
 
     /// The time a change made now gets: never before an existing one.
@@ -556,9 +579,48 @@ impl Table {
         v.modstamp = ts;
         if !deleted {
             v.modified = ts;
+        } else {
+            self.delete_log.push((ts, n));
         }
         self.push(n, v);
         true
+    }
+
+    /// Delete physically: a hard delete (`live`, logged now) or a record
+    /// purged from the recycle bin (already logged). Either way it leaves
+    /// `query` and `queryAll`.
+    pub fn purge(&mut self, n: u64, ts: i64) -> bool {
+        if !self.exists(n, u64::MAX) {
+            return false;
+        }
+        if !self.deleted(n, u64::MAX) {
+            self.delete_log.push((ts, n));
+        }
+        if self.is_changed(n) {
+            let t = self.time_value(n);
+            self.index.remove(&(t, n));
+        }
+        self.purged.insert(n);
+        true
+    }
+
+    /// The log loses every entry before `before`, which becomes
+    /// `earliestDateAvailable`.
+    pub fn expire_delete_log(&mut self, before: i64) {
+        self.delete_log.retain(|(t, _)| *t >= before);
+        self.earliest_deleted = self.earliest_deleted.max(before);
+    }
+
+    /// getDeleted: (id, deletion time) of the log's entries in `lo..=hi`.
+    pub fn deleted_between(&self, lo: i64, hi: i64) -> Vec<(String, i64)> {
+        let mut out: Vec<(String, i64)> = self
+            .delete_log
+            .iter()
+            .filter(|(t, _)| *t >= lo && *t <= hi)
+            .map(|(t, n)| (self.id(*n), *t))
+            .collect();
+        out.sort();
+        out
     }
 
     pub fn add_field(&mut self, f: Field) -> Result<(), String> {

@@ -615,6 +615,22 @@ pub fn objects() -> Vec<Object> {
         );
     }
     let wide = wide.audit(true, true);
+    // Activities: records older than a year are archived (IsArchived),
+    // and `query` leaves archived ones out (SOAP API guide, Task).
+    let task = B(Vec::new())
+        .reference("WhoId", "Name ID", "Contact")
+        .reference("WhatId", "Related To ID", "Account")
+        .f("Subject", "Subject", "string")
+        .f("ActivityDate", "Due Date Only", "date")
+        .pick(
+            "Status",
+            "Status",
+            &["Not Started", "In Progress", "Completed"],
+        )
+        .pick("Priority", "Priority", &["High", "Normal", "Low"])
+        .reference("OwnerId", "Assigned To ID", "User")
+        .f("IsArchived", "Archived", "boolean")
+        .audit(true, true);
     // UserLogin has LastModifiedDate but neither SystemModstamp nor IsDeleted.
     let user_login = B(Vec::new())
         .reference("UserId", "User ID", "User")
@@ -665,6 +681,7 @@ pub fn objects() -> Vec<Object> {
             "006",
             opportunity,
         ),
+        object("Task", "Task", "Tasks", "00T", task),
         object("User", "User", "Users", "005", user),
         object("UserLogin", "User Login", "User Logins", "06c", user_login),
         object("Wide__c", "Wide", "Wides", "a02", wide),

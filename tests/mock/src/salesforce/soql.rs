@@ -729,11 +729,15 @@ pub fn run(q: &Query, t: &Table, all: bool, seq: u64) -> Vec<u64> {
         .map(|f| f.time_bounds(tf))
         .unwrap_or((i64::MIN, i64::MAX));
     let by_time = q.order.first().is_some_and(|o| o.field == tf);
-    let candidates = if lo > i64::MIN || hi < i64::MAX || by_time {
+    let mut candidates = if lo > i64::MIN || hi < i64::MAX || by_time {
         t.by_time(lo, hi, all)
     } else {
         t.all_ids(all)
     };
+    // `query` hides archived activities; `queryAll` returns them.
+    if !all && t.obj.has("IsArchived") {
+        candidates.retain(|n| !t.archived(*n));
+    }
     let mut ids: Vec<u64> = match &q.filter {
         Some(f) => candidates
             .into_iter()

@@ -819,6 +819,7 @@ fn to_records(endpoint: &str, object: &str, raws: Vec<Box<RawValue>>) -> Result<
                 fields: w.properties,
                 raw: raw.get().to_owned(),
                 merged_ids,
+                deletion_only: false,
             })
         })
         .collect()
@@ -1136,6 +1137,7 @@ mod tests {
             fields: Map::new(),
             raw: raw.into(),
             merged_ids: Vec::new(),
+            deletion_only: false,
         }
     }
 

@@ -80,6 +80,8 @@ pub struct BulkReader<'a> {
     warnings: Vec<String>,
     /// Result locators followed, to stop a server that sends one again.
     locators: Cursors,
+    /// Records per results page (`maxRecords`).
+    results_page: u32,
 }
 
 /// A resumable position (see the module docs); opaque to the engine.
@@ -153,7 +155,14 @@ impl<'a> BulkReader<'a> {
             resumed_job: false,
             warnings: vec![],
             locators: Cursors::default(),
+            results_page: RESULTS_PAGE,
         }
+    }
+
+    /// Ask for `n` records per results page.
+    pub fn with_results_page(mut self, n: u32) -> Self {
+        self.results_page = n;
+        self
     }
 
     /// Go on from `position` (from [`PageSource::checkpoint`] of a full run
@@ -268,13 +277,19 @@ impl<'a> BulkReader<'a> {
                     return Ok(page);
                 }
                 Phase::Create => {
-                    let q = soql::select(&self.select, &self.req.object, None, None);
+                    // Archived activities only come with queryAll.
+                    let (operation, filter) = if self.d.has_is_archived {
+                        ("queryAll", Some("IsDeleted = false"))
+                    } else {
+                        ("query", None)
+                    };
+                    let q = soql::select(&self.select, &self.req.object, filter, None);
                     if q.len() > MAX_SOQL {
                         self.fall_back("the field list is longer than a SOQL query may be".into())?;
                         continue;
                     }
                     let body = json!({
-                        "operation": "query",
+                        "operation": operation,
                         "query": q,
                         "contentType": "CSV",
                         "columnDelimiter": "COMMA",
@@ -347,7 +362,7 @@ impl<'a> BulkReader<'a> {
                 }
                 Phase::Results { job, locator } => {
                     let path = self.jobs_path(&format!("/{job}/results"));
-                    let max = RESULTS_PAGE.to_string();
+                    let max = self.results_page.to_string();
                     let mut query: Vec<(&str, &str)> = vec![("maxRecords", &max)];
                     if let Some(l) = &locator {
                         query.push(("locator", l));
@@ -512,6 +527,7 @@ impl<'a> BulkReader<'a> {
                 deleted_at: None,
                 raw: Value::Object(m.clone()).to_string(),
                 merged_ids: Vec::new(),
+                deletion_only: false,
                 fields: m,
             });
         }

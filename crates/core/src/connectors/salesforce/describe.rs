@@ -33,6 +33,12 @@ pub struct Describe {
     /// `SystemModstamp`, else `LastModifiedDate`, else none (full refresh).
     pub cursor: Option<&'static str>,
     pub has_is_deleted: bool,
+    /// Task and Event: `query` hides archived records (`IsArchived`), so
+    /// they are read with `queryAll` and `IsDeleted = false`.
+    pub has_is_archived: bool,
+    /// describe's `replicateable`: the object serves `sobjects/{X}/deleted`
+    /// (getDeleted).
+    pub replicateable: bool,
 }
 
 impl Describe {
@@ -50,11 +56,14 @@ impl Describe {
             .into_iter()
             .find(|c| has(c));
         let has_is_deleted = has("IsDeleted");
+        let has_is_archived = has("IsArchived");
         Describe {
             fields,
             components,
             cursor,
             has_is_deleted,
+            has_is_archived,
+            replicateable: false,
         }
     }
 }

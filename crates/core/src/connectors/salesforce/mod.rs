@@ -21,8 +21,8 @@ use crate::config::{check_url_option, int, SourceConfig};
 use crate::error::{CrmError, Result};
 use crate::http::HttpClient;
 use crate::source::{
-    BoxFuture, CheckArgs, Connector, DefaultFields, Field, ObjectInfo, PageSource, Provider,
-    ReadRequest, StreamDefaults, SyncMode,
+    BoxFuture, CheckArgs, Connector, DefaultFields, Field, IdSource, ObjectInfo, PageSource,
+    Provider, ReadRequest, Record, StreamDefaults, SyncMode,
 };
 use api::Api;
 use auth::{Flow, Login};
@@ -64,8 +64,8 @@ pub const PROVIDER: Provider = Provider {
     hosts: &[("login_url", DEFAULT_LOGIN_URL)],
     streams: STREAMS,
     other_objects: DefaultFields::All,
-    // Listing ids comes with the Salesforce real-world issue.
-    reconciles: false,
+    // Ids are listed by a query of Id (Bulk API 2.0 for large objects).
+    reconciles: true,
     check,
     connect,
 };
@@ -203,6 +203,8 @@ impl Salesforce<'_> {
         #[derive(Deserialize)]
         struct Wire {
             fields: Vec<WireField>,
+            #[serde(default)]
+            replicateable: bool,
         }
         #[derive(Deserialize)]
         struct WireField {
@@ -245,7 +247,9 @@ impl Salesforce<'_> {
                 custom: f.custom,
             })
             .collect();
-        let d = Rc::new(Describe::with_components(fields, components));
+        let mut d = Describe::with_components(fields, components);
+        d.replicateable = w.replicateable;
+        let d = Rc::new(d);
         self.describes
             .borrow_mut()
             .insert(object.to_owned(), d.clone());
@@ -337,6 +341,105 @@ impl Connector for Salesforce<'_> {
                 r.resume_from(p);
             }
             Ok(Box::new(r) as Box<dyn PageSource + 'a>)
+        })
+    }
+
+    /// Every live Id: `SELECT Id, SystemModstamp FROM X` through `query`
+    /// (2,000 ids a call), or a Bulk API 2.0 job above `bulk_threshold`
+    /// records (100,000 ids a results page). Archived activities count as
+    /// live (`queryAll`, `IsDeleted = false`).
+    fn ids<'a>(&'a self, object: &'a str) -> BoxFuture<'a, Result<Box<dyn IdSource + 'a>>> {
+        Box::pin(async move {
+            let d = self.describe(object).await?;
+            let req = live_records(object, vec![]);
+            let reader: Box<dyn PageSource + 'a> = match self.bulk_threshold {
+                Some(t) if self.count(object).await? > t => Box::new(
+                    bulk::BulkReader::new(
+                        &self.api,
+                        req,
+                        d,
+                        self.batch_size,
+                        self.max_query_length,
+                    )
+                    .with_results_page(IDS_RESULTS_PAGE),
+                ),
+                _ => Box::new(reader::RestReader::new(
+                    &self.api,
+                    &req,
+                    &d,
+                    self.batch_size,
+                    self.max_query_length,
+                )?),
+            };
+            Ok(Box::new(Ids { reader }) as Box<dyn IdSource + 'a>)
+        })
+    }
+
+    /// `SELECT … FROM X WHERE Id IN (…)`, as many queries as the ids need.
+    fn read_ids<'a>(
+        &'a self,
+        object: &'a str,
+        fields: &'a [Field],
+        ids: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Record>>> {
+        Box::pin(async move {
+            let d = self.describe(object).await?;
+            let req = live_records(object, fields.to_vec());
+            let open = |chunk: &[String]| {
+                reader::RestReader::by_ids(
+                    &self.api,
+                    &req,
+                    &d,
+                    self.batch_size,
+                    self.max_query_length,
+                    chunk,
+                )
+            };
+            let per = open(&[])?.ids_per_query().max(1);
+            let mut out = Vec::with_capacity(ids.len());
+            for chunk in ids.chunks(per) {
+                let mut r = open(chunk)?;
+                while let Some(p) = r.next_page().await? {
+                    out.extend(p.records);
+                }
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// A read of every live record of `object` with `fields`, deletes aside
+/// (reconciliation's listings and re-reads).
+fn live_records(object: &str, fields: Vec<Field>) -> ReadRequest {
+    ReadRequest {
+        object: object.to_owned(),
+        fields,
+        mode: SyncMode::Full,
+        lookback: std::time::Duration::ZERO,
+        track_deletes: false,
+        resume: None,
+        deletes_since: None,
+    }
+}
+
+/// Ids per Bulk API results page of a reconciliation's listing (about
+/// 50 bytes a row: 5 MB).
+const IDS_RESULTS_PAGE: u32 = 100_000;
+
+/// Reconciliation's listing: a reader of no fields (Id and the cursor
+/// only), its records' ids page by page.
+struct Ids<'a> {
+    reader: Box<dyn PageSource + 'a>,
+}
+
+impl IdSource for Ids<'_> {
+    fn next_ids(&mut self) -> BoxFuture<'_, Result<Option<Vec<String>>>> {
+        Box::pin(async move {
+            Ok(self
+                .reader
+                .next_page()
+                .await?
+                .map(|p| p.records.into_iter().map(|r| r.id).collect()))
         })
     }
 }

@@ -55,17 +55,26 @@ use crate::types::{fmt_ts, parse_datetime};
 #[serde(rename_all = "lowercase")]
 enum Pass {
     Live,
+    /// `queryAll` of `IsDeleted = true`: the recycle bin's records, whole.
     Deleted,
+    /// `sobjects/{X}/deleted`: the delete log's ids and times.
+    #[serde(rename = "getdeleted")]
+    GetDeleted,
 }
 
 impl Pass {
     fn resource(self) -> &'static str {
         match self {
             Pass::Live => "query",
-            Pass::Deleted => "queryAll",
+            Pass::Deleted | Pass::GetDeleted => "queryAll",
         }
     }
 }
+
+/// getDeleted serves deletes back to 15 days before the call ("or earlier
+/// if an administrator has purged the Recycle Bin").
+/// <https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_getdeleted.htm>
+const DELETE_LOG_DAYS: i64 = 15;
 
 #[derive(Debug, Clone)]
 enum Phase {
@@ -90,6 +99,21 @@ pub struct RestReader<'a> {
     start: Option<DateTime<Utc>>,
     watermark: Option<DateTime<Utc>>,
     track_deletes: bool,
+    /// How this run finds deletes: [`Pass::GetDeleted`] on incremental runs
+    /// of replicateable objects whose last run the delete log still
+    /// covers (one call, hard deletes included), else [`Pass::Deleted`].
+    deletes: Pass,
+    /// Where getDeleted starts: the last successful run's start, less the
+    /// lookback.
+    deletes_since: Option<DateTime<Utc>>,
+    /// The object has `IsArchived` (Task, Event): live records are read
+    /// through `queryAll`, which `query` would hide when archived.
+    archived: bool,
+    /// Read only these records (reconciliation's re-reads).
+    only_ids: Option<Vec<String>>,
+    /// Why the deletes of this run are incomplete (see
+    /// [`PageSource::reconcile_needed`]).
+    reconcile: Option<String>,
     phase: Phase,
     warnings: Vec<String>,
     /// Fields dropped during the run (deleted in the org).
@@ -183,6 +207,26 @@ impl<'a> RestReader<'a> {
             _ => (None, None),
         };
         let plan = soql::plan(&key, &fields, max_query_length);
+        let track_deletes = req.track_deletes && d.has_is_deleted;
+        let lookback = chrono::Duration::from_std(req.lookback).unwrap_or_default();
+        let deletes_since = req.deletes_since.map(|t| t - lookback);
+        let recent = |t: DateTime<Utc>| t > Utc::now() - chrono::Duration::days(DELETE_LOG_DAYS);
+        let mut reconcile = None;
+        let deletes = match (&req.mode, deletes_since) {
+            (SyncMode::Incremental { .. }, Some(t))
+                if track_deletes && d.replicateable && recent(t) =>
+            {
+                Pass::GetDeleted
+            }
+            (SyncMode::Incremental { .. }, Some(t)) if track_deletes && d.replicateable => {
+                reconcile = Some(format!(
+                    "the last run began {}, before Salesforce's delete log reaches back ({DELETE_LOG_DAYS} days): records hard-deleted or purged from the recycle bin since then are only found by listing ids",
+                    soql::datetime(t)
+                ));
+                Pass::Deleted
+            }
+            _ => Pass::Deleted,
+        };
         Ok(RestReader {
             api,
             object: req.object.clone(),
@@ -195,7 +239,12 @@ impl<'a> RestReader<'a> {
             since,
             start: watermark,
             watermark,
-            track_deletes: req.track_deletes && d.has_is_deleted,
+            track_deletes,
+            deletes,
+            deletes_since,
+            archived: d.has_is_archived,
+            only_ids: None,
+            reconcile,
             phase: Phase::Start(Pass::Live),
             warnings: vec![],
             dropped: vec![],
@@ -221,13 +270,14 @@ impl<'a> RestReader<'a> {
             && p.after
                 .as_ref()
                 .is_none_or(|a| a.t.is_some() == self.cursor.is_some())
-            && (p.pass != Some(Pass::Deleted) || self.track_deletes);
+            && (p.pass.is_none_or(|p| p == Pass::Live) || self.track_deletes);
         if !fits {
             return false;
         }
         let at = |ms: Option<i64>| ms.and_then(DateTime::from_timestamp_millis);
         self.phase = match p.pass {
-            Some(pass) => Phase::Start(pass),
+            Some(Pass::Live) => Phase::Start(Pass::Live),
+            Some(_) => Phase::Start(self.deletes),
             None => Phase::Done,
         };
         self.after = p.after;
@@ -255,6 +305,29 @@ impl<'a> RestReader<'a> {
             watermark_ms: ms(self.watermark),
             cap_ms: ms(self.cap),
         })
+    }
+
+    /// Reconciliation's re-read: the live records among `ids` (at most
+    /// [`RestReader::ids_per_query`] of them), whole. The field groups
+    /// leave a third of each query to the `Id IN (...)` list.
+    pub fn by_ids(
+        api: &'a Api<'a>,
+        req: &ReadRequest,
+        d: &Describe,
+        batch_size: u32,
+        max_query_length: usize,
+        ids: &[String],
+    ) -> Result<Self> {
+        let mut r = Self::new(api, req, d, batch_size, max_query_length * 2 / 3)?;
+        r.max_query_length = max_query_length;
+        r.only_ids = Some(ids.to_vec());
+        r.track_deletes = false;
+        Ok(r)
+    }
+
+    /// How many ids one `Id IN (...)` query of this reader takes.
+    pub fn ids_per_query(&self) -> usize {
+        self.plan.ids_per_query
     }
 
     /// Only the deletes pass (after a Bulk API full read).
@@ -287,10 +360,26 @@ impl<'a> RestReader<'a> {
         }
     }
 
+    /// The resource a pass's query goes to: `queryAll` for deletes, and
+    /// for the live records of objects `query` hides archived ones of.
+    fn resource(&self, pass: Pass) -> &'static str {
+        match pass {
+            Pass::Live if self.archived => "queryAll",
+            p => p.resource(),
+        }
+    }
+
     fn driver_soql(&self, pass: Pass) -> String {
         let mut conds = vec![];
-        if pass == Pass::Deleted {
-            conds.push("IsDeleted = true".to_owned());
+        match pass {
+            Pass::Deleted | Pass::GetDeleted => conds.push("IsDeleted = true".to_owned()),
+            // queryAll: the deleted ones stay out.
+            Pass::Live if self.archived => conds.push("IsDeleted = false".to_owned()),
+            Pass::Live => {}
+        }
+        if let Some(ids) = &self.only_ids {
+            let list: Vec<String> = ids.iter().map(|i| soql::string(i)).collect();
+            conds.push(format!("Id IN ({})", list.join(", ")));
         }
         if let (Some(c), Some(s)) = (self.cursor, self.since) {
             conds.push(format!("{c} >= {}", soql::datetime(s)));
@@ -325,7 +414,7 @@ impl<'a> RestReader<'a> {
     /// Run `q`; an `INVALID_FIELD` naming one of our fields drops that field
     /// (with a warning) and returns `Ok(None)` so the caller rebuilds `q`.
     async fn start_query(&mut self, pass: Pass, q: &str) -> Result<Option<QueryPage>> {
-        let path = self.api.data_path(pass.resource());
+        let path = self.api.data_path(self.resource(pass));
         let res = self
             .api
             .call(Method::GET, &path, &[("q", q)], &self.headers(), None)
@@ -366,6 +455,7 @@ impl<'a> RestReader<'a> {
     async fn step(&mut self) -> Result<Option<Page>> {
         let (pass, page) = match self.phase.clone() {
             Phase::Done => return Ok(None),
+            Phase::Start(Pass::GetDeleted) => return self.get_deleted().await.map(Some),
             Phase::Start(pass) => {
                 let page = loop {
                     let q = self.driver_soql(pass);
@@ -387,7 +477,7 @@ impl<'a> RestReader<'a> {
         let mut records = self.take_records(pass, page.records)?;
         self.phase = match (page.next_records_url.clone(), pass) {
             (Some(u), _) => Phase::More(pass, u),
-            (None, Pass::Live) if self.track_deletes => Phase::Start(Pass::Deleted),
+            (None, Pass::Live) if self.track_deletes => Phase::Start(self.deletes),
             (None, _) => Phase::Done,
         };
         if !matches!(self.phase, Phase::More(..)) {
@@ -405,7 +495,7 @@ impl<'a> RestReader<'a> {
     }
 
     fn take_records(&mut self, pass: Pass, raws: Vec<Box<RawValue>>) -> Result<Vec<Record>> {
-        let endpoint = format!("GET {}", self.api.data_path(pass.resource()));
+        let endpoint = format!("GET {}", self.api.data_path(self.resource(pass)));
         let split = self.plan.groups.len() > 1;
         let mut out = Vec::with_capacity(raws.len());
         for raw in raws {
@@ -432,7 +522,7 @@ impl<'a> RestReader<'a> {
             }
             let deleted_at = match pass {
                 Pass::Live => None,
-                Pass::Deleted => Some(updated_at.unwrap_or_else(Utc::now)),
+                Pass::Deleted | Pass::GetDeleted => Some(updated_at.unwrap_or_else(Utc::now)),
             };
             match (self.cursor, updated_at) {
                 (Some(_), None) => self.unplaced = true,
@@ -457,9 +547,109 @@ impl<'a> RestReader<'a> {
                 },
                 fields,
                 merged_ids: Vec::new(),
+                deletion_only: false,
             });
         }
         Ok(out)
+    }
+
+    /// The deletes pass of an incremental run through getDeleted:
+    /// `GET sobjects/{X}/deleted/?start=&end=` from the last run's start
+    /// (less the lookback) to now, one call whatever the number of deletes,
+    /// hard deletes and records purged from the recycle bin included. A
+    /// delete log that begins after `start` (`earliestDateAvailable`) or a
+    /// start Salesforce refuses means deletes may be missing: the records
+    /// it has are marked, the recycle bin is read as before, and the run
+    /// asks for a reconciliation.
+    async fn get_deleted(&mut self) -> Result<Page> {
+        #[derive(Deserialize)]
+        struct Wire {
+            #[serde(rename = "deletedRecords", default)]
+            deleted: Vec<WireDeleted>,
+            #[serde(rename = "earliestDateAvailable", default)]
+            earliest: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct WireDeleted {
+            id: String,
+            #[serde(rename = "deletedDate", default)]
+            deleted_date: Option<String>,
+        }
+        // The start must precede the end by more than a minute
+        // (INVALID_REPLICATION_DATE otherwise): an earlier start only
+        // repeats deletes already marked.
+        // Whole seconds, as documented: round the end up so that a delete
+        // in this very second is in.
+        let now = Utc::now();
+        let end = DateTime::from_timestamp(now.timestamp() + 1, 0).unwrap_or(now);
+        let start = self
+            .deletes_since
+            .unwrap_or(end)
+            .min(end - chrono::Duration::minutes(2));
+        let path = self
+            .api
+            .data_path(&format!("sobjects/{}/deleted/", self.object));
+        let fmt = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, false);
+        let (start_s, end_s) = (fmt(start), fmt(end));
+        let res = self
+            .api
+            .get_json::<Wire>(&path, &[("start", &start_s), ("end", &end_s)], &[])
+            .await;
+        self.after = None;
+        self.unplaced = false;
+        let w = match res {
+            Ok((w, _)) => w,
+            // The start is older than the log serves, the log was purged
+            // since (the documented answer: pull the whole table), or too
+            // many deletes for one answer (EXCEEDED_ID_LIMIT, above 600,000
+            // ids). <https://developer.salesforce.com/docs/atlas.en-us.api.meta/api/sforce_api_calls_getdeleted.htm>
+            Err(e)
+                if matches!(
+                    e.code.as_deref(),
+                    Some("INVALID_REPLICATION_DATE" | "EXCEEDED_ID_LIMIT")
+                ) =>
+            {
+                self.reconcile = Some(format!(
+                    "Salesforce's getDeleted refused the window from {start_s} ({}): deletes the recycle bin no longer holds are only found by listing ids",
+                    e.code.as_deref().unwrap_or_default()
+                ));
+                self.phase = Phase::Start(Pass::Deleted);
+                return Ok(Page::default());
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(earliest) = w.earliest.as_deref().and_then(parse_datetime) {
+            if earliest > start {
+                self.reconcile = Some(format!(
+                    "Salesforce's delete log for {} begins {} (earliestDateAvailable), after the last run began ({start_s}): deletes before it are only found by listing ids",
+                    self.object,
+                    soql::datetime(earliest)
+                ));
+            }
+        }
+        self.phase = Phase::Done;
+        let records = w
+            .deleted
+            .into_iter()
+            .map(|d| Record {
+                id: d.id,
+                updated_at: None,
+                deleted_at: Some(
+                    d.deleted_date
+                        .as_deref()
+                        .and_then(parse_datetime)
+                        .unwrap_or(now),
+                ),
+                fields: Map::new(),
+                raw: String::new(),
+                merged_ids: Vec::new(),
+                deletion_only: true,
+            })
+            .collect();
+        Ok(Page {
+            records,
+            total: None,
+        })
     }
 
     /// Fill in the fields of the other groups for `records`, by Id.
@@ -573,5 +763,9 @@ impl PageSource for RestReader<'_> {
 
     fn checkpoint(&self) -> Option<String> {
         serde_json::to_string(&self.position()?).ok()
+    }
+
+    fn reconcile_needed(&self) -> Option<String> {
+        self.reconcile.clone()
     }
 }
