@@ -232,3 +232,31 @@ def test_archived_tasks_land_as_live_rows_with_their_flag(db, sf_factory, bulk):
     # Reconciliation counts archived tasks as live.
     assert reconcile(db, "task")["records_deleted"] == 0
     assert one(db, "SELECT count(*) FROM sf.task WHERE _deleted_at IS NULL") == live
+
+
+# --- The org's daily API requests -------------------------------------------
+
+def test_a_sync_stops_before_the_org_passes_its_share_of_daily_requests(db, sf_factory):
+    sf = sf_factory("--accounts", "5000")
+    create_sf_source(db, sf, bulk_api=False)
+    sync(db, "sf", "contact")
+    landed = one(db, "SELECT count(*) FROM sf.contact")
+    # Other integrations have used 797 of the org's 1,000 requests: three
+    # calls in, the org is at 800, the default 80%.
+    sf.limits(daily_api_limit=1000, api_calls=797)
+    with pytest.raises(psycopg.errors.ConfigurationLimitExceeded) as e:
+        sync(db, "sf", "account")
+    d = e.value.diag
+    assert "has used 800 of its 1000 API requests" in d.message_primary
+    assert "80%" in d.message_primary and "max_daily_share" in d.message_primary
+    assert "rolling 24 hours" in d.message_hint
+    run = db.execute("SELECT status, error_sqlstate FROM crm_sync.runs WHERE stream = 'account'").fetchone()
+    assert run == ("failed", "53400")
+    assert one(db, "SELECT count(*) FROM sf.contact") == landed
+    # Well short of REQUEST_LIMIT_EXCEEDED: the org still has requests left.
+    assert sf.stats()["api_calls"] < 1000
+    # A source may be allowed more of it.
+    db.execute("""SELECT crm_sync.alter_source('sf', options => '{"max_daily_share": 95}')""")
+    assert sync(db, "sf", "account")["account"]["status"] == "succeeded"
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        db.execute("""SELECT crm_sync.alter_source('sf', options => '{"max_daily_share": 0}')""")

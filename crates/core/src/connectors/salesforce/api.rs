@@ -19,6 +19,21 @@ pub struct Api<'a> {
     pub version: String,
     login: Login,
     session: RefCell<Option<Session>>,
+    /// Percent of the org's daily API requests past which calls stop.
+    max_daily_share: u64,
+}
+
+/// `Sforce-Limit-Info: api-usage=18/15000[, per-app-api-usage=…]`: the
+/// org's API requests in the last 24 hours, and its limit.
+/// <https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/headers_api_usage.htm>
+pub fn api_usage(headers: &reqwest::header::HeaderMap) -> Option<(u64, u64)> {
+    let v = headers.get("sforce-limit-info")?.to_str().ok()?;
+    let usage = v
+        .split(',')
+        .map(str::trim)
+        .find_map(|p| p.strip_prefix("api-usage="))?;
+    let (used, max) = usage.split_once('/')?;
+    Some((used.trim().parse().ok()?, max.trim().parse().ok()?))
 }
 
 /// Salesforce's error codes that mean "try again".
@@ -50,7 +65,37 @@ impl<'a> Api<'a> {
             version: version.to_owned(),
             login,
             session: RefCell::new(session),
+            max_daily_share: 100,
         }
+    }
+
+    /// Stop once the org has used `percent` of its daily API requests.
+    pub fn with_max_daily_share(mut self, percent: u64) -> Self {
+        self.max_daily_share = percent.clamp(1, 100);
+        self
+    }
+
+    /// Refuse to go on past the org's share of daily requests this source
+    /// may see used (every answer reports the org's usage).
+    fn check_usage(&self, endpoint: &str, resp: &Response) -> Result<()> {
+        let Some((used, max)) = api_usage(&resp.headers) else {
+            return Ok(());
+        };
+        if self.max_daily_share >= 100
+            || max == 0
+            || used.saturating_mul(100) < max.saturating_mul(self.max_daily_share)
+        {
+            return Ok(());
+        }
+        Err(CrmError::new(
+            ErrorKind::RateLimited,
+            format!(
+                "the Salesforce org has used {used} of its {max} API requests in the last 24 hours, past the {}% this source lets it reach (option max_daily_share)",
+                self.max_daily_share
+            ),
+        )
+        .with_endpoint(endpoint)
+        .with_hint("The limit is a rolling 24 hours, shared by every integration of the org: sync again later (a background job goes on from its last checkpoint), or raise max_daily_share with crm_sync.alter_source(). The rows synced so far are kept."))
     }
 
     /// `/services/data/vNN.N/{rest}`.
@@ -160,7 +205,9 @@ impl<'a> Api<'a> {
             }
             // The session token is no credential the SQL side knows to
             // scrub: never let it reach an error.
-            return check_status(&endpoint, resp).map_err(|e| e.redact(&[&s.access_token]));
+            let resp = check_status(&endpoint, resp).map_err(|e| e.redact(&[&s.access_token]))?;
+            self.check_usage(&endpoint, &resp)?;
+            return Ok(resp);
         }
     }
 
@@ -245,6 +292,21 @@ mod tests {
             body: bytes::Bytes::from(body.to_owned()),
             elapsed: std::time::Duration::ZERO,
         }
+    }
+
+    #[test]
+    fn api_usage_is_read_from_sforce_limit_info() {
+        let mut h = HeaderMap::new();
+        assert_eq!(api_usage(&h), None);
+        h.insert(
+            "Sforce-Limit-Info",
+            "api-usage=18/15000, per-app-api-usage=17/250(appName=sample-app)"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(api_usage(&h), Some((18, 15000)));
+        h.insert("Sforce-Limit-Info", "api-usage=x/15000".parse().unwrap());
+        assert_eq!(api_usage(&h), None);
     }
 
     #[test]
