@@ -190,7 +190,7 @@ COMMENT ON FUNCTION crm_sync.sync(text, text, boolean) IS
 COMMENT ON FUNCTION crm_sync.discover(text, text) IS
     'The fields of a stream''s CRM object (or of any object, by its CRM name), the column type each lands as, and whether it is synced.';
 COMMENT ON FUNCTION crm_sync.discover(text) IS
-    'The objects of a source''s CRM account that can be synced, and the stream that syncs each.';
+    'The objects of a source''s CRM account, the stream that syncs each, and whether it can be synced (reason says why not).';
 
 -- Mappings are SQL the merge evaluates as the owner: each written one must
 -- be a single expression that compiles against the landing tables it is

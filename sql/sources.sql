@@ -160,6 +160,7 @@ SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     name text := coalesce(stream, lower(regexp_replace(object, '[^A-Za-z0-9_]', '_', 'g')));
+    refusal text;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM crm_sync.sources s WHERE s.name = add_stream.source) THEN
         RAISE EXCEPTION 'source "%" does not exist', source
@@ -169,6 +170,13 @@ BEGIN
         RAISE EXCEPTION 'invalid object name %', coalesce(quote_literal(object), 'NULL')
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Give the CRM''s API name of the object, such as Invoice__c; see crm_sync.discover(source).';
+    END IF;
+    SELECT crm_sync._object_refusal(s.provider, add_stream.object) INTO refusal
+      FROM crm_sync.sources s WHERE s.name = add_stream.source;
+    IF refusal IS NOT NULL THEN
+        RAISE EXCEPTION 'object % of source "%" cannot be synced: %', object, source, refusal
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'See crm_sync.discover(source): its syncable and reason columns say which objects can be synced.';
     END IF;
     IF name !~ '^[a-z_][a-z0-9_]{0,62}$' THEN
         RAISE EXCEPTION 'invalid stream name %', quote_literal(name)

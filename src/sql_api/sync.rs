@@ -192,6 +192,8 @@ pub fn discover_objects(
         name!(label, String),
         name!(custom, bool),
         name!(stream, Option<String>),
+        name!(syncable, bool),
+        name!(reason, Option<String>),
     ),
 > {
     let (_src, cfg, ctx) = sync::load(source);
@@ -206,7 +208,14 @@ pub fn discover_objects(
                 .iter()
                 .find(|s| s.object == o.name)
                 .map(|s| s.stream.clone());
-            (o.name, o.label, o.custom, stream)
+            (
+                o.name,
+                o.label,
+                o.custom,
+                stream,
+                o.unsyncable.is_none(),
+                o.unsyncable,
+            )
         })
         .collect();
     TableIterator::new(rows)

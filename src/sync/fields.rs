@@ -5,7 +5,7 @@ use crate::landing::Landed;
 use crate::txn::check_interrupts;
 use crm_sync_core::connectors::Configured;
 use crm_sync_core::runtime::block_on_interruptible;
-use crm_sync_core::source::{Connector, DefaultFields, Field};
+use crm_sync_core::source::{Connector, Field};
 use crm_sync_core::CrmError;
 
 /// The fields of `object`, as the CRM describes them now.
@@ -50,14 +50,12 @@ pub fn select_fields(
             Ok((cols, gone))
         }
         None => {
-            let cols = match cfg.provider.default_fields(&s.object) {
-                DefaultFields::All => fields.iter().map(col).collect(),
-                DefaultFields::Only(names) => fields
-                    .iter()
-                    .filter(|f| names.contains(&f.name.as_str()))
-                    .map(col)
-                    .collect(),
-            };
+            let default = cfg.provider.default_fields(&s.object);
+            let cols = fields
+                .iter()
+                .filter(|f| default.picks(f))
+                .map(col)
+                .collect();
             Ok((cols, vec![]))
         }
     }

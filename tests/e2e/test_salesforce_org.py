@@ -260,3 +260,156 @@ def test_a_sync_stops_before_the_org_passes_its_share_of_daily_requests(db, sf_f
     assert sync(db, "sf", "account")["account"]["status"] == "succeeded"
     with pytest.raises(psycopg.errors.InvalidParameterValue):
         db.execute("""SELECT crm_sync.alter_source('sf', options => '{"max_daily_share": 0}')""")
+
+
+# --- Honest discovery ----------------------------------------------------------
+
+def test_discover_marks_objects_that_cannot_be_synced_and_add_stream_refuses_them(db, salesforce):
+    sf = salesforce
+    create_sf_source(db, sf)
+    objs = {r[0]: r[1:] for r in db.execute(
+        "SELECT object, syncable, reason FROM crm_sync.discover('sf')").fetchall()}
+    assert objs["Account"] == (True, None)
+    assert objs["ContentDocumentLink"][0] is False
+    assert "filter on one parent record's Id" in objs["ContentDocumentLink"][1]
+    assert objs["AccountChangeEvent"][0] is False
+    assert "queryable: false" in objs["AccountChangeEvent"][1]
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
+        db.execute("SELECT crm_sync.add_stream('sf', 'ContentDocumentLink')")
+    assert "cannot be synced" in e.value.diag.message_primary
+    assert "filter on one parent record's Id" in e.value.diag.message_primary
+    assert one(db, "SELECT count(*) FROM crm_sync.streams WHERE object = 'ContentDocumentLink'") == 0
+    # Not queryable is only known from the org: the first sync says so.
+    db.execute("SELECT crm_sync.add_stream('sf', 'AccountChangeEvent')")
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
+        sync(db, "sf", "accountchangeevent")
+    assert "AccountChangeEvent cannot be synced" in e.value.diag.message_primary
+    assert "drop_stream" in e.value.diag.message_hint
+
+
+def test_a_cursor_describe_says_cannot_be_filtered_is_not_used(db, salesforce):
+    sf = salesforce
+    sf.admin("POST", "/_mock/sf/Account/fields/SystemModstamp/flags", {"filterable": False})
+    create_sf_source(db, sf)
+    assert sync(db, "sf", "account")["account"]["status"] == "succeeded"
+    rid = live_ids(db, "sf.account", 1)[0]
+    sf.upsert("Account", [{"Id": rid, "Name": "Changed with LastModifiedDate"}])
+    r = sync(db, "sf", "account")["account"]
+    assert r["mode"] == "incremental" and r["records_upserted"] == 1
+    assert one(db, "SELECT name FROM sf.account WHERE id = %s", rid) == "Changed with LastModifiedDate"
+
+
+def test_base64_fields_stay_out_of_default_fields_and_of_bulk_queries(db, sf_factory):
+    sf = sf_factory("--tasks", "200")
+    create_sf_source(db, sf, bulk_threshold=10)
+    db.execute("SELECT crm_sync.add_stream('sf', 'Attachment')")
+    sf.reset_stats()
+    r = sync(db, "sf", "attachment")["attachment"]
+    assert r["status"] == "succeeded" and r["records_upserted"] > 150
+    assert calls(sf, "POST /services/data/v59.0/jobs/query") == 1
+    assert not (r["warnings"] or 0)
+    cols = {c[0] for c in db.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = 'sf.attachment'::regclass AND attnum > 0")}
+    assert "body" not in cols and "bodylength" in cols
+    sel = dict(db.execute("SELECT property, selected FROM crm_sync.discover('sf', 'attachment')").fetchall())
+    assert sel["Body"] is False and sel["Name"] is True
+    # Chosen explicitly: a Bulk run leaves it out (and says so) instead of
+    # failing the job and reading the whole object through REST.
+    db.execute("UPDATE crm_sync.streams SET properties = '{Name,Body}' WHERE stream = 'attachment'")
+    sf.reset_stats()
+    r = sync(db, "sf", "attachment", full_refresh=True)["attachment"]
+    assert r["status"] == "succeeded" and r["warnings"] >= 1
+    assert calls(sf, "POST /services/data/v59.0/jobs/query") == 1
+    assert sf.stats()["by_endpoint"].get("GET /services/data/v59.0/query", 0) <= 1  # the count
+    w = one(db, "SELECT warning_samples::text FROM crm_sync.runs ORDER BY run_id DESC LIMIT 1")
+    assert "Attachment.Body is a base64 field" in w and "REST API instead" not in w
+    # An incremental (REST) run reads it: the blob's URL (records at the
+    # watermark, read again, get theirs too).
+    rid = one(db, "SELECT id FROM sf.attachment WHERE _deleted_at IS NULL ORDER BY id LIMIT 1")
+    sf.upsert("Attachment", [{"Id": rid, "Name": "renamed.pdf"}])
+    assert sync(db, "sf", "attachment")["attachment"]["records_upserted"] >= 1
+    assert one(db, "SELECT name FROM sf.attachment WHERE id = %s", rid) == "renamed.pdf"
+    assert one(db, "SELECT body FROM sf.attachment WHERE id = %s", rid).endswith(f"/Attachment/{rid}/Body")
+
+
+# --- Incremental windows that finish --------------------------------------------
+
+DAY_MS = 86_400_000
+
+
+def spread_changes(sf, obj, days, per_day):
+    """New records stamped one day apart over the last `days` days."""
+    import time
+    now = int(time.time() * 1000)
+    ids = []
+    for d in range(days, 0, -1):
+        ids += sf.upsert(obj, [{"Name": f"Spread {d}-{i}"} for i in range(per_day)],
+                         timestamp_ms=now - d * DAY_MS)
+    return ids
+
+
+def test_a_query_timeout_halves_the_window_and_never_repeats_a_query(db, sf_factory):
+    sf = sf_factory("--accounts", "400")
+    create_sf_source(db, sf)
+    sync(db, "sf", "account")
+    ids = spread_changes(sf, "Account", 20, 30)
+    # Queries matching more than 250 records time out, as non-selective
+    # queries over a large change set do.
+    sf.limits(query_timeout_rows=250)
+    sf.reset_stats()
+    r = sync(db, "sf", "account")["account"]
+    assert r["status"] == "succeeded" and r["records_upserted"] == len(ids) == 600
+    timed_out = sf.stats()["timed_out_queries"]
+    assert timed_out and len(timed_out) <= 8, timed_out
+    assert len(set(timed_out)) == len(timed_out), "the same query was sent again"
+    w = one(db, "SELECT warning_samples::text FROM crm_sync.runs WHERE stream = 'account' ORDER BY run_id DESC LIMIT 1")
+    assert "timed out (QUERY_TIMEOUT)" in w and "narrower windows" in w
+    assert one(db, "SELECT count(*) FROM sf.account WHERE name LIKE 'Spread %%'") == 600
+    # The next run starts from the new watermark: nothing times out.
+    sf.reset_stats()
+    assert sync(db, "sf", "account")["account"]["status"] == "succeeded"
+
+
+def test_records_changed_within_one_second_past_the_limit_fail_with_a_hint(db, sf_factory):
+    sf = sf_factory("--accounts", "100")
+    create_sf_source(db, sf)
+    sync(db, "sf", "account")
+    sf.upsert("Account", [{"Name": f"Burst {i}"} for i in range(300)])
+    sf.limits(query_timeout_rows=250)
+    with pytest.raises(psycopg.errors.Error) as e:
+        sync(db, "sf", "account")
+    assert "bulk_threshold" in (e.value.diag.message_hint or "")
+    timed_out = sf.stats()["timed_out_queries"]
+    assert len(set(timed_out)) == len(timed_out)
+
+
+def test_a_large_incremental_change_set_goes_through_bulk_api(db, sf_factory):
+    sf = sf_factory("--accounts", "80")
+    create_sf_source(db, sf, bulk_threshold=100)
+    sync(db, "sf", "account")
+    sf.upsert("Account", [{"Name": f"Big change {i}"} for i in range(300)])
+    sf.reset_stats()
+    r = sync(db, "sf", "account")["account"]
+    assert r["mode"] == "incremental" and r["records_upserted"] == 300
+    assert r["records_read"] < 380, "only the change set was read"
+    assert calls(sf, "POST /services/data/v59.0/jobs/query") == 1
+    assert calls(sf, "/sobjects/Account/deleted") == 1
+    # Once the watermark has passed the big change (the lookback reads it
+    # again until then), a small change set stays on the REST API.
+    sf.upsert("Account", [{"Name": "Small change"}])
+    assert sync(db, "sf", "account")["account"]["records_upserted"] == 1
+    sf.upsert("Account", [{"Name": "Another small change"}])
+    sf.reset_stats()
+    assert sync(db, "sf", "account")["account"]["records_upserted"] == 1
+    assert calls(sf, "/jobs/query") == 0
+
+
+def test_a_query_may_run_longer_than_the_source_timeout(db, salesforce):
+    """Salesforce runs a query up to 120 s: query calls wait 150 s whatever
+    timeout_seconds says; other calls keep it."""
+    create_sf_source(db, salesforce, timeout_seconds=1, max_retries=0)
+    salesforce.fault(path_contains="/query", skip=0, count=1, kind="latency", latency_ms=2500)
+    assert sync(db, "sf", "account")["account"]["status"] == "succeeded"
+    salesforce.fault(path_contains="/describe", skip=0, count=1, kind="latency", latency_ms=2500)
+    with pytest.raises(psycopg.errors.Error):
+        sync(db, "sf", "contact")

@@ -84,6 +84,9 @@ pub struct Provider {
     /// Whether its connector can list ids ([`Connector::ids`]): incremental
     /// syncs reconcile only then.
     pub reconciles: bool,
+    /// Why a stream of this object cannot be synced, known without asking
+    /// the CRM (`crm_sync.add_stream` refuses it with 22023); None: it may.
+    pub refuses: fn(&str) -> Option<String>,
     /// Check the values of options and credentials (keys are checked already).
     pub check: fn(&CheckArgs<'_>) -> Result<()>,
     /// Open a connection for one sync or discovery call.
@@ -274,6 +277,19 @@ pub enum DefaultFields {
     All,
     /// These fields (those the object lacks are skipped).
     Only(&'static [&'static str]),
+    /// Every field but those of these CRM types.
+    AllExcept(&'static [&'static str]),
+}
+
+impl DefaultFields {
+    /// Whether `f` is synced by default.
+    pub fn picks(&self, f: &Field) -> bool {
+        match self {
+            DefaultFields::All => true,
+            DefaultFields::Only(names) => names.contains(&f.name.as_str()),
+            DefaultFields::AllExcept(types) => !types.contains(&f.crm_type.as_str()),
+        }
+    }
 }
 
 /// An object (type) in the CRM, as discovered.
@@ -283,6 +299,9 @@ pub struct ObjectInfo {
     pub label: String,
     /// True for objects the user (not the vendor) defined.
     pub custom: bool,
+    /// Why the object cannot be synced, if it cannot (not queryable, or
+    /// only queryable with a filter on one parent).
+    pub unsyncable: Option<String>,
 }
 
 /// A field of a CRM object, as discovered.

@@ -199,6 +199,13 @@ fn create(st: &mut State, req: &Request, v: &str, id: String) -> Result<Response
             "FUNCTIONALITY_NOT_ENABLED: Selecting compound data not supported in Bulk Query"
                 .to_owned(),
         )
+    } else if query
+        .fields
+        .iter()
+        .any(|f| obj.field(f).is_some_and(|d| d.ftype == "base64"))
+    {
+        // As Data Loader and CumulusCI report it (CumulusCI #1662).
+        Some("FeatureNotEnabled : Binary field not supported".to_owned())
     } else {
         None
     };

@@ -128,6 +128,12 @@ pub(crate) struct State {
     session_calls: u64,
     daily_api_limit: u64,
     max_query_length: usize,
+    /// A REST query (not a COUNT()) matching more records than this runs
+    /// past Salesforce's 120 s and fails with QUERY_TIMEOUT (0: never), as
+    /// a non-selective query over a large change set does.
+    query_timeout_rows: usize,
+    /// The queries that timed out so, in order.
+    timed_out: Vec<String>,
     /// See [`Options::live_cursors`]; fixed per locator or job when the
     /// query runs.
     live_cursors: bool,
@@ -208,6 +214,7 @@ impl SalesforceMock {
             ("Contact", opts.contacts),
             ("Invoice__c", opts.invoices),
             ("Task", opts.tasks),
+            ("Attachment", opts.tasks),
             ("Lead", opts.leads),
             ("Opportunity", opts.opportunities),
             ("User", opts.users),
@@ -239,6 +246,8 @@ impl SalesforceMock {
                     session_calls: opts.session_calls,
                     daily_api_limit: opts.daily_api_limit,
                     max_query_length: opts.max_query_length,
+                    query_timeout_rows: 0,
+                    timed_out: Vec::new(),
                     live_cursors: opts.live_cursors,
                     cursors: HashMap::new(),
                     cursor_order: VecDeque::new(),
@@ -446,7 +455,38 @@ impl SalesforceMock {
         let (query, _) = soql::parse(q, &objects).map_err(|e| sf_error(400, e.code, &e.message))?;
         let seq = st.seq;
         let t = st.table(&query.object).expect("parsed objects exist");
+        if !t.obj.queryable {
+            return Err(sf_error(
+                400,
+                "INVALID_TYPE",
+                &format!("sObject type '{}' is not supported.", t.obj.name),
+            ));
+        }
+        if !t.obj.filter_on.is_empty()
+            && !query
+                .filter
+                .as_ref()
+                .is_some_and(|f| t.obj.filter_on.iter().any(|n| f.mentions(n)))
+        {
+            return Err(sf_error(
+                400,
+                "MALFORMED_QUERY",
+                &format!(
+                    "Implementation restriction: {} requires a filter by a single Id on {} using the equals operator or multiple Id's using the IN operator.",
+                    t.obj.name,
+                    t.obj.filter_on.join(" or ")
+                ),
+            ));
+        }
         let ids = soql::run(&query, t, all, seq);
+        if !query.count && st.query_timeout_rows > 0 && ids.len() > st.query_timeout_rows {
+            st.timed_out.push(q.to_owned());
+            return Err(sf_error(
+                400,
+                "QUERY_TIMEOUT",
+                "Your query request was running for too long.",
+            ));
+        }
         if query.count {
             return Ok(Response::json(
                 200,
@@ -678,6 +718,11 @@ impl Mock for SalesforceMock {
                     .add_field(f)?;
                 Ok(d)
             }),
+            ("POST", ["sf", obj, "fields", name, "flags"]) => st
+                .table_mut(obj)
+                .ok_or_else(|| format!("unknown object {obj}"))
+                .and_then(|t| t.set_filterable(name, body["filterable"].as_bool().unwrap_or(true)))
+                .map(|_| json!({})),
             ("DELETE", ["sf", obj, "fields", name]) => st
                 .table_mut(obj)
                 .ok_or_else(|| format!("unknown object {obj}"))
@@ -712,6 +757,9 @@ impl Mock for SalesforceMock {
                 if let Some(n) = body["max_query_length"].as_u64() {
                     st.max_query_length = n as usize;
                 }
+                if let Some(n) = body["query_timeout_rows"].as_u64() {
+                    st.query_timeout_rows = n as usize;
+                }
                 if let Some(n) = body["api_calls"].as_u64() {
                     st.api_calls = n;
                 }
@@ -739,6 +787,7 @@ impl Mock for SalesforceMock {
         vec![
             ("api_calls", json!(st.api_calls)),
             ("open_query_locators", json!(st.cursors.len())),
+            ("timed_out_queries", json!(st.timed_out)),
             ("live", json!(live)),
         ]
     }

@@ -632,6 +632,18 @@ impl Table {
         Ok(())
     }
 
+    /// Make a field filterable and sortable, or neither.
+    pub fn set_filterable(&mut self, name: &str, yes: bool) -> Result<(), String> {
+        let f = self
+            .obj
+            .fields
+            .iter_mut()
+            .find(|f| f.name.eq_ignore_ascii_case(name))
+            .ok_or_else(|| format!("no field {name}"))?;
+        f.no_filter = !yes;
+        Ok(())
+    }
+
     pub fn remove_field(&mut self, name: &str) -> Result<(), String> {
         let f = self
             .obj
@@ -794,6 +806,12 @@ impl Table {
             "date" => fmt_date(self.times(n, u64::MAX).2 + 86_400_000 * (h2 % 400) as i64),
             "datetime" => fmt_dt(self.times(n, u64::MAX).2 - (h2 % 86_400_000) as i64),
             "time" => format!("{:02}:{:02}:00.000Z", h2 % 24, (h2 >> 5) % 4 * 15),
+            // REST answers a blob with where to fetch it.
+            "base64" => format!(
+                "/services/data/v59.0/sobjects/{obj}/{}/{}",
+                self.id(n),
+                f.name
+            ),
             _ => return None,
         })
     }

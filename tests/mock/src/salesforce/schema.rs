@@ -27,6 +27,9 @@ pub struct Field {
     /// Neither createable nor updateable through the API (a person's `Name`,
     /// which Salesforce builds from its parts).
     pub read_only: bool,
+    /// Neither filterable nor sortable, whatever its type (set through
+    /// the admin API: some objects' SystemModstamp is so).
+    pub no_filter: bool,
 }
 
 impl Field {
@@ -57,6 +60,7 @@ impl Field {
             compound: None,
             name_field: false,
             read_only: false,
+            no_filter: false,
         }
     }
 
@@ -76,7 +80,8 @@ impl Field {
 
     /// Long text areas can be neither filtered nor sorted in SOQL.
     pub fn filterable(&self) -> bool {
-        !(self.ftype == "textarea" && self.length > 255) && self.ftype != "anyType"
+        let long_text = self.ftype == "textarea" && self.length > 255;
+        !(self.no_filter || long_text || self.ftype == "anyType")
     }
 
     pub fn sortable(&self) -> bool {
@@ -189,6 +194,11 @@ pub struct Object {
     pub key_prefix: String,
     pub custom: bool,
     pub fields: Vec<Field>,
+    /// describeGlobal's `queryable` (false: every query is INVALID_TYPE).
+    pub queryable: bool,
+    /// Fields one of which a query must filter on ("Implementation
+    /// restriction"); empty: none.
+    pub filter_on: Vec<&'static str>,
 }
 
 impl Object {
@@ -260,7 +270,7 @@ impl Object {
             "mergeable": matches!(self.name.as_str(), "Account" | "Contact" | "Lead"),
             "mruEnabled": writable,
             "name": self.name,
-            "queryable": true,
+            "queryable": self.queryable,
             "replicateable": self.has("SystemModstamp"),
             "retrieveable": true,
             "searchable": writable,
@@ -514,6 +524,8 @@ fn object(name: &str, label: &str, plural: &str, prefix: &str, fields: Vec<Field
         key_prefix: prefix.into(),
         custom: name.ends_with("__c"),
         fields,
+        queryable: true,
+        filter_on: Vec::new(),
     }
 }
 
@@ -631,6 +643,32 @@ pub fn objects() -> Vec<Object> {
         .reference("OwnerId", "Assigned To ID", "User")
         .f("IsArchived", "Archived", "boolean")
         .audit(true, true);
+    // Queryable only with a filter on one parent's Id (SOAP API guide,
+    // ContentDocumentLink: "Implementation restriction").
+    let content_link = B(Vec::new())
+        .reference("LinkedEntityId", "Linked Entity ID", "Account")
+        .reference("ContentDocumentId", "ContentDocument ID", "ContentDocument")
+        .pick("ShareType", "Share Type", &["V", "C", "I"])
+        .pick(
+            "Visibility",
+            "Visibility",
+            &["AllUsers", "InternalUsers", "SharedUsers"],
+        )
+        .audit(true, true);
+    // Files: Body is base64, which REST answers with the blob's URL and
+    // Bulk API 2.0 refuses.
+    let attachment = B(Vec::new())
+        .reference("ParentId", "Parent ID", "Account")
+        .f("Name", "File Name", "string")
+        .f("ContentType", "Content Type", "string")
+        .f("BodyLength", "Body Length", "int")
+        .f("Body", "Body", "base64")
+        .reference("OwnerId", "Owner ID", "User")
+        .audit(true, true);
+    // Change events are listed by describeGlobal but cannot be queried.
+    let change_event = B(Vec::new())
+        .f("Name", "Account Name", "string")
+        .audit(false, false);
     // UserLogin has LastModifiedDate but neither SystemModstamp nor IsDeleted.
     let user_login = B(Vec::new())
         .reference("UserId", "User ID", "User")
@@ -662,8 +700,26 @@ pub fn objects() -> Vec<Object> {
             f.nillable = false;
         }
     }
+    let mut content_link = object(
+        "ContentDocumentLink",
+        "Content Document Link",
+        "Content Document Link",
+        "06A",
+        content_link,
+    );
+    content_link.filter_on = vec!["ContentDocumentId", "LinkedEntityId"];
+    let mut change_event = object(
+        "AccountChangeEvent",
+        "Account Change Event",
+        "Account Change Events",
+        "1CE",
+        change_event,
+    );
+    change_event.queryable = false;
     vec![
         object("Account", "Account", "Accounts", "001", account),
+        change_event,
+        object("Attachment", "Attachment", "Attachments", "00P", attachment),
         object(
             "AccountHistory",
             "Account History",
@@ -672,6 +728,7 @@ pub fn objects() -> Vec<Object> {
             history,
         ),
         object("Contact", "Contact", "Contacts", "003", contact),
+        content_link,
         object("Invoice__c", "Invoice", "Invoices", "a01", invoice),
         object("Lead", "Lead", "Leads", "00Q", lead),
         object(

@@ -654,6 +654,15 @@ fn like(pattern: &str, v: &str) -> bool {
 }
 
 impl Expr {
+    /// Whether the filter tests `field` anywhere.
+    pub fn mentions(&self, field: &str) -> bool {
+        match self {
+            Expr::And(v) | Expr::Or(v) => v.iter().any(|e| e.mentions(field)),
+            Expr::Not(e) => e.mentions(field),
+            Expr::Cmp(f, ..) | Expr::In(f, ..) | Expr::Like(f, _) => f.eq_ignore_ascii_case(field),
+        }
+    }
+
     pub fn matches(&self, t: &Table, n: u64, seq: u64) -> bool {
         let field = |name: &str| t.obj.field(name).cloned();
         match self {

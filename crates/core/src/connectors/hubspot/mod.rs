@@ -33,6 +33,7 @@ pub const PROVIDER: Provider = Provider {
     // only the id and modification time unless the user picks properties.
     other_objects: DefaultFields::Only(&[]),
     reconciles: true,
+    refuses: |_| None,
     check,
     connect,
 };
@@ -85,6 +86,7 @@ impl Connector for HubSpot<'_> {
         let objects = OBJECTS
             .iter()
             .map(|(name, label)| ObjectInfo {
+                unsyncable: None,
                 name: (*name).to_owned(),
                 label: (*label).to_owned(),
                 custom: false,

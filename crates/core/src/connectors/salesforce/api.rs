@@ -38,8 +38,27 @@ pub fn api_usage(headers: &reqwest::header::HeaderMap) -> Option<(u64, u64)> {
 
 /// Salesforce's error codes that mean "try again".
 fn transient(r: &Response) -> bool {
+    is_query_timeout(r)
+}
+
+fn is_query_timeout(r: &Response) -> bool {
     r.status == StatusCode::BAD_REQUEST
         && first_error(&r.body).is_some_and(|e| e.error_code == "QUERY_TIMEOUT")
+}
+
+/// Salesforce ends a synchronous SOQL query after 120 seconds
+/// (QUERY_TIMEOUT); a query call waits longer than that, so that the
+/// client never cuts a query the server would have finished.
+/// <https://developer.salesforce.com/docs/atlas.en-us.salesforce_app_limits_cheatsheet.meta/salesforce_app_limits_cheatsheet/salesforce_app_limits_platform_apicalls.htm>
+pub const QUERY_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(150);
+
+/// How a call treats a `QUERY_TIMEOUT`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum OnTimeout {
+    /// Send the same query again (with backoff).
+    Retry,
+    /// Return it at once: the caller narrows the query instead.
+    Return,
 }
 
 #[derive(Deserialize, Debug, Default, Clone)]
@@ -141,6 +160,41 @@ impl<'a> Api<'a> {
         body: Option<&Value>,
         retry: bool,
     ) -> Result<Response> {
+        self.send(method, path, query, headers, body, retry, OnTimeout::Retry)
+            .await
+    }
+
+    /// A query whose `QUERY_TIMEOUT` comes back at once (other failures
+    /// are retried as usual): the reader asks for a narrower window.
+    pub async fn query_narrowable(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        headers: &[(&str, String)],
+    ) -> Result<Response> {
+        self.send(
+            Method::GET,
+            path,
+            query,
+            headers,
+            None,
+            true,
+            OnTimeout::Return,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        headers: &[(&str, String)],
+        body: Option<&Value>,
+        retry: bool,
+        on_timeout: OnTimeout,
+    ) -> Result<Response> {
         let endpoint = format!("{method} {}", path.split('?').next().unwrap_or(path));
         let mut fresh = false;
         loop {
@@ -167,6 +221,11 @@ impl<'a> Api<'a> {
             } else {
                 0
             };
+            // Queries (and their later pages) may run up to Salesforce's
+            // own limit.
+            let is_query = path.contains("/query");
+            let call_timeout = self.http.settings().timeout.max(QUERY_CALL_TIMEOUT);
+            let judge = |r: &Response| on_timeout == OnTimeout::Retry && transient(r);
             let resp = self
                 .http
                 .send_with(
@@ -191,9 +250,12 @@ impl<'a> Api<'a> {
                         if let Some(b) = body {
                             rb = rb.json(b);
                         }
+                        if is_query {
+                            rb = rb.timeout(call_timeout);
+                        }
                         rb
                     },
-                    &transient,
+                    &judge,
                     retries,
                 )
                 .await

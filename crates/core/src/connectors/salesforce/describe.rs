@@ -24,6 +24,56 @@ pub fn pg_type_for(sf_type: &str) -> PgType {
     }
 }
 
+/// Why an object describeGlobal lists with `queryable: false` cannot be
+/// synced.
+pub const NOT_QUERYABLE: &str =
+    "Salesforce does not let it be queried (describe says queryable: false)";
+
+/// Objects Salesforce only queries with a filter on one parent's Id (an
+/// "Implementation restriction" MALFORMED_QUERY otherwise), so no sync can
+/// read them whole. The list peers keep: Airbyte's source-salesforce and
+/// singer-io/tap-salesforce (`QUERY_RESTRICTED_SALESFORCE_OBJECTS`).
+const FILTER_REQUIRED: &[&str] = &[
+    "Announcement",
+    "AppTabMember",
+    "CollaborationGroupRecord",
+    "ColorDefinition",
+    "ContentDocumentLink",
+    "ContentFolderItem",
+    "ContentFolderMember",
+    "DataStatistics",
+    "DatacloudDandBCompany",
+    "EntityParticle",
+    "FieldDefinition",
+    "FieldHistoryArchive",
+    "FlexQueueItem",
+    "FlowVariableView",
+    "FlowVersionView",
+    "IconDefinition",
+    "IdeaComment",
+    "NetworkUserHistoryRecent",
+    "OwnerChangeOptionInfo",
+    "PicklistValueInfo",
+    "PlatformAction",
+    "RecordActionHistory",
+    "RelationshipDomain",
+    "RelationshipInfo",
+    "SearchLayout",
+    "SiteDetail",
+    "UserEntityAccess",
+    "UserFieldAccess",
+    "Vote",
+];
+
+/// Why `object` cannot be synced, when Salesforce's own rules say so
+/// without asking the org.
+pub fn filter_required(object: &str) -> Option<String> {
+    FILTER_REQUIRED
+        .iter()
+        .any(|o| o.eq_ignore_ascii_case(object))
+        .then(|| format!("Salesforce only queries {object} with a filter on one parent record's Id, so it cannot be read whole"))
+}
+
 /// What describe says about an object, as the reader needs it.
 #[derive(Debug)]
 pub struct Describe {
@@ -44,17 +94,20 @@ pub struct Describe {
 impl Describe {
     #[cfg(test)]
     fn from_fields(fields: Vec<Field>) -> Describe {
-        Self::with_components(fields, HashMap::new())
+        Self::with_components(fields, HashMap::new(), &|_| true)
     }
 
+    /// `cursorable`: the fields describe says are filterable and sortable,
+    /// which a cursor must be.
     pub(super) fn with_components(
         fields: Vec<Field>,
         components: HashMap<String, Vec<String>>,
+        cursorable: &dyn Fn(&str) -> bool,
     ) -> Describe {
         let has = |n: &str| fields.iter().any(|f| f.name == n);
         let cursor = ["SystemModstamp", "LastModifiedDate"]
             .into_iter()
-            .find(|c| has(c));
+            .find(|c| has(c) && cursorable(c));
         let has_is_deleted = has("IsDeleted");
         let has_is_archived = has("IsArchived");
         Describe {
@@ -112,5 +165,14 @@ mod tests {
         let d = Describe::from_fields(vec![f("Id"), f("CreatedDate")]);
         assert_eq!(d.cursor, None);
         assert!(!d.has_is_deleted);
+        // A SystemModstamp describe says cannot be filtered or sorted on.
+        let d = Describe::with_components(
+            vec![f("Id"), f("LastModifiedDate"), f("SystemModstamp")],
+            HashMap::new(),
+            &|n| n != "SystemModstamp",
+        );
+        assert_eq!(d.cursor, Some("LastModifiedDate"));
+        assert!(filter_required("ContentDocumentLink").is_some());
+        assert!(filter_required("Account").is_none());
     }
 }

@@ -13,6 +13,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use reqwest::Method;
 use serde::Deserialize;
 use serde_json::Value;
 use url::Url;
@@ -47,6 +48,11 @@ pub const DEFAULT_MAX_DAILY_SHARE: u64 = 80;
 /// Full syncs of objects with more records than this use Bulk API 2.0.
 pub const DEFAULT_BULK_THRESHOLD: u64 = 50_000;
 
+/// Field types left out unless a stream lists them: base64 (file bodies,
+/// such as Attachment.Body and ContentVersion.VersionData) is served one
+/// record at a time, up to megabytes each, and Bulk API 2.0 rejects it.
+pub const NOT_BY_DEFAULT: &[&str] = &["base64"];
+
 /// Salesforce as the rest of the system sees it.
 pub const PROVIDER: Provider = Provider {
     name: "salesforce",
@@ -71,9 +77,10 @@ pub const PROVIDER: Provider = Provider {
     // returns for those credentials.
     hosts: &[("login_url", DEFAULT_LOGIN_URL)],
     streams: STREAMS,
-    other_objects: DefaultFields::All,
+    other_objects: DefaultFields::AllExcept(NOT_BY_DEFAULT),
     // Ids are listed by a query of Id (Bulk API 2.0 for large objects).
     reconciles: true,
+    refuses: describe::filter_required,
     check,
     connect,
 };
@@ -82,27 +89,27 @@ pub const STREAMS: &[StreamDefaults] = &[
     StreamDefaults {
         name: "account",
         object: "Account",
-        fields: DefaultFields::All,
+        fields: DefaultFields::AllExcept(NOT_BY_DEFAULT),
     },
     StreamDefaults {
         name: "contact",
         object: "Contact",
-        fields: DefaultFields::All,
+        fields: DefaultFields::AllExcept(NOT_BY_DEFAULT),
     },
     StreamDefaults {
         name: "lead",
         object: "Lead",
-        fields: DefaultFields::All,
+        fields: DefaultFields::AllExcept(NOT_BY_DEFAULT),
     },
     StreamDefaults {
         name: "opportunity",
         object: "Opportunity",
-        fields: DefaultFields::All,
+        fields: DefaultFields::AllExcept(NOT_BY_DEFAULT),
     },
     StreamDefaults {
         name: "user",
         object: "User",
-        fields: DefaultFields::All,
+        fields: DefaultFields::AllExcept(NOT_BY_DEFAULT),
     },
 ];
 
@@ -217,6 +224,11 @@ impl Salesforce<'_> {
             fields: Vec<WireField>,
             #[serde(default)]
             replicateable: bool,
+            #[serde(default = "yes")]
+            queryable: bool,
+        }
+        fn yes() -> bool {
+            true
         }
         #[derive(Deserialize)]
         struct WireField {
@@ -229,6 +241,10 @@ impl Salesforce<'_> {
             custom: bool,
             #[serde(rename = "compoundFieldName", default)]
             compound_field_name: Option<String>,
+            #[serde(default = "yes")]
+            filterable: bool,
+            #[serde(default = "yes")]
+            sortable: bool,
         }
         let (w, _) = self.api.get_json::<Wire>(&path, &[], &[]).await?;
         // Address and location fields cannot be selected in Bulk queries;
@@ -248,6 +264,22 @@ impl Salesforce<'_> {
                     .push(f.name.clone());
             }
         }
+        if !w.queryable {
+            return Err(CrmError::config(format!(
+                "{object} cannot be synced: {}",
+                describe::NOT_QUERYABLE
+            ))
+            .with_hint(
+                "Remove the stream with crm_sync.drop_stream(), or disable it in crm_sync.streams.",
+            ));
+        }
+        // A cursor must be both filterable and sortable.
+        let cursorable: std::collections::HashSet<String> = w
+            .fields
+            .iter()
+            .filter(|f| f.filterable && f.sortable)
+            .map(|f| f.name.clone())
+            .collect();
         let fields = w
             .fields
             .into_iter()
@@ -259,7 +291,7 @@ impl Salesforce<'_> {
                 custom: f.custom,
             })
             .collect();
-        let mut d = Describe::with_components(fields, components);
+        let mut d = Describe::with_components(fields, components, &|n| cursorable.contains(n));
         d.replicateable = w.replicateable;
         let d = Rc::new(d);
         self.describes
@@ -272,18 +304,57 @@ impl Salesforce<'_> {
 impl Salesforce<'_> {
     /// `SELECT COUNT() FROM object`: live records.
     async fn count(&self, object: &str) -> Result<u64> {
+        self.count_where(object, None).await
+    }
+
+    async fn count_where(&self, object: &str, filter: Option<&str>) -> Result<u64> {
         #[derive(Deserialize)]
         struct Wire {
             #[serde(rename = "totalSize")]
             total_size: u64,
         }
-        let q = format!("SELECT COUNT() FROM {object}");
+        let q = soql::select(&["COUNT()".to_owned()], object, filter, None);
         let path = self.api.data_path("query");
-        let (w, _) = self
-            .api
-            .get_json::<Wire>(&path, &[("q", q.as_str())], &[])
-            .await?;
+        // Counting a whole object is retried on QUERY_TIMEOUT; a change set
+        // that cannot be counted in time is large.
+        let resp = if filter.is_none() {
+            self.api
+                .call(Method::GET, &path, &[("q", q.as_str())], &[], None)
+                .await?
+        } else {
+            self.api
+                .query_narrowable(&path, &[("q", q.as_str())], &[])
+                .await?
+        };
+        let w: Wire = api::parse_json(&format!("GET {path}"), &resp.body)?;
         Ok(w.total_size)
+    }
+
+    /// Whether `req` should go through Bulk API 2.0: a full read of more
+    /// records than `bulk_threshold`, or an incremental one whose change
+    /// set (`COUNT()` of the window) is larger; a count Salesforce cannot
+    /// finish (QUERY_TIMEOUT) is large.
+    async fn large(&self, req: &ReadRequest, d: &Describe) -> Result<bool> {
+        let Some(threshold) = self.bulk_threshold else {
+            return Ok(false);
+        };
+        let filter = match (&req.mode, d.cursor) {
+            (SyncMode::Full, _) => None,
+            (SyncMode::Incremental { watermark }, Some(c)) => {
+                let Some(w) = crate::types::parse_datetime(watermark) else {
+                    return Ok(false);
+                };
+                let lookback = chrono::Duration::from_std(req.lookback).unwrap_or_default();
+                Some(format!("{c} >= {}", soql::datetime(w - lookback)))
+            }
+            // Read whole every run: small by nature.
+            (SyncMode::Incremental { .. }, None) => return Ok(false),
+        };
+        match self.count_where(&req.object, filter.as_deref()).await {
+            Ok(n) => Ok(n > threshold),
+            Err(e) if e.code.as_deref() == Some("QUERY_TIMEOUT") => Ok(true),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -308,8 +379,12 @@ impl Connector for Salesforce<'_> {
             let (w, _) = self.api.get_json::<Wire>(&path, &[], &[]).await?;
             Ok(w.sobjects
                 .into_iter()
-                .filter(|o| o.queryable)
                 .map(|o| ObjectInfo {
+                    unsyncable: if o.queryable {
+                        describe::filter_required(&o.name)
+                    } else {
+                        Some(describe::NOT_QUERYABLE.to_owned())
+                    },
                     name: o.name,
                     label: o.label,
                     custom: o.custom,
@@ -324,22 +399,24 @@ impl Connector for Salesforce<'_> {
 
     fn reader<'a>(&'a self, req: ReadRequest) -> BoxFuture<'a, Result<Box<dyn PageSource + 'a>>> {
         Box::pin(async move {
+            if let Some(why) = describe::filter_required(&req.object) {
+                return Err(CrmError::config(format!("{} cannot be synced: {why}", req.object))
+                    .with_hint("Remove the stream with crm_sync.drop_stream(), or disable it in crm_sync.streams."));
+            }
             let d = self.describe(&req.object).await?;
-            if let (SyncMode::Full, Some(threshold)) = (&req.mode, self.bulk_threshold) {
-                if self.count(&req.object).await? > threshold {
-                    let resume = req.resume.clone();
-                    let mut r = bulk::BulkReader::new(
-                        &self.api,
-                        req,
-                        d,
-                        self.batch_size,
-                        self.max_query_length,
-                    );
-                    if let Some(p) = resume {
-                        r.resume_from(&p)?;
-                    }
-                    return Ok(Box::new(r) as Box<dyn PageSource + 'a>);
+            if self.large(&req, &d).await? {
+                let resume = req.resume.clone();
+                let mut r = bulk::BulkReader::new(
+                    &self.api,
+                    req,
+                    d,
+                    self.batch_size,
+                    self.max_query_length,
+                );
+                if let Some(p) = resume {
+                    r.resume_from(&p)?;
                 }
+                return Ok(Box::new(r) as Box<dyn PageSource + 'a>);
             }
             let mut r = reader::RestReader::new(
                 &self.api,

@@ -111,6 +111,11 @@ pub struct RestReader<'a> {
     archived: bool,
     /// Read only these records (reconciliation's re-reads).
     only_ids: Option<Vec<String>>,
+    /// The live pass of an incremental run reads the cursor range from
+    /// `win_lo`, `win_len` at a time once a query timed out (None: to the
+    /// end); see [`RestReader::narrow`].
+    win_lo: Option<DateTime<Utc>>,
+    win_len: Option<chrono::Duration>,
     /// Why the deletes of this run are incomplete (see
     /// [`PageSource::reconcile_needed`]).
     reconcile: Option<String>,
@@ -155,6 +160,11 @@ struct Position {
     /// `None`: every pass is done.
     pass: Option<Pass>,
     after: Option<After>,
+    /// The live pass's window, once narrowed (epoch ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    win_lo_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    win_len_ms: Option<i64>,
     watermark_ms: Option<i64>,
     cap_ms: Option<i64>,
 }
@@ -244,6 +254,8 @@ impl<'a> RestReader<'a> {
             deletes_since,
             archived: d.has_is_archived,
             only_ids: None,
+            win_lo: since,
+            win_len: None,
             reconcile,
             phase: Phase::Start(Pass::Live),
             warnings: vec![],
@@ -281,6 +293,10 @@ impl<'a> RestReader<'a> {
             None => Phase::Done,
         };
         self.after = p.after;
+        if let (Some(lo), Some(len)) = (at(p.win_lo_ms), p.win_len_ms) {
+            self.win_lo = Some(lo);
+            self.win_len = Some(chrono::Duration::milliseconds(len));
+        }
         self.watermark = at(p.watermark_ms).or(self.watermark);
         self.cap = at(p.cap_ms);
         true
@@ -302,6 +318,8 @@ impl<'a> RestReader<'a> {
             since_ms: ms(self.since),
             pass,
             after: self.after.clone(),
+            win_lo_ms: self.win_len.and(ms(self.win_lo)),
+            win_len_ms: self.win_len.map(|l| l.num_milliseconds()),
             watermark_ms: ms(self.watermark),
             cap_ms: ms(self.cap),
         })
@@ -339,7 +357,7 @@ impl<'a> RestReader<'a> {
         max_query_length: usize,
     ) -> Result<Self> {
         let mut r = Self::new(api, req, d, batch_size, max_query_length)?;
-        r.phase = Phase::Start(Pass::Deleted);
+        r.phase = Phase::Start(r.deletes);
         Ok(r)
     }
 
@@ -381,8 +399,17 @@ impl<'a> RestReader<'a> {
             let list: Vec<String> = ids.iter().map(|i| soql::string(i)).collect();
             conds.push(format!("Id IN ({})", list.join(", ")));
         }
-        if let (Some(c), Some(s)) = (self.cursor, self.since) {
-            conds.push(format!("{c} >= {}", soql::datetime(s)));
+        match (self.cursor, self.since, pass) {
+            (Some(c), Some(_), Pass::Live) => {
+                if let Some(lo) = self.win_lo {
+                    conds.push(format!("{c} >= {}", soql::datetime(lo)));
+                }
+                if let (Some(lo), Some(len)) = (self.win_lo, self.win_len) {
+                    conds.push(format!("{c} < {}", soql::datetime(lo + len)));
+                }
+            }
+            (Some(c), Some(s), _) => conds.push(format!("{c} >= {}", soql::datetime(s))),
+            _ => {}
         }
         // Resuming: after the last record returned, in the query's order.
         if let Some(a) = &self.after {
@@ -415,10 +442,16 @@ impl<'a> RestReader<'a> {
     /// (with a warning) and returns `Ok(None)` so the caller rebuilds `q`.
     async fn start_query(&mut self, pass: Pass, q: &str) -> Result<Option<QueryPage>> {
         let path = self.api.data_path(self.resource(pass));
-        let res = self
-            .api
-            .call(Method::GET, &path, &[("q", q)], &self.headers(), None)
-            .await;
+        let windowed = pass == Pass::Live && self.win_lo.is_some() && self.cursor.is_some();
+        let res = if windowed {
+            self.api
+                .query_narrowable(&path, &[("q", q)], &self.headers())
+                .await
+        } else {
+            self.api
+                .call(Method::GET, &path, &[("q", q)], &self.headers(), None)
+                .await
+        };
         match res {
             Ok(resp) => {
                 // The query began before the server stamped its answer, at
@@ -431,6 +464,10 @@ impl<'a> RestReader<'a> {
                     self.cap = self.began;
                 }
                 Ok(Some(parse_json(&format!("GET {path}"), &resp.body)?))
+            }
+            Err(e) if windowed && e.code.as_deref() == Some("QUERY_TIMEOUT") => {
+                self.narrow(e)?;
+                Ok(None)
             }
             Err(e) if e.code.as_deref() == Some("INVALID_FIELD") => {
                 let gone = e
@@ -475,8 +512,17 @@ impl<'a> RestReader<'a> {
             }
         };
         let mut records = self.take_records(pass, page.records)?;
+        // A narrowed live pass goes on with the next window.
+        let next_window = match (pass, self.win_lo, self.win_len) {
+            (Pass::Live, Some(lo), Some(len)) if lo + len < Utc::now() => Some(lo + len),
+            _ => None,
+        };
         self.phase = match (page.next_records_url.clone(), pass) {
             (Some(u), _) => Phase::More(pass, u),
+            (None, Pass::Live) if next_window.is_some() => {
+                self.win_lo = next_window;
+                Phase::Start(Pass::Live)
+            }
             (None, Pass::Live) if self.track_deletes => Phase::Start(self.deletes),
             (None, _) => Phase::Done,
         };
@@ -551,6 +597,32 @@ impl<'a> RestReader<'a> {
             });
         }
         Ok(out)
+    }
+
+    /// The live query timed out (`QUERY_TIMEOUT`, Salesforce's 120 s): read
+    /// the cursor range in windows of half the span instead, never sending
+    /// the same query again (tap-salesforce halves its date window the same
+    /// way). Windows stay at the narrowed size; the last one is open-ended.
+    fn narrow(&mut self, e: crate::error::CrmError) -> Result<()> {
+        let lo = self.win_lo.expect("a windowed query");
+        let span = self.win_len.unwrap_or_else(|| Utc::now() - lo);
+        let half = span / 2;
+        if half < chrono::Duration::seconds(1) {
+            return Err(e.with_hint(format!(
+                "Salesforce timed out on {} records changed within one second; lower the source option bulk_threshold so that large change sets are read through Bulk API 2.0",
+                self.object
+            )));
+        }
+        if self.win_len.is_none() {
+            self.warnings.push(format!(
+                "the query of the {} records changed since {} timed out (QUERY_TIMEOUT); they were read in narrower windows instead, halved at each timeout (the first: {})",
+                self.object,
+                soql::datetime(lo),
+                human(half)
+            ));
+        }
+        self.win_len = Some(half);
+        Ok(())
     }
 
     /// The deletes pass of an incremental run through getDeleted:
@@ -732,6 +804,17 @@ impl<'a> RestReader<'a> {
             r.raw = Value::Object(r.fields.clone()).to_string();
         }
         Ok(())
+    }
+}
+
+/// `3 days 4 h`, `12 min`, `40 s`: a window's length in a warning.
+fn human(d: chrono::Duration) -> String {
+    let s = d.num_seconds();
+    match s {
+        s if s >= 86_400 => format!("{} days {} h", s / 86_400, s % 86_400 / 3600),
+        s if s >= 3600 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        s if s >= 60 => format!("{} min", s / 60),
+        s => format!("{s} s"),
     }
 }
 
