@@ -522,6 +522,104 @@ impl SpiSink {
         .unwrap_or(0)
     }
 
+    /// Refresh the values of `fields` (formulas, which change without the
+    /// modification time moving) in the live rows of `records`: their
+    /// columns and their keys in `_raw`; rows whose values are the same
+    /// are left alone. Returns how many rows changed.
+    pub fn refresh(&self, fields: &[String], records: &[Record]) -> Result<i64, CrmError> {
+        let cols: Vec<&Column> = self
+            .columns
+            .iter()
+            .filter(|c| fields.contains(&c.property))
+            .collect();
+        if cols.is_empty() || records.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<Option<&str>> = records.iter().map(|r| Some(r.id.as_str())).collect();
+        let patches: Vec<Option<String>> = records
+            .iter()
+            .map(|r| {
+                let m: serde_json::Map<String, serde_json::Value> = cols
+                    .iter()
+                    .map(|c| {
+                        let v = r.fields.get(&c.property).cloned().unwrap_or_default();
+                        (c.property.clone(), v)
+                    })
+                    .collect();
+                Some(serde_json::Value::Object(m).to_string())
+            })
+            .collect();
+        let values: Vec<Vec<Option<String>>> = cols
+            .iter()
+            .map(|c| {
+                records
+                    .iter()
+                    .map(|r| {
+                        let v = r
+                            .fields
+                            .get(&c.property)
+                            .unwrap_or(&serde_json::Value::Null);
+                        match c.pg_type {
+                            PgType::TimestampTz => v
+                                .as_str()
+                                .and_then(crm_sync_core::types::parse_datetime)
+                                .map(crm_sync_core::types::fmt_ts),
+                            t => t.coerce(v).ok().flatten().map(Cow::into_owned),
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let sets: Vec<String> = cols
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{} = u.c{i}::{}", qi(&c.column), c.pg_type.sql_name()))
+            .collect();
+        let arrays: Vec<String> = (0..cols.len())
+            .map(|i| format!("${}::text[]", i + 4))
+            .collect();
+        let names: Vec<String> = (0..cols.len()).map(|i| format!("c{i}")).collect();
+        let sql = format!(
+            "WITH p AS (
+               UPDATE {s}.{t} AS t
+                  SET {sets}, _raw = t._raw || u.patch::jsonb,
+                      _synced_at = pg_catalog.now(), _run_id = $3
+                 -- unnest of several arrays is FROM-clause syntax (ROWS
+                 -- FROM), not a function a schema can qualify.
+                 FROM unnest($1::text[], $2::text[], {arrays}) AS u(id, patch, {names})
+                WHERE t.id = u.id AND t._deleted_at IS NULL
+                  AND NOT (t._raw @> u.patch::jsonb)
+               RETURNING 1)
+             SELECT pg_catalog.count(*) FROM p",
+            s = qi(&self.schema),
+            t = qi(&self.table),
+            sets = sets.join(", "),
+            arrays = arrays.join(", "),
+            names = names.join(", "),
+        );
+        // Arrays made inside the connection are freed with it.
+        fn as_str(v: &[Option<String>]) -> Vec<Option<&str>> {
+            v.iter().map(|x| x.as_deref()).collect()
+        }
+        Spi::connect_mut(|c| -> Result<i64, CrmError> {
+            let mut args = vec![
+                text_array(&ids)?,
+                text_array(&as_str(&patches))?,
+                self.run_id.into(),
+            ];
+            for v in &values {
+                args.push(text_array(&as_str(v))?);
+            }
+            Ok(c.update(&sql, None, &args)
+                .expect("refresh formula values")
+                .first()
+                .get_one::<i64>()
+                .ok()
+                .flatten()
+                .unwrap_or(0))
+        })
+    }
+
     fn write_records(&mut self, batch: &[Record]) -> Result<WriteStats, CrmError> {
         let mut warnings = 0u64;
         let mut samples = Vec::new();

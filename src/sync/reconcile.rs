@@ -37,12 +37,15 @@ pub struct Reconciled {
     pub duration: Duration,
     /// Why the merge after it failed (the landing rows are kept).
     pub merge_warning: Option<String>,
+    /// Rows whose formula values changed (see [`IdSource::refreshed`]).
+    pub refreshed: i64,
 }
 
 struct Counts {
     seen: i64,
     gone: i64,
     reread: i64,
+    refreshed: i64,
 }
 
 /// Reconcile one stream of `src`, in the caller's transaction (a
@@ -73,7 +76,7 @@ pub fn reconcile_stream(
     let n = super::guarded(src, s, &plan, &progress, commit, &ctx, work)?;
     let mut run = record::run_record(&src.name, s, &plan, &progress);
     run.records_read = n.seen;
-    run.records = n.reread;
+    run.records = n.reread + n.refreshed;
     run.records_deleted = n.gone;
     catalog::insert_run(&run);
     record::on_job(commit, &run);
@@ -83,6 +86,7 @@ pub fn reconcile_stream(
         run,
         duration: started.elapsed(),
         merge_warning,
+        refreshed: n.refreshed,
     })
 }
 
@@ -138,9 +142,12 @@ fn reconcile(
         read_fields,
         ..
     } = prepare(cfg, conn.as_ref(), &src.name, s)?;
-    // 1. Every id the CRM has now, into crm_sync.reconcile_ids.
-    let mut ids = block_on_interruptible(conn.ids(&s.object), &mut check_interrupts)?;
+    let mut sink = SpiSink::new(&src.name, &s.stream, columns, run_id);
+    // 1. Every id the CRM has now, into crm_sync.reconcile_ids; with them,
+    // the values of the stream's formula fields, refreshed as they come.
+    let mut ids = block_on_interruptible(conn.ids(&s.object, &read_fields), &mut check_interrupts)?;
     let mut seen = 0i64;
+    let mut refreshed = 0i64;
     while let Some(page) = block_on_interruptible(ids.next_ids(), &mut check_interrupts)? {
         seen += page.len() as i64;
         progress.read.set(seen as u64);
@@ -157,6 +164,8 @@ fn reconcile(
             .map(|_| ())
         })
         .expect("write crm_sync.reconcile_ids");
+        let (fields, values) = ids.refreshed();
+        refreshed += sink.refresh(&fields, &values)?;
         check_interrupts();
     }
     drop(ids);
@@ -197,7 +206,6 @@ fn reconcile(
     .expect("mark the records the CRM no longer has")
     .unwrap_or(0);
     // 3. Records the CRM has that never landed, or landed as deleted.
-    let mut sink = SpiSink::new(&src.name, &s.stream, columns, run_id);
     let mut reread = 0i64;
     let mut after = String::new();
     loop {
@@ -235,5 +243,10 @@ fn reconcile(
         &[run_id.into()],
     )
     .expect("clear crm_sync.reconcile_ids");
-    Ok(Counts { seen, gone, reread })
+    Ok(Counts {
+        seen,
+        gone,
+        reread,
+        refreshed,
+    })
 }

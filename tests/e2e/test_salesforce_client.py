@@ -122,3 +122,37 @@ def test_expired_session_raises(sf_mock):
     r = requests.post(f"{sf_mock}/services/oauth2/token", timeout=10,
                       data={"grant_type": "refresh_token", "client_id": "nope", "refresh_token": REFRESH_TOKEN})
     assert r.status_code == 400 and r.json()["error"] == "invalid_client_id"
+
+
+def test_get_deleted_and_query_all_see_what_the_org_deleted(sf, sf_mock):
+    """sf.Account.deleted(start, end) parses the mock's getDeleted answer:
+    hard deletes and recycle-bin deletes with their dates, and
+    earliestDateAvailable; queryAll keeps what sits in the recycle bin, not
+    what was purged; a start over 30 days back is INVALID_REPLICATION_DATE."""
+    from datetime import datetime, timedelta, timezone
+    live = [r["Id"] for r in sf.query("SELECT Id FROM Account ORDER BY Id LIMIT 3")["records"]]
+    admin = lambda path, body: requests.post(f"{sf_mock}/_mock/sf/Account/{path}", json=body, timeout=10)
+    admin("hard_delete", {"ids": [live[0]]}).raise_for_status()
+    admin("delete", {"ids": [live[1], live[2]]}).raise_for_status()
+    admin("purge", {"ids": [live[2]]}).raise_for_status()
+    now = datetime.now(timezone.utc)
+    got = sf.Account.deleted(now - timedelta(days=1), now + timedelta(seconds=5))
+    assert {d["id"] for d in got["deletedRecords"]} == set(live)
+    assert all(d["deletedDate"].endswith("+0000") for d in got["deletedRecords"])
+    assert got["earliestDateAvailable"] and got["latestDateCovered"]
+    everything = {r["Id"] for r in sf.query_all("SELECT Id FROM Account", include_deleted=True)["records"]}
+    assert live[1] in everything and live[0] not in everything and live[2] not in everything
+    with pytest.raises(SalesforceMalformedRequest) as e:
+        sf.Account.deleted(now - timedelta(days=31), now)
+    assert e.value.content[0]["errorCode"] == "INVALID_REPLICATION_DATE"
+
+
+def test_query_hides_archived_tasks_and_query_all_returns_them(sf):
+    shown = sf.query_all("SELECT Id, IsArchived FROM Task")["records"]
+    everything = sf.query_all("SELECT Id, IsArchived FROM Task WHERE IsDeleted = false",
+                              include_deleted=True)["records"]
+    assert not any(r["IsArchived"] for r in shown)
+    assert len(everything) > len(shown) and any(r["IsArchived"] for r in everything)
+    fields = {f["name"]: f for f in sf.Invoice__c.describe()["fields"]}
+    assert fields["Days_Overdue__c"]["calculated"] is True and fields["Days_Overdue__c"]["calculatedFormula"]
+    assert fields["Amount__c"]["calculated"] is False

@@ -413,3 +413,31 @@ def test_a_query_may_run_longer_than_the_source_timeout(db, salesforce):
     salesforce.fault(path_contains="/describe", skip=0, count=1, kind="latency", latency_ms=2500)
     with pytest.raises(psycopg.errors.Error):
         sync(db, "sf", "contact")
+
+
+# --- Formula fields ----------------------------------------------------------------
+
+@pytest.mark.parametrize("bulk", [False, True])
+def test_formula_values_are_refreshed_by_each_reconciliation(db, sf_factory, bulk):
+    sf = sf_factory("--invoices", "120")
+    create_sf_source(db, sf, **({"bulk_threshold": 10} if bulk else {}))
+    db.execute("SELECT crm_sync.add_stream('sf', 'Invoice__c')")
+    sync(db, "sf", "invoice__c")
+    ids = live_ids(db, "sf.invoice__c", 3)
+    sf.admin("POST", "/_mock/sf/Invoice__c/recalculate",
+             {"field": "Days_Overdue__c", "values": {i: 200000 + k for k, i in enumerate(ids)}})
+    # SystemModstamp did not move: an incremental run cannot see it.
+    r = sync(db, "sf", "invoice__c")["invoice__c"]
+    assert r["records_upserted"] == 0
+    assert one(db, "SELECT count(*) FROM sf.invoice__c WHERE days_overdue__c >= 200000") == 0
+    sf.reset_stats()
+    r = reconcile(db, "invoice__c")
+    assert (r["records_refreshed"], r["records_deleted"], r["records_reread"]) == (3, 0, 0)
+    got = dict(db.execute("SELECT id, days_overdue__c FROM sf.invoice__c WHERE id = ANY(%s)", (ids,)).fetchall())
+    assert got == {i: 200000 + k for k, i in enumerate(ids)}
+    raw = one(db, "SELECT (_raw->>'Days_Overdue__c')::numeric FROM sf.invoice__c WHERE id = %s", ids[0])
+    assert raw == 200000
+    if bulk:
+        assert calls(sf, "POST /services/data/v59.0/jobs/query") == 1
+    # Nothing changed since: nothing is rewritten.
+    assert reconcile(db, "invoice__c")["records_refreshed"] == 0

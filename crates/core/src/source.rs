@@ -131,9 +131,17 @@ pub trait Connector {
     /// A reader for one run of one stream.
     fn reader<'a>(&'a self, req: ReadRequest) -> BoxFuture<'a, Result<Box<dyn PageSource + 'a>>>;
     /// Reconciliation: the ids of every live record of `object` now, by the
-    /// cheapest listing the API offers, in pages (see [`IdSource`]).
-    /// Connectors that cannot list ids keep this default.
-    fn ids<'a>(&'a self, object: &'a str) -> BoxFuture<'a, Result<Box<dyn IdSource + 'a>>> {
+    /// cheapest listing the API offers, in pages (see [`IdSource`]). Of
+    /// `fields` (the stream's), those whose values change without the
+    /// modification time moving (formulas) may be read along
+    /// ([`IdSource::refreshed`]). Connectors that cannot list ids keep this
+    /// default.
+    fn ids<'a>(
+        &'a self,
+        object: &'a str,
+        fields: &'a [Field],
+    ) -> BoxFuture<'a, Result<Box<dyn IdSource + 'a>>> {
+        let _ = fields;
         Box::pin(async move {
             Err(crate::CrmError::unsupported(format!(
                 "reconciliation of {object} is not supported by this connector yet"
@@ -164,6 +172,12 @@ pub trait Connector {
 pub trait IdSource {
     /// The next page of ids, or `None` when the listing is complete.
     fn next_ids(&mut self) -> BoxFuture<'_, Result<Option<Vec<String>>>>;
+    /// The records of the last page with the values of the fields the
+    /// listing re-reads (see [`Connector::ids`]), and those fields' names;
+    /// empty when it re-reads none.
+    fn refreshed(&mut self) -> (Vec<String>, Vec<Record>) {
+        (Vec::new(), Vec::new())
+    }
 }
 
 /// What the engine asks a connector to read.

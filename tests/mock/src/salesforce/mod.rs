@@ -718,6 +718,26 @@ impl Mock for SalesforceMock {
                     .add_field(f)?;
                 Ok(d)
             }),
+            // Formula values change without SystemModstamp moving:
+            // {"field": name, "values": {id: value}}.
+            ("POST", ["sf", obj, "recalculate"]) => (|| {
+                let t = st
+                    .table_mut(obj)
+                    .ok_or_else(|| format!("unknown object {obj}"))?;
+                let field = body["field"].as_str().ok_or("field missing")?;
+                let mut n = 0;
+                for (id, v) in body["values"].as_object().into_iter().flatten() {
+                    let rec = t.parse_id(id).ok_or_else(|| format!("unknown id {id}"))?;
+                    let v = match v {
+                        Value::Null => None,
+                        Value::String(s) => Some(s.clone()),
+                        other => Some(other.to_string()),
+                    };
+                    t.recalculate(rec, field, v)?;
+                    n += 1;
+                }
+                Ok(json!({"recalculated": n}))
+            })(),
             ("POST", ["sf", obj, "fields", name, "flags"]) => st
                 .table_mut(obj)
                 .ok_or_else(|| format!("unknown object {obj}"))

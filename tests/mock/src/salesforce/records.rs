@@ -219,6 +219,9 @@ pub struct Table {
     /// getDeleted's `earliestDateAvailable`: deletes before it may be
     /// missing from the log.
     pub earliest_deleted: i64,
+    /// Formula values recomputed since seeding: no version, no new
+    /// SystemModstamp, as Salesforce computes them when read.
+    recalculated: HashMap<(u64, String), Option<String>>,
 }
 
 /// How a record looks at some point.
@@ -253,6 +256,7 @@ impl Table {
             purged: HashSet::new(),
             delete_log: Vec::new(),
             earliest_deleted: T0_MS,
+            recalculated: HashMap::new(),
         };
         t.max_ts = if count > 0 {
             t.slot_ts(count - 1)
@@ -420,6 +424,9 @@ impl Table {
                 return Some(fmt_dt(ms));
             }
             _ => {}
+        }
+        if let Some(x) = self.recalculated.get(&(n, field.to_owned())) {
+            return x.clone();
         }
         if let At::Changed(v) = at {
             if let Some(x) = v.values.get(field) {
@@ -629,6 +636,26 @@ impl Table {
         }
         self.added.push(f.name.clone());
         self.obj.fields.push(f);
+        Ok(())
+    }
+
+    /// A formula's value changes (its inputs did: another record, the
+    /// date): SystemModstamp stays.
+    pub fn recalculate(
+        &mut self,
+        n: u64,
+        field: &str,
+        value: Option<String>,
+    ) -> Result<(), String> {
+        let f = self
+            .obj
+            .field(field)
+            .ok_or_else(|| format!("no field {field}"))?;
+        if f.formula.is_none() {
+            return Err(format!("{field} is not a formula field"));
+        }
+        let name = f.name.clone();
+        self.recalculated.insert((n, name), value);
         Ok(())
     }
 

@@ -30,6 +30,9 @@ pub struct Field {
     /// Neither filterable nor sortable, whatever its type (set through
     /// the admin API: some objects' SystemModstamp is so).
     pub no_filter: bool,
+    /// A formula (describe's `calculated`): its value changes without
+    /// SystemModstamp moving, and it cannot be written.
+    pub formula: Option<&'static str>,
 }
 
 impl Field {
@@ -61,6 +64,7 @@ impl Field {
             name_field: false,
             read_only: false,
             no_filter: false,
+            formula: None,
         }
     }
 
@@ -129,8 +133,8 @@ impl Field {
             "aiPredictionField": false,
             "autoNumber": false,
             "byteLength": byte_length,
-            "calculated": false,
-            "calculatedFormula": null,
+            "calculated": self.formula.is_some(),
+            "calculatedFormula": self.formula,
             "cascadeDelete": false,
             "caseSensitive": false,
             "compoundFieldName": self.compound,
@@ -374,6 +378,14 @@ impl B {
         self
     }
     /// With `len` for a textarea over 255 characters (a long text area).
+    fn formula(mut self, name: &str, label: &str, ftype: &str, formula: &'static str) -> B {
+        let mut f = Field::new(name, label, ftype);
+        f.formula = Some(formula);
+        f.read_only = true;
+        self.0.push(f);
+        self
+    }
+
     fn text(mut self, name: &str, label: &str, len: u32) -> B {
         let mut f = Field::new(name, label, "textarea");
         f.length = len;
@@ -610,6 +622,12 @@ pub fn objects() -> Vec<Object> {
         .f("Billing_Email__c", "Billing Email", "email")
         .f("Billing_Phone__c", "Billing Phone", "phone")
         .text("Notes__c", "Notes", 255)
+        .formula(
+            "Days_Overdue__c",
+            "Days Overdue",
+            "double",
+            "IF(Paid__c, 0, TODAY() - Issued_On__c)",
+        )
         .audit(true, true);
     let mut wide = B(Vec::new())
         .reference("OwnerId", "Owner ID", "User")

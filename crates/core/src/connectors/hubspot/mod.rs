@@ -116,7 +116,11 @@ impl Connector for HubSpot<'_> {
         })
     }
 
-    fn ids<'a>(&'a self, object: &'a str) -> BoxFuture<'a, Result<Box<dyn IdSource + 'a>>> {
+    fn ids<'a>(
+        &'a self,
+        object: &'a str,
+        _fields: &'a [Field],
+    ) -> BoxFuture<'a, Result<Box<dyn IdSource + 'a>>> {
         Box::pin(async move {
             check_object(object)?;
             Ok(Box::new(Ids {

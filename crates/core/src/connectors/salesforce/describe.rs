@@ -89,6 +89,9 @@ pub struct Describe {
     /// describe's `replicateable`: the object serves `sobjects/{X}/deleted`
     /// (getDeleted).
     pub replicateable: bool,
+    /// Formula and roll-up summary fields (describe's `calculated`): their
+    /// values change without SystemModstamp moving.
+    pub calculated: Vec<String>,
 }
 
 impl Describe {
@@ -117,6 +120,7 @@ impl Describe {
             has_is_deleted,
             has_is_archived,
             replicateable: false,
+            calculated: Vec::new(),
         }
     }
 }

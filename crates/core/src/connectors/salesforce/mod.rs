@@ -245,6 +245,8 @@ impl Salesforce<'_> {
             filterable: bool,
             #[serde(default = "yes")]
             sortable: bool,
+            #[serde(default)]
+            calculated: bool,
         }
         let (w, _) = self.api.get_json::<Wire>(&path, &[], &[]).await?;
         // Address and location fields cannot be selected in Bulk queries;
@@ -274,6 +276,12 @@ impl Salesforce<'_> {
             ));
         }
         // A cursor must be both filterable and sortable.
+        let calculated: Vec<String> = w
+            .fields
+            .iter()
+            .filter(|f| f.calculated)
+            .map(|f| f.name.clone())
+            .collect();
         let cursorable: std::collections::HashSet<String> = w
             .fields
             .iter()
@@ -293,6 +301,7 @@ impl Salesforce<'_> {
             .collect();
         let mut d = Describe::with_components(fields, components, &|n| cursorable.contains(n));
         d.replicateable = w.replicateable;
+        d.calculated = calculated;
         let d = Rc::new(d);
         self.describes
             .borrow_mut()
@@ -436,11 +445,22 @@ impl Connector for Salesforce<'_> {
     /// Every live Id: `SELECT Id, SystemModstamp FROM X` through `query`
     /// (2,000 ids a call), or a Bulk API 2.0 job above `bulk_threshold`
     /// records (100,000 ids a results page). Archived activities count as
-    /// live (`queryAll`, `IsDeleted = false`).
-    fn ids<'a>(&'a self, object: &'a str) -> BoxFuture<'a, Result<Box<dyn IdSource + 'a>>> {
+    /// live (`queryAll`, `IsDeleted = false`). The stream's formula and
+    /// roll-up fields ride along, so each reconciliation refreshes them.
+    fn ids<'a>(
+        &'a self,
+        object: &'a str,
+        fields: &'a [Field],
+    ) -> BoxFuture<'a, Result<Box<dyn IdSource + 'a>>> {
         Box::pin(async move {
             let d = self.describe(object).await?;
-            let req = live_records(object, vec![]);
+            let formulas: Vec<Field> = fields
+                .iter()
+                .filter(|f| d.calculated.contains(&f.name))
+                .cloned()
+                .collect();
+            let names = formulas.iter().map(|f| f.name.clone()).collect();
+            let req = live_records(object, formulas);
             let reader: Box<dyn PageSource + 'a> = match self.bulk_threshold {
                 Some(t) if self.count(object).await? > t => Box::new(
                     bulk::BulkReader::new(
@@ -460,7 +480,11 @@ impl Connector for Salesforce<'_> {
                     self.max_query_length,
                 )?),
             };
-            Ok(Box::new(Ids { reader }) as Box<dyn IdSource + 'a>)
+            Ok(Box::new(Ids {
+                reader,
+                formulas: names,
+                last: Vec::new(),
+            }) as Box<dyn IdSource + 'a>)
         })
     }
 
@@ -515,21 +539,32 @@ fn live_records(object: &str, fields: Vec<Field>) -> ReadRequest {
 /// 50 bytes a row: 5 MB).
 const IDS_RESULTS_PAGE: u32 = 100_000;
 
-/// Reconciliation's listing: a reader of no fields (Id and the cursor
-/// only), its records' ids page by page.
+/// Reconciliation's listing: a reader of Id, the cursor and the stream's
+/// formula fields, its records' ids page by page, and the formulas'
+/// values for the extension to refresh.
 struct Ids<'a> {
     reader: Box<dyn PageSource + 'a>,
+    /// The formula fields read along.
+    formulas: Vec<String>,
+    last: Vec<Record>,
 }
 
 impl IdSource for Ids<'_> {
     fn next_ids(&mut self) -> BoxFuture<'_, Result<Option<Vec<String>>>> {
         Box::pin(async move {
-            Ok(self
-                .reader
-                .next_page()
-                .await?
-                .map(|p| p.records.into_iter().map(|r| r.id).collect()))
+            let Some(page) = self.reader.next_page().await? else {
+                return Ok(None);
+            };
+            let ids = page.records.iter().map(|r| r.id.clone()).collect();
+            if !self.formulas.is_empty() {
+                self.last = page.records;
+            }
+            Ok(Some(ids))
         })
+    }
+
+    fn refreshed(&mut self) -> (Vec<String>, Vec<Record>) {
+        (self.formulas.clone(), std::mem::take(&mut self.last))
     }
 }
 
