@@ -219,10 +219,11 @@ def bench_salesforce(pg, n, batch_size, repeat, modes, results):
     mock = spawn_mock(SfMock, "salesforce", "--accounts", str(n), "--contacts", "10", "--leads", "10",
                       "--opportunities", "10", "--users", "10")
     try:
-        # The mock seeds some accounts already deleted (in the recycle bin); a
-        # full sync counts those as deleted, not upserted.
-        expected = mock.query("SELECT COUNT() FROM Account WHERE IsDeleted = false")["totalSize"]
         for label in modes:
+            # The mock seeds some accounts already deleted (in the recycle
+            # bin); a full sync counts those as deleted, not upserted. (An
+            # earlier mode's reconciliation hard-deleted a few more.)
+            expected = mock.query("SELECT COUNT() FROM Account WHERE IsDeleted = false")["totalSize"]
             dbname = f"bench_{label.replace('-', '_')}_{n}"
             with fresh_db(pg, dbname, batch_size) as db:
                 extra = SF_MODES[label]
@@ -248,6 +249,21 @@ def bench_salesforce(pg, n, batch_size, repeat, modes, results):
                 print(line(label, "incr", recs, "changed", secs, nbytes, calls, mem), flush=True)
                 size = db.execute("SELECT pg_size_pretty(pg_total_relation_size('sf.account'))").fetchone()[0]
                 note(f"landing table sf.account: {size}")
+                # Reconciliation: list every id (REST: 2,000 a call; Bulk
+                # API 2.0: one job, 100,000 a results page) and mark the
+                # 0.01% hard-deleted in the org meanwhile.
+                hard = [r[0] for r in db.execute(
+                    "SELECT id FROM sf.account WHERE _deleted_at IS NULL ORDER BY id OFFSET 3 LIMIT %s",
+                    (max(1, n // 10_000),))]
+                requests.post(f"{mock.url}/_mock/sf/Account/hard_delete", json={"ids": hard},
+                              timeout=60).raise_for_status()
+                rows, secs, mem = measured(pg, dbname, RECONCILE_SQL, ("sf", "account"))
+                seen, gone, reread, calls = rows[0]
+                if gone != len(hard) or reread != 0:
+                    note(f"WARNING: reconciliation marked {gone:,} gone and read {reread:,} again; "
+                         f"{len(hard):,} were hard-deleted")
+                print(line(label, "reconcile", seen, "ids", secs, 0, calls, mem)
+                      + f"  ({gone} marked gone)", flush=True)
             drop_db(pg, dbname)
     finally:
         mock.proc.kill()
