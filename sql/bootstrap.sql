@@ -61,6 +61,10 @@ CREATE TABLE crm_sync.watermarks (
     cursor      text NOT NULL,
     updated_at  timestamptz NOT NULL DEFAULT now(),
     run_id      bigint,
+    -- Deletes before this time have been found (Salesforce's getDeleted, or
+    -- a reconciliation); the next incremental run looks from here. NULL:
+    -- from the stream's last successful run.
+    deletes_from timestamptz,
     PRIMARY KEY (source, stream),
     FOREIGN KEY (source, stream) REFERENCES crm_sync.streams (source, stream) ON DELETE CASCADE
 );

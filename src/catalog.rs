@@ -96,6 +96,30 @@ pub fn save_watermark(source: &str, stream: &str, cursor: &str, run_id: i64) {
     .expect("write crm_sync.watermarks");
 }
 
+/// Where the stream's deletes are to be looked for from (see the
+/// `deletes_from` column of crm_sync.watermarks), in epoch milliseconds.
+pub fn load_deletes_from(source: &str, stream: &str) -> Option<i64> {
+    Spi::get_one_with_args::<i64>(
+        "SELECT (pg_catalog.date_part('epoch', deletes_from) * 1000)::int8
+           FROM crm_sync.watermarks WHERE source = $1 AND stream = $2",
+        &[source.into(), stream.into()],
+    )
+    .ok()
+    .flatten()
+}
+
+/// Deletes before `ms` (epoch milliseconds) have been found. Written only
+/// with the watermark or by a reconciliation, in their transaction.
+pub fn save_deletes_from(source: &str, stream: &str, ms: i64) {
+    Spi::run_with_args(
+        "UPDATE crm_sync.watermarks
+            SET deletes_from = pg_catalog.to_timestamp($3::float8 / 1000)
+          WHERE source = $1 AND stream = $2",
+        &[source.into(), stream.into(), ms.into()],
+    )
+    .expect("write crm_sync.watermarks.deletes_from");
+}
+
 pub fn next_run_id() -> i64 {
     Spi::get_one::<i64>("SELECT nextval('crm_sync.runs_run_id_seq')")
         .ok()
@@ -269,4 +293,15 @@ pub fn update_credential(source: &str, key: &str, value: &str) -> bool {
     .ok()
     .flatten()
     .unwrap_or(false)
+}
+
+/// `credentials.{key}` of `source` as stored now, when stored as a string.
+pub fn stored_credential(source: &str, key: &str) -> Option<String> {
+    Spi::get_one_with_args::<String>(
+        "SELECT c.credentials ->> $2 FROM crm_sync.credentials c
+          WHERE c.source = $1 AND pg_catalog.jsonb_typeof(c.credentials -> $2) = 'string'",
+        &[source.into(), key.into()],
+    )
+    .ok()
+    .flatten()
 }

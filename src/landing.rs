@@ -480,8 +480,8 @@ impl Sink for SpiSink {
 impl SpiSink {
     /// Rows of records the CRM reports deleted by id and time only: marked
     /// deleted (reason `archived`, as a deleted record read whole is),
-    /// values kept; a row modified after the deletion, or in the same
-    /// instant (the record was undeleted since), stays live. Returns how many live rows were marked.
+    /// values kept; a row modified after the deletion (the record was
+    /// undeleted since) stays live. Returns how many live rows were marked.
     fn mark_deleted(&self, gone: &[&Record]) -> i64 {
         let ids: Vec<&str> = gone.iter().map(|r| r.id.as_str()).collect();
         let at: Vec<Option<i64>> = gone
@@ -497,7 +497,7 @@ impl SpiSink {
                      -- not a function a schema can qualify.
                      FROM unnest($1::text[], $2::timestamptz[]) AS u(id, at)
                     WHERE t.id = u.id AND t._deleted_at IS NULL
-                      AND (t._updated_at IS NULL OR t._updated_at < u.at)
+                      AND (t._updated_at IS NULL OR t._updated_at <= u.at)
                    RETURNING 1)
                  SELECT pg_catalog.count(*) FROM d",
             s = qi(&self.schema),

@@ -42,9 +42,11 @@ pub fn http_client(
     settings: crm_sync_core::http::HttpSettings,
 ) -> Result<crm_sync_core::http::HttpClient, CrmError> {
     let http = crm_sync_core::http::HttpClient::new(settings)?;
-    let source = source.to_owned();
-    http.on_credential_rotated(Box::new(move |key, value| {
-        store_rotated(&source, key, value)
+    let name = source.to_owned();
+    http.on_credential_rotated(Box::new(move |key, value| store_rotated(&name, key, value)));
+    let name = source.to_owned();
+    http.on_credential_lookup(Box::new(move |key| {
+        crate::catalog::stored_credential(&name, key)
     }));
     Ok(http)
 }
@@ -57,12 +59,42 @@ pub fn http_client(
 /// WARNING says to update the referenced secret. Values never appear in
 /// messages.
 pub fn store_rotated(source: &str, key: &str, value: &str) {
+    // A newer value supersedes any older one still waiting.
+    if let Ok(mut p) = PENDING.lock() {
+        p.retain(|(s, k, _)| !(s == source && k == key));
+    }
     if crate::own_txn::store_credential(source, key, value) {
         return;
     }
-    if !crate::catalog::update_credential(source, key, value) {
-        pgrx::warning!(
-            "source \"{source}\": the CRM rotated credentials.{key}, which is given by reference and cannot be stored here; put the new value where the reference points before the next sync"
-        );
+    if crate::catalog::update_credential(source, key, value) {
+        // Only in this transaction: kept to try again on its own once the
+        // run is over (see `retry_pending`), in case this one rolls back.
+        if let Ok(mut p) = PENDING.lock() {
+            p.push((source.to_owned(), key.to_owned(), value.to_owned()));
+        }
+        return;
+    }
+    pgrx::warning!(
+        "source \"{source}\": the CRM rotated credentials.{key}, which could not be stored (it is given by reference, or the source's row is not visible); put the new value where the reference points before the next sync"
+    );
+}
+
+/// Rotated credentials stored only in a transaction that may roll back.
+static PENDING: std::sync::Mutex<Vec<(String, String, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// After a failed run (its subtransaction rolled back, with any rotated
+/// credential stored in it): store those again in transactions of their
+/// own; a WARNING names what still could not be stored.
+pub fn retry_pending() {
+    let pending = match PENDING.lock() {
+        Ok(mut p) => std::mem::take(&mut *p),
+        Err(_) => return,
+    };
+    for (source, key, value) in pending {
+        if !crate::own_txn::store_credential(&source, &key, &value) {
+            pgrx::warning!(
+                "source \"{source}\": the CRM rotated credentials.{key} during a run that failed, and the new value could not be stored on its own (no background worker free, or the row is locked); it is in this transaction only: if it rolls back, authorize again and set it with crm_sync.alter_source()"
+            );
+        }
     }
 }

@@ -45,9 +45,6 @@ pub fn check_credential_refs(name: &str, given: JsonB) {
     }
 }
 
-/// Which host option (`base_url`, `login_url`) changes origin between a
-/// source's old and new options, as `key (old → new)`; NULL if none. Used
-/// by alter_source: such a change needs new credentials.
 /// Why a stream of `object` cannot be synced from a source of `provider`,
 /// known without asking the CRM (`crm_sync.add_stream` refuses it); NULL
 /// when nothing says so.
@@ -58,6 +55,9 @@ pub fn object_refusal(provider: &str, object: &str) -> Option<String> {
         .and_then(|p| (p.refuses)(object))
 }
 
+/// Which host option (`base_url`, `login_url`) changes origin between a
+/// source's old and new options, as `key (old → new)`; NULL if none. Used
+/// by alter_source: such a change needs new credentials.
 #[pg_extern(name = "_host_change")]
 pub fn host_change(provider: &str, old_options: JsonB, new_options: JsonB) -> Option<String> {
     connectors::host_change(provider, &old_options.0, &new_options.0)

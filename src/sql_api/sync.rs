@@ -121,10 +121,10 @@ pub fn reconcile(
         name!(records_seen, i64),
         name!(records_deleted, i64),
         name!(records_reread, i64),
-        name!(records_refreshed, i64),
         name!(api_calls, i64),
         name!(duration, Interval),
         name!(run_id, i64),
+        name!(records_refreshed, i64),
     ),
 > {
     let (src, cfg, ctx) = sync::load(source);
@@ -146,10 +146,10 @@ pub fn reconcile(
             run.records_read,
             run.records_deleted,
             run.records - done.refreshed,
-            done.refreshed,
             run.api_calls,
             Interval::from_micros(done.duration.as_micros() as i64),
             run.run_id,
+            done.refreshed,
         ));
     }
     TableIterator::new(rows)

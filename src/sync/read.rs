@@ -6,7 +6,7 @@
 use std::cell::Cell;
 use std::time::Instant;
 
-use crate::catalog::{Checkpoint, SourceRow, StreamRow};
+use crate::catalog::{self, Checkpoint, SourceRow, StreamRow};
 use crate::gucs;
 use crate::landing::{self, SpiSink};
 use crate::shmem::ProgressSlot;
@@ -108,7 +108,9 @@ pub fn read_stream(
         lookback: cfg.config.lookback,
         track_deletes: cfg.config.track_deletes,
         resume,
-        deletes_since: last_run_began(&src.name, &s.stream),
+        deletes_since: catalog::load_deletes_from(&src.name, &s.stream)
+            .and_then(crm_sync_core::chrono::DateTime::from_timestamp_millis)
+            .or_else(|| last_run_began(&src.name, &s.stream)),
     };
     let mut reader = block_on_interruptible(conn.reader(req), &mut check_interrupts)?;
     let interval = gucs::PROGRESS_INTERVAL_MS.get();

@@ -72,6 +72,7 @@ pub fn reconcile_stream(
     };
     let started = Instant::now();
     let progress = Progress::default();
+    let began = crate::catalog::now_us() / 1000;
     let work = || reconcile(src, cfg, s, plan.run_id, &progress);
     let n = super::guarded(src, s, &plan, &progress, commit, &ctx, work)?;
     let mut run = record::run_record(&src.name, s, &plan, &progress);
@@ -79,6 +80,9 @@ pub fn reconcile_stream(
     run.records = n.reread + n.refreshed;
     run.records_deleted = n.gone;
     catalog::insert_run(&run);
+    // Every delete before the listing began is found: incremental runs
+    // look for later ones from here (Salesforce's getDeleted).
+    catalog::save_deletes_from(&src.name, &s.stream, began);
     record::on_job(commit, &run);
     let merge_warning = merge::after_sync(&src.name, &s.stream, run.run_id)
         .map(|w| crate::errors::scrub(&w, &ctx.secrets));

@@ -53,6 +53,9 @@ pub fn succeeded(src: &str, s: &StreamRow, plan: &Plan, done: Done, commit: Comm
     if let Some(w) = &run.watermark {
         catalog::save_watermark(src, &s.stream, w, plan.run_id);
     }
+    if let Some(t) = done.outcome.deletes_covered {
+        catalog::save_deletes_from(src, &s.stream, t);
+    }
     catalog::delete_checkpoint(src, &s.stream);
     catalog::insert_run(&run);
     on_job(commit, &run);
@@ -92,6 +95,7 @@ pub fn failed(
         Commit::WithCaller => {
             run.records = 0;
             own_txn::record(&run);
+            crate::secrets::retry_pending();
         }
         Commit::EveryBatch { .. } => {
             catalog::insert_run(&run);

@@ -69,6 +69,8 @@ pub struct Outcome {
     pub total: Option<u64>,
     /// [`PageSource::reconcile_needed`] at the end of the run.
     pub reconcile_needed: Option<String>,
+    /// [`PageSource::deletes_covered`] at the end of the run (epoch ms).
+    pub deletes_covered: Option<i64>,
 }
 
 /// Pull every page from `source` and write it to `sink` in batches of about
@@ -166,6 +168,7 @@ pub fn run_with_progress(
     out.watermark = source.watermark();
     out.warnings = source.warnings();
     out.reconcile_needed = source.reconcile_needed();
+    out.deletes_covered = source.deletes_covered().map(|t| t.timestamp_millis());
     Ok(out)
 }
 
@@ -226,13 +229,14 @@ impl Batch {
     }
 }
 
-/// A deletion at `deleted` ends a version modified before it (one
-/// modified later, or in the same instant, was restored since; a wrong
-/// guess either way is mended by reconciliation, which reads again what
-/// the CRM has but landed deleted).
+/// A deletion at `deleted` ends a version modified before it or in the
+/// same instant (Salesforce stamps whole seconds: a record changed and
+/// deleted within one second is deleted); one modified later was restored
+/// since. A wrong guess is mended by reconciliation, which reads again
+/// what the CRM has but landed deleted.
 fn deletes(deleted: Option<DateTime<Utc>>, updated: Option<DateTime<Utc>>) -> bool {
     match (deleted, updated) {
-        (Some(d), Some(u)) => u < d,
+        (Some(d), Some(u)) => u <= d,
         (Some(_), None) => true,
         (None, _) => false,
     }

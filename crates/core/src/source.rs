@@ -196,8 +196,9 @@ pub struct ReadRequest {
     /// reader returned from [`PageSource::checkpoint`]. Readers that cannot
     /// resume ignore it and start over, which is safe, only slower.
     pub resume: Option<String>,
-    /// When the stream's last successful run began: deletes since then are
-    /// what an incremental run must find (None: no run yet).
+    /// Deletes before this time have been found (a run read the delete log
+    /// up to it, or a reconciliation began then): an incremental run looks
+    /// from here (None: unknown).
     pub deletes_since: Option<DateTime<Utc>>,
 }
 
@@ -269,6 +270,12 @@ pub trait PageSource {
     /// CRM's delete log no longer reaches back that far), so the stream
     /// must be reconciled now; None when it saw them all.
     fn reconcile_needed(&self) -> Option<String> {
+        None
+    }
+    /// Deletes before this time have all been found by this run (the
+    /// CRM's delete log read through); the next run looks from there
+    /// ([`ReadRequest::deletes_since`]). None: leave it where it was.
+    fn deletes_covered(&self) -> Option<DateTime<Utc>> {
         None
     }
 }

@@ -89,7 +89,13 @@ pub struct HttpClient {
     /// Told at once when the CRM replaces a credential
     /// ([`HttpClient::credential_rotated`]).
     on_rotation: RefCell<Option<RotationHook>>,
+    /// Reads a credential as stored now ([`HttpClient::stored_credential`]).
+    lookup: RefCell<Option<LookupHook>>,
 }
+
+/// Reads a credential of the source as stored now (committed by another
+/// session, or rotated earlier in this one): `key` → value.
+pub type LookupHook = Box<dyn Fn(&str) -> Option<String>>;
 
 /// What the extension does with a rotated credential: `(key, new value)`.
 pub type RotationHook = Box<dyn Fn(&str, &str)>;
@@ -143,6 +149,7 @@ impl HttpClient {
             retries: Cell::new(0),
             budget_key: Cell::new(None),
             on_rotation: RefCell::new(None),
+            lookup: RefCell::new(None),
         })
     }
 
@@ -299,6 +306,18 @@ impl HttpClient {
         if let Some(hook) = self.on_rotation.borrow().as_ref() {
             hook(key, value);
         }
+    }
+
+    /// Who reads the source's credentials as stored now.
+    pub fn on_credential_lookup(&self, hook: LookupHook) {
+        self.lookup.replace(Some(hook));
+    }
+
+    /// The source's credential `key` as stored now, when the extension can
+    /// tell: a connector whose rotating refresh token was refused asks
+    /// whether another session stored a newer one.
+    pub fn stored_credential(&self, key: &str) -> Option<String> {
+        self.lookup.borrow().as_ref().and_then(|f| f(key))
     }
 
     /// Spend the request budget every process calling the same account

@@ -114,7 +114,7 @@ impl<'a> Api<'a> {
             ),
         )
         .with_endpoint(endpoint)
-        .with_hint("The limit is a rolling 24 hours, shared by every integration of the org: sync again later (a background job goes on from its last checkpoint), or raise max_daily_share with crm_sync.alter_source(). The rows synced so far are kept."))
+        .with_hint("The limit is a rolling 24 hours, shared by every integration of the org: sync again later (a background job keeps what it committed and goes on from its last checkpoint; crm_sync.sync() rolls this stream back), or raise max_daily_share with crm_sync.alter_source()."))
     }
 
     /// `/services/data/vNN.N/{rest}`.
@@ -268,7 +268,12 @@ impl<'a> Api<'a> {
             // The session token is no credential the SQL side knows to
             // scrub: never let it reach an error.
             let resp = check_status(&endpoint, resp).map_err(|e| e.redact(&[&s.access_token]))?;
-            self.check_usage(&endpoint, &resp)?;
+            // A call that created something (a Bulk job) is let through: its
+            // answer holds what the run must keep track of; the next read
+            // stops.
+            if method == Method::GET {
+                self.check_usage(&endpoint, &resp)?;
+            }
             return Ok(resp);
         }
     }

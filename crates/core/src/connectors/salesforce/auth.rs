@@ -258,6 +258,12 @@ pub struct Session {
 /// Sessions by [`Flow::fingerprint`], shared by every sync in this backend.
 static SESSIONS: Mutex<Option<HashMap<u64, Session>>> = Mutex::new(None);
 
+/// Refresh tokens rotated in this backend: the fingerprint of the flow with
+/// the spent token → its successor. A later connection of the same call
+/// (the next stream, the reconciliation after a sync) still holds the
+/// credentials as loaded, with the spent token; it follows the chain.
+static ROTATIONS: Mutex<Option<HashMap<u64, String>>> = Mutex::new(None);
+
 pub fn cached(key: u64) -> Option<Session> {
     SESSIONS.lock().ok()?.as_ref()?.get(&key).cloned()
 }
@@ -288,7 +294,20 @@ pub struct Login {
 }
 
 impl Login {
-    pub fn new(login_url: Url, audience: String, flow: Flow) -> Login {
+    pub fn new(login_url: Url, audience: String, mut flow: Flow) -> Login {
+        if let Ok(g) = ROTATIONS.lock() {
+            if let Some(chain) = g.as_ref() {
+                // Bounded: a chain is as long as the logins of this backend.
+                for _ in 0..64 {
+                    let Some(newer) = chain.get(&flow.fingerprint(login_url.as_str())) else {
+                        break;
+                    };
+                    if let Flow::RefreshToken { refresh_token, .. } = &mut flow {
+                        *refresh_token = newer.clone();
+                    }
+                }
+            }
+        }
         let key = flow.fingerprint(login_url.as_str());
         Login {
             login_url,
@@ -316,12 +335,50 @@ impl Login {
             return;
         }
         http.credential_rotated("refresh_token", &new);
+        let spent = flow.fingerprint(self.login_url.as_str());
+        if let Ok(mut g) = ROTATIONS.lock() {
+            g.get_or_insert_with(HashMap::new)
+                .insert(spent, new.clone());
+        }
+        let Flow::RefreshToken { refresh_token, .. } = &mut *flow else {
+            return;
+        };
         *refresh_token = new;
         self.key.set(flow.fingerprint(self.login_url.as_str()));
     }
 
-    /// `POST /services/oauth2/token`.
+    /// Take the refresh token stored now, if it differs from the one just
+    /// refused: another session rotated it since this one loaded the
+    /// credentials (two streams of a source synced in parallel).
+    fn take_stored(&self, http: &HttpClient) -> bool {
+        let Some(stored) = http.stored_credential("refresh_token") else {
+            return false;
+        };
+        let mut flow = self.flow.borrow_mut();
+        let Flow::RefreshToken { refresh_token, .. } = &mut *flow else {
+            return false;
+        };
+        if stored.trim().is_empty() || *refresh_token == stored {
+            return false;
+        }
+        *refresh_token = stored;
+        self.key.set(flow.fingerprint(self.login_url.as_str()));
+        true
+    }
+
+    /// `POST /services/oauth2/token`. A refresh token refused as
+    /// `invalid_grant` is tried once more with the one stored now, if that
+    /// is another.
     pub async fn login(&self, http: &HttpClient) -> Result<Session> {
+        match self.login_once(http).await {
+            Err(e) if e.code.as_deref() == Some("invalid_grant") && self.take_stored(http) => {
+                self.login_once(http).await
+            }
+            r => r,
+        }
+    }
+
+    async fn login_once(&self, http: &HttpClient) -> Result<Session> {
         let url = self
             .login_url
             .join("/services/oauth2/token")

@@ -643,7 +643,13 @@ impl PageSource for BulkReader<'_> {
     }
 
     fn dropped_fields(&self) -> Vec<String> {
-        let mut d = self.base64.clone();
+        // base64 columns are left alone only while Bulk API reads: a REST
+        // fallback reads them.
+        let mut d = if self.rest.is_none() || self.deletes_only {
+            self.base64.clone()
+        } else {
+            vec![]
+        };
         d.extend(self.rest.iter().flat_map(|r| r.dropped_fields()));
         d
     }
@@ -652,7 +658,7 @@ impl PageSource for BulkReader<'_> {
         let mut w = self.warnings.clone();
         for f in &self.base64 {
             w.push(format!(
-                "{}.{f} is a base64 field, which Bulk API 2.0 cannot read: this Bulk run left its column as it was; incremental runs (REST API) read it",
+                "{}.{f} is a base64 field, which Bulk API 2.0 cannot read: this Bulk run left its column as it was; the next change to a record lands its value (incremental runs read base64 fields through the REST API)",
                 self.req.object
             ));
         }
@@ -664,6 +670,14 @@ impl PageSource for BulkReader<'_> {
 
     fn checkpoint(&self) -> Option<String> {
         serde_json::to_string(&self.position()?).ok()
+    }
+
+    fn reconcile_needed(&self) -> Option<String> {
+        self.rest.as_ref().and_then(|r| r.reconcile_needed())
+    }
+
+    fn deletes_covered(&self) -> Option<DateTime<Utc>> {
+        self.rest.as_ref().and_then(|r| r.deletes_covered())
     }
 }
 

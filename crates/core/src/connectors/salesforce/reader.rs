@@ -119,6 +119,10 @@ pub struct RestReader<'a> {
     /// Why the deletes of this run are incomplete (see
     /// [`PageSource::reconcile_needed`]).
     reconcile: Option<String>,
+    /// When this run began (local clock), and up to when it found every
+    /// delete (see [`PageSource::deletes_covered`]).
+    created: DateTime<Utc>,
+    covered: Option<DateTime<Utc>>,
     phase: Phase,
     warnings: Vec<String>,
     /// Fields dropped during the run (deleted in the org).
@@ -222,6 +226,13 @@ impl<'a> RestReader<'a> {
         let deletes_since = req.deletes_since.map(|t| t - lookback);
         let recent = |t: DateTime<Utc>| t > Utc::now() - chrono::Duration::days(DELETE_LOG_DAYS);
         let mut reconcile = None;
+        let created = Utc::now();
+        // A first full run starts the record of where deletes were looked
+        // for; later full runs read only the recycle bin and leave it.
+        let covered = match (&req.mode, req.deletes_since) {
+            (SyncMode::Full, None) => Some(created),
+            _ => None,
+        };
         let deletes = match (&req.mode, deletes_since) {
             (SyncMode::Incremental { .. }, Some(t))
                 if track_deletes && d.replicateable && recent(t) =>
@@ -233,6 +244,13 @@ impl<'a> RestReader<'a> {
                     "the last run began {}, before Salesforce's delete log reaches back ({DELETE_LOG_DAYS} days): records hard-deleted or purged from the recycle bin since then are only found by listing ids",
                     soql::datetime(t)
                 ));
+                Pass::Deleted
+            }
+            (SyncMode::Incremental { .. }, None) if track_deletes && d.replicateable => {
+                reconcile = Some(
+                    "there is no record of when this stream's deletes were last looked for (its run history was removed?): records hard-deleted or purged since are only found by listing ids"
+                        .to_owned(),
+                );
                 Pass::Deleted
             }
             _ => Pass::Deleted,
@@ -254,6 +272,8 @@ impl<'a> RestReader<'a> {
             deletes_since,
             archived: d.has_is_archived,
             only_ids: None,
+            created,
+            covered,
             win_lo: since,
             win_len: None,
             reconcile,
@@ -404,8 +424,12 @@ impl<'a> RestReader<'a> {
                 if let Some(lo) = self.win_lo {
                     conds.push(format!("{c} >= {}", soql::datetime(lo)));
                 }
+                // The window that reaches now is open-ended: nothing
+                // stamped later by a server clock ahead of ours is left out.
                 if let (Some(lo), Some(len)) = (self.win_lo, self.win_len) {
-                    conds.push(format!("{c} < {}", soql::datetime(lo + len)));
+                    if lo + len < Utc::now() {
+                        conds.push(format!("{c} < {}", soql::datetime(lo + len)));
+                    }
                 }
             }
             (Some(c), Some(s), _) => conds.push(format!("{c} >= {}", soql::datetime(s))),
@@ -520,7 +544,11 @@ impl<'a> RestReader<'a> {
         self.phase = match (page.next_records_url.clone(), pass) {
             (Some(u), _) => Phase::More(pass, u),
             (None, Pass::Live) if next_window.is_some() => {
+                // A window that finished: the next may be twice as wide (a
+                // burst of changes is often short). A timeout halves it
+                // again at a later start, so no query repeats.
                 self.win_lo = next_window;
+                self.win_len = self.win_len.map(|l| l * 2);
                 Phase::Start(Pass::Live)
             }
             (None, Pass::Live) if self.track_deletes => Phase::Start(self.deletes),
@@ -536,7 +564,13 @@ impl<'a> RestReader<'a> {
         }
         Ok(Some(Page {
             records,
-            total: page.total_size,
+            // A narrowed pass's windows each count their own records:
+            // none of them is the run's total.
+            total: if self.win_len.is_some() {
+                None
+            } else {
+                page.total_size
+            },
         }))
     }
 
@@ -600,14 +634,21 @@ impl<'a> RestReader<'a> {
     }
 
     /// The live query timed out (`QUERY_TIMEOUT`, Salesforce's 120 s): read
-    /// the cursor range in windows of half the span instead, never sending
-    /// the same query again (tap-salesforce halves its date window the same
-    /// way). Windows stay at the narrowed size; the last one is open-ended.
+    /// the cursor range in windows of half the span instead (tap-salesforce
+    /// halves its date window the same way), the one reaching now
+    /// open-ended; a window that finishes doubles the next. A window's start only moves
+    /// forward and, at one start, its length only shrinks: the same query is
+    /// never sent twice.
     fn narrow(&mut self, e: crate::error::CrmError) -> Result<()> {
         let lo = self.win_lo.expect("a windowed query");
-        let span = self.win_len.unwrap_or_else(|| Utc::now() - lo);
+        // The span the query covered (an open-ended one: up to now).
+        let open = Utc::now() - lo;
+        let span = self.win_len.map_or(open, |l| l.min(open));
         let half = span / 2;
         if half < chrono::Duration::seconds(1) {
+            let mut e = e;
+            // The CRM cannot answer, not a request to fix: 08006.
+            e.kind = crate::error::ErrorKind::ServerError;
             return Err(e.with_hint(format!(
                 "Salesforce timed out on {} records changed within one second; lower the source option bulk_threshold so that large change sets are read through Bulk API 2.0",
                 self.object
@@ -640,6 +681,8 @@ impl<'a> RestReader<'a> {
             deleted: Vec<WireDeleted>,
             #[serde(rename = "earliestDateAvailable", default)]
             earliest: Option<String>,
+            #[serde(rename = "latestDateCovered", default)]
+            latest: Option<String>,
         }
         #[derive(Deserialize)]
         struct WireDeleted {
@@ -650,8 +693,9 @@ impl<'a> RestReader<'a> {
         // The start must precede the end by more than a minute
         // (INVALID_REPLICATION_DATE otherwise): an earlier start only
         // repeats deletes already marked.
-        // Whole seconds, as documented: round the end up so that a delete
-        // in this very second is in.
+        // Whole seconds, as documented; the end rounded up (Salesforce
+        // ignores the seconds anyway: the next run starts before this one
+        // began, so nothing is lost either way).
         let now = Utc::now();
         let end = DateTime::from_timestamp(now.timestamp() + 1, 0).unwrap_or(now);
         let start = self
@@ -698,6 +742,13 @@ impl<'a> RestReader<'a> {
                     soql::datetime(earliest)
                 ));
             }
+        }
+        // Every delete up to what the answer covers is found, unless the
+        // log began too late: the next run looks from there (Salesforce:
+        // the next start must not be after latestDateCovered).
+        if self.reconcile.is_none() {
+            let latest = w.latest.as_deref().and_then(parse_datetime).unwrap_or(end);
+            self.covered = Some(self.created.min(latest));
         }
         self.phase = Phase::Done;
         let records = w
@@ -850,5 +901,9 @@ impl PageSource for RestReader<'_> {
 
     fn reconcile_needed(&self) -> Option<String> {
         self.reconcile.clone()
+    }
+
+    fn deletes_covered(&self) -> Option<DateTime<Utc>> {
+        self.covered
     }
 }
