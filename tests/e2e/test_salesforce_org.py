@@ -174,8 +174,8 @@ def test_incremental_runs_read_get_deleted_once_hard_deletes_included(db, salesf
     # Deleted and restored between runs: the log lists it, yet it is live.
     import time
     now = int(time.time() * 1000)
-    sf.admin("POST", "/_mock/sf/Account/delete", {"ids": [back], "timestamp_ms": now})
-    sf.admin("POST", "/_mock/sf/Account/undelete", {"ids": [back], "timestamp_ms": now + 1000})
+    sf.admin("POST", "/_mock/sf/Account/delete", {"ids": [back], "timestamp_ms": now - 2000})
+    sf.admin("POST", "/_mock/sf/Account/undelete", {"ids": [back], "timestamp_ms": now - 1000})
     sf.reset_stats()
     r = sync(db, "sf", "account")["account"]
     assert r["mode"] == "incremental" and r["records_deleted"] == 2

@@ -112,8 +112,8 @@ pub struct RestReader<'a> {
     /// Read only these records (reconciliation's re-reads).
     only_ids: Option<Vec<String>>,
     /// The live pass of an incremental run reads the cursor range from
-    /// `win_lo`, `win_len` at a time once a query timed out (None: to the
-    /// end); see [`RestReader::narrow`].
+    /// `win_lo` up to when the run began, `win_len` at a time once a query
+    /// timed out (None: all of it); see [`RestReader::narrow`].
     win_lo: Option<DateTime<Utc>>,
     win_len: Option<chrono::Duration>,
     /// Why the deletes of this run are incomplete (see
@@ -424,12 +424,10 @@ impl<'a> RestReader<'a> {
                 if let Some(lo) = self.win_lo {
                     conds.push(format!("{c} >= {}", soql::datetime(lo)));
                 }
-                // The window that reaches now is open-ended: nothing
-                // stamped later by a server clock ahead of ours is left out.
-                if let (Some(lo), Some(len)) = (self.win_lo, self.win_len) {
-                    if lo + len < Utc::now() {
-                        conds.push(format!("{c} < {}", soql::datetime(lo + len)));
-                    }
+                // Every window is bounded: at most up to when the run
+                // began (what changed since is the next run's).
+                if let Some(hi) = self.win_hi() {
+                    conds.push(format!("{c} < {}", soql::datetime(hi)));
                 }
             }
             (Some(c), Some(s), _) => conds.push(format!("{c} >= {}", soql::datetime(s))),
@@ -537,8 +535,8 @@ impl<'a> RestReader<'a> {
         };
         let mut records = self.take_records(pass, page.records)?;
         // A narrowed live pass goes on with the next window.
-        let next_window = match (pass, self.win_lo, self.win_len) {
-            (Pass::Live, Some(lo), Some(len)) if lo + len < Utc::now() => Some(lo + len),
+        let next_window = match (pass, self.win_hi(), self.win_len) {
+            (Pass::Live, Some(hi), Some(_)) if hi < self.until() => Some(hi),
             _ => None,
         };
         self.phase = match (page.next_records_url.clone(), pass) {
@@ -635,15 +633,14 @@ impl<'a> RestReader<'a> {
 
     /// The live query timed out (`QUERY_TIMEOUT`, Salesforce's 120 s): read
     /// the cursor range in windows of half the span instead (tap-salesforce
-    /// halves its date window the same way), the one reaching now
-    /// open-ended; a window that finishes doubles the next. A window's start only moves
-    /// forward and, at one start, its length only shrinks: the same query is
-    /// never sent twice.
+    /// halves its date window the same way), up to when the run began; a
+    /// window that finishes doubles the next. A window's start only moves
+    /// forward and, at one start, its end only moves back: the same query
+    /// is never sent twice.
     fn narrow(&mut self, e: crate::error::CrmError) -> Result<()> {
         let lo = self.win_lo.expect("a windowed query");
-        // The span the query covered (an open-ended one: up to now).
-        let open = Utc::now() - lo;
-        let span = self.win_len.map_or(open, |l| l.min(open));
+        // The span the query covered.
+        let span = self.win_hi().unwrap_or_else(Utc::now) - lo;
         let half = span / 2;
         if half < chrono::Duration::seconds(1) {
             let mut e = e;
@@ -664,6 +661,23 @@ impl<'a> RestReader<'a> {
         }
         self.win_len = Some(half);
         Ok(())
+    }
+
+    /// Where an incremental live pass ends: when the run began, unless a
+    /// server clock ahead of ours put the start past it.
+    fn until(&self) -> DateTime<Utc> {
+        self.created
+    }
+
+    /// The end of the current window (exclusive); None: open (the start is
+    /// past when the run began).
+    fn win_hi(&self) -> Option<DateTime<Utc>> {
+        let lo = self.win_lo?;
+        let until = self.until();
+        if lo >= until {
+            return None;
+        }
+        Some(self.win_len.map_or(until, |l| (lo + l).min(until)))
     }
 
     /// The deletes pass of an incremental run through getDeleted:
