@@ -305,3 +305,20 @@ pub fn stored_credential(source: &str, key: &str) -> Option<String> {
     .ok()
     .flatten()
 }
+
+/// As [`update_credential`], only while the stored value is still `old`.
+pub fn update_credential_over(source: &str, key: &str, value: &str, old: &str) -> bool {
+    Spi::get_one_with_args::<bool>(
+        "WITH u AS (
+           UPDATE crm_sync.credentials c
+              SET credentials = pg_catalog.jsonb_set(c.credentials, ARRAY[$2], pg_catalog.to_jsonb($3::text))
+            WHERE c.source = $1 AND pg_catalog.jsonb_typeof(c.credentials -> $2) = 'string'
+              AND c.credentials ->> $2 = $4
+           RETURNING 1)
+         SELECT EXISTS (SELECT 1 FROM u)",
+        &[source.into(), key.into(), value.into(), old.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false)
+}

@@ -11,16 +11,19 @@
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::prelude::*;
 
-use crate::catalog::{insert_run, update_credential, RunRecord};
+use crate::catalog::{insert_run, update_credential, update_credential_over, RunRecord};
 
 #[derive(serde::Serialize, serde::Deserialize)]
 enum Task {
     Run(RunRecord),
-    /// Set `credentials.{key}` of `source`, if it is stored as a string.
+    /// Set `credentials.{key}` of `source`, if it is stored as a string
+    /// (and, with `expect`, still holds that value: a retry never puts back
+    /// a token another session has replaced since).
     Credential {
         source: String,
         key: String,
         value: String,
+        expect: Option<String>,
     },
 }
 
@@ -48,6 +51,19 @@ pub fn store_credential(source: &str, key: &str, value: &str) -> bool {
         source: source.to_owned(),
         key: key.to_owned(),
         value: value.to_owned(),
+        expect: None,
+    })
+}
+
+/// As [`store_credential`], only where the stored value is still `old`
+/// (or already `value`). True once that was checked in a committed
+/// transaction of its own.
+pub fn store_credential_over(source: &str, key: &str, value: &str, old: Option<&str>) -> bool {
+    in_own_transaction(&Task::Credential {
+        source: source.to_owned(),
+        key: key.to_owned(),
+        value: value.to_owned(),
+        expect: Some(old.unwrap_or_default().to_owned()),
     })
 }
 
@@ -121,11 +137,22 @@ pub extern "C-unwind" fn crm_sync_record_run(arg: pg_sys::Datum) {
                 insert_run(run);
                 true
             }
-            Task::Credential { source, key, value } => {
+            Task::Credential {
+                source,
+                key,
+                value,
+                expect,
+            } => {
                 // Never wait long on a row the caller's transaction holds:
                 // the caller then stores it itself.
                 Spi::run("SET LOCAL lock_timeout = '2s'").ok();
-                update_credential(source, key, value)
+                match expect {
+                    None => update_credential(source, key, value),
+                    Some(old) => {
+                        update_credential_over(source, key, value, old);
+                        true
+                    }
+                }
             }
         }
     });

@@ -61,16 +61,24 @@ pub fn http_client(
 pub fn store_rotated(source: &str, key: &str, value: &str) {
     // A newer value supersedes any older one still waiting.
     if let Ok(mut p) = PENDING.lock() {
-        p.retain(|(s, k, _)| !(s == source && k == key));
+        p.retain(|x| !(x.source == source && x.key == key));
     }
     if crate::own_txn::store_credential(source, key, value) {
         return;
     }
+    // What is committed now: a retry replaces only that.
+    let old = crate::catalog::stored_credential(source, key);
     if crate::catalog::update_credential(source, key, value) {
-        // Only in this transaction: kept to try again on its own once the
-        // run is over (see `retry_pending`), in case this one rolls back.
+        // Only in this transaction: kept to try again on its own after a
+        // failed run and at the next call (see `retry_pending`), in case
+        // this one rolls back.
         if let Ok(mut p) = PENDING.lock() {
-            p.push((source.to_owned(), key.to_owned(), value.to_owned()));
+            p.push(Pending {
+                source: source.to_owned(),
+                key: key.to_owned(),
+                old,
+                value: value.to_owned(),
+            });
         }
         return;
     }
@@ -79,22 +87,43 @@ pub fn store_rotated(source: &str, key: &str, value: &str) {
     );
 }
 
-/// Rotated credentials stored only in a transaction that may roll back.
-static PENDING: std::sync::Mutex<Vec<(String, String, String)>> = std::sync::Mutex::new(Vec::new());
+/// A rotated credential stored only in a transaction that may roll back,
+/// and the value committed before it.
+struct Pending {
+    source: String,
+    key: String,
+    old: Option<String>,
+    value: String,
+}
 
-/// After a failed run (its subtransaction rolled back, with any rotated
-/// credential stored in it): store those again in transactions of their
-/// own; a WARNING names what still could not be stored.
-pub fn retry_pending() {
+static PENDING: std::sync::Mutex<Vec<Pending>> = std::sync::Mutex::new(Vec::new());
+
+/// Store rotated credentials that only reached a transaction that may roll
+/// back again, each in a transaction of its own, where the committed value
+/// is still the one they replaced (never over a newer one). Done after a
+/// failed run and at the start of every call; those that still cannot be
+/// stored (no worker free, the row locked) wait for the next try, with a
+/// WARNING when `warn`.
+pub fn retry_pending(warn: bool) {
     let pending = match PENDING.lock() {
         Ok(mut p) => std::mem::take(&mut *p),
         Err(_) => return,
     };
-    for (source, key, value) in pending {
-        if !crate::own_txn::store_credential(&source, &key, &value) {
+    let mut left = Vec::new();
+    for p in pending {
+        if crate::own_txn::store_credential_over(&p.source, &p.key, &p.value, p.old.as_deref()) {
+            continue;
+        }
+        if warn {
             pgrx::warning!(
-                "source \"{source}\": the CRM rotated credentials.{key} during a run that failed, and the new value could not be stored on its own (no background worker free, or the row is locked); it is in this transaction only: if it rolls back, authorize again and set it with crm_sync.alter_source()"
+                "source \"{}\": the CRM rotated credentials.{} during a run that failed, and the new value could not yet be stored on its own (no background worker free, or the row is locked); it is kept in this transaction and tried again at the next call",
+                p.source,
+                p.key
             );
         }
+        left.push(p);
+    }
+    if let Ok(mut g) = PENDING.lock() {
+        g.extend(left);
     }
 }

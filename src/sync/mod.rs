@@ -37,6 +37,9 @@ pub use reconcile::{reconcile_stream, Reconciled};
 /// A source with its checked settings, and the context of its errors;
 /// raises if it does not exist or its settings no longer check out.
 pub fn load(source: &str) -> (SourceRow, Configured, Context) {
+    // A rotated token an earlier call could only store in a transaction
+    // that may have rolled back: store it on its own first.
+    crate::secrets::retry_pending(false);
     let mut ctx = Context {
         source: Some(source.to_owned()),
         ..Default::default()

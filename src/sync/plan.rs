@@ -38,3 +38,13 @@ pub fn plan(source: &str, stream: &str, full_refresh: bool) -> Plan {
         resume,
     }
 }
+
+impl Plan {
+    /// When the run began: an interrupted run's start when this one
+    /// resumes it (its first rows were read then).
+    pub fn began_us(&self) -> i64 {
+        self.resume
+            .as_ref()
+            .map_or(self.started_us, |c| c.started_at_us.min(self.started_us))
+    }
+}

@@ -278,7 +278,7 @@ impl Sink for Committing<'_> {
             position: position.to_owned(),
             records: so_far.stats.upserted as i64,
             api_calls: self.http.api_calls() as i64,
-            started_at_us: self.plan.started_us,
+            started_at_us: self.plan.began_us(),
         });
         if committed {
             self.progress.records.set(so_far.stats.upserted);

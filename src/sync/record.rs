@@ -53,8 +53,15 @@ pub fn succeeded(src: &str, s: &StreamRow, plan: &Plan, done: Done, commit: Comm
     if let Some(w) = &run.watermark {
         catalog::save_watermark(src, &s.stream, w, plan.run_id);
     }
-    if let Some(t) = done.outcome.deletes_covered {
-        catalog::save_deletes_from(src, &s.stream, t);
+    // Deletes are looked for from where the CRM's delete log was read
+    // through, or, after a stream's first full run, from when it began
+    // (what was deleted before is not landed live).
+    match done.outcome.deletes_covered {
+        Some(t) => catalog::save_deletes_from(src, &s.stream, t),
+        None if plan.mode == "full" && catalog::load_deletes_from(src, &s.stream).is_none() => {
+            catalog::save_deletes_from(src, &s.stream, plan.began_us() / 1000)
+        }
+        None => {}
     }
     catalog::delete_checkpoint(src, &s.stream);
     catalog::insert_run(&run);
@@ -95,7 +102,7 @@ pub fn failed(
         Commit::WithCaller => {
             run.records = 0;
             own_txn::record(&run);
-            crate::secrets::retry_pending();
+            crate::secrets::retry_pending(true);
         }
         Commit::EveryBatch { .. } => {
             catalog::insert_run(&run);

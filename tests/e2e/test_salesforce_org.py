@@ -497,6 +497,9 @@ def test_bulk_job_polls_count_against_the_daily_share(db, sf_factory):
                 and not k.endswith("/results"))
     assert polls >= 2, by
     assert not any(k.endswith("/results") for k in by), "stopped before the results"
+    # The job is not left running for nobody.
+    assert by.get("PATCH /services/data/v59.0/jobs/query/{id}") == 1, by
+    assert by.get("DELETE /services/data/v59.0/jobs/query/{id}") == 1, by
 
 
 def test_many_narrow_windows_are_not_taken_for_a_looping_server(db, sf_factory):

@@ -451,6 +451,8 @@ impl Login {
                 key_names(&resp.body)
             ))
         })?;
+        // The one sent is spent: keep the new refresh token whatever comes.
+        self.rotate(http, t.refresh_token.clone());
         let mut instance_url = Url::parse(&t.instance_url).map_err(|e| {
             CrmError::bad_response(format!(
                 "the token response's instance_url is not a URL ({e})"
@@ -459,7 +461,6 @@ impl Login {
         })?;
         http.check_url(&instance_url)?;
         instance_url.set_path("/");
-        self.rotate(http, t.refresh_token);
         let s = Session {
             access_token: t.access_token,
             instance_url,

@@ -354,7 +354,24 @@ impl<'a> BulkReader<'a> {
                 }
                 Phase::Poll { job, wait } => {
                     let path = self.jobs_path(&format!("/{job}"));
-                    let (info, _) = self.api.get_json::<JobInfo>(&path, &[], &[]).await?;
+                    let info = match self.api.get_json::<JobInfo>(&path, &[], &[]).await {
+                        Ok((info, _)) => info,
+                        Err(e) => {
+                            // The run stops (the org's daily share, a
+                            // broken link): abort the job rather than leave
+                            // it running for nobody. Best effort.
+                            let aborted = json!({"state": "Aborted"});
+                            let _ = self
+                                .api
+                                .call_with(Method::PATCH, &path, &[], &[], Some(&aborted), false)
+                                .await;
+                            let _ = self
+                                .api
+                                .call_with(Method::DELETE, &path, &[], &[], None, false)
+                                .await;
+                            return Err(e);
+                        }
+                    };
                     match info.state.as_str() {
                         "JobComplete" => {
                             self.phase = Phase::Results { job, locator: None };

@@ -116,6 +116,8 @@ pub struct RestReader<'a> {
     /// timed out (None: all of it); see [`RestReader::narrow`].
     win_lo: Option<DateTime<Utc>>,
     win_len: Option<chrono::Duration>,
+    /// Windows finished in a row since the last timeout: two double it.
+    win_ok: u8,
     /// Why the deletes of this run are incomplete (see
     /// [`PageSource::reconcile_needed`]).
     reconcile: Option<String>,
@@ -227,12 +229,9 @@ impl<'a> RestReader<'a> {
         let recent = |t: DateTime<Utc>| t > Utc::now() - chrono::Duration::days(DELETE_LOG_DAYS);
         let mut reconcile = None;
         let created = Utc::now();
-        // A first full run starts the record of where deletes were looked
-        // for; later full runs read only the recycle bin and leave it.
-        let covered = match (&req.mode, req.deletes_since) {
-            (SyncMode::Full, None) => Some(created),
-            _ => None,
-        };
+        // (A stream's first full run starts the record of where deletes
+        // were looked for from its own start: the extension knows it.)
+        let covered = None;
         let deletes = match (&req.mode, deletes_since) {
             (SyncMode::Incremental { .. }, Some(t))
                 if track_deletes && d.replicateable && recent(t) =>
@@ -276,6 +275,7 @@ impl<'a> RestReader<'a> {
             covered,
             win_lo: since,
             win_len: None,
+            win_ok: 0,
             reconcile,
             phase: Phase::Start(Pass::Live),
             warnings: vec![],
@@ -546,7 +546,11 @@ impl<'a> RestReader<'a> {
                 // burst of changes is often short). A timeout halves it
                 // again at a later start, so no query repeats.
                 self.win_lo = next_window;
-                self.win_len = self.win_len.map(|l| l * 2);
+                self.win_ok += 1;
+                if self.win_ok >= 2 {
+                    self.win_len = self.win_len.map(|l| l * 2);
+                    self.win_ok = 0;
+                }
                 Phase::Start(Pass::Live)
             }
             (None, Pass::Live) if self.track_deletes => Phase::Start(self.deletes),
@@ -634,13 +638,16 @@ impl<'a> RestReader<'a> {
     /// The live query timed out (`QUERY_TIMEOUT`, Salesforce's 120 s): read
     /// the cursor range in windows of half the span instead (tap-salesforce
     /// halves its date window the same way), up to when the run began; a
-    /// window that finishes doubles the next. A window's start only moves
+    /// window that finishes doubles the one after the next. A window's start only moves
     /// forward and, at one start, its end only moves back: the same query
     /// is never sent twice.
     fn narrow(&mut self, e: crate::error::CrmError) -> Result<()> {
         let lo = self.win_lo.expect("a windowed query");
         // The span the query covered.
-        let span = self.win_hi().unwrap_or_else(Utc::now) - lo;
+        let span = self
+            .win_hi()
+            .unwrap_or_else(|| Utc::now().max(lo + chrono::Duration::hours(1)))
+            - lo;
         let half = span / 2;
         if half < chrono::Duration::seconds(1) {
             let mut e = e;
@@ -660,6 +667,7 @@ impl<'a> RestReader<'a> {
             ));
         }
         self.win_len = Some(half);
+        self.win_ok = 0;
         Ok(())
     }
 
@@ -675,7 +683,8 @@ impl<'a> RestReader<'a> {
         let lo = self.win_lo?;
         let until = self.until();
         if lo >= until {
-            return None;
+            // Narrowed all the same: a timeout must never repeat a query.
+            return self.win_len.map(|l| lo + l);
         }
         Some(self.win_len.map_or(until, |l| (lo + l).min(until)))
     }
