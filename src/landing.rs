@@ -526,7 +526,12 @@ impl SpiSink {
     /// modification time moving) in the live rows of `records`: their
     /// columns and their keys in `_raw`; rows whose values are the same
     /// are left alone. Returns how many rows changed.
-    pub fn refresh(&self, fields: &[String], records: &[Record]) -> Result<i64, CrmError> {
+    pub fn refresh(
+        &self,
+        fields: &[String],
+        records: &[Record],
+        raw_prefix: &str,
+    ) -> Result<i64, CrmError> {
         let cols: Vec<&Column> = self
             .columns
             .iter()
@@ -576,19 +581,23 @@ impl SpiSink {
             .map(|(i, c)| format!("{} = u.c{i}::{}", qi(&c.column), c.pg_type.sql_name()))
             .collect();
         let arrays: Vec<String> = (0..cols.len())
-            .map(|i| format!("${}::text[]", i + 4))
+            .map(|i| format!("${}::text[]", i + 5))
             .collect();
         let names: Vec<String> = (0..cols.len()).map(|i| format!("c{i}")).collect();
         let sql = format!(
             "WITH p AS (
                UPDATE {s}.{t} AS t
-                  SET {sets}, _raw = t._raw || u.patch::jsonb,
+                  SET {sets},
+                      _raw = CASE WHEN $4 = '' THEN t._raw || u.patch::jsonb
+                                  ELSE pg_catalog.jsonb_set(t._raw, ARRAY[$4],
+                                         COALESCE(t._raw -> $4, '{{}}'::jsonb) || u.patch::jsonb) END,
                       _synced_at = pg_catalog.now(), _run_id = $3
                  -- unnest of several arrays is FROM-clause syntax (ROWS
                  -- FROM), not a function a schema can qualify.
                  FROM unnest($1::text[], $2::text[], {arrays}) AS u(id, patch, {names})
                 WHERE t.id = u.id AND t._deleted_at IS NULL
-                  AND NOT (t._raw @> u.patch::jsonb)
+                  AND NOT (CASE WHEN $4 = '' THEN t._raw
+                                ELSE COALESCE(t._raw -> $4, '{{}}'::jsonb) END @> u.patch::jsonb)
                RETURNING 1)
              SELECT pg_catalog.count(*) FROM p",
             s = qi(&self.schema),
@@ -606,6 +615,7 @@ impl SpiSink {
                 text_array(&ids)?,
                 text_array(&as_str(&patches))?,
                 self.run_id.into(),
+                raw_prefix.into(),
             ];
             for v in &values {
                 args.push(text_array(&as_str(v))?);

@@ -169,7 +169,7 @@ fn reconcile(
         })
         .expect("write crm_sync.reconcile_ids");
         let (fields, values) = ids.refreshed();
-        refreshed += sink.refresh(&fields, &values)?;
+        refreshed += sink.refresh(&fields, &values, ids.raw_prefix())?;
         check_interrupts();
     }
     drop(ids);

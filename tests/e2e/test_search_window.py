@@ -126,11 +126,12 @@ def test_a_portal_with_1000_properties_syncs_whole_records(db, mock_factory):
     assert one(db, f'SELECT "{cols[names[-1]]}" FROM hs.contacts WHERE id = \'7\'') == "changed"
 
 
-def test_a_calculated_property_is_stale_until_a_full_refresh(db, mock_factory):
+def test_a_calculated_property_is_stale_until_a_reconciliation_or_a_full_refresh(db, mock_factory):
     """HubSpot recomputes a calculated property (`"calculated": true`)
     without moving the record's modification time: incremental runs keep
-    the old value, as docs/configuration.md says, and a full refresh reads
-    the new one."""
+    the old value, as docs/configuration.md says; a reconciliation (its id
+    listing asks for the stream's calculated properties too) and a full
+    refresh read the new one."""
     m = mock_factory(contacts=50, companies=5, deals=5)
     answer = requests.get(f"{m.url}/crm/v3/properties/contacts", timeout=30,
                           headers={"Authorization": f"Bearer {TOKEN}"}).json()
@@ -143,5 +144,13 @@ def test_a_calculated_property_is_stale_until_a_full_refresh(db, mock_factory):
     m.admin("POST", "/_mock/contacts/calculated", {"id": "5", "property": "num_associated_deals", "value": "7"})
     sync(db, stream="contacts")
     assert one(db, "SELECT num_associated_deals FROM hs.contacts WHERE id = '5'") is None
-    sync(db, stream="contacts", full_refresh=True)
+    m.reset_stats()
+    cur = db.execute("SELECT records_refreshed, records_deleted, api_calls FROM crm_sync.reconcile('hs', 'contacts')")
+    refreshed, deleted, calls = cur.fetchone()
+    assert (refreshed, deleted) == (1, 0)
     assert one(db, "SELECT num_associated_deals FROM hs.contacts WHERE id = '5'") == 7
+    assert one(db, "SELECT (_raw->'properties'->>'num_associated_deals')::int FROM hs.contacts WHERE id = '5'") == 7 \
+        or one(db, "SELECT (_raw->>'num_associated_deals')::int FROM hs.contacts WHERE id = '5'") == 7
+    m.admin("POST", "/_mock/contacts/calculated", {"id": "5", "property": "num_associated_deals", "value": "9"})
+    sync(db, stream="contacts", full_refresh=True)
+    assert one(db, "SELECT num_associated_deals FROM hs.contacts WHERE id = '5'") == 9

@@ -178,6 +178,11 @@ pub trait IdSource {
     fn refreshed(&mut self) -> (Vec<String>, Vec<Record>) {
         (Vec::new(), Vec::new())
     }
+    /// Where a record's field values sit in its `_raw`: at the top (""),
+    /// or under this key (HubSpot: "properties").
+    fn raw_prefix(&self) -> &'static str {
+        ""
+    }
 }
 
 /// What the engine asks a connector to read.

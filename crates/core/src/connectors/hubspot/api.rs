@@ -95,6 +95,9 @@ pub struct HubSpot<'a> {
     max_daily_share: u64,
     /// Read records' associations (see [`association_types`]).
     associations: bool,
+    /// Calculated properties (`"calculated": true`) by object, as the
+    /// properties API last listed them.
+    calculated: std::cell::RefCell<std::collections::HashMap<String, Vec<String>>>,
 }
 
 impl<'a> HubSpot<'a> {
@@ -115,6 +118,7 @@ impl<'a> HubSpot<'a> {
             version: "v3".to_owned(),
             max_daily_share: 100,
             associations: true,
+            calculated: Default::default(),
         })
     }
 
@@ -285,8 +289,19 @@ impl<'a> HubSpot<'a> {
             kind: String,
             #[serde(rename = "hubspotDefined", default)]
             hubspot_defined: Option<bool>,
+            #[serde(default)]
+            calculated: bool,
         }
         let props: Props = parse_json(&format!("GET /{path}"), &resp.body)?;
+        self.calculated.borrow_mut().insert(
+            object.to_owned(),
+            props
+                .results
+                .iter()
+                .filter(|p| p.calculated)
+                .map(|p| p.name.clone())
+                .collect(),
+        );
         Ok(props
             .results
             .into_iter()
@@ -333,6 +348,21 @@ impl<'a> HubSpot<'a> {
     /// One page of the ids of live `object` records: the list endpoint asked
     /// for no property beyond the id (`properties=hs_object_id`), the
     /// cheapest listing HubSpot has (100 a call).
+    /// The calculated properties of `object` (the properties API is asked
+    /// once per connection).
+    pub async fn calculated(&self, object: &str) -> Result<Vec<String>> {
+        if let Some(c) = self.calculated.borrow().get(object) {
+            return Ok(c.clone());
+        }
+        self.properties(object).await?;
+        Ok(self
+            .calculated
+            .borrow()
+            .get(object)
+            .cloned()
+            .unwrap_or_default())
+    }
+
     pub async fn id_page(
         &self,
         object: &str,

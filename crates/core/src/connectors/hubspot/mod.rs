@@ -116,19 +116,30 @@ impl Connector for HubSpot<'_> {
         })
     }
 
+    /// The list endpoint asking for no property beyond the id, or, when
+    /// the stream syncs calculated properties, for those too: each
+    /// reconciliation refreshes them at no extra call.
     fn ids<'a>(
         &'a self,
         object: &'a str,
-        _fields: &'a [Field],
+        fields: &'a [Field],
     ) -> BoxFuture<'a, Result<Box<dyn IdSource + 'a>>> {
         Box::pin(async move {
             check_object(object)?;
+            let known = self.calculated(object).await?;
+            let calculated = fields
+                .iter()
+                .filter(|f| known.contains(&f.name))
+                .map(|f| f.name.clone())
+                .collect();
             Ok(Box::new(Ids {
                 api: self,
                 object,
                 after: None,
                 done: false,
                 cursors: Default::default(),
+                calculated,
+                last: Vec::new(),
             }) as Box<dyn IdSource + 'a>)
         })
     }
@@ -158,6 +169,10 @@ struct Ids<'a> {
     after: Option<String>,
     done: bool,
     cursors: crate::paging::Cursors,
+    /// The stream's calculated properties, read along with the ids (they
+    /// change without the modification time moving).
+    calculated: Vec<String>,
+    last: Vec<Record>,
 }
 
 impl IdSource for Ids<'_> {
@@ -166,7 +181,18 @@ impl IdSource for Ids<'_> {
             if self.done {
                 return Ok(None);
             }
-            let (ids, next) = self.api.id_page(self.object, self.after.as_deref()).await?;
+            let (ids, next) = if self.calculated.is_empty() {
+                self.api.id_page(self.object, self.after.as_deref()).await?
+            } else {
+                let props = format!("hs_object_id,{}", self.calculated.join(","));
+                let (records, next, _) = self
+                    .api
+                    .list_page(self.object, &props, &[], self.after.as_deref(), false)
+                    .await?;
+                let ids = records.iter().map(|r| r.id.clone()).collect();
+                self.last = records;
+                (ids, next)
+            };
             // A cursor that comes back would list forever.
             if let Some(n) = &next {
                 self.cursors.follow("HubSpot's paging.next.after", n)?;
@@ -175,6 +201,14 @@ impl IdSource for Ids<'_> {
             self.after = next;
             Ok(Some(ids))
         })
+    }
+
+    fn refreshed(&mut self) -> (Vec<String>, Vec<Record>) {
+        (self.calculated.clone(), std::mem::take(&mut self.last))
+    }
+
+    fn raw_prefix(&self) -> &'static str {
+        "properties"
     }
 }
 
