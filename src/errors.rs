@@ -46,7 +46,33 @@ pub fn sqlstate_text(code: PgSqlErrorCode) -> String {
 /// `s` without any of `secrets`, in any spelling (see
 /// [`crm_sync_core::scrub`]).
 pub fn scrub(s: &str, secrets: &[String]) -> String {
-    crm_sync_core::scrub::scrub(s, secrets)
+    let rotated = ROTATED.lock().map(|r| r.clone()).unwrap_or_default();
+    if rotated.is_empty() {
+        return crm_sync_core::scrub::scrub(s, secrets);
+    }
+    let all: Vec<&String> = secrets.iter().chain(rotated.iter()).collect();
+    crm_sync_core::scrub::scrub(s, &all)
+}
+
+/// Credentials the CRM rotated in this backend: a call loaded its secrets
+/// before they existed, yet a later request of the same call sends them
+/// (and a CRM may quote them in an error).
+static ROTATED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Scrub `value` from every error, warning and run this backend records.
+pub fn add_secret(value: &str) {
+    if value.is_empty() {
+        return;
+    }
+    if let Ok(mut r) = ROTATED.lock() {
+        if !r.iter().any(|v| v == value) {
+            // Bounded: the newest are the ones still in use.
+            if r.len() >= 64 {
+                r.remove(0);
+            }
+            r.push(value.to_owned());
+        }
+    }
 }
 
 /// The message a user sees: `source.stream: what happened (endpoint)`.

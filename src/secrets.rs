@@ -59,6 +59,7 @@ pub fn http_client(
 /// WARNING says to update the referenced secret. Values never appear in
 /// messages.
 pub fn store_rotated(source: &str, key: &str, value: &str) {
+    crate::errors::add_secret(value);
     // A newer value supersedes any older one still waiting.
     if let Ok(mut p) = PENDING.lock() {
         p.retain(|x| !(x.source == source && x.key == key));

@@ -7,7 +7,8 @@ fields, and the org's daily API limit (Sforce-Limit-Info)."""
 import psycopg
 import pytest
 
-from conftest import SF_REFRESH_TOKEN, create_sf_source, sync
+from conftest import (SF_CLIENT_ID, SF_REFRESH_TOKEN, assert_echoed, assert_no_secret, create_sf_source,
+                      seen_texts, sync)
 
 
 def one(db, sql, *args):
@@ -85,6 +86,27 @@ def test_every_stream_of_one_call_logs_in_with_the_rotated_token(db, connect, sa
     assert all(s == "succeeded" for _, _, s in got), got
     assert ("account", "reconcile", "succeeded") in got
     assert stored_refresh_token(db) == oauth_state(sf)["refresh_token"]
+
+
+def test_a_token_rotated_during_a_call_is_scrubbed_from_what_it_records(db, pg_cluster, salesforce):
+    """The call loaded its secrets before the rotation: a later login of the
+    same call sends the new token, and a token endpoint that quotes it in
+    its error must not put it in the ERROR, the runs or the log."""
+    sf = salesforce
+    sf.admin("POST", "/_mock/sf/oauth", {"rotate_refresh_tokens": True})
+    create_sf_source(db, sf)
+    # Each session serves 3 calls: the second stream logs in again, with
+    # the rotated token, and the token endpoint echoes what it was sent.
+    sf.limits(session_calls=3)
+    sf.fault(path_contains="/services/oauth2/token", skip=1, count=1, kind="echo_secrets")
+    notices = []
+    db.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+    with pytest.raises(psycopg.Error) as e:
+        sync(db, "sf")
+    rotated = oauth_state(sf)["refresh_token"]
+    assert rotated != SF_REFRESH_TOKEN
+    assert_echoed(sf, refresh_token=rotated)
+    assert_no_secret(seen_texts(db, pg_cluster, e.value, notices), [rotated], pair_with=[SF_CLIENT_ID])
 
 
 def test_a_source_created_in_the_same_transaction_keeps_its_rotated_token(db, salesforce):
