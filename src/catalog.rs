@@ -279,16 +279,19 @@ pub fn delete_checkpoint(source: &str, stream: &str) {
     .expect("delete from crm_sync.checkpoints");
 }
 
-/// Set `credentials.{key}` of `source` where it is stored as a string.
-pub fn update_credential(source: &str, key: &str, value: &str) -> bool {
+/// Set `credentials.{key}` of `source` where it is stored as a string
+/// (and, with `old`, only while it still holds that value). Whether a row
+/// was written.
+pub fn update_credential(source: &str, key: &str, value: &str, old: Option<&str>) -> bool {
     Spi::get_one_with_args::<bool>(
         "WITH u AS (
            UPDATE crm_sync.credentials c
               SET credentials = pg_catalog.jsonb_set(c.credentials, ARRAY[$2], pg_catalog.to_jsonb($3::text))
             WHERE c.source = $1 AND pg_catalog.jsonb_typeof(c.credentials -> $2) = 'string'
+              AND ($4::text IS NULL OR c.credentials ->> $2 = $4)
            RETURNING 1)
          SELECT EXISTS (SELECT 1 FROM u)",
-        &[source.into(), key.into(), value.into()],
+        &[source.into(), key.into(), value.into(), old.into()],
     )
     .ok()
     .flatten()
@@ -304,21 +307,4 @@ pub fn stored_credential(source: &str, key: &str) -> Option<String> {
     )
     .ok()
     .flatten()
-}
-
-/// As [`update_credential`], only while the stored value is still `old`.
-pub fn update_credential_over(source: &str, key: &str, value: &str, old: &str) -> bool {
-    Spi::get_one_with_args::<bool>(
-        "WITH u AS (
-           UPDATE crm_sync.credentials c
-              SET credentials = pg_catalog.jsonb_set(c.credentials, ARRAY[$2], pg_catalog.to_jsonb($3::text))
-            WHERE c.source = $1 AND pg_catalog.jsonb_typeof(c.credentials -> $2) = 'string'
-              AND c.credentials ->> $2 = $4
-           RETURNING 1)
-         SELECT EXISTS (SELECT 1 FROM u)",
-        &[source.into(), key.into(), value.into(), old.into()],
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(false)
 }

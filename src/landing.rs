@@ -472,7 +472,7 @@ impl Sink for SpiSink {
             let rest: Vec<Record> = rest.into_iter().cloned().collect();
             self.write_records(&rest)?
         };
-        stats.deleted += self.mark_deleted(&gone) as u64;
+        stats.deleted += self.mark_deleted(&gone)? as u64;
         Ok(stats)
     }
 }
@@ -482,8 +482,8 @@ impl SpiSink {
     /// deleted (reason `archived`, as a deleted record read whole is),
     /// values kept; a row modified after the deletion (the record was
     /// undeleted since) stays live. Returns how many live rows were marked.
-    fn mark_deleted(&self, gone: &[&Record]) -> i64 {
-        let ids: Vec<&str> = gone.iter().map(|r| r.id.as_str()).collect();
+    fn mark_deleted(&self, gone: &[&Record]) -> Result<i64, CrmError> {
+        let ids: Vec<Option<&str>> = gone.iter().map(|r| Some(r.id.as_str())).collect();
         let at: Vec<Option<i64>> = gone
             .iter()
             .map(|r| r.deleted_at.map(pg_timestamp))
@@ -504,9 +504,9 @@ impl SpiSink {
             t = qi(&self.table),
         );
         // Arrays made inside the connection are freed with it.
-        Spi::connect_mut(|c| -> Result<Option<i64>, CrmError> {
+        Spi::connect_mut(|c| -> Result<i64, CrmError> {
             let args = [
-                text_array(&ids.iter().map(|i| Some(*i)).collect::<Vec<_>>())?,
+                text_array(&ids)?,
                 timestamptz_array(&at)?,
                 self.run_id.into(),
             ];
@@ -515,11 +515,9 @@ impl SpiSink {
                 .first()
                 .get_one::<i64>()
                 .ok()
-                .flatten())
+                .flatten()
+                .unwrap_or(0))
         })
-        .ok()
-        .flatten()
-        .unwrap_or(0)
     }
 
     /// Refresh the values of `fields` (formulas, which change without the
@@ -607,9 +605,6 @@ impl SpiSink {
             names = names.join(", "),
         );
         // Arrays made inside the connection are freed with it.
-        fn as_str(v: &[Option<String>]) -> Vec<Option<&str>> {
-            v.iter().map(|x| x.as_deref()).collect()
-        }
         Spi::connect_mut(|c| -> Result<i64, CrmError> {
             let mut args = vec![
                 text_array(&ids)?,
@@ -698,9 +693,6 @@ impl SpiSink {
             }
         }
         let ids: Vec<Option<&str>> = batch.iter().map(|r| Some(r.id.as_str())).collect();
-        fn as_str<S: AsRef<str>>(v: &[Option<S>]) -> Vec<Option<&str>> {
-            v.iter().map(|x| x.as_ref().map(AsRef::as_ref)).collect()
-        }
         for m in samples {
             self.sample(m);
         }
@@ -736,6 +728,11 @@ impl SpiSink {
             ..Default::default()
         })
     }
+}
+
+/// Borrowed text values, as [`text_array`] takes them.
+fn as_str<S: AsRef<str>>(v: &[Option<S>]) -> Vec<Option<&str>> {
+    v.iter().map(|x| x.as_ref().map(AsRef::as_ref)).collect()
 }
 
 /// One column of a batch, in the form it is sent to Postgres.

@@ -11,7 +11,7 @@
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::prelude::*;
 
-use crate::catalog::{insert_run, update_credential, update_credential_over, RunRecord};
+use crate::catalog::{insert_run, update_credential, RunRecord};
 
 #[derive(serde::Serialize, serde::Deserialize)]
 enum Task {
@@ -147,9 +147,10 @@ pub extern "C-unwind" fn crm_sync_record_run(arg: pg_sys::Datum) {
                 // the caller then stores it itself.
                 Spi::run("SET LOCAL lock_timeout = '2s'").ok();
                 match expect {
-                    None => update_credential(source, key, value),
+                    None => update_credential(source, key, value, None),
+                    // Done once checked: a newer value stays.
                     Some(old) => {
-                        update_credential_over(source, key, value, old);
+                        update_credential(source, key, value, Some(old));
                         true
                     }
                 }

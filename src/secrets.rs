@@ -69,7 +69,7 @@ pub fn store_rotated(source: &str, key: &str, value: &str) {
     }
     // What is committed now: a retry replaces only that.
     let old = crate::catalog::stored_credential(source, key);
-    if crate::catalog::update_credential(source, key, value) {
+    if crate::catalog::update_credential(source, key, value, None) {
         // Only in this transaction: kept to try again on its own after a
         // failed run and at the next call (see `retry_pending`), in case
         // this one rolls back.

@@ -38,10 +38,6 @@ pub fn api_usage(headers: &reqwest::header::HeaderMap) -> Option<(u64, u64)> {
 
 /// Salesforce's error codes that mean "try again".
 fn transient(r: &Response) -> bool {
-    is_query_timeout(r)
-}
-
-fn is_query_timeout(r: &Response) -> bool {
     r.status == StatusCode::BAD_REQUEST
         && first_error(&r.body).is_some_and(|e| e.error_code == "QUERY_TIMEOUT")
 }

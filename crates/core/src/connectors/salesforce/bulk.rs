@@ -25,13 +25,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Number, Value};
 
 use super::api::{parse_json, Api};
-use super::describe::Describe;
-use super::reader::{capped, RestReader};
+use super::describe::{self, Describe};
+use super::reader::{capped, incremental_since, RestReader};
 use super::soql;
 use crate::error::{CrmError, ErrorKind, Result};
 use crate::http::{body_excerpt, server_date_ms};
 use crate::paging::Cursors;
-use crate::source::{BoxFuture, Page, PageSource, ReadRequest, Record, SyncMode};
+use crate::source::{BoxFuture, Page, PageSource, ReadRequest, Record};
 use crate::types::{fmt_ts, parse_datetime};
 
 /// Records per results page: a page is parsed whole, so this bounds memory.
@@ -132,7 +132,7 @@ impl<'a> BulkReader<'a> {
         let mut compounds = vec![];
         let mut base64 = vec![];
         for f in &req.fields {
-            if f.crm_type == "base64" {
+            if describe::bulk_cannot_read(f) {
                 base64.push(f.name.clone());
                 continue;
             }
@@ -301,14 +301,10 @@ impl<'a> BulkReader<'a> {
                     };
                     // A large incremental change set: what changed since
                     // the watermark (less the lookback).
-                    if let (SyncMode::Incremental { watermark }, Some(c)) =
-                        (&self.req.mode, self.d.cursor)
+                    if let (Some((since, _)), Some(c)) =
+                        (incremental_since(&self.req)?, self.d.cursor)
                     {
-                        if let Some(w) = parse_datetime(watermark) {
-                            let lookback =
-                                chrono::Duration::from_std(self.req.lookback).unwrap_or_default();
-                            conds.push(format!("{c} >= {}", soql::datetime(w - lookback)));
-                        }
+                        conds.push(format!("{c} >= {}", soql::datetime(since)));
                     }
                     let filter = (!conds.is_empty()).then(|| conds.join(" AND "));
                     let q = soql::select(&self.select, &self.req.object, filter.as_deref(), None);

@@ -74,6 +74,15 @@ pub fn filter_required(object: &str) -> Option<String> {
         .then(|| format!("Salesforce only queries {object} with a filter on one parent record's Id, so it cannot be read whole"))
 }
 
+/// Hint for an object a stream cannot sync.
+pub const UNSYNCABLE_HINT: &str =
+    "Remove the stream with crm_sync.drop_stream(), or disable it in crm_sync.streams.";
+
+/// base64 fields (file bodies): Bulk API 2.0 fails a job that selects one.
+pub fn bulk_cannot_read(f: &Field) -> bool {
+    f.crm_type == "base64"
+}
+
 /// What describe says about an object, as the reader needs it.
 #[derive(Debug)]
 pub struct Describe {

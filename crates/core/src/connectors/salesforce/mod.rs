@@ -271,9 +271,7 @@ impl Salesforce<'_> {
                 "{object} cannot be synced: {}",
                 describe::NOT_QUERYABLE
             ))
-            .with_hint(
-                "Remove the stream with crm_sync.drop_stream(), or disable it in crm_sync.streams.",
-            ));
+            .with_hint(describe::UNSYNCABLE_HINT));
         }
         // A cursor must be both filterable and sortable.
         let calculated: Vec<String> = w
@@ -311,12 +309,8 @@ impl Salesforce<'_> {
 }
 
 impl Salesforce<'_> {
-    /// `SELECT COUNT() FROM object`: live records.
-    async fn count(&self, object: &str) -> Result<u64> {
-        self.count_where(object, None).await
-    }
-
-    async fn count_where(&self, object: &str, filter: Option<&str>) -> Result<u64> {
+    /// `SELECT COUNT() FROM object [WHERE filter]`: live records.
+    async fn count(&self, object: &str, filter: Option<&str>) -> Result<u64> {
         #[derive(Deserialize)]
         struct Wire {
             #[serde(rename = "totalSize")]
@@ -339,6 +333,34 @@ impl Salesforce<'_> {
         Ok(w.total_size)
     }
 
+    /// The reader for `req`: Bulk API 2.0 when [`Salesforce::large`] says
+    /// so (`results_page` records a results page), else REST; either goes
+    /// on from `req.resume` when it is one of its own positions, and
+    /// starts over otherwise.
+    async fn open<'a>(
+        &'a self,
+        req: ReadRequest,
+        d: Rc<Describe>,
+        results_page: u32,
+    ) -> Result<Box<dyn PageSource + 'a>> {
+        if self.large(&req, &d).await? {
+            let resume = req.resume.clone();
+            let mut r =
+                bulk::BulkReader::new(&self.api, req, d, self.batch_size, self.max_query_length)
+                    .with_results_page(results_page);
+            if let Some(p) = resume {
+                r.resume_from(&p)?;
+            }
+            return Ok(Box::new(r));
+        }
+        let mut r =
+            reader::RestReader::new(&self.api, &req, &d, self.batch_size, self.max_query_length)?;
+        if let Some(p) = &req.resume {
+            r.resume_from(p);
+        }
+        Ok(Box::new(r))
+    }
+
     /// Whether `req` should go through Bulk API 2.0: a full read of more
     /// records than `bulk_threshold`, or an incremental one whose change
     /// set (`COUNT()` of the window) is larger; a count Salesforce cannot
@@ -347,24 +369,18 @@ impl Salesforce<'_> {
         let Some(threshold) = self.bulk_threshold else {
             return Ok(false);
         };
-        let filter = match (&req.mode, d.cursor) {
-            (SyncMode::Full, _) => None,
-            (SyncMode::Incremental { watermark }, Some(c)) => {
-                let Some(w) = crate::types::parse_datetime(watermark) else {
-                    return Ok(false);
-                };
-                let lookback = chrono::Duration::from_std(req.lookback).unwrap_or_default();
-                Some(format!("{c} >= {}", soql::datetime(w - lookback)))
-            }
+        let filter = match (reader::incremental_since(req)?, d.cursor) {
+            (None, _) => None,
+            (Some((since, _)), Some(c)) => Some(format!("{c} >= {}", soql::datetime(since))),
             // Read whole every run: small by nature.
-            (SyncMode::Incremental { .. }, None) => return Ok(false),
+            (Some(_), None) => return Ok(false),
         };
         // Bulk API 2.0 cannot read base64 fields: a change set that holds
         // some stays on REST, or their new values would never land.
-        if filter.is_some() && req.fields.iter().any(|f| f.crm_type == "base64") {
+        if filter.is_some() && req.fields.iter().any(describe::bulk_cannot_read) {
             return Ok(false);
         }
-        match self.count_where(&req.object, filter.as_deref()).await {
+        match self.count(&req.object, filter.as_deref()).await {
             Ok(n) => Ok(n > threshold),
             Err(e) if e.code.as_deref() == Some("QUERY_TIMEOUT") => Ok(true),
             Err(e) => Err(e),
@@ -414,42 +430,19 @@ impl Connector for Salesforce<'_> {
     fn reader<'a>(&'a self, req: ReadRequest) -> BoxFuture<'a, Result<Box<dyn PageSource + 'a>>> {
         Box::pin(async move {
             if let Some(why) = describe::filter_required(&req.object) {
-                return Err(CrmError::config(format!("{} cannot be synced: {why}", req.object))
-                    .with_hint("Remove the stream with crm_sync.drop_stream(), or disable it in crm_sync.streams."));
+                return Err(
+                    CrmError::config(format!("{} cannot be synced: {why}", req.object))
+                        .with_hint(describe::UNSYNCABLE_HINT),
+                );
             }
             let d = self.describe(&req.object).await?;
-            if self.large(&req, &d).await? {
-                let resume = req.resume.clone();
-                let mut r = bulk::BulkReader::new(
-                    &self.api,
-                    req,
-                    d,
-                    self.batch_size,
-                    self.max_query_length,
-                );
-                if let Some(p) = resume {
-                    r.resume_from(&p)?;
-                }
-                return Ok(Box::new(r) as Box<dyn PageSource + 'a>);
-            }
-            let mut r = reader::RestReader::new(
-                &self.api,
-                &req,
-                &d,
-                self.batch_size,
-                self.max_query_length,
-            )?;
-            // A position from another kind of run is ignored: it starts over.
-            if let Some(p) = &req.resume {
-                r.resume_from(p);
-            }
-            Ok(Box::new(r) as Box<dyn PageSource + 'a>)
+            self.open(req, d, bulk::RESULTS_PAGE).await
         })
     }
 
     /// Every live Id: `SELECT Id, SystemModstamp FROM X` through `query`
     /// (2,000 ids a call), or a Bulk API 2.0 job above `bulk_threshold`
-    /// records (100,000 ids a results page). Archived activities count as
+    /// records ([`IDS_RESULTS_PAGE`] ids a results page). Archived activities count as
     /// live (`queryAll`, `IsDeleted = false`). The stream's formula and
     /// roll-up fields ride along, so each reconciliation refreshes them.
     fn ids<'a>(
@@ -465,31 +458,12 @@ impl Connector for Salesforce<'_> {
                 .cloned()
                 .collect();
             let names: Vec<String> = formulas.iter().map(|f| f.name.clone()).collect();
-            let formulas_empty = names.is_empty();
-            let req = live_records(object, formulas);
-            let reader: Box<dyn PageSource + 'a> = match self.bulk_threshold {
-                Some(t) if self.count(object).await? > t => Box::new(
-                    bulk::BulkReader::new(
-                        &self.api,
-                        req,
-                        d,
-                        self.batch_size,
-                        self.max_query_length,
-                    )
-                    .with_results_page(if formulas_empty {
-                        IDS_RESULTS_PAGE
-                    } else {
-                        bulk::RESULTS_PAGE
-                    }),
-                ),
-                _ => Box::new(reader::RestReader::new(
-                    &self.api,
-                    &req,
-                    &d,
-                    self.batch_size,
-                    self.max_query_length,
-                )?),
+            let page = if names.is_empty() {
+                IDS_RESULTS_PAGE
+            } else {
+                bulk::RESULTS_PAGE
             };
+            let reader = self.open(live_records(object, formulas), d, page).await?;
             Ok(Box::new(Ids {
                 reader,
                 formulas: names,

@@ -208,17 +208,8 @@ impl<'a> RestReader<'a> {
                 )));
             }
         }
-        let (since, watermark) = match (&req.mode, cursor) {
-            (SyncMode::Incremental { watermark }, Some(_)) => {
-                let w = parse_datetime(watermark).ok_or_else(|| {
-                    CrmError::config(format!("stored watermark {watermark:?} is not a timestamp"))
-                        .with_hint(
-                        "Run crm_sync.sync(source, stream, full_refresh => true) to start over.",
-                    )
-                })?;
-                let lookback = chrono::Duration::from_std(req.lookback).unwrap_or_default();
-                (Some(w - lookback), Some(w))
-            }
+        let (since, watermark) = match (incremental_since(req)?, cursor) {
+            (Some((since, w)), Some(_)) => (Some(since), Some(w)),
             // Full runs, and objects without a modification time.
             _ => (None, None),
         };
@@ -229,9 +220,6 @@ impl<'a> RestReader<'a> {
         let recent = |t: DateTime<Utc>| t > Utc::now() - chrono::Duration::days(DELETE_LOG_DAYS);
         let mut reconcile = None;
         let created = Utc::now();
-        // (A stream's first full run starts the record of where deletes
-        // were looked for from its own start: the extension knows it.)
-        let covered = None;
         let deletes = match (&req.mode, deletes_since) {
             (SyncMode::Incremental { .. }, Some(t))
                 if track_deletes && d.replicateable && recent(t) =>
@@ -272,7 +260,7 @@ impl<'a> RestReader<'a> {
             archived: d.has_is_archived,
             only_ids: None,
             created,
-            covered,
+            covered: None,
             win_lo: since,
             win_len: None,
             win_ok: 0,
@@ -879,6 +867,23 @@ impl<'a> RestReader<'a> {
         }
         Ok(())
     }
+}
+
+/// Of an incremental read: where it starts (the stored watermark less the
+/// lookback) and the watermark; None for a full read. Every reader and the
+/// choice between them start from here.
+pub(super) fn incremental_since(
+    req: &ReadRequest,
+) -> Result<Option<(DateTime<Utc>, DateTime<Utc>)>> {
+    let SyncMode::Incremental { watermark } = &req.mode else {
+        return Ok(None);
+    };
+    let w = parse_datetime(watermark).ok_or_else(|| {
+        CrmError::config(format!("stored watermark {watermark:?} is not a timestamp"))
+            .with_hint("Run crm_sync.sync(source, stream, full_refresh => true) to start over.")
+    })?;
+    let lookback = chrono::Duration::from_std(req.lookback).unwrap_or_default();
+    Ok(Some((w - lookback, w)))
 }
 
 /// `3 days 4 h`, `12 min`, `40 s`: a window's length in a warning.
