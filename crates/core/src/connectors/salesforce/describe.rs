@@ -75,8 +75,7 @@ pub fn filter_required(object: &str) -> Option<String> {
 }
 
 /// Hint for an object a stream cannot sync.
-pub const UNSYNCABLE_HINT: &str =
-    "Remove the stream with crm_sync.drop_stream(), or disable it in crm_sync.streams.";
+pub const UNSYNCABLE_HINT: &str = "Disable the stream: UPDATE crm_sync.streams SET enabled = false WHERE source = ... AND stream = ...; crm_sync.discover(source) says which objects can be synced.";
 
 /// base64 fields (file bodies): Bulk API 2.0 fails a job that selects one.
 pub fn bulk_cannot_read(f: &Field) -> bool {
