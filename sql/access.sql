@@ -66,11 +66,13 @@ BEGIN
                         crm_sync.quality, crm_sync.mappings, crm_sync.unified_fields, crm_sync.match_rules,
                         crm_sync.field_priority, crm_sync.source_records, crm_sync.unified_ids,
                         crm_sync.invalid_values, crm_sync.merge_state, crm_sync.access,
-                        crm_sync.landing_columns, crm_sync.removed_defaults TO %I', who);
+                        crm_sync.landing_columns, crm_sync.removed_defaults, crm_sync.specs,
+                        crm_sync.builtin_specs TO %I', who);
     FOREACH f IN ARRAY ARRAY['crm_sync._progress()', 'crm_sync._watermark_time(text)',
                              'crm_sync._cron_jobs()', 'crm_sync._cron_next(text, timestamptz)',
                              'crm_sync._cron_next_local(text, bigint, boolean)', 'crm_sync._cron_settings()',
-                             'crm_sync._sync_calls(text)', 'crm_sync._level_rank(text)'] LOOP
+                             'crm_sync._sync_calls(text)', 'crm_sync._level_rank(text)',
+                             'crm_sync._builtin_specs()'] LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', f, who);
     END LOOP;
     FOR s IN SELECT n.nspname FROM crm_sync.sources src JOIN pg_namespace n ON n.nspname = src.name LOOP
@@ -94,7 +96,8 @@ BEGIN
     -- admin
     FOREACH f IN ARRAY ARRAY['crm_sync.create_source(text, text, jsonb, jsonb)',
                              'crm_sync.alter_source(text, jsonb, jsonb)', 'crm_sync.drop_source(text, boolean)',
-                             'crm_sync.add_stream(text, text, text, text[])'] LOOP
+                             'crm_sync.add_stream(text, text, text, text[])',
+                             'crm_sync.register_spec(text, jsonb)', 'crm_sync.drop_spec(text)'] LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', f, who);
     END LOOP;
     EXECUTE format('GRANT INSERT, UPDATE, DELETE ON crm_sync.mappings, crm_sync.match_rules, crm_sync.field_priority TO %I', who);

@@ -129,7 +129,34 @@ INSERT INTO crm_sync.mappings (provider, object, entity, field, expression, is_d
     ('salesforce', 'Opportunity', 'deal', 'contact_ref', $$r._raw->>'ContactId'$$, true),
     ('salesforce', 'Opportunity', 'deal', 'owner', $$r._raw->>'OwnerId'$$, true),
     ('salesforce', 'Opportunity', 'deal', 'created_at', $$r._raw->>'CreatedDate'$$, true),
-    ('salesforce', 'Opportunity', 'deal', 'updated_at', $$r._updated_at$$, true);
+    ('salesforce', 'Opportunity', 'deal', 'updated_at', $$r._updated_at$$, true),
+    -- Pipedrive (the shipped spec, API v2): emails and phones are lists of
+    -- {value, primary, label}, the primary one first choice; custom fields
+    -- are in r._raw->'custom_fields' by 40-character key.
+    ('pipedrive', 'persons', 'contact', 'first_name', $$r._raw->>'first_name'$$, true),
+    ('pipedrive', 'persons', 'contact', 'last_name', $$r._raw->>'last_name'$$, true),
+    ('pipedrive', 'persons', 'contact', 'email', $$(SELECT e->>'value' FROM jsonb_array_elements(CASE jsonb_typeof(r._raw->'emails') WHEN 'array' THEN r._raw->'emails' ELSE '[]' END) WITH ORDINALITY AS x(e, n) ORDER BY (e->>'primary')::boolean IS TRUE DESC, n LIMIT 1)$$, true),
+    ('pipedrive', 'persons', 'contact', 'phone', $$(SELECT e->>'value' FROM jsonb_array_elements(CASE jsonb_typeof(r._raw->'phones') WHEN 'array' THEN r._raw->'phones' ELSE '[]' END) WITH ORDINALITY AS x(e, n) ORDER BY (e->>'primary')::boolean IS TRUE DESC, n LIMIT 1)$$, true),
+    ('pipedrive', 'persons', 'contact', 'company_ref', $$r._raw->>'org_id'$$, true),
+    ('pipedrive', 'persons', 'contact', 'owner', $$r._raw->>'owner_id'$$, true),
+    ('pipedrive', 'persons', 'contact', 'title', $$r._raw->>'job_title'$$, true),
+    ('pipedrive', 'persons', 'contact', 'created_at', $$r._raw->>'add_time'$$, true),
+    ('pipedrive', 'persons', 'contact', 'updated_at', $$r._updated_at$$, true),
+    ('pipedrive', 'organizations', 'company', 'name', $$r._raw->>'name'$$, true),
+    ('pipedrive', 'organizations', 'company', 'country', $$r._raw->'address'->>'country'$$, true),
+    ('pipedrive', 'organizations', 'company', 'owner', $$r._raw->>'owner_id'$$, true),
+    ('pipedrive', 'organizations', 'company', 'created_at', $$r._raw->>'add_time'$$, true),
+    ('pipedrive', 'organizations', 'company', 'updated_at', $$r._updated_at$$, true),
+    ('pipedrive', 'deals', 'deal', 'name', $$r._raw->>'title'$$, true),
+    ('pipedrive', 'deals', 'deal', 'amount', $$r._raw->>'value'$$, true),
+    ('pipedrive', 'deals', 'deal', 'currency', $$r._raw->>'currency'$$, true),
+    ('pipedrive', 'deals', 'deal', 'stage', $$r._raw->>'stage_id'$$, true),
+    ('pipedrive', 'deals', 'deal', 'close_date', $$r._raw->>'expected_close_date'$$, true),
+    ('pipedrive', 'deals', 'deal', 'company_ref', $$r._raw->>'org_id'$$, true),
+    ('pipedrive', 'deals', 'deal', 'contact_ref', $$r._raw->>'person_id'$$, true),
+    ('pipedrive', 'deals', 'deal', 'owner', $$r._raw->>'owner_id'$$, true),
+    ('pipedrive', 'deals', 'deal', 'created_at', $$r._raw->>'add_time'$$, true),
+    ('pipedrive', 'deals', 'deal', 'updated_at', $$r._updated_at$$, true);
 
 -- How records are found to be the same. Rules are tried in position order;
 -- keys are match keys computed from the cleaned fields (email, phone, name,

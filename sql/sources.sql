@@ -50,7 +50,7 @@ BEGIN
     INSERT INTO crm_sync.credentials (source, credentials)
         VALUES (name, coalesce(credentials, '{}'));
     INSERT INTO crm_sync.streams (source, stream, object)
-        SELECT create_source.name, p.stream, p.object FROM crm_sync._provider_streams(provider) p;
+        SELECT create_source.name, p.stream, p.object FROM crm_sync._provider_streams(provider, coalesce(options, '{}')) p;
     EXECUTE format('CREATE SCHEMA %I', name);
     EXECUTE format('COMMENT ON SCHEMA %I IS %L', name,
                    format('Landing tables of pg_crm_sync source %s (%s)', name, provider));
@@ -59,7 +59,7 @@ BEGIN
 END
 $fn$;
 COMMENT ON FUNCTION crm_sync.create_source(text, text, jsonb, jsonb) IS
-    'Register a CRM connection. name becomes the schema of its landing tables; provider is ''hubspot''; options and credentials are checked.';
+    'Register a CRM connection. name becomes the schema of its landing tables; provider is ''hubspot'', ''salesforce'', ''rest'' (options.spec describes the API) or a registered spec''s name (''pipedrive''; see crm_sync.specs, crm_sync.builtin_specs); options and credentials are checked.';
 
 CREATE FUNCTION crm_sync.alter_source(
     name text,
@@ -171,7 +171,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Give the CRM''s API name of the object, such as Invoice__c; see crm_sync.discover(source).';
     END IF;
-    SELECT crm_sync._object_refusal(s.provider, add_stream.object) INTO refusal
+    SELECT crm_sync._object_refusal(s.provider, s.options, add_stream.object) INTO refusal
       FROM crm_sync.sources s WHERE s.name = add_stream.source;
     IF refusal IS NOT NULL THEN
         RAISE EXCEPTION 'object % of source "%" cannot be synced: %', object, source, refusal

@@ -13,6 +13,22 @@ pub struct SourceRow {
     pub provider: String,
     pub options: serde_json::Value,
     pub credentials: serde_json::Value,
+    /// The registered spec its provider names (None: a built-in
+    /// connector, or provider `rest` with the spec in its options).
+    pub spec: Option<serde_json::Value>,
+}
+
+/// The spec registered as `name`: the user's (crm_sync.specs), else the
+/// one shipped with the extension (crm_sync.builtin_specs).
+pub fn load_spec(name: &str) -> Option<serde_json::Value> {
+    Spi::get_one_with_args::<JsonB>(
+        "SELECT coalesce((SELECT s.spec FROM crm_sync.specs s WHERE s.name = $1),
+                         (SELECT b.spec FROM crm_sync.builtin_specs b WHERE b.name = $1))",
+        &[name.into()],
+    )
+    .ok()
+    .flatten()
+    .map(|j| j.0)
 }
 
 pub struct StreamRow {
@@ -48,12 +64,14 @@ pub fn load_source(name: &str) -> Option<SourceRow> {
             .ok()
             .flatten()
             .unwrap_or(JsonB(serde_json::json!({})));
-        Some(SourceRow {
-            name: name.to_owned(),
-            provider,
-            options: options.0,
-            credentials: creds.0,
-        })
+        Some((provider, options.0, creds.0))
+    })
+    .map(|(provider, options, credentials)| SourceRow {
+        name: name.to_owned(),
+        spec: load_spec(&provider),
+        provider,
+        options,
+        credentials,
     })
 }
 

@@ -131,7 +131,17 @@ pub fn columns_for(
 ) -> Result<(Vec<Column>, Vec<String>), CrmError> {
     let taken = landed.columns.keys().cloned().collect();
     let props: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
-    let a = columns::assign(&landed.recorded, &taken, landed.attributes, &props);
+    let preferred: HashMap<&str, &str> = fields
+        .iter()
+        .filter_map(|f| Some((f.name.as_str(), f.column.as_deref()?)))
+        .collect();
+    let a = columns::assign_preferring(
+        &landed.recorded,
+        &taken,
+        landed.attributes,
+        &props,
+        &preferred,
+    );
     if !a.new.is_empty() {
         let (p, c): (Vec<String>, Vec<String>) = a.new.iter().cloned().unzip();
         Spi::run_with_args(

@@ -32,11 +32,26 @@ pgrx::extension_sql_file!(
     requires = [
         sql_api::sources::check_source,
         sql_api::sources::provider_streams,
+        sql_api::sources::object_refusal,
         sql_api::sources::check_credential_refs,
         sql_api::sources::host_change
     ]
 );
-pgrx::extension_sql_file!("../sql/model.sql", name = "model", requires = ["jobs"]);
+pgrx::extension_sql_file!(
+    "../sql/specs.sql",
+    name = "specs",
+    requires = [
+        "sources",
+        sql_api::specs::check_spec,
+        sql_api::specs::builtin_specs,
+        sql_api::specs::spec_origins
+    ]
+);
+pgrx::extension_sql_file!(
+    "../sql/model.sql",
+    name = "model",
+    requires = ["jobs", "specs"]
+);
 pgrx::extension_sql_file!(
     "../sql/jobs.sql",
     name = "jobs",

@@ -5,6 +5,7 @@
 //!
 //! - [`sources`] — what `create_source`/`alter_source` (sql/sources.sql) ask
 //!   of Rust;
+//! - [`specs`] — `register_spec`, and the specs shipped with the extension;
 //! - [`sync`] — `crm_sync.sync()` and both `crm_sync.discover()`s;
 //! - [`jobs`] — background syncs: `sync_async`, `cancel`, `wait`, progress;
 //! - [`model`] — `crm_sync.merge()`;
@@ -17,5 +18,6 @@ pub(crate) mod clean;
 pub(crate) mod jobs;
 pub(crate) mod model;
 pub(crate) mod sources;
+pub(crate) mod specs;
 pub(crate) mod status;
 pub(crate) mod sync;

@@ -6,9 +6,10 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 
 use crate::errors::{self, secret_strings, Context, OrRaise};
-use crate::{gucs, secrets};
+use crate::{catalog, secrets};
 use crm_sync_core::config::has_secret_refs;
 use crm_sync_core::connectors;
+use crm_sync_core::connectors::rest::spec::Spec;
 
 /// Raise if `options`/`credentials` do not suit `provider`. Used by
 /// create_source and alter_source.
@@ -21,13 +22,31 @@ pub fn check_source(name: &str, provider: &str, options: JsonB, credentials: Jso
     };
     let creds = secrets::resolve(&credentials.0).or_raise(&ctx);
     ctx.secrets = secret_strings(&creds);
-    connectors::configure(
-        provider,
-        &options.0,
-        &creds,
-        gucs::ALLOW_INSECURE_HTTP.get(),
-    )
-    .or_raise(&ctx);
+    let spec = catalog::load_spec(provider);
+    crate::sync::configure(provider, spec.as_ref(), &options.0, &creds).or_raise(&ctx);
+}
+
+/// The streams a spec describes, for crm_sync.discover-like listings.
+fn spec_streams(spec: &serde_json::Value) -> Vec<(String, String)> {
+    Spec::parse(spec)
+        .map(|s| {
+            s.streams
+                .iter()
+                .map(|t| (t.name.clone(), t.name.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The spec a source of `provider` with `options` runs, if any.
+fn spec_for(provider: &str, options: &serde_json::Value) -> Option<serde_json::Value> {
+    if provider == connectors::rest::PROVIDER.name {
+        return options.get("spec").cloned();
+    }
+    if connectors::find(provider).is_ok() {
+        return None;
+    }
+    catalog::load_spec(provider)
 }
 
 /// Raise unless the caller may give these credentials: references
@@ -48,8 +67,19 @@ pub fn check_credential_refs(name: &str, given: JsonB) {
 /// Why a stream of `object` cannot be synced from a source of `provider`,
 /// known without asking the CRM (`crm_sync.add_stream` refuses it); NULL
 /// when nothing says so.
-#[pg_extern(name = "_object_refusal", immutable, parallel_safe)]
-pub fn object_refusal(provider: &str, object: &str) -> Option<String> {
+#[pg_extern(name = "_object_refusal", stable)]
+pub fn object_refusal(provider: &str, options: JsonB, object: &str) -> Option<String> {
+    if let Some(spec) = spec_for(provider, &options.0) {
+        let streams = spec_streams(&spec);
+        if streams.iter().any(|(s, _)| s == object) {
+            return None;
+        }
+        let names: Vec<&str> = streams.iter().map(|(s, _)| s.as_str()).collect();
+        return Some(format!(
+            "its spec has no stream {object:?} (its streams: {})",
+            names.join(", ")
+        ));
+    }
     connectors::find(provider)
         .ok()
         .and_then(|p| (p.refuses)(object))
@@ -60,6 +90,11 @@ pub fn object_refusal(provider: &str, object: &str) -> Option<String> {
 /// by alter_source: such a change needs new credentials.
 #[pg_extern(name = "_host_change")]
 pub fn host_change(provider: &str, old_options: JsonB, new_options: JsonB) -> Option<String> {
+    if connectors::find(provider).is_err() || provider == connectors::rest::PROVIDER.name {
+        let spec = catalog::load_spec(provider);
+        return connectors::spec_origin_change(spec.as_ref(), &old_options.0, &new_options.0)
+            .map(|(a, b)| format!("the hosts it calls ({a} → {b})"));
+    }
     connectors::host_change(provider, &old_options.0, &new_options.0)
         .or_raise(&Context::default())
         .map(|(key, a, b)| format!("{key} ({a} → {b})"))
@@ -69,7 +104,11 @@ pub fn host_change(provider: &str, old_options: JsonB, new_options: JsonB) -> Op
 #[pg_extern(name = "_provider_streams")]
 pub fn provider_streams(
     provider: &str,
+    options: JsonB,
 ) -> TableIterator<'static, (name!(stream, String), name!(object, String))> {
+    if let Some(spec) = spec_for(provider, &options.0) {
+        return TableIterator::new(spec_streams(&spec));
+    }
     let p = connectors::find(provider).or_raise(&Context::default());
     let rows: Vec<(String, String)> = p
         .streams

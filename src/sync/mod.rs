@@ -58,14 +58,9 @@ pub fn load(source: &str) -> (SourceRow, Configured, Context) {
         })
         .or_raise(&ctx);
     ctx.secrets = errors::secret_strings(&credentials);
-    let mut cfg = connectors::configure(
-        &src.provider,
-        &src.options,
-        &credentials,
-        gucs::ALLOW_INSECURE_HTTP.get(),
-    )
-    .map_err(|e| e.with_hint("Fix the source with crm_sync.alter_source()."))
-    .or_raise(&ctx);
+    let mut cfg = configure(&src.provider, src.spec.as_ref(), &src.options, &credentials)
+        .map_err(|e| e.with_hint("Fix the source with crm_sync.alter_source()."))
+        .or_raise(&ctx);
     cfg.config.http.allowed_networks = address::parse_networks(&gucs::allowed_networks())
         .map_err(|e| {
             CrmError::config(format!("crm_sync.allowed_networks: {e}")).with_hint(
@@ -74,6 +69,33 @@ pub fn load(source: &str) -> (SourceRow, Configured, Context) {
         })
         .or_raise(&ctx);
     (src, cfg, ctx)
+}
+
+/// A source's provider and its checked settings: a built-in connector, or
+/// the `rest` connector running `spec` (the spec registered under the
+/// provider's name).
+pub fn configure(
+    provider: &str,
+    spec: Option<&serde_json::Value>,
+    options: &serde_json::Value,
+    credentials: &serde_json::Value,
+) -> Result<Configured, CrmError> {
+    let insecure = gucs::ALLOW_INSECURE_HTTP.get();
+    match spec {
+        Some(spec) if connectors::find(provider).is_err() => {
+            connectors::configure_spec(provider, spec, options, credentials, insecure)
+        }
+        _ => connectors::configure(provider, options, credentials, insecure).map_err(|e| {
+            if connectors::find(provider).is_err() {
+                e.with_hint(format!(
+                    "Providers: {}, and the specs in crm_sync.specs and crm_sync.builtin_specs (register one with crm_sync.register_spec()).",
+                    connectors::PROVIDERS.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
+                ))
+            } else {
+                e
+            }
+        }),
+    }
 }
 
 /// The secrets of a source (its credentials, references read), to scrub

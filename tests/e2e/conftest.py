@@ -566,3 +566,65 @@ def assert_echoed(mock, kind="echo_secrets", **sent):
     for name, value in sent.items():
         assert value in st["echoed"].get(name, []), (name, value, st["echoed"])
     return st
+
+
+PD_TOKEN = "pd-token"
+
+
+class PdMock(Mock):
+    """A running crm-mock pipedrive process and its admin API."""
+
+    def upsert(self, entity, record, id=None):
+        body = {"record": record}
+        if id is not None:
+            body["id"] = id
+        return self.admin("POST", f"/_mock/pd/{entity}", body)["id"]
+
+    def delete(self, entity, id):
+        return self.admin("DELETE", f"/_mock/pd/{entity}/{id}")
+
+    def purge(self, entity, id):
+        return self.admin("POST", f"/_mock/pd/{entity}/{id}/purge")
+
+    def record(self, entity, id):
+        return self.admin("GET", f"/_mock/pd/{entity}/{id}")
+
+    def fields(self, entity):
+        return self.admin("GET", f"/_mock/pd/{entity}/fields")
+
+    def limits(self, **kw):
+        return self.admin("POST", "/_mock/pd/limits", kw)
+
+    def generic(self, **kw):
+        return self.admin("POST", "/_mock/pd/generic", kw)
+
+
+@pytest.fixture
+def pd_factory(mocks):
+    def _start(*extra):
+        return mocks.start(PdMock, "pipedrive", "--token", PD_TOKEN, *extra)
+
+    return _start
+
+
+@pytest.fixture
+def pipedrive(pd_factory):
+    """A small Pipedrive mock: 120 persons, 30 organizations, 40 deals, 20 activities, 3 users."""
+    return pd_factory()
+
+
+def create_pd_source(db, mock, name="pd", credentials=None, **options):
+    register(db, name, "pipedrive", {"base_url": mock.url, **options},
+             credentials or {"api_token": PD_TOKEN})
+
+
+def wait_gone_or_ready(pg_cluster, conn, dbname=JOBS_DB, timeout=60):
+    """After a backend was killed: until `conn` is cut (the postmaster restarts
+    every process), then a new connection to `dbname`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            conn.execute("SELECT pg_sleep(0.2)")
+        except psycopg.OperationalError:
+            break
+    return wait_ready(pg_cluster, dbname)

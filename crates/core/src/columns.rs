@@ -56,10 +56,10 @@ fn cut(name: &str, max: usize) -> &str {
 /// The column for `property` when its plain name cannot be used: the plain
 /// name cut to leave room for `_` and 8 hex digits of its hash (`salt`
 /// counts up past a collision of hashes, which is never expected).
-fn hashed(property: &str, salt: u32) -> String {
+fn hashed(property: &str, name: &str, salt: u32) -> String {
     let h = hash(property).wrapping_add(salt);
     let suffix = format!("_{h:08x}");
-    let stem = cut(&plain(property), MAX_IDENTIFIER_BYTES - suffix.len()).to_owned();
+    let stem = cut(name, MAX_IDENTIFIER_BYTES - suffix.len()).to_owned();
     stem + &suffix
 }
 
@@ -85,6 +85,21 @@ pub fn assign(
     used: usize,
     properties: &[&str],
 ) -> Assignment {
+    assign_preferring(known, taken, used, properties, &HashMap::new())
+}
+
+/// As [`assign`], a property of `preferred` getting the name given there
+/// (lower-cased) instead of its own plain name: a readable name for a
+/// property whose name is an opaque key. The property stays what is
+/// recorded, so the column keeps its name when the display name changes.
+pub fn assign_preferring(
+    known: &HashMap<String, String>,
+    taken: &HashSet<String>,
+    used: usize,
+    properties: &[&str],
+    preferred: &HashMap<&str, &str>,
+) -> Assignment {
+    let want = |p: &str| preferred.get(p).map_or_else(|| plain(p), |n| plain(n));
     let mut taken: HashSet<String> = taken.clone();
     taken.extend(known.values().cloned());
     taken.extend(
@@ -102,13 +117,16 @@ pub fn assign(
         .collect();
     new_props.sort_unstable();
     new_props.dedup();
+    // Properties with their own names first: a readable name never takes
+    // the plain name of a property that has it.
+    new_props.sort_by_key(|p| preferred.contains_key(p));
     let mut room = MAX_COLUMNS.saturating_sub(used);
     let mut out = Assignment::default();
     let mut claimed: HashSet<String> = HashSet::new();
     // First, properties whose plain column exists and is no one else's.
     let recorded: HashSet<&String> = known.values().collect();
     for p in &new_props {
-        let c = plain(p);
+        let c = want(p);
         if c.len() <= MAX_IDENTIFIER_BYTES
             && taken.contains(&c)
             && !recorded.contains(&c)
@@ -127,14 +145,14 @@ pub fn assign(
             out.without_column.push(p.to_string());
             continue;
         }
-        let c = plain(p);
+        let c = want(p);
         let column =
             if c.len() <= MAX_IDENTIFIER_BYTES && !taken.contains(&c) && !claimed.contains(&c) {
                 c
             } else {
                 let mut salt = 0;
                 loop {
-                    let h = hashed(p, salt);
+                    let h = hashed(p, &c, salt);
                     if !taken.contains(&h) && !claimed.contains(&h) {
                         break h;
                     }
@@ -158,6 +176,31 @@ mod tests {
             .iter()
             .map(|(p, c)| (p.as_str(), c.as_str()))
             .collect()
+    }
+
+    #[test]
+    fn a_preferred_name_is_used_and_the_key_recorded() {
+        let key = "a1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4e5f6a1b2";
+        let other = "ffffc3d4e5f6a1b2c3d4e5f6a1b2c3d4e5f6a1b2";
+        let a = assign_preferring(
+            &HashMap::new(),
+            &HashSet::new(),
+            6,
+            &[key, other, "name", "a0"],
+            &HashMap::from([(key, "lead_score"), (other, "lead_score"), ("a0", "Name")]),
+        );
+        let n = names(&a);
+        // The property called name keeps its plain name.
+        assert_eq!(n[0], ("name", "name"));
+        assert_eq!(n[1].0, "a0");
+        assert!(n[1].1.starts_with("name_"), "{n:?}");
+        assert_eq!(n[2], (key, "lead_score"));
+        // Two fields of one display name: the second gets a hashed suffix.
+        assert_eq!(n[3].0, other);
+        assert!(
+            n[3].1.starts_with("lead_score_") && n[3].1.len() == 19,
+            "{n:?}"
+        );
     }
 
     #[test]

@@ -341,4 +341,9 @@ pub struct Field {
     pub pg_type: PgType,
     /// True for fields the user (not the vendor) defined.
     pub custom: bool,
+    /// The landing column's name the connector prefers to the field's
+    /// name, for fields whose name is an opaque key (a `rest` spec's custom
+    /// fields named by hash): given when the field first lands, then kept
+    /// (crm_sync.landing_columns) however the field is renamed.
+    pub column: Option<String>,
 }

@@ -10,6 +10,7 @@ pub mod faults;
 pub mod hubspot;
 mod mock;
 pub mod people;
+pub mod pipedrive;
 pub mod salesforce;
 pub mod server;
 pub mod store;

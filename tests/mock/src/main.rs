@@ -12,12 +12,17 @@
 //! N/4 companies are the same people and companies in both mocks, each
 //! written its own way (see `people.rs`).
 //!
+//! `crm-mock pipedrive [--port N] [--seed N] [--persons N] [--organizations N]
+//! [--deals N] [--activities N] [--users N] [--token T] [--client-id S]
+//! [--client-secret S] [--refresh-token S] [--shared-people N] [--gzip]`
+//!
 //! Prints `listening on 127.0.0.1:PORT` once ready, then serves until killed.
 
 use std::io::Write;
 use std::sync::Arc;
 
 use crm_mock::hubspot::{HubSpotMock, Options};
+use crm_mock::pipedrive::{self, PipedriveMock};
 use crm_mock::salesforce::{self, SalesforceMock};
 use crm_mock::server::Handler;
 
@@ -27,7 +32,10 @@ const USAGE: &str = "usage: crm-mock hubspot [--port N] [--seed N] [--contacts N
 [--opportunities N] [--users N] [--invoices N] [--tasks N] [--client-id S] [--client-secret S] \
 [--refresh-token S] [--username S] [--jwt-public-key PEMPATH] [--session-calls N] \
 [--daily-api-limit N] [--max-query-length N] [--bulk-polls N] [--shared-people N] \
-[--live-cursors] [--gzip]";
+[--live-cursors] [--gzip]
+       crm-mock pipedrive [--port N] [--seed N] [--persons N] [--organizations N] [--deals N] \
+[--activities N] [--users N] [--token T] [--client-id S] [--client-secret S] [--refresh-token S] \
+[--shared-people N] [--gzip]";
 
 /// Largest seeded count a mock starts with.
 const MAX_COUNT: u64 = 5_000_000;
@@ -41,6 +49,10 @@ fn parse(args: &[String]) -> Result<(u16, Arc<dyn Handler>), String> {
         Some("salesforce") => {
             let (port, o) = parse_salesforce(&args[1..])?;
             Ok((port, Arc::new(SalesforceMock::new(o)?)))
+        }
+        Some("pipedrive") => {
+            let (port, o) = parse_pipedrive(&args[1..])?;
+            Ok((port, Arc::new(PipedriveMock::new(o))))
         }
         Some(other) => Err(format!("unknown mock {other:?}")),
         None => Err("which mock?".into()),
@@ -152,6 +164,36 @@ fn parse_salesforce(args: &[String]) -> Result<(u16, salesforce::Options), Strin
         ("invoices", o.invoices),
         ("tasks", o.tasks),
     ])?;
+    Ok((port, o))
+}
+
+fn parse_pipedrive(args: &[String]) -> Result<(u16, pipedrive::Options), String> {
+    let mut o = pipedrive::Options::default();
+    let mut gzip = false;
+    let port = parse_flags(args, &mut [("--gzip", &mut gzip)], &mut o.seed, |f| {
+        match f.name {
+            "--persons" => o.persons = f.num()?,
+            "--organizations" => o.organizations = f.num()?,
+            "--deals" => o.deals = f.num()?,
+            "--activities" => o.activities = f.num()?,
+            "--users" => o.users = f.num()?,
+            "--token" => o.token = f.text(),
+            "--client-id" => o.client_id = f.text(),
+            "--client-secret" => o.client_secret = f.text(),
+            "--refresh-token" => o.refresh_token = f.text(),
+            "--shared-people" => o.shared_people = f.num()?,
+            _ => return f.unknown(),
+        }
+        Ok(())
+    })?;
+    check_counts(&[
+        ("persons", o.persons),
+        ("organizations", o.organizations),
+        ("deals", o.deals),
+        ("activities", o.activities),
+        ("users", o.users),
+    ])?;
+    o.gzip = gzip;
     Ok((port, o))
 }
 

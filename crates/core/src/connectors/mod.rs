@@ -3,6 +3,7 @@
 //! checks a source's settings against it.
 
 pub mod hubspot;
+pub mod rest;
 pub mod salesforce;
 
 use serde_json::Value;
@@ -13,7 +14,7 @@ use crate::http::HttpClient;
 use crate::source::{CheckArgs, Connector, Provider};
 
 /// Every CRM pg_crm_sync knows. Add a line here for a new connector.
-pub const PROVIDERS: &[&Provider] = &[&hubspot::PROVIDER, &salesforce::PROVIDER];
+pub const PROVIDERS: &[&Provider] = &[&hubspot::PROVIDER, &salesforce::PROVIDER, &rest::PROVIDER];
 
 /// The provider called `name`.
 pub fn find(name: &str) -> Result<&'static Provider> {
@@ -53,6 +54,10 @@ pub fn configure(
     allow_insecure_http: bool,
 ) -> Result<Configured> {
     let provider = find(provider)?;
+    if provider.name == rest::PROVIDER.name {
+        let spec = options.get("spec").unwrap_or(&Value::Null);
+        return configure_rest("rest", spec, options, credentials, allow_insecure_http);
+    }
     let (opts, creds) = SourceConfig::check_keys(
         provider.name,
         provider.options,
@@ -67,6 +72,70 @@ pub fn configure(
     })?;
     let config = SourceConfig::parse(provider.name, opts, creds, allow_insecure_http)?;
     Ok(Configured { provider, config })
+}
+
+/// Check a source of the spec registered as `name` (a provider name that
+/// is no built-in connector's): the `rest` connector runs it.
+pub fn configure_spec(
+    name: &str,
+    spec: &Value,
+    options: &Value,
+    credentials: &Value,
+    allow_insecure_http: bool,
+) -> Result<Configured> {
+    if options.get("spec").is_some() {
+        return Err(CrmError::config(format!(
+            "a source of the registered spec {name:?} takes no options.spec"
+        ))
+        .with_hint("Change the spec with crm_sync.register_spec(), or use provider 'rest' with options.spec."));
+    }
+    configure_rest(name, spec, options, credentials, allow_insecure_http)
+}
+
+fn configure_rest(
+    name: &str,
+    spec: &Value,
+    options: &Value,
+    credentials: &Value,
+    allow_insecure_http: bool,
+) -> Result<Configured> {
+    let what = if name == "rest" {
+        "options.spec".to_owned()
+    } else {
+        format!("spec {name:?}")
+    };
+    if spec.is_null() {
+        return Err(CrmError::config("provider rest needs options.spec")
+            .with_hint("Pass the spec as options => '{\"spec\": {...}}' (docs/specs.md), or use a registered spec's name as the provider."));
+    }
+    let parsed = rest::spec::Spec::load(&what, spec)?;
+    let keys = parsed.credential_keys();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let (opts, creds) = SourceConfig::check_keys(name, rest::OPTIONS, &keys, options, credentials)?;
+    rest::check_spec(&parsed, opts, creds, &what, allow_insecure_http)?;
+    let mut opts = opts.clone();
+    opts.insert("spec".into(), spec.clone());
+    let config = SourceConfig::parse(name, &opts, creds, allow_insecure_http)?;
+    Ok(Configured {
+        provider: &rest::PROVIDER,
+        config,
+    })
+}
+
+/// The origins a source sends credentials to that differ between `old`
+/// and `new` options, for a source of a spec (`spec`: the registered one;
+/// None: provider `rest`, whose spec is in the options).
+pub fn spec_origin_change(
+    spec: Option<&Value>,
+    old: &Value,
+    new: &Value,
+) -> Option<(String, String)> {
+    let of = |opts: &Value| {
+        let s = spec.or_else(|| opts.get("spec")).unwrap_or(&Value::Null);
+        rest::origins(s, opts).join(", ")
+    };
+    let (a, b) = (of(old), of(new));
+    (a != b).then_some((a, b))
 }
 
 /// The first host option of `provider` whose origin (scheme, host, port)

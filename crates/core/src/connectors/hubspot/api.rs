@@ -311,6 +311,7 @@ impl<'a> HubSpot<'a> {
                 name: p.name,
                 label: p.label,
                 crm_type: p.kind,
+                column: None,
             })
             .collect())
     }

@@ -169,6 +169,7 @@ mod tests {
             crm_type: "datetime".into(),
             pg_type: PgType::TimestampTz,
             custom: false,
+            column: None,
         };
         let d = Describe::from_fields(vec![f("Id"), f("LastModifiedDate"), f("SystemModstamp")]);
         assert_eq!(d.cursor, Some("SystemModstamp"));

@@ -295,6 +295,7 @@ impl Salesforce<'_> {
                 label: f.label,
                 crm_type: f.kind,
                 custom: f.custom,
+                column: None,
             })
             .collect();
         let mut d = Describe::with_components(fields, components, &|n| cursorable.contains(n));

@@ -1,0 +1,810 @@
+//! Paging through one stream of a `rest` source for one run.
+//!
+//! A run reads one window: from the stored watermark less the lookback
+//! (nothing before it on a full run) to the run's start. When the API
+//! takes an end of window (`incremental.until`), pages keep to that fixed
+//! window while records keep changing; either way the watermark stored is
+//! the newest modification time seen, never past the run's start, so a
+//! record changed while the run pages is read again by the next run.
+//! Then, when the spec has a deleted-records listing, that listing over
+//! the same window. Records repeat across pages and runs; the engine keeps
+//! the newest per id.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, SubsecRound, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::spec::{Incremental, Paging, Path, Request, Stream, TimeFormat, WindowInject};
+use super::{Call, Rest};
+use crate::error::{CrmError, Result};
+use crate::paging::Cursors;
+use crate::source::{BoxFuture, Field, IdSource, Page, PageSource, ReadRequest, Record, SyncMode};
+use crate::types::parse_datetime;
+
+/// Where a listing goes next.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Next {
+    First,
+    Cursor(String),
+    Url(String),
+    Offset(u64),
+    Page(u64),
+    End,
+}
+
+/// A run's window as it goes into a request: query parameters, members
+/// of a JSON body, or a header.
+#[derive(Debug, Default)]
+pub struct Window {
+    pub query: Vec<(String, String)>,
+    pub body: Option<Vec<(Path, String)>>,
+    pub header: Option<(String, String)>,
+}
+
+/// Pages of one request with one paging style.
+pub struct Lister<'a> {
+    api: &'a Rest<'a>,
+    request: &'a Request,
+    paging: &'a Paging,
+    records_path: Path,
+    /// For messages: `stream persons`, `the fields of persons`.
+    label: String,
+    path: Option<String>,
+    params: Vec<(String, String)>,
+    pub next: Next,
+    cursors: Cursors,
+}
+
+impl<'a> Lister<'a> {
+    pub fn new(
+        api: &'a Rest<'a>,
+        request: &'a Request,
+        paging: &'a Paging,
+        records_path: Path,
+        label: String,
+    ) -> Lister<'a> {
+        Lister {
+            api,
+            request,
+            paging,
+            records_path,
+            label,
+            path: None,
+            params: request.params.clone(),
+            next: Next::First,
+            cursors: Cursors::default(),
+        }
+    }
+
+    /// The request's path and parameters replaced (a deleted-records
+    /// listing).
+    fn with(mut self, path: Option<&str>, params: &[(String, String)]) -> Self {
+        self.path = path.map(str::to_owned);
+        for (k, v) in params {
+            self.params.retain(|(q, _)| q != k);
+            self.params.push((k.clone(), v.clone()));
+        }
+        self
+    }
+
+    /// The next page's records and the total the API reported, or None
+    /// when the listing is over; `w` goes into the request.
+    pub async fn page(&mut self, w: &Window) -> Result<Option<(Vec<Value>, Option<u64>)>> {
+        let url = match &self.next {
+            Next::End => return Ok(None),
+            Next::Url(u) => self.api.same_origin("the next-page link", u)?,
+            _ => {
+                let mut url = self
+                    .api
+                    .url(self.path.as_deref().unwrap_or(&self.request.path))?;
+                {
+                    let mut q = url.query_pairs_mut();
+                    for (k, v) in self.params.iter().chain(&w.query) {
+                        q.append_pair(k, v);
+                    }
+                    if let (Some(n), Some(p)) =
+                        (self.request.page_size, &self.request.page_size_param)
+                    {
+                        q.append_pair(p, &n.to_string());
+                    }
+                    match (&self.next, self.paging) {
+                        (Next::Cursor(c), Paging::Cursor { cursor_param, .. }) => {
+                            q.append_pair(cursor_param, c);
+                        }
+                        (Next::Offset(o), Paging::Offset { offset_param, .. }) => {
+                            q.append_pair(offset_param, &o.to_string());
+                        }
+                        (Next::Page(n), Paging::PageNumber { page_param, .. }) => {
+                            q.append_pair(page_param, &n.to_string());
+                        }
+                        (Next::First, Paging::Offset { offset_param, .. }) => {
+                            q.append_pair(offset_param, "0");
+                        }
+                        (
+                            Next::First,
+                            Paging::PageNumber {
+                                page_param,
+                                start_page,
+                                ..
+                            },
+                        ) => {
+                            q.append_pair(page_param, &start_page.to_string());
+                        }
+                        _ => {}
+                    }
+                }
+                if url.query() == Some("") {
+                    url.set_query(None);
+                }
+                url
+            }
+        };
+        let mut body = self.request.body.clone();
+        if let (Some(b), Some(bw)) = (body.as_mut(), &w.body) {
+            for (p, v) in bw {
+                p.set(b, Value::String(v.clone()));
+            }
+        }
+        let mut headers = self.request.headers.clone();
+        headers.extend(w.header.clone());
+        let call = Call {
+            method: self.request.method,
+            url,
+            headers,
+            body,
+        };
+        let Some((mut v, h)) = self.api.send(&self.label, &call).await? else {
+            self.next = Next::End;
+            return Ok(Some((Vec::new(), None)));
+        };
+        let items = match take(&mut v, &self.records_path) {
+            Some(Value::Array(a)) => a,
+            None | Some(Value::Null) => Vec::new(),
+            Some(other) => {
+                return Err(CrmError::bad_response(format!(
+                    "{} sent no list of records at {} for {} (found {})",
+                    self.api.what,
+                    self.records_path,
+                    self.label,
+                    kind(&other)
+                ))
+                .with_hint("Check the spec's records.path against a response of this endpoint."))
+            }
+        };
+        let n = items.len() as u64;
+        let num = |p: &Option<Path>| p.as_ref().and_then(|p| p.get(&v)).and_then(as_u64);
+        let more = |p: &Option<Path>| {
+            p.as_ref()
+                .and_then(|p| p.get(&v))
+                .map(|x| x.as_bool() == Some(true))
+        };
+        let short = self.request.page_size.is_some_and(|s| n < s);
+        let mut total = None;
+        let next = match self.paging {
+            Paging::None => Next::End,
+            Paging::Cursor { cursor_path, .. } => match cursor_path.get(&v) {
+                Some(Value::String(c)) if !c.is_empty() => Next::Cursor(c.clone()),
+                Some(Value::Number(c)) => Next::Cursor(c.to_string()),
+                _ => Next::End,
+            },
+            Paging::NextUrl { next_url_path } => match next_url_path.get(&v) {
+                Some(Value::String(u)) if !u.is_empty() => Next::Url(u.clone()),
+                _ => Next::End,
+            },
+            Paging::LinkHeader { rel } => match link(&h, rel) {
+                Some(u) => Next::Url(u),
+                None => Next::End,
+            },
+            Paging::Offset {
+                total_path,
+                has_more_path,
+                ..
+            } => {
+                let at = match self.next {
+                    Next::Offset(o) => o,
+                    _ => 0,
+                } + n;
+                total = num(total_path);
+                let ended = n == 0
+                    || more(has_more_path) == Some(false)
+                    || total.is_some_and(|t| at >= t)
+                    || (has_more_path.is_none() && total.is_none() && short);
+                if ended {
+                    Next::End
+                } else {
+                    Next::Offset(at)
+                }
+            }
+            Paging::PageNumber {
+                start_page,
+                total_pages_path,
+                has_more_path,
+                ..
+            } => {
+                let page = match self.next {
+                    Next::Page(p) => p,
+                    _ => *start_page,
+                };
+                let pages = num(total_pages_path);
+                let last = pages.map(|t| {
+                    if *start_page == 0 {
+                        t.saturating_sub(1)
+                    } else {
+                        t
+                    }
+                });
+                let ended = n == 0
+                    || more(has_more_path) == Some(false)
+                    || last.is_some_and(|l| page >= l)
+                    || (has_more_path.is_none() && pages.is_none() && short);
+                if ended {
+                    Next::End
+                } else {
+                    Next::Page(page + 1)
+                }
+            }
+        };
+        // A cursor or link that comes back would page forever.
+        if let Next::Cursor(c) | Next::Url(c) = &next {
+            self.cursors.follow(
+                &format!("{}'s next page of {}", self.api.what, self.label),
+                c,
+            )?;
+        }
+        self.next = next;
+        Ok(Some((items, total)))
+    }
+}
+
+fn as_u64(v: &Value) -> Option<u64> {
+    v.as_u64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Object(_) => "an object",
+        Value::String(_) => "a string",
+        Value::Number(_) => "a number",
+        Value::Bool(_) => "a boolean",
+        _ => "something else",
+    }
+}
+
+/// The value at `p` in `v`, moved out.
+fn take(v: &mut Value, p: &Path) -> Option<Value> {
+    if p.is_root() {
+        return Some(v.take());
+    }
+    let ptr: String =
+        p.0.iter()
+            .map(|k| format!("/{}", k.replace('~', "~0").replace('/', "~1")))
+            .collect();
+    v.pointer_mut(&ptr).map(Value::take)
+}
+
+/// The URL of the `rel` link in RFC 8288 `Link` headers.
+pub fn link(h: &reqwest::header::HeaderMap, rel: &str) -> Option<String> {
+    for v in h.get_all(reqwest::header::LINK) {
+        let Ok(s) = v.to_str() else { continue };
+        for part in s.split(',') {
+            let mut bits = part.split(';');
+            let Some(u) = bits.next().map(str::trim) else {
+                continue;
+            };
+            let Some(u) = u.strip_prefix('<').and_then(|u| u.strip_suffix('>')) else {
+                continue;
+            };
+            let has = bits.any(|b| {
+                let b = b.trim();
+                b.strip_prefix("rel=")
+                    .map(|r| r.trim_matches('"').split_whitespace().any(|x| x == rel))
+                    .unwrap_or(false)
+            });
+            if has {
+                return Some(u.to_owned());
+            }
+        }
+    }
+    None
+}
+
+/// A time as the API writes it.
+pub fn format_time(t: DateTime<Utc>, f: &TimeFormat) -> String {
+    match f {
+        TimeFormat::Rfc3339 => t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        TimeFormat::EpochSeconds => t.timestamp().to_string(),
+        TimeFormat::EpochMs => t.timestamp_millis().to_string(),
+        TimeFormat::HttpDate => httpdate::fmt_http_date(t.into()),
+        TimeFormat::Pattern(p) => t.format(p).to_string(),
+    }
+}
+
+/// A record's time as the API wrote it.
+pub fn parse_time(v: &Value, f: &TimeFormat) -> Option<DateTime<Utc>> {
+    match (f, v) {
+        (_, Value::Null) => None,
+        (TimeFormat::EpochSeconds, v) => {
+            let n = v.as_f64().or_else(|| v.as_str()?.parse().ok())?;
+            Utc.timestamp_millis_opt((n * 1000.0) as i64).single()
+        }
+        (TimeFormat::EpochMs, v) => {
+            let n = v.as_i64().or_else(|| v.as_str()?.parse().ok())?;
+            Utc.timestamp_millis_opt(n).single()
+        }
+        (TimeFormat::HttpDate, Value::String(s)) => {
+            httpdate::parse_http_date(s).ok().map(DateTime::<Utc>::from)
+        }
+        (TimeFormat::Pattern(p), Value::String(s)) => chrono::NaiveDateTime::parse_from_str(s, p)
+            .ok()
+            .map(|n| n.and_utc())
+            .or_else(|| {
+                chrono::NaiveDate::parse_from_str(s, p)
+                    .ok()
+                    .and_then(|d| d.and_hms_opt(0, 0, 0))
+                    .map(|n| n.and_utc())
+            }),
+        (_, Value::String(s)) => parse_datetime(s),
+        _ => None,
+    }
+}
+
+/// The fields a run reads, where each one's value sits.
+struct Reads {
+    fields: Vec<(String, bool)>,
+}
+
+impl Reads {
+    fn new(fields: &[Field]) -> Reads {
+        Reads {
+            fields: fields.iter().map(|f| (f.name.clone(), f.custom)).collect(),
+        }
+    }
+}
+
+/// A record from one item of a page; `deleted`: it came from a listing of
+/// deleted records.
+fn record(
+    api: &Rest<'_>,
+    s: &Stream,
+    reads: &Reads,
+    item: Value,
+    deleted: bool,
+    now: DateTime<Utc>,
+) -> Result<Record> {
+    let id = match s.primary_key.get(&item) {
+        Some(Value::String(x)) if !x.is_empty() => x.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => {
+            return Err(CrmError::bad_response(format!(
+                "{} sent a record of stream {} without its primary key {}",
+                api.what, s.name, s.primary_key
+            ))
+            .with_detail(format!(
+                "record begins: {}",
+                crate::http::body_excerpt(item.to_string().as_bytes())
+            ))
+            .with_hint("Check the spec's records.primary_key."))
+        }
+    };
+    let updated_at = s
+        .modified
+        .as_ref()
+        .and_then(|(p, f)| p.get(&item).and_then(|v| parse_time(v, f)));
+    let flagged = s
+        .deletes
+        .flag
+        .as_ref()
+        .is_some_and(|(p, v)| p.get(&item) == Some(v));
+    let mut deleted_at = s
+        .deletes
+        .deleted_at
+        .as_ref()
+        .and_then(|(p, f)| p.get(&item).and_then(|v| parse_time(v, f)));
+    if deleted_at.is_none() && (deleted || flagged) {
+        deleted_at = Some(updated_at.unwrap_or(now));
+    }
+    let custom = s
+        .fields
+        .discovery
+        .as_ref()
+        .and_then(|d| d.custom_values_path.as_ref())
+        .and_then(|p| p.get(&item));
+    let mut fields = serde_json::Map::with_capacity(reads.fields.len());
+    for (name, is_custom) in &reads.fields {
+        let v = if *is_custom {
+            custom.and_then(|c| c.get(name)).or_else(|| item.get(name))
+        } else {
+            item.get(name)
+        };
+        if let Some(v) = v {
+            fields.insert(name.clone(), v.clone());
+        }
+    }
+    Ok(Record {
+        id,
+        updated_at,
+        deleted_at,
+        fields,
+        raw: item.to_string(),
+        merged_ids: Vec::new(),
+        deletion_only: false,
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Phase {
+    Main,
+    Deletes,
+    Done,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Checkpoint {
+    phase: Phase,
+    next: Next,
+    since_ms: Option<i64>,
+    until_ms: i64,
+    max_seen_ms: Option<i64>,
+    full: bool,
+}
+
+pub struct Reader<'a> {
+    api: &'a Rest<'a>,
+    stream: &'a Stream,
+    reads: Reads,
+    phase: Phase,
+    lister: Lister<'a>,
+    track_deletes: bool,
+    full: bool,
+    since: Option<DateTime<Utc>>,
+    /// The run's start, in whole seconds: the watermark never passes it,
+    /// and since windows start inclusively, what changes in that second
+    /// after the listing passed it is read again by the next run.
+    until: DateTime<Utc>,
+    previous: Option<DateTime<Utc>>,
+    max_seen: Option<DateTime<Utc>>,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(api: &'a Rest<'a>, s: &'a Stream, req: &ReadRequest) -> Result<Reader<'a>> {
+        let until = Utc::now().trunc_subsecs(0);
+        let (full, previous) = match &req.mode {
+            SyncMode::Full => (true, None),
+            SyncMode::Incremental { watermark } => {
+                let w = parse_datetime(watermark).ok_or_else(|| {
+                    CrmError::config(format!("stored watermark {watermark:?} is not a timestamp"))
+                        .with_hint(
+                        "Run crm_sync.sync(source, stream, full_refresh => true) to start over.",
+                    )
+                })?;
+                (false, Some(w))
+            }
+        };
+        let since = match (&s.incremental, previous) {
+            (Incremental::None, _) | (_, None) => None,
+            (_, Some(w)) => {
+                let lb = chrono::Duration::from_std(api.lookback(s)).unwrap_or_default();
+                Some(w - lb)
+            }
+        };
+        let mut r = Reader {
+            api,
+            stream: s,
+            reads: Reads::new(&req.fields),
+            phase: Phase::Main,
+            lister: Lister::new(
+                api,
+                &s.request,
+                &s.paging,
+                s.records_path.clone(),
+                format!("stream {}", s.name),
+            ),
+            track_deletes: req.track_deletes,
+            full,
+            since,
+            until,
+            previous,
+            max_seen: None,
+        };
+        if let Some(c) = req
+            .resume
+            .as_deref()
+            .and_then(|c| serde_json::from_str::<Checkpoint>(c).ok())
+        {
+            // Only a position of the same kind of run.
+            if c.full == full {
+                r.since = c
+                    .since_ms
+                    .and_then(|m| Utc.timestamp_millis_opt(m).single());
+                r.until = Utc
+                    .timestamp_millis_opt(c.until_ms)
+                    .single()
+                    .unwrap_or(until);
+                r.max_seen = c
+                    .max_seen_ms
+                    .and_then(|m| Utc.timestamp_millis_opt(m).single());
+                r.phase = c.phase;
+                if c.phase == Phase::Deletes {
+                    r.lister = r.deletes_lister();
+                }
+                r.lister.next = c.next;
+            }
+        }
+        Ok(r)
+    }
+
+    fn deletes_lister(&self) -> Lister<'a> {
+        let s = self.stream;
+        let e = s.deletes.endpoint.as_ref().expect("a deletes listing");
+        let (path, params) = (&e.path, &e.params);
+        Lister::new(
+            self.api,
+            &s.request,
+            &s.paging,
+            s.records_path.clone(),
+            format!("the deleted records of stream {}", s.name),
+        )
+        .with(path.as_deref(), params)
+    }
+
+    /// The window's parameters for a request.
+    fn window(&self) -> Window {
+        let mut w = Window::default();
+        match &self.stream.incremental {
+            Incremental::None => {}
+            Incremental::Header { header, .. } => {
+                w.header = self
+                    .since
+                    .map(|s| (header.clone(), format_time(s, &TimeFormat::HttpDate)));
+            }
+            Incremental::Window {
+                inject,
+                since,
+                until,
+                format,
+                ..
+            } => {
+                let mut kv = Vec::new();
+                if let Some(s) = self.since {
+                    kv.push((since.clone(), format_time(s, format)));
+                }
+                if let Some(u) = until {
+                    // The end of the window is exclusive and whole seconds
+                    // are common: the second the run began is in it.
+                    let end = self.until + chrono::Duration::seconds(1);
+                    kv.push((u.clone(), format_time(end, format)));
+                }
+                match inject {
+                    WindowInject::Query => w.query = kv,
+                    WindowInject::Body => {
+                        w.body = Some(
+                            kv.into_iter()
+                                .filter_map(|(k, v)| Some((Path::parse(&k).ok()?, v)))
+                                .collect(),
+                        )
+                    }
+                }
+            }
+        }
+        w
+    }
+}
+
+impl PageSource for Reader<'_> {
+    fn next_page(&mut self) -> BoxFuture<'_, Result<Option<Page>>> {
+        Box::pin(async move {
+            loop {
+                if self.phase == Phase::Done {
+                    return Ok(None);
+                }
+                let w = self.window();
+                match self.lister.page(&w).await? {
+                    Some((items, total)) => {
+                        let deleted = self.phase == Phase::Deletes;
+                        let mut records = Vec::with_capacity(items.len());
+                        for item in items {
+                            let r = record(
+                                self.api,
+                                self.stream,
+                                &self.reads,
+                                item,
+                                deleted,
+                                self.until,
+                            )?;
+                            if let Some(t) = r.updated_at {
+                                self.max_seen = Some(self.max_seen.map_or(t, |m| m.max(t)));
+                            }
+                            records.push(r);
+                        }
+                        return Ok(Some(Page { records, total }));
+                    }
+                    None => {
+                        let deletes = self.phase == Phase::Main
+                            && self.track_deletes
+                            && self.stream.deletes.endpoint.is_some();
+                        if deletes {
+                            self.phase = Phase::Deletes;
+                            self.lister = self.deletes_lister();
+                        } else {
+                            self.phase = Phase::Done;
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    fn watermark(&self) -> Option<String> {
+        let w = match (self.max_seen, self.full) {
+            (Some(m), _) => Some(m.min(self.until)),
+            (None, true) => Some(self.until),
+            (None, false) => self.previous,
+        };
+        let w = match (w, self.previous) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        w.map(crate::types::fmt_ts)
+    }
+
+    fn checkpoint(&self) -> Option<String> {
+        serde_json::to_string(&Checkpoint {
+            phase: self.phase,
+            next: self.lister.next.clone(),
+            since_ms: self.since.map(|s| s.timestamp_millis()),
+            until_ms: self.until.timestamp_millis(),
+            max_seen_ms: self.max_seen.map(|m| m.timestamp_millis()),
+            full: self.full,
+        })
+        .ok()
+    }
+}
+
+/// Reconciliation's listing: the stream without a window, ids only.
+pub struct Ids<'a> {
+    api: &'a Rest<'a>,
+    stream: &'a Stream,
+    lister: Lister<'a>,
+}
+
+impl<'a> Ids<'a> {
+    pub fn new(api: &'a Rest<'a>, s: &'a Stream) -> Ids<'a> {
+        Ids {
+            api,
+            stream: s,
+            lister: Lister::new(
+                api,
+                &s.request,
+                &s.paging,
+                s.records_path.clone(),
+                format!("the ids of stream {}", s.name),
+            ),
+        }
+    }
+}
+
+impl IdSource for Ids<'_> {
+    fn next_ids(&mut self) -> BoxFuture<'_, Result<Option<Vec<String>>>> {
+        Box::pin(async move {
+            let Some((items, _)) = self.lister.page(&Window::default()).await? else {
+                return Ok(None);
+            };
+            let reads = Reads { fields: Vec::new() };
+            let now = Utc::now();
+            let mut ids = Vec::with_capacity(items.len());
+            for item in items {
+                let r = record(self.api, self.stream, &reads, item, false, now)?;
+                if r.deleted_at.is_none() {
+                    ids.push(r.id);
+                }
+            }
+            Ok(Some(ids))
+        })
+    }
+}
+
+/// The live records `ids` of stream `s`, by the spec's `read_ids`
+/// parameter; without one, reconciliation cannot land missing records.
+pub async fn read_ids(
+    api: &Rest<'_>,
+    s: &Stream,
+    fields: &[Field],
+    ids: &[String],
+) -> Result<Vec<Record>> {
+    let Some(by) = &s.read_ids else {
+        return Err(CrmError::unsupported(format!(
+            "the spec of {} has no read_ids for stream {}: records reconciliation finds missing cannot be read by id",
+            api.what, s.name
+        ))
+        .with_hint("Add read_ids to the stream's spec, or run a full sync: crm_sync.sync(source, stream, full_refresh => true)."));
+    };
+    let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
+    let reads = Reads::new(fields);
+    let now = Utc::now();
+    let mut out = Vec::new();
+    for chunk in ids.chunks(by.max) {
+        let mut l = Lister::new(
+            api,
+            &s.request,
+            &s.paging,
+            s.records_path.clone(),
+            format!("stream {} by id", s.name),
+        )
+        .with(None, &[(by.param.clone(), chunk.join(&by.separator))]);
+        while let Some((items, _)) = l.page(&Window::default()).await? {
+            for item in items {
+                let r = record(api, s, &reads, item, false, now)?;
+                if r.deleted_at.is_none() && wanted.contains(r.id.as_str()) {
+                    out.push(r);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue, LINK};
+    use serde_json::json;
+
+    #[test]
+    fn link_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            LINK,
+            HeaderValue::from_static(
+                "<https://x/a?page=1>; rel=\"prev\", <https://x/a?page=3>; rel=\"next\"",
+            ),
+        );
+        assert_eq!(link(&h, "next").as_deref(), Some("https://x/a?page=3"));
+        assert_eq!(link(&h, "last"), None);
+    }
+
+    #[test]
+    fn times_both_ways() {
+        let t = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        assert_eq!(format_time(t, &TimeFormat::Rfc3339), "2026-01-02T03:04:05Z");
+        assert_eq!(format_time(t, &TimeFormat::EpochSeconds), "1767323045");
+        assert_eq!(
+            format_time(t, &TimeFormat::HttpDate),
+            "Fri, 02 Jan 2026 03:04:05 GMT"
+        );
+        let p = TimeFormat::Pattern("%Y-%m-%d %H:%M:%S".into());
+        assert_eq!(format_time(t, &p), "2026-01-02 03:04:05");
+        assert_eq!(parse_time(&json!("2026-01-02 03:04:05"), &p), Some(t));
+        assert_eq!(
+            parse_time(&json!("2026-01-02T03:04:05.000Z"), &TimeFormat::Rfc3339),
+            Some(t)
+        );
+        assert_eq!(
+            parse_time(&json!(1767323045), &TimeFormat::EpochSeconds),
+            Some(t)
+        );
+        assert_eq!(
+            parse_time(&json!("1767323045000"), &TimeFormat::EpochMs),
+            Some(t)
+        );
+        assert_eq!(parse_time(&json!(null), &TimeFormat::Rfc3339), None);
+        assert_eq!(parse_time(&json!("garbage"), &p), None);
+    }
+
+    #[test]
+    fn records_move_out_of_the_body() {
+        let mut v = json!({"data": [{"id": 1}], "additional_data": {}});
+        let p = Path::parse("$.data").unwrap();
+        assert_eq!(take(&mut v, &p), Some(json!([{"id": 1}])));
+        assert_eq!(v["data"], Value::Null);
+        let mut v = json!([{"id": 1}]);
+        assert_eq!(
+            take(&mut v, &Path::parse("$").unwrap()),
+            Some(json!([{"id": 1}]))
+        );
+    }
+}
