@@ -1,9 +1,9 @@
-"""Benchmark: full then incremental sync of large HubSpot and Salesforce mock datasets.
+"""Benchmark: full then incremental sync of large HubSpot, Salesforce and Pipedrive mock datasets.
 
 Prints records/s, MB/s, API calls and the syncing backend's peak memory for
 each provider, mode and size: HubSpot contacts (`hs`), Salesforce accounts
 through the REST query API (`sf-rest`) and through Bulk API 2.0 (`sf-bulk`),
-then a side-by-side summary of the full-sync medians.
+Pipedrive persons through the declarative `rest` connector (`pd`), then a side-by-side summary of the full-sync medians.
 Run through scripts/bench.sh, which installs and starts everything.
 """
 
@@ -21,10 +21,11 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 from conftest import (  # noqa: E402
-    SF_CLIENT_ID, SF_CLIENT_SECRET, SF_REFRESH_TOKEN, TOKEN, SfMock, free_port, spawn_mock, start_mock,
+    PD_TOKEN, SF_CLIENT_ID, SF_CLIENT_SECRET, SF_REFRESH_TOKEN, TOKEN, PdMock, SfMock, free_port, spawn_mock,
+    start_mock,
 )
 
-PROVIDERS = ("hubspot", "salesforce")
+PROVIDERS = ("hubspot", "salesforce", "pipedrive")
 # Salesforce full-sync modes: label -> extra source options. REST must say
 # bulk_api false once the connector has the option (its default threshold
 # would pick Bulk at these sizes); Bulk forces Bulk API 2.0 at any size.
@@ -194,6 +195,44 @@ def bench_hubspot(pg, n, batch_size, repeat, copy_baseline, results):
         mock.proc.wait()
 
 
+def bench_pipedrive(pg, n, batch_size, repeat, results):
+    """Pipedrive persons through the declarative `rest` connector (the
+    shipped spec), the same steps as HubSpot's."""
+    mock = spawn_mock(PdMock, "pipedrive", "--token", PD_TOKEN, "--persons", str(n), "--organizations", "10",
+                      "--deals", "10", "--activities", "10")
+    dbname = f"bench_pd_{n}"
+    try:
+        with fresh_db(pg, dbname, batch_size) as db:
+            full_syncs(pg, db, "pd", n, "persons", repeat,
+                       lambda: db.execute("SELECT crm_sync.create_source('pd', 'pipedrive', %s, %s)",
+                                          (psycopg.types.json.Jsonb({"base_url": mock.url}),
+                                           psycopg.types.json.Jsonb({"api_token": PD_TOKEN}))),
+                       ("pd", "persons"), results)
+            changed = max(1, n // 100)
+            for start in range(1, changed + 1, 10_000):
+                ids = list(range(start, min(changed, start + 9_999) + 1))
+                requests.post(f"{mock.url}/_mock/pd/persons", timeout=60,
+                              json={"ids": ids, "record": {"first_name": "bench"}}).raise_for_status()
+            rows, secs, mem = measured(pg, dbname, SYNC_SQL, ("pd", "persons"))
+            recs, nbytes, calls = rows[0]
+            assert recs == changed, (recs, changed)
+            print(line("pd", "incr", changed, "changed", secs, nbytes, calls, mem), flush=True)
+            size = db.execute("SELECT pg_size_pretty(pg_total_relation_size('pd.persons'))").fetchone()[0]
+            note(f"landing table pd.persons: {size}")
+            purged = list(range(7, n + 1, 10_000))
+            for i in purged:
+                requests.post(f"{mock.url}/_mock/pd/persons/{i}/purge", timeout=60).raise_for_status()
+            rows, secs, mem = measured(pg, dbname, RECONCILE_SQL, ("pd", "persons"))
+            seen, gone, reread, calls = rows[0]
+            assert (seen, gone, reread) == (n - len(purged), len(purged), 0), rows[0]
+            print(line("pd", "reconcile", seen, "ids", secs, 0, calls, mem)
+                  + f"  ({gone} marked gone)", flush=True)
+        drop_db(pg, dbname)
+    finally:
+        mock.proc.kill()
+        mock.proc.wait()
+
+
 def create_sf(db, mock, extra):
     opts = {"login_url": mock.url, **extra}
     creds = {"client_id": SF_CLIENT_ID, "client_secret": SF_CLIENT_SECRET, "refresh_token": SF_REFRESH_TOKEN}
@@ -282,6 +321,12 @@ def summary(results, sizes, labels):
                 rate, recs, secs, nbytes, calls, mem = r
                 print(f"{label:<8}{mode:<11}{n:>11,}  {rate:9,.0f} records/s  {secs:7.2f} s  "
                       f"peak backend private memory {mem['anon_kb'] / 1024:6.1f} MiB", flush=True)
+        # The declarative connector against the native one, same size, same run.
+        for mode in ("sync", "sync+merge"):
+            hs, pd = results.get((n, "hs", mode)), results.get((n, "pd", mode))
+            if hs and pd:
+                print(f"pd/hs   {mode:<11}{n:>11,}  Pipedrive (rest spec) at {100 * pd[0] / hs[0]:.0f}% "
+                      f"of HubSpot's (native) records/s", flush=True)
 
 
 def main():
@@ -290,21 +335,24 @@ def main():
     ap.add_argument("--batch-size", type=int, default=5000)
     ap.add_argument("--repeat", type=int, default=3, help="full syncs per size (the median is reported)")
     ap.add_argument("--providers", default=",".join(PROVIDERS),
-                    help="comma-separated: hubspot, salesforce (Salesforce runs REST and Bulk API 2.0)")
+                    help="comma-separated: hubspot, salesforce (Salesforce runs REST and Bulk API 2.0), "
+                         "pipedrive (the shipped spec, through the rest connector)")
     args = ap.parse_args()
     providers = [p.strip() for p in args.providers.split(",") if p.strip()]
     for p in providers:
         if p not in PROVIDERS:
             ap.error(f"unknown provider {p!r}; choose from {', '.join(PROVIDERS)}")
     sizes = [int(x) for x in args.sizes.split(",")]
-    labels = (["hs"] if "hubspot" in providers else []) + (list(SF_MODES) if "salesforce" in providers else [])
+    labels = ((["hs"] if "hubspot" in providers else []) + (list(SF_MODES) if "salesforce" in providers else [])
+              + (["pd"] if "pipedrive" in providers else []))
     base = Path(os.environ.get("CRM_BENCH_DIR", "/tmp/crm_sync_bench"))
     port = free_port()
     subprocess.run([str(ROOT / "scripts" / "pg.sh"), "start", str(base), str(port)], check=True)
     pg = {"host": "127.0.0.1", "port": port, "user": "postgres"}
     results = {}
     try:
-        names = " and ".join({"hubspot": "HubSpot", "salesforce": "Salesforce"}[p] for p in providers)
+        names = " and ".join({"hubspot": "HubSpot", "salesforce": "Salesforce", "pipedrive": "Pipedrive"}[p]
+                             for p in providers)
         mocks = "mocks" if len(providers) > 1 else "mock"
         print(f"pg_crm_sync benchmark: {names} {mocks} and PostgreSQL 15 on this machine ({os.cpu_count()} cores)")
         for i, n in enumerate(sizes):
@@ -312,6 +360,8 @@ def main():
                 bench_hubspot(pg, n, args.batch_size, args.repeat, i == 0, results)
             if "salesforce" in providers:
                 bench_salesforce(pg, n, args.batch_size, args.repeat, list(SF_MODES), results)
+            if "pipedrive" in providers:
+                bench_pipedrive(pg, n, args.batch_size, args.repeat, results)
         summary(results, sizes, labels)
     finally:
         subprocess.run([str(ROOT / "scripts" / "pg.sh"), "stop", str(base)], check=False)

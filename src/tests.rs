@@ -226,7 +226,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             dumped,
-            "crm.companies,crm.contacts,crm.deals,crm.merged_ids,crm_sync.access,crm_sync.checkpoints,crm_sync.credentials,crm_sync.field_priority,crm_sync.invalid_values,crm_sync.jobs,crm_sync.jobs_job_id_seq,crm_sync.landing_columns,crm_sync.mappings,crm_sync.match_rules,crm_sync.merge_state,crm_sync.removed_defaults,crm_sync.runs,crm_sync.runs_run_id_seq,crm_sync.schedules,crm_sync.source_records,crm_sync.sources,crm_sync.streams,crm_sync.unified_ids,crm_sync.watermarks"
+            "crm.companies,crm.contacts,crm.deals,crm.merged_ids,crm_sync.access,crm_sync.checkpoints,crm_sync.credentials,crm_sync.field_priority,crm_sync.invalid_values,crm_sync.jobs,crm_sync.jobs_job_id_seq,crm_sync.landing_columns,crm_sync.mappings,crm_sync.match_rules,crm_sync.merge_state,crm_sync.removed_defaults,crm_sync.runs,crm_sync.runs_run_id_seq,crm_sync.schedules,crm_sync.source_records,crm_sync.sources,crm_sync.specs,crm_sync.streams,crm_sync.unified_ids,crm_sync.watermarks"
         );
     }
 

@@ -144,6 +144,9 @@ def pg_cluster(tmp_path_factory):
 def dbname(pg_cluster):
     """A fresh database with the extension, dropped after the test."""
     ensure_running(pg_cluster)
+    # Where this test's server log begins (seen_texts reads from there).
+    log = pg_cluster["dir"] / "server.log"
+    pg_cluster["log_mark"] = log.stat().st_size if log.exists() else 0
     name = f"t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(host=pg_cluster["host"], port=pg_cluster["port"], user="postgres",
                          dbname="postgres", autocommit=True) as c:
@@ -538,7 +541,7 @@ def error_texts(err):
 
 def seen_texts(db, pg_cluster, err=None, notices=()):
     """Every place a secret could reach: the ERROR, crm_sync.runs, crm_sync.jobs,
-    NOTICE/WARNING text and the server log."""
+    NOTICE/WARNING text and the server log since the test's database was made."""
     texts = error_texts(err)
     texts["runs"] = db.execute(
         "SELECT coalesce(string_agg(row_to_json(r)::text, ''), '') FROM crm_sync.runs r").fetchone()[0]
@@ -546,7 +549,9 @@ def seen_texts(db, pg_cluster, err=None, notices=()):
         texts["jobs"] = db.execute(
             "SELECT coalesce(string_agg(row_to_json(j)::text, ''), '') FROM crm_sync.jobs j").fetchone()[0]
     texts["notices"] = "\n".join(notices)
-    texts["log"] = (pg_cluster["dir"] / "server.log").read_text(errors="replace")
+    with open(pg_cluster["dir"] / "server.log", "rb") as f:
+        f.seek(pg_cluster.get("log_mark", 0))
+        texts["log"] = f.read().decode(errors="replace")
     return texts
 
 

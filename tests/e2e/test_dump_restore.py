@@ -44,6 +44,14 @@ def edit_configuration(db):
                   VALUES ('hubspot', 'contacts', 'contact', 'title', $$r._raw->'properties'->>'jobtitle'$$, 'hs')""")
     db.execute("INSERT INTO crm_sync.match_rules VALUES ('contact', 3, 'email_only_mine', '{email}', true)")
     db.execute("INSERT INTO crm_sync.field_priority VALUES ('contact', 'phone', '{hs}')")
+    # A spec of the user's, and one overriding the shipped pipedrive spec.
+    spec = {"base_url": "https://api.example.com", "auth": {"type": "bearer"},
+            "streams": [{"name": "items", "request": {"path": "/items"}, "records": {"primary_key": "id"},
+                         "paging": {"type": "none"}}]}
+    db.execute("SELECT crm_sync.register_spec('acme', %s)", (psycopg.types.json.Jsonb(spec),))
+    pd = db.execute("SELECT spec FROM crm_sync.builtin_specs WHERE name = 'pipedrive'").fetchone()[0]
+    pd["streams"] = pd["streams"][:1]
+    db.execute("SELECT crm_sync.register_spec('pipedrive', %s)", (psycopg.types.json.Jsonb(pd),))
     db.execute("DROP ROLE IF EXISTS dump_reader")
     db.execute("CREATE ROLE dump_reader")
     db.execute("SELECT crm_sync.grant_access('dump_reader', 'read')")
@@ -92,6 +100,9 @@ def test_pg_dump_and_restore_keep_configuration_edits_and_state(db, hubspot, pg_
                 assert len(after[table]) > 0, table
             assert q("SELECT count(*) FROM crm.contacts WHERE first_name <> upper(first_name)") == [(0,)]
             assert q("SELECT has_table_privilege('dump_reader', 'hs.contacts', 'SELECT')") == [(True,)]
+            assert q("SELECT name, jsonb_array_length(spec->'streams') FROM crm_sync.specs ORDER BY 1") == \
+                [("acme", 1), ("pipedrive", 1)]
+            assert q("SELECT jsonb_array_length(spec->'streams') FROM crm_sync.builtin_specs") == [(5,)]
 
             r.execute("DELETE FROM crm_sync.checkpoints")
             hubspot.upsert("contacts", [{"id": "1", "properties": {"firstname": "after-restore"}}])

@@ -523,6 +523,8 @@ struct Generic {
     deleted: HashMap<u64, i64>,
     /// Largest page it serves.
     max_page: usize,
+    /// The host next-page links name (a link to elsewhere).
+    next_host: Option<String>,
 }
 
 impl Generic {
@@ -602,6 +604,7 @@ impl PipedriveMock {
                         changed: HashMap::new(),
                         deleted: HashMap::new(),
                         max_page: 100,
+                        next_host: None,
                     },
                 },
                 gzip,
@@ -960,7 +963,7 @@ impl State {
                 let m = g.modified(*id);
                 since.is_none_or(|s| m >= s)
                     && until.is_none_or(|u| m < u)
-                    && ims.is_none_or(|s| m >= s)
+                    && ims.is_none_or(|s| m > s)
                     && (!deleted_only || g.deleted.contains_key(id))
             })
             .collect();
@@ -980,7 +983,11 @@ impl State {
         let page_of = |from: usize, n: usize| -> Vec<Value> {
             ids.iter().skip(from).take(n).map(|i| g.item(*i)).collect()
         };
-        let host = req.header("host").unwrap_or("127.0.0.1");
+        let host = g
+            .next_host
+            .as_deref()
+            .or(req.header("host"))
+            .unwrap_or("127.0.0.1");
         let here = |q: String| format!("http://{host}/generic/items?{q}");
         match style {
             "cursor" => {
@@ -1206,6 +1213,9 @@ impl Mock for PipedriveMock {
                 if let Some(n) = b["max_page"].as_u64() {
                     g.max_page = n as usize;
                 }
+                if let Some(h) = b.get("next_host") {
+                    g.next_host = h.as_str().map(str::to_owned);
+                }
                 if let Some(items) = b["change"].as_array() {
                     for it in items {
                         let Some(id) = it["id"].as_u64() else {
@@ -1282,9 +1292,19 @@ impl Mock for PipedriveMock {
                     return Some(Err("entity".into()));
                 };
                 let rec = b["record"].as_object().cloned().unwrap_or_default();
-                st.stores[ent.idx()]
-                    .upsert(b["id"].as_u64(), &rec, now)
-                    .map(|id| json!({"id": id}))
+                let s = &mut st.stores[ent.idx()];
+                match b["ids"].as_array() {
+                    // The same change to many records (benchmarks).
+                    Some(ids) => ids
+                        .iter()
+                        .filter_map(Value::as_u64)
+                        .map(|id| s.upsert(Some(id), &rec, now))
+                        .collect::<Result<Vec<u64>, String>>()
+                        .map(|v| json!({"ids": v.len()})),
+                    None => s
+                        .upsert(b["id"].as_u64(), &rec, now)
+                        .map(|id| json!({"id": id})),
+                }
             }
             ("DELETE", ["pd", e, id]) => {
                 let (Some(ent), Ok(id)) = (Ent::parse(e), id.parse::<u64>()) else {

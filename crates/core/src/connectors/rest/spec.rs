@@ -911,6 +911,7 @@ const RESERVED_HEADERS: &[&str] = &[
     "host",
     "content-length",
     "authorization",
+    "proxy-authorization",
     "cookie",
     "transfer-encoding",
     "connection",
@@ -1098,8 +1099,8 @@ fn parse_request(v: &Value, path: &str, need_path: bool, errs: &mut Errors) -> O
     }
     let page_size = o.uint("page_size", 1, MAX_PAGE_SIZE, errs);
     let page_size_param = o.string("page_size_param", errs);
-    if page_size.is_some() != page_size_param.is_some() {
-        let (k, other) = if page_size.is_none() {
+    if o.has("page_size") != o.has("page_size_param") {
+        let (k, other) = if !o.has("page_size") {
             ("page_size", "page_size_param")
         } else {
             ("page_size_param", "page_size")
