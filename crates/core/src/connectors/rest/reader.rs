@@ -10,10 +10,11 @@
 //! the same window. Records repeat across pages and runs; the engine keeps
 //! the newest per id.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, SubsecRound, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::spec::{Incremental, Paging, Path, Request, Stream, TimeFormat, WindowInject};
@@ -92,7 +93,7 @@ impl<'a> Lister<'a> {
 
     /// The next page's records and the total the API reported, or None
     /// when the listing is over; `w` goes into the request.
-    pub async fn page(&mut self, w: &Window) -> Result<Option<(Vec<Value>, Option<u64>)>> {
+    pub async fn page(&mut self, w: &Window) -> Result<Option<(Vec<Box<RawValue>>, Option<u64>)>> {
         let url = match &self.next {
             Next::End => return Ok(None),
             Next::Url(u) => self.api.same_origin("the next-page link", u)?,
@@ -156,42 +157,49 @@ impl<'a> Lister<'a> {
             headers,
             body,
         };
-        let Some((mut v, h)) = self.api.send(&self.label, &call).await? else {
+        let Some((body, h)) = self.api.send(&self.label, &call).await? else {
             self.next = Next::End;
             return Ok(Some((Vec::new(), None)));
         };
-        let items = match take(&mut v, &self.records_path) {
-            Some(Value::Array(a)) => a,
-            None | Some(Value::Null) => Vec::new(),
-            Some(other) => {
-                return Err(CrmError::bad_response(format!(
+        let endpoint = format!("{} {}", call.method.as_str(), call.url.path());
+        let doc = Doc::parse(&self.api.what, &endpoint, &body)?;
+        let items: Vec<Box<RawValue>> = match doc.raw(&self.records_path) {
+            None => Vec::new(),
+            Some(r) if r.get() == "null" => Vec::new(),
+            Some(r) => serde_json::from_str(r.get()).map_err(|_| {
+                CrmError::bad_response(format!(
                     "{} sent no list of records at {} for {} (found {})",
                     self.api.what,
                     self.records_path,
                     self.label,
-                    kind(&other)
+                    kind(r.get())
                 ))
-                .with_hint("Check the spec's records.path against a response of this endpoint."))
-            }
+                .with_hint("Check the spec's records.path against a response of this endpoint.")
+            })?,
         };
         let n = items.len() as u64;
-        let num = |p: &Option<Path>| p.as_ref().and_then(|p| p.get(&v)).and_then(as_u64);
+        let num = |p: &Option<Path>| {
+            p.as_ref()
+                .and_then(|p| doc.value(p))
+                .as_ref()
+                .and_then(as_u64)
+        };
         let more = |p: &Option<Path>| {
             p.as_ref()
-                .and_then(|p| p.get(&v))
+                .and_then(|p| doc.value(p))
                 .map(|x| x.as_bool() == Some(true))
         };
         let short = self.request.page_size.is_some_and(|s| n < s);
         let mut total = None;
         let next = match self.paging {
             Paging::None => Next::End,
-            Paging::Cursor { cursor_path, .. } => match cursor_path.get(&v) {
-                Some(Value::String(c)) if !c.is_empty() => Next::Cursor(c.clone()),
+            Paging::Cursor { cursor_path, .. } => match doc.value(cursor_path) {
+                Some(Value::String(c)) if !c.is_empty() => Next::Cursor(c),
                 Some(Value::Number(c)) => Next::Cursor(c.to_string()),
                 _ => Next::End,
             },
-            Paging::NextUrl { next_url_path } => match next_url_path.get(&v) {
-                Some(Value::String(u)) if !u.is_empty() => Next::Url(u.clone()),
+            Paging::NextUrl { next_url_path } => match doc.value(next_url_path) {
+                Some(Value::String(u)) if !u.is_empty() => Next::Url(u),
                 _ => Next::End,
             },
             Paging::LinkHeader { rel } => match link(&h, rel) {
@@ -264,26 +272,92 @@ fn as_u64(v: &Value) -> Option<u64> {
         .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
 }
 
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Object(_) => "an object",
-        Value::String(_) => "a string",
-        Value::Number(_) => "a number",
-        Value::Bool(_) => "a boolean",
-        _ => "something else",
+fn kind(raw: &str) -> &'static str {
+    match raw.trim_start().as_bytes().first() {
+        Some(b'{') => "an object",
+        Some(b'"') => "a string",
+        Some(b't' | b'f') => "a boolean",
+        Some(_) => "a number",
+        None => "nothing",
     }
 }
 
-/// The value at `p` in `v`, moved out.
-fn take(v: &mut Value, p: &Path) -> Option<Value> {
-    if p.is_root() {
-        return Some(v.take());
+/// An object's members, their values left unread: keys borrowed from the
+/// text unless they hold escapes.
+enum Members<'a> {
+    Borrowed(BTreeMap<&'a str, &'a RawValue>),
+    Owned(BTreeMap<String, &'a RawValue>),
+}
+
+impl<'a> Members<'a> {
+    fn parse(text: &'a str) -> Option<Members<'a>> {
+        if !text.trim_start().starts_with('{') {
+            return None;
+        }
+        serde_json::from_str(text)
+            .map(Members::Borrowed)
+            .or_else(|_| serde_json::from_str(text).map(Members::Owned))
+            .ok()
     }
-    let ptr: String =
-        p.0.iter()
-            .map(|k| format!("/{}", k.replace('~', "~0").replace('/', "~1")))
-            .collect();
-    v.pointer_mut(&ptr).map(Value::take)
+
+    fn get(&self, k: &str) -> Option<&'a RawValue> {
+        match self {
+            Members::Borrowed(m) => m.get(k).copied(),
+            Members::Owned(m) => m.get(k).copied(),
+        }
+    }
+}
+
+/// The value under member or index `k` of `r`.
+fn child<'a>(r: &'a RawValue, k: &str) -> Option<&'a RawValue> {
+    let t = r.get();
+    if t.trim_start().starts_with('[') {
+        let v: Vec<&'a RawValue> = serde_json::from_str(t).ok()?;
+        return v.get(k.parse::<usize>().ok()?).copied();
+    }
+    Members::parse(t)?.get(k)
+}
+
+/// A JSON text read only as deep as asked: a page's list of records is
+/// kept as text (each record's `_raw` exactly as received), and only the
+/// members a spec names are parsed.
+pub struct Doc<'a> {
+    whole: &'a RawValue,
+    top: Option<Members<'a>>,
+}
+
+impl<'a> Doc<'a> {
+    /// The body of a response from `endpoint` of `vendor`: the whole text
+    /// is checked to be JSON (a malformed or truncated one is 08P01).
+    pub fn parse(vendor: &str, endpoint: &str, text: &'a [u8]) -> Result<Doc<'a>> {
+        let whole: &'a RawValue = crate::http::parse_json(vendor, endpoint, text)?;
+        Ok(Doc::of(whole))
+    }
+
+    fn of(whole: &'a RawValue) -> Doc<'a> {
+        Doc {
+            top: Members::parse(whole.get()),
+            whole,
+        }
+    }
+
+    pub fn raw(&self, p: &Path) -> Option<&'a RawValue> {
+        let Some((first, rest)) = p.0.split_first() else {
+            return Some(self.whole);
+        };
+        let mut cur = match &self.top {
+            Some(m) => m.get(first)?,
+            None => child(self.whole, first)?,
+        };
+        for k in rest {
+            cur = child(cur, k)?;
+        }
+        Some(cur)
+    }
+
+    pub fn value(&self, p: &Path) -> Option<Value> {
+        self.raw(p).and_then(|r| serde_json::from_str(r.get()).ok())
+    }
 }
 
 /// The URL of the `rel` link in RFC 8288 `Link` headers.
@@ -371,39 +445,43 @@ fn record(
     api: &Rest<'_>,
     s: &Stream,
     reads: &Reads,
-    item: Value,
+    item: &RawValue,
     deleted: bool,
     now: DateTime<Utc>,
 ) -> Result<Record> {
-    let id = match s.primary_key.get(&item) {
-        Some(Value::String(x)) if !x.is_empty() => x.clone(),
-        Some(Value::Number(n)) => n.to_string(),
-        _ => {
-            return Err(CrmError::bad_response(format!(
-                "{} sent a record of stream {} without its primary key {}",
-                api.what, s.name, s.primary_key
-            ))
-            .with_detail(format!(
-                "record begins: {}",
-                crate::http::body_excerpt(item.to_string().as_bytes())
-            ))
-            .with_hint("Check the spec's records.primary_key."))
-        }
+    let doc = Doc::of(item);
+    let id = match doc.raw(&s.primary_key).map(|r| r.get().trim()) {
+        Some(t) if t.starts_with('"') => serde_json::from_str::<String>(t)
+            .ok()
+            .filter(|x| !x.is_empty()),
+        Some(t) if t.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => Some(t.to_owned()),
+        _ => None,
+    };
+    let Some(id) = id else {
+        return Err(CrmError::bad_response(format!(
+            "{} sent a record of stream {} without its primary key {}",
+            api.what, s.name, s.primary_key
+        ))
+        .with_detail(format!(
+            "record begins: {}",
+            crate::http::body_excerpt(item.get().as_bytes())
+        ))
+        .with_hint("Check the spec's records.primary_key."));
     };
     let updated_at = s
         .modified
         .as_ref()
-        .and_then(|(p, f)| p.get(&item).and_then(|v| parse_time(v, f)));
+        .and_then(|(p, f)| doc.value(p).and_then(|v| parse_time(&v, f)));
     let flagged = s
         .deletes
         .flag
         .as_ref()
-        .is_some_and(|(p, v)| p.get(&item) == Some(v));
+        .is_some_and(|(p, v)| doc.value(p).as_ref() == Some(v));
     let mut deleted_at = s
         .deletes
         .deleted_at
         .as_ref()
-        .and_then(|(p, f)| p.get(&item).and_then(|v| parse_time(v, f)));
+        .and_then(|(p, f)| doc.value(p).and_then(|v| parse_time(&v, f)));
     if deleted_at.is_none() && (deleted || flagged) {
         deleted_at = Some(updated_at.unwrap_or(now));
     }
@@ -412,16 +490,21 @@ fn record(
         .discovery
         .as_ref()
         .and_then(|d| d.custom_values_path.as_ref())
-        .and_then(|p| p.get(&item));
-    let mut fields = serde_json::Map::with_capacity(reads.fields.len());
+        .and_then(|p| doc.raw(p))
+        .and_then(|r| Members::parse(r.get()));
+    let top = doc.top.as_ref();
+    let mut fields = serde_json::Map::new();
     for (name, is_custom) in &reads.fields {
-        let v = if *is_custom {
-            custom.and_then(|c| c.get(name)).or_else(|| item.get(name))
+        let raw = if *is_custom {
+            custom
+                .as_ref()
+                .and_then(|c| c.get(name))
+                .or_else(|| top.and_then(|t| t.get(name)))
         } else {
-            item.get(name)
+            top.and_then(|t| t.get(name))
         };
-        if let Some(v) = v {
-            fields.insert(name.clone(), v.clone());
+        if let Some(v) = raw.and_then(|r| serde_json::from_str::<Value>(r.get()).ok()) {
+            fields.insert(name.clone(), v);
         }
     }
     Ok(Record {
@@ -429,7 +512,7 @@ fn record(
         updated_at,
         deleted_at,
         fields,
-        raw: item.to_string(),
+        raw: item.get().to_owned(),
         merged_ids: Vec::new(),
         deletion_only: false,
     })
@@ -612,7 +695,7 @@ impl PageSource for Reader<'_> {
                                 self.api,
                                 self.stream,
                                 &self.reads,
-                                item,
+                                &item,
                                 deleted,
                                 self.until,
                             )?;
@@ -698,7 +781,7 @@ impl IdSource for Ids<'_> {
             let now = Utc::now();
             let mut ids = Vec::with_capacity(items.len());
             for item in items {
-                let r = record(self.api, self.stream, &reads, item, false, now)?;
+                let r = record(self.api, self.stream, &reads, &item, false, now)?;
                 if r.deleted_at.is_none() {
                     ids.push(r.id);
                 }
@@ -738,7 +821,7 @@ pub async fn read_ids(
         .with(None, &[(by.param.clone(), chunk.join(&by.separator))]);
         while let Some((items, _)) = l.page(&Window::default()).await? {
             for item in items {
-                let r = record(api, s, &reads, item, false, now)?;
+                let r = record(api, s, &reads, &item, false, now)?;
                 if r.deleted_at.is_none() && wanted.contains(r.id.as_str()) {
                     out.push(r);
                 }
@@ -796,15 +879,34 @@ mod tests {
     }
 
     #[test]
-    fn records_move_out_of_the_body() {
-        let mut v = json!({"data": [{"id": 1}], "additional_data": {}});
-        let p = Path::parse("$.data").unwrap();
-        assert_eq!(take(&mut v, &p), Some(json!([{"id": 1}])));
-        assert_eq!(v["data"], Value::Null);
-        let mut v = json!([{"id": 1}]);
+    fn documents_are_read_as_deep_as_asked() {
+        let body = br#"{"data": [{"id": 1, "x": {"y": [5, 6]}}], "additional_data": {"next_cursor": "c\"1"}, "k\u0041": 2}"#;
+        let d = Doc::parse("x", "GET /", body).unwrap();
         assert_eq!(
-            take(&mut v, &Path::parse("$").unwrap()),
-            Some(json!([{"id": 1}]))
+            d.raw(&Path::parse("$.data").unwrap()).unwrap().get(),
+            r#"[{"id": 1, "x": {"y": [5, 6]}}]"#
         );
+        assert_eq!(
+            d.value(&Path::parse("additional_data.next_cursor").unwrap()),
+            Some(json!("c\"1"))
+        );
+        assert_eq!(
+            d.value(&Path::parse("data.0.x.y.1").unwrap()),
+            Some(json!(6))
+        );
+        assert_eq!(d.value(&Path::parse("$.missing").unwrap()), None);
+        // A key written with an escape is still found.
+        assert_eq!(d.value(&Path::parse("kA").unwrap()), Some(json!(2)));
+        let arr = Doc::parse("x", "GET /", b"[1, 2]").unwrap();
+        let e = Doc::parse("acme", "GET /items", br#"{"data": [1, 2"#)
+            .err()
+            .unwrap();
+        assert!(
+            e.message.contains("acme sent a truncated response"),
+            "{}",
+            e.message
+        );
+        assert_eq!(arr.value(&Path::parse("$.1").unwrap()), Some(json!(2)));
+        assert_eq!(kind(" {"), "an object");
     }
 }

@@ -231,6 +231,15 @@ pub enum Method {
     Post,
 }
 
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+        }
+    }
+}
+
 /// One request: the stream's, or a listing beside it (fields, deletes).
 #[derive(Debug, Clone)]
 pub struct Request {
