@@ -41,7 +41,9 @@ BEGIN
                   DETAIL = 'A source''s landing tables go into a schema of its own name.',
                   HINT = 'Choose another source name.';
     END IF;
-    -- Validates provider, options and credentials; raises with a hint if wrong.
+    -- Validates provider, options and credentials; raises with a hint if
+    -- wrong. A spec's provider is not changed meanwhile (register_spec).
+    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('crm_sync.spec ' || provider));
     PERFORM crm_sync._check_credential_refs(name, coalesce(credentials, '{}'));
     PERFORM crm_sync._check_source(name, provider, coalesce(options, '{}'), coalesce(credentials, '{}'));
 
@@ -98,9 +100,17 @@ BEGIN
         END IF;
         new_credentials := jsonb_strip_nulls(credentials);
     END IF;
+    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('crm_sync.spec ' || src.provider));
     PERFORM crm_sync._check_source(name, src.provider, new_options, new_credentials);
     UPDATE crm_sync.sources s SET options = new_options, updated_at = now() WHERE s.name = alter_source.name;
     UPDATE crm_sync.credentials c SET credentials = new_credentials, updated_at = now() WHERE c.source = alter_source.name;
+    -- A new inline spec's new streams are synced from now on.
+    IF src.provider = 'rest' THEN
+        INSERT INTO crm_sync.streams (source, stream, object)
+            SELECT alter_source.name, p.stream, p.object
+              FROM crm_sync._provider_streams(src.provider, new_options) p
+            ON CONFLICT DO NOTHING;
+    END IF;
 END
 $fn$;
 COMMENT ON FUNCTION crm_sync.alter_source(text, jsonb, jsonb) IS

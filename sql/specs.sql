@@ -9,7 +9,9 @@ CREATE TABLE crm_sync.specs (
     spec        jsonb NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now(),
-    updated_by  text NOT NULL DEFAULT current_user,
+    -- The role that registered it (not the extension's owner, whose
+    -- rights register_spec runs with).
+    updated_by  text NOT NULL,
     CONSTRAINT specs_name_is_a_provider_name CHECK (name ~ '^[a-z][a-z0-9_]{0,62}$')
 );
 COMMENT ON TABLE crm_sync.specs IS
@@ -41,6 +43,9 @@ BEGIN
     END IF;
     -- 22023 naming the path of each mistake.
     PERFORM crm_sync._check_spec(name, spec);
+    -- One change of a spec and its sources at a time (create_source and
+    -- alter_source of its sources take the same lock).
+    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('crm_sync.spec ' || name));
     SELECT coalesce((SELECT x.spec FROM crm_sync.specs x WHERE x.name = register_spec.name),
                     (SELECT b.spec FROM crm_sync.builtin_specs b WHERE b.name = register_spec.name))
       INTO old;
@@ -55,8 +60,10 @@ BEGIN
             USING ERRCODE = 'object_in_use',
                   HINT = 'Register it under another name and create sources of it, or drop those sources first.';
     END IF;
-    INSERT INTO crm_sync.specs AS x (name, spec) VALUES (register_spec.name, register_spec.spec)
-        ON CONFLICT ON CONSTRAINT specs_pkey DO UPDATE SET spec = excluded.spec, updated_at = now(), updated_by = current_user;
+    INSERT INTO crm_sync.specs AS x (name, spec, updated_by)
+        VALUES (register_spec.name, register_spec.spec, crm_sync._caller())
+        ON CONFLICT ON CONSTRAINT specs_pkey
+        DO UPDATE SET spec = excluded.spec, updated_at = pg_catalog.now(), updated_by = excluded.updated_by;
     -- Every source of it must still check out (its credentials fit an
     -- auth way of the new spec); an error here undoes the change.
     FOR s IN SELECT x.name, x.provider, x.options, coalesce(c.credentials, '{}') AS credentials
@@ -64,6 +71,13 @@ BEGIN
               WHERE x.provider = register_spec.name LOOP
         PERFORM crm_sync._check_source(s.name, s.provider, s.options, s.credentials);
     END LOOP;
+    -- Streams the new spec adds are synced by its sources from now on;
+    -- streams it no longer has fail their syncs, saying so.
+    INSERT INTO crm_sync.streams (source, stream, object)
+        SELECT x.name, p.stream, p.object
+          FROM crm_sync.sources x, crm_sync._provider_streams(x.provider, x.options) p
+         WHERE x.provider = register_spec.name
+        ON CONFLICT DO NOTHING;
 END
 $fn$;
 COMMENT ON FUNCTION crm_sync.register_spec(text, jsonb) IS
@@ -75,7 +89,9 @@ SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     users text;
+    s record;
 BEGIN
+    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('crm_sync.spec ' || name));
     SELECT string_agg(x.name, ', ' ORDER BY x.name) INTO users
       FROM crm_sync.sources x WHERE x.provider = drop_spec.name;
     -- Its sources may fall back to the shipped spec of the same name only
@@ -93,6 +109,12 @@ BEGIN
         RAISE EXCEPTION 'spec "%" is not registered', name
             USING ERRCODE = 'undefined_object', HINT = 'See SELECT name FROM crm_sync.specs.';
     END IF;
+    -- Sources falling back to the shipped spec must fit it.
+    FOR s IN SELECT x.name, x.provider, x.options, coalesce(c.credentials, '{}') AS credentials
+               FROM crm_sync.sources x LEFT JOIN crm_sync.credentials c ON c.source = x.name
+              WHERE x.provider = drop_spec.name LOOP
+        PERFORM crm_sync._check_source(s.name, s.provider, s.options, s.credentials);
+    END LOOP;
 END
 $fn$;
 COMMENT ON FUNCTION crm_sync.drop_spec(text) IS

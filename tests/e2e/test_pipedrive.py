@@ -277,3 +277,15 @@ def test_an_interrupted_background_job_resumes_from_its_checkpoint(pg_cluster, j
         assert calls_before >= 16
     finally:
         c.close()
+
+
+def test_a_token_answer_that_is_not_json_quotes_no_token(db, pipedrive):
+    db.execute("SELECT crm_sync.register_spec('pd_oauth', %s)", (Jsonb(oauth_spec(pipedrive)),))
+    register(db, "pdo", "pd_oauth", {}, {"client_id": "pd-client", "client_secret": "pd-secret",
+                                        "refresh_token": "pd-refresh"})
+    pipedrive.fault(path_contains="/oauth/token", count=1, kind="token_form")
+    with pytest.raises(psycopg.errors.ProtocolViolation) as e:
+        sync(db, "pdo", "persons")
+    assert "the token endpoint answered 200 with a body that is not a JSON object" in str(e.value)
+    assert "SECRET" not in str(e.value)
+    assert one(db, "SELECT count(*) FROM crm_sync.runs WHERE error LIKE '%%SECRET%%'") == 0

@@ -280,3 +280,49 @@ def test_an_inline_spec_moving_hosts_needs_new_credentials(db, pipedrive):
     bad["base_url"] = "http://api.example.com"
     with pytest.raises(psycopg.errors.InvalidParameterValue):
         register(db, "g3", "rest", {"spec": bad}, {"token": "t"})
+
+
+# --- Paging that would end too early, or never ------------------------------------
+
+def test_a_page_size_the_api_caps_silently_is_no_end(db, pipedrive):
+    # The spec asks for 10 a page, the API gives 5 and reports no total: a
+    # short page is not the last one (stopping there lost 20 records, and a
+    # reconciliation would then have marked them deleted).
+    pipedrive.generic(max_page=5)
+    spec = spec_for(pipedrive, "offset")
+    spec["streams"][0]["request"]["params"]["no_total"] = "1"
+    spec["streams"][0]["paging"] = {"type": "offset", "offset_param": "offset"}
+    create_rest(db, spec)
+    r = sync(db, "g")["items"]
+    assert r["records_read"] == 25, r
+    assert r["api_calls"] == 6  # five pages of 5, then the empty one
+    assert ids(db) == list(range(1, 26))
+
+
+def test_an_api_that_ignores_the_paging_parameter_is_stopped(db, pipedrive):
+    pipedrive.generic(ignore_paging=True)
+    spec = spec_for(pipedrive, "offset")
+    spec["streams"][0]["request"]["params"]["no_total"] = "1"
+    spec["streams"][0]["paging"] = {"type": "offset", "offset_param": "offset"}
+    create_rest(db, spec)
+    with pytest.raises(psycopg.errors.ProtocolViolation) as e:
+        sync(db, "g")
+    assert "sent the same page of stream items twice in a row" in str(e.value)
+    assert pipedrive.stats()["requests"] == 2
+
+
+def test_relative_next_links_are_read_against_the_request(db, pipedrive):
+    pipedrive.generic(relative_links=True)
+    create_rest(db, spec_for(pipedrive, "next_url"))
+    assert sync(db, "g")["items"]["records_read"] == 25
+    assert ids(db) == list(range(1, 26))
+
+
+def test_an_api_key_echoed_into_next_links_is_sent_once_and_not_kept(db, pipedrive):
+    # The API builds next links from the request's query string, the key
+    # included; the connector takes it out (and adds its own once).
+    pipedrive.generic(auth="api_key_query")
+    auth, creds = AUTHS["api_key_query"]
+    create_rest(db, spec_for(pipedrive, "next_url", auth=auth), creds)
+    assert sync(db, "g")["items"]["records_read"] == 25
+    assert one(db, "SELECT count(*) FROM crm_sync.runs WHERE error LIKE '%%gen-key%%'") == 0

@@ -580,6 +580,10 @@ struct Generic {
     max_page: usize,
     /// The host next-page links name (a link to elsewhere).
     next_host: Option<String>,
+    /// Next-page links relative to the request (`items?...`).
+    relative_links: bool,
+    /// Offset, page and cursor parameters ignored: the first page again.
+    ignore_paging: bool,
 }
 
 impl Generic {
@@ -660,6 +664,8 @@ impl PipedriveMock {
                         deleted: HashMap::new(),
                         max_page: 100,
                         next_host: None,
+                        relative_links: false,
+                        ignore_paging: false,
                     },
                 },
                 gzip,
@@ -990,7 +996,9 @@ impl State {
                 .and_then(|h| h.strip_prefix("Bearer "))
                 .is_some_and(|t| self.access.contains(t)),
             "api_key_header" => req.header("x-api-key") == Some("gen-key"),
-            "api_key_query" => req.param("api_key") == Some("gen-key"),
+            // Once: a client that sends it twice (an echoed next link plus
+            // its own) is refused, as strict APIs do.
+            "api_key_query" => req.params("api_key").collect::<Vec<_>>() == ["gen-key"],
             "basic" => {
                 let want = base64::engine::general_purpose::STANDARD.encode("gen-user:gen-pass");
                 req.header("authorization") == Some(format!("Basic {want}").as_str())
@@ -1039,6 +1047,14 @@ impl State {
                 .unwrap_or(10)
                 .clamp(1, g.max_page)
         };
+        // Paging parameters, unless this endpoint ignores them.
+        let param = |k: &str| {
+            if g.ignore_paging {
+                None
+            } else {
+                req.param(k).and_then(|c| c.parse::<u64>().ok())
+            }
+        };
         let page_of = |from: usize, n: usize| -> Vec<Value> {
             ids.iter().skip(from).take(n).map(|i| g.item(*i)).collect()
         };
@@ -1047,13 +1063,16 @@ impl State {
             .as_deref()
             .or(req.header("host"))
             .unwrap_or("127.0.0.1");
-        let here = |q: String| format!("http://{host}/generic/items?{q}");
+        let here = |q: String| {
+            if g.relative_links {
+                format!("items?{q}")
+            } else {
+                format!("http://{host}/generic/items?{q}")
+            }
+        };
         match style {
             "cursor" => {
-                let after: u64 = req
-                    .param("cursor")
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(0);
+                let after = param("cursor").unwrap_or(0);
                 let n = size("limit");
                 let from = ids.iter().position(|i| *i > after).unwrap_or(ids.len());
                 let items = page_of(from, n);
@@ -1062,8 +1081,9 @@ impl State {
             }
             "next_url" | "link" => {
                 let n = size("limit");
-                let from: usize = req.param("from").and_then(|c| c.parse().ok()).unwrap_or(0);
+                let from = param("from").unwrap_or(0) as usize;
                 let items = page_of(from, n);
+                // The whole query string again, as many APIs build it.
                 let mut q: Vec<String> = req
                     .query
                     .iter()
@@ -1090,19 +1110,16 @@ impl State {
             }
             "offset" => {
                 let n = size("limit");
-                let from: usize = req
-                    .param("offset")
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(0);
-                body(200, json!({"items": page_of(from, n), "total": ids.len()}))
+                let from = param("offset").unwrap_or(0) as usize;
+                let mut v = json!({"items": page_of(from, n), "total": ids.len()});
+                if req.param("no_total").is_some() {
+                    v.as_object_mut().map(|m| m.remove("total"));
+                }
+                body(200, v)
             }
             "page" => {
                 let n = size("per_page");
-                let page: usize = req
-                    .param("page")
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(1)
-                    .max(1);
+                let page = param("page").unwrap_or(1).max(1) as usize;
                 let from = (page - 1) * n;
                 body(
                     200,
@@ -1137,8 +1154,15 @@ fn decode_cursor(s: &str) -> Option<(i64, u64)> {
 
 impl Mock for PipedriveMock {
     type State = State;
-    const FAULT_KINDS: &'static [&'static str] =
-        &["429", "429_daily", "401", "403_html", "500", "503"];
+    const FAULT_KINDS: &'static [&'static str] = &[
+        "429",
+        "429_daily",
+        "401",
+        "403_html",
+        "500",
+        "503",
+        "token_form",
+    ];
 
     fn base(&self) -> &Base<State> {
         &self.base
@@ -1155,6 +1179,16 @@ impl Mock for PipedriveMock {
             "401" => unauthorized(),
             // What Cloudflare sends clients that keep going after 429s.
             "403_html" => crate::faults::html(403, "<html><body><h1>Access denied</h1>Error 1015: You are being rate limited.</body></html>"),
+            // A token endpoint answering form-encoded, as some do without
+            // Accept: application/json: new tokens in a body that is not JSON.
+            "token_form" => Response {
+                status: 200,
+                headers: vec![(
+                    "Content-Type".into(),
+                    "application/x-www-form-urlencoded".into(),
+                )],
+                body: b"access_token=pd-access-form-SECRET&token_type=bearer&refresh_token=pd-refresh-form-SECRET".to_vec(),
+            },
             "500" => error(500, "Internal server error", "Please try again later"),
             "503" => error(503, "Service unavailable", "Pipedrive is in maintenance"),
             _ => return None,
@@ -1274,6 +1308,12 @@ impl Mock for PipedriveMock {
                 }
                 if let Some(h) = b.get("next_host") {
                     g.next_host = h.as_str().map(str::to_owned);
+                }
+                if let Some(r) = b["relative_links"].as_bool() {
+                    g.relative_links = r;
+                }
+                if let Some(r) = b["ignore_paging"].as_bool() {
+                    g.ignore_paging = r;
                 }
                 if let Some(items) = b["change"].as_array() {
                     for it in items {

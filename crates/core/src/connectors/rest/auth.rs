@@ -92,6 +92,18 @@ impl Authn {
         .with_hint("Pass them as strings: credentials => '{\"key\": \"...\"}'."))
     }
 
+    /// The query parameter that carries the credential, if it goes in one.
+    pub fn query_param(&self) -> Option<&str> {
+        match &self.way {
+            Auth::ApiKey {
+                inject: Inject::Query,
+                name,
+                ..
+            } => Some(name),
+            _ => None,
+        }
+    }
+
     pub fn is_oauth(&self) -> bool {
         matches!(self.way, Auth::OAuth2(_))
     }
@@ -179,10 +191,15 @@ impl Authn {
         }
     }
 
+    /// Whose access token: the token URL, the grant, every credential
+    /// (the secret too: a source with another secret gets its own token)
+    /// and the scopes.
     fn cache_key(&self, o: &OAuth2) -> u64 {
         let mut h = DefaultHasher::new();
         o.token_url.as_str().hash(&mut h);
+        matches!(o.grant, Grant::RefreshToken).hash(&mut h);
         self.values.get(&o.client_id_key).hash(&mut h);
+        self.values.get(&o.client_secret_key).hash(&mut h);
         self.refresh.borrow().hash(&mut h);
         o.scopes.hash(&mut h);
         h.finish()
@@ -204,6 +221,17 @@ impl Authn {
             }
         }
         let body = self.token_request(http, o).await?;
+        // A new refresh token first: the one sent may no longer work, so
+        // it is stored before anything else can fail.
+        let rotated = body
+            .get("refresh_token")
+            .and_then(Value::as_str)
+            .filter(|r| !r.is_empty() && Some(*r) != self.refresh.borrow().as_deref())
+            .map(str::to_owned);
+        if let Some(r) = rotated {
+            http.credential_rotated(&o.refresh_token_key, &r);
+            *self.refresh.borrow_mut() = Some(r);
+        }
         let token = body
             .get("access_token")
             .and_then(Value::as_str)
@@ -226,18 +254,9 @@ impl Authn {
             .and_then(|f| body.get(f))
             .and_then(Value::as_str)
             .map(str::to_owned);
-        let rotated = body
-            .get("refresh_token")
-            .and_then(Value::as_str)
-            .filter(|r| !r.is_empty() && Some(*r) != self.refresh.borrow().as_deref())
-            .map(str::to_owned);
         let mut cache = TOKENS.lock().unwrap_or_else(|p| p.into_inner());
         let cache = cache.get_or_insert_with(HashMap::new);
         cache.remove(&key);
-        if let Some(r) = rotated {
-            http.credential_rotated(&o.refresh_token_key, &r);
-            *self.refresh.borrow_mut() = Some(r);
-        }
         let until = Instant::now() + Duration::from_secs(expires.clamp(1, 86_400 * 30));
         cache.insert(self.cache_key(o), (token.clone(), until, base.clone()));
         Ok((token, base))
@@ -272,7 +291,10 @@ impl Authn {
                 .send_with(
                     &endpoint,
                     || {
-                        let b = http.request(Method::POST, o.token_url.clone()).form(&form);
+                        let b = http
+                            .request(Method::POST, o.token_url.clone())
+                            .header(reqwest::header::ACCEPT, "application/json")
+                            .form(&form);
                         if o.client_basic {
                             b.basic_auth(&id, Some(&secret))
                         } else {
@@ -285,7 +307,21 @@ impl Authn {
                 )
                 .await?;
             if r.status.is_success() {
-                return crate::http::parse_json::<Value>("the token endpoint", &endpoint, &r.body);
+                // Not through the shared parser: its error quotes the body,
+                // which holds the new tokens.
+                return serde_json::from_slice::<Value>(&r.body)
+                    .ok()
+                    .filter(Value::is_object)
+                    .ok_or_else(|| {
+                        CrmError::bad_response(format!(
+                            "the token endpoint answered {} with a body that is not a JSON object",
+                            r.status.as_u16()
+                        ))
+                        .with_endpoint(&endpoint)
+                        .with_hint(
+                            "Check the spec's token_url: it must be the OAuth 2.0 token endpoint.",
+                        )
+                    });
             }
             let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
             let code = body.get("error").and_then(Value::as_str).unwrap_or("");
@@ -307,6 +343,13 @@ impl Authn {
                 format!("the token endpoint refused the credentials ({})", r.status.as_u16()),
             )
             .with_detail(body_excerpt(&r.body))
+            .redact(
+                &[Some(secret.as_str()), refresh.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .filter(|x| !x.is_empty())
+                    .collect::<Vec<_>>(),
+            )
             .with_endpoint(endpoint)
             .with_hint("Check client_id, client_secret and refresh_token with crm_sync.alter_source(); a refresh token the provider rotated elsewhere must be given again."));
         }
@@ -328,10 +371,13 @@ impl Authn {
 /// (`api.pipedrive.com` → `acme.pipedrive.com`), never an IP address
 /// unless it is the same one.
 pub fn base_from_token(base: &Url, new: &str, http: &HttpClient) -> Result<Url> {
+    // The value is not quoted: a spec could name any field of the token
+    // response, the access token too.
     let refuse = |why: &str| {
         CrmError::bad_response(format!(
-            "the token endpoint named {new:?} as the API's address, which {why}; not sending requests there"
+            "the token response named an address for the API which {why}; not sending requests there"
         ))
+        .with_hint("Check the spec's base_url_from.")
     };
     let u = Url::parse(new).map_err(|_| refuse("is not a URL"))?;
     http.check_url(&u)?;

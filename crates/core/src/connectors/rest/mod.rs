@@ -198,13 +198,16 @@ impl<'a> Rest<'a> {
         Ok(u)
     }
 
-    /// A URL the API handed over (next page): only on the base's origin,
-    /// so credentials never follow a link elsewhere.
-    pub fn same_origin(&self, what: &str, link: &str) -> Result<Url> {
+    /// A URL the API handed over (next page), read against the request it
+    /// came with: only on the base's origin, so credentials never follow a
+    /// link elsewhere; without the API key parameter (auth adds it again),
+    /// which an API echoing the query string would put there.
+    pub fn same_origin(&self, what: &str, link: &str, from: Option<&Url>) -> Result<Url> {
         let base = self.base.borrow();
-        let u = base
+        let mut u = from
+            .unwrap_or(&base)
             .join(link)
-            .map_err(|_| CrmError::bad_response(format!("{what} {link:?} is not a URL")))?;
+            .map_err(|_| CrmError::bad_response(format!("{what} is not a URL")))?;
         if u.origin() != base.origin() {
             return Err(CrmError::bad_response(format!(
                 "{what} points to {}, not to {}; not sending credentials there",
@@ -213,7 +216,25 @@ impl<'a> Rest<'a> {
             ))
             .with_hint("The API's next-page link must stay on the source's base_url."));
         }
+        if let Some(key) = self.auth.query_param() {
+            let kept: Vec<(String, String)> = u
+                .query_pairs()
+                .filter(|(k, _)| k != key)
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            if u.query().is_some() {
+                u.query_pairs_mut().clear().extend_pairs(kept);
+                if u.query() == Some("") {
+                    u.set_query(None);
+                }
+            }
+        }
         Ok(u)
+    }
+
+    /// The date the API's server put on a response, for a run's window.
+    pub fn server_date(h: &HeaderMap) -> Option<chrono::DateTime<chrono::Utc>> {
+        crate::http::server_date_ms(h).and_then(chrono::DateTime::from_timestamp_millis)
     }
 
     fn lookback(&self, s: &Stream) -> Duration {
@@ -270,15 +291,18 @@ impl<'a> Rest<'a> {
         );
         let mut stale = false;
         loop {
-            let before = self.base.borrow().clone();
             let (cred, named) = self.auth.credential(self.http, stale).await?;
             if let Some(n) = named {
                 let moved = base_from_token(&self.configured_base, &n, self.http)?;
                 self.base.replace(moved);
             }
+            // A URL built before the token named the account's own host
+            // goes there instead.
             let mut url = call.url.clone();
             let now = self.base.borrow().clone();
-            if now.origin() != before.origin() && url.origin() == before.origin() {
+            if now.origin() != self.configured_base.origin()
+                && url.origin() == self.configured_base.origin()
+            {
                 let _ = url.set_scheme(now.scheme());
                 let _ = url.set_host(now.host_str());
                 let _ = url.set_port(now.port());

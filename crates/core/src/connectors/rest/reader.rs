@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use super::spec::{Incremental, Paging, Path, Request, Stream, TimeFormat, WindowInject};
 use super::{Call, Rest};
-use crate::error::{CrmError, Result};
+use crate::error::{CrmError, ErrorKind, Result};
 use crate::paging::Cursors;
 use crate::source::{BoxFuture, Field, IdSource, Page, PageSource, ReadRequest, Record, SyncMode};
 use crate::types::parse_datetime;
@@ -57,7 +57,19 @@ pub struct Lister<'a> {
     params: Vec<(String, String)>,
     pub next: Next,
     cursors: Cursors,
+    /// The last request's URL (relative next-page links are read against
+    /// it) and its server's date.
+    last_url: Option<url::Url>,
+    pub last_date: Option<DateTime<Utc>>,
+    /// Pages in a row that were empty yet named a next page, and what the
+    /// last page held: an API paging on without end is stopped.
+    empty_run: u32,
+    last_page: Option<u64>,
 }
+
+/// Empty pages in a row that still name a next page before a listing is
+/// taken for one that never ends.
+const MAX_EMPTY_PAGES: u32 = 25;
 
 impl<'a> Lister<'a> {
     pub fn new(
@@ -77,6 +89,10 @@ impl<'a> Lister<'a> {
             params: request.params.clone(),
             next: Next::First,
             cursors: Cursors::default(),
+            last_url: None,
+            last_date: None,
+            empty_run: 0,
+            last_page: None,
         }
     }
 
@@ -96,7 +112,10 @@ impl<'a> Lister<'a> {
     pub async fn page(&mut self, w: &Window) -> Result<Option<(Vec<Box<RawValue>>, Option<u64>)>> {
         let url = match &self.next {
             Next::End => return Ok(None),
-            Next::Url(u) => self.api.same_origin("the next-page link", u)?,
+            Next::Url(u) => {
+                self.api
+                    .same_origin("the next-page link", u, self.last_url.as_ref())?
+            }
             _ => {
                 let mut url = self
                     .api
@@ -144,6 +163,9 @@ impl<'a> Lister<'a> {
             }
         };
         let mut body = self.request.body.clone();
+        if w.body.is_some() && body.is_none() {
+            body = Some(Value::Object(Default::default()));
+        }
         if let (Some(b), Some(bw)) = (body.as_mut(), &w.body) {
             for (p, v) in bw {
                 p.set(b, Value::String(v.clone()));
@@ -157,10 +179,21 @@ impl<'a> Lister<'a> {
             headers,
             body,
         };
+        let first = matches!(self.next, Next::First);
         let Some((body, h)) = self.api.send(&self.label, &call).await? else {
+            // Not Modified answers the first request of a window; later
+            // pages of one cannot be "unchanged".
+            if !first {
+                return Err(CrmError::bad_response(format!(
+                    "{} answered 304 Not Modified to a later page of {}",
+                    self.api.what, self.label
+                )));
+            }
             self.next = Next::End;
             return Ok(Some((Vec::new(), None)));
         };
+        self.last_date = Rest::server_date(&h);
+        self.last_url = Some(call.url.clone());
         let endpoint = format!("{} {}", call.method.as_str(), call.url.path());
         let doc = Doc::parse(&self.api.what, &endpoint, &body)?;
         let items: Vec<Box<RawValue>> = match doc.raw(&self.records_path) {
@@ -189,7 +222,6 @@ impl<'a> Lister<'a> {
                 .and_then(|p| doc.value(p))
                 .map(|x| x.as_bool() == Some(true))
         };
-        let short = self.request.page_size.is_some_and(|s| n < s);
         let mut total = None;
         let next = match self.paging {
             Paging::None => Next::End,
@@ -216,10 +248,9 @@ impl<'a> Lister<'a> {
                     _ => 0,
                 } + n;
                 total = num(total_path);
-                let ended = n == 0
-                    || more(has_more_path) == Some(false)
-                    || total.is_some_and(|t| at >= t)
-                    || (has_more_path.is_none() && total.is_none() && short);
+                // A short page is no end: APIs cap page sizes silently.
+                let ended =
+                    n == 0 || more(has_more_path) == Some(false) || total.is_some_and(|t| at >= t);
                 if ended {
                     Next::End
                 } else {
@@ -244,10 +275,8 @@ impl<'a> Lister<'a> {
                         t
                     }
                 });
-                let ended = n == 0
-                    || more(has_more_path) == Some(false)
-                    || last.is_some_and(|l| page >= l)
-                    || (has_more_path.is_none() && pages.is_none() && short);
+                let ended =
+                    n == 0 || more(has_more_path) == Some(false) || last.is_some_and(|l| page >= l);
                 if ended {
                     Next::End
                 } else {
@@ -255,6 +284,36 @@ impl<'a> Lister<'a> {
                 }
             }
         };
+        // Paging that goes on without records, or serves one page again
+        // (an offset or page parameter the API ignores), would never end.
+        if next != Next::End {
+            if n == 0 {
+                self.empty_run += 1;
+                if self.empty_run >= MAX_EMPTY_PAGES {
+                    return Err(CrmError::bad_response(format!(
+                        "{} sent {MAX_EMPTY_PAGES} empty pages of {} in a row, each naming a next one; stopping instead of paging forever",
+                        self.api.what, self.label
+                    ))
+                    .with_hint("Check the spec's paging: how does this API say a listing is over?"));
+                }
+            } else {
+                self.empty_run = 0;
+                let mut hasher = std::hash::DefaultHasher::new();
+                std::hash::Hash::hash(
+                    &items.iter().map(|r| r.get()).collect::<Vec<_>>(),
+                    &mut hasher,
+                );
+                let this = std::hash::Hasher::finish(&hasher);
+                if self.last_page == Some(this) {
+                    return Err(CrmError::bad_response(format!(
+                        "{} sent the same page of {} twice in a row; stopping instead of paging forever",
+                        self.api.what, self.label
+                    ))
+                    .with_hint("Check the spec's paging parameter: the API seems to ignore it."));
+                }
+                self.last_page = Some(this);
+            }
+        }
         // A cursor or link that comes back would page forever.
         if let Next::Cursor(c) | Next::Url(c) = &next {
             self.cursors.follow(
@@ -360,19 +419,33 @@ impl<'a> Doc<'a> {
     }
 }
 
-/// The URL of the `rel` link in RFC 8288 `Link` headers.
+/// The URL of the `rel` link in RFC 8288 `Link` headers (commas inside
+/// `<...>` and quoted parameters are the URL's and the value's own).
 pub fn link(h: &reqwest::header::HeaderMap, rel: &str) -> Option<String> {
     for v in h.get_all(reqwest::header::LINK) {
         let Ok(s) = v.to_str() else { continue };
-        for part in s.split(',') {
-            let mut bits = part.split(';');
-            let Some(u) = bits.next().map(str::trim) else {
+        let mut parts = Vec::new();
+        let (mut start, mut in_url, mut in_quote) = (0, false, false);
+        for (i, c) in s.char_indices() {
+            match c {
+                '<' if !in_quote => in_url = true,
+                '>' if !in_quote => in_url = false,
+                '"' if !in_url => in_quote = !in_quote,
+                ',' if !in_url && !in_quote => {
+                    parts.push(&s[start..i]);
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        parts.push(&s[start..]);
+        for part in parts {
+            let part = part.trim();
+            let Some(end) = part.find('>') else { continue };
+            let Some(u) = part.strip_prefix('<').map(|p| &p[..end - 1]) else {
                 continue;
             };
-            let Some(u) = u.strip_prefix('<').and_then(|u| u.strip_suffix('>')) else {
-                continue;
-            };
-            let has = bits.any(|b| {
+            let has = part[end + 1..].split(';').any(|b| {
                 let b = b.trim();
                 b.strip_prefix("rel=")
                     .map(|r| r.trim_matches('"').split_whitespace().any(|x| x == rel))
@@ -532,6 +605,10 @@ struct Checkpoint {
     next: Next,
     since_ms: Option<i64>,
     until_ms: i64,
+    /// The watermark's cap: the run's start by the server's clock if that
+    /// is earlier.
+    #[serde(default)]
+    cap_ms: Option<i64>,
     max_seen_ms: Option<i64>,
     full: bool,
 }
@@ -549,6 +626,12 @@ pub struct Reader<'a> {
     /// and since windows start inclusively, what changes in that second
     /// after the listing passed it is read again by the next run.
     until: DateTime<Utc>,
+    /// The watermark never passes this: `until`, or the server's own clock
+    /// when that is behind ours.
+    cap: DateTime<Utc>,
+    /// A position from a checkpoint is being tried and has not yet given a
+    /// page.
+    resumed: bool,
     previous: Option<DateTime<Utc>>,
     max_seen: Option<DateTime<Utc>>,
 }
@@ -570,10 +653,9 @@ impl<'a> Reader<'a> {
         };
         let since = match (&s.incremental, previous) {
             (Incremental::None, _) | (_, None) => None,
-            (_, Some(w)) => {
-                let lb = chrono::Duration::from_std(api.lookback(s)).unwrap_or_default();
-                Some(w - lb)
-            }
+            (_, Some(w)) => chrono::Duration::from_std(api.lookback(s))
+                .ok()
+                .and_then(|lb| w.checked_sub_signed(lb)),
         };
         let mut r = Reader {
             api,
@@ -591,16 +673,20 @@ impl<'a> Reader<'a> {
             full,
             since,
             until,
+            cap: until,
             previous,
             max_seen: None,
+            resumed: false,
         };
         if let Some(c) = req
             .resume
             .as_deref()
             .and_then(|c| serde_json::from_str::<Checkpoint>(c).ok())
         {
-            // Only a position of the same kind of run.
-            if c.full == full {
+            // Only a position of the same kind of run, in a listing the
+            // spec still has.
+            let listing = c.phase != Phase::Deletes || s.deletes.endpoint.is_some();
+            if c.full == full && listing {
                 r.since = c
                     .since_ms
                     .and_then(|m| Utc.timestamp_millis_opt(m).single());
@@ -608,9 +694,14 @@ impl<'a> Reader<'a> {
                     .timestamp_millis_opt(c.until_ms)
                     .single()
                     .unwrap_or(until);
+                r.cap = c
+                    .cap_ms
+                    .and_then(|m| Utc.timestamp_millis_opt(m).single())
+                    .unwrap_or(r.until);
                 r.max_seen = c
                     .max_seen_ms
                     .and_then(|m| Utc.timestamp_millis_opt(m).single());
+                r.resumed = c.next != Next::First;
                 r.phase = c.phase;
                 if c.phase == Phase::Deletes {
                     r.lister = r.deletes_lister();
@@ -619,6 +710,17 @@ impl<'a> Reader<'a> {
             }
         }
         Ok(r)
+    }
+
+    fn main_lister(&self) -> Lister<'a> {
+        let s = self.stream;
+        Lister::new(
+            self.api,
+            &s.request,
+            &s.paging,
+            s.records_path.clone(),
+            format!("stream {}", s.name),
+        )
     }
 
     fn deletes_lister(&self) -> Lister<'a> {
@@ -686,7 +788,34 @@ impl PageSource for Reader<'_> {
                     return Ok(None);
                 }
                 let w = self.window();
-                match self.lister.page(&w).await? {
+                let page = match self.lister.page(&w).await {
+                    // A position saved by an interrupted run that no longer
+                    // works (a cursor that expired, a link to a base URL
+                    // since changed): that listing starts over, in the
+                    // same window. Records read twice are upserted once.
+                    Err(e)
+                        if self.resumed
+                            && matches!(
+                                e.kind,
+                                ErrorKind::ApiRejected | ErrorKind::BadResponse
+                            ) =>
+                    {
+                        self.resumed = false;
+                        self.lister = match self.phase {
+                            Phase::Deletes => self.deletes_lister(),
+                            _ => self.main_lister(),
+                        };
+                        continue;
+                    }
+                    other => other?,
+                };
+                self.resumed = false;
+                // The server's clock caps the watermark too: records it
+                // stamped later than its own now are the next run's.
+                if let Some(d) = self.lister.last_date {
+                    self.cap = self.cap.min(d.trunc_subsecs(0));
+                }
+                match page {
                     Some((items, total)) => {
                         let deleted = self.phase == Phase::Deletes;
                         let mut records = Vec::with_capacity(items.len());
@@ -724,8 +853,8 @@ impl PageSource for Reader<'_> {
 
     fn watermark(&self) -> Option<String> {
         let w = match (self.max_seen, self.full) {
-            (Some(m), _) => Some(m.min(self.until)),
-            (None, true) => Some(self.until),
+            (Some(m), _) => Some(m.min(self.cap)),
+            (None, true) => Some(self.cap),
             (None, false) => self.previous,
         };
         let w = match (w, self.previous) {
@@ -741,6 +870,7 @@ impl PageSource for Reader<'_> {
             next: self.lister.next.clone(),
             since_ms: self.since.map(|s| s.timestamp_millis()),
             until_ms: self.until.timestamp_millis(),
+            cap_ms: Some(self.cap.timestamp_millis()),
             max_seen_ms: self.max_seen.map(|m| m.timestamp_millis()),
             full: self.full,
         })
@@ -792,19 +922,17 @@ impl IdSource for Ids<'_> {
 }
 
 /// The live records `ids` of stream `s`, by the spec's `read_ids`
-/// parameter; without one, reconciliation cannot land missing records.
+/// parameter; none without one.
 pub async fn read_ids(
     api: &Rest<'_>,
     s: &Stream,
     fields: &[Field],
     ids: &[String],
 ) -> Result<Vec<Record>> {
+    // Without a way to read by id, records a reconciliation finds never
+    // landed wait for the stream's next full sync.
     let Some(by) = &s.read_ids else {
-        return Err(CrmError::unsupported(format!(
-            "the spec of {} has no read_ids for stream {}: records reconciliation finds missing cannot be read by id",
-            api.what, s.name
-        ))
-        .with_hint("Add read_ids to the stream's spec, or run a full sync: crm_sync.sync(source, stream, full_refresh => true)."));
+        return Ok(Vec::new());
     };
     let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
     let reads = Reads::new(fields);
@@ -848,6 +976,18 @@ mod tests {
         );
         assert_eq!(link(&h, "next").as_deref(), Some("https://x/a?page=3"));
         assert_eq!(link(&h, "last"), None);
+        // Commas inside the URL and in quoted values.
+        let mut h = HeaderMap::new();
+        h.insert(
+            LINK,
+            HeaderValue::from_static(
+                "<https://x/a?fields=a,b&page=1>; rel=\"prev\"; title=\"a, b\", <https://x/a?fields=a,b&page=3>; rel=\"next\"",
+            ),
+        );
+        assert_eq!(
+            link(&h, "next").as_deref(),
+            Some("https://x/a?fields=a,b&page=3")
+        );
     }
 
     #[test]

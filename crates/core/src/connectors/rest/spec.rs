@@ -22,6 +22,9 @@ use crate::types::PgType;
 /// Spec versions this build reads.
 pub const SPEC_VERSION: u64 = 1;
 
+/// Longest lookback a spec may ask for.
+const MAX_LOOKBACK: Duration = Duration::from_secs(7 * 86_400);
+
 /// Largest page size a spec may ask for.
 const MAX_PAGE_SIZE: u64 = 10_000;
 
@@ -396,7 +399,6 @@ pub struct ReadIds {
 pub struct Stream {
     pub name: String,
     pub label: String,
-    pub base_url: Option<Url>,
     pub request: Request,
     pub records_path: Path,
     pub primary_key: Path,
@@ -450,7 +452,6 @@ impl Spec {
     /// The origins the spec sends requests (and so credentials) to.
     pub fn origins(&self) -> Vec<String> {
         let mut o: Vec<String> = std::iter::once(&self.base_url)
-            .chain(self.streams.iter().filter_map(|s| s.base_url.as_ref()))
             .chain(self.auth.iter().filter_map(|a| match a {
                 Auth::OAuth2(o) => Some(&o.token_url),
                 _ => None,
@@ -935,7 +936,27 @@ fn check_headers(h: &[(String, String)], path: &str, errs: &mut Errors) {
             errs.at(&at, "reserved header (auth and the HTTP layer set it)");
         } else if reqwest::header::HeaderValue::from_str(v).is_err() {
             errs.at(&at, "invalid header value");
+        } else {
+            check_not_secret(k, v, &at, errs);
         }
+    }
+}
+
+/// Names under which a static value would be a secret.
+const SECRET_NAMES: &[&str] = &[
+    "secret", "password", "passwd", "token", "apikey", "api_key", "api-key",
+];
+
+/// A spec is readable by every role with the read level and dumped with
+/// the database: a static header or parameter that looks like a secret is
+/// refused, the secret belongs in the source's credentials.
+fn check_not_secret(name: &str, value: &str, at: &str, errs: &mut Errors) {
+    let n = name.to_ascii_lowercase();
+    if !value.is_empty() && SECRET_NAMES.iter().any(|s| n.contains(s)) {
+        errs.at(
+            at,
+            "looks like a secret (specs are readable and dumped): put it in the source's credentials and name it in auth",
+        );
     }
 }
 
@@ -1097,6 +1118,9 @@ fn parse_request(v: &Value, path: &str, need_path: bool, errs: &mut Errors) -> O
         }
     }
     let params = o.strings("params", errs);
+    for (k, v) in &params {
+        check_not_secret(k, v, &join(&o.at("params"), k), errs);
+    }
     let headers = o.strings("headers", errs);
     check_headers(&headers, &o.at("headers"), errs);
     let body = o.get("body").cloned();
@@ -1184,14 +1208,18 @@ fn parse_incremental(v: Option<&Value>, path: &str, errs: &mut Errors) -> Option
     let lookback = o
         .duration("lookback", errs)
         .unwrap_or(Duration::from_secs(60));
+    if lookback > MAX_LOOKBACK {
+        errs.at(&o.at("lookback"), "at most P7D");
+    }
     let inc = match kind? {
         "none" => Incremental::None,
-        "header" => Incremental::Header {
-            header: o
+        "header" => {
+            let header = o
                 .string("header", errs)
-                .unwrap_or_else(|| "If-Modified-Since".into()),
-            lookback,
-        },
+                .unwrap_or_else(|| "If-Modified-Since".into());
+            check_headers(&[(header.clone(), String::new())], path, errs);
+            Incremental::Header { header, lookback }
+        }
         k => {
             let since = o.required("since", errs);
             let until = o.string("until", errs);
@@ -1372,7 +1400,6 @@ fn parse_stream(v: &Value, path: &str, errs: &mut Errors) -> Option<Stream> {
         }
     }
     let label = o.string("label", errs);
-    let base_url = o.url("base_url", false, errs);
     let request = match o.get("request") {
         Some(r) => parse_request(r, &o.at("request"), true, errs),
         None => {
@@ -1449,7 +1476,6 @@ fn parse_stream(v: &Value, path: &str, errs: &mut Errors) -> Option<Stream> {
     Some(Stream {
         label: label.unwrap_or_else(|| name.clone()),
         name,
-        base_url,
         request: request?,
         records_path: records_path?,
         primary_key: primary_key?,
@@ -1538,6 +1564,41 @@ mod tests {
             "{e:?}"
         );
         assert!(e.contains(&"streams[0].records.modified: missing (an incremental stream needs each record's modification time)".to_owned()), "{e:?}");
+    }
+
+    #[test]
+    fn secrets_and_odd_values_are_refused() {
+        let mut v = minimal();
+        v["headers"] = json!({"X-Api-Key": "abc123"});
+        v["streams"][0]["request"]["params"] = json!({"access_token": "t0k", "sort": "id"});
+        v["streams"][0]["base_url"] = json!("https://elsewhere.example.com");
+        v["streams"][0]["incremental"] =
+            json!({"in": "header", "header": "Bad Header", "lookback": "P30D"});
+        v["streams"][0]["records"]["modified"] = json!("updated");
+        let e = errors(v);
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("headers[\"X-Api-Key\"]: looks like a secret")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m
+                    .starts_with("streams[0].request.params.access_token: looks like a secret")),
+            "{e:?}"
+        );
+        assert!(
+            e.contains(&"streams[0].base_url: unknown field".to_owned()),
+            "{e:?}"
+        );
+        assert!(
+            e.contains(&"streams[0].incremental.lookback: at most P7D".to_owned()),
+            "{e:?}"
+        );
+        assert!(
+            e.contains(&"streams[0].incremental[\"Bad Header\"]: invalid header name".to_owned()),
+            "{e:?}"
+        );
     }
 
     #[test]
