@@ -326,3 +326,13 @@ def test_an_api_key_echoed_into_next_links_is_sent_once_and_not_kept(db, pipedri
     create_rest(db, spec_for(pipedrive, "next_url", auth=auth), creds)
     assert sync(db, "g")["items"]["records_read"] == 25
     assert one(db, "SELECT count(*) FROM crm_sync.runs WHERE error LIKE '%%gen-key%%'") == 0
+
+
+def test_a_modification_time_the_spec_cannot_read_is_a_warning(db, pipedrive):
+    spec = spec_for(pipedrive, "cursor")
+    spec["streams"][0]["records"]["modified_format"] = "epoch_ms"  # the API writes RFC 3339
+    create_rest(db, spec)
+    r = sync(db, "g")["items"]
+    assert (r["status"], r["records_read"], r["warnings"]) == ("succeeded", 25, 1), r
+    sample = one(db, "SELECT warning_samples::text FROM crm_sync.runs WHERE source = 'g'")
+    assert "25 records of stream items had no modification time readable at $.modified_at" in sample

@@ -121,3 +121,38 @@ fn a_position_in_a_listing_the_spec_no_longer_has_is_not_used() {
     out.unwrap();
     assert_eq!(sink.all().len(), 40);
 }
+
+#[test]
+fn a_checkpoint_keeps_no_api_key_an_api_echoes_into_its_links() {
+    let base = start();
+    common::admin(
+        &base,
+        reqwest::Method::POST,
+        "/_mock/pd/generic",
+        json!({"auth": "api_key_query", "count": 40}),
+    );
+    let s = json!({
+        "base_url": base,
+        "auth": {"type": "api_key", "in": "query", "name": "api_key", "credential": "key"},
+        "streams": [{
+            "name": "items",
+            "request": {"path": "/generic/items", "params": {"style": "next_url"},
+                        "page_size": 10, "page_size_param": "limit"},
+            "records": {"path": "$.results", "primary_key": "id", "modified": "modified_at"},
+            "paging": {"type": "next_url", "next_url_path": "$.next"}
+        }]
+    });
+    let opts = json!({"spec": s, "retry_base_ms": 5, "retry_max_ms": 20});
+    let cfg = connectors::configure("rest", &opts, &json!({"key": "gen-key"}), false).unwrap();
+    let mut sink = Crashing::dying_after(2);
+    let (out, _) = common::run(&cfg, "items", |_| false, 10, None, &mut sink);
+    assert!(out.is_err());
+    let position = sink.position.unwrap();
+    assert!(position.contains("from="), "{position}");
+    assert!(!position.contains("gen-key"), "{position}");
+    // And the run goes on from there, sending the key once.
+    let mut rest = Crashing::dying_after(0);
+    let (out, _) = common::run(&cfg, "items", |_| false, 10, Some(position), &mut rest);
+    out.unwrap();
+    assert_eq!(ids(&sink.committed).len() + ids(&rest.all()).len(), 40);
+}

@@ -314,6 +314,17 @@ impl<'a> Lister<'a> {
                 self.last_page = Some(this);
             }
         }
+        // A link is checked and cleaned as it comes (on the base's origin,
+        // read against this request, without an echoed API key): what a
+        // checkpoint keeps holds no credential.
+        let next = match next {
+            Next::Url(u) => Next::Url(
+                self.api
+                    .same_origin("the next-page link", &u, Some(&call.url))?
+                    .to_string(),
+            ),
+            other => other,
+        };
         // A cursor or link that comes back would page forever.
         if let Next::Cursor(c) | Next::Url(c) = &next {
             self.cursors.follow(
@@ -632,6 +643,8 @@ pub struct Reader<'a> {
     /// A position from a checkpoint is being tried and has not yet given a
     /// page.
     resumed: bool,
+    /// Records whose modification time could not be read.
+    timeless: u64,
     previous: Option<DateTime<Utc>>,
     max_seen: Option<DateTime<Utc>>,
 }
@@ -677,6 +690,7 @@ impl<'a> Reader<'a> {
             previous,
             max_seen: None,
             resumed: false,
+            timeless: 0,
         };
         if let Some(c) = req
             .resume
@@ -828,8 +842,12 @@ impl PageSource for Reader<'_> {
                                 deleted,
                                 self.until,
                             )?;
-                            if let Some(t) = r.updated_at {
-                                self.max_seen = Some(self.max_seen.map_or(t, |m| m.max(t)));
+                            match r.updated_at {
+                                Some(t) => {
+                                    self.max_seen = Some(self.max_seen.map_or(t, |m| m.max(t)))
+                                }
+                                None if self.stream.modified.is_some() => self.timeless += 1,
+                                None => {}
                             }
                             records.push(r);
                         }
@@ -862,6 +880,16 @@ impl PageSource for Reader<'_> {
             (a, b) => a.or(b),
         };
         w.map(crate::types::fmt_ts)
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        match (&self.stream.modified, self.timeless) {
+            (Some((p, f)), n) if n > 0 => vec![format!(
+                "{n} records of stream {} had no modification time readable at {p} as {f:?}; check the spec's records.modified and modified_format",
+                self.stream.name
+            )],
+            _ => Vec::new(),
+        }
     }
 
     fn checkpoint(&self) -> Option<String> {
