@@ -78,6 +78,10 @@ DECLARE
     new_credentials jsonb;
     moved text;
 BEGIN
+    -- The spec's lock before the source's row: register_spec takes them
+    -- in that order (a provider never changes, so reading it first is safe).
+    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('crm_sync.spec ' || s.provider))
+       FROM crm_sync.sources s WHERE s.name = alter_source.name;
     SELECT * INTO src FROM crm_sync.sources s WHERE s.name = alter_source.name FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'source "%" does not exist', name
@@ -100,7 +104,6 @@ BEGIN
         END IF;
         new_credentials := jsonb_strip_nulls(credentials);
     END IF;
-    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('crm_sync.spec ' || src.provider));
     PERFORM crm_sync._check_source(name, src.provider, new_options, new_credentials);
     UPDATE crm_sync.sources s SET options = new_options, updated_at = now() WHERE s.name = alter_source.name;
     UPDATE crm_sync.credentials c SET credentials = new_credentials, updated_at = now() WHERE c.source = alter_source.name;

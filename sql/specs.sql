@@ -115,6 +115,11 @@ BEGIN
               WHERE x.provider = drop_spec.name LOOP
         PERFORM crm_sync._check_source(s.name, s.provider, s.options, s.credentials);
     END LOOP;
+    INSERT INTO crm_sync.streams (source, stream, object)
+        SELECT x.name, p.stream, p.object
+          FROM crm_sync.sources x, crm_sync._provider_streams(x.provider, x.options) p
+         WHERE x.provider = drop_spec.name
+        ON CONFLICT DO NOTHING;
 END
 $fn$;
 COMMENT ON FUNCTION crm_sync.drop_spec(text) IS

@@ -336,3 +336,20 @@ def test_a_modification_time_the_spec_cannot_read_is_a_warning(db, pipedrive):
     assert (r["status"], r["records_read"], r["warnings"]) == ("succeeded", 25, 1), r
     sample = one(db, "SELECT warning_samples::text FROM crm_sync.runs WHERE source = 'g'")
     assert "25 records of stream items had no modification time readable at $.modified_at" in sample
+
+
+def test_an_api_answering_past_the_end_with_its_last_page_again_ends_there(db, pipedrive):
+    pipedrive.generic(repeat_last=True)
+    spec = spec_for(pipedrive, "offset")
+    spec["streams"][0]["request"]["params"]["no_total"] = "1"
+    spec["streams"][0]["paging"] = {"type": "offset", "offset_param": "offset"}
+    create_rest(db, spec)
+    r = sync(db, "g")["items"]
+    assert (r["status"], r["records_upserted"], r["api_calls"]) == ("succeeded", 25, 4), r
+
+
+def test_has_more_written_as_text_is_read(db, pipedrive):
+    pipedrive.generic(has_more_text=True)
+    create_rest(db, spec_for(pipedrive, "page"))
+    r = sync(db, "g")["items"]
+    assert (r["records_read"], r["api_calls"]) == (25, 3), r

@@ -584,6 +584,10 @@ struct Generic {
     relative_links: bool,
     /// Offset, page and cursor parameters ignored: the first page again.
     ignore_paging: bool,
+    /// Asked past the end, the last page again (as some APIs answer).
+    repeat_last: bool,
+    /// `has_more` as the text "true"/"false".
+    has_more_text: bool,
 }
 
 impl Generic {
@@ -666,6 +670,8 @@ impl PipedriveMock {
                         next_host: None,
                         relative_links: false,
                         ignore_paging: false,
+                        repeat_last: false,
+                        has_more_text: false,
                     },
                 },
                 gzip,
@@ -1056,6 +1062,11 @@ impl State {
             }
         };
         let page_of = |from: usize, n: usize| -> Vec<Value> {
+            let from = if g.repeat_last && from >= ids.len() && !ids.is_empty() {
+                (ids.len() - 1) / n * n
+            } else {
+                from
+            };
             ids.iter().skip(from).take(n).map(|i| g.item(*i)).collect()
         };
         let host = g
@@ -1121,10 +1132,13 @@ impl State {
                 let n = size("per_page");
                 let page = param("page").unwrap_or(1).max(1) as usize;
                 let from = (page - 1) * n;
-                body(
-                    200,
-                    json!({"items": page_of(from, n), "has_more": from + n < ids.len()}),
-                )
+                let more = from + n < ids.len();
+                let more = if g.has_more_text {
+                    json!(more.to_string())
+                } else {
+                    json!(more)
+                };
+                body(200, json!({"items": page_of(from, n), "has_more": more}))
             }
             _ => body(200, json!({"items": page_of(0, ids.len())})),
         }
@@ -1314,6 +1328,12 @@ impl Mock for PipedriveMock {
                 }
                 if let Some(r) = b["ignore_paging"].as_bool() {
                     g.ignore_paging = r;
+                }
+                if let Some(r) = b["repeat_last"].as_bool() {
+                    g.repeat_last = r;
+                }
+                if let Some(r) = b["has_more_text"].as_bool() {
+                    g.has_more_text = r;
                 }
                 if let Some(items) = b["change"].as_array() {
                     for it in items {

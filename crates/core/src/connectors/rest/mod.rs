@@ -216,25 +216,42 @@ impl<'a> Rest<'a> {
             ))
             .with_hint("The API's next-page link must stay on the source's base_url."));
         }
-        if let Some(key) = self.auth.query_param() {
-            let kept: Vec<(String, String)> = u
-                .query_pairs()
-                .filter(|(k, _)| k != key)
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect();
-            if u.query().is_some() {
-                u.query_pairs_mut().clear().extend_pairs(kept);
-                if u.query() == Some("") {
-                    u.set_query(None);
-                }
+        // Only the key's own parameters go; the rest stays byte for byte
+        // (a signed link, `%20`, a bare flag).
+        if let (Some(key), Some(q)) = (self.auth.query_param(), u.query()) {
+            let is_key = |seg: &str| {
+                let name = seg.split('=').next().unwrap_or("");
+                url::form_urlencoded::parse(name.as_bytes())
+                    .next()
+                    .is_some_and(|(k, _)| k == key)
+            };
+            if q.split('&').any(is_key) {
+                let kept: Vec<&str> = q.split('&').filter(|seg| !is_key(seg)).collect();
+                let kept = kept.join("&");
+                u.set_query((!kept.is_empty()).then_some(kept.as_str()));
             }
         }
         Ok(u)
     }
 
-    /// The date the API's server put on a response, for a run's window.
+    /// The date the API's server put on a response, for a run's window;
+    /// none more than an hour from ours (a cached answer, a clock far off).
     pub fn server_date(h: &HeaderMap) -> Option<chrono::DateTime<chrono::Utc>> {
-        crate::http::server_date_ms(h).and_then(chrono::DateTime::from_timestamp_millis)
+        let d = crate::http::server_date_ms(h).and_then(chrono::DateTime::from_timestamp_millis)?;
+        ((d - chrono::Utc::now()).num_seconds().abs() <= 3_600).then_some(d)
+    }
+
+    /// Resolve the credential (and so the base URL an OAuth token may
+    /// name) before URLs are built or checked against it.
+    pub async fn prepare(&self) -> Result<()> {
+        if self.auth.is_oauth() {
+            let (_, named) = self.auth.credential(self.http, false).await?;
+            if let Some(n) = named {
+                let moved = base_from_token(&self.configured_base, &n, self.http)?;
+                self.base.replace(moved);
+            }
+        }
+        Ok(())
     }
 
     fn lookback(&self, s: &Stream) -> Duration {
@@ -572,6 +589,45 @@ mod tests {
         assert_eq!(snake("  Größe "), "größe");
         assert_eq!(snake("2nd phone"), "f_2nd_phone");
         assert_eq!(snake("!!!"), "f_");
+    }
+
+    #[test]
+    fn next_links_lose_only_the_api_key() {
+        let spec = Spec::parse(&serde_json::json!({
+            "base_url": "https://api.example.com/v1",
+            "auth": {"type": "api_key", "in": "query", "name": "api_key", "credential": "k"},
+            "streams": [{"name": "p", "request": {"path": "/p"}, "records": {"primary_key": "id"}, "paging": {"type": "none"}}]
+        }))
+        .unwrap();
+        let http = HttpClient::new(Default::default()).unwrap();
+        let creds = serde_json::json!({"k": "secret"});
+        let auth = Authn::choose(&spec, "x", creds.as_object().unwrap()).unwrap();
+        let base = spec.base_url.clone();
+        let api = Rest {
+            http: &http,
+            what: "x".into(),
+            spec,
+            base: RefCell::new(base.clone()),
+            configured_base: base,
+            auth,
+            lookback: None,
+            pace_until: Cell::new(None),
+        };
+        let from = Url::parse("https://api.example.com/v1/p?page=1").unwrap();
+        let clean = |l: &str| api.same_origin("link", l, Some(&from)).unwrap().to_string();
+        // Signed or oddly encoded links stay as they are.
+        assert_eq!(
+            clean("https://api.example.com/v1/p?q=a%20b&flag&sig=x%2By"),
+            "https://api.example.com/v1/p?q=a%20b&flag&sig=x%2By"
+        );
+        assert_eq!(
+            clean("p?page=2&api_key=secret&q=a%20b&api%5Fkey=secret"),
+            "https://api.example.com/v1/p?page=2&q=a%20b"
+        );
+        assert_eq!(clean("?api_key=secret"), "https://api.example.com/v1/p");
+        assert!(api
+            .same_origin("link", "https://evil.example.com/p", Some(&from))
+            .is_err());
     }
 
     #[test]

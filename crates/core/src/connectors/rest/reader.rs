@@ -65,11 +65,13 @@ pub struct Lister<'a> {
     /// last page held: an API paging on without end is stopped.
     empty_run: u32,
     last_page: Option<u64>,
+    /// Pages this listing has fetched.
+    pages: u64,
 }
 
 /// Empty pages in a row that still name a next page before a listing is
 /// taken for one that never ends.
-const MAX_EMPTY_PAGES: u32 = 25;
+const MAX_EMPTY_PAGES: u32 = 100;
 
 impl<'a> Lister<'a> {
     pub fn new(
@@ -93,6 +95,7 @@ impl<'a> Lister<'a> {
             last_date: None,
             empty_run: 0,
             last_page: None,
+            pages: 0,
         }
     }
 
@@ -110,6 +113,12 @@ impl<'a> Lister<'a> {
     /// The next page's records and the total the API reported, or None
     /// when the listing is over; `w` goes into the request.
     pub async fn page(&mut self, w: &Window) -> Result<Option<(Vec<Box<RawValue>>, Option<u64>)>> {
+        if self.next == Next::End {
+            return Ok(None);
+        }
+        // The base URL first: an OAuth token may name the account's own
+        // host, which relative and saved links are read against.
+        self.api.prepare().await?;
         let url = match &self.next {
             Next::End => return Ok(None),
             Next::Url(u) => {
@@ -217,17 +226,23 @@ impl<'a> Lister<'a> {
                 .as_ref()
                 .and_then(as_u64)
         };
-        let more = |p: &Option<Path>| {
-            p.as_ref()
-                .and_then(|p| doc.value(p))
-                .map(|x| x.as_bool() == Some(true))
+        // true/false, "true"/"false", 1/0; anything else says nothing.
+        let more = |p: &Option<Path>| match p.as_ref().and_then(|p| doc.value(p))? {
+            Value::Bool(b) => Some(b),
+            Value::String(t) if t == "true" || t == "1" => Some(true),
+            Value::String(t) if t == "false" || t == "0" => Some(false),
+            Value::Number(n) => n.as_u64().filter(|n| *n <= 1).map(|n| n == 1),
+            _ => None,
         };
         let mut total = None;
         let next = match self.paging {
             Paging::None => Next::End,
             Paging::Cursor { cursor_path, .. } => match doc.value(cursor_path) {
                 Some(Value::String(c)) if !c.is_empty() => Next::Cursor(c),
-                Some(Value::Number(c)) => Next::Cursor(c.to_string()),
+                // A number as written (exact past 64 bits).
+                Some(Value::Number(_)) => doc
+                    .raw(cursor_path)
+                    .map_or(Next::End, |r| Next::Cursor(r.get().trim().to_owned())),
                 _ => Next::End,
             },
             Paging::NextUrl { next_url_path } => match doc.value(next_url_path) {
@@ -284,10 +299,11 @@ impl<'a> Lister<'a> {
                 }
             }
         };
-        // Paging that goes on without records, or serves one page again
-        // (an offset or page parameter the API ignores), would never end.
-        if next != Next::End {
-            if n == 0 {
+        // Paging that goes on without records, or serves one page again,
+        // would never end.
+        self.pages += 1;
+        if n == 0 {
+            if next != Next::End {
                 self.empty_run += 1;
                 if self.empty_run >= MAX_EMPTY_PAGES {
                     return Err(CrmError::bad_response(format!(
@@ -296,23 +312,30 @@ impl<'a> Lister<'a> {
                     ))
                     .with_hint("Check the spec's paging: how does this API say a listing is over?"));
                 }
-            } else {
-                self.empty_run = 0;
-                let mut hasher = std::hash::DefaultHasher::new();
-                std::hash::Hash::hash(
-                    &items.iter().map(|r| r.get()).collect::<Vec<_>>(),
-                    &mut hasher,
-                );
-                let this = std::hash::Hasher::finish(&hasher);
-                if self.last_page == Some(this) {
+            }
+        } else {
+            self.empty_run = 0;
+            let mut hasher = std::hash::DefaultHasher::new();
+            std::hash::Hash::hash(
+                &items.iter().map(|r| r.get()).collect::<Vec<_>>(),
+                &mut hasher,
+            );
+            let this = std::hash::Hasher::finish(&hasher);
+            if self.last_page == Some(this) {
+                // The second page the first again: the API ignores the
+                // paging parameter. Later: asked past the end, the API
+                // answered with its last page again, already read.
+                if self.pages == 2 {
                     return Err(CrmError::bad_response(format!(
                         "{} sent the same page of {} twice in a row; stopping instead of paging forever",
                         self.api.what, self.label
                     ))
                     .with_hint("Check the spec's paging parameter: the API seems to ignore it."));
                 }
-                self.last_page = Some(this);
+                self.next = Next::End;
+                return Ok(Some((Vec::new(), total)));
             }
+            self.last_page = Some(this);
         }
         // A link is checked and cleaned as it comes (on the base's origin,
         // read against this request, without an echoed API key): what a
@@ -524,7 +547,8 @@ impl Reads {
 }
 
 /// A record from one item of a page; `deleted`: it came from a listing of
-/// deleted records.
+/// deleted records. Second: its modification time was there but could not
+/// be read as the spec says.
 fn record(
     api: &Rest<'_>,
     s: &Stream,
@@ -532,7 +556,7 @@ fn record(
     item: &RawValue,
     deleted: bool,
     now: DateTime<Utc>,
-) -> Result<Record> {
+) -> Result<(Record, bool)> {
     let doc = Doc::of(item);
     let id = match doc.raw(&s.primary_key).map(|r| r.get().trim()) {
         Some(t) if t.starts_with('"') => serde_json::from_str::<String>(t)
@@ -552,10 +576,14 @@ fn record(
         ))
         .with_hint("Check the spec's records.primary_key."));
     };
+    let modified = s.modified.as_ref().and_then(|(p, _)| doc.value(p));
     let updated_at = s
         .modified
         .as_ref()
-        .and_then(|(p, f)| doc.value(p).and_then(|v| parse_time(&v, f)));
+        .zip(modified.as_ref())
+        .and_then(|((_, f), v)| parse_time(v, f));
+    // A time given but unreadable as the spec says (not one absent or null).
+    let unreadable = updated_at.is_none() && modified.as_ref().is_some_and(|v| !v.is_null());
     let flagged = s
         .deletes
         .flag
@@ -591,15 +619,18 @@ fn record(
             fields.insert(name.clone(), v);
         }
     }
-    Ok(Record {
-        id,
-        updated_at,
-        deleted_at,
-        fields,
-        raw: item.get().to_owned(),
-        merged_ids: Vec::new(),
-        deletion_only: false,
-    })
+    Ok((
+        Record {
+            id,
+            updated_at,
+            deleted_at,
+            fields,
+            raw: item.get().to_owned(),
+            merged_ids: Vec::new(),
+            deletion_only: false,
+        },
+        unreadable,
+    ))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -699,7 +730,8 @@ impl<'a> Reader<'a> {
         {
             // Only a position of the same kind of run, in a listing the
             // spec still has.
-            let listing = c.phase != Phase::Deletes || s.deletes.endpoint.is_some();
+            let listing =
+                c.phase != Phase::Deletes || (s.deletes.endpoint.is_some() && req.track_deletes);
             if c.full == full && listing {
                 r.since = c
                     .since_ms
@@ -834,7 +866,7 @@ impl PageSource for Reader<'_> {
                         let deleted = self.phase == Phase::Deletes;
                         let mut records = Vec::with_capacity(items.len());
                         for item in items {
-                            let r = record(
+                            let (r, unreadable) = record(
                                 self.api,
                                 self.stream,
                                 &self.reads,
@@ -842,12 +874,11 @@ impl PageSource for Reader<'_> {
                                 deleted,
                                 self.until,
                             )?;
-                            match r.updated_at {
-                                Some(t) => {
-                                    self.max_seen = Some(self.max_seen.map_or(t, |m| m.max(t)))
-                                }
-                                None if self.stream.modified.is_some() => self.timeless += 1,
-                                None => {}
+                            if let Some(t) = r.updated_at {
+                                self.max_seen = Some(self.max_seen.map_or(t, |m| m.max(t)));
+                            }
+                            if unreadable {
+                                self.timeless += 1;
                             }
                             records.push(r);
                         }
@@ -939,7 +970,7 @@ impl IdSource for Ids<'_> {
             let now = Utc::now();
             let mut ids = Vec::with_capacity(items.len());
             for item in items {
-                let r = record(self.api, self.stream, &reads, &item, false, now)?;
+                let (r, _) = record(self.api, self.stream, &reads, &item, false, now)?;
                 if r.deleted_at.is_none() {
                     ids.push(r.id);
                 }
@@ -977,7 +1008,7 @@ pub async fn read_ids(
         .with(None, &[(by.param.clone(), chunk.join(&by.separator))]);
         while let Some((items, _)) = l.page(&Window::default()).await? {
             for item in items {
-                let r = record(api, s, &reads, &item, false, now)?;
+                let (r, _) = record(api, s, &reads, &item, false, now)?;
                 if r.deleted_at.is_none() && wanted.contains(r.id.as_str()) {
                     out.push(r);
                 }

@@ -272,8 +272,9 @@ pub enum Paging {
     NextUrl { next_url_path: Path },
     /// RFC 8288 `Link: <url>; rel="next"`; stops when there is none.
     LinkHeader { rel: String },
-    /// `offset_param` counts records; stops on a short page, at
-    /// `total_path`, or when `has_more_path` is false.
+    /// `offset_param` counts records; stops on an empty page, at
+    /// `total_path`, or when `has_more_path` is false (a short page is no
+    /// end: APIs cap page sizes silently).
     Offset {
         offset_param: String,
         total_path: Option<Path>,
