@@ -146,6 +146,26 @@ def full_syncs(pg, db, label, n, what, repeat, create, sync_args, results, expec
     # leaves it: the incremental run goes on from there.
 
 
+def incremental_then_reconcile(pg, db, source, stream, n, changed, purged, purge):
+    """After `changed` records changed in the mock: the incremental sync
+    (asserting it upserted exactly those), the landing table's size, then
+    `purge` (which erases `purged` in the mock) and a reconciliation that
+    must mark exactly those gone and read none."""
+    dbname = db.info.dbname
+    rows, secs, mem = measured(pg, dbname, SYNC_SQL, (source, stream))
+    recs, nbytes, calls = rows[0]
+    assert recs == changed, (recs, changed)
+    print(line(source, "incr", changed, "changed", secs, nbytes, calls, mem), flush=True)
+    size = db.execute("SELECT pg_size_pretty(pg_total_relation_size(%s::regclass))",
+                      (f"{source}.{stream}",)).fetchone()[0]
+    note(f"landing table {source}.{stream}: {size}")
+    purge()
+    rows, secs, mem = measured(pg, dbname, RECONCILE_SQL, (source, stream))
+    seen, gone, reread, calls = rows[0]
+    assert (seen, gone, reread) == (n - len(purged), len(purged), 0), rows[0]
+    print(line(source, "reconcile", seen, "ids", secs, 0, calls, mem) + f"  ({gone} marked gone)", flush=True)
+
+
 def bench_hubspot(pg, n, batch_size, repeat, copy_baseline, results):
     mock = start_mock("--contacts", str(n), "--companies", "10", "--deals", "10")
     dbname = f"bench_hs_{n}"
@@ -162,21 +182,13 @@ def bench_hubspot(pg, n, batch_size, repeat, copy_baseline, results):
                 requests.post(f"{mock.url}/_mock/contacts/upsert", timeout=60,
                               json={"records": [{"id": str(i), "properties": {"firstname": f"b{i}"}} for i in ids]}
                               ).raise_for_status()
-            rows, secs, mem = measured(pg, dbname, SYNC_SQL, ("hs", "contacts"))
-            recs, nbytes, calls = rows[0]
-            assert recs == changed, (recs, changed)
-            print(line("hs", "incr", changed, "changed", secs, nbytes, calls, mem), flush=True)
-            size = db.execute("SELECT pg_size_pretty(pg_total_relation_size('hs.contacts'))").fetchone()[0]
-            note(f"landing table hs.contacts: {size}")
-            # Reconciliation: list every id (100 a call), mark the ones the
-            # CRM no longer has (0.01% purged, as GDPR erasures), read none.
+            # Reconciliation: list every id, mark the ones the CRM no
+            # longer has (0.01% purged, as GDPR erasures), read none.
             purged = [str(i) for i in range(7, n + 1, 10_000)]
-            requests.post(f"{mock.url}/_mock/contacts/purge", json={"ids": purged}, timeout=60).raise_for_status()
-            rows, secs, mem = measured(pg, dbname, RECONCILE_SQL, ("hs", "contacts"))
-            seen, gone, reread, calls = rows[0]
-            assert (seen, gone, reread) == (n - len(purged), len(purged), 0), rows[0]
-            print(line("hs", "reconcile", seen, "ids", secs, 0, calls, mem)
-                  + f"  ({gone} marked gone)", flush=True)
+            incremental_then_reconcile(
+                pg, db, "hs", "contacts", n, changed, purged,
+                lambda: requests.post(f"{mock.url}/_mock/contacts/purge", json={"ids": purged},
+                                      timeout=60).raise_for_status())
             if copy_baseline:
                 # For scale: PostgreSQL's own COPY of the same rows into the same table shape.
                 path = f"/tmp/crm_sync_bench_{n}.copy"
@@ -213,20 +225,11 @@ def bench_pipedrive(pg, n, batch_size, repeat, results):
                 ids = list(range(start, min(changed, start + 9_999) + 1))
                 requests.post(f"{mock.url}/_mock/pd/persons", timeout=60,
                               json={"ids": ids, "record": {"first_name": "bench"}}).raise_for_status()
-            rows, secs, mem = measured(pg, dbname, SYNC_SQL, ("pd", "persons"))
-            recs, nbytes, calls = rows[0]
-            assert recs == changed, (recs, changed)
-            print(line("pd", "incr", changed, "changed", secs, nbytes, calls, mem), flush=True)
-            size = db.execute("SELECT pg_size_pretty(pg_total_relation_size('pd.persons'))").fetchone()[0]
-            note(f"landing table pd.persons: {size}")
             purged = list(range(7, n + 1, 10_000))
-            for i in purged:
-                requests.post(f"{mock.url}/_mock/pd/persons/{i}/purge", timeout=60).raise_for_status()
-            rows, secs, mem = measured(pg, dbname, RECONCILE_SQL, ("pd", "persons"))
-            seen, gone, reread, calls = rows[0]
-            assert (seen, gone, reread) == (n - len(purged), len(purged), 0), rows[0]
-            print(line("pd", "reconcile", seen, "ids", secs, 0, calls, mem)
-                  + f"  ({gone} marked gone)", flush=True)
+            incremental_then_reconcile(
+                pg, db, "pd", "persons", n, changed, purged,
+                lambda: [requests.post(f"{mock.url}/_mock/pd/persons/{i}/purge", timeout=60).raise_for_status()
+                         for i in purged])
         drop_db(pg, dbname)
     finally:
         mock.proc.kill()

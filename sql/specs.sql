@@ -23,6 +23,32 @@ CREATE VIEW crm_sync.builtin_specs AS
 COMMENT ON VIEW crm_sync.builtin_specs IS
     'Specs shipped with the extension (pipedrive). crm_sync.register_spec() with the same name overrides one.';
 
+-- The spec `name` its sources run changed (registered, replaced, or a
+-- user's override dropped): every source of it must still check out (its
+-- credentials fit an auth way of the spec), else the caller's change is
+-- undone; and the streams the spec has that a source lacks are synced by
+-- it from now on (streams the spec no longer has fail their syncs, saying
+-- so). Called by register_spec and drop_spec only, as the owner.
+CREATE FUNCTION crm_sync._spec_changed(name text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    s record;
+BEGIN
+    FOR s IN SELECT x.name, x.provider, x.options, coalesce(c.credentials, '{}') AS credentials
+               FROM crm_sync.sources x LEFT JOIN crm_sync.credentials c ON c.source = x.name
+              WHERE x.provider = _spec_changed.name LOOP
+        PERFORM crm_sync._check_source(s.name, s.provider, s.options, s.credentials);
+    END LOOP;
+    INSERT INTO crm_sync.streams (source, stream, object)
+        SELECT x.name, p.stream, p.object
+          FROM crm_sync.sources x, crm_sync._provider_streams(x.provider, x.options) p
+         WHERE x.provider = _spec_changed.name
+        ON CONFLICT DO NOTHING;
+END
+$fn$;
+
 CREATE FUNCTION crm_sync.register_spec(name text, spec jsonb) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -30,7 +56,6 @@ AS $fn$
 DECLARE
     old jsonb;
     users text;
-    s record;
 BEGIN
     IF name IS NULL OR name !~ '^[a-z][a-z0-9_]{0,62}$' THEN
         RAISE EXCEPTION 'invalid spec name %', coalesce(quote_literal(name), 'NULL')
@@ -64,20 +89,7 @@ BEGIN
         VALUES (register_spec.name, register_spec.spec, crm_sync._caller())
         ON CONFLICT ON CONSTRAINT specs_pkey
         DO UPDATE SET spec = excluded.spec, updated_at = pg_catalog.now(), updated_by = excluded.updated_by;
-    -- Every source of it must still check out (its credentials fit an
-    -- auth way of the new spec); an error here undoes the change.
-    FOR s IN SELECT x.name, x.provider, x.options, coalesce(c.credentials, '{}') AS credentials
-               FROM crm_sync.sources x LEFT JOIN crm_sync.credentials c ON c.source = x.name
-              WHERE x.provider = register_spec.name LOOP
-        PERFORM crm_sync._check_source(s.name, s.provider, s.options, s.credentials);
-    END LOOP;
-    -- Streams the new spec adds are synced by its sources from now on;
-    -- streams it no longer has fail their syncs, saying so.
-    INSERT INTO crm_sync.streams (source, stream, object)
-        SELECT x.name, p.stream, p.object
-          FROM crm_sync.sources x, crm_sync._provider_streams(x.provider, x.options) p
-         WHERE x.provider = register_spec.name
-        ON CONFLICT DO NOTHING;
+    PERFORM crm_sync._spec_changed(register_spec.name);
 END
 $fn$;
 COMMENT ON FUNCTION crm_sync.register_spec(text, jsonb) IS
@@ -89,7 +101,6 @@ SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     users text;
-    s record;
 BEGIN
     PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('crm_sync.spec ' || name));
     SELECT string_agg(x.name, ', ' ORDER BY x.name) INTO users
@@ -109,17 +120,8 @@ BEGIN
         RAISE EXCEPTION 'spec "%" is not registered', name
             USING ERRCODE = 'undefined_object', HINT = 'See SELECT name FROM crm_sync.specs.';
     END IF;
-    -- Sources falling back to the shipped spec must fit it.
-    FOR s IN SELECT x.name, x.provider, x.options, coalesce(c.credentials, '{}') AS credentials
-               FROM crm_sync.sources x LEFT JOIN crm_sync.credentials c ON c.source = x.name
-              WHERE x.provider = drop_spec.name LOOP
-        PERFORM crm_sync._check_source(s.name, s.provider, s.options, s.credentials);
-    END LOOP;
-    INSERT INTO crm_sync.streams (source, stream, object)
-        SELECT x.name, p.stream, p.object
-          FROM crm_sync.sources x, crm_sync._provider_streams(x.provider, x.options) p
-         WHERE x.provider = drop_spec.name
-        ON CONFLICT DO NOTHING;
+    -- Sources falling back to the shipped spec.
+    PERFORM crm_sync._spec_changed(drop_spec.name);
 END
 $fn$;
 COMMENT ON FUNCTION crm_sync.drop_spec(text) IS

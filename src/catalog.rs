@@ -19,8 +19,12 @@ pub struct SourceRow {
 }
 
 /// The spec registered as `name`: the user's (crm_sync.specs), else the
-/// one shipped with the extension (crm_sync.builtin_specs).
+/// one shipped with the extension (crm_sync.builtin_specs). None for a
+/// built-in provider's name (no spec may take one), without a query.
 pub fn load_spec(name: &str) -> Option<serde_json::Value> {
+    if crm_sync_core::connectors::find(name).is_ok() {
+        return None;
+    }
     Spi::get_one_with_args::<JsonB>(
         "SELECT coalesce((SELECT s.spec FROM crm_sync.specs s WHERE s.name = $1),
                          (SELECT b.spec FROM crm_sync.builtin_specs b WHERE b.name = $1))",

@@ -43,9 +43,6 @@ fn spec_for(provider: &str, options: &serde_json::Value) -> Option<serde_json::V
     if provider == connectors::rest::PROVIDER.name {
         return options.get("spec").cloned();
     }
-    if connectors::find(provider).is_ok() {
-        return None;
-    }
     catalog::load_spec(provider)
 }
 

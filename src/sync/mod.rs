@@ -73,7 +73,7 @@ pub fn load(source: &str) -> (SourceRow, Configured, Context) {
 
 /// A source's provider and its checked settings: a built-in connector, or
 /// the `rest` connector running `spec` (the spec registered under the
-/// provider's name).
+/// provider's name, `catalog::load_spec`).
 pub fn configure(
     provider: &str,
     spec: Option<&serde_json::Value>,
@@ -82,10 +82,8 @@ pub fn configure(
 ) -> Result<Configured, CrmError> {
     let insecure = gucs::ALLOW_INSECURE_HTTP.get();
     match spec {
-        Some(spec) if connectors::find(provider).is_err() => {
-            connectors::configure_spec(provider, spec, options, credentials, insecure)
-        }
-        _ => connectors::configure(provider, options, credentials, insecure).map_err(|e| {
+        Some(spec) => connectors::configure_spec(provider, spec, options, credentials, insecure),
+        None => connectors::configure(provider, options, credentials, insecure).map_err(|e| {
             if connectors::find(provider).is_err() {
                 e.with_hint(format!(
                     "Providers: {}, and the specs in crm_sync.specs and crm_sync.builtin_specs (register one with crm_sync.register_spec()).",

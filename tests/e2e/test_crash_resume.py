@@ -6,13 +6,12 @@ the pages already landed are not fetched again."""
 
 import os
 import signal
-import time
 
 import psycopg
 import pytest
 
-from conftest import (create_sf_source, create_source, job, start_cluster, stop_cluster, wait_job, wait_ready,
-                      wait_until)
+from conftest import (create_sf_source, create_source, job, start_cluster, stop_cluster, wait_gone, wait_job,
+                      wait_ready, wait_until)
 
 CONTACTS = 200_000
 PAGE = 100  # HubSpot's list page size
@@ -26,17 +25,6 @@ DURABLE_COMMITS = "ALTER DATABASE crm_jobs SET synchronous_commit = on"
 
 def list_calls(mock):
     return mock.stats()["by_endpoint"].get(LIST, 0)
-
-
-def wait_gone(conn, timeout=60):
-    """Until `conn` is cut (the postmaster ends every session when a process crashes)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            conn.execute("SELECT pg_sleep(0.2)")
-        except psycopg.OperationalError:
-            return
-    raise AssertionError("the crash did not end the other sessions")
 
 
 @pytest.mark.parametrize("how", ["sigkill", "immediate"])

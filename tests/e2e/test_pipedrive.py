@@ -7,13 +7,12 @@ contact in crm.contacts."""
 import json
 import os
 import signal
-from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from conftest import (PD_TOKEN, ROOT, create_pd_source, create_source, job, register, sync, wait_gone_or_ready,
+from conftest import (PD_TOKEN, ROOT, create_pd_source, create_source, job, register, sync, wait_gone, wait_ready,
                       wait_job, wait_until)
 
 SPEC = json.loads((ROOT / "specs" / "pipedrive.json").read_text())
@@ -260,7 +259,8 @@ def test_an_interrupted_background_job_resumes_from_its_checkpoint(pg_cluster, j
     calls_before = pd.stats()["by_endpoint"].get("GET /api/v2/persons", 0)
     os.kill(pid, signal.SIGKILL)
     pd.clear_faults()
-    c = wait_gone_or_ready(pg_cluster, c)
+    wait_gone(c)  # every process is being restarted
+    c = wait_ready(pg_cluster, "crm_jobs")
     try:
         j = wait_job(c, job_id, timeout=240)
         assert j["status"] == "succeeded", j

@@ -284,15 +284,20 @@ def test_an_inline_spec_moving_hosts_needs_new_credentials(db, pipedrive):
 
 # --- Paging that would end too early, or never ------------------------------------
 
+def offset_without_total(mock):
+    """Offset paging against an endpoint that reports no total."""
+    spec = spec_for(mock, "offset")
+    spec["streams"][0]["request"]["params"]["no_total"] = "1"
+    spec["streams"][0]["paging"] = {"type": "offset", "offset_param": "offset"}
+    return spec
+
+
 def test_a_page_size_the_api_caps_silently_is_no_end(db, pipedrive):
     # The spec asks for 10 a page, the API gives 5 and reports no total: a
     # short page is not the last one (stopping there lost 20 records, and a
     # reconciliation would then have marked them deleted).
     pipedrive.generic(max_page=5)
-    spec = spec_for(pipedrive, "offset")
-    spec["streams"][0]["request"]["params"]["no_total"] = "1"
-    spec["streams"][0]["paging"] = {"type": "offset", "offset_param": "offset"}
-    create_rest(db, spec)
+    create_rest(db, offset_without_total(pipedrive))
     r = sync(db, "g")["items"]
     assert r["records_read"] == 25, r
     assert r["api_calls"] == 6  # five pages of 5, then the empty one
@@ -301,10 +306,7 @@ def test_a_page_size_the_api_caps_silently_is_no_end(db, pipedrive):
 
 def test_an_api_that_ignores_the_paging_parameter_is_stopped(db, pipedrive):
     pipedrive.generic(ignore_paging=True)
-    spec = spec_for(pipedrive, "offset")
-    spec["streams"][0]["request"]["params"]["no_total"] = "1"
-    spec["streams"][0]["paging"] = {"type": "offset", "offset_param": "offset"}
-    create_rest(db, spec)
+    create_rest(db, offset_without_total(pipedrive))
     with pytest.raises(psycopg.errors.ProtocolViolation) as e:
         sync(db, "g")
     assert "sent the same page of stream items twice in a row" in str(e.value)
@@ -340,10 +342,7 @@ def test_a_modification_time_the_spec_cannot_read_is_a_warning(db, pipedrive):
 
 def test_an_api_answering_past_the_end_with_its_last_page_again_ends_there(db, pipedrive):
     pipedrive.generic(repeat_last=True)
-    spec = spec_for(pipedrive, "offset")
-    spec["streams"][0]["request"]["params"]["no_total"] = "1"
-    spec["streams"][0]["paging"] = {"type": "offset", "offset_param": "offset"}
-    create_rest(db, spec)
+    create_rest(db, offset_without_total(pipedrive))
     r = sync(db, "g")["items"]
     assert (r["status"], r["records_upserted"], r["api_calls"]) == ("succeeded", 25, 4), r
 

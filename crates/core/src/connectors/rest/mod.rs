@@ -180,6 +180,14 @@ pub struct Call {
     pub body: Option<Value>,
 }
 
+impl Call {
+    /// `METHOD /path`, naming the call in errors (never the query, which
+    /// may hold an API key).
+    pub fn endpoint(&self) -> String {
+        format!("{} {}", self.method.as_str(), self.url.path())
+    }
+}
+
 impl<'a> Rest<'a> {
     fn stream(&self, name: &str) -> Result<&Stream> {
         self.spec.stream(name).ok_or_else(|| {
@@ -245,13 +253,20 @@ impl<'a> Rest<'a> {
     /// name) before URLs are built or checked against it.
     pub async fn prepare(&self) -> Result<()> {
         if self.auth.is_oauth() {
-            let (_, named) = self.auth.credential(self.http, false).await?;
-            if let Some(n) = named {
-                let moved = base_from_token(&self.configured_base, &n, self.http)?;
-                self.base.replace(moved);
-            }
+            self.credential(false).await?;
         }
         Ok(())
+    }
+
+    /// What to send now (`stale` after a 401); the base URL moves to the
+    /// account's own host when the token response names one.
+    async fn credential(&self, stale: bool) -> Result<auth::Credential> {
+        let (cred, named) = self.auth.credential(self.http, stale).await?;
+        if let Some(n) = named {
+            let moved = base_from_token(&self.configured_base, &n, self.http)?;
+            self.base.replace(moved);
+        }
+        Ok(cred)
     }
 
     fn lookback(&self, s: &Stream) -> Duration {
@@ -297,22 +312,10 @@ impl<'a> Rest<'a> {
         label: &str,
         call: &Call,
     ) -> Result<Option<(bytes::Bytes, HeaderMap)>> {
-        let endpoint = format!(
-            "{} {}",
-            if call.method == Method::Post {
-                "POST"
-            } else {
-                "GET"
-            },
-            call.url.path()
-        );
+        let endpoint = call.endpoint();
         let mut stale = false;
         loop {
-            let (cred, named) = self.auth.credential(self.http, stale).await?;
-            if let Some(n) = named {
-                let moved = base_from_token(&self.configured_base, &n, self.http)?;
-                self.base.replace(moved);
-            }
+            let cred = self.credential(stale).await?;
             // A URL built before the token named the account's own host
             // goes there instead.
             let mut url = call.url.clone();

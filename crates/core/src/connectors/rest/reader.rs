@@ -99,6 +99,12 @@ impl<'a> Lister<'a> {
         }
     }
 
+    /// The listing of stream `s`'s own request; `label` names it in
+    /// messages.
+    fn of_stream(api: &'a Rest<'a>, s: &'a Stream, label: String) -> Lister<'a> {
+        Lister::new(api, &s.request, &s.paging, s.records_path.clone(), label)
+    }
+
     /// The request's path and parameters replaced (a deleted-records
     /// listing).
     fn with(mut self, path: Option<&str>, params: &[(String, String)]) -> Self {
@@ -203,8 +209,7 @@ impl<'a> Lister<'a> {
         };
         self.last_date = Rest::server_date(&h);
         self.last_url = Some(call.url.clone());
-        let endpoint = format!("{} {}", call.method.as_str(), call.url.path());
-        let doc = Doc::parse(&self.api.what, &endpoint, &body)?;
+        let doc = Doc::parse(&self.api.what, &call.endpoint(), &body)?;
         let items: Vec<Box<RawValue>> = match doc.raw(&self.records_path) {
             None => Vec::new(),
             Some(r) if r.get() == "null" => Vec::new(),
@@ -706,13 +711,7 @@ impl<'a> Reader<'a> {
             stream: s,
             reads: Reads::new(&req.fields),
             phase: Phase::Main,
-            lister: Lister::new(
-                api,
-                &s.request,
-                &s.paging,
-                s.records_path.clone(),
-                format!("stream {}", s.name),
-            ),
+            lister: Lister::of_stream(api, s, format!("stream {}", s.name)),
             track_deletes: req.track_deletes,
             full,
             since,
@@ -760,24 +759,16 @@ impl<'a> Reader<'a> {
 
     fn main_lister(&self) -> Lister<'a> {
         let s = self.stream;
-        Lister::new(
-            self.api,
-            &s.request,
-            &s.paging,
-            s.records_path.clone(),
-            format!("stream {}", s.name),
-        )
+        Lister::of_stream(self.api, s, format!("stream {}", s.name))
     }
 
     fn deletes_lister(&self) -> Lister<'a> {
         let s = self.stream;
         let e = s.deletes.endpoint.as_ref().expect("a deletes listing");
         let (path, params) = (&e.path, &e.params);
-        Lister::new(
+        Lister::of_stream(
             self.api,
-            &s.request,
-            &s.paging,
-            s.records_path.clone(),
+            s,
             format!("the deleted records of stream {}", s.name),
         )
         .with(path.as_deref(), params)
@@ -949,13 +940,7 @@ impl<'a> Ids<'a> {
         Ids {
             api,
             stream: s,
-            lister: Lister::new(
-                api,
-                &s.request,
-                &s.paging,
-                s.records_path.clone(),
-                format!("the ids of stream {}", s.name),
-            ),
+            lister: Lister::of_stream(api, s, format!("the ids of stream {}", s.name)),
         }
     }
 }
@@ -998,14 +983,8 @@ pub async fn read_ids(
     let now = Utc::now();
     let mut out = Vec::new();
     for chunk in ids.chunks(by.max) {
-        let mut l = Lister::new(
-            api,
-            &s.request,
-            &s.paging,
-            s.records_path.clone(),
-            format!("stream {} by id", s.name),
-        )
-        .with(None, &[(by.param.clone(), chunk.join(&by.separator))]);
+        let mut l = Lister::of_stream(api, s, format!("stream {} by id", s.name))
+            .with(None, &[(by.param.clone(), chunk.join(&by.separator))]);
         while let Some((items, _)) = l.page(&Window::default()).await? {
             for item in items {
                 let (r, _) = record(api, s, &reads, &item, false, now)?;
