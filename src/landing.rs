@@ -343,12 +343,15 @@ impl SpiSink {
         // $1 id, $2 raw, $3 updated_at, $4 deleted_at, $5 run_id, $6.. columns.
         // unnest() in the select list runs as a ProjectSet, row by row;
         // in FROM it would be materialized into a tuplestore first.
-        // Timestamps travel as binary timestamptz[], the rest as text[].
+        // Timestamps travel as binary timestamptz[], records and JSON
+        // columns as jsonb[] built in Rust (no jsonb_in to run), the rest as
+        // text[].
         let array_type = |t: PgType| match t {
             PgType::TimestampTz => "timestamptz[]",
+            PgType::Jsonb => "jsonb[]",
             _ => "text[]",
         };
-        let param_types: Vec<&str> = ["text[]", "text[]", "timestamptz[]", "timestamptz[]"]
+        let param_types: Vec<&str> = ["text[]", "jsonb[]", "timestamptz[]", "timestamptz[]"]
             .into_iter()
             .chain(columns.iter().map(|c| array_type(c.pg_type)))
             .collect();
@@ -379,7 +382,7 @@ impl SpiSink {
         let sql = format!(
             "WITH up AS (
                INSERT INTO {s}.{t} AS t (id, {cols}_raw, _updated_at, _deleted_at, _deleted_reason, _synced_at, _run_id)
-               SELECT u0, {casts}u1::jsonb, u2, u3, CASE WHEN u3 IS NOT NULL THEN 'archived' END, now(), $5
+               SELECT u0, {casts}u1, u2, u3, CASE WHEN u3 IS NOT NULL THEN 'archived' END, now(), $5
                  FROM (SELECT {unnests}) AS u
                ON CONFLICT (id) DO UPDATE
                   SET {sets}_raw = EXCLUDED._raw, _updated_at = EXCLUDED._updated_at,
@@ -400,6 +403,7 @@ impl SpiSink {
         );
         let oid = |t: &str| match t {
             "timestamptz[]" => PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZARRAYOID),
+            "jsonb[]" => PgOid::BuiltIn(PgBuiltInOids::JSONBARRAYOID),
             _ => PgOid::BuiltIn(PgBuiltInOids::TEXTARRAYOID),
         };
         let mut types: Vec<PgOid> = param_types[..4].iter().map(|t| oid(t)).collect();
@@ -711,12 +715,13 @@ impl SpiSink {
         let (upserted, deleted) = Spi::connect_mut(|c| -> Result<(i64, i64), CrmError> {
             let mut args: Vec<pgrx::datum::DatumWithOid> = Vec::with_capacity(5 + cols.len());
             args.push(text_array(&ids)?);
-            args.push(text_array(&as_str(&raws))?);
+            args.push(jsonb_array(&as_str(&raws))?);
             args.push(timestamptz_array(&upd)?);
             args.push(timestamptz_array(&del)?);
             args.push(self.run_id.into());
-            for col in &cols {
+            for (col, c) in cols.iter().zip(&self.columns) {
                 args.push(match col {
+                    ColumnValues::Text(v) if c.pg_type == PgType::Jsonb => jsonb_array(&as_str(v))?,
                     ColumnValues::Text(v) => text_array(&as_str(v))?,
                     ColumnValues::Timestamps(v) => timestamptz_array(v)?,
                 });
@@ -741,7 +746,7 @@ impl SpiSink {
 }
 
 /// Borrowed text values, as [`text_array`] takes them.
-fn as_str<S: AsRef<str>>(v: &[Option<S>]) -> Vec<Option<&str>> {
+pub(crate) fn as_str<S: AsRef<str>>(v: &[Option<S>]) -> Vec<Option<&str>> {
     v.iter().map(|x| x.as_ref().map(AsRef::as_ref)).collect()
 }
 
@@ -859,25 +864,82 @@ fn empty_array<'a>(
 pub(crate) fn text_array<'a>(
     items: &[Option<&str>],
 ) -> Result<pgrx::datum::DatumWithOid<'a>, CrmError> {
-    if items.is_empty() {
-        return Ok(empty_array(pg_sys::TEXTOID, pg_sys::TEXTARRAYOID));
+    let bodies: Vec<Option<&[u8]>> = items.iter().map(|s| s.map(str::as_bytes)).collect();
+    varlena_array(pg_sys::TEXTOID, pg_sys::TEXTARRAYOID, &bodies)
+}
+
+/// A `jsonb[]` datum of JSON texts, each element as `jsonb_in` would make
+/// it: built in Rust (`crm_sync_core::jsonb`) in a UTF-8 database, else,
+/// and for any text the builder leaves to it, by `jsonb_in` itself (which
+/// fails on a text that is not JSON, as the cast did).
+pub(crate) fn jsonb_array<'a>(
+    items: &[Option<&str>],
+) -> Result<pgrx::datum::DatumWithOid<'a>, CrmError> {
+    // SAFETY: reads the database's encoding, fixed for the session.
+    let utf8 = unsafe { pg_sys::GetDatabaseEncoding() } == pg_sys::pg_enc::PG_UTF8 as i32;
+    let values: Vec<Option<Vec<u8>>> = items
+        .iter()
+        .map(|s| s.map(|s| jsonb_bytes(s, utf8)).transpose())
+        .collect::<Result<_, _>>()?;
+    // Each value is a whole varlena: the array writes its own header.
+    let bodies: Vec<Option<&[u8]>> = values
+        .iter()
+        .map(|v| v.as_deref().map(|v| &v[4..]))
+        .collect();
+    varlena_array(pg_sys::JSONBOID, pg_sys::JSONBARRAYOID, &bodies)
+}
+
+/// An array datum of a varlena type (`elemtype`, int-aligned: text, jsonb)
+/// built in one allocation: each element its body after a 4-byte header,
+/// aligned to 4 bytes.
+fn varlena_array<'a>(
+    elemtype: pg_sys::Oid,
+    array_type: pg_sys::Oid,
+    bodies: &[Option<&[u8]>],
+) -> Result<pgrx::datum::DatumWithOid<'a>, CrmError> {
+    if bodies.is_empty() {
+        return Ok(empty_array(elemtype, array_type));
     }
     let align4 = |x: usize| (x + 3) & !3;
-    let present: Vec<bool> = items.iter().map(Option::is_some).collect();
-    let data_len = items.iter().flatten().map(|s| align4(4 + s.len())).sum();
-    let (p, mut off) = alloc_array(pg_sys::TEXTOID, &present, data_len)?;
+    let present: Vec<bool> = bodies.iter().map(Option::is_some).collect();
+    let data_len = bodies.iter().flatten().map(|b| align4(4 + b.len())).sum();
+    let (p, mut off) = alloc_array(elemtype, &present, data_len)?;
     // SAFETY: alloc_array reserved align4(4 + len) bytes per element.
     unsafe {
-        for s in items.iter().flatten() {
-            let len = 4 + s.len();
+        for b in bodies.iter().flatten() {
+            let len = 4 + b.len();
             pgrx::varlena::set_varsize_4b(p.add(off) as *mut pg_sys::varlena, len as i32);
-            std::ptr::copy_nonoverlapping(s.as_ptr(), p.add(off + 4), s.len());
+            std::ptr::copy_nonoverlapping(b.as_ptr(), p.add(off + 4), b.len());
             off += align4(len);
         }
         Ok(pgrx::datum::DatumWithOid::new(
             pg_sys::Datum::from(p),
-            pg_sys::TEXTARRAYOID,
+            array_type,
         ))
+    }
+}
+
+/// One JSON text as a `jsonb` varlena with a 4-byte header (left unset by
+/// the Rust builder: the array writes its own).
+pub(crate) fn jsonb_bytes(json: &str, utf8: bool) -> Result<Vec<u8>, CrmError> {
+    if utf8 {
+        if let Some(v) = crm_sync_core::jsonb::encode(json) {
+            return Ok(v);
+        }
+    }
+    let c = std::ffi::CString::new(json)
+        .map_err(|_| CrmError::bad_response("a record's JSON holds a NUL byte"))?;
+    // SAFETY: jsonb_in takes a C string and returns a new, plain (not
+    // toasted) varlena, or raises an ERROR for a text that is not JSON.
+    unsafe {
+        let d = pgrx::direct_function_call_as_datum(
+            pg_sys::jsonb_in,
+            &[Some(pg_sys::Datum::from(c.as_ptr()))],
+        )
+        .expect("jsonb_in returns a value");
+        let v = d.cast_mut_ptr::<pg_sys::varlena>();
+        let len = pgrx::varlena::varsize_any(v);
+        Ok(std::slice::from_raw_parts(v as *const u8, len).to_vec())
     }
 }
 

@@ -797,4 +797,138 @@ mod tests {
         )
         .unwrap();
     }
+
+    /// JSON texts as the CRMs send them, and the corners of jsonb's layout.
+    fn json_corpus() -> Vec<String> {
+        let mut out: Vec<String> = [
+            r#"{"id":"101","properties":{"email":"ada@example.com","firstname":"Ada","createdate":"2024-01-01T00:00:00Z","hs_object_id":"101","annualrevenue":null,"num_employees":"250"},"createdAt":"2024-01-01T00:00:00.000Z","archived":false,"associations":{"companies":{"results":[{"id":"7","type":"contact_to_company"}]}}}"#,
+            r#"{"attributes":{"type":"Account","url":"/services/data/v59.0/sobjects/Account/001000000000001AAA"},"Id":"001000000000001AAA","Name":"Acme, Inc.","AnnualRevenue":1.25E7,"NumberOfEmployees":250,"BillingLatitude":37.774929,"BillingLongitude":-122.419416,"IsDeleted":false,"Description":"Line one\nLine \"two\"\t\u00e9\ud83d\ude00 \/","LastModifiedDate":"2024-06-01T12:00:00.000+0000"}"#,
+            r#"{"b":1,"a":2,"ab":3,"a":4,"":5,"é":6,"aa":[],"z":{}}"#,
+            r#"[1,"two",true,false,null,[[]],{"k":[{"x":-0}]}]"#,
+            r#"  {"spaces" :  [ 1 , 2 ]  }  "#,
+            r#""a scalar string""#,
+            "42",
+            "true",
+            "null",
+            "[]",
+            "{}",
+            r#"{"long":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        // Past 32 entries (offsets every 32nd), keys of mixed lengths, and
+        // numbers between strings (alignment padding).
+        let wide: Vec<String> = (0..150)
+            .map(|i| match i % 4 {
+                0 => format!("\"k{}\": \"v{i}\"", "x".repeat(i % 7)),
+                1 => format!("\"n{i}\": {}.{}", i * 37, i % 10),
+                2 => format!("\"a{i}\": [{i}, \"s\", {{\"d\": {i}e-2}}]"),
+                _ => format!("\"b{i}\": {}", i % 2 == 0),
+            })
+            .collect();
+        out.push(format!("{{{}}}", wide.join(", ")));
+        out.push(format!(
+            "[{}]",
+            (0..100)
+                .map(|i| format!("\"{}\"", "y".repeat(i)))
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+        out.push(format!("{}{}", "[".repeat(60), "]".repeat(60)));
+        // Numbers: every shape numeric_in reads differently.
+        for int in [
+            "0",
+            "1",
+            "9",
+            "10",
+            "999",
+            "1000",
+            "9999",
+            "10000",
+            "12345678",
+            "100000000",
+            "123456789012345678901234567890",
+        ] {
+            for frac in [
+                "",
+                ".0",
+                ".5",
+                ".05",
+                ".000",
+                ".0001",
+                ".00010",
+                ".123456789",
+                ".99999999",
+            ] {
+                for exp in [
+                    "", "e0", "e1", "E+3", "e-1", "e-4", "e-7", "e12", "e63", "e64", "e-62",
+                    "e-63", "e-64", "e-70", "e300", "e-300", "e1000",
+                ] {
+                    for sign in ["", "-"] {
+                        out.push(format!("{sign}{int}{frac}{exp}"));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[pg_test]
+    fn records_built_as_jsonb_in_rust_are_jsonb_in_s_bytes() {
+        let mut checked = 0;
+        for json in json_corpus() {
+            let ours = crm_sync_core::jsonb::encode(&json)
+                .unwrap_or_else(|| panic!("not encoded: {json}"));
+            let theirs = crate::landing::jsonb_bytes(&json, false).unwrap();
+            assert_eq!(ours.len(), theirs.len(), "{json}");
+            assert_eq!(ours[4..], theirs[4..], "{json}");
+            checked += 1;
+        }
+        assert!(checked > 3000, "{checked}");
+        // What the builder leaves to jsonb_in still lands as jsonb_in makes it.
+        let lone = r#"{"a":"1e00001","b":1e00001}"#;
+        assert!(crm_sync_core::jsonb::encode(lone).is_none());
+        let v = crate::landing::jsonb_bytes(lone, true).unwrap();
+        assert_eq!(v, crate::landing::jsonb_bytes(lone, false).unwrap());
+    }
+
+    #[pg_test]
+    fn a_jsonb_array_of_records_reads_back_as_written() {
+        let corpus = json_corpus();
+        let items: Vec<Option<&str>> = corpus
+            .iter()
+            .map(|s| Some(s.as_str()))
+            .chain([None])
+            .collect();
+        let back: Vec<Option<String>> = Spi::connect(|c| {
+            let arr = crate::landing::jsonb_array(&items).unwrap();
+            c.select(
+                "SELECT (u.j = u2.t::jsonb)::text FROM unnest($1::jsonb[], $2::text[]) AS u(j, x)
+                   CROSS JOIN LATERAL (SELECT u.x AS t) u2",
+                None,
+                &[arr, items.clone().into()],
+            )
+            .unwrap()
+            .map(|r| r.get::<String>(1).unwrap())
+            .collect()
+        });
+        assert_eq!(back.len(), items.len());
+        assert!(
+            back[..items.len() - 1]
+                .iter()
+                .all(|b| b.as_deref() == Some("true")),
+            "{back:?}"
+        );
+        assert_eq!(back[items.len() - 1], None);
+    }
+
+    #[pg_test]
+    fn a_full_merge_of_an_entity_without_fields_writes_nothing_and_succeeds() {
+        Spi::run("DELETE FROM crm_sync.unified_fields WHERE entity = 'deal'").unwrap();
+        let n = Spi::get_one::<i64>("SELECT count(*) FROM crm_sync.merge(full => true)")
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 3);
+    }
 }

@@ -126,7 +126,7 @@ pub fn link(entity: &str, target: &str, changed: &[i64], targets: &[i64], full: 
     } else {
         format!(
             "want AS (
-                SELECT r.record_id, {} AS target_id
+                SELECT r.record_id, CASE WHEN r.{rf} IS NOT NULL THEN {} END AS target_id
                   FROM crm_sync.source_records r
                  WHERE r.entity = $1 AND r.record_id IN ({scope}))",
             target_of("$3", "r.source", &format!("r.{rf}"))

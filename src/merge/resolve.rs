@@ -150,6 +150,27 @@ pub fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
     // unified id is its own id.
     let (linked_rid, linked_uid): (Vec<i64>, Vec<i64>) = groups.leaders().into_iter().unzip();
     drop(groups);
+    // The entity's first merge: no id to replace, none merged away.
+    if full && first_ids(entity) {
+        Spi::connect_mut(|c| {
+            c.update(
+                "INSERT INTO crm_sync.unified_ids (entity, record_id, unified_id)
+                 SELECT $1, r.record_id, coalesce(l.unified_id, r.record_id)
+                   FROM crm_sync.source_records r
+                   LEFT JOIN unnest($2::int8[], $3::int8[]) l(record_id, unified_id) ON l.record_id = r.record_id
+                  WHERE r.entity = $1
+                  ORDER BY r.record_id",
+                None,
+                &[entity.into(), linked_rid.into(), linked_uid.into()],
+            )
+            .expect("write unified ids");
+        });
+        pgrx::debug1!(
+            "pg_crm_sync merge {entity}: wrote the first unified ids after {:?}",
+            t.elapsed()
+        );
+        return (Vec::new(), 0);
+    }
     // One statement: the new unified id of every record in scope; old ids
     // that no longer name a group were merged into the group of their
     // earliest record (crm.merged_ids, chains followed); then the ids are
@@ -211,4 +232,14 @@ pub fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
         t.elapsed()
     );
     (affected, merged)
+}
+
+/// Whether `entity` has no unified id yet.
+fn first_ids(entity: &str) -> bool {
+    !Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM crm_sync.unified_ids WHERE entity = $1)",
+        &[entity.into()],
+    )
+    .expect("look for unified ids")
+    .unwrap_or(true)
 }

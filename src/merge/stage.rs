@@ -7,15 +7,15 @@ use std::time::Duration;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use serde_json::Value;
 
+use crate::landing::as_str;
 use crate::locks;
 use crm_sync_core::ahead;
 use crm_sync_core::model;
 use crm_sync_core::model::identity;
 use crm_sync_core::model::stage::{Mapped, Staged};
 
-use super::sql::{qi, target_of, FETCH};
+use super::sql::{qi, FETCH};
 
 /// A stream feeding an entity, with the mapping to use.
 pub struct StreamMap {
@@ -156,34 +156,39 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
     // after every page): pages by id would walk the primary key over every
     // row to find the few an incremental merge wants.
     let mut cursor: Option<String> = None;
-    let had_invalid = Spi::get_one_with_args::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM crm_sync.invalid_values WHERE entity = $1 AND source = $2 AND stream = $3)",
+    // Whether the stream has invalid values to clear, and records staged
+    // before (a first staging inserts without looking for them).
+    let (had_invalid, staged_before) = Spi::get_two_with_args::<bool, bool>(
+        "SELECT EXISTS (SELECT 1 FROM crm_sync.invalid_values WHERE entity = $1 AND source = $2 AND stream = $3),
+                EXISTS (SELECT 1 FROM crm_sync.source_records WHERE entity = $1 AND source = $2 AND stream = $3)",
         &[
             entity.into(),
             s.source.as_str().into(),
             s.stream.as_str().into(),
         ],
     )
-    .expect("look for the stream's invalid values")
-    .unwrap_or(true);
+    .expect("look for the stream's invalid values and records");
+    let had_invalid = had_invalid.unwrap_or(true);
+    let first = !staged_before.unwrap_or(true);
     // Values are cleaned on a helper thread, a page ahead: while it cleans
-    // one page, this thread reads the next and writes the one before.
-    let clean = |page: Vec<Landed>| -> Vec<Staged> {
-        page.into_iter()
-            .map(|(external_id, updated_at, deleted, merged_into, values)| {
-                let mut st = model::stage::stage(
-                    entity,
-                    s.region.as_deref(),
-                    &s.fields,
-                    external_id,
-                    updated_at,
-                    deleted,
-                    values,
-                );
-                st.merged_into = merged_into;
-                st
-            })
-            .collect()
+    // one page, this thread reads the next and writes the one before. The
+    // helper also lays the page out as the columns the write sends, and
+    // frees it once written.
+    let clean = |page: Vec<Landed>| -> Page {
+        let mut out = Page::default();
+        for (external_id, updated_at, deleted, merged_into, values) in page {
+            let st = model::stage::stage(
+                entity,
+                s.region.as_deref(),
+                &s.fields,
+                external_id,
+                updated_at,
+                deleted,
+                values,
+            );
+            out.push(entity, s, st, merged_into);
+        }
+        out
     };
     ahead::with_helper(clean, |cleaner| {
         let mut read_all = false;
@@ -224,19 +229,18 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
                     let t = std::time::Instant::now();
                     let batch = cleaner.recv().expect("a page is out");
                     t_clean += t.elapsed();
-                    invalid += batch.iter().map(|b| b.invalid.len() as i64).sum::<i64>();
-                    count += batch.len() as i64;
+                    invalid += batch.invalid.len() as i64;
+                    count += batch.rid.len() as i64;
                     if count as usize > keep {
                         ids = None;
                     }
                     if let Some(ids) = ids.as_mut() {
-                        ids.extend(batch.iter().map(|b| {
-                            identity::record_id(entity, &s.source, &s.stream, &b.external_id)
-                        }));
+                        ids.extend_from_slice(&batch.rid);
                     }
                     let t = std::time::Instant::now();
-                    write_staged(c, entity, s, &batch, had_invalid);
+                    write_staged(c, entity, s, &batch, had_invalid, first);
                     t_write += t.elapsed();
+                    cleaner.give_back(batch);
                 }
             });
             pgrx::check_for_interrupts!();
@@ -264,110 +268,100 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
     }
 }
 
-fn write_staged(
-    c: &mut SpiClient<'_>,
-    entity: &str,
-    s: &StreamMap,
-    batch: &[Staged],
-    // The stream had invalid values when its staging began (else there are
-    // none to clear: pages never repeat a record).
-    had_invalid: bool,
-) {
-    let col = |f: &dyn Fn(&Staged) -> Option<String>| -> Vec<Option<String>> {
-        batch.iter().map(f).collect()
-    };
-    let ext: Vec<String> = batch.iter().map(|b| b.external_id.clone()).collect();
-    let rid: Vec<i64> = batch
-        .iter()
-        .map(|b| identity::record_id(entity, &s.source, &s.stream, &b.external_id))
-        .collect();
-    let upd = col(&|b| b.updated_at.clone());
-    let del: Vec<bool> = batch.iter().map(|b| b.deleted).collect();
-    let vals = col(&|b| Some(Value::Object(b.vals.clone()).to_string()));
-    let args: Vec<DatumWithOid> = vec![
-        entity.into(),
-        s.source.as_str().into(),
-        s.stream.as_str().into(),
-        ext.clone().into(),
-        rid.into(),
-        upd.into(),
-        del.into(),
-        vals.into(),
-        col(&|b| b.email.clone()).into(),
-        col(&|b| b.phone.clone()).into(),
-        col(&|b| b.name_key.clone()).into(),
-        col(&|b| b.domain.clone()).into(),
-        col(&|b| b.company_key.clone()).into(),
-        col(&|b| b.company_ref.clone()).into(),
-        col(&|b| b.contact_ref.clone()).into(),
-        batch
-            .iter()
-            .map(|b| {
-                b.merged_into
-                    .as_ref()
-                    .map(|m| identity::record_id(entity, &s.source, &s.stream, m))
-            })
-            .collect::<Vec<Option<i64>>>()
-            .into(),
-    ];
-    // A new record points at the unified row of the record it references
-    // at once (the link step would otherwise write every new row twice);
-    // links of records already there are the link step's.
-    let (link_cols, link_vals): (String, String) = model::link_targets(entity)
-        .iter()
-        .filter_map(|target| model::REFS.iter().find(|r| r.target == *target))
-        .map(|r| {
-            (
-                format!(", {}", r.column),
-                format!(
-                    ", {}",
-                    target_of(&format!("'{}'", r.target), "$2", &format!("u.{}", r.field))
-                ),
-            )
-        })
-        .unzip();
-    c.update(
-        &format!("INSERT INTO crm_sync.source_records AS t
-                (entity, source, stream, external_id, record_id, updated_at, deleted, vals,
-                 email, phone, name_key, domain, company_key, company_ref, contact_ref, merged_into,
-                 merged_at{link_cols})
-         SELECT $1, $2, $3, u.ext, u.rid, u.upd::timestamptz, u.del, u.vals::jsonb,
-                u.email, u.phone, u.name_key, u.domain, u.company_key, u.company_ref, u.contact_ref,
-                u.merged_into, now(){link_vals}
-           FROM unnest($4::text[], $5::int8[], $6::text[], $7::bool[], $8::text[], $9::text[],
-                       $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
-                       $16::int8[])
-                AS u(ext, rid, upd, del, vals, email, phone, name_key, domain, company_key, company_ref,
-                     contact_ref, merged_into)
-         ON CONFLICT (entity, record_id) DO UPDATE
+/// How a staged record is written over the one there: unless unchanged (a
+/// rebuild, a resync).
+const UPSERT: &str = "ON CONFLICT (entity, record_id) DO UPDATE
             SET updated_at = EXCLUDED.updated_at, deleted = EXCLUDED.deleted, vals = EXCLUDED.vals,
                 email = EXCLUDED.email, phone = EXCLUDED.phone, name_key = EXCLUDED.name_key,
                 domain = EXCLUDED.domain, company_key = EXCLUDED.company_key,
                 company_ref = EXCLUDED.company_ref, contact_ref = EXCLUDED.contact_ref,
                 merged_into = EXCLUDED.merged_into, merged_at = now()
-          -- An unchanged record is not rewritten (a rebuild, a resync).
           WHERE (t.updated_at, t.deleted, t.vals, t.email, t.phone, t.name_key, t.domain, t.company_key,
                  t.company_ref, t.contact_ref, t.merged_into)
                 IS DISTINCT FROM (EXCLUDED.updated_at, EXCLUDED.deleted, EXCLUDED.vals, EXCLUDED.email,
                  EXCLUDED.phone, EXCLUDED.name_key, EXCLUDED.domain, EXCLUDED.company_key,
-                 EXCLUDED.company_ref, EXCLUDED.contact_ref, EXCLUDED.merged_into)"),
+                 EXCLUDED.company_ref, EXCLUDED.contact_ref, EXCLUDED.merged_into)";
+
+fn write_staged(
+    c: &mut SpiClient<'_>,
+    entity: &str,
+    s: &StreamMap,
+    page: &Page,
+    // The stream had invalid values when its staging began (else there are
+    // none to clear: pages never repeat a record).
+    had_invalid: bool,
+    // No record of the stream was staged before.
+    first: bool,
+) {
+    let ext: Vec<&str> = page.ext.iter().map(String::as_str).collect();
+    let mut args: Vec<DatumWithOid> = vec![
+        entity.into(),
+        s.source.as_str().into(),
+        s.stream.as_str().into(),
+        ext.clone().into(),
+        page.rid.as_slice().into(),
+        as_str(&page.upd).into(),
+        page.del.as_slice().into(),
+        crate::landing::jsonb_array(
+            &page
+                .vals
+                .iter()
+                .map(|v| Some(v.as_str()))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap_or_else(|e| panic!("cleaned values as jsonb: {e}")),
+    ];
+    args.extend(page.keys.iter().map(|k| DatumWithOid::from(as_str(k))));
+    args.push(page.merged_into.as_slice().into());
+    // A new record points at the unified row of the record it references
+    // at once (the link step would otherwise write every new row twice);
+    // links of records already there are the link step's. The page's
+    // references are looked up together (`target_of`'s rule: the record
+    // with that id in the same source, of its first stream by name).
+    let mut link_cols = String::new();
+    let mut link_vals = String::new();
+    let mut link_joins = String::new();
+    for (i, r) in model::REFS.iter().enumerate() {
+        if !model::link_targets(entity).contains(&r.target) {
+            continue;
+        }
+        // The page's references, in REFS order from $14.
+        let refs = 14 + i;
+        link_cols.push_str(&format!(", {}", r.column));
+        link_vals.push_str(&format!(", l{i}.unified_id"));
+        link_joins.push_str(&format!(
+            "
+           LEFT JOIN (SELECT DISTINCT ON (k.external_id) k.external_id, ku.unified_id
+                        FROM crm_sync.source_records k
+                        JOIN crm_sync.unified_ids ku ON ku.entity = k.entity AND ku.record_id = k.record_id
+                       WHERE k.entity = '{target}' AND k.source = $2 AND k.external_id = ANY (${refs}::text[])
+                       ORDER BY k.external_id, k.stream) l{i} ON l{i}.external_id = u.{field}",
+            target = r.target,
+            field = r.field,
+        ));
+    }
+    // A stream staged for the first time has no record to meet: a plain
+    // insert (a page never repeats a record).
+    let upsert = if first { "" } else { UPSERT };
+    c.update(
+        &format!("INSERT INTO crm_sync.source_records AS t
+                (entity, source, stream, external_id, record_id, updated_at, deleted, vals,
+                 email, phone, name_key, domain, company_key, company_ref, contact_ref, merged_into,
+                 merged_at{link_cols})
+         SELECT $1, $2, $3, u.ext, u.rid, u.upd::timestamptz, u.del, u.vals,
+                u.email, u.phone, u.name_key, u.domain, u.company_key, u.company_ref, u.contact_ref,
+                u.merged_into, now(){link_vals}
+           FROM unnest($4::text[], $5::int8[], $6::text[], $7::bool[], $8::jsonb[], $9::text[],
+                       $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
+                       $16::int8[])
+                AS u(ext, rid, upd, del, vals, email, phone, name_key, domain, company_key, company_ref,
+                     contact_ref, merged_into){link_joins}
+         {upsert}"),
         None,
         &args,
     )
     .expect("write crm_sync.source_records");
     // The invalid values of these records, as of now.
-    let mut f_ext = Vec::new();
-    let mut f_field = Vec::new();
-    let mut f_value = Vec::new();
-    let mut f_problem = Vec::new();
-    for b in batch {
-        for (field, value, problem) in &b.invalid {
-            f_ext.push(b.external_id.clone());
-            f_field.push(field.clone());
-            f_value.push(value.clone());
-            f_problem.push(problem.clone());
-        }
-    }
     if had_invalid {
         c.update(
             "DELETE FROM crm_sync.invalid_values
@@ -382,9 +376,10 @@ fn write_staged(
         )
         .expect("clear crm_sync.invalid_values");
     }
-    if f_ext.is_empty() {
+    if page.invalid.is_empty() {
         return;
     }
+    let column = |i: usize| -> Vec<&str> { page.invalid.iter().map(|v| v[i].as_str()).collect() };
     c.update(
         "INSERT INTO crm_sync.invalid_values (entity, source, stream, external_id, field, value, problem)
          SELECT $1, $2, $3, u.* FROM unnest($4::text[], $5::text[], $6::text[], $7::text[]) u",
@@ -393,11 +388,55 @@ fn write_staged(
             entity.into(),
             s.source.as_str().into(),
             s.stream.as_str().into(),
-            f_ext.into(),
-            f_field.into(),
-            f_value.into(),
-            f_problem.into(),
+            column(0).into(),
+            column(1).into(),
+            column(2).into(),
+            column(3).into(),
         ],
     )
     .expect("write crm_sync.invalid_values");
+}
+
+/// A page of staged records, as the columns [`write_staged`] sends.
+#[derive(Default)]
+struct Page {
+    ext: Vec<String>,
+    rid: Vec<i64>,
+    upd: Vec<Option<String>>,
+    del: Vec<bool>,
+    /// Cleaned values, as JSON objects (sent as jsonb built in Rust).
+    vals: Vec<String>,
+    /// email, phone, name_key, domain, company_key, company_ref, contact_ref
+    keys: [Vec<Option<String>>; 7],
+    merged_into: Vec<Option<i64>>,
+    /// (external id, field, value, problem)
+    invalid: Vec<[String; 4]>,
+}
+
+impl Page {
+    fn push(&mut self, entity: &str, s: &StreamMap, st: Staged, merged_into: Option<String>) {
+        let id = |ext: &str| identity::record_id(entity, &s.source, &s.stream, ext);
+        self.rid.push(id(&st.external_id));
+        self.merged_into.push(merged_into.as_deref().map(id));
+        for (field, value, problem) in st.invalid {
+            self.invalid
+                .push([st.external_id.clone(), field, value, problem]);
+        }
+        self.upd.push(st.updated_at);
+        self.del.push(st.deleted);
+        self.vals
+            .push(serde_json::to_string(&st.vals).unwrap_or_else(|_| "{}".to_owned()));
+        for (col, v) in self.keys.iter_mut().zip([
+            st.email,
+            st.phone,
+            st.name_key,
+            st.domain,
+            st.company_key,
+            st.company_ref,
+            st.contact_ref,
+        ]) {
+            col.push(v);
+        }
+        self.ext.push(st.external_id);
+    }
 }

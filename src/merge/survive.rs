@@ -72,9 +72,10 @@ pub fn survive(entity: &str, ids: &[i64], full: bool) -> i64 {
           ORDER BY i.unified_id",
         links.join(", "),
         if full {
-            ""
+            // Rows of one record are written by `singles` below.
+            format!("AND i.unified_id IN ({SHARED_IDS})")
         } else {
-            "AND i.unified_id = ANY ($2)"
+            "AND i.unified_id = ANY ($2)".to_owned()
         }
     );
     let rules: Vec<FieldRule> = fields
@@ -85,8 +86,26 @@ pub fn survive(entity: &str, ids: &[i64], full: bool) -> i64 {
             kind,
         })
         .collect();
-    let mut w = RowWriter::new(entity, rules);
     let mut written = 0i64;
+    // A first merge writes into an empty table: plain inserts.
+    let empty = full
+        && !Spi::get_one::<bool>(&format!("SELECT EXISTS (SELECT 1 FROM crm.{t})"))
+            .expect("look for unified rows")
+            .unwrap_or(true);
+    // (An entity without fields has no row to write.)
+    if full && !rules.is_empty() {
+        let t = std::time::Instant::now();
+        written += Spi::connect_mut(|c| {
+            c.update(&singles(entity, &rules, empty), None, &[entity.into()])
+                .expect("write unified rows of one record")
+                .len() as i64
+        });
+        pgrx::debug1!(
+            "pg_crm_sync merge {entity}: survivorship wrote {written} rows of one record in {:?}",
+            t.elapsed()
+        );
+    }
+    let mut w = RowWriter::new(entity, rules, empty);
     let mut rows_read = 0usize;
     let (mut t_read, mut t_write) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
     // Pages of records in unified-id order, each read and written in its
@@ -179,6 +198,101 @@ fn contribution(r: &pgrx::spi::SpiHeapTupleData<'_>) -> Contribution {
     }
 }
 
+/// The unified ids of rows made of several records (each names a record
+/// that is not its own); every other record of a whole merge is alone.
+const SHARED_IDS: &str = "SELECT m.unified_id FROM crm_sync.unified_ids m
+                           WHERE m.entity = $1 AND m.unified_id <> m.record_id";
+
+/// The crm table's column of a unified field, and the cast its text value
+/// takes: a ref field is the linked row's unified id (company_ref ->
+/// company_id).
+fn column_of(rule: &FieldRule) -> (String, &'static str) {
+    match (rule.kind.as_str(), ref_of_field(&rule.field)) {
+        ("ref", Some(r)) => (REFS[r].column.to_owned(), "::int8"),
+        ("numeric", _) => (qi(&rule.field), "::numeric"),
+        ("date", _) => (qi(&rule.field), "::date"),
+        ("timestamptz", _) => (qi(&rule.field), "::timestamptz"),
+        _ => (qi(&rule.field), ""),
+    }
+}
+
+/// The statement that writes, in a full merge, every unified row made of one
+/// record, in SQL (they are most rows, and their values need no choosing):
+/// the row `survive::survive` makes of a group of one, field for field: the
+/// records that neither belong to another's row nor lead a row of several
+/// ([`SHARED_IDS`], the rows the survivorship cursor reads).
+fn singles(entity: &str, rules: &[FieldRule], empty: bool) -> String {
+    let lit = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    let mut cols = Vec::new();
+    let mut exprs = Vec::new();
+    // Field -> 1 (the one record gave every value it has): every field,
+    // less those the record lacks (cheaper than building the object).
+    let mut every = serde_json::Map::new();
+    let mut lacks = Vec::new();
+    for rule in rules {
+        let (col, cast) = column_of(rule);
+        let has = format!("x.vals ? {}", lit(&rule.field));
+        let value = match (rule.kind.as_str(), ref_of_field(&rule.field)) {
+            ("ref", Some(r)) => format!("CASE WHEN {has} THEN x.{} END", REFS[r].column),
+            ("ref", None) => "NULL::text".to_owned(),
+            _ => format!("(x.vals->>{}){cast}", lit(&rule.field)),
+        };
+        cols.push(col);
+        exprs.push(format!("CASE WHEN NOT x.deleted THEN {value} END"));
+        every.insert(rule.field.clone(), Value::from(1));
+        lacks.push(format!("CASE WHEN NOT {has} THEN {} END", lit(&rule.field)));
+    }
+    let lineage = if lacks.is_empty() {
+        "'{}'::jsonb".to_owned()
+    } else {
+        format!(
+            "{}::jsonb - ARRAY[{}]::text[]",
+            lit(&Value::Object(every).to_string()),
+            lacks.join(", ")
+        )
+    };
+    format!(
+        "INSERT INTO crm.{t} AS t (id, {cols}, deleted_at, sources, lineage, merged_at)
+         SELECT x.record_id, {exprs}, CASE WHEN x.deleted THEN now() END,
+                CASE WHEN x.deleted THEN '{{}}'::text[] ELSE ARRAY[concat_ws('/', x.source, x.stream, x.external_id)] END,
+                CASE WHEN x.deleted THEN '{{}}'::jsonb ELSE {lineage} END, now()
+           FROM crm_sync.source_records x
+          WHERE x.entity = $1
+            AND NOT EXISTS (
+                SELECT FROM (SELECT m.record_id FROM crm_sync.unified_ids m
+                              WHERE m.entity = $1 AND m.unified_id <> m.record_id
+                             UNION ALL {SHARED_IDS}) m(id)
+                 WHERE m.id = x.record_id)
+         {upsert}",
+        t = table(entity),
+        cols = cols.join(", "),
+        exprs = exprs.join(", "),
+        upsert = upsert(&cols, empty),
+    )
+}
+
+/// How a unified row is written over the one there: only if it differs
+/// (`cols`: the field columns, as [`column_of`] names them); nothing to say
+/// when the table was `empty` when the merge began.
+fn upsert(cols: &[String], empty: bool) -> String {
+    if empty {
+        return String::new();
+    }
+    let sets: Vec<String> = cols.iter().map(|c| format!("{c} = EXCLUDED.{c}")).collect();
+    let olds: Vec<String> = cols.iter().map(|c| format!("t.{c}")).collect();
+    let news: Vec<String> = cols.iter().map(|c| format!("EXCLUDED.{c}")).collect();
+    format!(
+        "ON CONFLICT (id) DO UPDATE SET {sets},
+            deleted_at = CASE WHEN EXCLUDED.deleted_at IS NULL THEN NULL ELSE coalesce(t.deleted_at, EXCLUDED.deleted_at) END,
+            sources = EXCLUDED.sources, lineage = EXCLUDED.lineage, merged_at = now()
+          WHERE ({olds}, t.deleted_at IS NULL, t.sources, t.lineage)
+                IS DISTINCT FROM ({news}, EXCLUDED.deleted_at IS NULL, EXCLUDED.sources, EXCLUDED.lineage)",
+        sets = sets.join(", "),
+        olds = olds.join(", "),
+        news = news.join(", "),
+    )
+}
+
 /// Unified rows gathered column by column, written with one statement.
 struct RowWriter {
     sql: String,
@@ -191,33 +305,18 @@ struct RowWriter {
 }
 
 impl RowWriter {
-    fn new(entity: &str, rules: Vec<FieldRule>) -> Self {
+    fn new(entity: &str, rules: Vec<FieldRule>, empty: bool) -> Self {
         let t = table(entity);
         let mut cols = Vec::new();
         let mut exprs = Vec::new();
         let mut unnest = vec!["$1::int8[]".to_owned()];
         let mut names = vec!["id".to_owned()];
         for (i, rule) in rules.iter().enumerate() {
-            let (f, kind) = (&rule.field, rule.kind.as_str());
-            let p = i + 2;
-            unnest.push(format!("${p}::text[]"));
+            let (col, cast) = column_of(rule);
+            unnest.push(format!("${}::text[]", i + 2));
             names.push(format!("c{i}"));
-            let v = format!("u.c{i}");
-            match (kind, ref_of_field(f)) {
-                // The linked row's unified id (company_ref -> company_id).
-                ("ref", Some(r)) => {
-                    cols.push(REFS[r].column.to_owned());
-                    exprs.push(format!("{v}::int8"));
-                }
-                ("numeric" | "date" | "timestamptz", _) => {
-                    cols.push(qi(f));
-                    exprs.push(format!("{v}::{kind}"));
-                }
-                _ => {
-                    cols.push(qi(f));
-                    exprs.push(v);
-                }
-            }
+            cols.push(col);
+            exprs.push(format!("u.c{i}{cast}"));
         }
         let n = rules.len() + 2;
         for (k, ty) in [
@@ -232,26 +331,17 @@ impl RowWriter {
             unnest.push(format!("${}::{ty}", k.1));
             names.push(k.0.to_owned());
         }
-        let sets: Vec<String> = cols.iter().map(|c| format!("{c} = EXCLUDED.{c}")).collect();
-        let olds: Vec<String> = cols.iter().map(|c| format!("t.{c}")).collect();
-        let news: Vec<String> = cols.iter().map(|c| format!("EXCLUDED.{c}")).collect();
         let sql = format!(
             "INSERT INTO crm.{t} AS t (id, {cols}, deleted_at, sources, lineage, merged_at)
              SELECT u.id, {exprs}, CASE WHEN u.gone THEN now() END,
                     string_to_array(u.sources, chr(31)), u.lineage::jsonb, now()
                FROM unnest({unnest}) AS u({names})
-             ON CONFLICT (id) DO UPDATE SET {sets},
-                deleted_at = CASE WHEN EXCLUDED.deleted_at IS NULL THEN NULL ELSE coalesce(t.deleted_at, EXCLUDED.deleted_at) END,
-                sources = EXCLUDED.sources, lineage = EXCLUDED.lineage, merged_at = now()
-              WHERE ({olds}, t.deleted_at IS NULL, t.sources, t.lineage)
-                    IS DISTINCT FROM ({news}, EXCLUDED.deleted_at IS NULL, EXCLUDED.sources, EXCLUDED.lineage)",
-            olds = olds.join(", "),
-            news = news.join(", "),
+             {upsert}",
             cols = cols.join(", "),
             exprs = exprs.join(", "),
             unnest = unnest.join(", "),
             names = names.join(", "),
-            sets = sets.join(", "),
+            upsert = upsert(&cols, empty),
         );
         RowWriter {
             sql,

@@ -281,6 +281,32 @@ def test_a_full_rebuild_gives_the_same_model(db, both):
     assert len(before["contacts"]) > 5 and len(before["deals"]) >= 4
 
 
+def test_a_model_rebuilt_from_nothing_is_the_one_merged_change_by_change(db, both):
+    """A merge into an empty model writes the rows of one record in SQL and
+    every table with plain inserts; rows of several records go through
+    survivorship. The model is the one the merges after each sync made, row
+    for row: live and deleted rows, numbers, dates, links, lineage."""
+    hs, sf = both
+    lin = person(db, "lin@x.example")
+    hs.archive("contacts", [lin["sources"][0].split("/")[2]])
+    sync(db, "hs")
+    snap = """SELECT to_jsonb(t) - 'merged_at' - 'deleted_at' || jsonb_build_object('deleted', t.deleted_at IS NOT NULL)
+                FROM crm.{} t ORDER BY id"""
+    tables = ("contacts", "companies", "deals")
+    before = {t: db.execute(snap.format(t)).fetchall() for t in tables}
+    shapes = [r[0] for t in tables for r in before[t]]
+    assert any(r["deleted"] and r["sources"] == [] for r in shapes), "a deleted row of one record"
+    assert any(len(r["sources"]) > 1 for r in shapes) and any(len(r["sources"]) == 1 for r in shapes)
+    assert any(r.get("company_id") for r in shapes) and any(r.get("contact_id") for r in shapes)
+    assert any(r.get("amount") is not None for r in shapes)
+    lineage = db.execute("SELECT * FROM crm.field_lineage ORDER BY 1, 2, 3").fetchall()
+    db.execute("TRUNCATE crm_sync.unified_ids, crm.contacts, crm.companies, crm.deals")
+    db.execute("SELECT * FROM crm_sync.merge(full => true)")
+    for t in tables:
+        assert db.execute(snap.format(t)).fetchall() == before[t], t
+    assert db.execute("SELECT * FROM crm.field_lineage ORDER BY 1, 2, 3").fetchall() == lineage
+
+
 def owner_mapping(db, expression):
     """Map hs contacts' owner through `expression`; returns the list that
     fills with the connection's NOTICE and WARNING texts."""

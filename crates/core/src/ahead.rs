@@ -5,13 +5,14 @@
 //! given, which must not touch Postgres; it takes no signals (they are the
 //! main thread's: cancel, statement_timeout, latch wake-ups).
 
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 
 /// The caller's end: pages go in with [`Ahead::send`] and come back, in
 /// order, worked, with [`Ahead::recv`].
 pub struct Ahead<I, O> {
     tx: Option<SyncSender<I>>,
     rx: Receiver<O>,
+    back: Sender<O>,
     in_flight: usize,
 }
 
@@ -36,6 +37,14 @@ impl<I, O> Ahead<I, O> {
         Some(out)
     }
 
+    /// Hand a worked page back for the helper to free: its allocations are
+    /// the helper's, and freeing them there (a page's many small strings
+    /// and maps) keeps the caller's thread on its own work.
+    pub fn give_back(&mut self, page: O) {
+        // The helper is gone only when the caller is unwinding: drop here.
+        let _ = self.back.send(page);
+    }
+
     /// Pages handed over and not yet taken back.
     pub fn in_flight(&self) -> usize {
         self.in_flight
@@ -56,19 +65,24 @@ where
     std::thread::scope(|scope| {
         let (tx, work_rx) = sync_channel::<I>(1);
         let (out_tx, rx) = sync_channel::<O>(1);
+        let (back, back_rx) = channel::<O>();
         let work = &work;
         without_signals(|| {
             scope.spawn(move || {
                 for page in work_rx {
+                    // Pages given back are freed before the next is worked.
+                    back_rx.try_iter().for_each(drop);
                     if out_tx.send(work(page)).is_err() {
                         break;
                     }
                 }
+                back_rx.try_iter().for_each(drop);
             })
         });
         let mut ahead = Ahead {
             tx: Some(tx),
             rx,
+            back,
             in_flight: 0,
         };
         let out = body(&mut ahead);
@@ -133,6 +147,36 @@ mod tests {
         );
         let want: Vec<Vec<u32>> = (0..10u32).map(|p| vec![p * 2, (p + 100) * 2]).collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn pages_given_back_are_freed_on_the_helper_thread() {
+        use std::sync::{Arc, Mutex};
+        use std::thread::ThreadId;
+        struct Page(Arc<Mutex<Vec<ThreadId>>>);
+        impl Drop for Page {
+            fn drop(&mut self) {
+                self.0.lock().unwrap().push(std::thread::current().id());
+            }
+        }
+        let freed = Arc::new(Mutex::new(Vec::new()));
+        let f = freed.clone();
+        with_helper(
+            move |_: u32| Page(f.clone()),
+            |a| {
+                for p in 0..5 {
+                    a.send(p);
+                    let page = a.recv().unwrap();
+                    a.give_back(page);
+                }
+            },
+        );
+        let freed = freed.lock().unwrap();
+        assert_eq!(freed.len(), 5);
+        assert!(
+            freed.iter().all(|t| *t != std::thread::current().id()),
+            "{freed:?}"
+        );
     }
 
     #[test]

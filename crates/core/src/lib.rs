@@ -18,6 +18,7 @@ pub mod cron;
 pub mod engine;
 pub mod error;
 pub mod http;
+pub mod jsonb;
 pub mod model;
 pub mod paging;
 pub mod runtime;
