@@ -1,9 +1,12 @@
-"""Benchmark: full then incremental sync of large HubSpot, Salesforce and Pipedrive mock datasets.
+"""Benchmark: full then incremental sync of large HubSpot, Salesforce, Pipedrive and Dynamics 365 mock datasets.
 
 Prints records/s, MB/s, API calls and the syncing backend's peak memory for
 each provider, mode and size: HubSpot contacts (`hs`), Salesforce accounts
 through the REST query API (`sf-rest`) and through Bulk API 2.0 (`sf-bulk`),
-Pipedrive persons through the declarative `rest` connector (`pd`), then a side-by-side summary of the full-sync medians.
+Pipedrive persons through the declarative `rest` connector (`pd`), Dynamics 365
+contacts through the Dataverse Web API with change tracking (`dv`), Zoho
+CRM contacts (60 fields: two groups joined by id) through Get Records and
+COQL (`zo`), then a side-by-side summary of the full-sync medians.
 Run through scripts/bench.sh, which installs and starts everything.
 """
 
@@ -21,11 +24,11 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 from conftest import (  # noqa: E402
-    PD_TOKEN, SF_CLIENT_ID, SF_CLIENT_SECRET, SF_REFRESH_TOKEN, TOKEN, PdMock, SfMock, free_port, spawn_mock,
-    start_mock,
+    DV_CREDENTIALS, DV_TENANT, PD_TOKEN, ZOHO_CREDENTIALS, ZohoMockProc, SF_CLIENT_ID, SF_CLIENT_SECRET, SF_REFRESH_TOKEN, TOKEN, DvMock, PdMock,
+    SfMock, free_port, spawn_mock, start_mock,
 )
 
-PROVIDERS = ("hubspot", "salesforce", "pipedrive")
+PROVIDERS = ("hubspot", "salesforce", "pipedrive", "dynamics", "zoho")
 # Salesforce full-sync modes: label -> extra source options. REST must say
 # bulk_api false once the connector has the option (its default threshold
 # would pick Bulk at these sizes); Bulk forces Bulk API 2.0 at any size.
@@ -236,6 +239,60 @@ def bench_pipedrive(pg, n, batch_size, repeat, results):
         mock.proc.wait()
 
 
+def bench_dynamics(pg, n, batch_size, repeat, results):
+    """Dynamics 365 contacts through the Dataverse Web API: a tracked full
+    read (pages of 5,000), then 1% changed read through the delta link and
+    a reconciliation listing every id (nothing gone: Dataverse reports
+    every delete through change tracking)."""
+    mock = spawn_mock(DvMock, "dynamics", "--tenant", DV_TENANT, "--contacts", str(n), "--accounts", "10",
+                      "--leads", "10", "--opportunities", "10")
+    dbname = f"bench_dv_{n}"
+    try:
+        with fresh_db(pg, dbname, batch_size) as db:
+            full_syncs(pg, db, "dv", n, "contacts", repeat,
+                       lambda: db.execute("SELECT crm_sync.create_source('dv', 'dynamics', %s, %s)",
+                                          (psycopg.types.json.Jsonb({"environment_url": mock.url,
+                                                                     "login_url": mock.url}),
+                                           psycopg.types.json.Jsonb(DV_CREDENTIALS))),
+                       ("dv", "contact"), results)
+            changed = max(1, n // 100)
+            mock.admin("POST", "/_mock/dv/upsert_range",
+                       {"entity": "contact", "from": 1, "to": changed, "record": {"jobtitle": "bench"}})
+            incremental_then_reconcile(pg, db, "dv", "contact", n, changed, [], lambda: None)
+        drop_db(pg, dbname)
+    finally:
+        mock.proc.kill()
+        mock.proc.wait()
+
+
+def bench_zoho(pg, n, batch_size, repeat, results):
+    """Zoho CRM contacts (more than 50 fields, so two groups a page joined
+    by id; page tokens to 100,000 records, COQL by id beyond), then 1%
+    changed read with If-Modified-Since and a reconciliation (COQL ids)
+    that finds the 0.01% purged."""
+    mock = spawn_mock(ZohoMockProc, "zoho", "--contacts", str(n), "--accounts", "10", "--leads", "10",
+                      "--deals", "10", "--daily-credits", "100000000")
+    dbname = f"bench_zo_{n}"
+    try:
+        with fresh_db(pg, dbname, batch_size) as db:
+            full_syncs(pg, db, "zo", n, "contacts", repeat,
+                       lambda: db.execute("SELECT crm_sync.create_source('zo', 'zoho', %s, %s)",
+                                          (psycopg.types.json.Jsonb({"accounts_url": mock.url}),
+                                           psycopg.types.json.Jsonb(ZOHO_CREDENTIALS))),
+                       ("zo", "contacts"), results)
+            changed = max(1, n // 100)
+            mock.admin("POST", "/_mock/zoho/upsert_range",
+                       {"module": "Contacts", "from": 1, "to": changed, "record": {"Title": "bench"}})
+            purged = [mock.id(k) for k in range(7, n + 1, 10_000)]
+            incremental_then_reconcile(
+                pg, db, "zo", "contacts", n, changed, purged,
+                lambda: [mock.purge("Contacts", i) for i in purged])
+        drop_db(pg, dbname)
+    finally:
+        mock.proc.kill()
+        mock.proc.wait()
+
+
 def create_sf(db, mock, extra):
     opts = {"login_url": mock.url, **extra}
     creds = {"client_id": SF_CLIENT_ID, "client_secret": SF_CLIENT_SECRET, "refresh_token": SF_REFRESH_TOKEN}
@@ -339,7 +396,8 @@ def main():
     ap.add_argument("--repeat", type=int, default=3, help="full syncs per size (the median is reported)")
     ap.add_argument("--providers", default=",".join(PROVIDERS),
                     help="comma-separated: hubspot, salesforce (Salesforce runs REST and Bulk API 2.0), "
-                         "pipedrive (the shipped spec, through the rest connector)")
+                         "pipedrive (the shipped spec, through the rest connector), dynamics (Dataverse Web API), "
+                         "zoho (Zoho CRM API v8)")
     args = ap.parse_args()
     providers = [p.strip() for p in args.providers.split(",") if p.strip()]
     for p in providers:
@@ -347,14 +405,16 @@ def main():
             ap.error(f"unknown provider {p!r}; choose from {', '.join(PROVIDERS)}")
     sizes = [int(x) for x in args.sizes.split(",")]
     labels = ((["hs"] if "hubspot" in providers else []) + (list(SF_MODES) if "salesforce" in providers else [])
-              + (["pd"] if "pipedrive" in providers else []))
+              + (["pd"] if "pipedrive" in providers else []) + (["dv"] if "dynamics" in providers else [])
+              + (["zo"] if "zoho" in providers else []))
     base = Path(os.environ.get("CRM_BENCH_DIR", "/tmp/crm_sync_bench"))
     port = free_port()
     subprocess.run([str(ROOT / "scripts" / "pg.sh"), "start", str(base), str(port)], check=True)
     pg = {"host": "127.0.0.1", "port": port, "user": "postgres"}
     results = {}
     try:
-        names = " and ".join({"hubspot": "HubSpot", "salesforce": "Salesforce", "pipedrive": "Pipedrive"}[p]
+        names = " and ".join({"hubspot": "HubSpot", "salesforce": "Salesforce", "pipedrive": "Pipedrive",
+                              "dynamics": "Dynamics 365", "zoho": "Zoho CRM"}[p]
                              for p in providers)
         mocks = "mocks" if len(providers) > 1 else "mock"
         print(f"pg_crm_sync benchmark: {names} {mocks} and PostgreSQL 15 on this machine ({os.cpu_count()} cores)")
@@ -365,6 +425,10 @@ def main():
                 bench_salesforce(pg, n, args.batch_size, args.repeat, list(SF_MODES), results)
             if "pipedrive" in providers:
                 bench_pipedrive(pg, n, args.batch_size, args.repeat, results)
+            if "dynamics" in providers:
+                bench_dynamics(pg, n, args.batch_size, args.repeat, results)
+            if "zoho" in providers:
+                bench_zoho(pg, n, args.batch_size, args.repeat, results)
         summary(results, sizes, labels)
     finally:
         subprocess.run([str(ROOT / "scripts" / "pg.sh"), "stop", str(base)], check=False)

@@ -61,7 +61,7 @@ BEGIN
 END
 $fn$;
 COMMENT ON FUNCTION crm_sync.create_source(text, text, jsonb, jsonb) IS
-    'Register a CRM connection. name becomes the schema of its landing tables; provider is ''hubspot'', ''salesforce'', ''rest'' (options.spec describes the API) or a registered spec''s name (''pipedrive''; see crm_sync.specs, crm_sync.builtin_specs); options and credentials are checked.';
+    'Register a CRM connection. name becomes the schema of its landing tables; provider is ''hubspot'', ''salesforce'', ''dynamics'' (Dynamics 365 / Dataverse), ''zoho'', ''rest'' (options.spec describes the API) or a registered spec''s name (''pipedrive''; see crm_sync.specs, crm_sync.builtin_specs); options and credentials are checked.';
 
 CREATE FUNCTION crm_sync.alter_source(
     name text,

@@ -4,7 +4,6 @@ use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 
 use crm_sync_core::cron;
-use crm_sync_core::types::parse_datetime;
 
 /// A watermark as a time, or NULL if it is not one (a connector's cursor
 /// is opaque; every connector today stores a time).
@@ -12,7 +11,7 @@ use crm_sync_core::types::parse_datetime;
 pub fn watermark_time(cursor: &str) -> Option<TimestampWithTimeZone> {
     // Postgres epoch is 2000-01-01.
     const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
-    let d = parse_datetime(cursor)?;
+    let d = crm_sync_core::connectors::watermark_time(cursor)?;
     TimestampWithTimeZone::try_from(d.timestamp_micros() - PG_EPOCH_OFFSET_US).ok()
 }
 

@@ -13,6 +13,7 @@ crm_jobs, reset before each of them (`jobs_db`, `jobs_connect`).
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -624,6 +625,51 @@ def create_pd_source(db, mock, name="pd", credentials=None, **options):
 
 
 
+def crash_and_resume(pg_cluster, c, mock, source, stream, endpoint, total, page, path_contains, resumed_by=None):
+    """A background sync of `source`.`stream` (`total` records in pages of
+    `page` from `endpoint`) killed with SIGKILL once a checkpoint passed
+    8,000 records: the job's second attempt goes on from the checkpoint
+    (through `resumed_by`, an (endpoint, page) pair, when the connector
+    resumes another way), landing every record once, and does not list
+    again the pages the first had landed. Returns the job's runs (status,
+    records, watermark). `c` is a crm_jobs session (closed here)."""
+    c.execute("UPDATE crm_sync.streams SET enabled = false WHERE source = %s AND stream <> %s", (source, stream))
+    c.execute("ALTER DATABASE crm_jobs SET crm_sync.batch_size = 1000")
+    c.execute("ALTER DATABASE crm_jobs SET synchronous_commit = on")
+    mock.fault(path_contains=path_contains, skip=20, count=0, kind="latency", latency_ms=300)
+    job_id = c.execute("SELECT crm_sync.sync_async(%s, %s)", (source, stream)).fetchone()[0]
+
+    def checkpoint():
+        r = c.execute("SELECT records FROM crm_sync.checkpoints WHERE source = %s AND stream = %s",
+                      (source, stream)).fetchone()
+        return r if r and r[0] >= 8000 else None
+
+    wait_until("a checkpoint past 8,000 records", checkpoint, timeout=120, interval=0.1)
+    pid = job(c, job_id)["worker_pid"]
+    calls_before = mock.stats()["by_endpoint"].get(endpoint, 0)
+    os.kill(pid, signal.SIGKILL)
+    mock.clear_faults()
+    wait_gone(c)  # every process is being restarted
+    c = wait_ready(pg_cluster, "crm_jobs")
+    try:
+        j = wait_job(c, job_id, timeout=240)
+        assert j["status"] == "succeeded", j
+        assert j["attempts"] == 2
+        assert c.execute(f"SELECT count(*) FROM {source}.{stream}").fetchone()[0] == total
+        runs = c.execute("SELECT status, records, watermark FROM crm_sync.runs WHERE run_id = ANY (%s) "
+                         "ORDER BY run_id", (j["run_ids"],)).fetchall()
+        assert [s for s, _, _ in runs] == ["failed", "succeeded"]
+        assert runs[0][1] + runs[1][1] == total, runs
+        # The second attempt went on from the cursor.
+        after_endpoint, after_page = resumed_by or (endpoint, page)
+        calls = mock.stats()["by_endpoint"].get(after_endpoint, 0)
+        assert calls - (calls_before if after_endpoint == endpoint else 0) <= (total - 8000) // after_page + 5, calls
+        assert calls_before >= 16
+        return runs
+    finally:
+        c.close()
+
+
 def wait_gone(conn, timeout=60):
     """Until `conn` is cut (the postmaster ends every session when a process crashes)."""
     deadline = time.monotonic() + timeout
@@ -633,3 +679,97 @@ def wait_gone(conn, timeout=60):
         except psycopg.OperationalError:
             return
     raise AssertionError("the crash did not end the other sessions")
+
+
+DV_TENANT = "7a1b2c3d-0000-4000-8000-00000000d365"
+DV_CREDENTIALS = {"tenant_id": DV_TENANT, "client_id": "dv-client", "client_secret": "dv-secret"}
+
+
+class DvMock(Mock):
+    """A running crm-mock dynamics process (Dataverse Web API and Entra ID token endpoint)."""
+
+    def id(self, entity, k):
+        """The GUID of seeded row k of `entity`."""
+        return self.admin("POST", "/_mock/dv/id", {"entity": entity, "k": k})
+
+    def upsert(self, entity, record, id=None):
+        return self.admin("POST", "/_mock/dv/upsert", {"entity": entity, "id": id, "record": record})["id"]
+
+    def delete(self, entity, id):
+        return self.admin("POST", "/_mock/dv/delete", {"entity": entity, "id": id})["deleted"]
+
+    def record(self, entity, id):
+        return self.admin("POST", "/_mock/dv/record", {"entity": entity, "id": id})
+
+    def expire_deltas(self):
+        return self.admin("POST", "/_mock/dv/expire_deltas", {})
+
+    def auth(self, **kw):
+        return self.admin("POST", "/_mock/dv/auth", kw)
+
+    def limits(self, **kw):
+        return self.admin("POST", "/_mock/dv/limits", kw)
+
+
+@pytest.fixture
+def dv_factory(mocks):
+    def _start(*extra):
+        return mocks.start(DvMock, "dynamics", "--tenant", DV_TENANT, *extra)
+
+    return _start
+
+
+@pytest.fixture
+def dynamics(dv_factory):
+    """A small Dataverse mock: 120 contacts, 30 accounts, 20 leads, 40 opportunities, 3 users, 10 projects."""
+    return dv_factory()
+
+
+def create_dv_source(db, mock, name="dv", credentials=None, **options):
+    register(db, name, "dynamics", {"environment_url": mock.url, "login_url": mock.url, **options},
+             credentials or DV_CREDENTIALS)
+
+
+ZOHO_CREDENTIALS = {"client_id": "1000.ZOHOCLIENT", "client_secret": "zoho-secret", "refresh_token": "1000.zoho-refresh"}
+
+
+class ZohoMockProc(Mock):
+    """A running crm-mock zoho process (Zoho CRM API v8 and Zoho Accounts)."""
+
+    def id(self, k):
+        """The id of seeded record k of any module (ids are the index plus a base)."""
+        return str(5_725_767_000_000_000_000 + k)
+
+    def upsert(self, module, record, id=None):
+        return self.admin("POST", "/_mock/zoho/upsert", {"module": module, "id": id, "record": record})["id"]
+
+    def delete(self, module, id):
+        return self.admin("POST", "/_mock/zoho/delete", {"module": module, "id": id})["deleted"]
+
+    def purge(self, module, id):
+        """Gone without a trace in the deleted-records API (past its 120 days)."""
+        return self.admin("POST", "/_mock/zoho/purge", {"module": module, "id": id})["deleted"]
+
+    def record(self, module, id):
+        return self.admin("POST", "/_mock/zoho/record", {"module": module, "id": id})
+
+    def credits(self, **kw):
+        return self.admin("POST", "/_mock/zoho/credits", kw)
+
+
+@pytest.fixture
+def zoho_factory(mocks):
+    def _start(*extra):
+        return mocks.start(ZohoMockProc, "zoho", *extra)
+
+    return _start
+
+
+@pytest.fixture
+def zoho(zoho_factory):
+    """A small Zoho CRM mock: 120 contacts (more than 50 fields), 30 accounts, 20 leads, 40 deals, 3 users."""
+    return zoho_factory()
+
+
+def create_zoho_source(db, mock, name="zo", credentials=None, **options):
+    register(db, name, "zoho", {"accounts_url": mock.url, **options}, credentials or ZOHO_CREDENTIALS)

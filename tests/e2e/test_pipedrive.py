@@ -5,15 +5,12 @@ in a background job, and a Pipedrive person merged with the same HubSpot
 contact in crm.contacts."""
 
 import json
-import os
-import signal
 
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from conftest import (PD_TOKEN, ROOT, create_pd_source, create_source, job, register, sync, wait_gone, wait_ready,
-                      wait_job, wait_until)
+from conftest import PD_TOKEN, ROOT, crash_and_resume, create_pd_source, create_source, register, sync
 
 SPEC = json.loads((ROOT / "specs" / "pipedrive.json").read_text())
 
@@ -243,40 +240,7 @@ def test_an_interrupted_background_job_resumes_from_its_checkpoint(pg_cluster, j
     pd = pd_factory("--persons", "30000", "--organizations", "5", "--deals", "5", "--activities", "5")
     c = jobs_connect()
     create_pd_source(c, pd)
-    c.execute("UPDATE crm_sync.streams SET enabled = false WHERE source = 'pd' AND stream <> 'persons'")
-    c.execute("ALTER DATABASE crm_jobs SET crm_sync.batch_size = 1000")
-    c.execute("ALTER DATABASE crm_jobs SET synchronous_commit = on")
-    pd.fault(path_contains="/api/v2/persons", skip=20, count=0, kind="latency", latency_ms=300)
-    job_id = one(c, "SELECT crm_sync.sync_async('pd', 'persons')")
-
-    def checkpoint():
-        r = c.execute("SELECT records FROM crm_sync.checkpoints WHERE source = 'pd' AND stream = 'persons'"
-                      ).fetchone()
-        return r if r and r[0] >= 8000 else None
-
-    wait_until("a checkpoint past 8,000 records", checkpoint, timeout=120, interval=0.1)
-    pid = job(c, job_id)["worker_pid"]
-    calls_before = pd.stats()["by_endpoint"].get("GET /api/v2/persons", 0)
-    os.kill(pid, signal.SIGKILL)
-    pd.clear_faults()
-    wait_gone(c)  # every process is being restarted
-    c = wait_ready(pg_cluster, "crm_jobs")
-    try:
-        j = wait_job(c, job_id, timeout=240)
-        assert j["status"] == "succeeded", j
-        assert j["attempts"] == 2
-        assert one(c, "SELECT count(*) FROM pd.persons") == 30000
-        runs = c.execute("SELECT status, records FROM crm_sync.runs WHERE run_id = ANY (%s) ORDER BY run_id",
-                         (j["run_ids"],)).fetchall()
-        assert [s for s, _ in runs] == ["failed", "succeeded"]
-        assert runs[0][1] + runs[1][1] == 30000, runs
-        # The second attempt went on from the cursor: it did not list again
-        # the pages the first had landed.
-        calls = pd.stats()["by_endpoint"].get("GET /api/v2/persons", 0)
-        assert calls <= 30000 // 500 + 5, calls
-        assert calls_before >= 16
-    finally:
-        c.close()
+    crash_and_resume(pg_cluster, c, pd, "pd", "persons", "GET /api/v2/persons", 30000, 500, "/api/v2/persons")
 
 
 def test_a_token_answer_that_is_not_json_quotes_no_token(db, pipedrive):

@@ -6,6 +6,7 @@
 #![recursion_limit = "256"]
 
 pub mod data;
+pub mod dynamics;
 pub mod faults;
 pub mod hubspot;
 mod mock;
@@ -14,6 +15,7 @@ pub mod pipedrive;
 pub mod salesforce;
 pub mod server;
 pub mod store;
+pub mod zoho;
 
 use std::sync::Arc;
 

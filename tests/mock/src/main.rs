@@ -16,15 +16,26 @@
 //! [--deals N] [--activities N] [--users N] [--token T] [--client-id S]
 //! [--client-secret S] [--refresh-token S] [--shared-people N] [--gzip]`
 //!
+//! `crm-mock dynamics [--port N] [--seed N] [--contacts N] [--accounts N]
+//! [--leads N] [--opportunities N] [--users N] [--projects N] [--tenant S]
+//! [--client-id S] [--client-secret S] [--token-ttl SECONDS] [--shared-people N] [--gzip]`
+//!
+//! `crm-mock zoho [--port N] [--seed N] [--contacts N] [--accounts N]
+//! [--leads N] [--deals N] [--users N] [--client-id S] [--client-secret S]
+//! [--refresh-token S] [--token-limit N] [--daily-credits N] [--token-ttl SECONDS]
+//! [--shared-people N] [--gzip]`
+//!
 //! Prints `listening on 127.0.0.1:PORT` once ready, then serves until killed.
 
 use std::io::Write;
 use std::sync::Arc;
 
+use crm_mock::dynamics::{self, DynamicsMock};
 use crm_mock::hubspot::{HubSpotMock, Options};
 use crm_mock::pipedrive::{self, PipedriveMock};
 use crm_mock::salesforce::{self, SalesforceMock};
 use crm_mock::server::Handler;
+use crm_mock::zoho::{self, ZohoMock};
 
 const USAGE: &str = "usage: crm-mock hubspot [--port N] [--seed N] [--contacts N] [--companies N] \
 [--deals N] [--token T] [--search-rate-limit N] [--shared-people N] [--gzip]
@@ -35,7 +46,13 @@ const USAGE: &str = "usage: crm-mock hubspot [--port N] [--seed N] [--contacts N
 [--live-cursors] [--gzip]
        crm-mock pipedrive [--port N] [--seed N] [--persons N] [--organizations N] [--deals N] \
 [--activities N] [--users N] [--token T] [--client-id S] [--client-secret S] [--refresh-token S] \
-[--shared-people N] [--gzip]";
+[--shared-people N] [--gzip]
+       crm-mock dynamics [--port N] [--seed N] [--contacts N] [--accounts N] [--leads N] \
+[--opportunities N] [--users N] [--projects N] [--tenant S] [--client-id S] [--client-secret S] \
+[--token-ttl SECONDS] [--shared-people N] [--gzip]
+       crm-mock zoho [--port N] [--seed N] [--contacts N] [--accounts N] [--leads N] [--deals N] \
+[--users N] [--client-id S] [--client-secret S] [--refresh-token S] [--token-limit N] \
+[--daily-credits N] [--token-ttl SECONDS] [--shared-people N] [--gzip]";
 
 /// Largest seeded count a mock starts with.
 const MAX_COUNT: u64 = 5_000_000;
@@ -53,6 +70,14 @@ fn parse(args: &[String]) -> Result<(u16, Arc<dyn Handler>), String> {
         Some("pipedrive") => {
             let (port, o) = parse_pipedrive(&args[1..])?;
             Ok((port, Arc::new(PipedriveMock::new(o))))
+        }
+        Some("dynamics") => {
+            let (port, o) = parse_dynamics(&args[1..])?;
+            Ok((port, Arc::new(DynamicsMock::new(o))))
+        }
+        Some("zoho") => {
+            let (port, o) = parse_zoho(&args[1..])?;
+            Ok((port, Arc::new(ZohoMock::new(o))))
         }
         Some(other) => Err(format!("unknown mock {other:?}")),
         None => Err("which mock?".into()),
@@ -191,6 +216,70 @@ fn parse_pipedrive(args: &[String]) -> Result<(u16, pipedrive::Options), String>
         ("organizations", o.organizations),
         ("deals", o.deals),
         ("activities", o.activities),
+        ("users", o.users),
+    ])?;
+    o.gzip = gzip;
+    Ok((port, o))
+}
+
+fn parse_dynamics(args: &[String]) -> Result<(u16, dynamics::Options), String> {
+    let mut o = dynamics::Options::default();
+    let mut gzip = false;
+    let port = parse_flags(args, &mut [("--gzip", &mut gzip)], &mut o.seed, |f| {
+        match f.name {
+            "--contacts" => o.contacts = f.num()?,
+            "--accounts" => o.accounts = f.num()?,
+            "--leads" => o.leads = f.num()?,
+            "--opportunities" => o.opportunities = f.num()?,
+            "--users" => o.users = f.num()?,
+            "--projects" => o.projects = f.num()?,
+            "--tenant" => o.tenant = f.text(),
+            "--client-id" => o.client_id = f.text(),
+            "--client-secret" => o.client_secret = f.text(),
+            "--token-ttl" => o.token_ttl = f.num()?,
+            "--shared-people" => o.shared_people = f.num()?,
+            _ => return f.unknown(),
+        }
+        Ok(())
+    })?;
+    check_counts(&[
+        ("contacts", o.contacts),
+        ("accounts", o.accounts),
+        ("leads", o.leads),
+        ("opportunities", o.opportunities),
+        ("users", o.users),
+        ("projects", o.projects),
+    ])?;
+    o.gzip = gzip;
+    Ok((port, o))
+}
+
+fn parse_zoho(args: &[String]) -> Result<(u16, zoho::Options), String> {
+    let mut o = zoho::Options::default();
+    let mut gzip = false;
+    let port = parse_flags(args, &mut [("--gzip", &mut gzip)], &mut o.seed, |f| {
+        match f.name {
+            "--contacts" => o.contacts = f.num()?,
+            "--accounts" => o.accounts = f.num()?,
+            "--leads" => o.leads = f.num()?,
+            "--deals" => o.deals = f.num()?,
+            "--users" => o.users = f.num()?,
+            "--client-id" => o.client_id = f.text(),
+            "--client-secret" => o.client_secret = f.text(),
+            "--refresh-token" => o.refresh_token = f.text(),
+            "--token-limit" => o.token_limit = f.num()?,
+            "--daily-credits" => o.daily_credits = f.num()?,
+            "--token-ttl" => o.token_ttl = f.num()?,
+            "--shared-people" => o.shared_people = f.num()?,
+            _ => return f.unknown(),
+        }
+        Ok(())
+    })?;
+    check_counts(&[
+        ("contacts", o.contacts),
+        ("accounts", o.accounts),
+        ("leads", o.leads),
+        ("deals", o.deals),
         ("users", o.users),
     ])?;
     o.gzip = gzip;

@@ -2,9 +2,11 @@
 //! [`crate::source`], and the registry that finds a provider by name and
 //! checks a source's settings against it.
 
+pub mod dynamics;
 pub mod hubspot;
 pub mod rest;
 pub mod salesforce;
+pub mod zoho;
 
 use serde_json::Value;
 
@@ -14,7 +16,13 @@ use crate::http::HttpClient;
 use crate::source::{CheckArgs, Connector, Provider};
 
 /// Every CRM pg_crm_sync knows. Add a line here for a new connector.
-pub const PROVIDERS: &[&Provider] = &[&hubspot::PROVIDER, &salesforce::PROVIDER, &rest::PROVIDER];
+pub const PROVIDERS: &[&Provider] = &[
+    &hubspot::PROVIDER,
+    &salesforce::PROVIDER,
+    &dynamics::PROVIDER,
+    &zoho::PROVIDER,
+    &rest::PROVIDER,
+];
 
 /// The provider called `name`.
 pub fn find(name: &str) -> Result<&'static Provider> {
@@ -27,6 +35,12 @@ pub fn find(name: &str) -> Result<&'static Provider> {
             CrmError::config(format!("unknown provider {name:?}"))
                 .with_hint(format!("Supported providers: {}.", known.join(", ")))
         })
+}
+
+/// When a stream's watermark was taken, for the status views: a time
+/// itself, or a connector's cursor that tells one (Dataverse's delta token).
+pub fn watermark_time(w: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    crate::types::parse_datetime(w).or_else(|| dynamics::watermark_time(w))
 }
 
 /// A source's provider and its checked settings.

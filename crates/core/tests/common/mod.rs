@@ -89,6 +89,45 @@ pub fn run(
     (out, http.api_calls())
 }
 
+/// What one run read: every record written, its outcome, its API calls.
+pub struct Read {
+    pub records: Vec<Record>,
+    pub out: Outcome,
+    pub calls: u64,
+}
+
+/// One run of `object` with all its fields, in `mode`, from `resume`;
+/// an error where the connection, discovery or the run fails.
+pub fn read(
+    cfg: &Configured,
+    object: &str,
+    mode: SyncMode,
+    resume: Option<String>,
+    deletes_since: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<Read, CrmError> {
+    let http = HttpClient::new(cfg.config.http.clone()).unwrap();
+    let conn = cfg.connect(&http).unwrap();
+    let fields = block_on_interruptible(conn.fields(object), &mut || {})?;
+    let req = ReadRequest {
+        object: object.into(),
+        fields,
+        mode,
+        lookback: std::time::Duration::ZERO,
+        track_deletes: true,
+        resume,
+        deletes_since,
+    };
+    let mut reader = block_on_interruptible(conn.reader(req), &mut || {})?;
+    let mut sink = Crashing::default();
+    let out = engine::run(reader.as_mut(), &mut sink, 500, &mut || {})?;
+    drop(reader);
+    Ok(Read {
+        records: sink.all(),
+        out,
+        calls: http.api_calls(),
+    })
+}
+
 /// Start a Salesforce mock on its own runtime thread; returns its base URL.
 pub fn sf_start(opts: Options) -> String {
     let port = crm_mock::start_in_background(move || SalesforceMock::new(opts).unwrap());
