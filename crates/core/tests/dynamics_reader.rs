@@ -11,7 +11,7 @@ use crm_mock::dynamics::{DynamicsMock, Options};
 use crm_sync_core::connectors::{self, Configured};
 use crm_sync_core::http::HttpClient;
 use crm_sync_core::runtime::block_on_interruptible;
-use crm_sync_core::source::{Field, ReadRequest, SyncMode};
+use crm_sync_core::source::{Field, SyncMode};
 use crm_sync_core::{CrmError, ErrorKind};
 use serde_json::{json, Value};
 
@@ -221,7 +221,16 @@ fn throttling_waits_for_retry_after() {
     );
     let full = run(&cfg, "contact", SyncMode::Full);
     assert_eq!(full.records.len(), 120);
-    assert!(full.calls > 7, "{}", full.calls);
+    // Refused at least once, each time waited for and asked again.
+    let stats = common::admin(
+        &format!("http://127.0.0.1:{port}"),
+        reqwest::Method::GET,
+        "/_mock/stats",
+        Value::Null,
+    );
+    let throttled = stats["throttled"].as_u64().unwrap();
+    assert!(throttled >= 1, "{stats}");
+    assert_eq!(stats["status_counts"]["429"].as_u64().unwrap(), throttled);
 }
 
 #[test]
@@ -249,34 +258,92 @@ fn bad_credentials_name_what_to_fix_without_the_secret() {
 fn a_run_resumes_from_its_checkpoint() {
     let port = start(Options::default());
     let cfg = config(port, creds());
-    let http = HttpClient::new(cfg.config.http.clone()).unwrap();
-    let conn = cfg.connect(&http).unwrap();
-    let fields = block_on_interruptible(conn.fields("contact"), &mut || {}).unwrap();
-    let req = ReadRequest {
-        object: "contact".into(),
-        fields,
-        mode: SyncMode::Full,
-        lookback: std::time::Duration::ZERO,
-        track_deletes: true,
-        resume: None,
-        deletes_since: None,
-    };
-    let mut reader = block_on_interruptible(conn.reader(req), &mut || {}).unwrap();
-    let first = block_on_interruptible(reader.next_page(), &mut || {})
-        .unwrap()
-        .unwrap();
-    assert_eq!(first.records.len(), 50);
-    let cp = reader.checkpoint().unwrap();
-    drop(reader);
-    drop(conn);
+    let (n, cp) = common::first_page(&cfg, "contact", SyncMode::Full);
+    assert_eq!(n, 50);
     let rest = try_run(&cfg, "contact", SyncMode::Full, Some(cp)).unwrap();
     assert_eq!(rest.records.len(), 70);
     assert!(rest.out.watermark.unwrap().starts_with("delta:"));
-    let ids: std::collections::HashSet<_> = first
-        .records
-        .iter()
-        .chain(&rest.records)
-        .map(|r| r.id.clone())
-        .collect();
-    assert_eq!(ids.len(), 120);
+    // The full read's first page and the rest: every contact once.
+    let all = run(&cfg, "contact", SyncMode::Full);
+    let rest_ids: std::collections::HashSet<_> =
+        rest.records.iter().map(|r| r.id.clone()).collect();
+    assert_eq!(
+        all.records
+            .iter()
+            .filter(|r| !rest_ids.contains(&r.id))
+            .count(),
+        50
+    );
+}
+
+#[test]
+fn a_resumed_rereading_after_an_expired_token_still_asks_for_reconciliation() {
+    let port = start(Options::default());
+    let cfg = config(port, creds());
+    let full = run(&cfg, "contact", SyncMode::Full);
+    admin(port, "/_mock/dv/expire_deltas", json!({}));
+    let (n, cp) = common::first_page(&cfg, "contact", incremental(&full.out.watermark));
+    assert_eq!(n, 50);
+    let rest = try_run(&cfg, "contact", incremental(&full.out.watermark), Some(cp)).unwrap();
+    assert_eq!(rest.records.len(), 70);
+    assert!(rest.out.reconcile_needed.is_some());
+    assert!(rest.out.warnings.iter().any(|w| w.contains("had expired")));
+}
+
+#[test]
+fn a_window_resumed_after_change_tracking_was_turned_on_goes_on() {
+    let port = start(Options {
+        projects: 120,
+        ..Options::default()
+    });
+    let cfg = config(port, creds());
+    let full = run(&cfg, "new_project", SyncMode::Full);
+    // Every project changes; the window's first page is read, then the
+    // worker stops, and an admin turns change tracking on.
+    for k in 1..=120u64 {
+        let id = admin(
+            port,
+            "/_mock/dv/id",
+            json!({"entity": "new_project", "k": k}),
+        );
+        admin(
+            port,
+            "/_mock/dv/upsert",
+            json!({"entity": "new_project", "id": id, "record": {"new_name": "x"}}),
+        );
+    }
+    let (n, cp) = common::first_page(&cfg, "new_project", incremental(&full.out.watermark));
+    assert_eq!(n, 50);
+    admin(
+        port,
+        "/_mock/dv/tracking",
+        json!({"entity": "new_project", "enabled": true}),
+    );
+    let rest = try_run(
+        &cfg,
+        "new_project",
+        incremental(&full.out.watermark),
+        Some(cp),
+    )
+    .unwrap();
+    assert_eq!(rest.records.len(), 70);
+}
+
+#[test]
+fn an_api_echoing_the_request_never_shows_the_token() {
+    let port = start(Options::default());
+    let url = format!("http://127.0.0.1:{port}");
+    let opts = json!({"environment_url": url, "login_url": url, "max_retries": 0});
+    let cfg = connectors::configure("dynamics", &opts, &creds(), true).unwrap();
+    admin(
+        port,
+        "/_mock/faults",
+        json!({"rules": [{"path_contains": "/Attributes", "kind": "echo_secrets", "status": 400, "count": 5}]}),
+    );
+    let e = try_run(&cfg, "contact", SyncMode::Full, None)
+        .err()
+        .unwrap();
+    let text = format!("{e:?}");
+    assert!(!text.contains("dv-access-"), "{text}");
+    assert!(text.contains("missing privileges"), "{text}");
 }

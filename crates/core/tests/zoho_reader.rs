@@ -196,7 +196,8 @@ fn a_run_stops_before_the_days_credits_pass_the_share() {
         accounts: 1_000,
         ..Options::default()
     });
-    // 1,000 credits a day, 600 spent: the header shows; 80% is 800.
+    // 1,000 credits a day, 795 spent: the header shows; 80% is 800, which
+    // the run's first calls pass.
     admin(
         port,
         "/_mock/zoho/credits",
@@ -248,4 +249,76 @@ fn reconciliation_lists_ids_by_coql_and_reads_missing_ones_by_id() {
         block_on_interruptible(conn.read_ids("Accounts", &fields, &want), &mut || {}).unwrap();
     let ids: Vec<&str> = got.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(ids, vec![id_of(7).as_str(), id_of(9).as_str()]);
+}
+
+#[test]
+fn a_resumed_run_keeps_the_interrupted_runs_start_as_its_watermark() {
+    let port = start(Options {
+        accounts: 500,
+        ..Options::default()
+    });
+    let cfg = config(port, json!({}), creds());
+    let (n, cp) = common::first_page(&cfg, "Accounts", SyncMode::Full);
+    assert_eq!(n, 200);
+    // Record 10, read before the stop, changes while the worker is down.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    admin(
+        port,
+        "/_mock/zoho/upsert",
+        json!({"module": "Accounts", "id": id_of(10), "record": {"Industry": "Changed meanwhile"}}),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let rest = common::read(&cfg, "Accounts", SyncMode::Full, Some(cp), None).unwrap();
+    assert_eq!(rest.records.len(), 300);
+    // The next run reads from before the change: record 10 comes again.
+    let next = run(
+        &cfg,
+        "Accounts",
+        SyncMode::Incremental {
+            watermark: rest.out.watermark.unwrap(),
+        },
+    );
+    let ids: Vec<&str> = next.records.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, vec![id_of(10).as_str()]);
+}
+
+#[test]
+fn a_record_deleted_between_field_group_calls_is_not_written_half_empty() {
+    let port = start(Options::default());
+    let cfg = config(port, json!({}), creds());
+    // The second call (the first page's second field group by ids) comes
+    // after record 9 is deleted.
+    admin(
+        port,
+        "/_mock/hooks",
+        json!({"path_contains": "/crm/v8/Contacts", "skip": 1,
+               "action": {"action": "delete", "module": "Contacts", "id": id_of(9)}}),
+    );
+    let r = run(&cfg, "Contacts", SyncMode::Full);
+    let live: Vec<&crm_sync_core::source::Record> =
+        r.records.iter().filter(|x| !x.deletion_only).collect();
+    assert_eq!(live.len(), 119);
+    assert!(live
+        .iter()
+        .all(|x| x.fields.contains_key("Custom_Score_45")));
+    // Its delete comes with the deleted records.
+    assert!(r
+        .records
+        .iter()
+        .any(|x| x.deletion_only && x.id == id_of(9)));
+}
+
+#[test]
+fn an_api_echoing_the_request_never_shows_the_token() {
+    let port = start(Options::default());
+    let cfg = config(port, json!({"max_retries": 0}), creds());
+    admin(
+        port,
+        "/_mock/faults",
+        json!({"rules": [{"path_contains": "/crm/v8/settings/fields", "kind": "echo_secrets", "status": 400, "count": 5}]}),
+    );
+    let e = try_run(&cfg, "Deals", SyncMode::Full, None).err().unwrap();
+    let text = format!("{e:?}");
+    assert!(!text.contains("zoho-access-"), "{text}");
+    assert!(text.contains("invalid data"), "{text}");
 }

@@ -1123,10 +1123,15 @@ impl State {
                     "Version stamp associated with the client has expired. Please perform a full sync.",
                 );
             }
-            let (pos, upto) = match skip {
+            // Where the delta stands: by version (a keyset, so rows that
+            // change while it pages shift nothing), the deletes phase
+            // marked by a high bit.
+            const DELETES: u64 = 1 << 62;
+            let (last, upto) = match skip {
                 Some((_, last, ver)) => (last, ver),
                 None => (0, self.version),
             };
+            let (in_deletes, last_v) = (last & DELETES != 0, last & !DELETES);
             // Rows changed since, by version, then deletes.
             let t = self.table(e);
             let mut changed: Vec<(u64, u64)> = t
@@ -1145,15 +1150,22 @@ impl State {
                 .map(|(k, v)| (*v, *k))
                 .collect();
             gone.sort_unstable();
-            let all: Vec<(bool, u64)> = changed
-                .iter()
-                .map(|(_, k)| (false, *k))
-                .chain(gone.iter().map(|(_, k)| (true, *k)))
-                .collect();
-            let from = pos as usize;
-            let end = (from + page).min(all.len());
+            let items: Vec<(bool, u64, u64)> = if in_deletes {
+                gone.iter()
+                    .filter(|(v, _)| *v > last_v)
+                    .map(|(v, k)| (true, *v, *k))
+                    .collect()
+            } else {
+                changed
+                    .iter()
+                    .filter(|(v, _)| *v > last_v)
+                    .map(|(v, k)| (false, *v, *k))
+                    .chain(gone.iter().map(|(v, k)| (true, *v, *k)))
+                    .collect()
+            };
+            let end = page.min(items.len());
             out.push('[');
-            for (i, (deleted, k)) in all[from.min(end)..end].iter().enumerate() {
+            for (i, (deleted, _, k)) in items[..end].iter().enumerate() {
                 if i > 0 {
                     out.push(',');
                 }
@@ -1168,12 +1180,14 @@ impl State {
                 }
             }
             out.push(']');
-            if end < all.len() {
+            if end < items.len() {
                 let page_no = skip.map_or(1, |s| s.0);
+                let (deleted, v, _) = items[end - 1];
+                let last = if deleted { v | DELETES } else { v };
                 next = Some(link(format!(
                     "$deltatoken={}&$skiptoken={}",
                     pct(token),
-                    pct(&cookie(page_no, end as u64, upto, true))
+                    pct(&cookie(page_no, last, upto, true))
                 )));
             } else {
                 delta_link = Some(link(format!(

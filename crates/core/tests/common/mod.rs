@@ -128,6 +128,28 @@ pub fn read(
     })
 }
 
+/// The first page of a run of `object` in `mode`, then a stop as a killed
+/// worker's: the records it read and the reader's checkpoint then.
+pub fn first_page(cfg: &Configured, object: &str, mode: SyncMode) -> (usize, String) {
+    let http = HttpClient::new(cfg.config.http.clone()).unwrap();
+    let conn = cfg.connect(&http).unwrap();
+    let fields = block_on_interruptible(conn.fields(object), &mut || {}).unwrap();
+    let req = ReadRequest {
+        object: object.into(),
+        fields,
+        mode,
+        lookback: std::time::Duration::ZERO,
+        track_deletes: true,
+        resume: None,
+        deletes_since: None,
+    };
+    let mut reader = block_on_interruptible(conn.reader(req), &mut || {}).unwrap();
+    let page = block_on_interruptible(reader.next_page(), &mut || {})
+        .unwrap()
+        .unwrap();
+    (page.records.len(), reader.checkpoint().unwrap())
+}
+
 /// Start a Salesforce mock on its own runtime thread; returns its base URL.
 pub fn sf_start(opts: Options) -> String {
     let port = crm_mock::start_in_background(move || SalesforceMock::new(opts).unwrap());

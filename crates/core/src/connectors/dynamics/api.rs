@@ -231,7 +231,9 @@ impl<'a> Dataverse<'a> {
                         b.header("Prefer", prefer)
                     }
                 })
-                .await?;
+                .await
+                // An API or proxy echoing the request must not show the token.
+                .map_err(|e| e.redact(&[token.as_str()]))?;
             if r.status == StatusCode::UNAUTHORIZED && !stale {
                 stale = true;
                 continue;
@@ -239,7 +241,7 @@ impl<'a> Dataverse<'a> {
             if r.status.is_success() || keep(&r) {
                 return Ok(r);
             }
-            return Err(api_error(&r, &endpoint, what));
+            return Err(api_error(&r, &endpoint, what).redact(&[token.as_str()]));
         }
     }
 

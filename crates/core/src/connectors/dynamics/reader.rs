@@ -27,6 +27,14 @@ struct Position {
     select: String,
     /// The watermark the run will report when its links give none.
     watermark: Option<String>,
+    /// Whether the link belongs to a change-tracked read (its Prefer).
+    #[serde(default)]
+    track: bool,
+    /// What an expired delta token made the run say and ask for.
+    #[serde(default)]
+    warnings: Vec<String>,
+    #[serde(default)]
+    reconcile: Option<String>,
 }
 
 pub struct Reader<'a> {
@@ -44,6 +52,13 @@ pub struct Reader<'a> {
     reconcile: Option<String>,
     /// Set once a full read replaced an expired delta read.
     restarted: bool,
+    /// Whether the links followed now are a change-tracked read's.
+    link_tracked: bool,
+    /// Next links followed (an API handing one back would loop).
+    cursors: crate::paging::Cursors,
+    /// A `modified:` window's start is still to be set to the server's
+    /// clock from the run's first answer.
+    window_clock: bool,
 }
 
 impl<'a> Reader<'a> {
@@ -75,27 +90,48 @@ impl<'a> Reader<'a> {
             warnings: Vec::new(),
             reconcile: None,
             restarted: false,
+            link_tracked: false,
+            cursors: Default::default(),
+            window_clock: false,
             table,
         };
-        // A saved position of the same columns goes on from there.
+        // A saved position of the same columns goes on from there, asked
+        // as its link was made (tracked or not).
         if let Some(p) = resume.and_then(|s| serde_json::from_str::<Position>(s).ok()) {
             if p.select == r.select {
                 if let Ok(u) = Url::parse(&p.next) {
                     if api.check_link(&u).is_ok() {
-                        r.prefer = r.prefer_for(
-                            u.query_pairs().any(|(k, _)| k == "$deltatoken") || tracked,
-                        );
+                        r.link_tracked = p.track;
+                        r.prefer = r.prefer_for(p.track);
                         r.next = Some(u);
                         r.watermark = p.watermark;
+                        r.restarted = p.reconcile.is_some();
+                        r.warnings = p.warnings;
+                        r.reconcile = p.reconcile;
                         return Ok(r);
                     }
                 }
             }
         }
+        // A delta token when change tracking is no longer to be used: a
+        // window from the token's time.
+        let window_of_token = match mode {
+            SyncMode::Incremental { watermark } if !tracked && watermark.starts_with("delta:") => {
+                super::watermark_time(watermark).map(|t| format!("modified:{}", fmt_ts(t)))
+            }
+            _ => None,
+        };
+        let mode = match &window_of_token {
+            Some(w) => &SyncMode::Incremental {
+                watermark: w.clone(),
+            },
+            None => mode,
+        };
         match mode {
             SyncMode::Full => r.start_full()?,
             SyncMode::Incremental { watermark } => {
                 if let Some(token) = watermark.strip_prefix("delta:") {
+                    r.link_tracked = true;
                     r.prefer = r.prefer_for(true);
                     r.next =
                         Some(api.list_url(&r.table.set, &r.select, &[("$deltatoken", token)])?);
@@ -107,6 +143,7 @@ impl<'a> Reader<'a> {
                     r.next =
                         Some(api.list_url(&r.table.set, &r.select, &[("$filter", &filter)])?);
                     r.watermark = Some(format!("modified:{}", fmt_ts(started)));
+                    r.window_clock = true;
                 } else {
                     // A watermark of another connector or version: read all.
                     r.start_full()?;
@@ -132,6 +169,8 @@ impl<'a> Reader<'a> {
             None,
         )?;
         r.tracked = false;
+        r.link_tracked = false;
+        r.window_clock = false;
         r.watermark = None;
         r.prefer = r.prefer_for(false);
         r.next = Some(api.list_url(&r.table.set, &r.select, &[("$filter", filter)])?);
@@ -149,6 +188,8 @@ impl<'a> Reader<'a> {
     }
 
     fn start_full(&mut self) -> Result<()> {
+        self.link_tracked = self.tracked;
+        self.window_clock = !self.tracked;
         self.prefer = self.prefer_for(self.tracked);
         self.next = Some(self.api.list_url(&self.table.set, &self.select, &[])?);
         // Tables without change tracking: the next run's window starts
@@ -188,6 +229,18 @@ impl<'a> Reader<'a> {
             self.start_full()?;
             return Box::pin(self.read()).await;
         }
+        if std::mem::take(&mut self.window_clock) {
+            // The next window starts where this run began on Dataverse's
+            // clock, when it is behind ours (within an hour).
+            if let Some(t) = crate::http::server_date_ms(&r.headers)
+                .and_then(DateTime::<Utc>::from_timestamp_millis)
+            {
+                if t < self.started && (self.started - t).num_seconds() <= 3_600 {
+                    self.started = t;
+                    self.watermark = Some(format!("modified:{}", fmt_ts(t)));
+                }
+            }
+        }
         let page = self.api.page(&url, &r.body)?;
         let now = Utc::now();
         let mut records = Vec::with_capacity(page.value.len());
@@ -195,7 +248,10 @@ impl<'a> Reader<'a> {
             records.push(self.record(&url, raw.get(), now)?);
         }
         self.next = match (&page.next, &page.delta) {
-            (Some(n), _) => Some(Url::parse(n).map_err(|e| CrmError::bad_response(e.to_string()))?),
+            (Some(n), _) => {
+                self.cursors.follow("Dataverse's @odata.nextLink", n)?;
+                Some(Url::parse(n).map_err(|e| CrmError::bad_response(e.to_string()))?)
+            }
             (None, Some(d)) => {
                 let u = Url::parse(d).map_err(|e| CrmError::bad_response(e.to_string()))?;
                 let token = u
@@ -298,6 +354,9 @@ impl PageSource for Reader<'_> {
             next: next.to_string(),
             select: self.select.clone(),
             watermark: self.watermark.clone(),
+            track: self.link_tracked,
+            warnings: self.warnings.clone(),
+            reconcile: self.reconcile.clone(),
         })
         .ok()
     }

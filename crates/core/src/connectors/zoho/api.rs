@@ -54,6 +54,8 @@ pub struct Zoho<'a> {
     /// (sent once half is spent): twice what was left then.
     inferred_daily: Cell<Option<u64>>,
     pub credits_left: Cell<Option<u64>>,
+    /// The `Date` of the last answer (ms), the CRM's clock.
+    last_date: Cell<Option<i64>>,
 }
 
 impl<'a> Zoho<'a> {
@@ -86,6 +88,7 @@ impl<'a> Zoho<'a> {
             max_daily_share: DEFAULT_MAX_DAILY_SHARE,
             inferred_daily: Cell::new(None),
             credits_left: Cell::new(None),
+            last_date: Cell::new(None),
         })
     }
 
@@ -311,10 +314,15 @@ impl<'a> Zoho<'a> {
                     &judge,
                     self.http.settings().max_retries,
                 )
-                .await?;
+                .await
+                // An API or proxy echoing the request must not show the token.
+                .map_err(|e| e.redact(&[token.as_str()]))?;
             if r.status == StatusCode::UNAUTHORIZED && !stale {
                 stale = true;
                 continue;
+            }
+            if let Some(d) = crate::http::server_date_ms(&r.headers) {
+                self.last_date.set(Some(d));
             }
             if let Some(left) = credits_left(&r.headers) {
                 self.credits_left.set(Some(left));
@@ -330,8 +338,13 @@ impl<'a> Zoho<'a> {
                 self.check_credits(what)?;
                 return Ok(r.body.to_vec());
             }
-            return Err(api_error(&r, &endpoint, what));
+            return Err(api_error(&r, &endpoint, what).redact(&[token.as_str()]));
         }
+    }
+
+    /// The CRM's clock at its last answer.
+    pub fn server_time(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        chrono::DateTime::from_timestamp_millis(self.last_date.get()?)
     }
 
     /// Stop once the day's credits are spent past `max_daily_share`.
@@ -504,6 +517,16 @@ pub fn check_module(name: &str) -> Result<()> {
     }
 }
 
+/// A 429 for the day's credits (not the concurrency limit): no credits
+/// left by the header, or the 24-hour period named in the message.
+fn credits_spent(r: &Response) -> bool {
+    credits_left(&r.headers) == Some(0)
+        || error_code(&r.body)
+            .1
+            .to_ascii_lowercase()
+            .contains("24 hour")
+}
+
 fn credits_left(h: &HeaderMap) -> Option<u64> {
     h.get("x-api-credits-remaining")?
         .to_str()
@@ -535,10 +558,15 @@ fn api_error(r: &Response, endpoint: &str, what: &str) -> CrmError {
         format!("{code}: {}", crate::error::bounded_text(&message, 300))
     };
     let (kind, msg, hint) = match (r.status, code.as_str()) {
-        (StatusCode::TOO_MANY_REQUESTS, _) => (
+        (StatusCode::TOO_MANY_REQUESTS, _) if credits_spent(r) => (
             ErrorKind::RateLimited,
             format!("Zoho CRM's API credits for today are used up ({what})"),
             "Credits come back over 24 hours; the run resumes from its checkpoint when run again.",
+        ),
+        (StatusCode::TOO_MANY_REQUESTS, _) => (
+            ErrorKind::RateLimited,
+            format!("Zoho CRM kept refusing requests for {what}: too many at once (429)"),
+            "Other tools of this org use the same concurrency allowance (5 to 25 calls at once by edition); run the sync again later.",
         ),
         (StatusCode::UNAUTHORIZED, _) | (_, "OAUTH_SCOPE_MISMATCH") => (
             ErrorKind::Auth,

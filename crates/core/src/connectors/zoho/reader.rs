@@ -77,7 +77,7 @@ impl Fetch<'_> {
 
     /// The records of `ids` with the fields of groups 1.. joined into
     /// `rows` (group 0's, by id).
-    async fn join(&self, rows: &mut [Map<String, Value>]) -> Result<()> {
+    async fn join(&self, rows: &mut Vec<Map<String, Value>>) -> Result<()> {
         if self.groups.len() < 2 || rows.is_empty() {
             return Ok(());
         }
@@ -87,6 +87,7 @@ impl Fetch<'_> {
             .filter_map(|(i, r)| Some((r.get("id")?.as_str()?.to_owned(), i)))
             .collect();
         let ids: Vec<String> = index.keys().cloned().collect();
+        let mut seen = vec![1usize; rows.len()];
         for g in 1..self.groups.len() {
             for chunk in ids.chunks(MAX_IDS) {
                 let mut q = self.base_query(g);
@@ -104,6 +105,7 @@ impl Fetch<'_> {
                     else {
                         continue;
                     };
+                    seen[*i] += 1;
                     for (k, v) in m {
                         if k != "id" && !k.starts_with('$') {
                             rows[*i].insert(k, v);
@@ -112,6 +114,15 @@ impl Fetch<'_> {
                 }
             }
         }
+        // A record one group's call no longer had was deleted meanwhile:
+        // left out (its delete comes with the deleted records), rather
+        // than written with that group's fields empty.
+        let groups = self.groups.len();
+        let mut i = 0;
+        rows.retain(|_| {
+            i += 1;
+            seen[i - 1] == groups
+        });
         Ok(())
     }
 
@@ -130,6 +141,25 @@ impl Fetch<'_> {
             out.extend(rows.into_iter().map(record).collect::<Result<Vec<_>>>()?);
         }
         Ok(out)
+    }
+}
+
+/// `info.more_records` with no record would page on for ever.
+fn more_but_empty(module: &str, more: bool, n: usize) -> Result<()> {
+    if more && n == 0 {
+        return Err(CrmError::bad_response(format!(
+            "Zoho CRM said more records of {module} follow on a page without any"
+        ))
+        .with_hint("Run the sync again; if it persists, the API or a proxy in between is answering wrongly."));
+    }
+    Ok(())
+}
+
+/// Whether id `a` comes after id `b` (ids are numbers of up to 19 digits).
+fn id_after(a: &str, b: &str) -> bool {
+    match (a.parse::<u128>(), b.parse::<u128>()) {
+        (Ok(x), Ok(y)) => x > y,
+        _ => false,
     }
 }
 
@@ -174,8 +204,14 @@ fn record(m: Map<String, Value>) -> Result<Record> {
 struct Position {
     /// The last record id read (records phase, or done with it).
     after: Option<String>,
-    /// The deleted-records page next (deletes phase).
-    deletes_page: Option<u32>,
+    /// In the deletes phase (resumed from its first page: deletes are
+    /// listed newest first, so pages move as records are deleted).
+    #[serde(default)]
+    deletes: bool,
+    /// When the interrupted run began (ms): still the run's watermark, for
+    /// records the part already read may have changed since.
+    #[serde(default)]
+    started_ms: Option<i64>,
 }
 
 enum Phase {
@@ -202,6 +238,13 @@ pub struct Reader<'a> {
     warnings: Vec<String>,
     reconcile: Option<String>,
     covered: Option<DateTime<Utc>>,
+    /// Page tokens followed (an API handing one back twice would loop).
+    cursors: crate::paging::Cursors,
+    /// The first id of the last deleted-records page.
+    last_first: Option<String>,
+    /// Whether `started` is settled: it came from a checkpoint, or was
+    /// moved back to the server's clock after the run's first answer.
+    resumed: bool,
 }
 
 impl<'a> Reader<'a> {
@@ -246,13 +289,24 @@ impl<'a> Reader<'a> {
             warnings: Vec::new(),
             reconcile,
             covered: None,
+            cursors: Default::default(),
+            last_first: None,
+            resumed: false,
         };
         if let Some(p) = resume.and_then(|s| serde_json::from_str::<Position>(s).ok()) {
+            if let Some(t) = p
+                .started_ms
+                .and_then(DateTime::<Utc>::from_timestamp_millis)
+                .filter(|t| *t <= started)
+            {
+                r.started = t;
+                r.resumed = true;
+            }
             r.after = p.after;
-            r.phase = match p.deletes_page {
-                Some(n) => Phase::Deletes { page: n },
-                None if r.after.is_some() => Phase::Coql,
-                None => Phase::List { token: None },
+            r.phase = match (p.deletes, &r.after) {
+                (true, _) => Phase::Deletes { page: 1 },
+                (false, Some(_)) => Phase::Coql,
+                (false, None) => Phase::List { token: None },
             };
         }
         r
@@ -317,14 +371,19 @@ impl<'a> Reader<'a> {
             }
             Err(e) => return Err(e),
         };
+        self.server_clock();
         let p = page(&self.fetch.endpoint(), &body)?;
+        more_but_empty(&self.fetch.module, p.info.more_records, p.data.len())?;
         let mut rows = rows_of(&self.fetch.module, &p.data)?;
         self.fetch.join(&mut rows).await?;
         let records = self.take(rows)?;
         match (p.info.more_records, p.info.next_page_token) {
-            (true, Some(t)) if !records.is_empty() => self.phase = Phase::List { token: Some(t) },
+            (true, Some(t)) => {
+                self.cursors.follow("Zoho CRM's info.next_page_token", &t)?;
+                self.phase = Phase::List { token: Some(t) };
+            }
             // More records without a token (past what tokens reach): COQL.
-            (true, None) if !records.is_empty() => self.phase = Phase::Coql,
+            (true, None) => self.phase = Phase::Coql,
             _ => self.records_done(),
         }
         Ok(Some(Page {
@@ -351,11 +410,22 @@ impl<'a> Reader<'a> {
         }
         q.push_str(&format!(" order by id asc limit {COQL_LIMIT}"));
         let body = self.fetch.api.coql(&self.fetch.module, &q).await?;
+        self.server_clock();
         let p = page("POST /crm/v8/coql", &body)?;
+        more_but_empty(&self.fetch.module, p.info.more_records, p.data.len())?;
         let mut rows = rows_of(&self.fetch.module, &p.data)?;
         self.fetch.join(&mut rows).await?;
         let records = self.take(rows)?;
-        if p.info.more_records && !records.is_empty() {
+        if let Some(last) = &self.after {
+            if !id_after(last, &after) {
+                return Err(CrmError::bad_response(format!(
+                    "Zoho CRM's COQL answer for {} did not move past id {after}; stopping instead of asking again",
+                    self.fetch.module
+                ))
+                .with_endpoint("POST /crm/v8/coql"));
+            }
+        }
+        if p.info.more_records {
             self.phase = Phase::Coql;
         } else {
             self.records_done();
@@ -364,6 +434,22 @@ impl<'a> Reader<'a> {
             records,
             total: None,
         }))
+    }
+
+    /// The run's start on the CRM's clock when it is behind ours (within an
+    /// hour): the next run's If-Modified-Since is compared on Zoho's.
+    fn server_clock(&mut self) {
+        if self.resumed {
+            return;
+        }
+        // Once: the Date of this run's first answer.
+        self.resumed = true;
+        if let Some(t) = self.fetch.api.server_time() {
+            let off = (self.started - t).num_seconds().abs();
+            if t < self.started && off <= 3_600 {
+                self.started = t;
+            }
+        }
     }
 
     /// Records of joined rows; the last id noted.
@@ -393,6 +479,7 @@ impl<'a> Reader<'a> {
             .await?;
         let endpoint = format!("GET {path}");
         let p = page(&endpoint, &body)?;
+        more_but_empty(&self.fetch.module, p.info.more_records, p.data.len())?;
         #[derive(Deserialize)]
         struct Deleted {
             id: String,
@@ -423,7 +510,18 @@ impl<'a> Reader<'a> {
                 deletion_only: true,
             });
         }
-        if p.info.more_records && !records.is_empty() {
+        // An API answering every page with the first would loop.
+        let first = records.first().map(|r| r.id.clone());
+        if n > 1 && first.is_some() && first == self.last_first {
+            return Err(CrmError::bad_response(format!(
+                "Zoho CRM's deleted records of {} repeat page {} on page {n}; stopping instead of paging on",
+                self.fetch.module,
+                n - 1
+            ))
+            .with_endpoint(&endpoint));
+        }
+        self.last_first = first;
+        if p.info.more_records {
             self.phase = Phase::Deletes { page: n + 1 };
         } else {
             self.covered = Some(self.started);
@@ -449,18 +547,19 @@ impl PageSource for Reader<'_> {
     }
 
     fn checkpoint(&self) -> Option<String> {
-        let p = match &self.phase {
-            Phase::List { .. } | Phase::Coql => Position {
-                after: self.after.clone(),
-                deletes_page: None,
-            },
-            Phase::Deletes { page } => Position {
-                after: self.after.clone(),
-                deletes_page: Some(*page),
-            },
+        let deletes = match &self.phase {
+            Phase::List { .. } | Phase::Coql => false,
+            Phase::Deletes { .. } => true,
             Phase::Done => return None,
         };
-        p.after.as_ref()?;
+        let p = Position {
+            after: self.after.clone(),
+            deletes,
+            started_ms: Some(self.started.timestamp_millis()),
+        };
+        if p.after.is_none() && !deletes {
+            return None;
+        }
         serde_json::to_string(&p).ok()
     }
 
