@@ -5,6 +5,8 @@ that expires mid-sync, throttling, bad credentials, a crash in a background
 job, and the same person in Dynamics, HubSpot and Salesforce as one
 crm.contacts row."""
 
+import subprocess
+
 import psycopg
 import pytest
 
@@ -180,6 +182,40 @@ def test_bad_credentials_fail_naming_what_to_fix_without_the_secret(db, dynamics
         register(db, "dv3", "dynamics", {"environment_url": dynamics.url},
                  {"tenant_id": DV_CREDENTIALS["tenant_id"], "client_id": "c"})
     assert "client_secret" in str(e.value)
+
+
+def make_certificate(dirpath, name):
+    key, cert, pub = dirpath / f"{name}.key", dirpath / f"{name}.crt", dirpath / f"{name}.pub"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=pg_crm_sync test", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    pub.write_bytes(subprocess.run(["openssl", "x509", "-pubkey", "-noout", "-in", str(cert)],
+                                   check=True, capture_output=True).stdout)
+    return key, cert, pub
+
+
+def test_certificate_credentials(db, dv_factory, tmp_path):
+    key, cert, pub = make_certificate(tmp_path, "app")
+    dv = dv_factory("--client-cert", str(cert), "--client-cert-key", str(pub))
+    creds = {"tenant_id": DV_CREDENTIALS["tenant_id"], "client_id": DV_CREDENTIALS["client_id"],
+             "certificate": cert.read_text(), "private_key": key.read_text()}
+    create_dv_source(db, dv, credentials=creds)
+    assert sync(db, "dv", "account")["account"]["records_upserted"] == 30
+    # A key of another certificate: refused, and no key text anywhere.
+    other_key, _, _ = make_certificate(tmp_path, "other")
+    register(db, "dv_bad", "dynamics", {"environment_url": dv.url, "login_url": dv.url},
+             {**creds, "private_key": other_key.read_text()})
+    with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification) as e:
+        sync(db, "dv_bad", "account")
+    assert "AADSTS700027" in e.value.diag.message_primary and "certificate" in e.value.diag.message_hint
+    assert "PRIVATE KEY" not in str(e.value)
+    err = db.execute("SELECT error FROM crm_sync.runs WHERE source = 'dv_bad' ORDER BY run_id DESC LIMIT 1"
+                     ).fetchone()[0]
+    assert "PRIVATE KEY" not in err and other_key.read_text()[40:80] not in err
+    # A key that is not PEM is refused when the source is made.
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
+        register(db, "dv_x", "dynamics", {"environment_url": dv.url}, {**creds, "private_key": "not a key"})
+    assert "private_key is not an RSA private key" in str(e.value)
 
 
 def test_the_same_person_in_dynamics_hubspot_and_salesforce_is_one_contact(db, dv_factory, mock_factory, sf_factory):

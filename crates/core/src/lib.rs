@@ -19,6 +19,7 @@ pub mod engine;
 pub mod error;
 pub mod http;
 pub mod jsonb;
+pub mod jwt;
 pub mod model;
 pub mod paging;
 pub mod runtime;

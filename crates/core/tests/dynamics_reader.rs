@@ -347,3 +347,93 @@ fn an_api_echoing_the_request_never_shows_the_token() {
     assert!(!text.contains("dv-access-"), "{text}");
     assert!(text.contains("missing privileges"), "{text}");
 }
+
+/// A self-signed certificate, its private key and its public key (PEM),
+/// made with openssl.
+fn certificate() -> (String, String, String) {
+    let dir = std::env::temp_dir().join(format!(
+        "dv-cert-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (key, cert, public) = (
+        dir.join("key.pem"),
+        dir.join("cert.pem"),
+        dir.join("pub.pem"),
+    );
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=pg_crm_sync test",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-pubkey", "-noout", "-in"])
+        .arg(&cert)
+        .output()
+        .unwrap();
+    std::fs::write(&public, &out.stdout).unwrap();
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap();
+    let r = (read(&cert), read(&key), read(&public));
+    std::fs::remove_dir_all(&dir).unwrap();
+    r
+}
+
+#[test]
+fn certificate_credentials_sign_a_client_assertion() {
+    let (cert, key, public) = certificate();
+    let port = start(Options {
+        client_cert: Some(cert.clone()),
+        client_cert_key: Some(public),
+        ..Options::default()
+    });
+    let o = Options::default();
+    let with = |key: &str| json!({"tenant_id": o.tenant, "client_id": o.client_id, "certificate": cert, "private_key": key});
+    let full = run(&config(port, with(&key)), "account", SyncMode::Full);
+    assert_eq!(full.records.len(), 30);
+    // Another key: the assertion's signature does not verify.
+    let (_, other_key, _) = certificate();
+    let e = try_run(
+        &config(port, with(&other_key)),
+        "account",
+        SyncMode::Full,
+        None,
+    )
+    .err()
+    .unwrap();
+    assert_eq!(e.kind, ErrorKind::Auth);
+    assert!(e.message.contains("AADSTS700027"), "{}", e.message);
+    assert!(e.hint.as_deref().unwrap().contains("certificate"));
+    let text = format!("{e:?}");
+    assert!(!text.contains("PRIVATE KEY") && !text.contains(&other_key[40..80]));
+    // A secret and a certificate together are refused when the source is made.
+    let mut both = with(&key);
+    both["client_secret"] = json!("s");
+    let url = format!("http://127.0.0.1:{port}");
+    let e = connectors::configure("dynamics", &json!({"environment_url": url}), &both, true)
+        .unwrap_err();
+    assert!(
+        e.message
+            .contains("client_secret, or credentials.certificate"),
+        "{}",
+        e.message
+    );
+}

@@ -68,6 +68,10 @@ pub struct Options {
     pub client_secret: String,
     /// Seconds an access token lives.
     pub token_ttl: u64,
+    /// The app's certificate (PEM) and its public key (PEM), for client
+    /// assertions (certificate credentials).
+    pub client_cert: Option<String>,
+    pub client_cert_key: Option<String>,
     pub shared_people: u64,
     pub gzip: bool,
 }
@@ -86,6 +90,8 @@ impl Default for Options {
             client_id: "dv-client".into(),
             client_secret: "dv-secret".into(),
             token_ttl: 3599,
+            client_cert: None,
+            client_cert_key: None,
             shared_people: 0,
             gzip: false,
         }
@@ -932,7 +938,17 @@ impl State {
                 "Application with identifier was not found in the directory.",
             );
         }
-        if form.get("client_secret") != Some(&self.opts.client_secret) {
+        let assertion_type = form.get("client_assertion_type").map(String::as_str);
+        if assertion_type == Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer") {
+            let host = req.header("host").unwrap_or("127.0.0.1");
+            let aud = format!("http://{host}/{tenant}/oauth2/v2.0/token");
+            if let Err((code, msg)) = self.check_assertion(
+                form.get("client_assertion").map_or("", String::as_str),
+                &aud,
+            ) {
+                return aad_error(401, "invalid_client", code, msg);
+            }
+        } else if form.get("client_secret") != Some(&self.opts.client_secret) {
             return aad_error(
                 401,
                 "invalid_client",
@@ -962,6 +978,75 @@ impl State {
             json!({"token_type": "Bearer", "expires_in": ttl, "ext_expires_in": ttl,
                    "access_token": token}),
         )
+    }
+
+    /// Entra ID's checks of a client assertion (certificate credentials):
+    /// the error code and message when it fails.
+    fn check_assertion(&self, assertion: &str, aud: &str) -> Result<(), (u64, &'static str)> {
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        use base64::Engine;
+        use rsa::pkcs1v15::{Signature, VerifyingKey};
+        use rsa::pkcs8::DecodePublicKey;
+        use rsa::signature::Verifier;
+        use sha2::{Digest, Sha256};
+        let malformed = (50027, "JWT token is invalid or malformed.");
+        let parts: Vec<&str> = assertion.split('.').collect();
+        if parts.len() != 3 {
+            return Err(malformed);
+        }
+        let json_part = |p: &str| -> Option<Value> {
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(p).ok()?).ok()
+        };
+        let (Some(header), Some(claims)) = (json_part(parts[0]), json_part(parts[1])) else {
+            return Err(malformed);
+        };
+        let not_registered = (700027, "The certificate with identifier used to sign the client assertion is not registered on application.");
+        let (Some(cert), Some(key)) = (&self.opts.client_cert, &self.opts.client_cert_key) else {
+            return Err(not_registered);
+        };
+        let der = cert
+            .split("-----BEGIN CERTIFICATE-----")
+            .nth(1)
+            .and_then(|r| r.split("-----END CERTIFICATE-----").next())
+            .map(|b| b.chars().filter(|c| !c.is_whitespace()).collect::<String>())
+            .and_then(|b| STANDARD.decode(b).ok())
+            .ok_or(not_registered)?;
+        let thumb = URL_SAFE_NO_PAD.encode(Sha256::digest(&der));
+        if header["alg"] != "RS256" || header["x5t#S256"].as_str() != Some(thumb.as_str()) {
+            return Err(not_registered);
+        }
+        let key = rsa::RsaPublicKey::from_public_key_pem(key).map_err(|_| not_registered)?;
+        let sig = URL_SAFE_NO_PAD.decode(parts[2]).map_err(|_| malformed)?;
+        let sig = Signature::try_from(sig.as_slice()).map_err(|_| malformed)?;
+        VerifyingKey::<Sha256>::new(key)
+            .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig)
+            .map_err(|_| (700027, "Client assertion failed signature validation."))?;
+        if claims["iss"].as_str() != Some(self.opts.client_id.as_str())
+            || claims["sub"].as_str() != Some(self.opts.client_id.as_str())
+        {
+            return Err((
+                700021,
+                "Client assertion application identifier doesn't match 'client_id' parameter.",
+            ));
+        }
+        if claims["aud"].as_str() != Some(aud) {
+            return Err((
+                700016,
+                "Client assertion audience claim does not match Realm issuer.",
+            ));
+        }
+        let now = chrono::Utc::now().timestamp();
+        let (nbf, exp) = (
+            claims["nbf"].as_i64().unwrap_or(0),
+            claims["exp"].as_i64().unwrap_or(0),
+        );
+        if exp <= now || nbf > now + 300 || exp - nbf > 86_400 {
+            return Err((
+                700024,
+                "Client assertion is not within its valid time range.",
+            ));
+        }
+        Ok(())
     }
 
     fn definitions(&self, one: Option<Ent>) -> Response {

@@ -18,7 +18,8 @@
 //!
 //! `crm-mock dynamics [--port N] [--seed N] [--contacts N] [--accounts N]
 //! [--leads N] [--opportunities N] [--users N] [--projects N] [--tenant S]
-//! [--client-id S] [--client-secret S] [--token-ttl SECONDS] [--shared-people N] [--gzip]`
+//! [--client-id S] [--client-secret S] [--token-ttl SECONDS] [--client-cert PEMPATH]
+//! [--client-cert-key PUBLICKEYPEMPATH] [--shared-people N] [--gzip]`
 //!
 //! `crm-mock zoho [--port N] [--seed N] [--contacts N] [--accounts N]
 //! [--leads N] [--deals N] [--users N] [--client-id S] [--client-secret S]
@@ -49,7 +50,7 @@ const USAGE: &str = "usage: crm-mock hubspot [--port N] [--seed N] [--contacts N
 [--shared-people N] [--gzip]
        crm-mock dynamics [--port N] [--seed N] [--contacts N] [--accounts N] [--leads N] \
 [--opportunities N] [--users N] [--projects N] [--tenant S] [--client-id S] [--client-secret S] \
-[--token-ttl SECONDS] [--shared-people N] [--gzip]
+[--token-ttl SECONDS] [--client-cert PEMPATH] [--client-cert-key PUBLICKEYPEMPATH] [--shared-people N] [--gzip]
        crm-mock zoho [--port N] [--seed N] [--contacts N] [--accounts N] [--leads N] [--deals N] \
 [--users N] [--client-id S] [--client-secret S] [--refresh-token S] [--token-limit N] \
 [--daily-credits N] [--token-ttl SECONDS] [--shared-people N] [--gzip]";
@@ -237,6 +238,18 @@ fn parse_dynamics(args: &[String]) -> Result<(u16, dynamics::Options), String> {
             "--client-id" => o.client_id = f.text(),
             "--client-secret" => o.client_secret = f.text(),
             "--token-ttl" => o.token_ttl = f.num()?,
+            "--client-cert" => {
+                o.client_cert = Some(
+                    std::fs::read_to_string(f.val)
+                        .map_err(|e| format!("{} {}: {e}", f.name, f.val))?,
+                )
+            }
+            "--client-cert-key" => {
+                o.client_cert_key = Some(
+                    std::fs::read_to_string(f.val)
+                        .map_err(|e| format!("{} {}: {e}", f.name, f.val))?,
+                )
+            }
             "--shared-people" => o.shared_people = f.num()?,
             _ => return f.unknown(),
         }

@@ -50,6 +50,29 @@ pub struct Table {
     pub tracking: Option<bool>,
 }
 
+/// How the app proves itself to Entra ID: a client secret, or a
+/// certificate's private key signing a client assertion.
+pub enum ClientAuth {
+    Secret(String),
+    Certificate {
+        /// `x5t#S256`: the certificate's SHA-256 thumbprint.
+        thumbprint: String,
+        key: Box<rsa::RsaPrivateKey>,
+        /// The key's PEM, to tell sources apart in the token cache.
+        pem: String,
+    },
+}
+
+impl ClientAuth {
+    /// What the token request carries that must never be shown.
+    fn secret(&self) -> &str {
+        match self {
+            ClientAuth::Secret(s) => s,
+            ClientAuth::Certificate { pem, .. } => pem,
+        }
+    }
+}
+
 /// One connection: the environment, its token and page size.
 pub struct Dataverse<'a> {
     pub http: &'a HttpClient,
@@ -58,7 +81,7 @@ pub struct Dataverse<'a> {
     env: Url,
     token_url: Url,
     client_id: String,
-    secret: String,
+    auth: ClientAuth,
     /// `options.page_size`; None: [`Dataverse::page_for`] picks.
     pub page_size: Option<u64>,
     pub change_tracking: bool,
@@ -75,7 +98,7 @@ impl<'a> Dataverse<'a> {
         version: &str,
         tenant: &str,
         client_id: &str,
-        secret: &str,
+        auth: ClientAuth,
     ) -> Result<Self> {
         let env = Url::parse(env)
             .map_err(|e| CrmError::config(format!("options.environment_url is not a URL: {e}")))?;
@@ -94,7 +117,7 @@ impl<'a> Dataverse<'a> {
             env: root,
             token_url,
             client_id: client_id.to_owned(),
-            secret: secret.to_owned(),
+            auth,
             page_size: None,
             change_tracking: true,
             token: RefCell::new(None),
@@ -120,7 +143,7 @@ impl<'a> Dataverse<'a> {
         (
             self.token_url.as_str(),
             &self.client_id,
-            &self.secret,
+            self.auth.secret(),
             self.scope(),
         )
             .hash(&mut h);
@@ -149,12 +172,23 @@ impl<'a> Dataverse<'a> {
             }
         }
         let endpoint = format!("POST {}", self.token_url.path());
-        let form = [
+        let mut form = vec![
             ("grant_type", "client_credentials".to_owned()),
             ("client_id", self.client_id.clone()),
-            ("client_secret", self.secret.clone()),
             ("scope", self.scope()),
         ];
+        match &self.auth {
+            ClientAuth::Secret(secret) => form.push(("client_secret", secret.clone())),
+            ClientAuth::Certificate {
+                thumbprint, key, ..
+            } => {
+                form.push((
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".to_owned(),
+                ));
+                form.push(("client_assertion", self.assertion(thumbprint, key)?));
+            }
+        }
         let r = self
             .http
             .send(&endpoint, || {
@@ -165,7 +199,7 @@ impl<'a> Dataverse<'a> {
             })
             .await?;
         if !r.status.is_success() {
-            return Err(token_refused(&r, &endpoint).redact(&[self.secret.as_str()]));
+            return Err(token_refused(&r, &endpoint).redact(&[self.auth.secret()]));
         }
         #[derive(Deserialize)]
         struct Token {
@@ -194,6 +228,20 @@ impl<'a> Dataverse<'a> {
         );
         *self.token.borrow_mut() = Some(t.access_token.clone());
         Ok(t.access_token)
+    }
+
+    /// A client assertion (Entra ID certificate credentials): RS256, the
+    /// certificate's `x5t#S256`, for the token endpoint, valid 10 minutes.
+    /// <https://learn.microsoft.com/en-us/entra/identity-platform/certificate-credentials>
+    fn assertion(&self, thumbprint: &str, key: &rsa::RsaPrivateKey) -> Result<String> {
+        let now = chrono::Utc::now().timestamp();
+        let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "x5t#S256": thumbprint});
+        let claims = serde_json::json!({
+            "aud": self.token_url.as_str(), "iss": self.client_id, "sub": self.client_id,
+            "jti": format!("{:016x}{:016x}", now, std::process::id() as u64 ^ (now as u64).rotate_left(17)),
+            "nbf": now - 60, "iat": now, "exp": now + 600,
+        });
+        crate::jwt::sign_rs256(&header, &claims, key)
     }
 
     /// GET `url` (under the environment's API only) with `prefer`; a 401
@@ -601,6 +649,7 @@ fn token_refused(r: &Response, endpoint: &str) -> CrmError {
     let hint = match e.error_codes.first() {
         Some(90002) | Some(900023) => "Check credentials.tenant_id: the directory (tenant) id of the app registration.",
         Some(7000215) | Some(7000222) => "Check credentials.client_secret: use the secret's value (not its id), and renew it if it expired.",
+        Some(700027) | Some(700024) | Some(700023) => "Check credentials.certificate and private_key: the certificate must be uploaded to the app registration, the key its own, and this machine's clock right.",
         Some(700016) => "Check credentials.client_id: the app registration's application (client) id, in this tenant.",
         Some(500011) | Some(1002012) => "Check options.environment_url: the token is asked for {environment_url}/.default.",
         _ => "Check credentials.tenant_id, client_id and client_secret with crm_sync.alter_source().",
@@ -667,7 +716,7 @@ mod tests {
             "9.2",
             "t",
             "c",
-            "s",
+            ClientAuth::Secret("s".into()),
         )
         .unwrap();
         assert_eq!(
@@ -703,7 +752,7 @@ mod tests {
             "9.2",
             "t",
             "c",
-            "s",
+            ClientAuth::Secret("s".into()),
         )
         .unwrap();
         assert_eq!(d.page_for(1), 5_000);

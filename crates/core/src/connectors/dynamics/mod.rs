@@ -22,7 +22,7 @@ use crate::source::{
     BoxFuture, CheckArgs, Connector, DefaultFields, Field, IdSource, ObjectInfo, PageSource,
     Provider, ReadRequest, Record, StreamDefaults,
 };
-use api::{check_logical, Dataverse};
+use api::{check_logical, ClientAuth, Dataverse};
 use reader::Reader;
 
 /// Dynamics 365 / Dataverse as the rest of the system sees it.
@@ -35,7 +35,13 @@ pub const PROVIDER: Provider = Provider {
         "page_size",
         "change_tracking",
     ],
-    credentials: &["tenant_id", "client_id", "client_secret"],
+    credentials: &[
+        "tenant_id",
+        "client_id",
+        "client_secret",
+        "certificate",
+        "private_key",
+    ],
     // Tokens are asked of login_url; the API is environment_url.
     hosts: &[("environment_url", ""), ("login_url", DEFAULT_LOGIN_URL)],
     streams: STREAMS,
@@ -120,7 +126,7 @@ fn check(a: &CheckArgs<'_>) -> Result<()> {
     }
     int(a.options, "page_size", 1, MAX_PAGE_SIZE)?;
     boolean(a.options, "change_tracking")?;
-    const HINT: &str = "Pass the app registration's directory (tenant) id, application (client) id and a client secret's value: credentials => '{\"tenant_id\": \"...\", \"client_id\": \"...\", \"client_secret\": \"...\"}'.";
+    const HINT: &str = "Pass the app registration's directory (tenant) id, application (client) id and a client secret's value, or its certificate and private key (PEM): credentials => '{\"tenant_id\": \"...\", \"client_id\": \"...\", \"client_secret\": \"...\"}'.";
     let tenant = require_credential(a.credentials, "dynamics", "tenant_id", HINT)?;
     // A GUID or a verified domain: it goes in the token URL's path.
     if tenant.len() > 100
@@ -133,8 +139,33 @@ fn check(a: &CheckArgs<'_>) -> Result<()> {
         ));
     }
     require_credential(a.credentials, "dynamics", "client_id", HINT)?;
-    require_credential(a.credentials, "dynamics", "client_secret", HINT)?;
-    Ok(())
+    client_auth(a.credentials).map(|_| ())
+}
+
+/// A client secret, or a certificate and its private key (one of them).
+fn client_auth(creds: &serde_json::Map<String, Value>) -> Result<ClientAuth> {
+    let text = |k: &str| {
+        creds
+            .get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.trim().is_empty())
+    };
+    match (text("client_secret"), text("certificate"), text("private_key")) {
+        (Some(s), None, None) => Ok(ClientAuth::Secret(s.to_owned())),
+        (None, Some(cert), Some(pem)) => {
+            let der = crate::jwt::certificate_der(cert)?;
+            let key = crate::jwt::parse_key(pem, "Pass the private key of the certificate uploaded to the app registration, as PEM text beginning with -----BEGIN PRIVATE KEY----- or -----BEGIN RSA PRIVATE KEY-----.")?;
+            Ok(ClientAuth::Certificate {
+                thumbprint: crate::jwt::thumbprint_s256(&der),
+                key: Box::new(key),
+                pem: pem.to_owned(),
+            })
+        }
+        _ => Err(CrmError::config(
+            "provider dynamics needs credentials.client_secret, or credentials.certificate and credentials.private_key",
+        )
+        .with_hint("Pass a client secret's value, or the certificate uploaded to the app registration and its private key (PEM), not both.")),
+    }
 }
 
 fn connect<'a>(http: &'a HttpClient, cfg: &'a SourceConfig) -> Result<Box<dyn Connector + 'a>> {
@@ -149,7 +180,7 @@ fn connect<'a>(http: &'a HttpClient, cfg: &'a SourceConfig) -> Result<Box<dyn Co
         cfg.option_str("api_version").unwrap_or(DEFAULT_API_VERSION),
         cred("tenant_id"),
         cred("client_id"),
-        cred("client_secret"),
+        client_auth(&cfg.credentials)?,
     )?;
     api.page_size = cfg.option_u64("page_size");
     api.change_tracking = cfg.option_bool("change_tracking").unwrap_or(true);

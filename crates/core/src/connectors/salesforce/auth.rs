@@ -25,14 +25,7 @@ use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Mutex;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use reqwest::Method;
-use rsa::pkcs1::DecodeRsaPrivateKey;
-use rsa::pkcs1v15::SigningKey;
-use rsa::pkcs8::DecodePrivateKey;
-use rsa::sha2::Sha256;
-use rsa::signature::{SignatureEncoding, Signer};
 use rsa::RsaPrivateKey;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -216,12 +209,7 @@ impl Flow {
 }
 
 fn parse_key(pem: &str) -> Result<RsaPrivateKey> {
-    RsaPrivateKey::from_pkcs8_pem(pem)
-        .or_else(|_| RsaPrivateKey::from_pkcs1_pem(pem))
-        .map_err(|_| {
-            CrmError::config("credentials.private_key is not an RSA private key in PEM form")
-                .with_hint("Pass the key whose certificate is uploaded to the connected app, as PEM text beginning with -----BEGIN PRIVATE KEY----- or -----BEGIN RSA PRIVATE KEY-----.")
-        })
+    crate::jwt::parse_key(pem, "Pass the key whose certificate is uploaded to the connected app, as PEM text beginning with -----BEGIN PRIVATE KEY----- or -----BEGIN RSA PRIVATE KEY-----.")
 }
 
 /// An RS256-signed assertion for the JWT bearer flow, valid 3 minutes
@@ -234,18 +222,8 @@ pub fn jwt_assertion(
     key: &RsaPrivateKey,
     now: i64,
 ) -> Result<String> {
-    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256"}"#);
     let claims = json!({"iss": client_id, "sub": username, "aud": audience, "exp": now + 180});
-    let claims = URL_SAFE_NO_PAD.encode(claims.to_string());
-    let input = format!("{header}.{claims}");
-    let signer = SigningKey::<Sha256>::new(key.clone());
-    let sig = signer.try_sign(input.as_bytes()).map_err(|_| {
-        CrmError::config("could not sign the JWT assertion with credentials.private_key")
-    })?;
-    Ok(format!(
-        "{input}.{}",
-        URL_SAFE_NO_PAD.encode(sig.to_bytes())
-    ))
+    crate::jwt::sign_rs256(&json!({"alg": "RS256"}), &claims, key)
 }
 
 /// A logged-in session.
@@ -497,7 +475,10 @@ impl Classify for serde_json::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
     use rsa::pkcs1v15::{Signature, VerifyingKey};
+    use rsa::sha2::Sha256;
     use rsa::signature::Verifier;
 
     fn creds(v: Value) -> Map<String, Value> {
