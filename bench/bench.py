@@ -84,6 +84,8 @@ def fresh_db(pg, dbname, batch_size):
         c.execute(f"CREATE DATABASE {dbname}")
     db = psycopg.connect(**pg, dbname=dbname, autocommit=True)
     db.execute("CREATE EXTENSION pg_crm_sync")
+    # For every session: each measured step runs in a new one.
+    db.execute(f"ALTER DATABASE {dbname} SET crm_sync.batch_size = {batch_size}")
     db.execute(f"SET crm_sync.batch_size = {batch_size}")
     return db
 
