@@ -9,6 +9,7 @@
 
 pub mod address;
 pub mod budget;
+pub mod tokens;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;

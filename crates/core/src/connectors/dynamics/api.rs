@@ -1,10 +1,7 @@
 //! Calls to the Dataverse Web API and to Microsoft Entra ID for its tokens.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::header::{HeaderValue, AUTHORIZATION};
 use reqwest::{Method, StatusCode};
@@ -14,7 +11,7 @@ use serde_json::Value;
 use url::Url;
 
 use crate::error::{CrmError, ErrorKind, Result};
-use crate::http::{body_excerpt, parse_json, HttpClient, Response};
+use crate::http::{body_excerpt, parse_json, tokens, HttpClient, Response};
 use crate::source::{Field, ObjectInfo};
 use crate::types::PgType;
 
@@ -33,9 +30,6 @@ pub const EXPIRED_VERSION_STAMP: &str = "0x80044352";
 /// Refresh a token this long before it expires.
 const EARLY: Duration = Duration::from_secs(120);
 const VENDOR: &str = "Dataverse";
-
-/// Access tokens of this process: key → (token, valid until).
-static TOKENS: Mutex<Option<HashMap<u64, (String, Instant)>>> = Mutex::new(None);
 
 /// What a stream's table is, from `EntityDefinitions`.
 #[derive(Debug, Clone, Deserialize)]
@@ -85,8 +79,6 @@ pub struct Dataverse<'a> {
     /// `options.page_size`; None: [`Dataverse::page_for`] picks.
     pub page_size: Option<u64>,
     pub change_tracking: bool,
-    /// The token in use (it may be replaced after a 401).
-    token: RefCell<Option<String>>,
 }
 
 impl<'a> Dataverse<'a> {
@@ -120,7 +112,6 @@ impl<'a> Dataverse<'a> {
             auth,
             page_size: None,
             change_tracking: true,
-            token: RefCell::new(None),
         })
     }
 
@@ -155,20 +146,8 @@ impl<'a> Dataverse<'a> {
     async fn token(&self, stale: bool) -> Result<String> {
         let key = self.cache_key();
         if !stale {
-            if let Some(t) = self.token.borrow().clone() {
-                let cache = TOKENS.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some((c, until)) = cache.as_ref().and_then(|c| c.get(&key)) {
-                    if *c == t && Instant::now() + EARLY < *until {
-                        return Ok(t);
-                    }
-                }
-            }
-            let cache = TOKENS.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((t, until)) = cache.as_ref().and_then(|c| c.get(&key)) {
-                if Instant::now() + EARLY < *until {
-                    *self.token.borrow_mut() = Some(t.clone());
-                    return Ok(t.clone());
-                }
+            if let Some(c) = tokens::get(key, EARLY) {
+                return Ok(c.token);
             }
         }
         let endpoint = format!("POST {}", self.token_url.path());
@@ -218,15 +197,7 @@ impl<'a> Dataverse<'a> {
             .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
             .unwrap_or(3_599)
             .clamp(1, 86_400);
-        let mut cache = TOKENS.lock().unwrap_or_else(|p| p.into_inner());
-        cache.get_or_insert_with(HashMap::new).insert(
-            key,
-            (
-                t.access_token.clone(),
-                Instant::now() + Duration::from_secs(secs),
-            ),
-        );
-        *self.token.borrow_mut() = Some(t.access_token.clone());
+        tokens::put(key, t.access_token.clone(), None, Duration::from_secs(secs));
         Ok(t.access_token)
     }
 

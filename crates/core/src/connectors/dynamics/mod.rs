@@ -228,11 +228,15 @@ impl Connector for Dataverse<'_> {
     ) -> BoxFuture<'a, Result<Box<dyn IdSource + 'a>>> {
         Box::pin(async move {
             let table = self.table(object).await?;
-            let next = Some(self.list_url(&table.set, &table.key, &[])?);
+            let first = self.list_url(&table.set, &table.key, &[])?;
+            // The first page's link counts too: a next link back to it loops.
+            let mut cursors = crate::paging::Cursors::default();
+            cursors.follow("Dataverse's @odata.nextLink", first.as_str())?;
             Ok(Box::new(Ids {
                 api: self,
                 table,
-                next,
+                next: Some(first),
+                cursors,
             }) as Box<dyn IdSource + 'a>)
         })
     }
@@ -301,6 +305,8 @@ struct Ids<'a> {
     api: &'a Dataverse<'a>,
     table: api::Table,
     next: Option<url::Url>,
+    /// Next links followed (an API handing one back would loop).
+    cursors: crate::paging::Cursors,
 }
 
 impl IdSource for Ids<'_> {
@@ -333,13 +339,9 @@ impl IdSource for Ids<'_> {
                 ids.push(id.to_owned());
             }
             if let Some(n) = page.next {
-                let u = url::Url::parse(&n).map_err(|e| CrmError::bad_response(e.to_string()))?;
-                if u == url {
-                    return Err(CrmError::bad_response(format!(
-                        "Dataverse's next link for {what} repeats the page it came with"
-                    )));
-                }
-                self.next = Some(u);
+                self.cursors.follow("Dataverse's @odata.nextLink", &n)?;
+                self.next =
+                    Some(url::Url::parse(&n).map_err(|e| CrmError::bad_response(e.to_string()))?);
             }
             Ok(Some(ids))
         })

@@ -9,8 +9,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::header::{HeaderValue, AUTHORIZATION};
 use reqwest::{Method, RequestBuilder};
@@ -19,15 +18,10 @@ use url::Url;
 
 use super::spec::{Auth, Grant, Inject, OAuth2, Spec};
 use crate::error::{CrmError, ErrorKind, Result};
-use crate::http::{body_excerpt, HttpClient};
+use crate::http::{body_excerpt, tokens, HttpClient};
 
 /// Refresh this long before a token expires.
 const EARLY: Duration = Duration::from_secs(60);
-
-/// Access tokens of this process: key → (token, valid until, base URL
-/// from the token response).
-type Cache = HashMap<u64, (String, Instant, Option<String>)>;
-static TOKENS: Mutex<Option<Cache>> = Mutex::new(None);
 
 /// The chosen way, with its credential values.
 pub struct Authn {
@@ -213,11 +207,8 @@ impl Authn {
     ) -> Result<(String, Option<String>)> {
         let key = self.cache_key(o);
         if !stale {
-            let cache = TOKENS.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((t, until, base)) = cache.as_ref().and_then(|c| c.get(&key)) {
-                if Instant::now() + EARLY < *until {
-                    return Ok((t.clone(), base.clone()));
-                }
+            if let Some(c) = tokens::get(key, EARLY) {
+                return Ok((c.token, c.extra));
             }
         }
         let body = self.token_request(http, o).await?;
@@ -254,11 +245,14 @@ impl Authn {
             .and_then(|f| body.get(f))
             .and_then(Value::as_str)
             .map(str::to_owned);
-        let mut cache = TOKENS.lock().unwrap_or_else(|p| p.into_inner());
-        let cache = cache.get_or_insert_with(HashMap::new);
-        cache.remove(&key);
-        let until = Instant::now() + Duration::from_secs(expires.clamp(1, 86_400 * 30));
-        cache.insert(self.cache_key(o), (token.clone(), until, base.clone()));
+        // A rotated refresh token makes another key.
+        tokens::forget(key);
+        tokens::put(
+            self.cache_key(o),
+            token.clone(),
+            base.clone(),
+            Duration::from_secs(expires.clamp(1, 86_400 * 30)),
+        );
         Ok((token, base))
     }
 

@@ -1,10 +1,8 @@
 //! Calls to Zoho CRM's API v8 and to Zoho Accounts for its tokens.
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::cell::Cell;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use reqwest::{Method, StatusCode};
@@ -13,7 +11,7 @@ use serde_json::value::RawValue;
 use url::Url;
 
 use crate::error::{CrmError, ErrorKind, Result};
-use crate::http::{body_excerpt, parse_json, HttpClient, Response, Verdict};
+use crate::http::{body_excerpt, parse_json, tokens, HttpClient, Response, Verdict};
 use crate::source::{Field, ObjectInfo};
 use crate::types::PgType;
 
@@ -31,10 +29,6 @@ pub const DEFAULT_MAX_DAILY_SHARE: u64 = 80;
 const EARLY: Duration = Duration::from_secs(120);
 const VENDOR: &str = "Zoho CRM";
 
-/// Access tokens of this process: key → (token, api domain, valid until).
-type Cache = HashMap<u64, (String, String, Instant)>;
-static TOKENS: Mutex<Option<Cache>> = Mutex::new(None);
-
 /// One connection.
 pub struct Zoho<'a> {
     pub http: &'a HttpClient,
@@ -44,9 +38,6 @@ pub struct Zoho<'a> {
     refresh: String,
     /// `options.api_domain`: where API calls go whatever the token says.
     fixed_api: Option<Url>,
-    /// The API's origin now (from the token answer's `api_domain`).
-    api: RefCell<Option<Url>>,
-    token: RefCell<Option<String>>,
     /// `options.daily_credits`, and the share of them a run may spend.
     pub daily_credits: Option<u64>,
     pub max_daily_share: u64,
@@ -82,8 +73,6 @@ impl<'a> Zoho<'a> {
             secret: secret.to_owned(),
             refresh: refresh.to_owned(),
             fixed_api,
-            api: RefCell::new(None),
-            token: RefCell::new(None),
             daily_credits: None,
             max_daily_share: DEFAULT_MAX_DAILY_SHARE,
             inferred_daily: Cell::new(None),
@@ -114,13 +103,9 @@ impl<'a> Zoho<'a> {
     async fn token(&self, stale: bool) -> Result<(String, Url)> {
         let key = self.cache_key();
         if !stale {
-            let cache = TOKENS.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((t, api, until)) = cache.as_ref().and_then(|c| c.get(&key)) {
-                if Instant::now() + EARLY < *until {
-                    let api = self.api_origin(api)?;
-                    *self.api.borrow_mut() = Some(api.clone());
-                    return Ok((t.clone(), api));
-                }
+            if let Some(c) = tokens::get(key, EARLY) {
+                let api = self.api_origin(c.extra.as_deref().unwrap_or_default())?;
+                return Ok((c.token, api));
             }
         }
         let url = self
@@ -196,17 +181,12 @@ impl<'a> Zoho<'a> {
             }
         };
         let secs = a.expires_in.unwrap_or(3_600).clamp(1, 86_400);
-        let mut cache = TOKENS.lock().unwrap_or_else(|p| p.into_inner());
-        cache.get_or_insert_with(HashMap::new).insert(
+        tokens::put(
             key,
-            (
-                token.clone(),
-                api.as_str().to_owned(),
-                Instant::now() + Duration::from_secs(secs),
-            ),
+            token.clone(),
+            Some(api.as_str().to_owned()),
+            Duration::from_secs(secs),
         );
-        *self.token.borrow_mut() = Some(token.clone());
-        *self.api.borrow_mut() = Some(api.clone());
         Ok((token, api))
     }
 
