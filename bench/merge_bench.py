@@ -28,6 +28,7 @@ from conftest import free_port  # noqa: E402
 LANDING = """
 CREATE TABLE {s}.{t} (id text PRIMARY KEY, _raw jsonb NOT NULL, _updated_at timestamptz,
                       _deleted_at timestamptz, _synced_at timestamptz DEFAULT now(), _run_id bigint);
+CREATE INDEX ON {s}.{t} (_run_id);
 """
 
 HS_ROWS = """

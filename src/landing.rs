@@ -284,6 +284,7 @@ pub fn ensure_table(schema: &str, table: &str, wanted: &[Column]) -> Result<Vec<
             .map_err(|e| CrmError::config(format!("cannot add column {col}: {e}")))?;
         }
     }
+    ensure_run_index(schema, table)?;
     let mut out = Vec::with_capacity(wanted.len());
     for c in wanted {
         if SYSTEM_COLUMNS.contains(&c.column.as_str()) {
@@ -307,6 +308,30 @@ pub fn ensure_table(schema: &str, table: &str, wanted: &[Column]) -> Result<Vec<
         }
     }
     Ok(out)
+}
+
+/// An index of `_run_id`: the merge after a sync reads the rows that sync
+/// wrote by it (without one, every merge reads the whole table to find a
+/// few changed rows). Tables landed before it get it at their next sync;
+/// Postgres names it (a name of ours could pass 63 bytes).
+fn ensure_run_index(schema: &str, table: &str) -> Result<(), CrmError> {
+    let rel = format!("{}.{}", qi(schema), qi(table));
+    let has = Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+                          JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                         WHERE i.indrelid = $1::pg_catalog.regclass AND a.attname = '_run_id')",
+        &[rel.as_str().into()],
+    )
+    .map_err(|e| CrmError::config(format!("cannot look for the landing table's indexes: {e}")))?
+    .unwrap_or(false);
+    if !has {
+        Spi::run(&format!(
+            "CREATE INDEX ON {rel} (_run_id) TABLESPACE {}",
+            qi(&database_tablespace())
+        ))
+        .map_err(|e| CrmError::config(format!("cannot index the landing table's _run_id: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Writes batches into one landing table with a prepared statement.

@@ -79,6 +79,45 @@ mod tests {
         }
     }
 
+    /// The merge after a sync reads the rows it wrote by `_run_id`: new
+    /// landing tables are indexed on it, and a table landed before (no
+    /// index) gets one at its next sync, once, with a name that fits
+    /// however long the stream's.
+    #[pg_test]
+    fn landing_tables_index_run_id() {
+        use crate::landing::{ensure_table, Column};
+        use crm_sync_core::types::PgType;
+        let run_indexes = |rel: &str| {
+            Spi::get_one_with_args::<i64>(
+                "SELECT count(*) FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                  WHERE i.indrelid = $1::regclass AND a.attname = '_run_id'",
+                &[rel.into()],
+            )
+            .unwrap()
+            .unwrap()
+        };
+        let c = Column {
+            property: "Name".into(),
+            column: "name".into(),
+            pg_type: PgType::Text,
+        };
+        Spi::run("CREATE SCHEMA land3").unwrap();
+        let long = "s".repeat(63);
+        ensure_table("land3", &long, std::slice::from_ref(&c)).unwrap();
+        assert_eq!(run_indexes(&format!("land3.{long}")), 1);
+        ensure_table("land3", &long, std::slice::from_ref(&c)).unwrap();
+        assert_eq!(run_indexes(&format!("land3.{long}")), 1, "indexed once");
+        // A table landed by an earlier version.
+        Spi::run(
+            "CREATE TABLE land3.old (id text PRIMARY KEY, name text, _raw jsonb NOT NULL, _updated_at timestamptz,
+                                     _deleted_at timestamptz, _synced_at timestamptz NOT NULL DEFAULT now(), _run_id bigint)",
+        )
+        .unwrap();
+        assert_eq!(run_indexes("land3.old"), 0);
+        ensure_table("land3", "old", &[c]).unwrap();
+        assert_eq!(run_indexes("land3.old"), 1);
+    }
+
     #[pg_test]
     fn landing_tables_compress_with_lz4_where_available() {
         use crate::landing::{ensure_table, Column};

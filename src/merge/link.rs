@@ -15,15 +15,18 @@ use super::sql::target_of;
 /// the unified ids that lost any (to recompute, or delete when none is
 /// left).
 pub fn prune(entity: &str, full: bool) -> (Vec<i64>, Vec<i64>) {
-    let gone = "(to_regclass(format('%I.%I', r.source, r.stream)) IS NULL
-                 OR NOT EXISTS (SELECT 1 FROM crm_sync.streams t WHERE t.source = r.source AND t.stream = r.stream))";
-    let which = if full {
-        gone.to_owned()
+    let gone = "(to_regclass(format('%I.%I', g.source, g.stream)) IS NULL
+                 OR NOT EXISTS (SELECT 1 FROM crm_sync.streams t WHERE t.source = g.source AND t.stream = g.stream))";
+    // Each stream is checked once, not each record (400,000 records'
+    // checks took 0.4 s).
+    let streams = if full {
+        "(SELECT DISTINCT source, stream FROM crm_sync.source_records WHERE entity = $1)"
     } else {
-        format!(
-            "(r.source, r.stream) IN (SELECT r.source, r.stream FROM crm_sync.merge_state r WHERE {gone})"
-        )
+        "crm_sync.merge_state"
     };
+    let which = format!(
+        "(r.source, r.stream) IN (SELECT g.source, g.stream FROM {streams} g WHERE {gone})"
+    );
     let rows: Vec<(i64, bool)> = Spi::connect_mut(|c| {
         c.update(
             &format!(
@@ -97,6 +100,7 @@ pub fn link(entity: &str, target: &str, changed: &[i64], targets: &[i64], full: 
         };
         format!(
             "SELECT record_id FROM crm_sync.source_records WHERE entity = $1 AND record_id = ANY ($2)
+                AND ({rf} IS NOT NULL OR {id} IS NOT NULL)
              UNION SELECT record_id FROM crm_sync.source_records WHERE entity = $1 AND {id} = ANY ($4)
              {unresolved}"
         )

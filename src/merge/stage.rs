@@ -128,6 +128,9 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
     // On lines of their own: a trailing comment in one ends with its line.
     let exprs: Vec<String> = s.exprs.iter().map(|e| format!("(\n{e}\n)::text")).collect();
     let since = if full { 0 } else { s.merged_run };
+    if since > 0 {
+        analyze_run_id(&s.source, &s.stream);
+    }
     // Keyset pages, each in its own SPI connection, so that memory is
     // given back after every page however large the stream.
     // Tables not synced since merges were recorded lack the column.
@@ -159,8 +162,12 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
     // Whether the stream has invalid values to clear, and records staged
     // before (a first staging inserts without looking for them).
     let (had_invalid, staged_before) = Spi::get_two_with_args::<bool, bool>(
+        // A stream merged before has its records (the state goes only with
+        // them): its state row answers at once, where finding one of its
+        // records reads past every record of the source's other streams.
         "SELECT EXISTS (SELECT 1 FROM crm_sync.invalid_values WHERE entity = $1 AND source = $2 AND stream = $3),
-                EXISTS (SELECT 1 FROM crm_sync.source_records WHERE entity = $1 AND source = $2 AND stream = $3)",
+                EXISTS (SELECT 1 FROM crm_sync.merge_state WHERE source = $2 AND stream = $3)
+                OR EXISTS (SELECT 1 FROM crm_sync.source_records WHERE entity = $1 AND source = $2 AND stream = $3)",
         &[
             entity.into(),
             s.source.as_str().into(),
@@ -265,6 +272,28 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
         ids,
         count,
         invalid,
+    }
+}
+
+/// Give the planner statistics of the landing table's `_run_id` if it has
+/// none (a table just landed, before autovacuum analyzed it): without them
+/// it guesses a third of the table changed and reads all of it (0.56 s for
+/// 10,000 changed of 1,000,000) instead of the few rows through the index.
+/// Tables of another owner are left alone.
+fn analyze_run_id(source: &str, stream: &str) {
+    let rel = format!("{}.{}", qi(source), qi(stream));
+    let missing = Spi::get_one_with_args::<bool>(
+        "SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE')
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stats s
+                                 WHERE s.schemaname = $2 AND s.tablename = $3 AND s.attname = '_run_id')
+           FROM pg_catalog.pg_class c WHERE c.oid = $1::pg_catalog.regclass",
+        &[rel.as_str().into(), source.into(), stream.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    if missing {
+        Spi::run(&format!("ANALYZE {rel} (_run_id)")).expect("analyze the landing table's _run_id");
     }
 }
 

@@ -53,12 +53,22 @@ pub fn survive(entity: &str, ids: &[i64], full: bool) -> i64 {
     });
     let t = table(entity);
     // Rows whose every record is gone (merged into another id, or pruned).
+    // (Of some rows: their ids that still have records, looked up by id; a
+    // join found them by reading every unified id.)
     Spi::run_with_args(
-        &format!(
-            "DELETE FROM crm.{t} u WHERE {}
-                AND NOT EXISTS (SELECT 1 FROM crm_sync.unified_ids r WHERE r.entity = $1 AND r.unified_id = u.id)",
-            if full { "TRUE" } else { "u.id = ANY ($2)" }
-        ),
+        &if full {
+            format!(
+                "DELETE FROM crm.{t} u
+                  WHERE NOT EXISTS (SELECT 1 FROM crm_sync.unified_ids r WHERE r.entity = $1 AND r.unified_id = u.id)"
+            )
+        } else {
+            format!(
+                "DELETE FROM crm.{t} u
+                  WHERE u.id = ANY ($2)
+                    AND u.id NOT IN (SELECT r.unified_id FROM crm_sync.unified_ids r
+                                      WHERE r.entity = $1 AND r.unified_id = ANY ($2))"
+            )
+        },
         &[entity.into(), ids.into()],
     )
     .expect("drop unified rows without records");

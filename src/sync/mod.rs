@@ -142,6 +142,7 @@ pub fn sync_stream(
         locks::stream_for_transaction(&src.name, &s.stream, &ctx);
     }
     let plan = plan::plan(&src.name, &s.stream, full_refresh);
+    merge::before_sync();
     commit.step();
     let started = Instant::now();
     let progress = read::Progress::default();
