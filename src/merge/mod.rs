@@ -236,6 +236,11 @@ fn pin_parse_settings() -> Vec<(&'static str, String)> {
         // default 4 the planner scans all of unified_ids (or
         // source_records) to join a few thousand changed records.
         ("random_page_cost", "1.1"),
+        // Every cursor the merge opens is read to its end: planned for its
+        // first rows (the default 0.1), grouping 100 changed records read
+        // the whole index of a key in its order instead (0.45 s at
+        // 1,000,000 records).
+        ("cursor_tuple_fraction", "1"),
     ]
     .into_iter()
     .map(|(name, value)| {

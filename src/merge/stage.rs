@@ -279,7 +279,8 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
 /// none (a table just landed, before autovacuum analyzed it): without them
 /// it guesses a third of the table changed and reads all of it (0.56 s for
 /// 10,000 changed of 1,000,000) instead of the few rows through the index.
-/// Tables of another owner are left alone.
+/// A sample of 300 rows says enough (the default 30,000 read 1.3 s of a
+/// 1.1 GB table). Tables of another owner are left alone.
 fn analyze_run_id(source: &str, stream: &str) {
     let rel = format!("{}.{}", qi(source), qi(stream));
     let missing = Spi::get_one_with_args::<bool>(
@@ -293,7 +294,22 @@ fn analyze_run_id(source: &str, stream: &str) {
     .flatten()
     .unwrap_or(false);
     if missing {
+        let target = Spi::get_one::<String>(
+            "SELECT pg_catalog.current_setting('default_statistics_target')",
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| "100".to_owned());
+        let set = |v: &str| {
+            Spi::run_with_args(
+                "SELECT pg_catalog.set_config('default_statistics_target', $1, true)",
+                &[v.into()],
+            )
+            .expect("set default_statistics_target");
+        };
+        set("1");
         Spi::run(&format!("ANALYZE {rel} (_run_id)")).expect("analyze the landing table's _run_id");
+        set(&target);
     }
 }
 

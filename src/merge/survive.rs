@@ -78,15 +78,9 @@ pub fn survive(entity: &str, ids: &[i64], full: bool) -> i64 {
                 (extract(epoch FROM x.updated_at) * 1e6)::int8, x.deleted, x.vals::text, {}
            FROM crm_sync.unified_ids i
            JOIN crm_sync.source_records x ON x.entity = i.entity AND x.record_id = i.record_id
-          WHERE i.entity = $1 {}
+          WHERE i.entity = $1 AND i.unified_id = ANY ($2)
           ORDER BY i.unified_id",
         links.join(", "),
-        if full {
-            // Rows of one record are written by `singles` below.
-            format!("AND i.unified_id IN ({SHARED_IDS})")
-        } else {
-            "AND i.unified_id = ANY ($2)".to_owned()
-        }
     );
     let rules: Vec<FieldRule> = fields
         .into_iter()
@@ -118,55 +112,43 @@ pub fn survive(entity: &str, ids: &[i64], full: bool) -> i64 {
     let mut w = RowWriter::new(entity, rules, empty);
     let mut rows_read = 0usize;
     let (mut t_read, mut t_write) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
-    // Pages of records in unified-id order, each read and written in its
-    // own SPI connection (memory is given back after every page). A full
-    // merge reads every record through one cursor: one pass over the
-    // tables, where pages of ids would each scan them again. A unified row
-    // whose records straddle a page waits for the next one.
+    // Pages of unified ids, each read and written in its own SPI
+    // connection (memory is given back after every page): the ids given,
+    // or (a full merge) the rows of several records, found a page at a
+    // time through the index of records that are not their row's own
+    // (rows of one record are written by `singles` above), half a page
+    // of ids: these rows have two records or more.
     let mut ids = ids.to_vec();
     ids.sort_unstable();
     ids.dedup();
-    let mut pages = ids.chunks(FETCH as usize);
-    let mut cursor: Option<String> = None;
-    let mut carry: Vec<Contribution> = Vec::new();
+    let mut given = ids.chunks(FETCH as usize);
+    let mut after = i64::MIN;
     loop {
-        let (done, n) = Spi::connect_mut(|c| {
+        let page: Vec<i64> = if full {
+            Spi::get_one_with_args::<Vec<i64>>(
+                &format!(
+                    "SELECT coalesce(array_agg(u ORDER BY u), '{{}}') FROM (
+                        SELECT DISTINCT m.unified_id AS u FROM crm_sync.unified_ids m
+                         WHERE m.entity = $1 AND m.unified_id <> m.record_id AND m.unified_id > $2
+                         ORDER BY 1 LIMIT {}) s",
+                    FETCH / 2
+                ),
+                &[entity.into(), after.into()],
+            )
+            .expect("find rows of several records")
+            .unwrap_or_default()
+        } else {
+            given.next().map(<[i64]>::to_vec).unwrap_or_default()
+        };
+        let Some(&last) = page.last() else { break };
+        after = last;
+        let n = Spi::connect_mut(|c| {
             let t = std::time::Instant::now();
-            let mut rows = std::mem::take(&mut carry);
-            let done = if full {
-                let mut cur = match &cursor {
-                    None => c.open_cursor(sql.as_str(), &[entity.into()]),
-                    Some(name) => c.find_cursor(name).expect("find the survivorship cursor"),
-                };
-                let before = rows.len();
-                rows.extend(
-                    cur.fetch(FETCH)
-                        .expect("read source records")
-                        .map(|r| contribution(&r)),
-                );
-                let done = rows.len() - before < FETCH as usize;
-                if done {
-                    cursor = None;
-                } else {
-                    cursor = Some(cur.detach_into_name());
-                    let last = rows.last().map(|r| r.unified_id);
-                    let keep = rows.partition_point(|r| Some(r.unified_id) != last);
-                    carry = rows.split_off(keep);
-                }
-                done
-            } else {
-                match pages.next() {
-                    None => true,
-                    Some(page) => {
-                        rows.extend(
-                            c.select(sql.as_str(), None, &[entity.into(), page.into()])
-                                .expect("read source records")
-                                .map(|r| contribution(&r)),
-                        );
-                        false
-                    }
-                }
-            };
+            let rows: Vec<Contribution> = c
+                .select(sql.as_str(), None, &[entity.into(), page.as_slice().into()])
+                .expect("read source records")
+                .map(|r| contribution(&r))
+                .collect();
             for g in rows.chunk_by(|a, b| a.unified_id == b.unified_id) {
                 w.push(g);
                 rows_read += 1;
@@ -175,13 +157,10 @@ pub fn survive(entity: &str, ids: &[i64], full: bool) -> i64 {
             let t = std::time::Instant::now();
             let n = w.flush(c);
             t_write += t.elapsed();
-            (done, n)
+            n
         });
         written += n;
         pgrx::check_for_interrupts!();
-        if done {
-            break;
-        }
     }
     pgrx::debug1!(
         "pg_crm_sync merge {entity}: survivorship read {rows_read} rows' records in {t_read:?}, wrote them in {t_write:?}"
@@ -230,7 +209,7 @@ fn column_of(rule: &FieldRule) -> (String, &'static str) {
 /// record, in SQL (they are most rows, and their values need no choosing):
 /// the row `survive::survive` makes of a group of one, field for field: the
 /// records that neither belong to another's row nor lead a row of several
-/// ([`SHARED_IDS`], the rows the survivorship cursor reads).
+/// ([`SHARED_IDS`], the rows survivorship reads a page at a time).
 fn singles(entity: &str, rules: &[FieldRule], empty: bool) -> String {
     let lit = |s: &str| format!("'{}'", s.replace('\'', "''"));
     let mut cols = Vec::new();

@@ -389,10 +389,10 @@ def test_dropping_a_source_takes_its_records_out_of_the_model(db, both):
 
 
 def test_a_full_merge_larger_than_one_read_page_keeps_every_row_whole(db):
-    """A full merge reads records page by page (5,000 a page) in unified-id
-    order; a unified row whose records straddle two pages is still written
-    once, from all of them. 1,800 people, each two HubSpot records and one
-    Salesforce record: the 5,000th record falls inside the 1,667th person."""
+    """A full merge reads the rows of several records by pages of unified
+    ids (2,500 a page, after the last id of the page before), each row
+    whole from all its records. 2,600 people, each two HubSpot records and
+    one Salesforce record: two pages, every row on one of them."""
     db.execute("""SELECT crm_sync.create_source('hs', 'hubspot', '{"base_url": "http://127.0.0.1:9"}',
                                                 '{"access_token": "x"}')""")
     db.execute("""SELECT crm_sync.create_source('sf', 'salesforce', '{"login_url": "http://127.0.0.1:9"}',
@@ -405,17 +405,19 @@ def test_a_full_merge_larger_than_one_read_page_keeps_every_row_whole(db):
                              'email', CASE WHEN i % 2 = 0 THEN 'P' ELSE ' p' END || (i / 2) || '@example.com',
                              'firstname', 'First' || i, 'lastname', 'Last' || (i / 2))),
                          timestamptz '2024-06-01' + i * interval '1 second', 1
-                    FROM generate_series(2, 3601) i""")
+                    FROM generate_series(2, 5201) i""")
     db.execute("""INSERT INTO sf.contact (id, _raw, _updated_at, _run_id)
                   SELECT '003' || lpad(i::text, 15, '0'), jsonb_build_object('Id', '003' || lpad(i::text, 15, '0'),
                              'Email', 'p' || i || '@example.com', 'LastName', 'Last' || i, 'Title', 'Role ' || i),
                          timestamptz '2024-07-01' + i * interval '1 second', 1
-                    FROM generate_series(1, 1800) i""")
-    db.execute("SELECT * FROM crm_sync.merge()")  # by pages of unified ids
+                    FROM generate_series(1, 2600) i""")
+    db.execute("SELECT * FROM crm_sync.merge()")  # by pages of changed unified ids
     incremental = model(db)
-    db.execute("SELECT * FROM crm_sync.merge(full => true)")  # one cursor, pages of records
+    # Rebuilt from no row at all: every row comes from its page.
+    db.execute("TRUNCATE crm.contacts")
+    db.execute("SELECT * FROM crm_sync.merge(full => true)")  # pages of the rows of several records
     assert db.execute("SELECT count(*), min(cardinality(sources)), max(cardinality(sources)), "
-                      "count(*) FILTER (WHERE title IS NULL) FROM crm.contacts").fetchone() == (1800, 3, 3, 0)
+                      "count(*) FILTER (WHERE title IS NULL) FROM crm.contacts").fetchone() == (2600, 3, 3, 0)
     assert model(db) == incremental
 
 
