@@ -309,9 +309,7 @@ CREATE TABLE crm_sync.source_records (
     -- record_id is a hash of (entity, source, stream, external_id): one
     -- integer key instead of four text columns, which makes staging cheaper.
     PRIMARY KEY (entity, record_id)
--- Room on every page: a record changed again is rewritten in place (a HOT
--- update), without a new entry in each of the indexes below.
-) WITH (fillfactor = 90);
+);
 CREATE INDEX source_records_ref ON crm_sync.source_records (entity, source, external_id);
 CREATE INDEX source_records_email ON crm_sync.source_records (entity, email) WHERE email IS NOT NULL;
 -- No index of phone alone: the shipped rule pairs it with the name, whose
@@ -390,7 +388,7 @@ CREATE TABLE crm.contacts (
     sources          text[] NOT NULL DEFAULT '{}',
     lineage          jsonb NOT NULL DEFAULT '{}',
     merged_at        timestamptz NOT NULL DEFAULT now()
-) WITH (fillfactor = 90);
+);
 CREATE TABLE crm.companies (
     id               bigint PRIMARY KEY,
     name             text,
@@ -408,7 +406,7 @@ CREATE TABLE crm.companies (
     sources          text[] NOT NULL DEFAULT '{}',
     lineage          jsonb NOT NULL DEFAULT '{}',
     merged_at        timestamptz NOT NULL DEFAULT now()
-) WITH (fillfactor = 90);
+);
 CREATE TABLE crm.deals (
     id               bigint PRIMARY KEY,
     name             text,
@@ -425,7 +423,7 @@ CREATE TABLE crm.deals (
     sources          text[] NOT NULL DEFAULT '{}',
     lineage          jsonb NOT NULL DEFAULT '{}',
     merged_at        timestamptz NOT NULL DEFAULT now()
-) WITH (fillfactor = 90);
+);
 COMMENT ON TABLE crm.contacts IS 'People from every source, one row per person (HubSpot contacts, Salesforce contacts and leads). sources lists source/stream/id of the records merged; crm.field_lineage says which supplied each value.';
 COMMENT ON TABLE crm.companies IS 'Companies from every source (HubSpot companies, Salesforce accounts), one row per company.';
 COMMENT ON TABLE crm.deals IS 'Deals from every source (HubSpot deals, Salesforce opportunities), linked to their unified company (company_id) and primary contact (contact_id).';

@@ -127,10 +127,8 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
     }
     // On lines of their own: a trailing comment in one ends with its line.
     let exprs: Vec<String> = s.exprs.iter().map(|e| format!("(\n{e}\n)::text")).collect();
+    let t_prep = std::time::Instant::now();
     let since = if full { 0 } else { s.merged_run };
-    if since > 0 {
-        analyze_run_id(&s.source, &s.stream);
-    }
     // Keyset pages, each in its own SPI connection, so that memory is
     // given back after every page however large the stream.
     // Tables not synced since merges were recorded lack the column.
@@ -197,6 +195,7 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
         }
         out
     };
+    let t_prep = t_prep.elapsed();
     ahead::with_helper(clean, |cleaner| {
         let mut read_all = false;
         loop {
@@ -257,7 +256,7 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
         }
     });
     pgrx::debug1!(
-        "pg_crm_sync merge {entity}: {}.{}: read {} records in {t_read:?}, waited {t_clean:?} for their cleaning, wrote them in {t_write:?}",
+        "pg_crm_sync merge {entity}: {}.{}: prepared in {t_prep:?}, read {} records in {t_read:?}, waited {t_clean:?} for their cleaning, wrote them in {t_write:?}",
         s.source,
         s.stream,
         count
@@ -272,44 +271,6 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
         ids,
         count,
         invalid,
-    }
-}
-
-/// Give the planner statistics of the landing table's `_run_id` if it has
-/// none (a table just landed, before autovacuum analyzed it): without them
-/// it guesses a third of the table changed and reads all of it (0.56 s for
-/// 10,000 changed of 1,000,000) instead of the few rows through the index.
-/// A sample of 300 rows says enough (the default 30,000 read 1.3 s of a
-/// 1.1 GB table). Tables of another owner are left alone.
-fn analyze_run_id(source: &str, stream: &str) {
-    let rel = format!("{}.{}", qi(source), qi(stream));
-    let missing = Spi::get_one_with_args::<bool>(
-        "SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE')
-                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stats s
-                                 WHERE s.schemaname = $2 AND s.tablename = $3 AND s.attname = '_run_id')
-           FROM pg_catalog.pg_class c WHERE c.oid = $1::pg_catalog.regclass",
-        &[rel.as_str().into(), source.into(), stream.into()],
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(false);
-    if missing {
-        let target = Spi::get_one::<String>(
-            "SELECT pg_catalog.current_setting('default_statistics_target')",
-        )
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| "100".to_owned());
-        let set = |v: &str| {
-            Spi::run_with_args(
-                "SELECT pg_catalog.set_config('default_statistics_target', $1, true)",
-                &[v.into()],
-            )
-            .expect("set default_statistics_target");
-        };
-        set("1");
-        Spi::run(&format!("ANALYZE {rel} (_run_id)")).expect("analyze the landing table's _run_id");
-        set(&target);
     }
 }
 
