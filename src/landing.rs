@@ -313,18 +313,23 @@ pub fn ensure_table(schema: &str, table: &str, wanted: &[Column]) -> Result<Vec<
 /// An index of `_run_id`: the merge after a sync reads the rows that sync
 /// wrote by it (without one, every merge reads the whole table to find a
 /// few changed rows). Tables landed before it get it at their next sync;
-/// Postgres names it (a name of ours could pass 63 bytes).
+/// Postgres names it (a name of ours could pass 63 bytes). A table of
+/// another owner (a user's, or one re-owned) is left as it is: the index
+/// is speed, and only its owner may build it.
 fn ensure_run_index(schema: &str, table: &str) -> Result<(), CrmError> {
     let rel = format!("{}.{}", qi(schema), qi(table));
-    let has = Spi::get_one_with_args::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i
-                          JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-                         WHERE i.indrelid = $1::pg_catalog.regclass AND a.attname = '_run_id')",
+    let wanted = Spi::get_one_with_args::<bool>(
+        "SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE')
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+                                  JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                                 WHERE i.indrelid = c.oid AND a.attname = '_run_id'
+                                   AND i.indisvalid AND i.indpred IS NULL)
+           FROM pg_catalog.pg_class c WHERE c.oid = $1::pg_catalog.regclass",
         &[rel.as_str().into()],
     )
     .map_err(|e| CrmError::config(format!("cannot look for the landing table's indexes: {e}")))?
     .unwrap_or(false);
-    if !has {
+    if wanted {
         Spi::run(&format!(
             "CREATE INDEX ON {rel} (_run_id) TABLESPACE {}",
             qi(&database_tablespace())

@@ -114,8 +114,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!(run_indexes("land3.old"), 0);
-        ensure_table("land3", "old", &[c]).unwrap();
+        ensure_table("land3", "old", std::slice::from_ref(&c)).unwrap();
         assert_eq!(run_indexes("land3.old"), 1);
+        // A table of another owner syncs as before, without the index
+        // (only its owner may build one).
+        Spi::run(
+            "CREATE ROLE land3_owner; CREATE ROLE land3_syncer;
+             CREATE TABLE land3.theirs (id text PRIMARY KEY, name text, _raw jsonb NOT NULL, _updated_at timestamptz,
+                                        _deleted_at timestamptz, _deleted_reason text, _merged_into text,
+                                        _synced_at timestamptz NOT NULL DEFAULT now(), _run_id bigint);
+             ALTER TABLE land3.theirs OWNER TO land3_owner;
+             GRANT USAGE ON SCHEMA land3 TO land3_syncer;
+             GRANT ALL ON land3.theirs TO land3_syncer;
+             SET ROLE land3_syncer",
+        )
+        .unwrap();
+        let synced = ensure_table("land3", "theirs", &[c]);
+        Spi::run("RESET ROLE").unwrap();
+        assert!(synced.is_ok(), "{:?}", synced.err());
+        assert_eq!(run_indexes("land3.theirs"), 0);
     }
 
     #[pg_test]

@@ -92,6 +92,19 @@ where
     })
 }
 
+/// Start `f` on a detached thread named `name` that takes no signals (see
+/// the module comment): work the caller does not wait for, such as loading
+/// data ahead of its first use. None if the thread could not start.
+pub fn spawn_quiet(name: &str, f: impl FnOnce() + Send + 'static) -> Option<()> {
+    without_signals(|| {
+        std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(f)
+            .ok()
+            .map(drop)
+    })
+}
+
 /// Run `f` (which starts a thread) with every signal blocked, so that the
 /// thread inherits a mask that blocks them all: a host's signal handlers
 /// run on its own thread only.
@@ -125,6 +138,36 @@ fn without_signals<T>(f: impl FnOnce() -> T) -> T {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A thread started by `spawn_quiet` blocks every signal, so that
+    /// Postgres' handlers never run on it; the caller's mask is as it was.
+    #[cfg(unix)]
+    #[test]
+    fn a_quiet_thread_takes_no_signals() {
+        fn blocked(sig: libc::c_int) -> bool {
+            // SAFETY: sets on this stack; a null new set only reads the mask.
+            unsafe {
+                let mut now: libc::sigset_t = std::mem::zeroed();
+                libc::pthread_sigmask(libc::SIG_SETMASK, std::ptr::null(), &mut now);
+                libc::sigismember(&now, sig) == 1
+            }
+        }
+        let caller = [libc::SIGINT, libc::SIGALRM, libc::SIGUSR1].map(blocked);
+        let (tx, rx) = std::sync::mpsc::channel();
+        spawn_quiet("quiet test", move || {
+            let _ =
+                tx.send([libc::SIGINT, libc::SIGTERM, libc::SIGALRM, libc::SIGUSR1].map(blocked));
+        })
+        .expect("a thread starts");
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the thread reports");
+        assert_eq!(got, [true; 4]);
+        assert_eq!(
+            [libc::SIGINT, libc::SIGALRM, libc::SIGUSR1].map(blocked),
+            caller
+        );
+    }
 
     #[test]
     fn pages_come_back_worked_and_in_order() {

@@ -310,13 +310,12 @@ pub fn warm_phone() {
     if STARTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
         return;
     }
-    // A process that cannot start a thread loads the metadata at its
-    // first phone number, as before.
-    let _ = std::thread::Builder::new()
-        .name("phone metadata".into())
-        .spawn(|| {
-            let _ = phonenumber::metadata::DATABASE.by_id("US");
-        });
+    // Blocking every signal, as the merge's helper thread does (they are
+    // the backend's main thread's). A process that cannot start a thread
+    // loads the metadata at its first phone number, as before.
+    let _ = crate::ahead::spawn_quiet("phone metadata", || {
+        let _ = phonenumber::metadata::DATABASE.by_id("US");
+    });
 }
 
 // ---------------------------------------------------------------------------
