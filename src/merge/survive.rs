@@ -128,8 +128,7 @@ pub fn survive(entity: &str, ids: &[i64], full: bool) -> i64 {
             Spi::get_one_with_args::<Vec<i64>>(
                 &format!(
                     "SELECT coalesce(array_agg(u ORDER BY u), '{{}}') FROM (
-                        SELECT DISTINCT m.unified_id AS u FROM crm_sync.unified_ids m
-                         WHERE m.entity = $1 AND m.unified_id <> m.record_id AND m.unified_id > $2
+                        SELECT DISTINCT m.u FROM ({SHARED_IDS}) m(u) WHERE m.u > $2
                          ORDER BY 1 LIMIT {}) s",
                     FETCH / 2
                 ),

@@ -393,17 +393,19 @@ mod tests {
         assert_eq!(out.stats.unchanged, 8 + 14);
     }
 
+    /// The size of each batch written when `pages` are read with `batch_size`.
+    fn batch_lengths(pages: Vec<Result<Vec<Record>>>, batch_size: usize) -> Vec<usize> {
+        let mut sink = MemSink::default();
+        run(&mut Pages(pages), &mut sink, batch_size, &mut || {}).unwrap();
+        sink.0.iter().map(Vec::len).collect()
+    }
+
     #[test]
     fn batch_size_bounds_each_write() {
         let pages = (0..10)
             .map(|p| Ok((0..30).map(|i| rec(&format!("{p}-{i}"), 1)).collect()))
             .collect();
-        let mut sink = MemSink::default();
-        run(&mut Pages(pages), &mut sink, 100, &mut || {}).unwrap();
-        assert_eq!(
-            sink.0.iter().map(Vec::len).collect::<Vec<_>>(),
-            [120, 120, 60]
-        );
+        assert_eq!(batch_lengths(pages, 100), [120, 120, 60]);
     }
 
     #[test]
@@ -419,12 +421,7 @@ mod tests {
         let pages = (0..10)
             .map(|p| Ok((0..500).map(|i| wide(format!("{p}-{i}"))).collect()))
             .collect();
-        let mut sink = MemSink::default();
-        run(&mut Pages(pages), &mut sink, 5_000, &mut || {}).unwrap();
-        assert_eq!(
-            sink.0.iter().map(Vec::len).collect::<Vec<_>>(),
-            [2_000, 2_000, 1_000]
-        );
+        assert_eq!(batch_lengths(pages, 5_000), [2_000, 2_000, 1_000]);
     }
 
     /// Drops field "F" while its last page is fetched.
