@@ -7,10 +7,12 @@ use std::collections::HashMap;
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 
+use crm_sync_core::ahead;
 use crm_sync_core::columns::{self, SYSTEM_COLUMNS};
 use crm_sync_core::engine::{Sink, WriteStats};
+use crm_sync_core::rows::{self, ColumnOf, Json, Rows, Values};
 use crm_sync_core::source::Record;
-use crm_sync_core::types::{coerce_timestamp, pg_timestamp, PgType};
+use crm_sync_core::types::{pg_timestamp, PgType};
 use crm_sync_core::CrmError;
 
 /// How many bad values a run keeps as samples in crm_sync.runs.
@@ -669,160 +671,132 @@ impl SpiSink {
         })
     }
 
-    fn write_records(&mut self, batch: &[Record]) -> Result<WriteStats, CrmError> {
-        let mut warnings = 0u64;
-        let mut samples = Vec::new();
-        let n = batch.len();
-        // Values borrow from the batch wherever they are already in the form
-        // Postgres reads; each column becomes one text[] built in one piece.
-        let mut raws: Vec<Option<Cow<'_, str>>> = Vec::with_capacity(n);
-        let mut upd: Vec<Option<i64>> = Vec::with_capacity(n);
-        let mut del: Vec<Option<i64>> = Vec::with_capacity(n);
-        let mut cols: Vec<ColumnValues<'_>> = self
+    fn write_records<'b>(&mut self, batch: &'b [Record]) -> Result<WriteStats, CrmError> {
+        // SAFETY: reads the database's encoding, fixed for the session.
+        let utf8 = unsafe { pg_sys::GetDatabaseEncoding() } == pg_sys::pg_enc::PG_UTF8 as i32;
+        let columns: Vec<ColumnOf<'_>> = self
             .columns
             .iter()
-            .map(|c| match c.pg_type {
-                PgType::TimestampTz => ColumnValues::Timestamps(Vec::with_capacity(n)),
-                _ => ColumnValues::Text(Vec::with_capacity(n)),
+            .map(|c| ColumnOf {
+                property: &c.property,
+                column: &c.column,
+                pg_type: c.pg_type,
             })
             .collect();
-        for r in batch {
-            let raw = match without_nul_escapes(&r.raw) {
-                Some(clean) => {
-                    warnings += 1;
-                    samples.push(format!(
-                        "{}: record {} has \\u0000 in its JSON, which Postgres cannot store; replaced with U+FFFD in _raw",
-                        self.table, r.id
-                    ));
-                    Cow::Owned(clean)
-                }
-                None => Cow::Borrowed(r.raw.as_str()),
-            };
-            raws.push(Some(raw));
-            upd.push(r.updated_at.map(pg_timestamp));
-            del.push(r.deleted_at.map(pg_timestamp));
-            for (c, out) in self.columns.iter().zip(cols.iter_mut()) {
-                let v = r
-                    .fields
-                    .get(&c.property)
-                    .unwrap_or(&serde_json::Value::Null);
-                let fits = match out {
-                    ColumnValues::Timestamps(out) => coerce_timestamp(v).map(|x| out.push(x)),
-                    ColumnValues::Text(out) => c.pg_type.coerce(v).map(|x| match x {
-                        Some(x) if x.contains('\0') => {
-                            out.push(Some(Cow::Owned(x.replace('\0', "\u{FFFD}"))))
-                        }
-                        x => out.push(x),
-                    }),
-                };
-                match fits {
-                    Ok(()) => {}
-                    Err(()) => {
-                        out.push_null();
-                        warnings += 1;
-                        if self.warning_samples.len() + samples.len() >= WARNING_SAMPLES {
-                            continue;
-                        }
-                        let shown: String = v.to_string().chars().take(60).collect();
-                        samples.push(format!(
-                            "{}.{}: value {} of record {} is not a valid {}; kept in _raw",
-                            self.table,
-                            c.column,
-                            shown,
-                            r.id,
-                            c.pg_type.sql_name()
-                        ));
-                    }
-                }
+        let table = self.table.as_str();
+        let stmt = &self.stmt;
+        let run_id = self.run_id;
+        let prepare = |chunk: &'b [Record]| rows::prepare(table, &columns, chunk, utf8);
+        let mut written = Written::default();
+        let chunks = batch.chunks(CHUNK);
+        if chunks.len() < 2 {
+            for chunk in chunks {
+                written.add(upsert(stmt, run_id, prepare(chunk))?);
             }
+        } else {
+            // The next chunk is laid out (values coerced, JSON encoded) on a
+            // helper thread while this one is written.
+            ahead::with_helper(prepare, |helper| -> Result<(), CrmError> {
+                let mut chunks = chunks;
+                if let Some(first) = chunks.next() {
+                    helper.send(first);
+                }
+                loop {
+                    if let Some(next) = chunks.next() {
+                        helper.send(next);
+                    }
+                    let Some(rows) = helper.recv() else {
+                        return Ok(());
+                    };
+                    let (done, rows) = upsert_kept(stmt, run_id, rows);
+                    helper.give_back(rows);
+                    written.add(done?);
+                }
+            })?;
         }
-        let ids: Vec<Option<&str>> = batch.iter().map(|r| Some(r.id.as_str())).collect();
-        for m in samples {
+        for m in std::mem::take(&mut written.samples) {
             self.sample(m);
         }
-        // Inside the SPI connection the arrays live in SPI's procedure
-        // context, freed when this batch's connection ends.
-        let (upserted, deleted) = Spi::connect_mut(|c| -> Result<(i64, i64), CrmError> {
-            let mut args: Vec<pgrx::datum::DatumWithOid> = Vec::with_capacity(5 + cols.len());
-            args.push(text_array(&ids)?);
-            args.push(jsonb_array(&as_str(&raws))?);
-            args.push(timestamptz_array(&upd)?);
-            args.push(timestamptz_array(&del)?);
-            args.push(self.run_id.into());
-            for (col, c) in cols.iter().zip(&self.columns) {
-                args.push(match col {
-                    ColumnValues::Text(v) if c.pg_type == PgType::Jsonb => jsonb_array(&as_str(v))?,
-                    ColumnValues::Text(v) => text_array(&as_str(v))?,
-                    ColumnValues::Timestamps(v) => timestamptz_array(v)?,
-                });
-            }
-            let t = c
-                .update(&self.stmt, None, &args)
-                .expect("write landing batch")
-                .first();
-            let a: i64 = t.get(1).ok().flatten().unwrap_or(0);
-            let b: i64 = t.get(2).ok().flatten().unwrap_or(0);
-            Ok((a, b))
-        })?;
         let merged = self.mark_merged(batch);
         Ok(WriteStats {
-            upserted: upserted as u64,
-            deleted: (deleted + merged) as u64,
+            upserted: written.upserted as u64,
+            deleted: (written.deleted + merged) as u64,
             merged: merged as u64,
-            warnings,
+            warnings: written.warnings,
             ..Default::default()
         })
     }
 }
 
+/// Records a landing upsert sends at once: the batch is written in chunks
+/// of this many, the next laid out on a helper thread while one is written.
+const CHUNK: usize = 1000;
+
+/// What the chunks of a batch did.
+#[derive(Default)]
+struct Written {
+    upserted: i64,
+    deleted: i64,
+    warnings: u64,
+    samples: Vec<String>,
+}
+
+impl Written {
+    fn add(&mut self, w: Written) {
+        self.upserted += w.upserted;
+        self.deleted += w.deleted;
+        self.warnings += w.warnings;
+        self.samples.extend(w.samples);
+    }
+}
+
+/// Write one chunk with the landing upsert.
+fn upsert(stmt: &OwnedPreparedStatement, run_id: i64, rows: Rows<'_>) -> Result<Written, CrmError> {
+    upsert_kept(stmt, run_id, rows).0
+}
+
+/// [`upsert`], handing `rows` back (for the thread that made them to free).
+fn upsert_kept<'r>(
+    stmt: &OwnedPreparedStatement,
+    run_id: i64,
+    mut rows: Rows<'r>,
+) -> (Result<Written, CrmError>, Rows<'r>) {
+    // Inside the SPI connection the arrays live in SPI's procedure
+    // context, freed when this chunk's connection ends.
+    let done = Spi::connect_mut(|c| -> Result<(i64, i64), CrmError> {
+        let mut args: Vec<pgrx::datum::DatumWithOid> = Vec::with_capacity(5 + rows.columns.len());
+        args.push(text_array(&rows.ids)?);
+        args.push(jsonb_array_of(&rows.raws)?);
+        args.push(timestamptz_array(&rows.updated_at)?);
+        args.push(timestamptz_array(&rows.deleted_at)?);
+        args.push(run_id.into());
+        for col in &rows.columns {
+            args.push(match col {
+                Values::Text(v) => text_array(&as_str(v))?,
+                Values::Timestamps(v) => timestamptz_array(v)?,
+                Values::Json(v) => jsonb_array_of(v)?,
+            });
+        }
+        let t = c
+            .update(stmt, None, &args)
+            .expect("write landing batch")
+            .first();
+        let a: i64 = t.get(1).ok().flatten().unwrap_or(0);
+        let b: i64 = t.get(2).ok().flatten().unwrap_or(0);
+        Ok((a, b))
+    })
+    .map(|(upserted, deleted)| Written {
+        upserted,
+        deleted,
+        warnings: rows.warnings,
+        samples: std::mem::take(&mut rows.samples),
+    });
+    (done, rows)
+}
+
 /// Borrowed text values, as [`text_array`] takes them.
 pub(crate) fn as_str<S: AsRef<str>>(v: &[Option<S>]) -> Vec<Option<&str>> {
     v.iter().map(|x| x.as_ref().map(AsRef::as_ref)).collect()
-}
-
-/// One column of a batch, in the form it is sent to Postgres.
-enum ColumnValues<'a> {
-    Text(Vec<Option<Cow<'a, str>>>),
-    Timestamps(Vec<Option<i64>>),
-}
-
-impl ColumnValues<'_> {
-    fn push_null(&mut self) {
-        match self {
-            ColumnValues::Text(v) => v.push(None),
-            ColumnValues::Timestamps(v) => v.push(None),
-        }
-    }
-}
-
-/// `raw` with every `\u0000` escape (which jsonb rejects) replaced by
-/// U+FFFD, or None when it has none.
-fn without_nul_escapes(raw: &str) -> Option<String> {
-    if !raw.contains("\\u0000") {
-        return None;
-    }
-    fn clean(v: &mut serde_json::Value) -> bool {
-        match v {
-            serde_json::Value::String(s) if s.contains('\0') => {
-                *s = s.replace('\0', "\u{FFFD}");
-                true
-            }
-            serde_json::Value::Array(a) => a.iter_mut().fold(false, |acc, x| clean(x) | acc),
-            serde_json::Value::Object(m) => {
-                let mut changed = false;
-                let keys: Vec<String> = m.keys().filter(|k| k.contains('\0')).cloned().collect();
-                for k in keys {
-                    let val = m.remove(&k).unwrap_or_default();
-                    m.insert(k.replace('\0', "\u{FFFD}"), val);
-                    changed = true;
-                }
-                m.values_mut().fold(changed, |acc, x| clean(x) | acc)
-            }
-            _ => false,
-        }
-    }
-    let mut v: serde_json::Value = serde_json::from_str(raw).ok()?;
-    clean(&mut v).then(|| v.to_string())
 }
 
 /// Largest varlena Postgres accepts (MaxAllocSize).
@@ -907,14 +881,34 @@ pub(crate) fn jsonb_array<'a>(
 ) -> Result<pgrx::datum::DatumWithOid<'a>, CrmError> {
     // SAFETY: reads the database's encoding, fixed for the session.
     let utf8 = unsafe { pg_sys::GetDatabaseEncoding() } == pg_sys::pg_enc::PG_UTF8 as i32;
-    let values: Vec<Option<Vec<u8>>> = items
+    let values: Vec<Option<Json<'_>>> = items
         .iter()
-        .map(|s| s.map(|s| jsonb_bytes(s, utf8)).transpose())
+        .map(|s| s.map(|s| Json::new(Cow::Borrowed(s), utf8)))
+        .collect();
+    jsonb_array_of(&values)
+}
+
+/// A `jsonb[]` datum of JSON values encoded in Rust where they could be
+/// (see [`jsonb_array`]); the others go through `jsonb_in` here.
+pub(crate) fn jsonb_array_of<'a>(
+    items: &[Option<Json<'_>>],
+) -> Result<pgrx::datum::DatumWithOid<'a>, CrmError> {
+    let by_postgres: Vec<Option<Vec<u8>>> = items
+        .iter()
+        .map(|j| match j {
+            Some(Json::Text(t)) => jsonb_bytes(t, false).map(Some),
+            _ => Ok(None),
+        })
         .collect::<Result<_, _>>()?;
     // Each value is a whole varlena: the array writes its own header.
-    let bodies: Vec<Option<&[u8]>> = values
+    let bodies: Vec<Option<&[u8]>> = items
         .iter()
-        .map(|v| v.as_deref().map(|v| &v[4..]))
+        .zip(&by_postgres)
+        .map(|(j, pg)| match (j, pg) {
+            (Some(Json::Encoded(v)), _) => Some(&v[4..]),
+            (Some(Json::Text(_)), Some(v)) => Some(&v[4..]),
+            _ => None,
+        })
         .collect();
     varlena_array(pg_sys::JSONBOID, pg_sys::JSONBARRAYOID, &bodies)
 }

@@ -217,6 +217,33 @@ def test_value_that_does_not_fit_is_kept_in_raw_with_a_warning(db, hubspot):
     assert any("loyalty_score" in s and "record 11" in s for s in samples)
 
 
+def test_a_batch_of_several_chunks_lands_every_record_and_every_warning(db, mock_factory):
+    # A batch (5,000 records by default) is written in chunks of 1,000, the
+    # next laid out on a helper thread while one is written: bad values in
+    # every chunk, and a record the CRM sent with a NUL in the last.
+    m = mock_factory(contacts=2500, companies=10, deals=10)
+    create_source(db, m)
+    db.execute("UPDATE crm_sync.streams SET properties = '{email,firstname,loyalty_score}' "
+               "WHERE source = 'hs' AND stream = 'contacts'")
+    bad = list(range(7, 2501, 400))
+    m.upsert("contacts", [{"id": str(i), "properties": {"loyalty_score": "n/a"}} for i in bad]
+             + [{"id": "2500", "properties": {"firstname": "Last\u0000One"}}])
+    r = sync(db, stream="contacts")["contacts"]
+    assert r["status"] == "succeeded"
+    assert r["records_upserted"] == 2500
+    assert r["warnings"] == len(bad) + 1
+    samples = count(db, "SELECT warning_samples FROM crm_sync.runs WHERE stream = 'contacts'")
+    for i in bad:
+        assert any("loyalty_score" in s and f"record {i} " in s for s in samples), (i, samples)
+    assert any("record 2500 has \\u0000" in s for s in samples), samples
+    live = mock_state(m)
+    live["2500"] = "Last\ufffdOne"
+    assert db_state(db) == live
+    assert count(db, "SELECT count(*) FROM hs.contacts WHERE loyalty_score IS NULL "
+                     "AND _raw->'properties'->>'loyalty_score' = 'n/a'") == len(bad)
+    assert count(db, "SELECT count(*) FROM hs.contacts WHERE _run_id IS NOT NULL") == 2500
+
+
 def test_new_property_adds_a_column(db, hubspot):
     create_source(db, hubspot)
     db.execute("UPDATE crm_sync.streams SET properties = '{*}' WHERE source = 'hs' AND stream = 'companies'")

@@ -22,6 +22,7 @@ pub mod jsonb;
 pub mod jwt;
 pub mod model;
 pub mod paging;
+pub mod rows;
 pub mod runtime;
 pub mod scrub;
 pub mod source;

@@ -566,7 +566,9 @@ impl<'a> BulkReader<'a> {
                 id,
                 updated_at,
                 deleted_at: None,
-                raw: Value::Object(m.clone()).to_string(),
+                // The same text as Value::Object(m).to_string(), without a
+                // copy of the map.
+                raw: serde_json::to_string(&m).map_err(|e| bad(e.to_string()))?,
                 merged_ids: Vec::new(),
                 deletion_only: false,
                 fields: m,

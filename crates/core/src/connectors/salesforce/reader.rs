@@ -863,7 +863,8 @@ impl<'a> RestReader<'a> {
             complete[i - 1] >= groups.len()
         });
         for r in records.iter_mut() {
-            r.raw = Value::Object(r.fields.clone()).to_string();
+            // As Value::Object(fields).to_string(), without a copy.
+            r.raw = serde_json::to_string(&r.fields).unwrap_or_default();
         }
         Ok(())
     }

@@ -1,0 +1,340 @@
+//! A batch of records laid out as the columns the landing upsert sends: one
+//! vector per column, values coerced to their column's type and `_raw`
+//! already encoded as jsonb. Pure work, no database: the extension prepares
+//! one chunk of a batch here, on a helper thread (see [`crate::ahead`]),
+//! while its main thread writes the chunk before.
+
+use std::borrow::Cow;
+
+use serde_json::Value;
+
+use crate::source::Record;
+use crate::types::{coerce_timestamp, pg_timestamp, PgType};
+
+/// How many bad values one chunk keeps as samples (the run keeps fewer).
+pub const SAMPLES: usize = 10;
+
+/// A landing column: the CRM property it holds and its type.
+pub struct ColumnOf<'a> {
+    pub property: &'a str,
+    pub column: &'a str,
+    pub pg_type: PgType,
+}
+
+/// A JSON value on its way to a `jsonb` datum.
+pub enum Json<'a> {
+    /// Encoded in Rust (`crate::jsonb::encode`): a varlena whose first four
+    /// bytes are left for its header.
+    Encoded(Vec<u8>),
+    /// For Postgres' `jsonb_in` (not a UTF-8 database, or a text the Rust
+    /// encoder leaves to it).
+    Text(Cow<'a, str>),
+}
+
+impl<'a> Json<'a> {
+    pub fn new(text: Cow<'a, str>, utf8: bool) -> Self {
+        match utf8.then(|| crate::jsonb::encode(&text)).flatten() {
+            Some(v) => Json::Encoded(v),
+            None => Json::Text(text),
+        }
+    }
+}
+
+/// One column's values, in the form they are sent.
+pub enum Values<'a> {
+    Text(Vec<Option<Cow<'a, str>>>),
+    /// Postgres timestamps (microseconds since 2000-01-01).
+    Timestamps(Vec<Option<i64>>),
+    Json(Vec<Option<Json<'a>>>),
+}
+
+impl Values<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            Values::Text(v) => v.len(),
+            Values::Timestamps(v) => v.len(),
+            Values::Json(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Records as the upsert's parameters.
+pub struct Rows<'a> {
+    pub ids: Vec<Option<&'a str>>,
+    pub raws: Vec<Option<Json<'a>>>,
+    pub updated_at: Vec<Option<i64>>,
+    pub deleted_at: Vec<Option<i64>>,
+    /// In the order of the columns given to [`prepare`].
+    pub columns: Vec<Values<'a>>,
+    /// Values that did not fit their column (landed NULL, kept in `_raw`)
+    /// and records whose JSON held `\u0000`.
+    pub warnings: u64,
+    /// What the first of those were, at most [`SAMPLES`].
+    pub samples: Vec<String>,
+}
+
+/// Lay `records` out as the columns of `table`'s upsert; `utf8` when the
+/// database's encoding is UTF-8 (else JSON goes to `jsonb_in`).
+pub fn prepare<'a>(
+    table: &str,
+    columns: &[ColumnOf<'_>],
+    records: &'a [Record],
+    utf8: bool,
+) -> Rows<'a> {
+    let n = records.len();
+    let mut out = Rows {
+        ids: Vec::with_capacity(n),
+        raws: Vec::with_capacity(n),
+        updated_at: Vec::with_capacity(n),
+        deleted_at: Vec::with_capacity(n),
+        columns: columns
+            .iter()
+            .map(|c| match c.pg_type {
+                PgType::TimestampTz => Values::Timestamps(Vec::with_capacity(n)),
+                PgType::Jsonb => Values::Json(Vec::with_capacity(n)),
+                _ => Values::Text(Vec::with_capacity(n)),
+            })
+            .collect(),
+        warnings: 0,
+        samples: Vec::new(),
+    };
+    let sample = |out: &mut Vec<String>, msg: &dyn Fn() -> String| {
+        if out.len() < SAMPLES {
+            out.push(msg());
+        }
+    };
+    for r in records {
+        let raw = match without_nul_escapes(&r.raw) {
+            Some(clean) => {
+                out.warnings += 1;
+                sample(&mut out.samples, &|| {
+                    format!(
+                    "{table}: record {} has \\u0000 in its JSON, which Postgres cannot store; replaced with U+FFFD in _raw",
+                    r.id
+                )
+                });
+                Cow::Owned(clean)
+            }
+            None => Cow::Borrowed(r.raw.as_str()),
+        };
+        out.ids.push(Some(r.id.as_str()));
+        out.raws.push(Some(Json::new(raw, utf8)));
+        out.updated_at.push(r.updated_at.map(pg_timestamp));
+        out.deleted_at.push(r.deleted_at.map(pg_timestamp));
+        for (c, values) in columns.iter().zip(out.columns.iter_mut()) {
+            let v = r.fields.get(c.property).unwrap_or(&Value::Null);
+            let fits = match values {
+                Values::Timestamps(vs) => coerce_timestamp(v).map(|x| vs.push(x)),
+                Values::Text(vs) => c.pg_type.coerce(v).map(|x| vs.push(x.map(without_nul))),
+                Values::Json(vs) => c
+                    .pg_type
+                    .coerce(v)
+                    .map(|x| vs.push(x.map(|x| Json::new(without_nul(x), utf8)))),
+            };
+            if fits.is_err() {
+                match values {
+                    Values::Text(vs) => vs.push(None),
+                    Values::Timestamps(vs) => vs.push(None),
+                    Values::Json(vs) => vs.push(None),
+                }
+                out.warnings += 1;
+                sample(&mut out.samples, &|| {
+                    let shown: String = v.to_string().chars().take(60).collect();
+                    format!(
+                        "{table}.{}: value {shown} of record {} is not a valid {}; kept in _raw",
+                        c.column,
+                        r.id,
+                        c.pg_type.sql_name()
+                    )
+                });
+            }
+        }
+    }
+    out
+}
+
+/// A text value Postgres can store: NUL (which it cannot) becomes U+FFFD.
+fn without_nul(x: Cow<'_, str>) -> Cow<'_, str> {
+    if x.contains('\0') {
+        Cow::Owned(x.replace('\0', "\u{FFFD}"))
+    } else {
+        x
+    }
+}
+
+/// `raw` with every `\u0000` escape (which jsonb rejects) replaced by
+/// U+FFFD, or None when it has none.
+pub fn without_nul_escapes(raw: &str) -> Option<String> {
+    if !raw.contains("\\u0000") {
+        return None;
+    }
+    fn clean(v: &mut Value) -> bool {
+        match v {
+            Value::String(s) if s.contains('\0') => {
+                *s = s.replace('\0', "\u{FFFD}");
+                true
+            }
+            Value::Array(a) => a.iter_mut().fold(false, |acc, x| clean(x) | acc),
+            Value::Object(m) => {
+                let mut changed = false;
+                let keys: Vec<String> = m.keys().filter(|k| k.contains('\0')).cloned().collect();
+                for k in keys {
+                    let val = m.remove(&k).unwrap_or_default();
+                    m.insert(k.replace('\0', "\u{FFFD}"), val);
+                    changed = true;
+                }
+                m.values_mut().fold(changed, |acc, x| clean(x) | acc)
+            }
+            _ => false,
+        }
+    }
+    let mut v: Value = serde_json::from_str(raw).ok()?;
+    clean(&mut v).then(|| v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+    use serde_json::json;
+
+    fn record(id: &str, raw: &str) -> Record {
+        let fields = match serde_json::from_str::<Value>(raw) {
+            Ok(Value::Object(m)) => m,
+            _ => Default::default(),
+        };
+        Record {
+            id: id.into(),
+            updated_at: Some(Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap()),
+            deleted_at: None,
+            fields,
+            raw: raw.into(),
+            merged_ids: Vec::new(),
+            deletion_only: false,
+        }
+    }
+
+    fn cols() -> Vec<ColumnOf<'static>> {
+        vec![
+            ColumnOf {
+                property: "n",
+                column: "n",
+                pg_type: PgType::Numeric,
+            },
+            ColumnOf {
+                property: "at",
+                column: "at",
+                pg_type: PgType::TimestampTz,
+            },
+            ColumnOf {
+                property: "addr",
+                column: "addr",
+                pg_type: PgType::Jsonb,
+            },
+            ColumnOf {
+                property: "name",
+                column: "name",
+                pg_type: PgType::Text,
+            },
+        ]
+    }
+
+    fn text(v: &Values<'_>, i: usize) -> Option<String> {
+        match v {
+            Values::Text(v) => v[i].as_ref().map(|s| s.to_string()),
+            _ => panic!("not a text column"),
+        }
+    }
+
+    #[test]
+    fn records_become_one_vector_per_column() {
+        let recs = [
+            record(
+                "1",
+                r#"{"n": 12.5, "at": "2026-01-01T00:00:00Z", "addr": {"city": "Oslo"}, "name": "A"}"#,
+            ),
+            record("2", r#"{"n": null}"#),
+        ];
+        let rows = prepare("t", &cols(), &recs, true);
+        assert_eq!(rows.ids, [Some("1"), Some("2")]);
+        assert_eq!(rows.warnings, 0);
+        assert!(rows.columns.iter().all(|c| c.len() == 2));
+        assert_eq!(text(&rows.columns[0], 0).as_deref(), Some("12.5"));
+        assert_eq!(text(&rows.columns[0], 1), None);
+        match &rows.columns[1] {
+            Values::Timestamps(v) => {
+                let at = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+                assert_eq!(v, &[Some(pg_timestamp(at)), None]);
+            }
+            _ => panic!("timestamps"),
+        }
+        match &rows.columns[2] {
+            Values::Json(v) => {
+                assert!(matches!(v[0], Some(Json::Encoded(_))));
+                assert!(v[1].is_none());
+            }
+            _ => panic!("json"),
+        }
+        assert_eq!(text(&rows.columns[3], 0).as_deref(), Some("A"));
+        assert!(rows
+            .raws
+            .iter()
+            .all(|r| matches!(r, Some(Json::Encoded(_)))));
+        assert_eq!(rows.updated_at[0], recs[0].updated_at.map(pg_timestamp));
+    }
+
+    #[test]
+    fn outside_utf8_json_is_left_to_postgres() {
+        let recs = [record("1", r#"{"addr": {"a": 1}}"#)];
+        let rows = prepare("t", &cols(), &recs, false);
+        assert!(matches!(&rows.raws[0], Some(Json::Text(t)) if t.as_ref() == recs[0].raw));
+        assert!(matches!(&rows.columns[2], Values::Json(v) if matches!(v[0], Some(Json::Text(_)))));
+    }
+
+    #[test]
+    fn a_value_that_does_not_fit_lands_null_with_a_sample() {
+        let recs: Vec<Record> = (0..15)
+            .map(|i| {
+                record(
+                    &i.to_string(),
+                    r#"{"n": "twelve", "at": "soon", "name": "x\u0000y"}"#,
+                )
+            })
+            .collect();
+        let rows = prepare("t", &cols(), &recs, true);
+        // Two bad values a record; the NUL in a text value is replaced,
+        // not counted, and a NUL escape in the JSON is.
+        assert_eq!(rows.warnings, 15 * 3);
+        assert_eq!(rows.samples.len(), SAMPLES);
+        assert!(
+            rows.samples[0].contains("has \\u0000 in its JSON"),
+            "{:?}",
+            rows.samples
+        );
+        assert!(
+            rows.samples[1].contains("t.n: value \"twelve\" of record 0 is not a valid numeric"),
+            "{:?}",
+            rows.samples
+        );
+        assert_eq!(text(&rows.columns[0], 3), None);
+        assert_eq!(text(&rows.columns[3], 0).as_deref(), Some("x\u{FFFD}y"));
+        match &rows.raws[0] {
+            Some(Json::Encoded(_)) => {}
+            _ => panic!("the cleaned record is encoded"),
+        }
+    }
+
+    #[test]
+    fn nul_escapes_are_replaced_in_keys_and_values() {
+        let raw = json!({"a\u{0}": ["x\u{0}", {"b": "c"}], "d": 1}).to_string();
+        assert!(raw.contains("\\u0000"));
+        let clean = without_nul_escapes(&raw).expect("changed");
+        assert!(!clean.contains("\\u0000"));
+        assert!(clean.contains("a\u{FFFD}") && clean.contains("x\u{FFFD}"));
+        assert_eq!(without_nul_escapes(r#"{"a": "b"}"#), None);
+    }
+}
