@@ -15,8 +15,9 @@ use crm_sync_core::source::Record;
 use crm_sync_core::types::{pg_timestamp, PgType};
 use crm_sync_core::CrmError;
 
-/// How many bad values a run keeps as samples in crm_sync.runs.
-const WARNING_SAMPLES: usize = 10;
+/// How many bad values a run keeps as samples in crm_sync.runs (each
+/// chunk of a batch brings at most as many).
+const WARNING_SAMPLES: usize = rows::SAMPLES;
 
 /// A property synced into a column.
 #[derive(Debug, Clone)]

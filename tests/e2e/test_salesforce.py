@@ -132,6 +132,26 @@ def test_incremental_moves_only_changes_and_marks_deletes(db, salesforce):
     assert one(db, "SELECT _deleted_at FROM sf.account WHERE id = %s", ids[2]) is None
 
 
+def test_a_nul_in_an_address_lands_replaced_with_a_warning(db, salesforce):
+    # A compound field (an address) lands as jsonb, which cannot hold
+    # \u0000: the value is kept with U+FFFD, as in _raw and text columns,
+    # instead of failing every run of the stream.
+    sf = salesforce
+    create_sf_source(db, sf)
+    sync(db, "sf", "account")
+    new_id = sf.upsert("Account", [{"Name": "Nul Street Co", "BillingStreet": "Main\u0000St",
+                                    "BillingCity": "Oslo"}])[0]
+    r = sync(db, "sf", "account")["account"]
+    assert r["status"] == "succeeded"
+    assert r["records_upserted"] >= 1
+    row = db.execute("SELECT billingaddress->>'street', billingaddress->>'city', billingstreet, "
+                     "_raw->>'BillingStreet' FROM sf.account WHERE id = %s", (new_id,)).fetchone()
+    assert row == ("Main\ufffdSt", "Oslo", "Main\ufffdSt", "Main\ufffdSt")
+    samples = db.execute("SELECT warning_samples FROM crm_sync.runs WHERE source = 'sf' AND stream = 'account' "
+                         "ORDER BY run_id DESC LIMIT 1").fetchone()[0]
+    assert any("billingaddress" in s and new_id in s for s in samples), samples
+
+
 def test_ties_and_changes_at_the_watermark_are_not_lost(db, sf_factory):
     # 3,000 accounts: 450 share one SystemModstamp; pages of 200 cut that tie.
     sf = sf_factory("--accounts", "3000")

@@ -5,34 +5,74 @@
 //! given, which must not touch Postgres; it takes no signals (they are the
 //! main thread's: cancel, statement_timeout, latch wake-ups).
 
+use std::any::Any;
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+
+/// A helper thread's stack: as large as a backend's usual main-thread
+/// stack, for work that recurses with its input (the JSON encoder goes
+/// 1,000 levels deep before it gives up); Rust's default is 2 MiB, and an
+/// overflow on a thread that takes no signals ends the whole backend.
+pub const HELPER_STACK: usize = 8 << 20;
 
 /// The caller's end: pages go in with [`Ahead::send`] and come back, in
 /// order, worked, with [`Ahead::recv`].
-pub struct Ahead<I, O> {
-    tx: Option<SyncSender<I>>,
-    rx: Receiver<O>,
-    back: Sender<O>,
+pub struct Ahead<'w, I, O> {
+    how: How<'w, I, O>,
     in_flight: usize,
 }
 
-impl<I, O> Ahead<I, O> {
+enum How<'w, I, O> {
+    /// On the helper thread.
+    Helper {
+        tx: Option<SyncSender<I>>,
+        rx: Receiver<Worked<O>>,
+        back: Sender<O>,
+    },
+    /// The helper could not start (a process or thread limit): the pages
+    /// are worked on the caller's thread as they are sent.
+    Inline {
+        work: &'w (dyn Fn(I) -> O + Sync),
+        done: VecDeque<O>,
+    },
+}
+
+/// A worked page, or why the helper failed on it (its panic).
+type Worked<O> = Result<O, Box<dyn Any + Send>>;
+
+impl<I, O> Ahead<'_, I, O> {
     /// Hand a page to the helper; waits while it still holds one not yet
     /// started (at most two pages are ever out of the caller's hands).
     pub fn send(&mut self, page: I) {
-        let tx = self.tx.as_ref().expect("the helper thread is running");
-        if tx.send(page).is_err() {
-            panic!("the helper thread stopped");
+        match &mut self.how {
+            How::Helper { tx, rx, .. } => {
+                let tx = tx.as_ref().expect("the helper thread is running");
+                if tx.send(page).is_err() {
+                    // It stopped on a page before this one: its panic.
+                    fail(rx);
+                }
+            }
+            How::Inline { work, done } => done.push_back(work(page)),
         }
         self.in_flight += 1;
     }
 
-    /// The next worked page, waiting for it; None when none is out.
+    /// The next worked page, waiting for it; None when none is out. A
+    /// panic of the helper's on that page goes on here, on the caller's
+    /// thread, with its own message.
     pub fn recv(&mut self) -> Option<O> {
         if self.in_flight == 0 {
             return None;
         }
-        let out = self.rx.recv().expect("the helper thread stopped");
+        let out = match &mut self.how {
+            How::Helper { rx, .. } => match rx.recv() {
+                Ok(Ok(out)) => out,
+                Ok(Err(panic)) => resume_unwind(panic),
+                Err(_) => panic!("the helper thread stopped"),
+            },
+            How::Inline { done, .. } => done.pop_front().expect("a page is out"),
+        };
         self.in_flight -= 1;
         Some(out)
     }
@@ -41,8 +81,10 @@ impl<I, O> Ahead<I, O> {
     /// the helper's, and freeing them there (a page's many small strings
     /// and maps) keeps the caller's thread on its own work.
     pub fn give_back(&mut self, page: O) {
-        // The helper is gone only when the caller is unwinding: drop here.
-        let _ = self.back.send(page);
+        if let How::Helper { back, .. } = &self.how {
+            // The helper is gone only when the caller is unwinding: drop here.
+            let _ = back.send(page);
+        }
     }
 
     /// Pages handed over and not yet taken back.
@@ -51,12 +93,23 @@ impl<I, O> Ahead<I, O> {
     }
 }
 
+/// The helper stopped: go on with its panic, if it sent one.
+fn fail<O>(rx: &Receiver<Worked<O>>) -> ! {
+    for worked in rx.try_iter() {
+        if let Err(panic) = worked {
+            resume_unwind(panic);
+        }
+    }
+    panic!("the helper thread stopped")
+}
+
 /// Run `body` with a helper thread that applies `work` to every page the
 /// body sends. The helper ends with the body (also when the body panics: a
 /// Postgres ERROR unwinds through here, and the helper is joined first).
+/// Should no thread start, the body's pages are worked on its own thread.
 pub fn with_helper<I, O, R>(
     work: impl Fn(I) -> O + Send + Sync,
-    body: impl FnOnce(&mut Ahead<I, O>) -> R,
+    body: impl FnOnce(&mut Ahead<'_, I, O>) -> R,
 ) -> R
 where
     I: Send,
@@ -64,30 +117,43 @@ where
 {
     std::thread::scope(|scope| {
         let (tx, work_rx) = sync_channel::<I>(1);
-        let (out_tx, rx) = sync_channel::<O>(1);
+        let (out_tx, rx) = sync_channel::<Worked<O>>(1);
         let (back, back_rx) = channel::<O>();
         let work = &work;
-        without_signals(|| {
-            scope.spawn(move || {
-                for page in work_rx {
-                    // Pages given back are freed before the next is worked.
-                    back_rx.try_iter().for_each(drop);
-                    if out_tx.send(work(page)).is_err() {
-                        break;
+        let started = without_signals(|| {
+            std::thread::Builder::new()
+                .name("pg_crm_sync helper".to_owned())
+                .stack_size(HELPER_STACK)
+                .spawn_scoped(scope, move || {
+                    for page in work_rx {
+                        // Pages given back are freed before the next is worked.
+                        back_rx.try_iter().for_each(drop);
+                        let worked = catch_unwind(AssertUnwindSafe(|| work(page)));
+                        let failed = worked.is_err();
+                        if out_tx.send(worked).is_err() || failed {
+                            break;
+                        }
                     }
-                }
-                back_rx.try_iter().for_each(drop);
-            })
+                    back_rx.try_iter().for_each(drop);
+                })
         });
-        let mut ahead = Ahead {
-            tx: Some(tx),
-            rx,
-            back,
-            in_flight: 0,
+        let how = match started {
+            Ok(_) => How::Helper {
+                tx: Some(tx),
+                rx,
+                back,
+            },
+            Err(_) => How::Inline {
+                work,
+                done: VecDeque::new(),
+            },
         };
+        let mut ahead = Ahead { how, in_flight: 0 };
         let out = body(&mut ahead);
         // Closing the page channel ends the helper's loop.
-        ahead.tx = None;
+        if let How::Helper { tx, .. } = &mut ahead.how {
+            *tx = None;
+        }
         out
     })
 }
@@ -266,21 +332,79 @@ mod tests {
     }
 
     #[test]
-    fn a_panicking_helper_fails_the_caller() {
+    fn a_panicking_helper_fails_the_caller_with_its_message() {
+        let message = |r: std::thread::Result<u32>| {
+            let panic = r.expect_err("the helper's panic fails the caller");
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        };
+        let work = |x: u32| if x == 3 { panic!("bad page {x}") } else { x };
+        // Taking the failed page back.
         let r = std::panic::catch_unwind(|| {
-            with_helper(
-                |x: u32| if x == 3 { panic!("bad page") } else { x },
-                |a| {
-                    let mut sum = 0;
-                    for x in 0..6 {
-                        a.send(x);
-                        sum += a.recv().unwrap();
-                    }
-                    sum
-                },
-            )
+            with_helper(work, |a| {
+                let mut sum = 0;
+                for x in 0..6 {
+                    a.send(x);
+                    sum += a.recv().unwrap();
+                }
+                sum
+            })
         });
-        assert!(r.is_err());
+        assert_eq!(message(r).as_deref(), Some("bad page 3"));
+        // Sending the next page after the helper stopped on one.
+        let r = std::panic::catch_unwind(|| {
+            with_helper(work, |a| {
+                a.send(3);
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                a.send(4);
+                a.recv().unwrap()
+            })
+        });
+        assert_eq!(message(r).as_deref(), Some("bad page 3"));
+    }
+
+    #[test]
+    fn pages_are_worked_inline_when_no_helper_starts() {
+        let work = |x: u32| x * 2;
+        let mut a = Ahead {
+            how: How::Inline {
+                work: &work,
+                done: VecDeque::new(),
+            },
+            in_flight: 0,
+        };
+        a.send(1);
+        a.send(2);
+        assert_eq!(a.in_flight(), 2);
+        assert_eq!(a.recv(), Some(2));
+        a.give_back(2);
+        assert_eq!(a.recv(), Some(4));
+        assert_eq!(a.recv(), None);
+    }
+
+    #[test]
+    fn the_helper_has_a_backend_sized_stack() {
+        // Recursion as deep as the JSON encoder allows itself, with frames
+        // of a few hundred bytes: more than Rust's default 2 MiB.
+        fn down(n: usize) -> usize {
+            let pad = std::hint::black_box([n as u8; 4096]);
+            if n == 0 {
+                pad[0] as usize
+            } else {
+                down(n - 1) + pad[n % 4096] as usize
+            }
+        }
+        let depth = 1000;
+        let got = with_helper(
+            |n: usize| down(n),
+            |a| {
+                a.send(depth);
+                a.recv().unwrap()
+            },
+        );
+        assert!(got > 0);
     }
 
     #[cfg(unix)]

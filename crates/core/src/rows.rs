@@ -130,10 +130,25 @@ pub fn prepare<'a>(
             let fits = match values {
                 Values::Timestamps(vs) => coerce_timestamp(v).map(|x| vs.push(x)),
                 Values::Text(vs) => c.pg_type.coerce(v).map(|x| vs.push(x.map(without_nul))),
-                Values::Json(vs) => c
-                    .pg_type
-                    .coerce(v)
-                    .map(|x| vs.push(x.map(|x| Json::new(without_nul(x), utf8)))),
+                // A JSON value holds a NUL as the escape `\u0000`, which
+                // jsonb rejects (the whole batch would fail): replaced, as
+                // in `_raw`, with a warning.
+                Values::Json(vs) => c.pg_type.coerce(v).map(|x| {
+                    vs.push(x.map(|x| {
+                        let x = match without_nul_escapes(&x) {
+                            Some(clean) => {
+                                out.warnings += 1;
+                                sample(&mut out.samples, &|| format!(
+                                    "{table}.{}: value of record {} has \\u0000, which Postgres cannot store; replaced with U+FFFD",
+                                    c.column, r.id
+                                ));
+                                Cow::Owned(clean)
+                            }
+                            None => x,
+                        };
+                        Json::new(x, utf8)
+                    }))
+                }),
             };
             if fits.is_err() {
                 match values {
@@ -325,6 +340,29 @@ mod tests {
         match &rows.raws[0] {
             Some(Json::Encoded(_)) => {}
             _ => panic!("the cleaned record is encoded"),
+        }
+    }
+
+    #[test]
+    fn a_nul_in_a_json_value_is_replaced_with_a_warning() {
+        let recs = [record("1", r#"{"addr": {"street": "Main\u0000St"}}"#)];
+        let rows = prepare("t", &cols(), &recs, true);
+        // One for _raw, one for the JSON column.
+        assert_eq!(rows.warnings, 2);
+        assert!(
+            rows.samples[1].contains("t.addr: value of record 1 has \\u0000"),
+            "{:?}",
+            rows.samples
+        );
+        match &rows.columns[2] {
+            Values::Json(v) => match &v[0] {
+                Some(Json::Encoded(b)) => {
+                    let text = String::from_utf8_lossy(b);
+                    assert!(text.contains("Main\u{FFFD}St"), "{text}");
+                }
+                _ => panic!("encoded, not left to jsonb_in (which rejects \\u0000)"),
+            },
+            _ => panic!("json"),
         }
     }
 
