@@ -877,6 +877,7 @@ pub(crate) fn text_array<'a>(
 /// it: built in Rust (`crm_sync_core::jsonb`) in a UTF-8 database, else,
 /// and for any text the builder leaves to it, by `jsonb_in` itself (which
 /// fails on a text that is not JSON, as the cast did).
+#[cfg(any(test, feature = "pg_test"))]
 pub(crate) fn jsonb_array<'a>(
     items: &[Option<&str>],
 ) -> Result<pgrx::datum::DatumWithOid<'a>, CrmError> {

@@ -2,6 +2,7 @@
 //! into `crm_sync.source_records`, cleaned and keyed, and their invalid
 //! values into `crm_sync.invalid_values`.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use pgrx::datum::DatumWithOid;
@@ -14,6 +15,7 @@ use crm_sync_core::ahead;
 use crm_sync_core::model;
 use crm_sync_core::model::identity;
 use crm_sync_core::model::stage::{Mapped, Staged};
+use crm_sync_core::rows::Json;
 
 use super::sql::{qi, FETCH};
 
@@ -179,6 +181,8 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
     // one page, this thread reads the next and writes the one before. The
     // helper also lays the page out as the columns the write sends, and
     // frees it once written.
+    // SAFETY: reads the database's encoding, fixed for the session.
+    let utf8 = unsafe { pg_sys::GetDatabaseEncoding() } == pg_sys::pg_enc::PG_UTF8 as i32;
     let clean = |page: Vec<Landed>| -> Page {
         let mut out = Page::default();
         for (external_id, updated_at, deleted, merged_into, values) in page {
@@ -191,7 +195,7 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
                 deleted,
                 values,
             );
-            out.push(entity, s, st, merged_into);
+            out.push(entity, s, st, merged_into, utf8);
         }
         out
     };
@@ -308,14 +312,8 @@ fn write_staged(
         page.rid.as_slice().into(),
         as_str(&page.upd).into(),
         page.del.as_slice().into(),
-        crate::landing::jsonb_array(
-            &page
-                .vals
-                .iter()
-                .map(|v| Some(v.as_str()))
-                .collect::<Vec<_>>(),
-        )
-        .unwrap_or_else(|e| panic!("cleaned values as jsonb: {e}")),
+        crate::landing::jsonb_array_of(&page.vals)
+            .unwrap_or_else(|e| panic!("cleaned values as jsonb: {e}")),
     ];
     args.extend(page.keys.iter().map(|k| DatumWithOid::from(as_str(k))));
     args.push(page.merged_into.as_slice().into());
@@ -410,8 +408,9 @@ struct Page {
     rid: Vec<i64>,
     upd: Vec<Option<String>>,
     del: Vec<bool>,
-    /// Cleaned values, as JSON objects (sent as jsonb built in Rust).
-    vals: Vec<String>,
+    /// Cleaned values, as JSON objects, encoded as jsonb by the helper
+    /// (see `rows::Json`).
+    vals: Vec<Option<Json<'static>>>,
     /// email, phone, name_key, domain, company_key, company_ref, contact_ref
     keys: [Vec<Option<String>>; 7],
     merged_into: Vec<Option<i64>>,
@@ -420,7 +419,14 @@ struct Page {
 }
 
 impl Page {
-    fn push(&mut self, entity: &str, s: &StreamMap, st: Staged, merged_into: Option<String>) {
+    fn push(
+        &mut self,
+        entity: &str,
+        s: &StreamMap,
+        st: Staged,
+        merged_into: Option<String>,
+        utf8: bool,
+    ) {
         let id = |ext: &str| identity::record_id(entity, &s.source, &s.stream, ext);
         self.rid.push(id(&st.external_id));
         self.merged_into.push(merged_into.as_deref().map(id));
@@ -430,8 +436,8 @@ impl Page {
         }
         self.upd.push(st.updated_at);
         self.del.push(st.deleted);
-        self.vals
-            .push(serde_json::to_string(&st.vals).unwrap_or_else(|_| "{}".to_owned()));
+        let vals = serde_json::to_string(&st.vals).unwrap_or_else(|_| "{}".to_owned());
+        self.vals.push(Some(Json::new(Cow::Owned(vals), utf8)));
         for (col, v) in self.keys.iter_mut().zip([
             st.email,
             st.phone,
