@@ -673,8 +673,7 @@ impl SpiSink {
     }
 
     fn write_records<'b>(&mut self, batch: &'b [Record]) -> Result<WriteStats, CrmError> {
-        // SAFETY: reads the database's encoding, fixed for the session.
-        let utf8 = unsafe { pg_sys::GetDatabaseEncoding() } == pg_sys::pg_enc::PG_UTF8 as i32;
+        let utf8 = utf8_database();
         let columns: Vec<ColumnOf<'_>> = self
             .columns
             .iter()
@@ -881,13 +880,19 @@ pub(crate) fn text_array<'a>(
 pub(crate) fn jsonb_array<'a>(
     items: &[Option<&str>],
 ) -> Result<pgrx::datum::DatumWithOid<'a>, CrmError> {
-    // SAFETY: reads the database's encoding, fixed for the session.
-    let utf8 = unsafe { pg_sys::GetDatabaseEncoding() } == pg_sys::pg_enc::PG_UTF8 as i32;
+    let utf8 = utf8_database();
     let values: Vec<Option<Json<'_>>> = items
         .iter()
         .map(|s| s.map(|s| Json::new(Cow::Borrowed(s), utf8)))
         .collect();
     jsonb_array_of(&values)
+}
+
+/// Whether the database's encoding is UTF-8: JSON is then encoded as jsonb
+/// in Rust (`crm_sync_core::rows::Json`), else by `jsonb_in`.
+pub(crate) fn utf8_database() -> bool {
+    // SAFETY: reads the database's encoding, fixed for the session.
+    unsafe { pg_sys::GetDatabaseEncoding() == pg_sys::pg_enc::PG_UTF8 as i32 }
 }
 
 /// A `jsonb[]` datum of JSON values encoded in Rust where they could be
@@ -898,7 +903,7 @@ pub(crate) fn jsonb_array_of<'a>(
     let by_postgres: Vec<Option<Vec<u8>>> = items
         .iter()
         .map(|j| match j {
-            Some(Json::Text(t)) => jsonb_bytes(t, false).map(Some),
+            Some(Json::Text(t)) => jsonb_bytes(t).map(Some),
             _ => Ok(None),
         })
         .collect::<Result<_, _>>()?;
@@ -945,14 +950,9 @@ fn varlena_array<'a>(
     }
 }
 
-/// One JSON text as a `jsonb` varlena with a 4-byte header (left unset by
-/// the Rust builder: the array writes its own).
-pub(crate) fn jsonb_bytes(json: &str, utf8: bool) -> Result<Vec<u8>, CrmError> {
-    if utf8 {
-        if let Some(v) = crm_sync_core::jsonb::encode(json) {
-            return Ok(v);
-        }
-    }
+/// One JSON text as the `jsonb` varlena `jsonb_in` makes of it, with its
+/// 4-byte header (the array writes its own).
+pub(crate) fn jsonb_bytes(json: &str) -> Result<Vec<u8>, CrmError> {
     let c = std::ffi::CString::new(json)
         .map_err(|_| CrmError::bad_response("a record's JSON holds a NUL byte"))?;
     // SAFETY: jsonb_in takes a C string and returns a new, plain (not

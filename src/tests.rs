@@ -936,7 +936,7 @@ mod tests {
         for json in json_corpus() {
             let ours = crm_sync_core::jsonb::encode(&json)
                 .unwrap_or_else(|| panic!("not encoded: {json}"));
-            let theirs = crate::landing::jsonb_bytes(&json, false).unwrap();
+            let theirs = crate::landing::jsonb_bytes(&json).unwrap();
             assert_eq!(ours.len(), theirs.len(), "{json}");
             assert_eq!(ours[4..], theirs[4..], "{json}");
             checked += 1;
@@ -945,8 +945,14 @@ mod tests {
         // What the builder leaves to jsonb_in still lands as jsonb_in makes it.
         let lone = r#"{"a":"1e00001","b":1e00001}"#;
         assert!(crm_sync_core::jsonb::encode(lone).is_none());
-        let v = crate::landing::jsonb_bytes(lone, true).unwrap();
-        assert_eq!(v, crate::landing::jsonb_bytes(lone, false).unwrap());
+        let left = crm_sync_core::rows::Json::new(std::borrow::Cow::Borrowed(lone), true);
+        assert!(matches!(&left, crm_sync_core::rows::Json::Text(t) if t.as_ref() == lone));
+        let arr = crate::landing::jsonb_array_of(&[Some(left)]).unwrap();
+        let same = Spi::get_one_with_args::<bool>(
+            "SELECT ($1::jsonb[])[1]::text = $2::jsonb::text",
+            &[arr, lone.into()],
+        );
+        assert_eq!(same, Ok(Some(true)));
     }
 
     #[pg_test]

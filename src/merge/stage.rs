@@ -181,8 +181,7 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
     // one page, this thread reads the next and writes the one before. The
     // helper also lays the page out as the columns the write sends, and
     // frees it once written.
-    // SAFETY: reads the database's encoding, fixed for the session.
-    let utf8 = unsafe { pg_sys::GetDatabaseEncoding() } == pg_sys::pg_enc::PG_UTF8 as i32;
+    let utf8 = crate::landing::utf8_database();
     let clean = |page: Vec<Landed>| -> Page {
         let mut out = Page::default();
         for (external_id, updated_at, deleted, merged_into, values) in page {

@@ -60,6 +60,14 @@ impl Values<'_> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    fn push_null(&mut self) {
+        match self {
+            Values::Text(v) => v.push(None),
+            Values::Timestamps(v) => v.push(None),
+            Values::Json(v) => v.push(None),
+        }
+    }
 }
 
 /// Records as the upsert's parameters.
@@ -151,11 +159,7 @@ pub fn prepare<'a>(
                 }),
             };
             if fits.is_err() {
-                match values {
-                    Values::Text(vs) => vs.push(None),
-                    Values::Timestamps(vs) => vs.push(None),
-                    Values::Json(vs) => vs.push(None),
-                }
+                values.push_null();
                 out.warnings += 1;
                 sample(&mut out.samples, &|| {
                     let shown: String = v.to_string().chars().take(60).collect();
