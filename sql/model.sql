@@ -328,18 +328,18 @@ CREATE INDEX source_records_merged ON crm_sync.source_records (entity, merged_in
 COMMENT ON TABLE crm_sync.source_records IS
     'Every landed record that feeds the unified model, with its cleaned values (vals), match keys and unified id. Maintained by crm_sync.merge().';
 
--- Which unified row each source record belongs to (apart from
--- source_records, so that re-linking rewrites only this narrow table).
+-- Which unified row each source record belongs to, for the records that
+-- are not their row's own: a record without a row here is in the row of
+-- its own id (most records: rows of one record), so a record's unified id
+-- is coalesce(unified_id, record_id). Apart from source_records, so that
+-- re-linking rewrites only this narrow table.
 CREATE TABLE crm_sync.unified_ids (
     entity      text NOT NULL,
     record_id   bigint NOT NULL,
-    unified_id  bigint NOT NULL,
+    unified_id  bigint NOT NULL CHECK (unified_id <> record_id),
     PRIMARY KEY (entity, record_id)
 );
 CREATE INDEX unified_ids_unified ON crm_sync.unified_ids (entity, unified_id);
--- The records that are not their row's own (rows of several records): a
--- full merge finds those rows through it instead of reading every id.
-CREATE INDEX unified_ids_shared ON crm_sync.unified_ids (entity, unified_id, record_id) WHERE unified_id <> record_id;
 
 -- Values that failed cleaning (kept as landed; the unified field gets none).
 CREATE TABLE crm_sync.invalid_values (
@@ -430,9 +430,10 @@ COMMENT ON TABLE crm.deals IS 'Deals from every source (HubSpot deals, Salesforc
 
 -- The crosswalk: unified id <-> source records.
 CREATE VIEW crm.identities AS
-SELECT r.entity, u.unified_id, r.source, r.stream, r.external_id, r.deleted, r.updated_at
+SELECT r.entity, coalesce(u.unified_id, r.record_id) AS unified_id, r.source, r.stream, r.external_id,
+       r.deleted, r.updated_at
   FROM crm_sync.source_records r
-  JOIN crm_sync.unified_ids u ON u.entity = r.entity AND u.record_id = r.record_id;
+  LEFT JOIN crm_sync.unified_ids u ON u.entity = r.entity AND u.record_id = r.record_id;
 COMMENT ON VIEW crm.identities IS 'Which source record (source, stream, CRM id) each unified id merges.';
 
 CREATE TABLE crm.merged_ids (

@@ -6,7 +6,7 @@ use pgrx::prelude::*;
 
 use crm_sync_core::model::{Ref, REFS};
 
-use super::sql::target_of;
+use super::sql::{target_of, JOIN_KU, UNIFIED_OF_K};
 
 /// Drop the records of streams that are gone: the source was dropped, or the
 /// landing table. An incremental merge finds those streams in
@@ -35,14 +35,23 @@ pub fn prune(entity: &str, full: bool) -> (Vec<i64>, Vec<i64>) {
                     RETURNING r.source, r.stream, r.record_id),
                  i AS (DELETE FROM crm_sync.invalid_values v USING (SELECT DISTINCT source, stream FROM d) g
                         WHERE v.entity = $1 AND v.source = g.source AND v.stream = g.stream),
-                 u AS (DELETE FROM crm_sync.unified_ids WHERE entity = $1 AND record_id IN (SELECT record_id FROM d)
-                       RETURNING unified_id),
+                 -- The rows they were in (read as they were before this
+                 -- statement: a record without a unified_ids row is in
+                 -- the row of its own id).
+                 was AS MATERIALIZED (
+                    SELECT DISTINCT coalesce(x.unified_id, d.record_id) AS unified_id
+                      FROM d LEFT JOIN crm_sync.unified_ids x ON x.entity = $1 AND x.record_id = d.record_id),
+                 u AS (DELETE FROM crm_sync.unified_ids WHERE entity = $1 AND record_id IN (SELECT record_id FROM d)),
+                 -- Their other records: those pointing at the row, and the
+                 -- row's own record.
                  rest AS (SELECT g.record_id FROM crm_sync.unified_ids g
-                           WHERE g.entity = $1 AND g.unified_id IN (SELECT unified_id FROM u)
-                             AND g.record_id NOT IN (SELECT record_id FROM d))
-                 SELECT record_id, false FROM rest
+                           WHERE g.entity = $1 AND g.unified_id IN (SELECT unified_id FROM was)
+                          UNION
+                          SELECT o.record_id FROM crm_sync.source_records o
+                           WHERE o.entity = $1 AND o.record_id IN (SELECT unified_id FROM was))
+                 SELECT record_id, false FROM rest WHERE record_id NOT IN (SELECT record_id FROM d)
                  UNION ALL
-                 SELECT DISTINCT unified_id, true FROM u"
+                 SELECT unified_id, true FROM was"
             ),
             None,
             &[entity.into()],
@@ -116,9 +125,8 @@ pub fn link(entity: &str, target: &str, changed: &[i64], targets: &[i64], full: 
     let want = if full {
         format!(
             "targets AS (
-                SELECT DISTINCT ON (k.source, k.external_id) k.source, k.external_id, ku.unified_id
-                  FROM crm_sync.source_records k
-                  JOIN crm_sync.unified_ids ku ON ku.entity = k.entity AND ku.record_id = k.record_id
+                SELECT DISTINCT ON (k.source, k.external_id) k.source, k.external_id, {UNIFIED_OF_K} AS unified_id
+                  FROM crm_sync.source_records k {JOIN_KU}
                  WHERE k.entity = $3
                  ORDER BY k.source, k.external_id, k.stream),
              want AS (

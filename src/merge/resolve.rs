@@ -5,7 +5,7 @@
 use pgrx::prelude::*;
 
 use crm_sync_core::model::identity::Groups;
-use crm_sync_core::model::key_column;
+use crm_sync_core::model::{key_column, table};
 
 use super::sql::FETCH;
 
@@ -94,12 +94,18 @@ pub fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
         });
         Spi::connect(|c| {
             c.select(
-                "SELECT r FROM unnest($2::int8[]) r
+                // The rows the candidates are in: each row's own record
+                // (its id) and the records pointing at it.
+                "WITH rows AS MATERIALIZED (
+                    SELECT DISTINCT coalesce(xu.unified_id, x) AS unified_id
+                      FROM unnest($3::int8[]) x
+                      LEFT JOIN crm_sync.unified_ids xu ON xu.entity = $1 AND xu.record_id = x)
+                 SELECT r FROM unnest($2::int8[]) r
+                 UNION
+                 SELECT unified_id FROM rows
                  UNION
                  SELECT g.record_id FROM crm_sync.unified_ids g
-                  WHERE g.entity = $1 AND g.unified_id IN (
-                        SELECT xu.unified_id FROM crm_sync.unified_ids xu
-                         WHERE xu.entity = $1 AND xu.record_id = ANY ($3))
+                  WHERE g.entity = $1 AND g.unified_id IN (SELECT unified_id FROM rows)
                  ORDER BY 1",
                 None,
                 &[entity.into(), ch.into(), cand.into()],
@@ -176,16 +182,17 @@ pub fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
     // unified id is its own id.
     let (linked_rid, linked_uid): (Vec<i64>, Vec<i64>) = groups.leaders().into_iter().unzip();
     drop(groups);
-    // The entity's first merge: no id to replace, none merged away.
-    if full && first_ids(entity) {
+    let t_crm = table(entity);
+    // The entity's first merge: no id to replace, none merged away. Only
+    // the records that are not their row's own get a row.
+    if full && first_ids(entity, t_crm) {
         Spi::connect_mut(|c| {
             c.update(
                 "INSERT INTO crm_sync.unified_ids (entity, record_id, unified_id)
-                 SELECT $1, r.record_id, coalesce(l.unified_id, r.record_id)
-                   FROM crm_sync.source_records r
-                   LEFT JOIN unnest($2::int8[], $3::int8[]) l(record_id, unified_id) ON l.record_id = r.record_id
-                  WHERE r.entity = $1
-                  ORDER BY r.record_id",
+                 SELECT $1, l.record_id, l.unified_id
+                   FROM unnest($2::int8[], $3::int8[]) l(record_id, unified_id)
+                  WHERE l.unified_id <> l.record_id
+                  ORDER BY l.record_id",
                 None,
                 &[entity.into(), linked_rid.into(), linked_uid.into()],
             )
@@ -211,11 +218,20 @@ pub fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
         let row = c
             .update(
                 &format!(
+                    // old: the record's unified id before, NULL for a
+                    // record new to the model. A record without a
+                    // unified_ids row was in the row of its own id if that
+                    // row exists (every record merged before is in a
+                    // unified row, which goes only with its last record).
+                    // had: its unified_ids row.
                     "WITH n AS MATERIALIZED (
-                        SELECT r.record_id, r.first_seen, u.unified_id AS old,
+                        SELECT r.record_id, r.first_seen, u.unified_id AS had,
+                               CASE WHEN u.unified_id IS NOT NULL THEN u.unified_id
+                                    WHEN o.id IS NOT NULL THEN r.record_id END AS old,
                                coalesce(l.unified_id, r.record_id) AS new
                           FROM crm_sync.source_records r
                           LEFT JOIN crm_sync.unified_ids u ON u.entity = r.entity AND u.record_id = r.record_id
+                          LEFT JOIN crm.{t_crm} o ON o.id = r.record_id
                           LEFT JOIN unnest($3::int8[], $4::int8[]) l(record_id, unified_id)
                                  ON l.record_id = r.record_id
                          WHERE r.entity = $1 AND {in_scope}),
@@ -230,15 +246,20 @@ pub fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
                      ins AS (INSERT INTO crm.merged_ids (entity, old_id, new_id)
                              SELECT $1, old_id, new_id FROM m
                              ON CONFLICT (entity, old_id) DO UPDATE SET new_id = EXCLUDED.new_id, merged_at = now()),
+                     -- A row for each record that is not its row's own,
+                     -- none for the others. In key order: each insert lands
+                     -- next to the last (half the time of a random order).
+                     -- Only ids that change: an unchanged row is not even
+                     -- locked.
                      w AS (INSERT INTO crm_sync.unified_ids AS t (entity, record_id, unified_id)
-                           -- In key order: each insert lands next to the last
-                           -- (half the time of a first merge's random order).
-                           -- Only ids that change: an unchanged row is not
-                           -- even locked.
-                           SELECT $1, n.record_id, n.new FROM n WHERE n.old IS DISTINCT FROM n.new
+                           SELECT $1, n.record_id, n.new FROM n
+                            WHERE n.new <> n.record_id AND n.had IS DISTINCT FROM n.new
                             ORDER BY n.record_id
                            ON CONFLICT (entity, record_id) DO UPDATE SET unified_id = EXCLUDED.unified_id
-                            WHERE t.unified_id IS DISTINCT FROM EXCLUDED.unified_id)
+                            WHERE t.unified_id IS DISTINCT FROM EXCLUDED.unified_id),
+                     own AS (DELETE FROM crm_sync.unified_ids t USING n
+                              WHERE t.entity = $1 AND t.record_id = n.record_id
+                                AND n.new = n.record_id AND n.had IS NOT NULL)
                      SELECT (SELECT count(*) FROM m), {affected_sql}"
                 ),
                 None,
@@ -263,10 +284,13 @@ pub fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
     (affected, merged)
 }
 
-/// Whether `entity` has no unified id yet.
-fn first_ids(entity: &str) -> bool {
+/// Whether `entity` has no unified id yet: neither a unified row (in
+/// `crm.<t_crm>`) nor a record pointing at another's.
+fn first_ids(entity: &str, t_crm: &str) -> bool {
     !Spi::get_one_with_args::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM crm_sync.unified_ids WHERE entity = $1)",
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM crm.{t_crm}) OR EXISTS (SELECT 1 FROM crm_sync.unified_ids WHERE entity = $1)"
+        ),
         &[entity.into()],
     )
     .expect("look for unified ids")

@@ -4,13 +4,22 @@
 /// SPI connection, so memory stays flat however large the model.
 pub const FETCH: i64 = 5_000;
 
+/// The unified id of record `k` of `crm_sync.source_records`, given its
+/// row `ku` of `crm_sync.unified_ids` (LEFT JOINed: most records have none,
+/// being their row's own).
+pub const UNIFIED_OF_K: &str = "coalesce(ku.unified_id, k.record_id)";
+
+/// `crm_sync.unified_ids ku` joined to the record `k` whose unified id
+/// [`UNIFIED_OF_K`] gives.
+pub const JOIN_KU: &str =
+    "LEFT JOIN crm_sync.unified_ids ku ON ku.entity = k.entity AND ku.record_id = k.record_id";
+
 /// The unified id of the `target` entity's record a reference names: the
 /// record with that external id in the same source (of its first stream, by
 /// name). The arguments are SQL expressions.
 pub fn target_of(target: &str, source: &str, external_id: &str) -> String {
     format!(
-        "(SELECT ku.unified_id FROM crm_sync.source_records k
-            JOIN crm_sync.unified_ids ku ON ku.entity = k.entity AND ku.record_id = k.record_id
+        "(SELECT {UNIFIED_OF_K} FROM crm_sync.source_records k {JOIN_KU}
            WHERE k.entity = {target} AND k.source = {source} AND k.external_id = {external_id}
            ORDER BY k.stream LIMIT 1)"
     )

@@ -17,7 +17,7 @@ use crm_sync_core::model::identity;
 use crm_sync_core::model::stage::{Mapped, Staged};
 use crm_sync_core::rows::Json;
 
-use super::sql::{qi, FETCH};
+use super::sql::{qi, FETCH, JOIN_KU, UNIFIED_OF_K};
 
 /// A stream feeding an entity, with the mapping to use.
 pub struct StreamMap {
@@ -334,9 +334,8 @@ fn write_staged(
         link_vals.push_str(&format!(", l{i}.unified_id"));
         link_joins.push_str(&format!(
             "
-           LEFT JOIN (SELECT DISTINCT ON (k.external_id) k.external_id, ku.unified_id
-                        FROM crm_sync.source_records k
-                        JOIN crm_sync.unified_ids ku ON ku.entity = k.entity AND ku.record_id = k.record_id
+           LEFT JOIN (SELECT DISTINCT ON (k.external_id) k.external_id, {UNIFIED_OF_K} AS unified_id
+                        FROM crm_sync.source_records k {JOIN_KU}
                        WHERE k.entity = '{target}' AND k.source = $2 AND k.external_id = ANY (${refs}::text[])
                        ORDER BY k.external_id, k.stream) l{i} ON l{i}.external_id = u.{field}",
             target = r.target,

@@ -52,35 +52,54 @@ pub fn survive(entity: &str, ids: &[i64], full: bool) -> i64 {
         .collect()
     });
     let t = table(entity);
-    // Rows whose every record is gone (merged into another id, or pruned).
-    // (Of some rows: their ids that still have records, looked up by id; a
-    // join found them by reading every unified id.)
+    // Rows whose every record is gone (merged into another id, or pruned):
+    // neither a record pointing at the row nor the row's own record (one
+    // with its id and no unified_ids row of its own). (Of some rows: their
+    // ids that still have records, looked up by id; a join found them by
+    // reading every unified id.)
     Spi::run_with_args(
         &if full {
             format!(
                 "DELETE FROM crm.{t} u
-                  WHERE NOT EXISTS (SELECT 1 FROM crm_sync.unified_ids r WHERE r.entity = $1 AND r.unified_id = u.id)"
+                  WHERE NOT EXISTS (SELECT 1 FROM crm_sync.unified_ids r WHERE r.entity = $1 AND r.unified_id = u.id)
+                    AND NOT EXISTS (SELECT 1 FROM crm_sync.source_records x
+                                     WHERE x.entity = $1 AND x.record_id = u.id
+                                       AND NOT EXISTS (SELECT 1 FROM crm_sync.unified_ids y
+                                                        WHERE y.entity = $1 AND y.record_id = x.record_id))"
             )
         } else {
             format!(
                 "DELETE FROM crm.{t} u
                   WHERE u.id = ANY ($2)
                     AND u.id NOT IN (SELECT r.unified_id FROM crm_sync.unified_ids r
-                                      WHERE r.entity = $1 AND r.unified_id = ANY ($2))"
+                                      WHERE r.entity = $1 AND r.unified_id = ANY ($2))
+                    AND u.id NOT IN (SELECT x.record_id FROM crm_sync.source_records x
+                                      WHERE x.entity = $1 AND x.record_id = ANY ($2)
+                                        AND NOT EXISTS (SELECT 1 FROM crm_sync.unified_ids y
+                                                         WHERE y.entity = $1 AND y.record_id = x.record_id))"
             )
         },
         &[entity.into(), ids.into()],
     )
     .expect("drop unified rows without records");
     let links: Vec<String> = REFS.iter().map(|r| format!("x.{}", r.column)).collect();
+    // The records of the rows: those pointing at each, and each row's own.
+    let cols = format!(
+        "x.source, x.stream, x.external_id, (extract(epoch FROM x.updated_at) * 1e6)::int8, x.deleted,
+         x.vals::text, {}",
+        links.join(", ")
+    );
     let sql = format!(
-        "SELECT i.unified_id, x.source, x.stream, x.external_id,
-                (extract(epoch FROM x.updated_at) * 1e6)::int8, x.deleted, x.vals::text, {}
-           FROM crm_sync.unified_ids i
-           JOIN crm_sync.source_records x ON x.entity = i.entity AND x.record_id = i.record_id
-          WHERE i.entity = $1 AND i.unified_id = ANY ($2)
-          ORDER BY i.unified_id",
-        links.join(", "),
+        "SELECT m.unified_id, {cols}
+           FROM crm_sync.unified_ids m
+           JOIN crm_sync.source_records x ON x.entity = $1 AND x.record_id = m.record_id
+          WHERE m.entity = $1 AND m.unified_id = ANY ($2)
+         UNION ALL
+         SELECT x.record_id, {cols}
+           FROM crm_sync.source_records x
+          WHERE x.entity = $1 AND x.record_id = ANY ($2)
+            AND NOT EXISTS (SELECT 1 FROM crm_sync.unified_ids y WHERE y.entity = $1 AND y.record_id = x.record_id)
+          ORDER BY 1"
     );
     let rules: Vec<FieldRule> = fields
         .into_iter()
@@ -188,8 +207,7 @@ fn contribution(r: &pgrx::spi::SpiHeapTupleData<'_>) -> Contribution {
 
 /// The unified ids of rows made of several records (each names a record
 /// that is not its own); every other record of a whole merge is alone.
-const SHARED_IDS: &str = "SELECT m.unified_id FROM crm_sync.unified_ids m
-                           WHERE m.entity = $1 AND m.unified_id <> m.record_id";
+const SHARED_IDS: &str = "SELECT m.unified_id FROM crm_sync.unified_ids m WHERE m.entity = $1";
 
 /// The crm table's column of a unified field, and the cast its text value
 /// takes: a ref field is the linked row's unified id (company_ref ->
@@ -246,11 +264,8 @@ fn singles(entity: &str, rules: &[FieldRule], empty: bool) -> String {
                 CASE WHEN x.deleted THEN '{{}}'::jsonb ELSE {lineage} END, now()
            FROM crm_sync.source_records x
           WHERE x.entity = $1
-            AND NOT EXISTS (
-                SELECT FROM (SELECT m.record_id FROM crm_sync.unified_ids m
-                              WHERE m.entity = $1 AND m.unified_id <> m.record_id
-                             UNION ALL {SHARED_IDS}) m(id)
-                 WHERE m.id = x.record_id)
+            AND NOT EXISTS (SELECT 1 FROM crm_sync.unified_ids m WHERE m.entity = $1 AND m.record_id = x.record_id)
+            AND NOT EXISTS (SELECT 1 FROM crm_sync.unified_ids m WHERE m.entity = $1 AND m.unified_id = x.record_id)
          {upsert}",
         t = table(entity),
         cols = cols.join(", "),

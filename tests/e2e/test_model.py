@@ -388,6 +388,50 @@ def test_dropping_a_source_takes_its_records_out_of_the_model(db, both):
     assert_rebuild_agrees(db)
 
 
+@FOLLOW
+def test_records_new_to_the_model_that_join_a_row_record_no_merged_id(db, both, follow):
+    """Salesforce's Ada was synced after HubSpot's and joined its row: no id
+    was merged away (hers never was one). Nor when a later record joins."""
+    hs, sf = both
+    follow_at_most(db, follow)
+    ada = person(db, "ada.lovelace@example.com")
+    assert len(ada["sources"]) == 2
+    assert one(db, "SELECT count(*) FROM crm.merged_ids") == (0,)
+    sf.upsert("Lead", [{"Email": "ADA.LOVELACE@example.com", "FirstName": "Ada", "LastName": "Lovelace",
+                        "Company": "Analytical Engines"}])
+    sync(db, "sf")
+    ada2 = person(db, "ada.lovelace@example.com")
+    assert ada2["id"] == ada["id"] and len(ada2["sources"]) == 3
+    assert one(db, "SELECT count(*) FROM crm.merged_ids") == (0,)
+    assert_rebuild_agrees(db)
+
+
+@FOLLOW
+def test_dropping_the_source_whose_record_gave_a_row_its_id(db, both, follow):
+    """Ada's row has the id of HubSpot's record (seen first). Without
+    HubSpot, Salesforce's record is the row, under its own id, and the old
+    id is recorded as merged into it."""
+    hs, sf = both
+    follow_at_most(db, follow)
+    ada = person(db, "ada.lovelace@example.com")
+    (hs_id,) = one(db, "SELECT unified_id FROM crm.identities WHERE entity = 'contact' AND source = 'hs' "
+                       "AND external_id = %s", ids_by_source(ada)["hs"])
+    (sf_id,) = one(db, "SELECT unified_id FROM crm.identities WHERE entity = 'contact' AND source = 'sf' "
+                       "AND external_id = %s", ids_by_source(ada)["sf"])
+    assert hs_id == sf_id == ada["id"]
+    db.execute("SELECT crm_sync.drop_source('hs')")
+    ada2 = person(db, "ada.lovelace@example.com")
+    assert [s.split("/")[0] for s in ada2["sources"]] == ["sf"]
+    assert ada2["id"] != ada["id"] and ada2["title"] == "Countess"
+    assert one(db, "SELECT unified_id FROM crm.identities WHERE entity = 'contact' AND source = 'sf' "
+                   "AND external_id = %s", ids_by_source(ada)["sf"]) == (ada2["id"],)
+    assert one(db, "SELECT new_id FROM crm.merged_ids WHERE entity = 'contact' AND old_id = %s",
+               ada["id"]) == (ada2["id"],)
+    assert one(db, "SELECT count(*) FROM crm.contacts WHERE id = %s", ada["id"]) == (0,)
+    assert one(db, "SELECT count(*) FROM crm.identities WHERE source = 'hs'") == (0,)
+    assert_rebuild_agrees(db)
+
+
 def test_a_full_merge_larger_than_one_read_page_keeps_every_row_whole(db):
     """A full merge reads the rows of several records by pages of unified
     ids (2,500 a page, after the last id of the page before), each row
