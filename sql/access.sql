@@ -87,7 +87,7 @@ BEGIN
                              'crm_sync.cancel(bigint)', 'crm_sync.wait(bigint, interval)',
                              'crm_sync.schedule(text, interval, text)', 'crm_sync.unschedule(text)',
                              'crm_sync.discover(text)', 'crm_sync.discover(text, text)', 'crm_sync.merge(boolean)',
-                             'crm_sync.reconcile(text, text)'] LOOP
+                             'crm_sync.reconcile(text, text)', 'crm_sync._flush_match_keys()'] LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', f, who);
     END LOOP;
     IF rank < 3 THEN
@@ -221,7 +221,8 @@ BEGIN
     FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
               WHERE p.pronamespace = 'crm_sync'::regnamespace
                 AND p.proname NOT IN ('clean_text', 'clean_email', 'clean_phone', 'clean_domain',
-                                      'clean_country', 'clean_problem', 'name_key', 'company_key') LOOP
+                                      'clean_country', 'clean_problem', 'name_key', 'company_key',
+                                      'source_record_id') LOOP
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
     END LOOP;
 END

@@ -304,18 +304,36 @@ CREATE TABLE crm_sync.source_records (
     -- The record (same entity and stream, by record_id) the CRM merged
     -- this one into: linked into one unified row with it.
     merged_into  bigint,
+    -- A hash of each match key the record has (email, name_key, domain,
+    -- company_key; crm_sync_core::model::identity::key_hash): the records
+    -- sharing a key with changed ones are found through one GIN index of
+    -- it, then compared by value.
+    keys         bigint[] NOT NULL DEFAULT '{}',
     first_seen   timestamptz NOT NULL DEFAULT now(),
     merged_at    timestamptz NOT NULL DEFAULT now(),
     -- record_id is a hash of (entity, source, stream, external_id): one
     -- integer key instead of four text columns, which makes staging cheaper.
     PRIMARY KEY (entity, record_id)
 );
-CREATE INDEX source_records_ref ON crm_sync.source_records (entity, source, external_id);
-CREATE INDEX source_records_email ON crm_sync.source_records (entity, email) WHERE email IS NOT NULL;
--- No index of phone alone: the shipped rule pairs it with the name, whose
--- index finds the matches (an index less to write for every person).
-CREATE INDEX source_records_domain ON crm_sync.source_records (entity, domain) WHERE domain IS NOT NULL;
-CREATE INDEX source_records_company_key ON crm_sync.source_records (entity, company_key) WHERE company_key IS NOT NULL;
+-- One GIN index of every match key's hash instead of a b-tree per key:
+-- a record's keys go to the index's pending list and reach its tree
+-- sorted, in bulk, where a b-tree insert lands on a random page for each
+-- key (400,000 records in landing order, keys random, wrote in 4.1 s
+-- instead of 7.2 s with the b-trees). Every scan reads the pending list
+-- whole: the merge flushes it before it looks keys up, and after a merge
+-- of a whole entity. No phone in it: the shipped rule pairs it with the
+-- name. A record is found by its CRM id through the primary key
+-- (crm_sync.source_record_id): no index of that either.
+CREATE INDEX source_records_keys ON crm_sync.source_records USING gin (keys);
+-- Move the pending list of source_records_keys into its tree, before the
+-- merge looks keys up (a scan reads the whole pending list, for each key
+-- it looks for). gin_clean_pending_list() is the index owner's: this
+-- wrapper, for the roles that run merges, does that and nothing else, in
+-- bounded memory (the flush gathers entries in maintenance_work_mem; the
+-- pending list holds at most gin_pending_list_limit, 4 MB by default).
+CREATE FUNCTION crm_sync._flush_match_keys() RETURNS bigint
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET maintenance_work_mem = '16MB'
+AS $$ SELECT pg_catalog.gin_clean_pending_list('crm_sync.source_records_keys'::pg_catalog.regclass) $$;
 CREATE INDEX source_records_company ON crm_sync.source_records (entity, company_id) WHERE company_id IS NOT NULL;
 CREATE INDEX source_records_contact ON crm_sync.source_records (entity, contact_id) WHERE contact_id IS NOT NULL;
 -- References whose record has not landed (yet): linked again by every merge.
@@ -323,7 +341,6 @@ CREATE INDEX source_records_company_pending ON crm_sync.source_records (entity)
     WHERE company_id IS NULL AND company_ref IS NOT NULL;
 CREATE INDEX source_records_contact_pending ON crm_sync.source_records (entity)
     WHERE contact_id IS NULL AND contact_ref IS NOT NULL;
-CREATE INDEX source_records_name ON crm_sync.source_records (entity, name_key) WHERE name_key IS NOT NULL;
 CREATE INDEX source_records_merged ON crm_sync.source_records (entity, merged_into) WHERE merged_into IS NOT NULL;
 COMMENT ON TABLE crm_sync.source_records IS
     'Every landed record that feeds the unified model, with its cleaned values (vals), match keys and unified id. Maintained by crm_sync.merge().';
@@ -455,9 +472,13 @@ WITH l AS (
     SELECT 'deal', u.id, l.key, u.sources[l.value::int] FROM crm.deals u, jsonb_each_text(u.lineage) l)
 SELECT l.entity, l.id AS unified_id, l.field, r.source, r.stream, r.external_id, r.updated_at AS source_updated_at
   FROM l
+  CROSS JOIN LATERAL (SELECT split_part(l.rec, '/', 1) AS source, split_part(l.rec, '/', 2) AS stream,
+                             substr(l.rec, length(split_part(l.rec, '/', 1)) + length(split_part(l.rec, '/', 2)) + 3)
+                                 AS external_id) k
   JOIN crm_sync.source_records r
-    ON r.entity = l.entity AND r.source = split_part(l.rec, '/', 1) AND r.stream = split_part(l.rec, '/', 2)
-   AND r.external_id = substr(l.rec, length(split_part(l.rec, '/', 1)) + length(split_part(l.rec, '/', 2)) + 3);
+    ON r.entity = l.entity
+   AND r.record_id = crm_sync.source_record_id(l.entity, k.source, k.stream, k.external_id)
+   AND r.source = k.source AND r.stream = k.stream AND r.external_id = k.external_id;
 COMMENT ON VIEW crm.field_lineage IS 'For each unified row and field: the source record whose value it holds, and when that record was modified (from the rows'' lineage columns: field -> position of the record in sources).';
 
 CREATE TABLE crm_sync.merge_state (

@@ -50,7 +50,7 @@ pgrx::extension_sql_file!(
 pgrx::extension_sql_file!(
     "../sql/model.sql",
     name = "model",
-    requires = ["jobs", "specs"]
+    requires = ["jobs", "specs", sql_api::model::source_record_id]
 );
 pgrx::extension_sql_file!(
     "../sql/jobs.sql",

@@ -24,9 +24,27 @@ pub fn prune(entity: &str, full: bool) -> (Vec<i64>, Vec<i64>) {
     } else {
         "crm_sync.merge_state"
     };
-    let which = format!(
-        "(r.source, r.stream) IN (SELECT g.source, g.stream FROM {streams} g WHERE {gone})"
-    );
+    // The gone streams first: most merges have none, and then nothing is
+    // read (a delete over a join read every record of the entity).
+    let (gone_sources, gone_streams): (Vec<String>, Vec<String>) = Spi::connect(|c| {
+        c.select(
+            &format!("SELECT DISTINCT g.source, g.stream FROM {streams} g WHERE {gone}"),
+            None,
+            &[entity.into()],
+        )
+        .expect("find gone streams")
+        .map(|r| {
+            (
+                r.get::<String>(1).ok().flatten().unwrap_or_default(),
+                r.get::<String>(2).ok().flatten().unwrap_or_default(),
+            )
+        })
+        .unzip()
+    });
+    if gone_sources.is_empty() {
+        return (Vec::new(), Vec::new());
+    }
+    let which = "(r.source, r.stream) IN (SELECT * FROM unnest($2::text[], $3::text[]))";
     let rows: Vec<(i64, bool)> = Spi::connect_mut(|c| {
         c.update(
             &format!(
@@ -54,7 +72,7 @@ pub fn prune(entity: &str, full: bool) -> (Vec<i64>, Vec<i64>) {
                  SELECT unified_id, true FROM was"
             ),
             None,
-            &[entity.into()],
+            &[entity.into(), gone_sources.into(), gone_streams.into()],
         )
         .expect("prune crm_sync.source_records")
         .map(|r| {

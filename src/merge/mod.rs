@@ -212,6 +212,11 @@ pub fn run(only: Option<(&str, &str)>, full: bool) -> Vec<EntityStats> {
         st.micros = t0.elapsed().as_micros() as i64;
         out.push(st);
     }
+    // The keys a whole entity's merge wrote wait in the pending list of
+    // their index, which each lookup of the next merge would read whole.
+    if !whole.is_empty() {
+        Spi::run("SELECT crm_sync._flush_match_keys()").expect("flush the match keys' index");
+    }
     Spi::run(
         "DELETE FROM crm_sync.merge_state m
           WHERE NOT EXISTS (SELECT 1 FROM crm_sync.streams t WHERE t.source = m.source AND t.stream = m.stream)
@@ -232,6 +237,9 @@ fn pin_parse_settings() -> Vec<(&'static str, String)> {
         // Each page's query would be JIT-compiled again (its plan is not
         // kept): compiling costs more than it saves at 5,000 rows a page.
         ("jit", "off"),
+        // The GIN index of match keys moves its pending list into its tree
+        // in this much memory when an insert fills the list.
+        ("maintenance_work_mem", "16MB"),
         // The model's tables are read by key, mostly from cache: at the
         // default 4 the planner scans all of unified_ids (or
         // source_records) to join a few thousand changed records.

@@ -4,7 +4,7 @@
 
 use pgrx::prelude::*;
 
-use crm_sync_core::model::identity::Groups;
+use crm_sync_core::model::identity::{Groups, HASHED_KEYS};
 use crm_sync_core::model::{key_column, table};
 
 use super::sql::FETCH;
@@ -56,12 +56,52 @@ pub fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
                  ON x.entity = $1 AND x.merged_into = ch.record_id"
                 .to_owned(),
         ];
+        // A rule with a hashed key: the records sharing any hashed key with
+        // a changed one, found in one scan of the index of `keys` (never
+        // record by record: each scan reads the index's pending list),
+        // then compared by value. Other rules join through their own
+        // indexes (a company or contact id), if any.
+        let hashed = |cols: &[&str]| cols.iter().any(|c| HASHED_KEYS.contains(c));
+        let mut with_shared = String::new();
+        if rules.iter().any(|cols| hashed(cols)) {
+            let mut cols: Vec<&str> = vec!["record_id"];
+            for c in rules.iter().flatten() {
+                if !cols.contains(c) {
+                    cols.push(c);
+                }
+            }
+            // The changed records' hashes, 64 to a scan: one scan of
+            // thousands costs GIN a check of every one for each record it
+            // finds (0.3 s for 4,000 changed contacts; 0.05 s so).
+            let cols: Vec<String> = cols.iter().map(|c| format!("x.{c}")).collect();
+            with_shared = format!(
+                ", shared AS MATERIALIZED (
+                    SELECT DISTINCT {}
+                      FROM (SELECT array_agg(k) AS ks
+                              FROM (SELECT k, (row_number() OVER ()) / 64 AS g
+                                      FROM (SELECT DISTINCT unnest(ch.keys) AS k FROM ch) d) n
+                             GROUP BY g) q
+                      JOIN crm_sync.source_records x ON x.keys && q.ks
+                     WHERE x.entity = $1)",
+                cols.join(", ")
+            );
+            // The keys written since the index's last flush are in its
+            // pending list, which every scan reads whole.
+            Spi::run("SELECT crm_sync._flush_match_keys()").expect("flush the match keys' index");
+        }
         for cols in &rules {
             let on: Vec<String> = cols.iter().map(|c| format!("x.{c} = ch.{c}")).collect();
-            cand.push(format!(
-                "SELECT x.record_id FROM ch JOIN crm_sync.source_records x ON x.entity = $1 AND {}",
-                on.join(" AND ")
-            ));
+            cand.push(if hashed(cols) {
+                format!(
+                    "SELECT x.record_id FROM ch JOIN shared x ON {}",
+                    on.join(" AND ")
+                )
+            } else {
+                format!(
+                    "SELECT x.record_id FROM ch JOIN crm_sync.source_records x ON x.entity = $1 AND {}",
+                    on.join(" AND ")
+                )
+            });
         }
         // In two statements: the candidates first, then the unified rows
         // they are in. As one, the planner guessed the candidates from the
@@ -69,14 +109,14 @@ pub fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
         // unified id of the entity to join them.
         // The changed records' ids and keys only (whole rows, values and
         // all, spilled the CTE to disk past a few thousand).
-        let mut ch_cols = vec!["record_id", "merged_into"];
+        let mut ch_cols = vec!["record_id", "merged_into", "keys"];
         for c in rules.iter().flatten() {
             if !ch_cols.contains(c) {
                 ch_cols.push(c);
             }
         }
         let sql = format!(
-            "WITH ch AS (SELECT {} FROM crm_sync.source_records WHERE entity = $1 AND record_id = ANY ($2)),
+            "WITH ch AS MATERIALIZED (SELECT {} FROM crm_sync.source_records WHERE entity = $1 AND record_id = ANY ($2)){with_shared},
                   cand AS ({})
              SELECT ARRAY(SELECT record_id FROM ch), ARRAY(SELECT record_id FROM cand)",
             ch_cols.join(", "),

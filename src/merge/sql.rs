@@ -14,14 +14,29 @@ pub const UNIFIED_OF_K: &str = "coalesce(ku.unified_id, k.record_id)";
 pub const JOIN_KU: &str =
     "LEFT JOIN crm_sync.unified_ids ku ON ku.entity = k.entity AND ku.record_id = k.record_id";
 
+/// The records `k` of the `target` entity with CRM id `external_id` in
+/// `source`, one per stream of the source (`ms`, its `merge_state` rows:
+/// every stream staged), each found by its id through the primary key. The
+/// arguments are SQL expressions.
+pub fn records_by_external_id(target: &str, source: &str, external_id: &str) -> String {
+    format!(
+        "crm_sync.merge_state ms
+         JOIN crm_sync.source_records k
+           ON k.entity = {target}
+          AND k.record_id = crm_sync.source_record_id({target}, ms.source, ms.stream, {external_id})
+          AND k.source = ms.source AND k.stream = ms.stream AND k.external_id = {external_id}
+         {JOIN_KU}
+        WHERE ms.source = {source}"
+    )
+}
+
 /// The unified id of the `target` entity's record a reference names: the
 /// record with that external id in the same source (of its first stream, by
 /// name). The arguments are SQL expressions.
 pub fn target_of(target: &str, source: &str, external_id: &str) -> String {
     format!(
-        "(SELECT {UNIFIED_OF_K} FROM crm_sync.source_records k {JOIN_KU}
-           WHERE k.entity = {target} AND k.source = {source} AND k.external_id = {external_id}
-           ORDER BY k.stream LIMIT 1)"
+        "(SELECT {UNIFIED_OF_K} FROM {} ORDER BY k.stream LIMIT 1)",
+        records_by_external_id(target, source, external_id)
     )
 }
 

@@ -17,7 +17,7 @@ use crm_sync_core::model::identity;
 use crm_sync_core::model::stage::{Mapped, Staged};
 use crm_sync_core::rows::Json;
 
-use super::sql::{qi, FETCH, JOIN_KU, UNIFIED_OF_K};
+use super::sql::{qi, records_by_external_id, FETCH, UNIFIED_OF_K};
 
 /// A stream feeding an entity, with the mapping to use.
 pub struct StreamMap {
@@ -284,7 +284,7 @@ const UPSERT: &str = "ON CONFLICT (entity, record_id) DO UPDATE
                 email = EXCLUDED.email, phone = EXCLUDED.phone, name_key = EXCLUDED.name_key,
                 domain = EXCLUDED.domain, company_key = EXCLUDED.company_key,
                 company_ref = EXCLUDED.company_ref, contact_ref = EXCLUDED.contact_ref,
-                merged_into = EXCLUDED.merged_into, merged_at = now()
+                merged_into = EXCLUDED.merged_into, keys = EXCLUDED.keys, merged_at = now()
           WHERE (t.updated_at, t.deleted, t.vals, t.email, t.phone, t.name_key, t.domain, t.company_key,
                  t.company_ref, t.contact_ref, t.merged_into)
                 IS DISTINCT FROM (EXCLUDED.updated_at, EXCLUDED.deleted, EXCLUDED.vals, EXCLUDED.email,
@@ -316,6 +316,8 @@ fn write_staged(
     ];
     args.extend(page.keys.iter().map(|k| DatumWithOid::from(as_str(k))));
     args.push(page.merged_into.as_slice().into());
+    let hashes: Vec<&str> = page.hashes.iter().map(String::as_str).collect();
+    args.push(hashes.into());
     // A new record points at the unified row of the record it references
     // at once (the link step would otherwise write every new row twice);
     // links of records already there are the link step's. The page's
@@ -334,11 +336,11 @@ fn write_staged(
         link_vals.push_str(&format!(", l{i}.unified_id"));
         link_joins.push_str(&format!(
             "
-           LEFT JOIN (SELECT DISTINCT ON (k.external_id) k.external_id, {UNIFIED_OF_K} AS unified_id
-                        FROM crm_sync.source_records k {JOIN_KU}
-                       WHERE k.entity = '{target}' AND k.source = $2 AND k.external_id = ANY (${refs}::text[])
-                       ORDER BY k.external_id, k.stream) l{i} ON l{i}.external_id = u.{field}",
-            target = r.target,
+           LEFT JOIN (SELECT DISTINCT ON (e.ext) e.ext AS external_id, {UNIFIED_OF_K} AS unified_id
+                        FROM (SELECT DISTINCT x FROM unnest(${refs}::text[]) x WHERE x IS NOT NULL) e(ext)
+                       CROSS JOIN {by_id}
+                       ORDER BY e.ext, k.stream) l{i} ON l{i}.external_id = u.{field}",
+            by_id = records_by_external_id(&format!("'{}'", r.target), "$2", "e.ext"),
             field = r.field,
         ));
     }
@@ -349,15 +351,15 @@ fn write_staged(
         &format!("INSERT INTO crm_sync.source_records AS t
                 (entity, source, stream, external_id, record_id, updated_at, deleted, vals,
                  email, phone, name_key, domain, company_key, company_ref, contact_ref, merged_into,
-                 merged_at{link_cols})
+                 keys, merged_at{link_cols})
          SELECT $1, $2, $3, u.ext, u.rid, u.upd::timestamptz, u.del, u.vals,
                 u.email, u.phone, u.name_key, u.domain, u.company_key, u.company_ref, u.contact_ref,
-                u.merged_into, now(){link_vals}
+                u.merged_into, u.keys::int8[], now(){link_vals}
            FROM unnest($4::text[], $5::int8[], $6::text[], $7::bool[], $8::jsonb[], $9::text[],
                        $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
-                       $16::int8[])
+                       $16::int8[], $17::text[])
                 AS u(ext, rid, upd, del, vals, email, phone, name_key, domain, company_key, company_ref,
-                     contact_ref, merged_into){link_joins}
+                     contact_ref, merged_into, keys){link_joins}
          {upsert}"),
         None,
         &args,
@@ -412,6 +414,9 @@ struct Page {
     /// email, phone, name_key, domain, company_key, company_ref, contact_ref
     keys: [Vec<Option<String>>; 7],
     merged_into: Vec<Option<i64>>,
+    /// The hashes of the match keys (`identity::key_hash`), each record's
+    /// as an int8[] literal (an array of arrays would not unnest by row).
+    hashes: Vec<String>,
     /// (external id, field, value, problem)
     invalid: Vec<[String; 4]>,
 }
@@ -436,6 +441,21 @@ impl Page {
         self.del.push(st.deleted);
         let vals = serde_json::to_string(&st.vals).unwrap_or_else(|_| "{}".to_owned());
         self.vals.push(Some(Json::new(Cow::Owned(vals), utf8)));
+        let mut hashes = String::from("{");
+        for (column, v) in
+            identity::HASHED_KEYS
+                .iter()
+                .zip([&st.email, &st.name_key, &st.domain, &st.company_key])
+        {
+            if let Some(v) = v {
+                if hashes.len() > 1 {
+                    hashes.push(',');
+                }
+                hashes.push_str(&identity::key_hash(entity, column, v).to_string());
+            }
+        }
+        hashes.push('}');
+        self.hashes.push(hashes);
         for (col, v) in self.keys.iter_mut().zip([
             st.email,
             st.phone,

@@ -36,6 +36,15 @@ pub fn merge(
     }))
 }
 
+/// The id of a source record in `crm_sync.source_records` (`record_id`),
+/// and in the unified model the id of the row it leads: a hash of the four
+/// parts (`crm_sync_core::model::identity::record_id`). The model's own
+/// lookups of a record by its CRM id go through it and the primary key.
+#[pg_extern(immutable, parallel_safe, strict)]
+pub fn source_record_id(entity: &str, source: &str, stream: &str, external_id: &str) -> i64 {
+    crm_sync_core::model::identity::record_id(entity, source, stream, external_id)
+}
+
 /// Raise unless `expression` is one SQL expression over the landing row `r`
 /// that compiles against every landing table it would be evaluated on (the
 /// streams of `provider`'s `object`, of `source` only if set). Checked by a

@@ -25,15 +25,33 @@ pub struct Member {
 /// A stable 63-bit id for one source record: FNV-1a over
 /// `entity/source/stream/external_id`, kept positive.
 pub fn record_id(entity: &str, source: &str, stream: &str, external_id: &str) -> i64 {
+    // Never 0, so ids are positive and non-zero.
+    ((fnv1a([entity, source, stream, external_id]) >> 1) as i64).max(1)
+}
+
+/// FNV-1a over the parts, each ended by 0x1f.
+fn fnv1a<const N: usize>(parts: [&str; N]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in [entity, source, stream, external_id] {
+    for part in parts {
         for b in part.bytes().chain(std::iter::once(0x1f)) {
             h ^= u64::from(b);
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
     }
-    // Never 0, so ids are positive and non-zero.
-    ((h >> 1) as i64).max(1)
+    h
+}
+
+/// The match-key columns of `crm_sync.source_records` whose values are
+/// hashed into its `keys` column ([`key_hash`]), for finding the records
+/// that share a key through one index. Every rule with one of them is
+/// looked up that way (phone is always paired with the name).
+pub const HASHED_KEYS: [&str; 4] = ["email", "name_key", "domain", "company_key"];
+
+/// A record's key value as its `keys` column holds it: FNV-1a over
+/// `entity/column/value`. Equal hashes are candidates only: the values
+/// themselves are compared after.
+pub fn key_hash(entity: &str, column: &str, value: &str) -> i64 {
+    fnv1a([entity, column, value]) as i64
 }
 
 /// The unified id of every member, in order (in memory: for tests and small
@@ -260,6 +278,20 @@ mod tests {
     fn missing_keys_never_link() {
         let ms = [m(1, 0, &[None]), m(2, 0, &[None])];
         assert_eq!(resolve(&ms), vec![1, 2]);
+    }
+
+    #[test]
+    fn key_hashes_tell_entities_columns_and_values_apart() {
+        let a = key_hash("contact", "email", "ada@example.com");
+        assert_eq!(a, key_hash("contact", "email", "ada@example.com"));
+        assert_ne!(a, key_hash("company", "email", "ada@example.com"));
+        assert_ne!(a, key_hash("contact", "name_key", "ada@example.com"));
+        assert_ne!(a, key_hash("contact", "email", "ada@example.co"));
+        // The separator keeps the parts apart.
+        assert_ne!(
+            key_hash("contact", "email", "xy"),
+            key_hash("contact", "emailx", "y")
+        );
     }
 
     #[test]
