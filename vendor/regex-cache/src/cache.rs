@@ -246,10 +246,10 @@ impl CachedRegexBuilder {
 	/// pattern given to `new` verbatim. Notably, it will not incorporate any
 	/// of the flags set on this builder.
 	pub fn build(&self) -> Result<CachedRegex, Error> {
-		if let Err(err) = syntax::Parser::new().parse(&self.source) {
-			return Err(Error::Syntax(err.to_string()));
-		}
-
+		// pg_crm_sync: no syntax check here. phonenumber builds its several
+		// thousand metadata patterns when it loads (67 ms, 59 of them in
+		// this check); a pattern is checked when it compiles, at its first
+		// use (crm_sync_core's tests compile every one of them).
 		Ok(CachedRegex::from(self.clone()))
 	}
 

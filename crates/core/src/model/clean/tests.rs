@@ -608,3 +608,65 @@ fn postgres_timestamptz_text_is_read() {
         );
     }
 }
+
+/// The phone metadata's patterns are not syntax-checked when the library
+/// loads them (vendor/regex-cache: that check was most of the load), so
+/// here every one of them compiles: one that did not would fail the merge
+/// at its first use instead.
+#[test]
+fn every_phone_metadata_pattern_compiles() {
+    use phonenumber::metadata::{Format, DATABASE};
+    use phonenumber::Type;
+    let formats = |fs: &[Format]| {
+        for f in fs {
+            f.pattern().is_match("");
+            for l in f.leading_digits() {
+                l.is_match("");
+            }
+        }
+    };
+    let mut regions = 0;
+    let mut descriptors = 0;
+    for m in DATABASE.iter() {
+        regions += 1;
+        for r in [
+            m.international_prefix(),
+            m.national_prefix_for_parsing(),
+            m.leading_digits(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            r.is_match("");
+        }
+        formats(m.formats());
+        formats(m.international_formats());
+        for kind in [
+            Type::FixedLine,
+            Type::Mobile,
+            Type::TollFree,
+            Type::PremiumRate,
+            Type::SharedCost,
+            Type::PersonalNumber,
+            Type::Voip,
+            Type::Pager,
+            Type::Uan,
+            Type::Emergency,
+            Type::Voicemail,
+            Type::ShortCode,
+            Type::StandardRate,
+            Type::Carrier,
+            Type::NoInternational,
+        ] {
+            if let Some(d) = m.descriptors().get(kind) {
+                d.national_number().is_match("");
+                descriptors += 1;
+            }
+        }
+        m.descriptors().general().national_number().is_match("");
+    }
+    assert!(
+        regions > 200 && descriptors > 1000,
+        "{regions} regions, {descriptors} descriptors"
+    );
+}
