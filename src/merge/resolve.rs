@@ -155,6 +155,13 @@ pub fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
             .collect()
         })
     });
+    if let Some(ids) = &scope {
+        pgrx::debug1!(
+            "pg_crm_sync merge {entity}: found {} records to link again after {:?}",
+            ids.len(),
+            t.elapsed()
+        );
+    }
     // The records in scope that share a rule's key with another: each
     // key's records, one group at a time through a cursor, into union-find.
     // Records that share no key are groups of their own and never leave
