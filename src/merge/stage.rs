@@ -96,7 +96,7 @@ pub fn streams(entity: &str, only: Option<(&str, &str)>) -> Vec<StreamMap> {
 /// of the stream's fields).
 type Landed = (
     String,
-    Option<String>,
+    Option<TimestampWithTimeZone>,
     bool,
     Option<String>,
     Vec<Option<String>>,
@@ -142,7 +142,7 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
         "NULL::text"
     };
     let sql = format!(
-        "SELECT r.id, r._updated_at::text, r._deleted_at IS NOT NULL, r._run_id, {merged_into}, {} FROM {}.{} r
+        "SELECT r.id, r._updated_at, r._deleted_at IS NOT NULL, r._run_id, {merged_into}, {} FROM {}.{} r
           WHERE r._run_id > $1",
         exprs.join(", "),
         qi(&s.source),
@@ -190,11 +190,10 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
                 s.region.as_deref(),
                 &s.fields,
                 external_id,
-                updated_at,
                 deleted,
                 values,
             );
-            out.push(entity, s, st, merged_into, utf8);
+            out.push(entity, s, st, updated_at, merged_into, utf8);
         }
         out
     };
@@ -309,7 +308,7 @@ fn write_staged(
         s.stream.as_str().into(),
         ext.clone().into(),
         page.rid.as_slice().into(),
-        as_str(&page.upd).into(),
+        page.upd.as_slice().into(),
         page.del.as_slice().into(),
         crate::landing::jsonb_array_of(&page.vals)
             .unwrap_or_else(|e| panic!("cleaned values as jsonb: {e}")),
@@ -352,10 +351,10 @@ fn write_staged(
                 (entity, source, stream, external_id, record_id, updated_at, deleted, vals,
                  email, phone, name_key, domain, company_key, company_ref, contact_ref, merged_into,
                  keys, merged_at{link_cols})
-         SELECT $1, $2, $3, u.ext, u.rid, u.upd::timestamptz, u.del, u.vals,
+         SELECT $1, $2, $3, u.ext, u.rid, u.upd, u.del, u.vals,
                 u.email, u.phone, u.name_key, u.domain, u.company_key, u.company_ref, u.contact_ref,
                 u.merged_into, u.keys::int8[], now(){link_vals}
-           FROM unnest($4::text[], $5::int8[], $6::text[], $7::bool[], $8::jsonb[], $9::text[],
+           FROM unnest($4::text[], $5::int8[], $6::timestamptz[], $7::bool[], $8::jsonb[], $9::text[],
                        $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
                        $16::int8[], $17::text[])
                 AS u(ext, rid, upd, del, vals, email, phone, name_key, domain, company_key, company_ref,
@@ -406,7 +405,9 @@ fn write_staged(
 struct Page {
     ext: Vec<String>,
     rid: Vec<i64>,
-    upd: Vec<Option<String>>,
+    /// Modification times, as landed (no text in between: two conversions
+    /// a record).
+    upd: Vec<Option<TimestampWithTimeZone>>,
     del: Vec<bool>,
     /// Cleaned values, as JSON objects, encoded as jsonb by the helper
     /// (see `rows::Json`).
@@ -427,6 +428,7 @@ impl Page {
         entity: &str,
         s: &StreamMap,
         st: Staged,
+        updated_at: Option<TimestampWithTimeZone>,
         merged_into: Option<String>,
         utf8: bool,
     ) {
@@ -437,7 +439,7 @@ impl Page {
             self.invalid
                 .push([st.external_id.clone(), field, value, problem]);
         }
-        self.upd.push(st.updated_at);
+        self.upd.push(updated_at);
         self.del.push(st.deleted);
         let vals = serde_json::to_string(&st.vals).unwrap_or_else(|_| "{}".to_owned());
         self.vals.push(Some(Json::new(Cow::Owned(vals), utf8)));

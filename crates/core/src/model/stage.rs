@@ -17,7 +17,6 @@ pub struct Mapped {
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Staged {
     pub external_id: String,
-    pub updated_at: Option<String>,
     pub deleted: bool,
     /// Cleaned values by unified field; fields without a value are absent.
     pub vals: Map<String, Value>,
@@ -44,13 +43,11 @@ pub fn stage(
     region: Option<&str>,
     fields: &[Mapped],
     external_id: String,
-    updated_at: Option<String>,
     deleted: bool,
     values: Vec<Option<String>>,
 ) -> Staged {
     let mut st = Staged {
         external_id,
-        updated_at,
         deleted,
         ..Default::default()
     };
@@ -116,7 +113,6 @@ mod tests {
             Some("US"),
             &fields,
             "42".into(),
-            Some("2024-01-01T00:00:00Z".into()),
             false,
             vec![
                 Some("  José ".into()),
@@ -148,7 +144,6 @@ mod tests {
             None,
             &fields,
             "7".into(),
-            None,
             true,
             vec![Some("ada at example".into()), None, Some("Lovelace".into())],
         );
@@ -169,7 +164,6 @@ mod tests {
             None,
             &fields,
             "1".into(),
-            None,
             false,
             vec![
                 Some("Acme GmbH".into()),
