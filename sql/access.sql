@@ -87,7 +87,7 @@ BEGIN
                              'crm_sync.cancel(bigint)', 'crm_sync.wait(bigint, interval)',
                              'crm_sync.schedule(text, interval, text)', 'crm_sync.unschedule(text)',
                              'crm_sync.discover(text)', 'crm_sync.discover(text, text)', 'crm_sync.merge(boolean)',
-                             'crm_sync.reconcile(text, text)', 'crm_sync._flush_match_keys()'] LOOP
+                             'crm_sync.reconcile(text, text)'] LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', f, who);
     END LOOP;
     IF rank < 3 THEN

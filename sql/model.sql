@@ -322,15 +322,18 @@ CREATE TABLE crm_sync.source_records (
 -- instead of 7.2 s with the b-trees). Every scan reads the pending list
 -- whole: the merge flushes it before it looks keys up, and after a merge
 -- of a whole entity. No phone in it: the shipped rule pairs it with the
--- name. A record is found by its CRM id through the primary key
--- (crm_sync.source_record_id): no index of that either.
+-- name. The merge finds a record by its CRM id through the primary key
+-- (crm_sync.source_record_id); crm.identities users, by the CRM id alone
+-- (CRMs hand ids out in order: these inserts land next to each other).
 CREATE INDEX source_records_keys ON crm_sync.source_records USING gin (keys);
+CREATE INDEX source_records_external_id ON crm_sync.source_records (external_id);
 -- Move the pending list of source_records_keys into its tree, before the
 -- merge looks keys up (a scan reads the whole pending list, for each key
--- it looks for). gin_clean_pending_list() is the index owner's: this
--- wrapper, for the roles that run merges, does that and nothing else, in
--- bounded memory (the flush gathers entries in maintenance_work_mem; the
--- pending list holds at most gin_pending_list_limit, 4 MB by default).
+-- it looks for), in bounded memory (the flush gathers entries in
+-- maintenance_work_mem; the pending list holds at most
+-- gin_pending_list_limit, 4 MB by default). The merge runs as the
+-- extension's owner, who owns the index (gin_clean_pending_list() is the
+-- owner's); nobody else may call it.
 CREATE FUNCTION crm_sync._flush_match_keys() RETURNS bigint
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET maintenance_work_mem = '16MB'
 AS $$ SELECT pg_catalog.gin_clean_pending_list('crm_sync.source_records_keys'::pg_catalog.regclass) $$;
@@ -447,10 +450,15 @@ COMMENT ON TABLE crm.deals IS 'Deals from every source (HubSpot deals, Salesforc
 
 -- The crosswalk: unified id <-> source records.
 CREATE VIEW crm.identities AS
-SELECT r.entity, coalesce(u.unified_id, r.record_id) AS unified_id, r.source, r.stream, r.external_id,
-       r.deleted, r.updated_at
+-- (A record without a unified_ids row is in the row of its own id; in two
+-- branches, so that a lookup by unified id reads each through an index.)
+SELECT r.entity, u.unified_id, r.source, r.stream, r.external_id, r.deleted, r.updated_at
+  FROM crm_sync.unified_ids u
+  JOIN crm_sync.source_records r ON r.entity = u.entity AND r.record_id = u.record_id
+UNION ALL
+SELECT r.entity, r.record_id, r.source, r.stream, r.external_id, r.deleted, r.updated_at
   FROM crm_sync.source_records r
-  LEFT JOIN crm_sync.unified_ids u ON u.entity = r.entity AND u.record_id = r.record_id;
+ WHERE NOT EXISTS (SELECT 1 FROM crm_sync.unified_ids u WHERE u.entity = r.entity AND u.record_id = r.record_id);
 COMMENT ON VIEW crm.identities IS 'Which source record (source, stream, CRM id) each unified id merges.';
 
 CREATE TABLE crm.merged_ids (

@@ -237,9 +237,6 @@ fn pin_parse_settings() -> Vec<(&'static str, String)> {
         // Each page's query would be JIT-compiled again (its plan is not
         // kept): compiling costs more than it saves at 5,000 rows a page.
         ("jit", "off"),
-        // The GIN index of match keys moves its pending list into its tree
-        // in this much memory when an insert fills the list.
-        ("maintenance_work_mem", "16MB"),
         // The model's tables are read by key, mostly from cache: at the
         // default 4 the planner scans all of unified_ids (or
         // source_records) to join a few thousand changed records.

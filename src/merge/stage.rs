@@ -142,7 +142,7 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
         "NULL::text"
     };
     let sql = format!(
-        "SELECT r.id, r._updated_at, r._deleted_at IS NOT NULL, r._run_id, {merged_into}, {} FROM {}.{} r
+        "SELECT r.id, r._updated_at::timestamptz, r._deleted_at IS NOT NULL, r._run_id, {merged_into}, {} FROM {}.{} r
           WHERE r._run_id > $1",
         exprs.join(", "),
         qi(&s.source),
@@ -285,10 +285,10 @@ const UPSERT: &str = "ON CONFLICT (entity, record_id) DO UPDATE
                 company_ref = EXCLUDED.company_ref, contact_ref = EXCLUDED.contact_ref,
                 merged_into = EXCLUDED.merged_into, keys = EXCLUDED.keys, merged_at = now()
           WHERE (t.updated_at, t.deleted, t.vals, t.email, t.phone, t.name_key, t.domain, t.company_key,
-                 t.company_ref, t.contact_ref, t.merged_into)
+                 t.company_ref, t.contact_ref, t.merged_into, t.keys)
                 IS DISTINCT FROM (EXCLUDED.updated_at, EXCLUDED.deleted, EXCLUDED.vals, EXCLUDED.email,
                  EXCLUDED.phone, EXCLUDED.name_key, EXCLUDED.domain, EXCLUDED.company_key,
-                 EXCLUDED.company_ref, EXCLUDED.contact_ref, EXCLUDED.merged_into)";
+                 EXCLUDED.company_ref, EXCLUDED.contact_ref, EXCLUDED.merged_into, EXCLUDED.keys)";
 
 fn write_staged(
     c: &mut SpiClient<'_>,

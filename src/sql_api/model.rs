@@ -45,6 +45,14 @@ pub fn source_record_id(entity: &str, source: &str, stream: &str, external_id: &
     crm_sync_core::model::identity::record_id(entity, source, stream, external_id)
 }
 
+/// The hash of a match key's value as `crm_sync.source_records.keys` holds
+/// it (`crm_sync_core::model::identity::key_hash`), for the merge's lookups
+/// of the records sharing a key.
+#[pg_extern(immutable, parallel_safe, strict, name = "_match_key_hash")]
+pub fn match_key_hash(entity: &str, column: &str, value: &str) -> i64 {
+    crm_sync_core::model::identity::key_hash(entity, column, value)
+}
+
 /// Raise unless `expression` is one SQL expression over the landing row `r`
 /// that compiles against every landing table it would be evaluated on (the
 /// streams of `provider`'s `object`, of `source` only if set). Checked by a

@@ -19,7 +19,8 @@
 // SOFTWARE.
 
 use std::ops::{Deref, DerefMut};
-use std::sync::{Mutex, Arc, OnceLock};
+use std::sync::{Mutex, Arc};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::borrow::Cow;
 use std::fmt;
 use std::str;
@@ -31,13 +32,17 @@ use crate::options::Options;
 use crate::lru::LruCache;
 
 /// An LRU cache for regular expressions.
+// pg_crm_sync: the second LRU (same capacity) holds the regexes of
+// `CachedRegex`es by their number, which is cheaper to look up than the
+// pattern (upstream hashed and compared the whole pattern, twice, on every
+// use: most of the time phonenumber took to parse a number).
 #[derive(Clone, Debug)]
-pub struct RegexCache(LruCache<String, Regex>);
+pub struct RegexCache(LruCache<String, Regex>, LruCache<u64, Regex>);
 
 impl RegexCache {
 	/// Create a new LRU cache with the given size limit.
 	pub fn new(capacity: usize) -> RegexCache {
-		RegexCache(LruCache::new(capacity))
+		RegexCache(LruCache::new(capacity), LruCache::new(capacity))
 	}
 
 	/// Save the given regular expression in the cache.
@@ -127,18 +132,15 @@ impl DerefMut for RegexCache {
 #[derive(Clone)]
 pub struct CachedRegex {
 	builder: CachedRegexBuilder,
-	// pg_crm_sync: the regex taken from the cache once and kept here, shared
-	// by clones. Upstream looked it up in the cache (lock, two SipHashes
-	// and comparisons of the whole pattern) on every use: most of the time
-	// phonenumber takes to parse a number.
-	compiled: Arc<OnceLock<Regex>>,
+	// pg_crm_sync: its number in the cache's second LRU, shared by clones.
+	id: u64,
 }
 
+/// pg_crm_sync: the numbers of `CachedRegex`es.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
 macro_rules! regex {
-	($self:ident) => (
-		$self.compiled.get_or_init(|| $self.builder.cache.lock().unwrap()
-			.configure(&$self.builder.source, |b| $self.builder.options.define(b)).unwrap().clone())
-	)
+	($self:ident, $f:expr) => ($self.with($f))
 }
 
 impl CachedRegex {
@@ -164,42 +166,56 @@ impl CachedRegex {
 	fn from(builder: CachedRegexBuilder) -> Self {
 		CachedRegex {
 			builder: builder,
-			compiled: Arc::new(OnceLock::new()),
+			id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
 		}
+	}
+
+	/// pg_crm_sync: run `f` on the compiled regex, compiling it (again, if
+	/// the LRU let it go) when the cache does not hold it. A lock poisoned
+	/// by a panic (a pattern that does not compile) does not fail the
+	/// other patterns.
+	fn with<R>(&self, f: impl FnOnce(&Regex) -> R) -> R {
+		let mut cache = self.builder.cache.lock().unwrap_or_else(|e| e.into_inner());
+		if cache.1.get_mut(&self.id).is_none() {
+			let re = self.builder.options.define(&mut RegexBuilder::new(&self.builder.source))
+				.build().unwrap();
+			cache.1.insert(self.id, re);
+		}
+		f(cache.1.get_mut(&self.id).expect("just inserted"))
 	}
 
 	/// Refer to `Regex::is_match`.
 	pub fn is_match(&self, text: &str) -> bool {
-		regex!(self).is_match(text)
+		regex!(self, |r| r.is_match(text))
 	}
 
 	/// Refer to `Regex::find`.
 	pub fn find<'t>(&self, text: &'t str) -> Option<Match<'t>> {
-		regex!(self).find(text)
+		regex!(self, |r| r.find(text))
 	}
 
 	/// Refer to `Regex::captures`.
 	pub fn captures<'t>(&self, text: &'t str) -> Option<Captures<'t>> {
-		regex!(self).captures(text)
+		regex!(self, |r| r.captures(text))
 	}
 
 	/// Refer to `Regex::replace`.
 	pub fn replace<'t, R: Replacer>(&self, text: &'t str, rep: R) -> Cow<'t, str> {
-		regex!(self).replace(text, rep)
+		regex!(self, |r| r.replace(text, rep))
 	}
 
 	/// Refer to `Regex::replace_all`.
 	pub fn replace_all<'t, R: Replacer>(&self, text: &'t str, rep: R) -> Cow<'t, str> {
-		regex!(self).replace_all(text, rep)
+		regex!(self, |r| r.replace_all(text, rep))
 	}
 
 	/// Refer to `Regex::shortest_match`.
 	pub fn shortest_match(&self, text: &str) -> Option<usize> {
-		regex!(self).shortest_match(text)
+		regex!(self, |r| r.shortest_match(text))
 	}
 
 	pub fn captures_len(&self) -> usize {
-		regex!(self).captures_len()
+		regex!(self, |r| r.captures_len())
 	}
 
 	pub fn as_str(&self) -> &str {
@@ -209,13 +225,13 @@ impl CachedRegex {
 
 impl fmt::Debug for CachedRegex {
 	fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-		fmt::Debug::fmt(regex!(self), f)
+		regex!(self, |r| fmt::Debug::fmt(r, f))
 	}
 }
 
 impl fmt::Display for CachedRegex {
 	fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-		fmt::Display::fmt(regex!(self), f)
+		regex!(self, |r| fmt::Display::fmt(r, f))
 	}
 }
 
