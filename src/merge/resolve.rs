@@ -56,14 +56,13 @@ pub fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
                  ON x.entity = $1 AND x.merged_into = ch.record_id"
                 .to_owned(),
         ];
-        // A rule with a hashed key: the records sharing any hashed key with
-        // a changed one, found in one scan of the index of `keys` (never
-        // record by record: each scan reads the index's pending list),
-        // then compared by value. Other rules join through their own
-        // indexes (a company or contact id), if any.
-        // (A rule with a company or contact id joins through that id's
-        // index: the records sharing only its name would be every deal
-        // of that name.)
+        // A rule with a hashed key: the records sharing that key's hash
+        // with a changed one, found through the GIN index of `keys` (in
+        // a few scans, never record by record: each scan reads the index's
+        // pending list), then compared by value. Other rules join through
+        // their own indexes, if any: a rule with a company or contact id
+        // through that id's (the records sharing only its name would be
+        // every deal of that name).
         let hashed = |cols: &[&str]| {
             cols.iter().any(|c| HASHED_KEYS.contains(c))
                 && !cols.iter().any(|c| REFS.iter().any(|r| r.column == *c))
