@@ -64,8 +64,7 @@ pub fn survive(entity: &str, ids: &[i64], full: bool) -> i64 {
                   WHERE NOT EXISTS (SELECT 1 FROM crm_sync.unified_ids r WHERE r.entity = $1 AND r.unified_id = u.id)
                     AND NOT EXISTS (SELECT 1 FROM crm_sync.source_records x
                                      WHERE x.entity = $1 AND x.record_id = u.id
-                                       AND NOT EXISTS (SELECT 1 FROM crm_sync.unified_ids y
-                                                        WHERE y.entity = $1 AND y.record_id = x.record_id))"
+                                       AND {X_IS_OWN})"
             )
         } else {
             format!(
@@ -75,8 +74,7 @@ pub fn survive(entity: &str, ids: &[i64], full: bool) -> i64 {
                                       WHERE r.entity = $1 AND r.unified_id = ANY ($2))
                     AND u.id NOT IN (SELECT x.record_id FROM crm_sync.source_records x
                                       WHERE x.entity = $1 AND x.record_id = ANY ($2)
-                                        AND NOT EXISTS (SELECT 1 FROM crm_sync.unified_ids y
-                                                         WHERE y.entity = $1 AND y.record_id = x.record_id))"
+                                        AND {X_IS_OWN})"
             )
         },
         &[entity.into(), ids.into()],
@@ -98,7 +96,7 @@ pub fn survive(entity: &str, ids: &[i64], full: bool) -> i64 {
          SELECT x.record_id, {cols}
            FROM crm_sync.source_records x
           WHERE x.entity = $1 AND x.record_id = ANY ($2)
-            AND NOT EXISTS (SELECT 1 FROM crm_sync.unified_ids y WHERE y.entity = $1 AND y.record_id = x.record_id)
+            AND {X_IS_OWN}
           ORDER BY 1"
     );
     let rules: Vec<FieldRule> = fields
@@ -205,6 +203,11 @@ fn contribution(r: &pgrx::spi::SpiHeapTupleData<'_>) -> Contribution {
     }
 }
 
+/// Record `x` (of entity `$1`) is in the row of its own id: it has no
+/// `crm_sync.unified_ids` row.
+const X_IS_OWN: &str =
+    "NOT EXISTS (SELECT 1 FROM crm_sync.unified_ids y WHERE y.entity = $1 AND y.record_id = x.record_id)";
+
 /// The unified ids of rows made of several records (each names a record
 /// that is not its own); every other record of a whole merge is alone.
 const SHARED_IDS: &str = "SELECT m.unified_id FROM crm_sync.unified_ids m WHERE m.entity = $1";
@@ -264,7 +267,7 @@ fn singles(entity: &str, rules: &[FieldRule], empty: bool) -> String {
                 CASE WHEN x.deleted THEN '{{}}'::jsonb ELSE {lineage} END, now()
            FROM crm_sync.source_records x
           WHERE x.entity = $1
-            AND NOT EXISTS (SELECT 1 FROM crm_sync.unified_ids m WHERE m.entity = $1 AND m.record_id = x.record_id)
+            AND {X_IS_OWN}
             AND NOT EXISTS (SELECT 1 FROM crm_sync.unified_ids m WHERE m.entity = $1 AND m.unified_id = x.record_id)
          {upsert}",
         t = table(entity),

@@ -43,8 +43,10 @@ fn fnv1a<const N: usize>(parts: [&str; N]) -> u64 {
 
 /// The match-key columns of `crm_sync.source_records` whose values are
 /// hashed into its `keys` column ([`key_hash`]), for finding the records
-/// that share a key through one index. Every rule with one of them is
-/// looked up that way (phone is always paired with the name).
+/// that share a key through one index. An incremental merge looks up that
+/// way every enabled rule with one of them and without a company or
+/// contact id (those join through the id's own index); phone is not
+/// hashed: the shipped rule pairs it with the name.
 pub const HASHED_KEYS: [&str; 4] = ["email", "name_key", "domain", "company_key"];
 
 /// A record's key value as its `keys` column holds it: FNV-1a over
