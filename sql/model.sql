@@ -489,12 +489,15 @@ SELECT l.entity, l.id AS unified_id, l.field, r.source, r.stream, r.external_id,
    AND r.source = k.source AND r.stream = k.stream AND r.external_id = k.external_id;
 COMMENT ON VIEW crm.field_lineage IS 'For each unified row and field: the source record whose value it holds, and when that record was modified (from the rows'' lineage columns: field -> position of the record in sources).';
 
+-- How far each entity has staged each stream: a stream mapped to two
+-- entities is read by each from its own place.
 CREATE TABLE crm_sync.merge_state (
+    entity      text NOT NULL,
     source      text NOT NULL,
     stream      text NOT NULL,
     merged_run  bigint NOT NULL,
     merged_at   timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (source, stream)
+    PRIMARY KEY (entity, source, stream)
 );
 
 -- Shipped rows (is_default) are not dumped: CREATE EXTENSION puts them back.

@@ -9,20 +9,29 @@ use crm_sync_core::model::{Ref, REFS};
 use super::sql::{target_of, JOIN_KU, UNIFIED_OF_K};
 
 /// Drop the records of streams that are gone: the source was dropped, or the
-/// landing table. An incremental merge finds those streams in
+/// landing table, or the stream no longer maps to this entity (its mappings
+/// deleted or disabled). An incremental merge finds those streams in
 /// `crm_sync.merge_state`; a full one checks every record. Returns the
 /// remaining records of the unified rows that lost some (to link again) and
 /// the unified ids that lost any (to recompute, or delete when none is
 /// left).
 pub fn prune(entity: &str, full: bool) -> (Vec<i64>, Vec<i64>) {
+    // A stream maps to the entity as `stage::streams` reads it.
     let gone = "(to_regclass(format('%I.%I', g.source, g.stream)) IS NULL
-                 OR NOT EXISTS (SELECT 1 FROM crm_sync.streams t WHERE t.source = g.source AND t.stream = g.stream))";
+                 OR NOT EXISTS (
+                    SELECT 1 FROM crm_sync.streams t
+                      JOIN crm_sync.sources s ON s.name = t.source
+                      JOIN crm_sync.mappings m ON m.provider = s.provider AND m.object = t.object
+                                              AND m.entity = $1 AND m.enabled
+                                              AND (m.source IS NULL OR m.source = t.source)
+                      JOIN crm_sync.unified_fields f ON f.entity = m.entity AND f.field = m.field
+                     WHERE t.source = g.source AND t.stream = g.stream))";
     // Each stream is checked once, not each record (400,000 records'
     // checks took 0.4 s).
     let streams = if full {
         "(SELECT DISTINCT source, stream FROM crm_sync.source_records WHERE entity = $1)"
     } else {
-        "crm_sync.merge_state"
+        "(SELECT source, stream FROM crm_sync.merge_state WHERE entity = $1)"
     };
     // The gone streams first: most merges have none, and then nothing is
     // read (a delete over a join read every record of the entity).
@@ -45,6 +54,7 @@ pub fn prune(entity: &str, full: bool) -> (Vec<i64>, Vec<i64>) {
         return (Vec::new(), Vec::new());
     }
     let which = "(r.source, r.stream) IN (SELECT * FROM unnest($2::text[], $3::text[]))";
+    let which_m = which.replace("r.", "m.");
     let rows: Vec<(i64, bool)> = Spi::connect_mut(|c| {
         c.update(
             &format!(
@@ -53,6 +63,8 @@ pub fn prune(entity: &str, full: bool) -> (Vec<i64>, Vec<i64>) {
                     RETURNING r.source, r.stream, r.record_id),
                  i AS (DELETE FROM crm_sync.invalid_values v USING (SELECT DISTINCT source, stream FROM d) g
                         WHERE v.entity = $1 AND v.source = g.source AND v.stream = g.stream),
+                 -- Mapped again later, the stream is staged from its start.
+                 s AS (DELETE FROM crm_sync.merge_state m WHERE m.entity = $1 AND {which_m}),
                  -- The rows they were in (read as they were before this
                  -- statement: a record without a unified_ids row is in
                  -- the row of its own id).

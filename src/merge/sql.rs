@@ -15,9 +15,9 @@ pub const JOIN_KU: &str =
     "LEFT JOIN crm_sync.unified_ids ku ON ku.entity = k.entity AND ku.record_id = k.record_id";
 
 /// The records `k` of the `target` entity with CRM id `external_id` in
-/// `source`, one per stream of the source (`ms`, its `merge_state` rows:
-/// every stream staged), each found by its id through the primary key. The
-/// arguments are SQL expressions.
+/// `source`, one per stream of the source staged into the target entity
+/// (`ms`, its `merge_state` rows), each found by its id through the primary
+/// key. The arguments are SQL expressions.
 pub fn records_by_external_id(target: &str, source: &str, external_id: &str) -> String {
     format!(
         "crm_sync.merge_state ms
@@ -26,7 +26,7 @@ pub fn records_by_external_id(target: &str, source: &str, external_id: &str) -> 
           AND k.record_id = crm_sync.source_record_id({target}, ms.source, ms.stream, {external_id})
           AND k.source = ms.source AND k.stream = ms.stream AND k.external_id = {external_id}
          {JOIN_KU}
-        WHERE ms.source = {source}"
+        WHERE ms.entity = {target} AND ms.source = {source}"
     )
 }
 

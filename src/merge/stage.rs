@@ -44,7 +44,7 @@ pub fn streams(entity: &str, only: Option<(&str, &str)>) -> Vec<StreamMap> {
                                        AND m.entity = $1 AND m.enabled
                                        AND (m.source IS NULL OR m.source = t.source)
                JOIN crm_sync.unified_fields f ON f.entity = m.entity AND f.field = m.field
-               LEFT JOIN crm_sync.merge_state ms ON ms.source = t.source AND ms.stream = t.stream
+               LEFT JOIN crm_sync.merge_state ms ON ms.entity = $1 AND ms.source = t.source AND ms.stream = t.stream
               WHERE to_regclass(format('%I.%I', t.source, t.stream)) IS NOT NULL
               ORDER BY t.source, t.stream, f.field, m.source NULLS LAST",
             None,
@@ -166,7 +166,7 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
         // them): its state row answers at once, where finding one of its
         // records reads past every record of the source's other streams.
         "SELECT EXISTS (SELECT 1 FROM crm_sync.invalid_values WHERE entity = $1 AND source = $2 AND stream = $3),
-                EXISTS (SELECT 1 FROM crm_sync.merge_state WHERE source = $2 AND stream = $3)
+                EXISTS (SELECT 1 FROM crm_sync.merge_state WHERE entity = $1 AND source = $2 AND stream = $3)
                 OR EXISTS (SELECT 1 FROM crm_sync.source_records WHERE entity = $1 AND source = $2 AND stream = $3)",
         &[
             entity.into(),
@@ -264,9 +264,14 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
         count
     );
     Spi::run_with_args(
-        "INSERT INTO crm_sync.merge_state (source, stream, merged_run, merged_at) VALUES ($1, $2, $3, now())
-         ON CONFLICT (source, stream) DO UPDATE SET merged_run = EXCLUDED.merged_run, merged_at = now()",
-        &[s.source.as_str().into(), s.stream.as_str().into(), max_run.into()],
+        "INSERT INTO crm_sync.merge_state (entity, source, stream, merged_run, merged_at) VALUES ($1, $2, $3, $4, now())
+         ON CONFLICT (entity, source, stream) DO UPDATE SET merged_run = EXCLUDED.merged_run, merged_at = now()",
+        &[
+            entity.into(),
+            s.source.as_str().into(),
+            s.stream.as_str().into(),
+            max_run.into(),
+        ],
     )
     .expect("write crm_sync.merge_state");
     Staging {

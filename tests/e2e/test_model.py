@@ -571,3 +571,36 @@ def test_an_incremental_merge_reads_the_rows_of_its_sync_through_the_run_index(d
     assert sync(db, stream="contacts")["contacts"]["records_upserted"] == 1
     assert one(db, "SELECT count(*) FROM crm.contacts WHERE email = 'late@x.example'") == (1,)
     assert_rebuild_agrees(db)
+
+
+@FOLLOW
+def test_a_stream_mapped_to_two_entities_merges_its_changes_into_both(db, both, follow):
+    """A user maps Salesforce leads to companies as well as contacts (a
+    lead's Company): each entity keeps its own place in the
+    stream, so the companies' merge does not use up the contacts' changes."""
+    _, sf = both
+    follow_at_most(db, follow)
+    db.execute("""INSERT INTO crm_sync.mappings (provider, object, entity, field, expression, source)
+                  VALUES ('salesforce', 'Lead', 'company', 'name', $$r._raw->>'Company'$$, 'sf')""")
+    db.execute("SELECT * FROM crm_sync.merge(full => true)")
+    sf.upsert("Lead", [{"FirstName": "Zoe", "LastName": "Zeta", "Email": "zoe@zeta.example",
+                        "Company": "Zeta Ltd"}])
+    sync(db, "sf")
+    assert one(db, "SELECT count(*) FROM crm.companies WHERE name = 'Zeta Ltd'") == (1,)
+    zoe = person(db, "zoe@zeta.example")
+    assert zoe["first_name"] == "Zoe"
+    lead = zoe["sources"][0].split("/")[2]
+    sf.upsert("Lead", [{"Id": lead, "FirstName": "Zoey", "Company": "Zeta Limited"}])
+    sync(db, "sf")
+    assert person(db, "zoe@zeta.example")["first_name"] == "Zoey"
+    assert one(db, "SELECT count(*) FROM crm.companies WHERE name = 'Zeta Limited'") == (1,)
+    # The mapping removed, the leads' companies leave the model.
+    db.execute("DELETE FROM crm_sync.mappings WHERE object = 'Lead' AND entity = 'company'")
+    db.execute("SELECT * FROM crm_sync.merge()")
+    assert one(db, "SELECT count(*) FROM crm.companies WHERE name = 'Zeta Limited'") == (0,)
+    assert person(db, "zoe@zeta.example")["first_name"] == "Zoey"
+    # Mapped again, the stream is read from its start.
+    db.execute("""INSERT INTO crm_sync.mappings (provider, object, entity, field, expression, source)
+                  VALUES ('salesforce', 'Lead', 'company', 'name', $$r._raw->>'Company'$$, 'sf')""")
+    db.execute("SELECT * FROM crm_sync.merge()")
+    assert one(db, "SELECT count(*) FROM crm.companies WHERE name = 'Zeta Limited'") == (1,)
