@@ -586,13 +586,14 @@ impl SpiSink {
             return Ok(0);
         }
         let ids: Vec<Option<&str>> = records.iter().map(|r| Some(r.id.as_str())).collect();
-        let patches: Vec<Option<String>> = records
+        let values: Vec<_> = records.iter().map(Record::values).collect();
+        let patches: Vec<Option<String>> = values
             .iter()
             .map(|r| {
                 let m: serde_json::Map<String, serde_json::Value> = cols
                     .iter()
                     .map(|c| {
-                        let v = r.fields.get(&c.property).cloned().unwrap_or_default();
+                        let v = r.get(&c.property).cloned().unwrap_or_default();
                         (c.property.clone(), v)
                     })
                     .collect();
@@ -602,13 +603,10 @@ impl SpiSink {
         let values: Vec<Vec<Option<String>>> = cols
             .iter()
             .map(|c| {
-                records
+                values
                     .iter()
                     .map(|r| {
-                        let v = r
-                            .fields
-                            .get(&c.property)
-                            .unwrap_or(&serde_json::Value::Null);
+                        let v = r.get(&c.property).unwrap_or(&serde_json::Value::Null);
                         match c.pg_type {
                             PgType::TimestampTz => v
                                 .as_str()

@@ -330,6 +330,7 @@ mod tests {
                 raw: serde_json::Value::Object(fields.clone()).to_string(),
                 merged_ids: Vec::new(),
                 deletion_only: false,
+                unparsed: 0,
                 fields,
             }
         };

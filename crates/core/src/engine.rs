@@ -199,7 +199,7 @@ struct Batch {
 
 impl Batch {
     fn push(&mut self, r: Record) {
-        self.values += r.fields.len();
+        self.values += r.width();
         match self.index.get(&r.id) {
             Some(&i) => {
                 let old = &mut self.records[i];
@@ -269,6 +269,7 @@ mod tests {
             raw: format!("{{\"id\":\"{id}\",\"ts\":{ts}}}"),
             merged_ids: Vec::new(),
             deletion_only: false,
+            unparsed: 0,
         }
     }
 
@@ -331,6 +332,7 @@ mod tests {
             deleted_at: DateTime::from_timestamp_millis(ts),
             raw: String::new(),
             deletion_only: true,
+            unparsed: 0,
             ..rec(id, 0)
         };
         let mut src = Pages(vec![

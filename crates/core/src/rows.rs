@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::source::Record;
 use crate::types::{coerce_timestamp, pg_timestamp, PgType};
@@ -110,11 +110,6 @@ pub fn prepare<'a>(
         warnings: 0,
         samples: Vec::new(),
     };
-    let sample = |out: &mut Vec<String>, msg: &dyn Fn() -> String| {
-        if out.len() < SAMPLES {
-            out.push(msg());
-        }
-    };
     for r in records {
         let raw = match without_nul_escapes(&r.raw) {
             Some(clean) => {
@@ -133,47 +128,77 @@ pub fn prepare<'a>(
         out.raws.push(Some(Json::new(raw, utf8)));
         out.updated_at.push(r.updated_at.map(pg_timestamp));
         out.deleted_at.push(r.deleted_at.map(pg_timestamp));
-        for (c, values) in columns.iter().zip(out.columns.iter_mut()) {
-            let v = r.fields.get(c.property).unwrap_or(&Value::Null);
-            let fits = match values {
-                Values::Timestamps(vs) => coerce_timestamp(v).map(|x| vs.push(x)),
-                Values::Text(vs) => c.pg_type.coerce(v).map(|x| vs.push(x.map(without_nul))),
-                // A JSON value holds a NUL as the escape `\u0000`, which
-                // jsonb rejects (the whole batch would fail): replaced, as
-                // in `_raw`, with a warning.
-                Values::Json(vs) => c.pg_type.coerce(v).map(|x| {
-                    vs.push(x.map(|x| {
-                        let x = match without_nul_escapes(&x) {
-                            Some(clean) => {
-                                out.warnings += 1;
-                                sample(&mut out.samples, &|| format!(
-                                    "{table}.{}: value of record {} has \\u0000, which Postgres cannot store; replaced with U+FFFD",
-                                    c.column, r.id
-                                ));
-                                Cow::Owned(clean)
-                            }
-                            None => x,
-                        };
-                        Json::new(x, utf8)
-                    }))
-                }),
-            };
-            if fits.is_err() {
-                values.push_null();
-                out.warnings += 1;
-                sample(&mut out.samples, &|| {
-                    let shown: String = v.to_string().chars().take(60).collect();
-                    format!(
-                        "{table}.{}: value {shown} of record {} is not a valid {}; kept in _raw",
-                        c.column,
-                        r.id,
-                        c.pg_type.sql_name()
-                    )
-                });
-            }
+        if r.unparsed == 0 {
+            push_values(&mut out, table, columns, &r.id, &r.fields, utf8, |x| x);
+        } else {
+            // Values parsed here from `raw` are copied out of their map.
+            let fields = r.values();
+            push_values(&mut out, table, columns, &r.id, &fields, utf8, |x| {
+                Cow::Owned(x.into_owned())
+            });
         }
     }
     out
+}
+
+fn sample(out: &mut Vec<String>, msg: &dyn Fn() -> String) {
+    if out.len() < SAMPLES {
+        out.push(msg());
+    }
+}
+
+/// Lay one record's `fields` out as `columns`' values in `out`; `keep`
+/// makes a text borrowed from `fields` one that `out` may hold.
+fn push_values<'a, 'f>(
+    out: &mut Rows<'a>,
+    table: &str,
+    columns: &[ColumnOf<'_>],
+    id: &str,
+    fields: &'f Map<String, Value>,
+    utf8: bool,
+    keep: impl Fn(Cow<'f, str>) -> Cow<'a, str>,
+) {
+    for (c, values) in columns.iter().zip(out.columns.iter_mut()) {
+        let v = fields.get(c.property).unwrap_or(&Value::Null);
+        let fits = match values {
+            Values::Timestamps(vs) => coerce_timestamp(v).map(|x| vs.push(x)),
+            Values::Text(vs) => c
+                .pg_type
+                .coerce(v)
+                .map(|x| vs.push(x.map(|x| keep(without_nul(x))))),
+            // A JSON value holds a NUL as the escape `\u0000`, which
+            // jsonb rejects (the whole batch would fail): replaced, as
+            // in `_raw`, with a warning.
+            Values::Json(vs) => c.pg_type.coerce(v).map(|x| {
+                vs.push(x.map(|x| {
+                    let x = match without_nul_escapes(&x) {
+                        Some(clean) => {
+                            out.warnings += 1;
+                            sample(&mut out.samples, &|| format!(
+                                "{table}.{}: value of record {id} has \\u0000, which Postgres cannot store; replaced with U+FFFD",
+                                c.column
+                            ));
+                            Cow::Owned(clean)
+                        }
+                        None => keep(x),
+                    };
+                    Json::new(x, utf8)
+                }))
+            }),
+        };
+        if fits.is_err() {
+            values.push_null();
+            out.warnings += 1;
+            sample(&mut out.samples, &|| {
+                let shown: String = v.to_string().chars().take(60).collect();
+                format!(
+                    "{table}.{}: value {shown} of record {id} is not a valid {}; kept in _raw",
+                    c.column,
+                    c.pg_type.sql_name()
+                )
+            });
+        }
+    }
 }
 
 /// A text value Postgres can store: NUL (which it cannot) becomes U+FFFD.
@@ -234,6 +259,7 @@ mod tests {
             raw: raw.into(),
             merged_ids: Vec::new(),
             deletion_only: false,
+            unparsed: 0,
         }
     }
 

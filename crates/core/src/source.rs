@@ -238,6 +238,91 @@ pub struct Record {
     /// keeps its values, unless it was modified after that (undeleted);
     /// a record never landed stays absent. `fields` and `raw` are empty.
     pub deletion_only: bool,
+    /// How many values a reader left unparsed in `raw` (0: `fields` holds
+    /// every value). Such a record's `fields` is empty: [`Record::values`]
+    /// parses `raw` where the values are used, on the writer's helper
+    /// thread, and the reader parsed only what it needed ([`head`]).
+    pub unparsed: usize,
+}
+
+impl Record {
+    /// The record's values: `fields`, or those left in `raw`, parsed.
+    pub fn values(&self) -> std::borrow::Cow<'_, Map<String, Value>> {
+        if self.unparsed == 0 {
+            std::borrow::Cow::Borrowed(&self.fields)
+        } else {
+            // `raw` was read as an object by `head`.
+            std::borrow::Cow::Owned(serde_json::from_str(&self.raw).unwrap_or_default())
+        }
+    }
+
+    /// Values the record holds, parsed or not (the engine's bound on a
+    /// batch's memory).
+    pub fn width(&self) -> usize {
+        self.fields.len() + self.unparsed
+    }
+}
+
+/// What a reader needs of a record in JSON, without parsing its values:
+/// the string values of the top-level `keys` (None when absent or not a
+/// string; the last of a repeated key, as a parse into a map keeps), and
+/// how many keys the object has. Fails unless `raw` is an object.
+pub fn head(raw: &str, keys: &[&str]) -> serde_json::Result<(Vec<Option<String>>, usize)> {
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+
+    struct Head<'k>(&'k [&'k str]);
+    /// A key, as its position in the keys looked for (no copy made).
+    struct Key<'k>(&'k [&'k str]);
+    impl<'de> Visitor<'de> for Key<'_> {
+        type Value = Option<usize>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a key")
+        }
+        fn visit_str<E: serde::de::Error>(self, k: &str) -> Result<Self::Value, E> {
+            Ok(self.0.iter().position(|x| *x == k))
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for Key<'_> {
+        type Value = Option<usize>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Head<'_> {
+        type Value = (Vec<Option<String>>, usize);
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            let mut out = vec![None; self.0.len()];
+            let mut n = 0;
+            while let Some(k) = m.next_key_seed(Key(self.0))? {
+                n += 1;
+                match k {
+                    Some(i) => {
+                        out[i] = match m.next_value::<Value>()? {
+                            Value::String(s) => Some(s),
+                            _ => None,
+                        }
+                    }
+                    None => {
+                        m.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok((out, n))
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for Head<'_> {
+        type Value = (Vec<Option<String>>, usize);
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(raw);
+    let out = Head(keys).deserialize(&mut de)?;
+    de.end()?;
+    Ok(out)
 }
 
 /// A page of records from one API call.
@@ -346,4 +431,58 @@ pub struct Field {
     /// fields named by hash): given when the field first lands, then kept
     /// (crm_sync.landing_columns) however the field is renamed.
     pub column: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn head_finds_its_keys_without_parsing_the_rest() {
+        let raw = r#"{"attributes": {"type": "Account", "Id": "nested"}, "Name": "A \"B\"",
+                      "I\u0064": "001A", "SystemModstamp": "2024-01-01T00:00:00.000+0000",
+                      "Amount": 12.5, "Tags": [1, {"Id": "x"}]}"#;
+        let (vals, n) = head(raw, &["Id", "SystemModstamp", "Amount", "Missing"]).unwrap();
+        assert_eq!(
+            vals,
+            vec![
+                Some("001A".into()),
+                Some("2024-01-01T00:00:00.000+0000".into()),
+                None,
+                None
+            ]
+        );
+        assert_eq!(n, 6);
+        // A repeated key: the last, as a parse into a map keeps.
+        let (vals, n) = head(r#"{"Id": "a", "Id": "b"}"#, &["Id"]).unwrap();
+        assert_eq!((vals, n), (vec![Some("b".into())], 2));
+        for bad in [
+            r#"["Id"]"#,
+            r#""Id""#,
+            r#"{"Id": "a""#,
+            r#"{"Id": "a"} x"#,
+            "null",
+        ] {
+            assert!(head(bad, &["Id"]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_record_with_its_values_in_raw_gives_them_parsed() {
+        let raw = r#"{"Id": "001A", "Name": "Acme", "N": 3}"#;
+        let r = Record {
+            id: "001A".into(),
+            updated_at: None,
+            deleted_at: None,
+            fields: Map::new(),
+            raw: raw.into(),
+            merged_ids: Vec::new(),
+            deletion_only: false,
+            unparsed: head(raw, &["Id"]).unwrap().1,
+        };
+        assert_eq!(r.width(), 3);
+        assert_eq!(r.values()["Name"], json!("Acme"));
+        assert_eq!(r.values()["N"], json!(3));
+    }
 }

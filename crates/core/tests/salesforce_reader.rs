@@ -121,10 +121,10 @@ fn a_field_deleted_after_describe_is_dropped_with_a_warning() {
         },
     );
     assert!(recs.len() >= 290);
-    assert!(recs.iter().all(|r| !r.fields.contains_key("Tier__c")));
+    assert!(recs.iter().all(|r| !r.values().contains_key("Tier__c")));
     assert!(recs
         .iter()
-        .any(|r| r.fields["Loyalty_Score__c"].is_number()));
+        .any(|r| r.values()["Loyalty_Score__c"].is_number()));
     assert_eq!(warnings.len(), 2, "{warnings:?}");
     assert!(warnings[0].contains("Tier__c") && warnings[0].contains("INVALID_FIELD"));
     assert_eq!(
@@ -178,7 +178,7 @@ fn name_next_run(cfg: &Configured, wm: Option<String>, id: &Value) -> Value {
     };
     let (recs, _, _, _) = read(cfg, "Account", Some(&["Name"]), mode, || {});
     let r = recs.iter().find(|r| r.id == id.as_str().unwrap());
-    r.expect("read again").fields["Name"].clone()
+    r.expect("read again").values()["Name"].clone()
 }
 
 /// Run SOQL against the mock with a token of its own.
@@ -254,7 +254,8 @@ fn pages_showing_newer_values_never_lift_the_watermark_past_unseen_edits() {
     let (recs, wm, _, _) = read(&cfg, "Account", Some(&["Name"]), SyncMode::Full, || {});
     let z_seen = recs.iter().find(|r| r.id == z.as_str().unwrap()).unwrap();
     assert_eq!(
-        z_seen.fields["Name"], "Z edited",
+        z_seen.values()["Name"],
+        "Z edited",
         "the mock served the live value"
     );
     assert_eq!(name_next_run(&cfg, wm, &a), "A edited");

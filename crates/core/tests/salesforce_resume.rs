@@ -133,11 +133,11 @@ fn a_rest_run_resumes_after_its_last_record_even_inside_a_tie() {
     let ids: HashSet<&str> = got.keys().copied().collect();
     assert_eq!(ids, expected);
     assert_eq!(
-        got[read_a.as_str()].fields["Name"],
+        got[read_a.as_str()].values()["Name"],
         "edited after the crash"
     );
     assert_eq!(
-        got[unread.as_str()].fields["Name"],
+        got[unread.as_str()].values()["Name"],
         "edited before it was read"
     );
     assert!(
@@ -184,7 +184,7 @@ fn a_record_edited_while_paging_does_not_move_the_position_past_unread_ones() {
     assert!(run(&cfg, 500, None, &mut first).0.is_err());
     assert_eq!(first.committed.len(), 600);
     assert_eq!(first.committed[599].id, edited);
-    assert_eq!(first.committed[599].fields["Name"], "edited mid-run");
+    assert_eq!(first.committed[599].values()["Name"], "edited mid-run");
     let position = first.position.clone().unwrap();
 
     let mut second = Crashing::dying_after(0);

@@ -312,6 +312,7 @@ impl<'a> Reader<'a> {
                 raw: String::new(),
                 merged_ids: Vec::new(),
                 deletion_only: true,
+                unparsed: 0,
             });
         }
         let id = fields
@@ -331,6 +332,7 @@ impl<'a> Reader<'a> {
             raw: raw.to_owned(),
             merged_ids: Vec::new(),
             deletion_only: false,
+            unparsed: 0,
         })
     }
 }

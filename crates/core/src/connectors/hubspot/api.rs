@@ -851,6 +851,7 @@ fn to_records(endpoint: &str, object: &str, raws: Vec<Box<RawValue>>) -> Result<
                 raw: raw.get().to_owned(),
                 merged_ids,
                 deletion_only: false,
+                unparsed: 0,
             })
         })
         .collect()
@@ -1169,6 +1170,7 @@ mod tests {
             raw: raw.into(),
             merged_ids: Vec::new(),
             deletion_only: false,
+            unparsed: 0,
         }
     }
 

@@ -633,6 +633,7 @@ fn record(
             raw: item.get().to_owned(),
             merged_ids: Vec::new(),
             deletion_only: false,
+            unparsed: 0,
         },
         unreadable,
     ))

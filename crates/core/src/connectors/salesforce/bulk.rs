@@ -571,6 +571,7 @@ impl<'a> BulkReader<'a> {
                 raw: serde_json::to_string(&m).map_err(|e| bad(e.to_string()))?,
                 merged_ids: Vec::new(),
                 deletion_only: false,
+                unparsed: 0,
                 fields: m,
             });
         }

@@ -568,21 +568,39 @@ impl<'a> RestReader<'a> {
         let endpoint = format!("GET {}", self.api.data_path(self.resource(pass)));
         let split = self.plan.groups.len() > 1;
         let mut out = Vec::with_capacity(raws.len());
+        // Only the id and the cursor are read here: the values are parsed
+        // where they are written, on the writer's helper thread (this
+        // thread's parse into maps was a quarter of a REST sync's time).
+        // A record of several field groups is joined by its values.
+        let keys = ["Id", self.cursor.unwrap_or("Id")];
         for raw in raws {
-            let fields: Map<String, Value> = serde_json::from_str(raw.get()).map_err(|e| {
+            let shape = |e: serde_json::Error| {
                 CrmError::bad_response(format!(
                     "a record in the response has an unexpected shape: {e}"
                 ))
                 .with_endpoint(&endpoint)
-            })?;
-            let Some(id) = fields.get("Id").and_then(Value::as_str).map(str::to_owned) else {
+            };
+            let (fields, unparsed, head) = if split {
+                let fields: Map<String, Value> = serde_json::from_str(raw.get()).map_err(shape)?;
+                let head = keys
+                    .iter()
+                    .map(|k| fields.get(*k).and_then(Value::as_str).map(str::to_owned))
+                    .collect();
+                (fields, 0, head)
+            } else {
+                let (head, n) = crate::source::head(raw.get(), &keys).map_err(shape)?;
+                (Map::new(), n, head)
+            };
+            let mut head = head.into_iter();
+            let Some(id) = head.next().flatten() else {
                 return Err(CrmError::bad_response("a record in the response has no Id")
                     .with_endpoint(&endpoint));
             };
-            let updated_at = self
-                .cursor
-                .and_then(|c| fields.get(c))
-                .and_then(Value::as_str)
+            let updated_at = head
+                .next()
+                .flatten()
+                .filter(|_| self.cursor.is_some())
+                .as_deref()
                 .and_then(parse_datetime);
             // Only the live pass moves the watermark: the deletes pass is a
             // later snapshot, and changes made between the two are stamped
@@ -613,11 +631,13 @@ impl<'a> RestReader<'a> {
                 raw: if split {
                     String::new()
                 } else {
-                    raw.get().to_owned()
+                    // The text itself, not a copy.
+                    String::from(Box::<str>::from(raw))
                 },
                 fields,
                 merged_ids: Vec::new(),
                 deletion_only: false,
+                unparsed,
             });
         }
         Ok(out)
@@ -778,6 +798,7 @@ impl<'a> RestReader<'a> {
                 raw: String::new(),
                 merged_ids: Vec::new(),
                 deletion_only: true,
+                unparsed: 0,
             })
             .collect();
         Ok(Page {

@@ -197,6 +197,7 @@ fn record(m: Map<String, Value>) -> Result<Record> {
         raw,
         merged_ids: Vec::new(),
         deletion_only: false,
+        unparsed: 0,
     })
 }
 
@@ -508,6 +509,7 @@ impl<'a> Reader<'a> {
                 raw: String::new(),
                 merged_ids: Vec::new(),
                 deletion_only: true,
+                unparsed: 0,
             });
         }
         // An API answering every page with the first would loop.
