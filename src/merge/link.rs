@@ -53,6 +53,11 @@ pub fn prune(entity: &str, full: bool) -> (Vec<i64>, Vec<i64>) {
     if gone_sources.is_empty() {
         return (Vec::new(), Vec::new());
     }
+    for (source, stream) in gone_sources.iter().zip(&gone_streams) {
+        pgrx::notice!(
+            "the records of {source}.{stream} leave the unified {entity}s: the stream is gone or no longer mapped to {entity} (see crm_sync.mappings)"
+        );
+    }
     let which = "(r.source, r.stream) IN (SELECT * FROM unnest($2::text[], $3::text[]))";
     let which_m = which.replace("r.", "m.");
     let rows: Vec<(i64, bool)> = Spi::connect_mut(|c| {

@@ -49,10 +49,13 @@ pub fn after_sync(source: &str, stream: &str, run_id: i64) -> Option<String> {
     if !gucs::MERGE_AFTER_SYNC.get() {
         return None;
     }
+    // A stream merged before but mapped no more: its merge takes its
+    // records out of the model.
     let mapped = Spi::get_one_with_args::<bool>(
         "SELECT EXISTS (SELECT 1 FROM crm_sync.streams t JOIN crm_sync.sources s ON s.name = t.source
                           JOIN crm_sync.mappings m ON m.provider = s.provider AND m.object = t.object AND m.enabled
-                         WHERE t.source = $1 AND t.stream = $2)",
+                         WHERE t.source = $1 AND t.stream = $2)
+             OR EXISTS (SELECT 1 FROM crm_sync.merge_state WHERE source = $1 AND stream = $2)",
         &[source.into(), stream.into()],
     )
     .ok()

@@ -604,3 +604,23 @@ def test_a_stream_mapped_to_two_entities_merges_its_changes_into_both(db, both, 
                   VALUES ('salesforce', 'Lead', 'company', 'name', $$r._raw->>'Company'$$, 'sf')""")
     db.execute("SELECT * FROM crm_sync.merge()")
     assert one(db, "SELECT count(*) FROM crm.companies WHERE name = 'Zeta Limited'") == (1,)
+
+
+def test_a_stream_no_longer_mapped_leaves_the_model_at_its_next_sync(db, both):
+    """Its own sync's merge takes the records out (not only a merge of
+    another stream), and says so."""
+    def acme_sources():
+        rows = db.execute("SELECT sources FROM crm.companies WHERE domain = 'acme.com'").fetchall()
+        assert len(rows) == 1, rows
+        return {s.split("/")[0] for s in rows[0][0]}
+    assert acme_sources() == {"hs", "sf"}
+    db.execute("UPDATE crm_sync.mappings SET enabled = false WHERE provider = 'hubspot' AND object = 'companies'")
+    notices = []
+    db.add_notice_handler(lambda d: notices.append(d.message_primary))
+    sync(db, "hs", "companies")
+    assert acme_sources() == {"sf"}
+    assert any("hs.companies" in n and "no longer mapped to company" in n for n in notices), notices
+    # Nothing is left to take out: the next sync says nothing.
+    notices.clear()
+    sync(db, "hs", "companies")
+    assert not any("hs.companies" in n for n in notices), notices

@@ -225,7 +225,9 @@ pub struct Record {
     pub updated_at: Option<DateTime<Utc>>,
     /// Set when the CRM reports the record deleted/archived.
     pub deleted_at: Option<DateTime<Utc>>,
-    /// Field values by field name, as JSON values from the API.
+    /// Field values by field name, as JSON values from the API; empty when
+    /// the reader left them in `raw` (`unparsed`): read them through
+    /// [`Record::values`].
     pub fields: Map<String, Value>,
     /// The whole record exactly as received (JSON text).
     pub raw: String,
@@ -263,12 +265,58 @@ impl Record {
     }
 }
 
-/// What a reader needs of a record in JSON, without parsing its values:
+/// What a reader needs of a record in JSON, without keeping its values:
 /// the string values of the top-level `keys` (None when absent or not a
 /// string; the last of a repeated key, as a parse into a map keeps), and
-/// how many keys the object has. Fails unless `raw` is an object.
+/// how many keys the object has. Fails unless `raw` is an object that
+/// parses into a map (every value is read as that parse reads it: numbers
+/// in range, strings valid, nesting bounded), so that [`Record::values`]
+/// cannot fail later; nothing is allocated but the strings returned.
 pub fn head(raw: &str, keys: &[&str]) -> serde_json::Result<(Vec<Option<String>>, usize)> {
-    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+    /// Any JSON value, read through and dropped.
+    struct Skip;
+    impl<'de> Visitor<'de> for Skip {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<(), A::Error> {
+            while s.next_element_seed(Skip)?.is_some() {}
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<(), A::Error> {
+            while m.next_key_seed(Skip)?.is_some() {
+                m.next_value_seed(Skip)?;
+            }
+            Ok(())
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for Skip {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
 
     struct Head<'k>(&'k [&'k str]);
     /// A key, as its position in the keys looked for (no copy made).
@@ -305,9 +353,7 @@ pub fn head(raw: &str, keys: &[&str]) -> serde_json::Result<(Vec<Option<String>>
                             _ => None,
                         }
                     }
-                    None => {
-                        m.next_value::<IgnoredAny>()?;
-                    }
+                    None => m.next_value_seed(Skip)?,
                 }
             }
             Ok((out, n))
@@ -457,13 +503,29 @@ mod tests {
         // A repeated key: the last, as a parse into a map keeps.
         let (vals, n) = head(r#"{"Id": "a", "Id": "b"}"#, &["Id"]).unwrap();
         assert_eq!((vals, n), (vec![Some("b".into())], 2));
+        // What a parse into a map refuses, head refuses: a record it let
+        // through would have no values to land.
+        let deep = format!(
+            r#"{{"Id": "a", "X": {}1{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
         for bad in [
             r#"["Id"]"#,
             r#""Id""#,
             r#"{"Id": "a""#,
             r#"{"Id": "a"} x"#,
             "null",
+            r#"{"Id": "a", "X": 1e400}"#,
+            r#"{"Id": "a", "X": "\ud800"}"#,
+            r#"{"Id": "a", "X": [1, }"#,
+            r#"{"Id": "a", "\ud800": 1}"#,
+            &deep,
         ] {
+            assert!(
+                serde_json::from_str::<Map<String, Value>>(bad).is_err(),
+                "{bad}"
+            );
             assert!(head(bad, &["Id"]).is_err(), "{bad}");
         }
     }
