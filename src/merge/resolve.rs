@@ -34,11 +34,20 @@ pub fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
     // Each rule's key: its columns, every one present, grouped by the
     // columns themselves (a text joined from them was built for every
     // record: 1.37 s of grouping in a first merge of 400,000, 1.23 s now).
+    // Texts are grouped bytewise (equal under any deterministic collation,
+    // and sorted without the database's: 0.64 s -> 0.53 s for 400,000
+    // emails in C.UTF-8).
     let keys: Vec<(String, String)> = rules
         .iter()
         .map(|cols| {
             let present: Vec<String> = cols.iter().map(|c| format!("r.{c} IS NOT NULL")).collect();
-            let parts: Vec<String> = cols.iter().map(|c| format!("r.{c}")).collect();
+            let parts: Vec<String> = cols
+                .iter()
+                .map(|c| match REFS.iter().any(|r| r.column == *c) {
+                    true => format!("r.{c}"),
+                    false => format!("r.{c} COLLATE \"C\""),
+                })
+                .collect();
             (present.join(" AND "), parts.join(", "))
         })
         .collect();
