@@ -182,7 +182,10 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
     // helper also lays the page out as the columns the write sends, and
     // frees it once written.
     let utf8 = crate::landing::utf8_database();
+    // The cleaner's own time (against the time this thread waits for it).
+    let busy = std::sync::atomic::AtomicU64::new(0);
     let clean = |page: Vec<Landed>| -> Page {
+        let t = std::time::Instant::now();
         let mut out = Page::default();
         for (external_id, updated_at, deleted, merged_into, values) in page {
             let st = model::stage::stage(
@@ -195,6 +198,10 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
             );
             out.push(entity, s, st, updated_at, merged_into, utf8);
         }
+        busy.fetch_add(
+            t.elapsed().as_nanos() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         out
     };
     let t_prep = t_prep.elapsed();
@@ -258,10 +265,11 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
         }
     });
     pgrx::debug1!(
-        "pg_crm_sync merge {entity}: {}.{}: prepared in {t_prep:?}, read {} records in {t_read:?}, waited {t_clean:?} for their cleaning, wrote them in {t_write:?}",
+        "pg_crm_sync merge {entity}: {}.{}: prepared in {t_prep:?}, read {} records in {t_read:?}, waited {t_clean:?} for their cleaning ({:?} of the cleaner's time), wrote them in {t_write:?}",
         s.source,
         s.stream,
-        count
+        count,
+        Duration::from_nanos(busy.load(std::sync::atomic::Ordering::Relaxed))
     );
     Spi::run_with_args(
         "INSERT INTO crm_sync.merge_state (entity, source, stream, merged_run, merged_at) VALUES ($1, $2, $3, $4, now())
