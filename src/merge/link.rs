@@ -4,7 +4,7 @@
 
 use pgrx::prelude::*;
 
-use crm_sync_core::model::{Ref, REFS};
+use crm_sync_core::model::{table, Ref, REFS};
 
 use super::sql::{target_of, JOIN_KU, UNIFIED_OF_K};
 
@@ -55,11 +55,12 @@ pub fn prune(entity: &str, full: bool) -> (Vec<i64>, Vec<i64>) {
     }
     for (source, stream) in gone_sources.iter().zip(&gone_streams) {
         pgrx::notice!(
-            "the records of {source}.{stream} leave the unified {entity}s: the stream is gone or no longer mapped to {entity} (see crm_sync.mappings)"
+            "the records of {source}.{stream} leave crm.{}: the stream is gone or no longer mapped to {entity} (see crm_sync.mappings)",
+            table(entity)
         );
     }
     let which = "(r.source, r.stream) IN (SELECT * FROM unnest($2::text[], $3::text[]))";
-    let which_m = which.replace("r.", "m.");
+    let which_m = "(m.source, m.stream) IN (SELECT * FROM unnest($2::text[], $3::text[]))";
     let rows: Vec<(i64, bool)> = Spi::connect_mut(|c| {
         c.update(
             &format!(

@@ -43,9 +43,12 @@ pub fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
             let present: Vec<String> = cols.iter().map(|c| format!("r.{c} IS NOT NULL")).collect();
             let parts: Vec<String> = cols
                 .iter()
-                .map(|c| match REFS.iter().any(|r| r.column == *c) {
-                    true => format!("r.{c}"),
-                    false => format!("r.{c} COLLATE \"C\""),
+                .map(|c| {
+                    if REFS.iter().any(|r| r.column == *c) {
+                        format!("r.{c}")
+                    } else {
+                        format!("r.{c} COLLATE \"C\"")
+                    }
                 })
                 .collect();
             (present.join(" AND "), parts.join(", "))
