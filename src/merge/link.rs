@@ -6,7 +6,7 @@ use pgrx::prelude::*;
 
 use crm_sync_core::model::{table, Ref, REFS};
 
-use super::sql::{target_of, JOIN_KU, UNIFIED_OF_K};
+use super::sql::{target_of, JOIN_KU, MAPPED_STREAMS, UNIFIED_OF_K};
 
 /// Drop the records of streams that are gone: the source was dropped, or the
 /// landing table, or the stream no longer maps to this entity (its mappings
@@ -16,16 +16,11 @@ use super::sql::{target_of, JOIN_KU, UNIFIED_OF_K};
 /// the unified ids that lost any (to recompute, or delete when none is
 /// left).
 pub fn prune(entity: &str, full: bool) -> (Vec<i64>, Vec<i64>) {
-    // A stream maps to the entity as `stage::streams` reads it.
-    let gone = "(to_regclass(format('%I.%I', g.source, g.stream)) IS NULL
-                 OR NOT EXISTS (
-                    SELECT 1 FROM crm_sync.streams t
-                      JOIN crm_sync.sources s ON s.name = t.source
-                      JOIN crm_sync.mappings m ON m.provider = s.provider AND m.object = t.object
-                                              AND m.entity = $1 AND m.enabled
-                                              AND (m.source IS NULL OR m.source = t.source)
-                      JOIN crm_sync.unified_fields f ON f.entity = m.entity AND f.field = m.field
-                     WHERE t.source = g.source AND t.stream = g.stream))";
+    // Gone: no landing table, or no longer a stream staging reads.
+    let gone = format!(
+        "(to_regclass(format('%I.%I', g.source, g.stream)) IS NULL
+          OR NOT EXISTS (SELECT 1 FROM {MAPPED_STREAMS} WHERE t.source = g.source AND t.stream = g.stream))"
+    );
     // Each stream is checked once, not each record (400,000 records'
     // checks took 0.4 s).
     let streams = if full {
@@ -59,8 +54,11 @@ pub fn prune(entity: &str, full: bool) -> (Vec<i64>, Vec<i64>) {
             table(entity)
         );
     }
-    let which = "(r.source, r.stream) IN (SELECT * FROM unnest($2::text[], $3::text[]))";
-    let which_m = "(m.source, m.stream) IN (SELECT * FROM unnest($2::text[], $3::text[]))";
+    // Rows of table `a` of the gone streams.
+    let of_gone = |a: &str| {
+        format!("({a}.source, {a}.stream) IN (SELECT * FROM unnest($2::text[], $3::text[]))")
+    };
+    let (which, which_m) = (of_gone("r"), of_gone("m"));
     let rows: Vec<(i64, bool)> = Spi::connect_mut(|c| {
         c.update(
             &format!(

@@ -26,6 +26,12 @@ fn rules(entity: &str) -> Vec<Vec<&'static str>> {
         .collect()
 }
 
+/// Whether `column` of `crm_sync.source_records` is a link (a company or
+/// contact id, bigint) rather than a text key.
+fn is_link(column: &str) -> bool {
+    REFS.iter().any(|r| r.column == column)
+}
+
 /// Link records again; returns the unified ids to recompute and how many
 /// ids were merged into others.
 pub fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
@@ -44,7 +50,7 @@ pub fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
             let parts: Vec<String> = cols
                 .iter()
                 .map(|c| {
-                    if REFS.iter().any(|r| r.column == *c) {
+                    if is_link(c) {
                         format!("r.{c}")
                     } else {
                         format!("r.{c} COLLATE \"C\"")
@@ -77,7 +83,7 @@ pub fn resolve(entity: &str, changed: &[i64], full: bool) -> (Vec<i64>, i64) {
         // every deal of that name).
         let hashed = |cols: &[&str]| {
             cols.iter().any(|c| HASHED_KEYS.contains(c))
-                && !cols.iter().any(|c| REFS.iter().any(|r| r.column == *c))
+                && !cols.iter().any(|c| is_link(c))
         };
         let mut with_shared = String::new();
         if rules.iter().any(|cols| hashed(cols)) {

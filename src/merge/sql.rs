@@ -4,6 +4,16 @@
 /// SPI connection, so memory stays flat however large the model.
 pub const FETCH: i64 = 5_000;
 
+/// The streams `t` that feed the entity `$1`: each with its source `s`, its
+/// enabled mappings into the entity `m` and their unified fields `f`. What
+/// staging reads and what pruning keeps are these same streams.
+pub const MAPPED_STREAMS: &str = "crm_sync.streams t
+               JOIN crm_sync.sources s ON s.name = t.source
+               JOIN crm_sync.mappings m ON m.provider = s.provider AND m.object = t.object
+                                       AND m.entity = $1 AND m.enabled
+                                       AND (m.source IS NULL OR m.source = t.source)
+               JOIN crm_sync.unified_fields f ON f.entity = m.entity AND f.field = m.field";
+
 /// The unified id of record `k` of `crm_sync.source_records`, given its
 /// row `ku` of `crm_sync.unified_ids` (LEFT JOINed: most records have none,
 /// being their row's own).

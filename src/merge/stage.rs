@@ -17,7 +17,7 @@ use crm_sync_core::model::identity;
 use crm_sync_core::model::stage::{Mapped, Staged};
 use crm_sync_core::rows::Json;
 
-use super::sql::{qi, records_by_external_id, FETCH, UNIFIED_OF_K};
+use super::sql::{qi, records_by_external_id, FETCH, MAPPED_STREAMS, UNIFIED_OF_K};
 
 /// A stream feeding an entity, with the mapping to use.
 pub struct StreamMap {
@@ -35,18 +35,15 @@ pub fn streams(entity: &str, only: Option<(&str, &str)>) -> Vec<StreamMap> {
     type Row = (String, String, Option<String>, String, String, String, i64);
     let rows: Vec<Row> = Spi::connect(|c| {
         c.select(
-            "SELECT DISTINCT ON (t.source, t.stream, f.field)
+            &format!(
+                "SELECT DISTINCT ON (t.source, t.stream, f.field)
                     t.source, t.stream, s.options->>'default_region', f.field, f.kind, m.expression,
                     coalesce(ms.merged_run, 0)
-               FROM crm_sync.streams t
-               JOIN crm_sync.sources s ON s.name = t.source
-               JOIN crm_sync.mappings m ON m.provider = s.provider AND m.object = t.object
-                                       AND m.entity = $1 AND m.enabled
-                                       AND (m.source IS NULL OR m.source = t.source)
-               JOIN crm_sync.unified_fields f ON f.entity = m.entity AND f.field = m.field
+               FROM {MAPPED_STREAMS}
                LEFT JOIN crm_sync.merge_state ms ON ms.entity = $1 AND ms.source = t.source AND ms.stream = t.stream
               WHERE to_regclass(format('%I.%I', t.source, t.stream)) IS NOT NULL
-              ORDER BY t.source, t.stream, f.field, m.source NULLS LAST",
+              ORDER BY t.source, t.stream, f.field, m.source NULLS LAST"
+            ),
             None,
             &[entity.into()],
         )
