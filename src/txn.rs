@@ -77,6 +77,34 @@ pub fn commit_and_continue() {
     begin();
 }
 
+/// While alive, a cancel (SIGINT: `crm_sync.cancel()`, the launcher,
+/// `pg_cancel_backend()`) waits: it stays pending and acts at the first
+/// interrupt check after (Postgres' HOLD_CANCEL_INTERRUPTS). What records
+/// a run's end holds one, so a cancel signalled again cannot lose it.
+pub struct CancelHeld(());
+
+pub fn hold_cancel() -> CancelHeld {
+    // SAFETY: the backend's main thread; pairs with the decrement in drop,
+    // which also runs while an ERROR unwinds.
+    unsafe { pg_sys::QueryCancelHoldoffCount += 1 };
+    CancelHeld(())
+}
+
+impl Drop for CancelHeld {
+    fn drop(&mut self) {
+        // SAFETY: as in hold_cancel.
+        unsafe { pg_sys::QueryCancelHoldoffCount -= 1 };
+    }
+}
+
+/// Forget a pending cancel: the run it asked to stop has stopped, and the
+/// same request, signalled again, has nothing left to cancel.
+pub fn forget_cancel(_held: &CancelHeld) {
+    // SAFETY: the backend's main thread; Postgres clears it the same way
+    // after an error.
+    unsafe { pg_sys::QueryCancelPending = 0 };
+}
+
 /// Lets Postgres act on a cancel or statement timeout (raises if pending).
 pub fn check_interrupts() {
     pgrx::check_for_interrupts!();

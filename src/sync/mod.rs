@@ -231,11 +231,22 @@ fn guarded<T>(
         Ok(Err(e)) => Failure::of_error(&e, ctx),
         Err(panic) => Failure::of_panic(panic, ctx),
     };
-    if let Commit::EveryBatch { .. } = commit {
-        // The last batch's transaction is lost; the committed ones stay.
-        txn::abort();
-        txn::begin();
+    match commit {
+        Commit::WithCaller => record::failed(&src.name, s, plan, progress, &failure, commit),
+        Commit::EveryBatch { .. } => {
+            // The last batch's transaction is lost; the committed ones
+            // stay, and so does the run's row: a cancel signalled again
+            // (crm_sync.cancel() and the launcher each signal) waits until
+            // it is committed, and one that stopped this run is spent.
+            let held = txn::hold_cancel();
+            txn::abort();
+            txn::begin();
+            record::failed(&src.name, s, plan, progress, &failure, commit);
+            txn::commit_and_continue();
+            if failure.status == "cancelled" {
+                txn::forget_cancel(&held);
+            }
+        }
     }
-    record::failed(&src.name, s, plan, progress, &failure, commit);
     Err(Box::new(failure))
 }

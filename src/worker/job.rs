@@ -47,7 +47,12 @@ pub extern "C-unwind" fn crm_sync_job_main(arg: pg_sys::Datum) {
     txn::commit();
 
     txn::begin();
-    let end = match catch_unwind(AssertUnwindSafe(|| job::run(&job))) {
+    let ran = catch_unwind(AssertUnwindSafe(|| job::run(&job)));
+    // How the job ended is recorded whatever signal comes now: a cancel
+    // waits (and the worker exits), else the job would stay `running` and
+    // the launcher would run it again as if its worker had crashed.
+    let _held = txn::hold_cancel();
+    let end = match ran {
         Ok(end) => end,
         Err(panic) => {
             txn::abort();

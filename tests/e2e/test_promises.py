@@ -440,6 +440,44 @@ def test_a_cancelled_job_resumes_from_its_checkpoint(jobs_connect, mock_factory)
     assert one(c, "SELECT count(*) FROM crm_sync.checkpoints") == 0
 
 
+def test_a_cancel_signalled_again_while_the_worker_records_it_keeps_the_run(jobs_connect, mock_factory):
+    """crm_sync.cancel() signals the worker, and so does the launcher; a user
+    may pg_cancel_backend() it too. A cancel arriving while the worker records
+    the cancelled run, or ends the job, must not lose the run or leave the job
+    running (the launcher would take it for a crashed worker and run it again)."""
+    m = mock_factory(1000, 1, 1)
+    c = jobs_connect()
+    hammer = jobs_connect()
+    create_source(c, m)
+    c.execute("ALTER DATABASE crm_jobs SET crm_sync.batch_size = 100")  # a commit per list page
+    m.fault(path_contains=CONTACTS, skip=0, count=0, kind="latency", latency_ms=150)
+    for attempt in range(3):
+        job_id = queue(c)
+        wait_until("a batch committed", lambda: (k := checkpoint(c)) and k[2] == job_id, timeout=30)
+        pid = job(c, job_id)["worker_pid"]
+        assert one(c, "SELECT crm_sync.cancel(%s)", job_id) is True
+        # Signal the worker again and again until it has ended the job.
+        deadline = time.monotonic() + 30
+        signals = 0
+        while time.monotonic() < deadline and hammer.execute(
+                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = %s "
+                "AND backend_type = 'pg_crm_sync worker'", (pid,)).fetchone():
+            signals += 1
+            time.sleep(0.001)
+        assert signals > 0
+        j = wait_job(c, job_id, timeout=30)
+        assert (j["status"], j["error_sqlstate"]) == ("cancelled", "57014"), j
+        time.sleep(1.5)  # the launcher's next look: the job is not run again
+        assert job(c, job_id)["status"] == "cancelled"
+        [run] = job_runs(c, job_id)
+        assert (run["status"], run["error_sqlstate"]) == ("cancelled", "57014"), run
+        assert run["records"] > 0 and run["records"] % 100 == 0, run
+        assert j["records"] == run["records"]
+    # What each cancelled job committed is there, once: ids 1..n in list order.
+    landed = c.execute("SELECT array_agg(id::int ORDER BY id::int) FROM hs.contacts").fetchone()[0]
+    assert landed == list(range(1, one(c, "SELECT sum(records)::int FROM crm_sync.runs WHERE status = 'cancelled'") + 1))
+
+
 def test_deleting_the_checkpoint_makes_the_next_run_start_over(jobs_connect, mock_factory):
     m = mock_factory(1000, 1, 1)
     c = jobs_connect()
