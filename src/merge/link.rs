@@ -83,7 +83,9 @@ pub fn prune(entity: &str, full: bool) -> (Vec<i64>, Vec<i64>) {
                           UNION
                           SELECT o.record_id FROM crm_sync.source_records o
                            WHERE o.entity = $1 AND o.record_id IN (SELECT unified_id FROM was))
-                 SELECT record_id, false FROM rest WHERE record_id NOT IN (SELECT record_id FROM d)
+                 -- (An anti-join: a NOT IN list too large for work_mem
+                 -- was read again for each record.)
+                 SELECT r.record_id, false FROM rest r WHERE NOT EXISTS (SELECT 1 FROM d WHERE d.record_id = r.record_id)
                  UNION ALL
                  SELECT unified_id, true FROM was"
             ),

@@ -171,6 +171,15 @@ pub fn run(only: Option<(&str, &str)>, full: bool) -> Vec<EntityStats> {
         // landing table) leave the model.
         let (rest, emptied) = link::prune(entity, full);
         changed.extend(rest);
+        // A source dropped takes all its rows: past the limit they are
+        // recomputed with the whole entity (in pages), not as a list.
+        let emptied = if !entity_full && emptied.len() > follow_at_most {
+            entity_full = true;
+            changed = Vec::new();
+            Vec::new()
+        } else {
+            emptied
+        };
         for target in link_targets(entity) {
             let targets = touched.get(target).map(Vec::as_slice).unwrap_or_default();
             // Every link is checked when the target, or this entity, was

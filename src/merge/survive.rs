@@ -54,9 +54,9 @@ pub fn survive(entity: &str, ids: &[i64], full: bool) -> i64 {
     let t = table(entity);
     // Rows whose every record is gone (merged into another id, or pruned):
     // neither a record pointing at the row nor the row's own record (one
-    // with its id and no unified_ids row of its own). (Of some rows: their
-    // ids that still have records, looked up by id; a join found them by
-    // reading every unified id.)
+    // with its id and no unified_ids row of its own). (Of some rows: each
+    // looked up by id, in anti-joins; a NOT IN list of the ids that still
+    // have records was read again for every row once past work_mem.)
     Spi::run_with_args(
         &if full {
             format!(
@@ -70,11 +70,9 @@ pub fn survive(entity: &str, ids: &[i64], full: bool) -> i64 {
             format!(
                 "DELETE FROM crm.{t} u
                   WHERE u.id = ANY ($2)
-                    AND u.id NOT IN (SELECT r.unified_id FROM crm_sync.unified_ids r
-                                      WHERE r.entity = $1 AND r.unified_id = ANY ($2))
-                    AND u.id NOT IN (SELECT x.record_id FROM crm_sync.source_records x
-                                      WHERE x.entity = $1 AND x.record_id = ANY ($2)
-                                        AND {X_IS_OWN})"
+                    AND NOT EXISTS (SELECT 1 FROM crm_sync.unified_ids r WHERE r.entity = $1 AND r.unified_id = u.id)
+                    AND NOT EXISTS (SELECT 1 FROM crm_sync.source_records x
+                                     WHERE x.entity = $1 AND x.record_id = u.id AND {X_IS_OWN})"
             )
         },
         &[entity.into(), ids.into()],

@@ -465,6 +465,38 @@ def test_a_full_merge_larger_than_one_read_page_keeps_every_row_whole(db):
     assert model(db) == incremental
 
 
+def test_dropping_a_large_source_takes_its_records_out_in_one_pass(db):
+    """Dropping a source prunes its records from the model with joins, not a
+    list read again for every record. 60,000 HubSpot contacts, the model's
+    only records, dropped with work_mem at its 64 kB minimum (where a NOT IN
+    list no longer fits a hash: the prune read it once per record and took
+    minutes; 1,000,000 records ran for hours at the default): the drop ends
+    within a statement_timeout of 60 s, a bound far above its second or so,
+    and every record, unified id and row is gone."""
+    n = 60_000
+    db.execute("""SELECT crm_sync.create_source('hs', 'hubspot', '{"base_url": "http://127.0.0.1:9"}',
+                                                '{"access_token": "x"}')""")
+    db.execute("CREATE TABLE hs.contacts (id text PRIMARY KEY, _raw jsonb NOT NULL, _updated_at timestamptz, "
+               "_deleted_at timestamptz, _synced_at timestamptz DEFAULT now(), _run_id bigint)")
+    # Every tenth person twice (rows of two records too).
+    db.execute("""INSERT INTO hs.contacts (id, _raw, _updated_at, _run_id)
+                  SELECT i::text, jsonb_build_object('id', i::text, 'properties', jsonb_build_object(
+                             'email', 'p' || CASE WHEN i %% 10 = 0 THEN i - 1 ELSE i END || '@example.com',
+                             'lastname', 'Last' || i)),
+                         timestamptz '2024-06-01' + i * interval '1 second', 1
+                    FROM generate_series(1, %s) i""", (n,))
+    db.execute("SELECT * FROM crm_sync.merge()")
+    assert one(db, "SELECT count(*), count(*) FILTER (WHERE cardinality(sources) = 2) FROM crm.contacts") == \
+        (n - n // 10, n // 10)
+    db.execute("SET work_mem = '64kB'")
+    db.execute("SET statement_timeout = '60s'")
+    db.execute("SELECT crm_sync.drop_source('hs', drop_data => true)")
+    db.execute("RESET statement_timeout")
+    db.execute("RESET work_mem")
+    assert one(db, "SELECT (SELECT count(*) FROM crm.contacts), (SELECT count(*) FROM crm_sync.source_records), "
+                   "(SELECT count(*) FROM crm_sync.unified_ids), (SELECT count(*) FROM crm.identities)") == (0, 0, 0, 0)
+
+
 def test_the_demos_shared_people_merge_one_row_each(db, mock_factory, sf_factory):
     """Both mocks with --shared-people (as scripts/demo.sh runs them): each
     person in both CRMs is one row of crm.contacts, each shared company one
