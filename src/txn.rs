@@ -92,8 +92,12 @@ pub fn hold_cancel() -> CancelHeld {
 
 impl Drop for CancelHeld {
     fn drop(&mut self) {
-        // SAFETY: as in hold_cancel.
-        unsafe { pg_sys::QueryCancelHoldoffCount -= 1 };
+        // SAFETY: as in hold_cancel. An ERROR raised while held resets the
+        // count to 0 (errfinish, as Postgres' error recovery does) before
+        // it unwinds here: never below 0.
+        unsafe {
+            pg_sys::QueryCancelHoldoffCount = pg_sys::QueryCancelHoldoffCount.saturating_sub(1)
+        };
     }
 }
 

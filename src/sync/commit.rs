@@ -37,6 +37,14 @@ impl Commit {
         }
     }
 
+    /// For a background run: from here until the guard drops, a cancel
+    /// waits ([`txn::hold_cancel`]), so what records the run's end is not
+    /// rolled back by a cancel signalled again (`crm_sync.cancel()` and the
+    /// launcher each signal). A foreground run's cancel acts at once.
+    pub fn hold_cancel(self) -> Option<txn::CancelHeld> {
+        matches!(self, Commit::EveryBatch { .. }).then(txn::hold_cancel)
+    }
+
     /// A batch and everything before it is written: a background run
     /// stores `checkpoint` and commits, unless its job was cancelled.
     /// Returns whether it committed.
@@ -59,7 +67,8 @@ impl Commit {
     }
 }
 
-fn cancel_requested(job_id: i64) -> bool {
+/// Whether `crm_sync.cancel()` asked job `job_id` to stop.
+pub(super) fn cancel_requested(job_id: i64) -> bool {
     Spi::get_one_with_args::<bool>(
         "SELECT cancel_requested FROM crm_sync.jobs WHERE job_id = $1",
         &[job_id.into()],

@@ -8,6 +8,7 @@ use crate::catalog::{self, StreamRow};
 use crate::errors::Context;
 use crate::{locks, txn};
 
+use super::commit::cancel_requested;
 use super::{load, sync_stream, Commit};
 
 /// A job as its worker claimed it.
@@ -70,6 +71,19 @@ pub fn run(job: &Job) -> JobEnd {
     let mut first_error: Option<(String, String)> = None;
     let mut ended = Vec::new();
     for s in chosen {
+        // A stream shorter than a batch never looks at cancel_requested,
+        // and a cancel can come between streams.
+        if cancel_requested(job.job_id) {
+            first_error.get_or_insert((
+                format!(
+                    "job {} was cancelled with crm_sync.cancel() before stream \"{}\"",
+                    job.job_id, s.stream
+                ),
+                "57014".to_owned(),
+            ));
+            ended.push(Ended::Cancelled);
+            break;
+        }
         set_application_name(job, &s.stream);
         let (e, err) = run_stream(job, &src, &cfg, s, &ctx);
         if let (Ended::Failed | Ended::Cancelled, Some(err)) = (e, err) {
@@ -143,8 +157,11 @@ fn run_stream(
             (ended, Some((f.message, sqlstate)))
         }
     };
+    // A cancel signalled again waits for the next stream, not here.
+    let held = txn::hold_cancel();
     locks::release_stream(&src.name, &s.stream);
     txn::commit_and_continue();
+    drop(held);
     out
 }
 

@@ -171,7 +171,11 @@ pub fn sync_stream(
         done.warning_samples.push(w.clone());
         done.outcome.warnings.push(w);
     }
+    // The rows are read: a cancel now waits until the run is recorded
+    // (then it stops the merge, with a warning, or the job's next stream).
+    let held = commit.hold_cancel();
     let run = record::succeeded(&src.name, s, &plan, done, commit);
+    drop(held);
     let merge_warning = merge::after_sync(&src.name, &s.stream, run.run_id)
         .map(|w| errors::scrub(&w, &ctx.secrets));
     let duration = started.elapsed();
@@ -188,6 +192,9 @@ pub fn sync_stream(
         // sync's rows in place.
         match reconcile_stream(src, cfg, s, commit, &ctx) {
             Ok(r) => Some(r),
+            // A job cancelled while it reconciled stops there (its sync's
+            // run and rows are committed; the reconcile run is recorded).
+            Err(f) if f.status == "cancelled" && commit.job_id().is_some() => return Err(f),
             Err(f) => {
                 pgrx::warning!(
                     "{}.{}: the reconciliation after the sync failed: {}; the synced rows are kept; see crm_sync.runs",

@@ -75,6 +75,7 @@ pub fn reconcile_stream(
     let began = crate::catalog::now_us() / 1000;
     let work = || reconcile(src, cfg, s, plan.run_id, &progress);
     let n = super::guarded(src, s, &plan, &progress, commit, &ctx, work)?;
+    let held = commit.hold_cancel();
     let mut run = record::run_record(&src.name, s, &plan, &progress);
     run.records_read = n.seen;
     run.records = n.reread + n.refreshed;
@@ -84,6 +85,7 @@ pub fn reconcile_stream(
     // look for later ones from here (Salesforce's getDeleted).
     catalog::save_deletes_from(&src.name, &s.stream, began);
     record::on_job(commit, &run);
+    drop(held);
     let merge_warning = merge::after_sync(&src.name, &s.stream, run.run_id)
         .map(|w| crate::errors::scrub(&w, &ctx.secrets));
     Ok(Reconciled {

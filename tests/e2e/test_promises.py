@@ -445,7 +445,7 @@ def test_a_cancel_signalled_again_while_the_worker_records_it_keeps_the_run(jobs
     may pg_cancel_backend() it too. A cancel arriving while the worker records
     the cancelled run, or ends the job, must not lose the run or leave the job
     running (the launcher would take it for a crashed worker and run it again)."""
-    m = mock_factory(1000, 1, 1)
+    m = mock_factory(3000, 1, 1)  # 30 pages: three cancelled jobs do not reach the end
     c = jobs_connect()
     hammer = jobs_connect()
     create_source(c, m)
@@ -466,7 +466,8 @@ def test_a_cancel_signalled_again_while_the_worker_records_it_keeps_the_run(jobs
             time.sleep(0.001)
         assert signals > 0
         j = wait_job(c, job_id, timeout=30)
-        assert (j["status"], j["error_sqlstate"]) == ("cancelled", "57014"), j
+        assert (j["status"], j["error_sqlstate"], j["attempts"], j["detail"]) == \
+            ("cancelled", "57014", 1, "cancelled with crm_sync.cancel()"), j
         time.sleep(1.5)  # the launcher's next look: the job is not run again
         assert job(c, job_id)["status"] == "cancelled"
         [run] = job_runs(c, job_id)
