@@ -171,15 +171,6 @@ pub fn run(only: Option<(&str, &str)>, full: bool) -> Vec<EntityStats> {
         // landing table) leave the model.
         let (rest, emptied) = link::prune(entity, full);
         changed.extend(rest);
-        // A source dropped takes all its rows: past the limit they are
-        // recomputed with the whole entity (in pages), not as a list.
-        let emptied = if !entity_full && emptied.len() > follow_at_most {
-            entity_full = true;
-            changed = Vec::new();
-            Vec::new()
-        } else {
-            emptied
-        };
         for target in link_targets(entity) {
             let targets = touched.get(target).map(Vec::as_slice).unwrap_or_default();
             // Every link is checked when the target, or this entity, was
@@ -197,15 +188,19 @@ pub fn run(only: Option<(&str, &str)>, full: bool) -> Vec<EntityStats> {
             }
         }
         // Links can bring many more (a company merge moving the links of
-        // all its contacts): past the limit, the entity goes whole too.
-        if !entity_full && changed.len() > follow_at_most {
+        // all its contacts), and a dropped source empties all its rows:
+        // past the limit, the entity goes whole too (in pages, not lists).
+        if !entity_full && (changed.len() > follow_at_most || emptied.len() > follow_at_most) {
             entity_full = true;
             changed = Vec::new();
         }
         lap("linked");
         if !changed.is_empty() || !emptied.is_empty() || entity_full {
             let (mut affected, merged) = resolve::resolve(entity, &changed, entity_full);
-            affected.extend(emptied);
+            // (A whole entity's rows are all recomputed: no list.)
+            if !entity_full {
+                affected.extend(emptied);
+            }
             affected.sort_unstable();
             affected.dedup();
             if big {

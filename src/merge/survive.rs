@@ -57,24 +57,15 @@ pub fn survive(entity: &str, ids: &[i64], full: bool) -> i64 {
     // with its id and no unified_ids row of its own). (Of some rows: each
     // looked up by id, in anti-joins; a NOT IN list of the ids that still
     // have records was read again for every row once past work_mem.)
+    let of_ids = if full { "" } else { "u.id = ANY ($2) AND" };
     Spi::run_with_args(
-        &if full {
-            format!(
-                "DELETE FROM crm.{t} u
-                  WHERE NOT EXISTS (SELECT 1 FROM crm_sync.unified_ids r WHERE r.entity = $1 AND r.unified_id = u.id)
-                    AND NOT EXISTS (SELECT 1 FROM crm_sync.source_records x
-                                     WHERE x.entity = $1 AND x.record_id = u.id
-                                       AND {X_IS_OWN})"
-            )
-        } else {
-            format!(
-                "DELETE FROM crm.{t} u
-                  WHERE u.id = ANY ($2)
-                    AND NOT EXISTS (SELECT 1 FROM crm_sync.unified_ids r WHERE r.entity = $1 AND r.unified_id = u.id)
-                    AND NOT EXISTS (SELECT 1 FROM crm_sync.source_records x
-                                     WHERE x.entity = $1 AND x.record_id = u.id AND {X_IS_OWN})"
-            )
-        },
+        &format!(
+            "DELETE FROM crm.{t} u
+              WHERE {of_ids}
+                    NOT EXISTS (SELECT 1 FROM crm_sync.unified_ids r WHERE r.entity = $1 AND r.unified_id = u.id)
+                AND NOT EXISTS (SELECT 1 FROM crm_sync.source_records x
+                                 WHERE x.entity = $1 AND x.record_id = u.id AND {X_IS_OWN})"
+        ),
         &[entity.into(), ids.into()],
     )
     .expect("drop unified rows without records");
