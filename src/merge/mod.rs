@@ -196,19 +196,26 @@ pub fn run(only: Option<(&str, &str)>, full: bool) -> Vec<EntityStats> {
         }
         lap("linked");
         if !changed.is_empty() || !emptied.is_empty() || entity_full {
-            let (mut affected, merged) = resolve::resolve(entity, &changed, entity_full);
+            let resolve::Resolved {
+                mut affected,
+                mut left,
+                merged,
+            } = resolve::resolve(entity, &changed, entity_full);
             // (A whole entity's rows are all recomputed: no list.)
             if !entity_full {
-                affected.extend(emptied);
+                affected.extend_from_slice(&emptied);
+                left.extend(emptied);
             }
             affected.sort_unstable();
             affected.dedup();
+            left.sort_unstable();
+            left.dedup();
             if big {
                 Spi::run("ANALYZE crm_sync.unified_ids").expect("analyze crm_sync.unified_ids");
             }
             lap("resolved");
             st.merged = merged;
-            st.unified = survive::survive(entity, &affected, entity_full);
+            st.unified = survive::survive(entity, &affected, &left, entity_full);
             lap("survived");
             if entity_full {
                 whole.push(entity);

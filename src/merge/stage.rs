@@ -204,6 +204,11 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
     let t_prep = t_prep.elapsed();
     ahead::with_helper(clean, |cleaner| {
         let mut read_all = false;
+        // The first pages are small, growing to FETCH: the cleaner starts
+        // on the first at once, and each page's cleaning hides behind the
+        // write of the one before (an incremental merge's few thousand
+        // records were one page, cleaned while this thread only waited).
+        let mut size = FIRST_FETCH;
         loop {
             Spi::connect_mut(|c| {
                 if !read_all {
@@ -213,7 +218,7 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
                         Some(name) => c.find_cursor(name).expect("find the staging cursor"),
                     };
                     let page: Vec<Landed> = cur
-                        .fetch(FETCH)
+                        .fetch(size)
                         .expect("read landing rows through the mappings")
                         .map(|r| {
                             let run: i64 = r.get(4).ok().flatten().unwrap_or_default();
@@ -229,7 +234,8 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
                             )
                         })
                         .collect();
-                    read_all = page.len() < FETCH as usize;
+                    read_all = page.len() < size as usize;
+                    size = (size * 2).min(FETCH);
                     cursor = (!read_all).then(|| cur.detach_into_name());
                     if !page.is_empty() {
                         cleaner.send(page);
@@ -285,6 +291,10 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
         invalid,
     }
 }
+
+/// The size of the first page staging reads (then twice the last, up to
+/// [`FETCH`]).
+const FIRST_FETCH: i64 = 250;
 
 /// How a staged record is written over the one there: unless unchanged (a
 /// rebuild, a resync).

@@ -15,12 +15,13 @@ use crm_sync_core::model::{ref_of_field, table, REFS};
 
 use super::sql::{qi, FETCH};
 
-/// Recompute the unified rows `ids` (every row, `full`); returns how many
-/// rows were written. The records of each row are read in order of their
+/// Recompute the unified rows `ids` (every row, `full`), dropping those of
+/// `left` (ids that may have lost their last record) without records;
+/// returns how many rows were written. The records of each row are read in order of their
 /// unified id; each field takes the value of the first record by source
 /// priority, then modification time (newest first), then source, stream and
 /// id; the row is written with its lineage, in batches.
-pub fn survive(entity: &str, ids: &[i64], full: bool) -> i64 {
+pub fn survive(entity: &str, ids: &[i64], left: &[i64], full: bool) -> i64 {
     let fields: Vec<(String, String)> = Spi::connect(|c| {
         c.select(
             "SELECT field, kind FROM crm_sync.unified_fields WHERE entity = $1 ORDER BY field",
@@ -58,7 +59,8 @@ pub fn survive(entity: &str, ids: &[i64], full: bool) -> i64 {
     // looked up by id, in anti-joins; a NOT IN list of the ids that still
     // have records was read again for every row once past work_mem.)
     let of_ids = if full { "" } else { "u.id = ANY ($2) AND" };
-    Spi::run_with_args(
+    if full || !left.is_empty() {
+        Spi::run_with_args(
         &format!(
             "DELETE FROM crm.{t} u
               WHERE {of_ids}
@@ -66,9 +68,10 @@ pub fn survive(entity: &str, ids: &[i64], full: bool) -> i64 {
                 AND NOT EXISTS (SELECT 1 FROM crm_sync.source_records x
                                  WHERE x.entity = $1 AND x.record_id = u.id AND {X_IS_OWN})"
         ),
-        &[entity.into(), ids.into()],
-    )
-    .expect("drop unified rows without records");
+            &[entity.into(), left.into()],
+        )
+        .expect("drop unified rows without records");
+    }
     let links: Vec<String> = REFS.iter().map(|r| format!("x.{}", r.column)).collect();
     // The records of the rows: those pointing at each, and each row's own.
     let cols = format!(

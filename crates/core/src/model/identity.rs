@@ -164,9 +164,154 @@ impl Groups {
     }
 }
 
+/// A record of an incremental merge's scope, as the model has it before
+/// the merge links it again.
+#[derive(Debug, Clone, Copy)]
+pub struct Scoped {
+    pub id: i64,
+    /// When the model first saw the record (epoch microseconds).
+    pub first_seen: i64,
+    /// Its row of `crm_sync.unified_ids` (the unified id of a record that
+    /// is not its row's own).
+    pub had: Option<i64>,
+    /// Whether a unified row with the record's own id exists.
+    pub own_row: bool,
+}
+
+/// What linking a scope's records again changes in the model's ids.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Relinked {
+    /// (old, new): unified ids that no longer name a group, each merged
+    /// into the group of its earliest record (ties by id); by old id.
+    pub merged: Vec<(i64, i64)>,
+    /// (record, unified id): the `crm_sync.unified_ids` rows to write, for
+    /// records that are not their row's own and whose id changes; by record.
+    pub point: Vec<(i64, i64)>,
+    /// Records that are their row's own again: their `unified_ids` row goes.
+    pub own: Vec<i64>,
+    /// Every unified id touched, before and after, sorted.
+    pub affected: Vec<i64>,
+    /// The ids of `affected` that no record of the scope has now: their
+    /// rows may have lost their last record (the others have one).
+    pub left: Vec<i64>,
+}
+
+/// The new unified id of every record of `scope` (its group's leader in
+/// `groups`) against the id it had: a record without a `unified_ids` row
+/// was in the row of its own id if that row exists, and in none if not
+/// (new to the model).
+pub fn relink(scope: &[Scoped], groups: &mut Groups) -> Relinked {
+    let news: Vec<i64> = scope.iter().map(|r| groups.leader(r.id)).collect();
+    let old = |r: &Scoped| r.had.or(r.own_row.then_some(r.id));
+    // Ids still naming their own group.
+    let kept: std::collections::HashSet<i64> = scope
+        .iter()
+        .zip(&news)
+        .filter(|(r, new)| r.id == **new)
+        .map(|(r, _)| r.id)
+        .collect();
+    let mut out = Relinked::default();
+    // For each old id gone, the earliest record that had it.
+    let mut gone: HashMap<i64, (i64, i64, i64)> = HashMap::new();
+    for (r, &new) in scope.iter().zip(&news) {
+        if let Some(o) = old(r) {
+            out.affected.push(o);
+            if !kept.contains(&o) {
+                let e = gone.entry(o).or_insert((r.first_seen, r.id, new));
+                if (r.first_seen, r.id) < (e.0, e.1) {
+                    *e = (r.first_seen, r.id, new);
+                }
+            }
+        }
+        out.affected.push(new);
+        if new != r.id && r.had != Some(new) {
+            out.point.push((r.id, new));
+        }
+        if new == r.id && r.had.is_some() {
+            out.own.push(r.id);
+        }
+    }
+    out.merged = gone.into_iter().map(|(o, (_, _, n))| (o, n)).collect();
+    out.merged.sort_unstable();
+    out.point.sort_unstable();
+    out.own.sort_unstable();
+    out.affected.sort_unstable();
+    out.affected.dedup();
+    let now: std::collections::HashSet<i64> = news.into_iter().collect();
+    out.left = out
+        .affected
+        .iter()
+        .copied()
+        .filter(|id| !now.contains(id))
+        .collect();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sc(id: i64, first_seen: i64, had: Option<i64>, own_row: bool) -> Scoped {
+        Scoped {
+            id,
+            first_seen,
+            had,
+            own_row,
+        }
+    }
+
+    #[test]
+    fn relinking_merges_splits_and_welcomes_records() {
+        // 1 (row 1) and 2 (row 2) now share a key: 2 joins 1's row and its
+        // id is merged into 1. 3 was in 1's row and leaves it (its own row
+        // again, never before shown: nothing merged). 4 is new to the model.
+        let mut g = Groups::default();
+        g.link(&[(1, 10), (2, 20)]);
+        let scope = [
+            sc(1, 10, None, true),
+            sc(2, 20, None, true),
+            sc(3, 30, Some(1), false),
+            sc(4, 40, None, false),
+        ];
+        let r = relink(&scope, &mut g);
+        assert_eq!(r.merged, vec![(2, 1)]);
+        assert_eq!(r.point, vec![(2, 1)]);
+        assert_eq!(r.own, vec![3]);
+        assert_eq!(r.affected, vec![1, 2, 3, 4]);
+        // Row 2 may be empty now; 1, 3 and 4 have a record.
+        assert_eq!(r.left, vec![2]);
+        // Nothing changes the second time round.
+        let again = [
+            sc(1, 10, None, true),
+            sc(2, 20, Some(1), false),
+            sc(3, 30, None, true),
+        ];
+        let r = relink(&again, &mut g);
+        assert_eq!((r.merged, r.point, r.own), (vec![], vec![], vec![]));
+    }
+
+    #[test]
+    fn a_row_whose_leader_left_goes_to_the_earliest_record_that_had_it() {
+        // Row 1 held 1, 5 and 6; 1 now joins 9's older group, 5 and 6 stay
+        // together, under 5 (seen with 6, the smaller id).
+        let mut g = Groups::default();
+        g.link(&[(9, 1), (1, 10)]);
+        g.link(&[(6, 30), (5, 30)]);
+        let scope = [
+            sc(9, 1, None, true),
+            sc(1, 10, None, true),
+            sc(6, 30, Some(1), false),
+            sc(5, 30, Some(1), false),
+        ];
+        let r = relink(&scope, &mut g);
+        // 1 is the earliest of those that had row 1: row 1 is merged into
+        // 1's new group, 9, not into 5's.
+        assert_eq!(r.merged, vec![(1, 9)]);
+        assert_eq!(r.point, vec![(1, 9), (6, 5)]);
+        assert_eq!(r.own, vec![5]);
+        assert_eq!(r.affected, vec![1, 5, 9]);
+        assert_eq!(r.left, vec![1]);
+    }
 
     fn m(id: i64, seen: i64, keys: &[Option<&str>]) -> Member {
         Member {
