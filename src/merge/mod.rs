@@ -121,7 +121,10 @@ pub fn run(only: Option<(&str, &str)>, full: bool) -> Vec<EntityStats> {
             merged: 0,
             micros: 0,
         };
+        // Records to link again (new, or their keys changed), and records
+        // whose values alone changed (their rows are recomputed).
         let mut changed: Vec<i64> = Vec::new();
+        let mut valued: Vec<i64> = Vec::new();
         let mut entity_full = full;
         // Past this many changed records, the steps after staging run over
         // the whole entity (the same result, in pages, with memory that
@@ -137,16 +140,20 @@ pub fn run(only: Option<(&str, &str)>, full: bool) -> Vec<EntityStats> {
             let keep = if entity_full {
                 0
             } else {
-                follow_at_most.saturating_sub(changed.len())
+                follow_at_most.saturating_sub(changed.len() + valued.len())
             };
             let staged = stage::stage(entity, &s, full, keep);
             st.changed += staged.count;
             st.invalid += staged.invalid;
             match staged.ids {
-                Some(ids) if !entity_full => changed.extend(ids),
+                Some(ids) if !entity_full => {
+                    changed.extend(ids.keyed);
+                    valued.extend(ids.valued);
+                }
                 _ => {
                     entity_full = true;
                     changed = Vec::new();
+                    valued = Vec::new();
                 }
             }
         }
@@ -183,6 +190,7 @@ pub fn run(only: Option<(&str, &str)>, full: bool) -> Vec<EntityStats> {
                 link::Moved::Count(n) if n > 0 => {
                     entity_full = true;
                     changed = Vec::new();
+                    valued = Vec::new();
                 }
                 link::Moved::Count(_) => {}
             }
@@ -193,18 +201,27 @@ pub fn run(only: Option<(&str, &str)>, full: bool) -> Vec<EntityStats> {
         if !entity_full && (changed.len() > follow_at_most || emptied.len() > follow_at_most) {
             entity_full = true;
             changed = Vec::new();
+            valued = Vec::new();
         }
         lap("linked");
-        if !changed.is_empty() || !emptied.is_empty() || entity_full {
+        if !changed.is_empty() || !emptied.is_empty() || !valued.is_empty() || entity_full {
+            // (Records whose values alone changed keep their links.)
             let resolve::Resolved {
                 mut affected,
                 mut left,
                 merged,
-            } = resolve::resolve(entity, &changed, entity_full);
+                whole: linked_whole,
+            } = if changed.is_empty() && !entity_full {
+                resolve::Resolved::default()
+            } else {
+                resolve::resolve(entity, &changed, entity_full)
+            };
+            entity_full |= linked_whole;
             // (A whole entity's rows are all recomputed: no list.)
             if !entity_full {
                 affected.extend_from_slice(&emptied);
                 left.extend(emptied);
+                affected.extend(resolve::rows_of(entity, &valued));
             }
             affected.sort_unstable();
             affected.dedup();

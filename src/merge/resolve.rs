@@ -11,6 +11,7 @@ use crm_sync_core::model::identity::{self, Groups, Scoped, HASHED_KEYS};
 use crm_sync_core::model::{key_column, table, REFS};
 
 use super::sql::FETCH;
+use crate::gucs;
 
 /// The match key columns of each enabled rule, in order.
 fn rules(entity: &str) -> Vec<Vec<&'static str>> {
@@ -44,6 +45,10 @@ pub struct Resolved {
     pub left: Vec<i64>,
     /// How many ids were merged into others.
     pub merged: i64,
+    /// Whether every record of the entity was linked again (asked, or the
+    /// changed records' scope was too large to hold): every row is to be
+    /// recomputed.
+    pub whole: bool,
 }
 
 /// Link records again (every record of the entity, `full`).
@@ -152,7 +157,10 @@ pub fn resolve(entity: &str, changed: &[i64], full: bool) -> Resolved {
             "pg_crm_sync merge {entity}: wrote the first unified ids after {:?}",
             t.elapsed()
         );
-        return Resolved::default();
+        return Resolved {
+            whole: true,
+            ..Resolved::default()
+        };
     }
     // One statement: the new unified id of every record; old ids that no
     // longer name a group were merged into the group of their earliest
@@ -222,6 +230,7 @@ pub fn resolve(entity: &str, changed: &[i64], full: bool) -> Resolved {
     );
     Resolved {
         merged,
+        whole: true,
         ..Resolved::default()
     }
 }
@@ -284,9 +293,15 @@ fn resolve_changed(
     let mut first: Vec<HashMap<String, (i64, i64)>> = vec![HashMap::new(); rule_cols.len()];
     let mut merged_into: Vec<(i64, i64, i64)> = Vec::new();
     let mut groups = Groups::default();
+    // The scope is held in memory (some 200 bytes a record): past twice
+    // crm_sync.merge_follow_at_most records, and never past 200,000 (rows
+    // of thousands of records the changed ones joined), the entity is
+    // linked whole instead, in pages.
+    let at_most = (2 * gucs::MERGE_FOLLOW_AT_MOST.get().max(0) as usize).min(200_000);
+    let mut too_many = false;
     Spi::connect_mut(|c| {
         let mut cur = c.open_cursor(&sql, &[entity.into(), ch.into(), cand.into()]);
-        loop {
+        while !too_many {
             let page = cur.fetch(FETCH).expect("read the records to link again");
             let n = page.len();
             for row in page {
@@ -321,6 +336,7 @@ fn resolve_changed(
                 }
                 scope.push(r);
             }
+            too_many = scope.len() > at_most;
             pgrx::check_for_interrupts!();
             if (n as i64) < FETCH {
                 break;
@@ -328,6 +344,13 @@ fn resolve_changed(
         }
     });
     drop(first);
+    if too_many {
+        pgrx::debug1!(
+            "pg_crm_sync merge {entity}: more than {at_most} records to link again: linking every record"
+        );
+        drop((scope, groups, merged_into));
+        return resolve(entity, &[], true);
+    }
     pgrx::debug1!(
         "pg_crm_sync merge {entity}: found {} records to link again after {:?}",
         scope.len(),
@@ -390,6 +413,7 @@ fn resolve_changed(
         affected: ids.affected,
         left: ids.left,
         merged,
+        whole: false,
     }
 }
 
@@ -510,6 +534,21 @@ fn candidates(entity: &str, changed: &[i64], rules: &[Vec<&'static str>]) -> (Ve
             row.get::<Vec<i64>>(2).ok().flatten().unwrap_or_default(),
         )
     })
+}
+
+/// The unified ids of `records` (as linked now).
+pub fn rows_of(entity: &str, records: &[i64]) -> Vec<i64> {
+    if records.is_empty() {
+        return Vec::new();
+    }
+    Spi::get_one_with_args::<Vec<i64>>(
+        "SELECT array_agg(DISTINCT coalesce(u.unified_id, r.id))
+           FROM unnest($2::int8[]) r(id)
+           LEFT JOIN crm_sync.unified_ids u ON u.entity = $1 AND u.record_id = r.id",
+        &[entity.into(), records.into()],
+    )
+    .expect("find the unified rows of changed records")
+    .unwrap_or_default()
 }
 
 /// Whether `entity` has no unified id yet: neither a unified row (in

@@ -99,12 +99,24 @@ type Landed = (
     Vec<Option<String>>,
 );
 
+/// The records a staging changed.
+#[derive(Default)]
+pub struct Changed {
+    /// New records, and records whose match keys, references, merge or
+    /// deletion changed: to link again.
+    pub keyed: Vec<i64>,
+    /// Records whose values alone changed: their unified rows are
+    /// recomputed, their links stay.
+    pub valued: Vec<i64>,
+}
+
 /// What staging a stream did.
 pub struct Staging {
-    /// The record ids staged, while there are at most the `keep` the caller
-    /// asked for; beyond that the caller merges the whole entity, and the
-    /// ids are not kept (memory stays flat however many records change).
-    pub ids: Option<Vec<i64>>,
+    /// The records staged that changed, while there are at most the `keep`
+    /// the caller asked for; beyond that the caller merges the whole
+    /// entity, and the ids are not kept (memory stays flat however many
+    /// records change).
+    pub ids: Option<Changed>,
     pub count: i64,
     pub invalid: i64,
 }
@@ -119,7 +131,7 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
             s.stream
         );
         return Staging {
-            ids: Some(vec![]),
+            ids: Some(Changed::default()),
             count: 0,
             invalid: 0,
         };
@@ -145,7 +157,7 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
         qi(&s.source),
         qi(&s.stream)
     );
-    let mut ids = Some(Vec::new());
+    let mut ids = Some(Changed::default());
     let mut count = 0i64;
     let mut invalid = 0i64;
     let mut max_run = s.merged_run;
@@ -252,11 +264,12 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
                     if count as usize > keep {
                         ids = None;
                     }
-                    if let Some(ids) = ids.as_mut() {
-                        ids.extend_from_slice(&batch.rid);
-                    }
                     let t = std::time::Instant::now();
-                    write_staged(c, entity, s, &batch, had_invalid, first);
+                    let written = write_staged(c, entity, s, &batch, had_invalid, first);
+                    if let Some(ids) = ids.as_mut() {
+                        ids.keyed.extend(written.keyed);
+                        ids.valued.extend(written.valued);
+                    }
                     t_write += t.elapsed();
                     cleaner.give_back(batch);
                 }
@@ -292,6 +305,25 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
     }
 }
 
+/// What decides a record's unified row and links, of `crm_sync.source_records`
+/// row `a`: when any of it changes, the record is linked again.
+fn cols_of(a: &str) -> String {
+    [
+        "deleted",
+        "email",
+        "phone",
+        "name_key",
+        "domain",
+        "company_key",
+        "company_ref",
+        "contact_ref",
+        "merged_into",
+        "keys",
+    ]
+    .map(|c| format!("{a}.{c}"))
+    .join(", ")
+}
+
 /// The size of the first page staging reads (then twice the last, up to
 /// [`FETCH`]).
 const FIRST_FETCH: i64 = 250;
@@ -320,7 +352,7 @@ fn write_staged(
     had_invalid: bool,
     // No record of the stream was staged before.
     first: bool,
-) {
+) -> Changed {
     let ext: Vec<&str> = page.ext.iter().map(String::as_str).collect();
     let mut args: Vec<DatumWithOid> = vec![
         entity.into(),
@@ -364,10 +396,33 @@ fn write_staged(
         ));
     }
     // A stream staged for the first time has no record to meet: a plain
-    // insert (a page never repeats a record).
-    let upsert = if first { "" } else { UPSERT };
-    c.update(
-        &format!("INSERT INTO crm_sync.source_records AS t
+    // insert (a page never repeats a record), every record new. Otherwise
+    // the records written come back, each with whether it is new or its
+    // keys changed (against the rows as they were: every part of the
+    // statement sees the same snapshot); unchanged ones are not written.
+    let (upsert, with_old, returning) = if first {
+        (String::new(), String::new(), String::new())
+    } else {
+        (
+            format!("{UPSERT}\n         RETURNING t.record_id, {}", cols_of("t")),
+            format!(
+                "WITH old AS MATERIALIZED (
+                    SELECT o.record_id, {} FROM crm_sync.source_records o
+                     WHERE o.entity = $1 AND o.record_id = ANY ($5)),
+                 up AS (",
+                cols_of("o")
+            ),
+            format!(
+                ")
+             SELECT up.record_id, old.record_id IS NULL OR ({}) IS DISTINCT FROM ({})
+               FROM up LEFT JOIN old ON old.record_id = up.record_id",
+                cols_of("old"),
+                cols_of("up")
+            ),
+        )
+    };
+    let written = c.update(
+        &format!("{with_old}INSERT INTO crm_sync.source_records AS t
                 (entity, source, stream, external_id, record_id, updated_at, deleted, vals,
                  email, phone, name_key, domain, company_key, company_ref, contact_ref, merged_into,
                  keys, merged_at{link_cols})
@@ -379,11 +434,24 @@ fn write_staged(
                        $16::int8[], $17::text[])
                 AS u(ext, rid, upd, del, vals, email, phone, name_key, domain, company_key, company_ref,
                      contact_ref, merged_into, keys){link_joins}
-         {upsert}"),
+         {upsert}{returning}"),
         None,
         &args,
     )
     .expect("write crm_sync.source_records");
+    let mut out = Changed::default();
+    if first {
+        out.keyed = page.rid.clone();
+    } else {
+        for r in written {
+            let id: i64 = r.get(1).ok().flatten().unwrap_or_default();
+            if r.get::<bool>(2).ok().flatten().unwrap_or(true) {
+                out.keyed.push(id);
+            } else {
+                out.valued.push(id);
+            }
+        }
+    }
     // The invalid values of these records, as of now.
     if had_invalid {
         c.update(
@@ -400,7 +468,7 @@ fn write_staged(
         .expect("clear crm_sync.invalid_values");
     }
     if page.invalid.is_empty() {
-        return;
+        return out;
     }
     let column = |i: usize| -> Vec<&str> { page.invalid.iter().map(|v| v[i].as_str()).collect() };
     c.update(
@@ -418,6 +486,7 @@ fn write_staged(
         ],
     )
     .expect("write crm_sync.invalid_values");
+    out
 }
 
 /// A page of staged records, as the columns [`write_staged`] sends.

@@ -204,6 +204,59 @@ def test_links_follow_a_company_that_splits(db, both, follow):
     assert_rebuild_agrees(db)
 
 
+def test_a_change_that_reaches_more_records_than_the_limit_links_the_entity_whole(db, both):
+    """An incremental merge holds the records it links again in memory: when
+    one changed record reaches more than twice merge_follow_at_most (its row
+    is large), the entity is linked whole instead, with the same result."""
+    hs, _ = both
+    ada = person(db, "ada.lovelace@example.com")
+    assert len(ada["sources"]) == 2
+    db.execute("SET crm_sync.merge_follow_at_most = 1")
+    db.execute("SET client_min_messages = debug1")
+    notices = []
+    db.add_notice_handler(lambda d: notices.append(d.message_primary))
+    # One new record (at the limit: followed), sharing Ada's email: with
+    # her two records, three to link again, more than two.
+    hs.upsert("contacts", [{"properties": {"email": "ada.lovelace@example.com", "firstname": "Ada",
+                                           "lastname": "King", "jobtitle": "Countess of Lovelace"}}])
+    sync(db, "hs")
+    db.execute("RESET client_min_messages")
+    assert any("more than 2 records to link again: linking every record" in n for n in notices), notices
+    ada2 = person(db, "ada.lovelace@example.com")
+    assert ada2["id"] == ada["id"] and len(ada2["sources"]) == 3
+    assert ada2["title"] == "Countess of Lovelace", "the newest record's title"
+    assert_rebuild_agrees(db)
+
+
+@FOLLOW
+def test_a_change_of_values_alone_recomputes_the_row_and_keeps_its_links(db, both, follow):
+    """A record whose values alone changed keeps its unified row (it is not
+    linked again); the row takes its new values, also when another record
+    of the same sync splits a row."""
+    _, sf = both
+    follow_at_most(db, follow)
+    ada = person(db, "ada.lovelace@example.com")
+    grace = one(db, "SELECT id, title, sources FROM crm.contacts WHERE last_name = 'Hopper'")
+    sf_ada = [s for s in ada["sources"] if s.startswith("sf/")][0].split("/")[2]
+    sf_grace = [s for s in grace[2] if s.startswith("sf/")][0].split("/")[2]
+    # Values alone: Salesforce's newer title wins, on the same row.
+    sf.upsert("Contact", [{"Id": sf_ada, "Title": "Duchess"}])
+    sync(db, "sf")
+    ada2 = person(db, "ada.lovelace@example.com")
+    assert (ada2["id"], ada2["title"], sorted(ada2["sources"])) == (ada["id"], "Duchess", sorted(ada["sources"]))
+    # In one sync: Grace's Salesforce title (values alone), and Ada's
+    # Salesforce email and phone (her keys: she leaves the shared row).
+    sf.upsert("Contact", [{"Id": sf_grace, "Title": "Rear Admiral"},
+                          {"Id": sf_ada, "Email": "countess@example.org", "Phone": "+1 212 555 0100"}])
+    sync(db, "sf")
+    assert one(db, "SELECT id, title FROM crm.contacts WHERE last_name = 'Hopper'") == (grace[0], "Rear Admiral")
+    hs_only = person(db, "ada.lovelace@example.com")
+    assert hs_only["id"] == ada["id"] and [s.split("/")[0] for s in hs_only["sources"]] == ["hs"]
+    assert hs_only["title"] == "Analyst"
+    assert person(db, "countess@example.org")["title"] == "Duchess"
+    assert_rebuild_agrees(db)
+
+
 @FOLLOW
 def test_a_delete_on_one_side_removes_only_its_contribution(db, both, follow):
     hs, sf = both

@@ -291,6 +291,29 @@ mod tests {
     }
 
     #[test]
+    fn new_records_merge_nothing_and_ties_go_to_the_smaller_id() {
+        // 7 and 8 are new to the model (no row of their own, none to point
+        // at) and join 3's row; 3 and 4 had rows 3 and 4, seen at the same
+        // time, and now share a key: 3 leads (the smaller id), row 4 is
+        // merged into it. 9 points at row 4 (stale: it joins 3 too).
+        let mut g = Groups::default();
+        g.link(&[(4, 50), (3, 50), (7, 60), (8, 70), (9, 80)]);
+        let scope = [
+            sc(4, 50, None, true),
+            sc(3, 50, None, true),
+            sc(7, 60, None, false),
+            sc(8, 70, None, false),
+            sc(9, 80, Some(4), false),
+        ];
+        let r = relink(&scope, &mut g);
+        assert_eq!(r.merged, vec![(4, 3)]);
+        assert_eq!(r.point, vec![(4, 3), (7, 3), (8, 3), (9, 3)]);
+        assert_eq!(r.own, Vec::<i64>::new());
+        assert_eq!(r.affected, vec![3, 4]);
+        assert_eq!(r.left, vec![4]);
+    }
+
+    #[test]
     fn a_row_whose_leader_left_goes_to_the_earliest_record_that_had_it() {
         // Row 1 held 1, 5 and 6; 1 now joins 9's older group, 5 and 6 stay
         // together, under 5 (seen with 6, the smaller id).
