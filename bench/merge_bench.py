@@ -3,9 +3,10 @@
 Lands N HubSpot contacts and N Salesforce contacts straight into their
 landing tables (shaped as the syncs land them; the syncs themselves are
 measured by bench.py), 30% of them the same people written differently
-(case, spaces, phone formats). Then times crm_sync.merge(full => true), and
-crm_sync.merge() after 1% of the records of each side changed. Prints
-records/s and the backend's peak memory for both.
+(case, spaces, phone formats). Then times crm_sync.merge(full => true),
+crm_sync.merge() after 1% of the records of each side changed a title
+(values alone), and again after another 1% changed their emails (keys:
+linked again). Prints records/s and the backend's peak memory for each.
 Run through scripts/bench_merge.sh (--size 200000 by default).
 """
 
@@ -128,6 +129,18 @@ def main():
             print(f"  incremental (1%):  {secs:7.2f} s  {staged:,} records changed ({2 * k:,} expected), "
                   f"{sum(r[2] for r in rows):,} unified rows rewritten  peak private memory {mem['anon_kb'] / 1024:.0f} MiB")
             print(f"  model md5 after the incremental merge: {model_md5(c)}")
+            # Another 1%, their emails changed: these records are linked again.
+            c.execute("UPDATE hs.contacts SET _raw = jsonb_set(_raw, '{properties,email}', to_jsonb('moved' || id || '@example.net')), "
+                      "_run_id = 3, _updated_at = timestamptz '2025-02-01' WHERE id::int % 100 = 1")
+            c.execute("UPDATE sf.contact SET _raw = jsonb_set(_raw, '{Email}', to_jsonb('moved' || id || '@example.net')), "
+                      "_run_id = 3, _updated_at = timestamptz '2025-02-01' WHERE right(id, 2) = '01'")
+            m = session(port)
+            rows, secs, mem = run(m, "SELECT entity, records_changed, unified_rows_changed FROM crm_sync.merge()")
+            m.close()
+            staged = sum(r[1] for r in rows)
+            print(f"  incremental (1%, emails): {secs:5.2f} s  {staged:,} records changed ({2 * k:,} expected), "
+                  f"{sum(r[2] for r in rows):,} unified rows rewritten  peak private memory {mem['anon_kb'] / 1024:.0f} MiB")
+            print(f"  model md5 after the emails' merge: {model_md5(c)}")
             # The same model either way: every row, every column but times.
             before = model_md5(c)
             t0 = time.perf_counter()
