@@ -342,6 +342,9 @@ const UPSERT: &str = "ON CONFLICT (entity, record_id) DO UPDATE
                  EXCLUDED.phone, EXCLUDED.name_key, EXCLUDED.domain, EXCLUDED.company_key,
                  EXCLUDED.company_ref, EXCLUDED.contact_ref, EXCLUDED.merged_into, EXCLUDED.keys)";
 
+/// Write a page of staged records (and their invalid values); returns the
+/// records written, to link again or with values alone changed (records
+/// unchanged are neither written nor returned).
 fn write_staged(
     c: &mut SpiClient<'_>,
     entity: &str,
