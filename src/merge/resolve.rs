@@ -237,9 +237,9 @@ pub fn resolve(entity: &str, changed: &[i64], full: bool) -> Resolved {
 
 /// An incremental merge's step: link again the changed records, the
 /// unified rows they were in and the records their keys now match (the
-/// scope), in memory (at most a few times `crm_sync.merge_follow_at_most`
-/// records: past that the merge is whole), read once with what linking
-/// needs; then write the ids that changed.
+/// scope), in memory (at most twice `crm_sync.merge_follow_at_most`
+/// records, and 200,000: past that the entity is linked whole), read once
+/// with what linking needs; then write the ids that changed.
 fn resolve_changed(
     entity: &str,
     changed: &[i64],

@@ -17,8 +17,8 @@ use super::sql::{qi, FETCH};
 
 /// Recompute the unified rows `ids` (every row, `full`), dropping those of
 /// `left` (ids that may have lost their last record) without records;
-/// returns how many rows were written. The records of each row are read in order of their
-/// unified id; each field takes the value of the first record by source
+/// returns how many rows were written. The records of each row are read in
+/// order of their unified id; each field takes the value of the first record by source
 /// priority, then modification time (newest first), then source, stream and
 /// id; the row is written with its lineage, in batches.
 pub fn survive(entity: &str, ids: &[i64], left: &[i64], full: bool) -> i64 {
@@ -61,13 +61,13 @@ pub fn survive(entity: &str, ids: &[i64], left: &[i64], full: bool) -> i64 {
     let of_ids = if full { "" } else { "u.id = ANY ($2) AND" };
     if full || !left.is_empty() {
         Spi::run_with_args(
-        &format!(
-            "DELETE FROM crm.{t} u
-              WHERE {of_ids}
-                    NOT EXISTS (SELECT 1 FROM crm_sync.unified_ids r WHERE r.entity = $1 AND r.unified_id = u.id)
-                AND NOT EXISTS (SELECT 1 FROM crm_sync.source_records x
-                                 WHERE x.entity = $1 AND x.record_id = u.id AND {X_IS_OWN})"
-        ),
+            &format!(
+                "DELETE FROM crm.{t} u
+                  WHERE {of_ids}
+                        NOT EXISTS (SELECT 1 FROM crm_sync.unified_ids r WHERE r.entity = $1 AND r.unified_id = u.id)
+                    AND NOT EXISTS (SELECT 1 FROM crm_sync.source_records x
+                                     WHERE x.entity = $1 AND x.record_id = u.id AND {X_IS_OWN})"
+            ),
             &[entity.into(), left.into()],
         )
         .expect("drop unified rows without records");
