@@ -311,6 +311,10 @@ CREATE TABLE crm_sync.source_records (
     keys         bigint[] NOT NULL DEFAULT '{}',
     first_seen   timestamptz NOT NULL DEFAULT now(),
     merged_at    timestamptz NOT NULL DEFAULT now(),
+    -- When the merge last linked the record: staged new, or its match
+    -- keys, references, merge or deletion changed (a record whose values
+    -- alone changed keeps its links: only its unified row is recomputed).
+    linked_at    timestamptz NOT NULL DEFAULT now(),
     -- record_id is a hash of (entity, source, stream, external_id): one
     -- integer key instead of four text columns, which makes staging cheaper.
     PRIMARY KEY (entity, record_id)

@@ -305,25 +305,6 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
     }
 }
 
-/// What decides a record's unified row and links, of `crm_sync.source_records`
-/// row `a`: when any of it changes, the record is linked again.
-fn cols_of(a: &str) -> String {
-    [
-        "deleted",
-        "email",
-        "phone",
-        "name_key",
-        "domain",
-        "company_key",
-        "company_ref",
-        "contact_ref",
-        "merged_into",
-        "keys",
-    ]
-    .map(|c| format!("{a}.{c}"))
-    .join(", ")
-}
-
 /// The size of the first page staging reads (then twice the last, up to
 /// [`FETCH`]).
 const FIRST_FETCH: i64 = 250;
@@ -335,7 +316,14 @@ const UPSERT: &str = "ON CONFLICT (entity, record_id) DO UPDATE
                 email = EXCLUDED.email, phone = EXCLUDED.phone, name_key = EXCLUDED.name_key,
                 domain = EXCLUDED.domain, company_key = EXCLUDED.company_key,
                 company_ref = EXCLUDED.company_ref, contact_ref = EXCLUDED.contact_ref,
-                merged_into = EXCLUDED.merged_into, keys = EXCLUDED.keys, merged_at = now()
+                merged_into = EXCLUDED.merged_into, keys = EXCLUDED.keys, merged_at = now(),
+                linked_at = CASE WHEN (t.deleted, t.email, t.phone, t.name_key, t.domain, t.company_key,
+                                       t.company_ref, t.contact_ref, t.merged_into, t.keys)
+                                      IS DISTINCT FROM (EXCLUDED.deleted, EXCLUDED.email, EXCLUDED.phone,
+                                       EXCLUDED.name_key, EXCLUDED.domain, EXCLUDED.company_key,
+                                       EXCLUDED.company_ref, EXCLUDED.contact_ref, EXCLUDED.merged_into,
+                                       EXCLUDED.keys)
+                                 THEN now() ELSE t.linked_at END
           WHERE (t.updated_at, t.deleted, t.vals, t.email, t.phone, t.name_key, t.domain, t.company_key,
                  t.company_ref, t.contact_ref, t.merged_into, t.keys)
                 IS DISTINCT FROM (EXCLUDED.updated_at, EXCLUDED.deleted, EXCLUDED.vals, EXCLUDED.email,
@@ -400,32 +388,20 @@ fn write_staged(
     }
     // A stream staged for the first time has no record to meet: a plain
     // insert (a page never repeats a record), every record new. Otherwise
-    // the records written come back, each with whether it is new or its
-    // keys changed (against the rows as they were: every part of the
-    // statement sees the same snapshot); unchanged ones are not written.
-    let (upsert, with_old, returning) = if first {
-        (String::new(), String::new(), String::new())
+    // the records written come back, each with whether it was linked now
+    // (new, or its keys changed: `linked_at`); unchanged ones are not
+    // written. (A record linked earlier in this transaction counts as
+    // linked again: more work, the same result.)
+    let (upsert, returning) = if first {
+        (String::new(), String::new())
     } else {
         (
-            format!("{UPSERT}\n         RETURNING t.record_id, {}", cols_of("t")),
-            format!(
-                "WITH old AS MATERIALIZED (
-                    SELECT o.record_id, {} FROM crm_sync.source_records o
-                     WHERE o.entity = $1 AND o.record_id = ANY ($5)),
-                 up AS (",
-                cols_of("o")
-            ),
-            format!(
-                ")
-             SELECT up.record_id, old.record_id IS NULL OR ({}) IS DISTINCT FROM ({})
-               FROM up LEFT JOIN old ON old.record_id = up.record_id",
-                cols_of("old"),
-                cols_of("up")
-            ),
+            UPSERT.to_owned(),
+            "\n         RETURNING t.record_id, t.linked_at = now()".to_owned(),
         )
     };
     let written = c.update(
-        &format!("{with_old}INSERT INTO crm_sync.source_records AS t
+        &format!("INSERT INTO crm_sync.source_records AS t
                 (entity, source, stream, external_id, record_id, updated_at, deleted, vals,
                  email, phone, name_key, domain, company_key, company_ref, contact_ref, merged_into,
                  keys, merged_at{link_cols})
