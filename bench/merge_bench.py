@@ -82,6 +82,18 @@ def model_md5(c):
     return hashlib.md5(",".join(parts).encode()).hexdigest()[:16]
 
 
+def incremental(c, port, k, label, width, after):
+    """crm_sync.merge() in a new backend after 1% of each side (k records)
+    changed: its time, records and rows, peak memory, then the model's md5."""
+    m = session(port)
+    rows, secs, mem = run(m, "SELECT entity, records_changed, unified_rows_changed FROM crm_sync.merge()")
+    m.close()
+    staged = sum(r[1] for r in rows)
+    print(f"  {label}{secs:{width}.2f} s  {staged:,} records changed ({2 * k:,} expected), "
+          f"{sum(r[2] for r in rows):,} unified rows rewritten  peak private memory {mem['anon_kb'] / 1024:.0f} MiB")
+    print(f"  model md5 after {after}: {model_md5(c)}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=200_000, help="contacts per source")
@@ -122,25 +134,13 @@ def main():
                       "_run_id = 2, _updated_at = timestamptz '2025-01-01' WHERE id::int % 100 = 0")
             c.execute("UPDATE sf.contact SET _raw = jsonb_set(_raw, '{Title}', '\"Changed\"'), _run_id = 2, "
                       "_updated_at = timestamptz '2025-01-01' WHERE right(id, 2) = '00'")
-            m = session(port)
-            rows, secs, mem = run(m, "SELECT entity, records_changed, unified_rows_changed FROM crm_sync.merge()")
-            m.close()
-            staged = sum(r[1] for r in rows)
-            print(f"  incremental (1%):  {secs:7.2f} s  {staged:,} records changed ({2 * k:,} expected), "
-                  f"{sum(r[2] for r in rows):,} unified rows rewritten  peak private memory {mem['anon_kb'] / 1024:.0f} MiB")
-            print(f"  model md5 after the incremental merge: {model_md5(c)}")
+            incremental(c, port, k, "incremental (1%):  ", 7, "the incremental merge")
             # Another 1%, their emails changed: these records are linked again.
             c.execute("UPDATE hs.contacts SET _raw = jsonb_set(_raw, '{properties,email}', to_jsonb('moved' || id || '@example.net')), "
                       "_run_id = 3, _updated_at = timestamptz '2025-02-01' WHERE id::int % 100 = 1")
             c.execute("UPDATE sf.contact SET _raw = jsonb_set(_raw, '{Email}', to_jsonb('moved' || id || '@example.net')), "
                       "_run_id = 3, _updated_at = timestamptz '2025-02-01' WHERE right(id, 2) = '01'")
-            m = session(port)
-            rows, secs, mem = run(m, "SELECT entity, records_changed, unified_rows_changed FROM crm_sync.merge()")
-            m.close()
-            staged = sum(r[1] for r in rows)
-            print(f"  incremental (1%, emails): {secs:5.2f} s  {staged:,} records changed ({2 * k:,} expected), "
-                  f"{sum(r[2] for r in rows):,} unified rows rewritten  peak private memory {mem['anon_kb'] / 1024:.0f} MiB")
-            print(f"  model md5 after the emails' merge: {model_md5(c)}")
+            incremental(c, port, k, "incremental (1%, emails): ", 5, "the emails' merge")
             # The same model either way: every row, every column but times.
             before = model_md5(c)
             t0 = time.perf_counter()

@@ -30,6 +30,17 @@ fn rules(entity: &str) -> Vec<Vec<&'static str>> {
         .collect()
 }
 
+/// `first`, then every column a rule compares, each once, in order.
+fn rule_columns(first: &[&'static str], rules: &[Vec<&'static str>]) -> Vec<&'static str> {
+    let mut cols = first.to_vec();
+    for c in rules.iter().flatten() {
+        if !cols.contains(c) {
+            cols.push(c);
+        }
+    }
+    cols
+}
+
 /// Whether `column` of `crm_sync.source_records` is a link (a company or
 /// contact id, bigint) rather than a text key.
 fn is_link(column: &str) -> bool {
@@ -248,12 +259,7 @@ fn resolve_changed(
 ) -> Resolved {
     let (ch, cand) = candidates(entity, changed, rules);
     // Every column a rule compares, once; each rule's by position.
-    let mut cols: Vec<&str> = Vec::new();
-    for c in rules.iter().flatten() {
-        if !cols.contains(c) {
-            cols.push(c);
-        }
-    }
+    let cols = rule_columns(&[], rules);
     let rule_cols: Vec<Vec<usize>> = rules
         .iter()
         .filter(|r| !r.is_empty())
@@ -444,12 +450,7 @@ fn candidates(entity: &str, changed: &[i64], rules: &[Vec<&'static str>]) -> (Ve
     };
     let mut with_shared = String::new();
     if rules.iter().any(|cols| hashed(cols)) {
-        let mut cols: Vec<&str> = vec!["record_id"];
-        for c in rules.iter().flatten() {
-            if !cols.contains(c) {
-                cols.push(c);
-            }
-        }
+        let cols = rule_columns(&["record_id"], rules);
         // Each such rule is looked up by one of its hashed keys, the
         // most telling (a record matching the rule shares that key).
         let mut lookup: Vec<&str> = Vec::new();
@@ -511,12 +512,7 @@ fn candidates(entity: &str, changed: &[i64], rules: &[Vec<&'static str>]) -> (Ve
     // unified id of the entity to join them.
     // The changed records' ids and keys only (whole rows, values and
     // all, spilled the CTE to disk past a few thousand).
-    let mut ch_cols = vec!["record_id", "merged_into"];
-    for c in rules.iter().flatten() {
-        if !ch_cols.contains(c) {
-            ch_cols.push(c);
-        }
-    }
+    let ch_cols = rule_columns(&["record_id", "merged_into"], rules);
     let sql = format!(
         "WITH ch AS MATERIALIZED (SELECT {} FROM crm_sync.source_records WHERE entity = $1 AND record_id = ANY ($2)){with_shared},
               cand AS ({})
