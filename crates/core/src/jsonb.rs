@@ -47,6 +47,7 @@ pub fn encode(json: &str) -> Option<Vec<u8>> {
         s: json.as_bytes(),
         text: json,
         at: 0,
+        spans: None,
     };
     p.ws();
     let root = p.value(0)?;
@@ -54,7 +55,69 @@ pub fn encode(json: &str) -> Option<Vec<u8>> {
     if p.at != p.s.len() {
         return None;
     }
-    let mut buf = Vec::with_capacity(json.len() + 64);
+    encode_node(root, json.len())
+}
+
+/// A value of an object's top level, as [`encode_picking`] finds it in the
+/// text: strings decoded (borrowed when they hold no escape), numbers,
+/// arrays and objects as their JSON text.
+#[derive(Debug, PartialEq)]
+pub enum Picked<'a> {
+    Null,
+    Bool(bool),
+    Str(Cow<'a, str>),
+    Num(&'a str),
+    Json(&'a str),
+}
+
+/// [`encode`] a JSON object, and pick the values of some of its top-level
+/// keys on the way (one parse for both): `pick` gives a key's slot in the
+/// returned values (of `slots`), None for keys not wanted. Of a repeated
+/// key the last value is picked, as jsonb keeps it. None when `json` is
+/// not an object or should go to `jsonb_in`.
+pub fn encode_picking<'a>(
+    json: &'a str,
+    slots: usize,
+    pick: impl Fn(&str) -> Option<usize>,
+) -> Option<(Vec<u8>, Vec<Option<Picked<'a>>>)> {
+    let mut p = Parser {
+        s: json.as_bytes(),
+        text: json,
+        at: 0,
+        spans: Some(Vec::new()),
+    };
+    p.ws();
+    if p.s.get(p.at) != Some(&b'{') {
+        return None;
+    }
+    let root = p.value(0)?;
+    p.ws();
+    if p.at != p.s.len() {
+        return None;
+    }
+    let spans = p.spans.take().unwrap_or_default();
+    let Node::Obj(pairs) = &root else {
+        return None;
+    };
+    let mut out: Vec<Option<Picked<'a>>> = (0..slots).map(|_| None).collect();
+    for ((k, v), &(from, to)) in pairs.iter().zip(&spans) {
+        let Some(slot) = pick(k).filter(|&i| i < slots) else {
+            continue;
+        };
+        out[slot] = Some(match v {
+            Node::Null => Picked::Null,
+            Node::Bool(b) => Picked::Bool(*b),
+            Node::Str(s) => Picked::Str(s.clone()),
+            Node::Num(_) => Picked::Num(&json[from..to]),
+            Node::Arr(_) | Node::Obj(_) => Picked::Json(&json[from..to]),
+        });
+    }
+    Some((encode_node(root, json.len())?, out))
+}
+
+/// The varlena of a parsed value (`len`: its text's length, to size it).
+fn encode_node(root: Node<'_>, len: usize) -> Option<Vec<u8>> {
+    let mut buf = Vec::with_capacity(len + 64);
     buf.extend_from_slice(&[0; 4]);
     match root {
         // A scalar at the top is stored as a one-element "raw scalar" array.
@@ -158,6 +221,9 @@ struct Parser<'a> {
     s: &'a [u8],
     text: &'a str,
     at: usize,
+    /// Where each value of the top-level object starts and ends in the
+    /// text, in order (kept only when asked for).
+    spans: Option<Vec<(usize, usize)>>,
 }
 
 impl<'a> Parser<'a> {
@@ -188,7 +254,13 @@ impl<'a> Parser<'a> {
                     p.ws();
                     p.eat(b":")?;
                     p.ws();
+                    let from = p.at;
                     pairs.push((k, p.value(depth + 1)?));
+                    if depth == 0 {
+                        if let Some(spans) = p.spans.as_mut() {
+                            spans.push((from, p.at));
+                        }
+                    }
                     Some(())
                 })?;
                 Node::Obj(pairs)
@@ -510,6 +582,38 @@ mod tests {
         // 1e300: weight 75 does not fit the short form.
         let n = num("1e300");
         assert_eq!(digits(&n[4..]), [0, 75, 1]);
+    }
+
+    #[test]
+    fn picking_encodes_the_same_and_finds_top_level_values_as_written() {
+        let text = r#"{"a": 1.50, "b": "x\"y", "c": {"a": 2}, "a": -0, "d": [1, "a"], "e": true, "f": null, "g": "plain"}"#;
+        let slot = |k: &str| {
+            ["a", "b", "c", "d", "e", "f", "g", "zz"]
+                .iter()
+                .position(|x| *x == k)
+        };
+        let (bytes, picked) = encode_picking(text, 8, slot).expect("an object");
+        assert_eq!(Some(bytes), encode(text));
+        assert_eq!(
+            picked,
+            [
+                // The last of a repeated key, as jsonb keeps it.
+                Some(Picked::Num("-0")),
+                Some(Picked::Str(Cow::Owned("x\"y".into()))),
+                Some(Picked::Json(r#"{"a": 2}"#)),
+                Some(Picked::Json(r#"[1, "a"]"#)),
+                Some(Picked::Bool(true)),
+                Some(Picked::Null),
+                Some(Picked::Str(Cow::Borrowed("plain"))),
+                None,
+            ]
+        );
+        // Nested keys are not the object's own.
+        let (_, picked) = encode_picking(r#"{"c": {"g": 1}}"#, 8, slot).unwrap();
+        assert_eq!(picked[6], None);
+        // Not an object, or left to jsonb_in: nothing picked.
+        assert!(encode_picking("[1, 2]", 1, |_| Some(0)).is_none());
+        assert!(encode_picking(r#"{"a": "\u0000"}"#, 1, |_| Some(0)).is_none());
     }
 
     #[test]

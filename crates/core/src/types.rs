@@ -13,6 +13,15 @@ enum Coerced<'a> {
     Owned(String),
 }
 
+impl<'a> Coerced<'a> {
+    fn into_cow(self) -> Cow<'a, str> {
+        match self {
+            Coerced::Borrowed(s) => Cow::Borrowed(s),
+            Coerced::Owned(s) => Cow::Owned(s),
+        }
+    }
+}
+
 /// The Postgres types a CRM field can land as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PgType {
@@ -62,12 +71,7 @@ impl PgType {
     /// Text and numbers already in Postgres' form are borrowed, not copied.
     #[allow(clippy::result_unit_err)]
     pub fn coerce(self, v: &Value) -> Result<Option<Cow<'_, str>>, ()> {
-        self.coerce_owned(v).map(|o| {
-            o.map(|c| match c {
-                Coerced::Borrowed(s) => Cow::Borrowed(s),
-                Coerced::Owned(s) => Cow::Owned(s),
-            })
-        })
+        self.coerce_owned(v).map(|o| o.map(Coerced::into_cow))
     }
 
     #[cfg(test)]
@@ -76,7 +80,7 @@ impl PgType {
     }
 
     fn coerce_owned(self, v: &Value) -> Result<Option<Coerced<'_>>, ()> {
-        use Coerced::{Borrowed, Owned};
+        use Coerced::Owned;
         let s = match v {
             Value::Null => return Ok(None),
             Value::String(s) => s.as_str(),
@@ -108,6 +112,18 @@ impl PgType {
                 }
             }
         };
+        self.coerce_text(s)
+    }
+
+    /// [`PgType::coerce`] of a JSON string (decoded), borrowing from it
+    /// where it can.
+    #[allow(clippy::result_unit_err)]
+    pub fn coerce_str(self, s: &str) -> Result<Option<Cow<'_, str>>, ()> {
+        self.coerce_text(s).map(|o| o.map(Coerced::into_cow))
+    }
+
+    fn coerce_text(self, s: &str) -> Result<Option<Coerced<'_>>, ()> {
+        use Coerced::{Borrowed, Owned};
         if self == PgType::Text {
             return Ok(Some(Borrowed(s)));
         }
@@ -208,12 +224,20 @@ pub fn coerce_timestamp(v: &Value) -> Result<Option<i64>, ()> {
             .and_then(epoch_ms)
             .map(|d| Some(pg_timestamp(d)))
             .ok_or(()),
-        Value::String(s) if s.trim().is_empty() => Ok(None),
-        Value::String(s) => parse_datetime(s.trim())
-            .map(|d| Some(pg_timestamp(d)))
-            .ok_or(()),
+        Value::String(s) => timestamp_of_str(s),
         _ => Err(()),
     }
+}
+
+/// [`coerce_timestamp`] of a JSON string (decoded).
+#[allow(clippy::result_unit_err)]
+pub fn timestamp_of_str(s: &str) -> Result<Option<i64>, ()> {
+    if s.trim().is_empty() {
+        return Ok(None);
+    }
+    parse_datetime(s.trim())
+        .map(|d| Some(pg_timestamp(d)))
+        .ok_or(())
 }
 
 /// The canonical text form we write and store as watermarks: UTC, milliseconds.
