@@ -686,7 +686,7 @@ impl SpiSink {
         let run_id = self.run_id;
         let prepare = |chunk: &'b [Record]| rows::prepare(table, &columns, chunk, utf8);
         let mut written = Written::default();
-        let chunks = batch.chunks(CHUNK);
+        let chunks = chunks(batch);
         if chunks.len() < 2 {
             for chunk in chunks {
                 written.add(upsert(stmt, run_id, prepare(chunk))?);
@@ -695,7 +695,7 @@ impl SpiSink {
             // The next chunk is laid out (values coerced, JSON encoded) on a
             // helper thread while this one is written.
             ahead::with_helper(prepare, |helper| -> Result<(), CrmError> {
-                let mut chunks = chunks;
+                let mut chunks = chunks.into_iter();
                 if let Some(first) = chunks.next() {
                     helper.send(first);
                 }
@@ -727,8 +727,28 @@ impl SpiSink {
 }
 
 /// Records a landing upsert sends at once: the batch is written in chunks
-/// of this many, the next laid out on a helper thread while one is written.
+/// of up to this many, the next laid out on a helper thread while one is
+/// written.
 const CHUNK: usize = 1000;
+/// The first chunk of a batch, which this thread waits for (laying a record
+/// out takes about two thirds of writing it): the chunks after grow by half
+/// each, each laid out while the one before is written.
+const FIRST_CHUNK: usize = 250;
+
+/// A batch as the chunks [`SpiSink::write_records`] writes: from
+/// [`FIRST_CHUNK`] records, growing by half to [`CHUNK`].
+fn chunks(batch: &[Record]) -> Vec<&[Record]> {
+    let mut out = Vec::new();
+    let mut rest = batch;
+    let mut size = FIRST_CHUNK;
+    while !rest.is_empty() {
+        let (chunk, after) = rest.split_at(size.min(rest.len()));
+        out.push(chunk);
+        rest = after;
+        size = (size + size / 2).min(CHUNK);
+    }
+    out
+}
 
 /// What the chunks of a batch did.
 #[derive(Default)]
