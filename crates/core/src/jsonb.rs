@@ -470,10 +470,21 @@ fn hex4(h: &[u8]) -> Option<u32> {
 /// ten to `exponent` (`set_var_from_str`, `strip_var`, `make_result`).
 fn numeric(neg: bool, int: &[u8], frac: &[u8], exponent: i32) -> Option<Vec<u8>> {
     const DEC_DIGITS: i32 = 4;
-    let mut dec: Vec<u8> = vec![0; 4];
-    dec.extend(int.iter().chain(frac).map(|d| d - b'0'));
-    let ddigits = (int.len() + frac.len()) as i32;
-    dec.extend([0; 3]);
+    // The digits, between 4 zeros before and 3 after (on the stack for
+    // the numbers CRMs send; a long one takes a vector).
+    let mut short_dec = [0u8; 64];
+    let mut long_dec = Vec::new();
+    let n = int.len() + frac.len();
+    let dec: &mut [u8] = if n + 7 <= short_dec.len() {
+        &mut short_dec[..n + 7]
+    } else {
+        long_dec.resize(n + 7, 0);
+        &mut long_dec
+    };
+    for (slot, d) in dec[4..].iter_mut().zip(int.iter().chain(frac)) {
+        *slot = d - b'0';
+    }
+    let ddigits = n as i32;
     let dweight = int.len() as i32 - 1 + exponent;
     let dscale = (frac.len() as i32 - exponent).max(0);
     let mut weight = if dweight >= 0 {
@@ -484,11 +495,17 @@ fn numeric(neg: bool, int: &[u8], frac: &[u8], exponent: i32) -> Option<Vec<u8>>
     let offset = (weight + 1) * DEC_DIGITS - (dweight + 1);
     let ndigits = (ddigits + offset + DEC_DIGITS - 1) / DEC_DIGITS;
     let mut i = (DEC_DIGITS - offset) as usize;
-    let mut digits: Vec<i16> = Vec::with_capacity(ndigits as usize);
-    for _ in 0..ndigits {
-        let d = ((dec[i] as i16 * 10 + dec[i + 1] as i16) * 10 + dec[i + 2] as i16) * 10
+    let mut short_digits = [0i16; 16];
+    let mut long_digits = Vec::new();
+    let digits: &mut [i16] = if (ndigits as usize) <= short_digits.len() {
+        &mut short_digits[..ndigits as usize]
+    } else {
+        long_digits.resize(ndigits as usize, 0);
+        &mut long_digits
+    };
+    for d in digits.iter_mut() {
+        *d = ((dec[i] as i16 * 10 + dec[i + 1] as i16) * 10 + dec[i + 2] as i16) * 10
             + dec[i + 3] as i16;
-        digits.push(d);
         i += DEC_DIGITS as usize;
     }
     // Leading and trailing zero digits go; zero is positive, of weight 0.
@@ -506,7 +523,8 @@ fn numeric(neg: bool, int: &[u8], frac: &[u8], exponent: i32) -> Option<Vec<u8>>
     if !short && (dscale > 0x3FFF || !(i16::MIN as i32..=i16::MAX as i32).contains(&weight)) {
         return None;
     }
-    let mut out = vec![0u8; 4];
+    let mut out = Vec::with_capacity(8 + 2 * digits.len());
+    out.extend_from_slice(&[0; 4]);
     if short {
         let head: u16 = 0x8000
             | if neg { 0x2000 } else { 0 }
