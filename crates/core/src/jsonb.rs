@@ -43,11 +43,18 @@ enum Node<'a> {
 /// varlena header (the caller sets the length there, in its own byte
 /// order); None when `json` should go to `jsonb_in` instead.
 pub fn encode(json: &str) -> Option<Vec<u8>> {
+    let (root, _) = parse(json, false)?;
+    encode_node(root, json.len())
+}
+
+/// `json` parsed whole, and (`spans`) where each value of a top-level
+/// object starts and ends in it, in order.
+fn parse(json: &str, spans: bool) -> Option<(Node<'_>, Vec<(usize, usize)>)> {
     let mut p = Parser {
         s: json.as_bytes(),
         text: json,
         at: 0,
-        spans: None,
+        spans: spans.then(Vec::new),
     };
     p.ws();
     let root = p.value(0)?;
@@ -55,7 +62,7 @@ pub fn encode(json: &str) -> Option<Vec<u8>> {
     if p.at != p.s.len() {
         return None;
     }
-    encode_node(root, json.len())
+    Some((root, p.spans.unwrap_or_default()))
 }
 
 /// A value of an object's top level, as [`encode_picking`] finds it in the
@@ -80,22 +87,7 @@ pub fn encode_picking<'a>(
     slots: usize,
     pick: impl Fn(&str) -> Option<usize>,
 ) -> Option<(Vec<u8>, Vec<Option<Picked<'a>>>)> {
-    let mut p = Parser {
-        s: json.as_bytes(),
-        text: json,
-        at: 0,
-        spans: Some(Vec::new()),
-    };
-    p.ws();
-    if p.s.get(p.at) != Some(&b'{') {
-        return None;
-    }
-    let root = p.value(0)?;
-    p.ws();
-    if p.at != p.s.len() {
-        return None;
-    }
-    let spans = p.spans.take().unwrap_or_default();
+    let (root, spans) = parse(json, true)?;
     let Node::Obj(pairs) = &root else {
         return None;
     };

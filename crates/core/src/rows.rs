@@ -112,12 +112,12 @@ pub fn prepare<'a>(
         warnings: 0,
         samples: Vec::new(),
     };
-    // Each column's slot, by the property it holds.
+    // Each column's slot, by the property it holds (when two columns hold
+    // one property, records take the map's path below).
     let slot: HashMap<&str, usize> = columns
         .iter()
         .enumerate()
         .map(|(i, c)| (c.property, i))
-        .rev()
         .collect();
     for r in records {
         out.ids.push(Some(r.id.as_str()));
@@ -223,11 +223,13 @@ impl<'f> Cell<'f> {
 }
 
 /// The values of `columns` in a record's map of fields.
-fn cells<'f>(columns: &[ColumnOf<'_>], fields: &'f Map<String, Value>) -> Vec<Cell<'f>> {
+fn cells<'c, 'f: 'c>(
+    columns: &'c [ColumnOf<'_>],
+    fields: &'f Map<String, Value>,
+) -> impl Iterator<Item = Cell<'f>> + 'c {
     columns
         .iter()
         .map(|c| Cell::Value(fields.get(c.property).unwrap_or(&NULL)))
-        .collect()
 }
 
 /// `raw` encoded as jsonb, and the values of the columns (`slot`: each
@@ -259,7 +261,7 @@ fn push_values<'a, 'f>(
     table: &str,
     columns: &[ColumnOf<'_>],
     id: &str,
-    cells: Vec<Cell<'f>>,
+    cells: impl IntoIterator<Item = Cell<'f>>,
     utf8: bool,
     keep: impl Fn(Cow<'f, str>) -> Cow<'a, str>,
 ) {
