@@ -16,6 +16,7 @@ mod landing;
 mod locks;
 mod merge;
 mod own_txn;
+mod report;
 mod secrets;
 mod shmem;
 mod sql_api;

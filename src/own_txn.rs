@@ -34,7 +34,7 @@ const DONE: u8 = 1;
 /// started (max_worker_processes reached), the failure is logged instead.
 pub fn record(run: &RunRecord) {
     if !in_own_transaction(&Task::Run(run.clone())) {
-        pgrx::warning!(
+        crate::report::warning!(
             "pg_crm_sync: failed run {} could not be recorded in a transaction of its own (is max_worker_processes reached?)",
             run.run_id
         );

@@ -83,7 +83,7 @@ pub fn store_rotated(source: &str, key: &str, value: &str) {
         }
         return;
     }
-    pgrx::warning!(
+    crate::report::warning!(
         "source \"{source}\": the CRM rotated credentials.{key}, which could not be stored (it is given by reference, or the source's row is not visible); put the new value where the reference points before the next sync"
     );
 }
@@ -116,7 +116,7 @@ pub fn retry_pending(warn: bool) {
             continue;
         }
         if warn {
-            pgrx::warning!(
+            crate::report::warning!(
                 "source \"{}\": the CRM rotated credentials.{} during a run that failed, and the new value could not yet be stored on its own (no background worker free, or the row is locked); it is kept in this transaction and tried again at the next call",
                 p.source,
                 p.key

@@ -469,6 +469,40 @@ mod tests {
         Spi::run("SELECT crm_sync.schedule('hs', '15 minutes')").unwrap();
     }
 
+    /// A cancel that arrives just before a WARNING or LOG line (a job's
+    /// worker logs the error that ended a stream, and `crm_sync.cancel()`
+    /// and the launcher both signal it) is not acted on by the report: it
+    /// acts at the next interrupt check, as an ERROR the code around can
+    /// catch. Acted on inside the report, it jumped past every catch to
+    /// the outermost handler, and the worker exited without recording how
+    /// its job ended.
+    #[pg_test]
+    fn a_cancel_pending_during_a_report_acts_at_the_next_check() {
+        use crate::report;
+        for level in ["warning", "log", "notice"] {
+            // What a SIGINT's handler (StatementCancelHandler) sets.
+            unsafe {
+                pg_sys::QueryCancelPending = 1;
+                pg_sys::InterruptPending = 1;
+            }
+            let made = std::panic::catch_unwind(|| match level {
+                "warning" => report::warning!("a warning with a cancel pending"),
+                "log" => report::log!("a log line with a cancel pending"),
+                _ => report::notice!("a notice with a cancel pending"),
+            });
+            assert!(made.is_ok(), "{level}");
+            assert_eq!(unsafe { pg_sys::QueryCancelPending }, 1, "{level}");
+            let checked = crate::txn::in_subtransaction(crate::txn::check_interrupts);
+            assert_eq!(
+                checked,
+                Err("canceling statement due to user request".to_owned()),
+                "{level}"
+            );
+        }
+        // The transaction goes on.
+        assert_eq!(Spi::get_one::<i32>("SELECT 1").unwrap(), Some(1));
+    }
+
     #[pg_test(error = "job 424242 does not exist")]
     fn cancel_of_unknown_job_is_an_error() {
         Spi::run("SELECT crm_sync.cancel(424242)").unwrap();

@@ -49,7 +49,7 @@ pub fn prune(entity: &str, full: bool) -> (Vec<i64>, Vec<i64>) {
         return (Vec::new(), Vec::new());
     }
     for (source, stream) in gone_sources.iter().zip(&gone_streams) {
-        pgrx::notice!(
+        crate::report::notice!(
             "the records of {source}.{stream} leave crm.{}: the stream is gone or no longer mapped to {entity} (see crm_sync.mappings)",
             table(entity)
         );

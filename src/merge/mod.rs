@@ -131,7 +131,7 @@ pub fn run(only: Option<(&str, &str)>, full: bool) -> Vec<EntityStats> {
         // does not grow with the change).
         let follow_at_most = gucs::MERGE_FOLLOW_AT_MOST.get().max(0) as usize;
         let lap = |what: &str| {
-            pgrx::debug1!(
+            crate::report::debug1!(
                 "pg_crm_sync merge {entity}: {what} after {:?}",
                 t0.elapsed()
             )

@@ -138,7 +138,7 @@ pub fn resolve(entity: &str, changed: &[i64], full: bool) -> Resolved {
             }
         });
     }
-    pgrx::debug1!(
+    crate::report::debug1!(
         "pg_crm_sync merge {entity}: linked {} records that share a key after {:?}",
         groups.len(),
         t.elapsed()
@@ -164,7 +164,7 @@ pub fn resolve(entity: &str, changed: &[i64], full: bool) -> Resolved {
             )
             .expect("write unified ids");
         });
-        pgrx::debug1!(
+        crate::report::debug1!(
             "pg_crm_sync merge {entity}: wrote the first unified ids after {:?}",
             t.elapsed()
         );
@@ -235,7 +235,7 @@ pub fn resolve(entity: &str, changed: &[i64], full: bool) -> Resolved {
             .flatten()
             .unwrap_or_default()
     });
-    pgrx::debug1!(
+    crate::report::debug1!(
         "pg_crm_sync merge {entity}: wrote unified ids after {:?}",
         t.elapsed()
     );
@@ -351,13 +351,13 @@ fn resolve_changed(
     });
     drop(first);
     if too_many {
-        pgrx::debug1!(
+        crate::report::debug1!(
             "pg_crm_sync merge {entity}: more than {at_most} records to link again: linking every record"
         );
         drop((scope, groups, merged_into));
         return resolve(entity, &[], true);
     }
-    pgrx::debug1!(
+    crate::report::debug1!(
         "pg_crm_sync merge {entity}: found {} records to link again after {:?}",
         scope.len(),
         t.elapsed()
@@ -372,7 +372,7 @@ fn resolve_changed(
             }
         }
     }
-    pgrx::debug1!(
+    crate::report::debug1!(
         "pg_crm_sync merge {entity}: linked {} records that share a key after {:?}",
         groups.len(),
         t.elapsed()
@@ -411,7 +411,7 @@ fn resolve_changed(
         )
         .expect("write unified ids");
     }
-    pgrx::debug1!(
+    crate::report::debug1!(
         "pg_crm_sync merge {entity}: wrote unified ids after {:?}",
         t.elapsed()
     );

@@ -125,7 +125,7 @@ pub struct Staging {
 pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
     // A sync of this stream still writing: its own merge will follow.
     if !locks::try_stream_for_transaction(&s.source, &s.stream) {
-        pgrx::notice!(
+        crate::report::notice!(
             "{}.{} is being synced; its changes are merged when that sync ends",
             s.source,
             s.stream
@@ -280,7 +280,7 @@ pub fn stage(entity: &str, s: &StreamMap, full: bool, keep: usize) -> Staging {
             }
         }
     });
-    pgrx::debug1!(
+    crate::report::debug1!(
         "pg_crm_sync merge {entity}: {}.{}: prepared in {t_prep:?}, read {} records in {t_read:?}, waited {t_clean:?} for their cleaning ({:?} of the cleaner's time), wrote them in {t_write:?}",
         s.source,
         s.stream,

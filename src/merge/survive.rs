@@ -113,7 +113,7 @@ pub fn survive(entity: &str, ids: &[i64], left: &[i64], full: bool) -> i64 {
                 .expect("write unified rows of one record")
                 .len() as i64
         });
-        pgrx::debug1!(
+        crate::report::debug1!(
             "pg_crm_sync merge {entity}: survivorship wrote {written} rows of one record in {:?}",
             t.elapsed()
         );
@@ -170,7 +170,7 @@ pub fn survive(entity: &str, ids: &[i64], left: &[i64], full: bool) -> i64 {
         written += n;
         pgrx::check_for_interrupts!();
     }
-    pgrx::debug1!(
+    crate::report::debug1!(
         "pg_crm_sync merge {entity}: survivorship read {rows_read} rows' records in {t_read:?}, wrote them in {t_write:?}"
     );
     written

@@ -52,12 +52,12 @@ pub fn sync(
             Err(failure) => failure.rethrow.raise(),
         };
         if let Some(w) = &done.merge_warning {
-            pgrx::warning!("{}.{}: {}", src.name, s.stream, w);
+            crate::report::warning!("{}.{}: {}", src.name, s.stream, w);
         }
         rows.push(sync_row(&s.stream, done.run, done.duration));
         if let Some(r) = done.reconciled {
             if let Some(w) = &r.merge_warning {
-                pgrx::warning!("{}.{}: {}", src.name, s.stream, w);
+                crate::report::warning!("{}.{}: {}", src.name, s.stream, w);
             }
             rows.push(sync_row(&s.stream, r.run, r.duration));
         }
@@ -136,7 +136,7 @@ pub fn reconcile(
             Err(failure) => failure.rethrow.raise(),
         };
         if let Some(w) = &done.merge_warning {
-            pgrx::warning!("{}.{}: {}", src.name, s.stream, w);
+            crate::report::warning!("{}.{}: {}", src.name, s.stream, w);
         }
         let run = done.run;
         rows.push((

@@ -147,7 +147,7 @@ fn run_stream(
             (Ended::Succeeded, None)
         }
         Err(f) => {
-            log!("pg_crm_sync: job {}: {}", job.job_id, f.message);
+            crate::report::log!("pg_crm_sync: job {}: {}", job.job_id, f.message);
             let ended = if f.status == "cancelled" {
                 Ended::Cancelled
             } else {

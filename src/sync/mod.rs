@@ -196,7 +196,7 @@ pub fn sync_stream(
             // run and rows are committed; the reconcile run is recorded).
             Err(f) if f.status == "cancelled" && commit.job_id().is_some() => return Err(f),
             Err(f) => {
-                pgrx::warning!(
+                crate::report::warning!(
                     "{}.{}: the reconciliation after the sync failed: {}; the synced rows are kept; see crm_sync.runs",
                     src.name,
                     s.stream,

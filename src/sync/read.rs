@@ -92,7 +92,7 @@ pub fn read_stream(
         .filter(|c| c.fields == fields_key)
         .map(|c| c.position.clone());
     if let (Some(c), true) = (&plan.resume, resume.is_some()) {
-        pgrx::log!(
+        crate::report::log!(
             "pg_crm_sync: {}.{}: resuming run {} from its checkpoint ({} records were written)",
             src.name,
             s.stream,
@@ -133,7 +133,7 @@ pub fn read_stream(
             return;
         }
         last = Instant::now();
-        pgrx::notice!(
+        crate::report::notice!(
             "{}",
             progress_line(
                 &src.name,

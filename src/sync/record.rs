@@ -67,10 +67,10 @@ pub fn succeeded(src: &str, s: &StreamRow, plan: &Plan, done: Done, commit: Comm
     catalog::insert_run(&run);
     on_job(commit, &run);
     for w in &done.outcome.warnings {
-        pgrx::warning!("{}.{}: {}", src, s.stream, w);
+        crate::report::warning!("{}.{}: {}", src, s.stream, w);
     }
     if done.outcome.stats.warnings > 0 {
-        pgrx::warning!(
+        crate::report::warning!(
             "{}.{}: {} values did not fit their columns and were kept in _raw only; see crm_sync.runs (run_id {})",
             src,
             s.stream,

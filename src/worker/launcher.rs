@@ -77,7 +77,7 @@ pub extern "C-unwind" fn crm_sync_launcher_main(_arg: pg_sys::Datum) {
     txn::pin_search_path();
     txn::commit();
     shmem::set_launcher_latch(true);
-    log!("pg_crm_sync launcher started for database \"{db}\"");
+    crate::report::log!("pg_crm_sync launcher started for database \"{db}\"");
     let mut state = Launcher::new();
     show_settings();
     loop {
@@ -216,7 +216,7 @@ fn interrupted(job: &RunningJob) {
             &[job.job_id.into()],
         )
         .expect("fail an interrupted job");
-        log!(
+        crate::report::log!(
             "pg_crm_sync: job {} ({}): its worker stopped {} times; marked failed",
             job.job_id,
             job.source,
@@ -231,7 +231,7 @@ fn interrupted(job: &RunningJob) {
             &[job.job_id.into()],
         )
         .expect("queue an interrupted job again");
-        log!(
+        crate::report::log!(
             "pg_crm_sync: job {} ({}.{}): its worker stopped; queued again to resume from its checkpoint",
             job.job_id,
             job.source,

@@ -445,13 +445,16 @@ def test_a_cancel_signalled_again_while_the_worker_records_it_keeps_the_run(jobs
     may pg_cancel_backend() it too. A cancel arriving while the worker records
     the cancelled run, or ends the job, must not lose the run or leave the job
     running (the launcher would take it for a crashed worker and run it again)."""
-    m = mock_factory(3000, 1, 1)  # 30 pages: three cancelled jobs do not reach the end
+    m = mock_factory(6000, 1, 1)  # 60 pages: six cancelled jobs do not reach the end
     c = jobs_connect()
     hammer = jobs_connect()
     create_source(c, m)
     c.execute("ALTER DATABASE crm_jobs SET crm_sync.batch_size = 100")  # a commit per list page
     m.fault(path_contains=CONTACTS, skip=0, count=0, kind="latency", latency_ms=150)
-    for attempt in range(3):
+    hammered = 0
+    for attempt in range(6):
+        if hammered == 3:
+            break
         job_id = queue(c)
         wait_until("a batch committed", lambda: (k := checkpoint(c)) and k[2] == job_id, timeout=30)
         pid = job(c, job_id)["worker_pid"]
@@ -464,7 +467,9 @@ def test_a_cancel_signalled_again_while_the_worker_records_it_keeps_the_run(jobs
                 "AND backend_type = 'pg_crm_sync worker'", (pid,)).fetchone():
             signals += 1
             time.sleep(0.001)
-        assert signals > 0
+        # On a busy machine the worker may end the job before the first
+        # signal: the job must end the same way, and another job is tried.
+        hammered += signals > 0
         j = wait_job(c, job_id, timeout=30)
         assert (j["status"], j["error_sqlstate"], j["attempts"], j["detail"]) == \
             ("cancelled", "57014", 1, "cancelled with crm_sync.cancel()"), j
@@ -474,6 +479,7 @@ def test_a_cancel_signalled_again_while_the_worker_records_it_keeps_the_run(jobs
         assert (run["status"], run["error_sqlstate"]) == ("cancelled", "57014"), run
         assert run["records"] > 0 and run["records"] % 100 == 0, run
         assert j["records"] == run["records"]
+    assert hammered > 0, "no worker was signalled again while it ended its job"
     # What each cancelled job committed is there, once: ids 1..n in list order.
     landed = c.execute("SELECT array_agg(id::int ORDER BY id::int) FROM hs.contacts").fetchone()[0]
     assert landed == list(range(1, one(c, "SELECT sum(records)::int FROM crm_sync.runs WHERE status = 'cancelled'") + 1))
