@@ -2,7 +2,8 @@
 //! is in `shared_preload_libraries`. It connects to `crm_sync.database` and,
 //! about every second (or at once when `sync_async` wakes it):
 //! - puts jobs whose worker died (crash, kill, restart) back in the queue,
-//!   recording the interrupted run, or fails them after 3 attempts;
+//!   recording the interrupted run, or fails them after 3 attempts (ends
+//!   them cancelled if their cancel was asked for);
 //! - queues the jobs of due `crm_sync.schedules`;
 //! - starts a dynamic worker for each queued job that does not touch a
 //!   stream another job is syncing, up to `crm_sync.max_workers`.
@@ -185,7 +186,8 @@ fn worker_alive(pid: Option<i32>) -> bool {
 
 /// The worker of `job` stopped without finishing it (the server crashed or
 /// restarted, or the process was killed). Record the run it was in, then
-/// queue the job again to resume from its checkpoint, or fail it.
+/// queue the job again to resume from its checkpoint, or fail it, or (its
+/// cancel was asked for) end it cancelled.
 fn interrupted(job: &RunningJob) {
     Spi::run_with_args(
         "WITH k AS (
@@ -206,7 +208,24 @@ fn interrupted(job: &RunningJob) {
         &[job.job_id.into()],
     )
     .expect("record an interrupted run");
-    if job.attempts >= MAX_ATTEMPTS {
+    if job.cancel_requested {
+        // Its cancel was asked for: it ends here, not in another attempt
+        // that would only end it.
+        Spi::run_with_args(
+            "UPDATE crm_sync.jobs
+                SET status = 'cancelled', finished_at = now(), worker_pid = NULL, error_sqlstate = '57014',
+                    error = format('job %s was cancelled with crm_sync.cancel(); its worker stopped (server crash, restart or kill) before it ended the run, which is recorded as interrupted', job_id),
+                    detail = 'cancelled with crm_sync.cancel()'
+              WHERE job_id = $1",
+            &[job.job_id.into()],
+        )
+        .expect("cancel an interrupted job");
+        crate::report::log!(
+            "pg_crm_sync: job {} ({}): its worker stopped after the job was cancelled; marked cancelled",
+            job.job_id,
+            job.source
+        );
+    } else if job.attempts >= MAX_ATTEMPTS {
         Spi::run_with_args(
             "UPDATE crm_sync.jobs
                 SET status = 'failed', finished_at = now(), worker_pid = NULL, error_sqlstate = '57P02',

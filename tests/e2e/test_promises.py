@@ -485,6 +485,37 @@ def test_a_cancel_signalled_again_while_the_worker_records_it_keeps_the_run(jobs
     assert landed == list(range(1, one(c, "SELECT sum(records)::int FROM crm_sync.runs WHERE status = 'cancelled'") + 1))
 
 
+def test_a_cancelled_job_whose_worker_stops_before_acting_on_it_is_not_run_again(jobs_connect, mock_factory):
+    """A job's cancel was asked for, and its worker stopped (killed, or the
+    server went down) before it acted on it: the launcher records the
+    interrupted run and ends the job cancelled, rather than queueing it
+    again to resume (a second attempt that only ends it)."""
+    m = mock_factory(3000, 1, 1)
+    c = jobs_connect()
+    create_source(c, m)
+    c.execute("ALTER DATABASE crm_jobs SET crm_sync.batch_size = 100")  # a commit per list page
+    # The second list page takes 20 s: the worker waits on the CRM.
+    m.fault(path_contains=CONTACTS, skip=1, count=1, kind="latency", latency_ms=20000)
+    job_id = queue(c)
+    run_id = wait_until("a batch committed", lambda: (k := checkpoint(c)) and k[2] == job_id and k[1], timeout=30)
+    pid = job(c, job_id)["worker_pid"]
+    # The cancel is asked for (crm_sync.cancel() sets this, then signals)
+    # and the worker stops before its signal acts.
+    c.execute("UPDATE crm_sync.jobs SET cancel_requested = true WHERE job_id = %s", (job_id,))
+    assert one(c, "SELECT pg_terminate_backend(%s)", pid) is True
+    j = wait_job(c, job_id, timeout=30)
+    assert (j["status"], j["error_sqlstate"], j["attempts"], j["detail"]) == \
+        ("cancelled", "57014", 1, "cancelled with crm_sync.cancel()"), j
+    assert f"job {job_id} was cancelled with crm_sync.cancel()" in j["error"], j
+    time.sleep(1.5)  # the launcher's next look: the job is not run again
+    assert job(c, job_id)["attempts"] == 1
+    # The run the worker left is recorded, interrupted, with what it committed.
+    [run] = job_runs(c, job_id)
+    assert (run["run_id"], run["status"], run["error_sqlstate"], run["records"]) == (run_id, "failed", "57P02", 100), run
+    assert j["records"] == 100
+    assert one(c, "SELECT count(*) FROM hs.contacts") == 100
+
+
 def test_deleting_the_checkpoint_makes_the_next_run_start_over(jobs_connect, mock_factory):
     m = mock_factory(1000, 1, 1)
     c = jobs_connect()
