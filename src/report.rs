@@ -9,7 +9,7 @@
 //! statement timeout) therefore jumped straight to the outermost handler,
 //! past every `catch_unwind`: a job's worker exited without recording how
 //! its job ended, and the launcher ran the job again as if it had crashed.
-//! Here a report holds cancels while it is made; the cancel stays pending
+//! Here a report holds interrupts while it is made; a cancel stays pending
 //! and acts at the next interrupt check, as an ERROR the caller catches.
 
 use std::fmt;
@@ -31,7 +31,7 @@ pub fn emit(level: PgLogLevel, funcname: &'static str, message: fmt::Arguments) 
     if !level.is_interesting() {
         return;
     }
-    let _held = txn::hold_cancel();
+    let _held = txn::hold_interrupts();
     pgrx::pg_sys::panic::ErrorReport::new(code, message.to_string(), funcname).report(level);
 }
 

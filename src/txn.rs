@@ -101,6 +101,25 @@ impl Drop for CancelHeld {
     }
 }
 
+/// While alive, every interrupt waits (Postgres' HOLD_INTERRUPTS): a
+/// cancel, a statement timeout, a termination. They stay pending and act
+/// at the first interrupt check after.
+pub struct InterruptsHeld(());
+
+pub fn hold_interrupts() -> InterruptsHeld {
+    // SAFETY: the backend's main thread; pairs with the decrement in drop.
+    unsafe { pg_sys::InterruptHoldoffCount += 1 };
+    InterruptsHeld(())
+}
+
+impl Drop for InterruptsHeld {
+    fn drop(&mut self) {
+        // SAFETY: as in hold_interrupts; an ERROR raised while held resets
+        // the count to 0 (errfinish) before it unwinds here.
+        unsafe { pg_sys::InterruptHoldoffCount = pg_sys::InterruptHoldoffCount.saturating_sub(1) };
+    }
+}
+
 /// Forget a pending cancel: the run it asked to stop has stopped, and the
 /// same request, signalled again, has nothing left to cancel.
 pub fn forget_cancel(_held: &CancelHeld) {

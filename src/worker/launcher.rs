@@ -87,6 +87,9 @@ pub extern "C-unwind" fn crm_sync_launcher_main(_arg: pg_sys::Datum) {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
             show_settings();
         }
+        // Before the transaction's snapshot: a worker seen stopped here
+        // committed how its job ended before it, so the tick reads that.
+        state.forget_workers(false);
         txn::begin();
         tick(&mut state);
         txn::commit();
@@ -121,7 +124,6 @@ fn tick(state: &mut Launcher) {
         state.forget_workers(true);
         return;
     }
-    state.forget_workers(false);
 
     let running = running_jobs();
     for job in &running {
@@ -189,6 +191,37 @@ fn worker_alive(pid: Option<i32>) -> bool {
 /// queue the job again to resume from its checkpoint, or fail it, or (its
 /// cancel was asked for) end it cancelled.
 fn interrupted(job: &RunningJob) {
+    // The tick read the job in its snapshot; the worker may have ended the
+    // job (or a cancel come) since. Lock the row and read it as it is now.
+    let now: Option<(i32, bool)> = Spi::connect_mut(|c| {
+        let t = c
+            .update(
+                "SELECT attempts, cancel_requested FROM crm_sync.jobs
+                  WHERE job_id = $1 AND status = 'running' FOR UPDATE",
+                Some(1),
+                &[job.job_id.into()],
+            )
+            .expect("lock an interrupted job");
+        if t.is_empty() {
+            return None;
+        }
+        let r = t.first();
+        Some((
+            r.get(1).ok().flatten().unwrap_or_default(),
+            r.get(2).ok().flatten().unwrap_or(false),
+        ))
+    });
+    let Some((attempts, cancel_requested)) = now else {
+        return;
+    };
+    let job = &RunningJob {
+        attempts,
+        cancel_requested,
+        job_id: job.job_id,
+        source: job.source.clone(),
+        stream: job.stream.clone(),
+        worker_pid: job.worker_pid,
+    };
     Spi::run_with_args(
         "WITH k AS (
             SELECT * FROM crm_sync.checkpoints k

@@ -500,9 +500,17 @@ def test_a_cancelled_job_whose_worker_stops_before_acting_on_it_is_not_run_again
     run_id = wait_until("a batch committed", lambda: (k := checkpoint(c)) and k[2] == job_id and k[1], timeout=30)
     pid = job(c, job_id)["worker_pid"]
     # The cancel is asked for (crm_sync.cancel() sets this, then signals)
-    # and the worker stops before its signal acts.
-    c.execute("UPDATE crm_sync.jobs SET cancel_requested = true WHERE job_id = %s", (job_id,))
-    assert one(c, "SELECT pg_terminate_backend(%s)", pid) is True
+    # and the worker stops before its signal acts. The cancel commits only
+    # once the worker is gone (no signal reaches it), after the launcher
+    # may have read the job still running and not cancelled: it must look
+    # again before it queues the job.
+    asker = jobs_connect()
+    with asker.transaction():
+        asker.execute("UPDATE crm_sync.jobs SET cancel_requested = true WHERE job_id = %s", (job_id,))
+        assert one(c, "SELECT pg_terminate_backend(%s)", pid) is True
+        wait_until("the worker to stop", lambda: not c.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone(), timeout=30)
+        time.sleep(1.5)  # the launcher's next look, which waits for this row
     j = wait_job(c, job_id, timeout=30)
     assert (j["status"], j["error_sqlstate"], j["attempts"], j["detail"]) == \
         ("cancelled", "57014", 1, "cancelled with crm_sync.cancel()"), j
