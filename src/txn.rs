@@ -77,46 +77,57 @@ pub fn commit_and_continue() {
     begin();
 }
 
+/// One hold on a Postgres holdoff counter (`QueryCancelHoldoffCount`,
+/// `InterruptHoldoffCount`): counted up when taken, down when dropped, which
+/// also happens while an ERROR unwinds. An ERROR raised while held resets
+/// the counter to 0 (errfinish, as Postgres' error recovery does) before it
+/// unwinds here: never below 0. Not `Send`: the counters are the backend
+/// main thread's.
+struct Holdoff(*mut u32);
+
+impl Holdoff {
+    /// # Safety
+    /// `counter` is one of Postgres' holdoff counters; called on the
+    /// backend's main thread.
+    unsafe fn take(counter: *mut u32) -> Self {
+        unsafe { *counter += 1 };
+        Holdoff(counter)
+    }
+}
+
+impl Drop for Holdoff {
+    fn drop(&mut self) {
+        // SAFETY: as in take.
+        unsafe { *self.0 = (*self.0).saturating_sub(1) };
+    }
+}
+
 /// While alive, a cancel (SIGINT: `crm_sync.cancel()`, the launcher,
 /// `pg_cancel_backend()`) waits: it stays pending and acts at the first
 /// interrupt check after (Postgres' HOLD_CANCEL_INTERRUPTS). What records
 /// a run's end holds one, so a cancel signalled again cannot lose it.
-pub struct CancelHeld(());
-
-pub fn hold_cancel() -> CancelHeld {
-    // SAFETY: the backend's main thread; pairs with the decrement in drop,
-    // which also runs while an ERROR unwinds.
-    unsafe { pg_sys::QueryCancelHoldoffCount += 1 };
-    CancelHeld(())
+pub struct CancelHeld {
+    _hold: Holdoff,
 }
 
-impl Drop for CancelHeld {
-    fn drop(&mut self) {
-        // SAFETY: as in hold_cancel. An ERROR raised while held resets the
-        // count to 0 (errfinish, as Postgres' error recovery does) before
-        // it unwinds here: never below 0.
-        unsafe {
-            pg_sys::QueryCancelHoldoffCount = pg_sys::QueryCancelHoldoffCount.saturating_sub(1)
-        };
+pub fn hold_cancel() -> CancelHeld {
+    // SAFETY: Postgres' cancel holdoff counter, on the main thread.
+    CancelHeld {
+        _hold: unsafe { Holdoff::take(&raw mut pg_sys::QueryCancelHoldoffCount) },
     }
 }
 
 /// While alive, every interrupt waits (Postgres' HOLD_INTERRUPTS): a
 /// cancel, a statement timeout, a termination. They stay pending and act
 /// at the first interrupt check after.
-pub struct InterruptsHeld(());
-
-pub fn hold_interrupts() -> InterruptsHeld {
-    // SAFETY: the backend's main thread; pairs with the decrement in drop.
-    unsafe { pg_sys::InterruptHoldoffCount += 1 };
-    InterruptsHeld(())
+pub struct InterruptsHeld {
+    _hold: Holdoff,
 }
 
-impl Drop for InterruptsHeld {
-    fn drop(&mut self) {
-        // SAFETY: as in hold_interrupts; an ERROR raised while held resets
-        // the count to 0 (errfinish) before it unwinds here.
-        unsafe { pg_sys::InterruptHoldoffCount = pg_sys::InterruptHoldoffCount.saturating_sub(1) };
+pub fn hold_interrupts() -> InterruptsHeld {
+    // SAFETY: Postgres' interrupt holdoff counter, on the main thread.
+    InterruptsHeld {
+        _hold: unsafe { Holdoff::take(&raw mut pg_sys::InterruptHoldoffCount) },
     }
 }
 

@@ -149,14 +149,13 @@ struct RunningJob {
     source: String,
     stream: Option<String>,
     worker_pid: Option<i32>,
-    attempts: i32,
     cancel_requested: bool,
 }
 
 fn running_jobs() -> Vec<RunningJob> {
     Spi::connect(|c| {
         c.select(
-            "SELECT job_id, source, stream, worker_pid, attempts, cancel_requested
+            "SELECT job_id, source, stream, worker_pid, cancel_requested
                FROM crm_sync.jobs WHERE status = 'running' ORDER BY job_id",
             None,
             &[],
@@ -167,8 +166,7 @@ fn running_jobs() -> Vec<RunningJob> {
             source: r.get(2).ok().flatten().unwrap_or_default(),
             stream: r.get(3).ok().flatten(),
             worker_pid: r.get(4).ok().flatten(),
-            attempts: r.get(5).ok().flatten().unwrap_or_default(),
-            cancel_requested: r.get(6).ok().flatten().unwrap_or(false),
+            cancel_requested: r.get(5).ok().flatten().unwrap_or(false),
         })
         .collect()
     })
@@ -214,14 +212,6 @@ fn interrupted(job: &RunningJob) {
     let Some((attempts, cancel_requested)) = now else {
         return;
     };
-    let job = &RunningJob {
-        attempts,
-        cancel_requested,
-        job_id: job.job_id,
-        source: job.source.clone(),
-        stream: job.stream.clone(),
-        worker_pid: job.worker_pid,
-    };
     Spi::run_with_args(
         "WITH k AS (
             SELECT * FROM crm_sync.checkpoints k
@@ -241,7 +231,7 @@ fn interrupted(job: &RunningJob) {
         &[job.job_id.into()],
     )
     .expect("record an interrupted run");
-    if job.cancel_requested {
+    if cancel_requested {
         // Its cancel was asked for: it ends here, not in another attempt
         // that would only end it.
         Spi::run_with_args(
@@ -258,7 +248,7 @@ fn interrupted(job: &RunningJob) {
             job.job_id,
             job.source
         );
-    } else if job.attempts >= MAX_ATTEMPTS {
+    } else if attempts >= MAX_ATTEMPTS {
         Spi::run_with_args(
             "UPDATE crm_sync.jobs
                 SET status = 'failed', finished_at = now(), worker_pid = NULL, error_sqlstate = '57P02',
@@ -272,7 +262,7 @@ fn interrupted(job: &RunningJob) {
             "pg_crm_sync: job {} ({}): its worker stopped {} times; marked failed",
             job.job_id,
             job.source,
-            job.attempts
+            attempts
         );
     } else {
         Spi::run_with_args(
