@@ -341,6 +341,12 @@ CREATE INDEX source_records_external_id ON crm_sync.source_records (external_id)
 CREATE FUNCTION crm_sync._flush_match_keys() RETURNS bigint
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET maintenance_work_mem = '16MB'
 AS $$ SELECT pg_catalog.gin_clean_pending_list('crm_sync.source_records_keys'::pg_catalog.regclass) $$;
+-- The lineage of a unified row of one record (src/sql_api/model.rs):
+-- each of fields (a JSON array of names) that is a key of vals -> 1. The
+-- merge writes most rows with it; PUBLIC may not run it (sql/access.sql).
+CREATE FUNCTION crm_sync._lineage_of_one(vals jsonb, fields text) RETURNS jsonb
+LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'lineage_of_one_wrapper';
 CREATE INDEX source_records_company ON crm_sync.source_records (entity, company_id) WHERE company_id IS NOT NULL;
 CREATE INDEX source_records_contact ON crm_sync.source_records (entity, contact_id) WHERE contact_id IS NOT NULL;
 -- References whose record has not landed (yet): linked again by every merge.

@@ -1031,4 +1031,39 @@ mod tests {
             .unwrap();
         assert_eq!(n, 3);
     }
+
+    #[pg_test]
+    fn the_lineage_of_a_row_of_one_record_names_the_fields_its_values_have() {
+        // As the merge wrote it before: every field, less those the
+        // record's values lack.
+        let cases = [
+            (
+                r#"{"email": "a@b.c", "title": null, "x": 1}"#,
+                r#"["email", "phone", "title"]"#,
+            ),
+            ("{}", r#"["email", "phone"]"#),
+            (
+                r#"{"it's": "q", "é\"x": 2, "email": {"a": 1}}"#,
+                r#"["email", "it's", "é\"x", "z"]"#,
+            ),
+            (r#"{"a": 1}"#, "[]"),
+        ];
+        for (vals, fields) in cases {
+            let same = Spi::get_one_with_args::<bool>(
+                "SELECT crm_sync._lineage_of_one($1::jsonb, $2)
+                        = (SELECT coalesce(jsonb_object_agg(f, 1), '{}') FROM jsonb_array_elements_text($2::jsonb) f
+                            WHERE $1::jsonb ? f)",
+                &[vals.into(), fields.into()],
+            )
+            .unwrap();
+            assert_eq!(same, Some(true), "{vals} {fields}");
+        }
+        let wide: Vec<String> = (0..80).map(|i| format!("f{i}")).collect();
+        let got = Spi::get_one_with_args::<String>(
+            "SELECT crm_sync._lineage_of_one('{\"f2\": 0, \"f70\": 1, \"g\": 2}', $1)::text",
+            &[serde_json::to_string(&wide).unwrap().into()],
+        )
+        .unwrap();
+        assert_eq!(got.as_deref(), Some(r#"{"f2": 1, "f70": 1}"#));
+    }
 }

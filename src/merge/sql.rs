@@ -1,8 +1,43 @@
 //! What the merge steps share in the SQL they build.
 
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::spi::{SpiClient, SpiTupleTable};
+
 /// Rows per page: every step reads in pages of this many, each in its own
 /// SPI connection, so memory stays flat however large the model.
 pub const FETCH: i64 = 5_000;
+
+/// Read `sql` through a cursor, [`FETCH`] rows at a time, each page in its
+/// own SPI connection (its memory is given back after it), handing `each`
+/// the connection, the page and whether it is the last (checking for
+/// interrupts between pages).
+pub fn each_page(
+    sql: &str,
+    args: &[DatumWithOid<'_>],
+    mut each: impl FnMut(&mut SpiClient<'_>, SpiTupleTable<'_>, bool),
+) {
+    let mut cursor: Option<String> = None;
+    loop {
+        let more = Spi::connect_mut(|c| {
+            let mut cur = match &cursor {
+                None => c.open_cursor(sql, args),
+                Some(name) => c.find_cursor(name).expect("find the merge's cursor"),
+            };
+            let page = cur
+                .fetch(FETCH)
+                .expect("read a page through the merge's cursor");
+            let more = page.len() as i64 == FETCH;
+            each(c, page, !more);
+            cursor = more.then(|| cur.detach_into_name());
+            more
+        });
+        pgrx::check_for_interrupts!();
+        if !more {
+            break;
+        }
+    }
+}
 
 /// The streams `t` that feed the entity `$1`: each with its source `s`, its
 /// enabled mappings into the entity `m` and their unified fields `f`. What

@@ -13,7 +13,7 @@ use serde_json::Value;
 use crm_sync_core::model::survive::{self, Contribution, FieldRule};
 use crm_sync_core::model::{ref_of_field, table, REFS};
 
-use super::sql::{qi, FETCH};
+use super::sql::{each_page, qi, FETCH};
 
 /// Recompute the unified rows `ids` (every row, `full`), dropping those of
 /// `left` (ids that may have lost their last record) without records;
@@ -121,39 +121,56 @@ pub fn survive(entity: &str, ids: &[i64], left: &[i64], full: bool) -> i64 {
     let mut w = RowWriter::new(entity, rules, empty);
     let mut rows_read = 0usize;
     let (mut t_read, mut t_write) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
-    // Pages of unified ids, each read and written in its own SPI
-    // connection (memory is given back after every page): the ids given,
-    // or (a full merge) the rows of several records, found a page at a
-    // time through the index of records that are not their row's own
-    // (rows of one record are written by `singles` above), half a page
-    // of ids: these rows have two records or more.
+    if full {
+        // Every row of several records (rows of one record are written by
+        // `singles` above), all their records in one read, in unified id
+        // order, a page at a time (each in its own SPI connection: memory
+        // is given back after every page); the records of a page's last
+        // row wait for the next page, which may hold more of them.
+        let all = format!(
+            "SELECT m.unified_id, {cols}
+               FROM crm_sync.unified_ids m
+               JOIN crm_sync.source_records x ON x.entity = $1 AND x.record_id = m.record_id
+              WHERE m.entity = $1
+             UNION ALL
+             SELECT x.record_id, {cols}
+               FROM crm_sync.source_records x
+              WHERE x.entity = $1 AND x.record_id IN ({SHARED_IDS})
+                AND {X_IS_OWN}
+              ORDER BY 1"
+        );
+        let mut carry: Vec<Contribution> = Vec::new();
+        let t = std::time::Instant::now();
+        each_page(&all, &[entity.into()], |c, page, last| {
+            let mut rows = std::mem::take(&mut carry);
+            rows.extend(page.map(|r| contribution(&r)));
+            if let (false, Some(u)) = (last, rows.last().map(|r| r.unified_id)) {
+                let from = rows
+                    .iter()
+                    .rposition(|r| r.unified_id != u)
+                    .map_or(0, |i| i + 1);
+                carry = rows.split_off(from);
+            }
+            for g in rows.chunk_by(|a, b| a.unified_id == b.unified_id) {
+                w.push(g);
+                rows_read += 1;
+            }
+            let t = std::time::Instant::now();
+            written += w.flush(c);
+            t_write += t.elapsed();
+        });
+        t_read = t.elapsed() - t_write;
+    }
+    // The rows given, a page of ids at a time, each page read and written
+    // in its own SPI connection.
     let mut ids = ids.to_vec();
     ids.sort_unstable();
     ids.dedup();
-    let mut given = ids.chunks(FETCH as usize);
-    let mut after = i64::MIN;
-    loop {
-        let page: Vec<i64> = if full {
-            Spi::get_one_with_args::<Vec<i64>>(
-                &format!(
-                    "SELECT coalesce(array_agg(u ORDER BY u), '{{}}') FROM (
-                        SELECT DISTINCT m.u FROM ({SHARED_IDS}) m(u) WHERE m.u > $2
-                         ORDER BY 1 LIMIT {}) s",
-                    FETCH / 2
-                ),
-                &[entity.into(), after.into()],
-            )
-            .expect("find rows of several records")
-            .unwrap_or_default()
-        } else {
-            given.next().map(<[i64]>::to_vec).unwrap_or_default()
-        };
-        let Some(&last) = page.last() else { break };
-        after = last;
+    for page in ids.chunks(FETCH as usize).filter(|_| !full) {
         let n = Spi::connect_mut(|c| {
             let t = std::time::Instant::now();
             let rows: Vec<Contribution> = c
-                .select(sql.as_str(), None, &[entity.into(), page.as_slice().into()])
+                .select(sql.as_str(), None, &[entity.into(), page.into()])
                 .expect("read source records")
                 .map(|r| contribution(&r))
                 .collect();
@@ -226,10 +243,9 @@ fn singles(entity: &str, rules: &[FieldRule], empty: bool) -> String {
     let lit = |s: &str| format!("'{}'", s.replace('\'', "''"));
     let mut cols = Vec::new();
     let mut exprs = Vec::new();
-    // Field -> 1 (the one record gave every value it has): every field,
-    // less those the record lacks (cheaper than building the object).
-    let mut every = serde_json::Map::new();
-    let mut lacks = Vec::new();
+    // Field -> 1 (the one record gave every value it has), for the fields
+    // the record has.
+    let mut names = Vec::new();
     for rule in rules {
         let (col, cast) = column_of(rule);
         let has = format!("x.vals ? {}", lit(&rule.field));
@@ -240,18 +256,12 @@ fn singles(entity: &str, rules: &[FieldRule], empty: bool) -> String {
         };
         cols.push(col);
         exprs.push(format!("CASE WHEN NOT x.deleted THEN {value} END"));
-        every.insert(rule.field.clone(), Value::from(1));
-        lacks.push(format!("CASE WHEN NOT {has} THEN {} END", lit(&rule.field)));
+        names.push(rule.field.as_str());
     }
-    let lineage = if lacks.is_empty() {
-        "'{}'::jsonb".to_owned()
-    } else {
-        format!(
-            "{}::jsonb - ARRAY[{}]::text[]",
-            lit(&Value::Object(every).to_string()),
-            lacks.join(", ")
-        )
-    };
+    let lineage = format!(
+        "crm_sync._lineage_of_one(x.vals, {})",
+        lit(&serde_json::to_string(&names).unwrap_or_default())
+    );
     format!(
         "INSERT INTO crm.{t} AS t (id, {cols}, deleted_at, sources, lineage, merged_at)
          SELECT x.record_id, {exprs}, CASE WHEN x.deleted THEN now() END,

@@ -537,6 +537,40 @@ fn numeric(neg: bool, int: &[u8], frac: &[u8], exponent: i32) -> Option<Vec<u8>>
     Some(out)
 }
 
+/// The keys of a `jsonb` object, in its stored order (by length, then
+/// bytes), read from `container` (the bytes after the varlena header, as
+/// PostgreSQL 15's `JsonbContainer` lays them out); None when it is not
+/// an object or its entries do not fit in it.
+pub fn object_keys(container: &[u8]) -> Option<Vec<&[u8]>> {
+    let word = |at: usize| -> Option<u32> {
+        Some(u32::from_ne_bytes(
+            container.get(at..at + 4)?.try_into().ok()?,
+        ))
+    };
+    let header = word(0)?;
+    if header & JB_FOBJECT == 0 {
+        return None;
+    }
+    let n = (header & JENTRY_OFFLENMASK) as usize;
+    // Keys' entries, then values' (2n), then the data, keys first.
+    let data = 4usize.checked_add(n.checked_mul(8)?)?;
+    let mut keys = Vec::with_capacity(n);
+    let mut at = 0usize;
+    for i in 0..n {
+        let entry = word(4 + 4 * i)?;
+        let field = (entry & JENTRY_OFFLENMASK) as usize;
+        // An entry with HAS_OFF holds where it ends; the others their length.
+        let len = if entry & JENTRY_HAS_OFF != 0 {
+            field.checked_sub(at)?
+        } else {
+            field
+        };
+        keys.push(container.get(data + at..data + at + len)?);
+        at += len;
+    }
+    Some(keys)
+}
+
 /// A 4-byte varlena header for `len` bytes (`SET_VARSIZE`).
 pub fn varsize_4b(len: u32) -> [u8; 4] {
     if cfg!(target_endian = "little") {
@@ -562,6 +596,41 @@ mod tests {
         v.chunks(2)
             .map(|c| i16::from_ne_bytes([c[0], c[1]]))
             .collect()
+    }
+
+    #[test]
+    fn object_keys_reads_back_what_encode_wrote() {
+        let body = |json: &str| encode(json).unwrap()[4..].to_vec();
+        let keys = |json: &str| -> Option<Vec<String>> {
+            let b = body(json);
+            object_keys(&b).map(|k| {
+                k.iter()
+                    .map(|k| String::from_utf8(k.to_vec()).unwrap())
+                    .collect()
+            })
+        };
+        // Stored by length, then bytes; a repeated key once.
+        assert_eq!(
+            keys(r#"{"title": 1, "a": {"x": 2}, "é": null, "bb": [1], "a": 3}"#).unwrap(),
+            ["a", "bb", "é", "title"]
+        );
+        assert_eq!(keys("{}").unwrap(), Vec::<String>::new());
+        // Past the offset stride (every 32nd entry holds an end offset).
+        let many: Vec<String> = (0..70).map(|i| format!("\"key{i:03}\": {i}")).collect();
+        let got = keys(&format!("{{{}}}", many.join(", "))).unwrap();
+        assert_eq!(got.len(), 70);
+        assert_eq!(got[0], "key000");
+        assert_eq!(got[69], "key069");
+        // Not an object.
+        assert_eq!(keys("[1, 2]"), None);
+        assert_eq!(keys("\"a\""), None);
+        // Cut short: no key read past the end.
+        let b = body(r#"{"first": 1, "second": 2}"#);
+        for cut in 0..b.len() - 1 {
+            if let Some(k) = object_keys(&b[..cut]) {
+                assert!(k.iter().all(|k| k.len() <= cut));
+            }
+        }
     }
 
     #[test]

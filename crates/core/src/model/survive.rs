@@ -112,10 +112,104 @@ pub fn survive(group: &[Contribution], rules: &[FieldRule]) -> Option<Survivor> 
     })
 }
 
+/// The lineage of unified rows of one record, as `jsonb` bodies: each of
+/// the unified fields that is a key of the record's cleaned values (a
+/// `jsonb` object, `vals ? field`), pointing at the row's one source (1).
+/// The few distinct sets of fields records have are built once each.
+#[derive(Default)]
+pub struct LineageOfOne {
+    /// The fields, as given (a JSON array of names), and read.
+    given: String,
+    fields: Vec<String>,
+    made: std::collections::HashMap<u64, Vec<u8>>,
+}
+
+impl LineageOfOne {
+    /// Most sets of fields kept at once.
+    const KEEP: usize = 1024;
+
+    /// The lineage of a row whose one record has the cleaned values `vals`
+    /// (a `jsonb` container: the bytes after its varlena header), the
+    /// entity's unified fields being `fields` (a JSON array of their
+    /// names); a body for the varlena header to go before. Values that are
+    /// not an object, or fields that are not an array of names, give `{}`.
+    pub fn of(&mut self, vals: &[u8], fields: &str) -> &[u8] {
+        if self.given != fields {
+            self.fields = serde_json::from_str(fields).unwrap_or_default();
+            self.given = fields.to_owned();
+            self.made.clear();
+        }
+        let keys = crate::jsonb::object_keys(vals).unwrap_or_default();
+        let present: Vec<bool> = self
+            .fields
+            .iter()
+            .map(|f| keys.contains(&f.as_bytes()))
+            .collect();
+        // Past 64 fields, sets are told apart by the whole list (rare).
+        let mask = if self.fields.len() <= 64 {
+            present
+                .iter()
+                .enumerate()
+                .fold(0u64, |m, (i, p)| m | (u64::from(*p) << i))
+        } else {
+            self.made.clear();
+            0
+        };
+        if !self.made.contains_key(&mask) {
+            let object: Map<String, Value> = self
+                .fields
+                .iter()
+                .zip(&present)
+                .filter(|(_, p)| **p)
+                .map(|(f, _)| (f.clone(), Value::from(1)))
+                .collect();
+            let text = Value::Object(object).to_string();
+            // Field names are text; "1" is a plain number: always encodable.
+            let body = crate::jsonb::encode(&text)
+                .map(|v| v[4..].to_vec())
+                // (An empty object: its header alone.)
+                .unwrap_or_else(|| 0x2000_0000u32.to_ne_bytes().to_vec());
+            if self.made.len() >= Self::KEEP {
+                self.made.clear();
+            }
+            self.made.insert(mask, body);
+        }
+        &self.made[&mask]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn lineage_of_one_names_the_fields_the_record_has() {
+        let body = |json: &str| crate::jsonb::encode(json).unwrap()[4..].to_vec();
+        let fields = r#"["company_name", "email", "owner", "phone", "title"]"#;
+        let mut l = LineageOfOne::default();
+        let vals = body(r#"{"email": "a@b.c", "title": null, "phone": "+1", "other": 2}"#);
+        let want = body(r#"{"email": 1, "phone": 1, "title": 1}"#);
+        assert_eq!(l.of(&vals, fields), want);
+        // Again, from what was built for the same set of fields.
+        assert_eq!(l.of(&vals, fields), want);
+        // Other fields: built anew.
+        assert_eq!(
+            l.of(&vals, r#"["email", "owner"]"#),
+            body(r#"{"email": 1}"#)
+        );
+        assert_eq!(l.of(&body("{}"), fields), body("{}"));
+        // Not an object.
+        assert_eq!(l.of(&body("[1]"), fields), body("{}"));
+        // More fields than a mask holds.
+        let wide: Vec<String> = (0..70).map(|i| format!("f{i}")).collect();
+        let wide = serde_json::to_string(&wide).unwrap();
+        let vals = body(r#"{"f3": "x", "f69": "y"}"#);
+        assert_eq!(l.of(&vals, &wide), body(r#"{"f3": 1, "f69": 1}"#));
+        assert_eq!(l.of(&body(r#"{"f1": 0}"#), &wide), body(r#"{"f1": 1}"#));
+        // Fields that are not names.
+        assert_eq!(l.of(&vals, "not json"), body("{}"));
+    }
 
     fn rec(source: &str, id: &str, updated: i64, vals: Value) -> Contribution {
         Contribution {
