@@ -358,6 +358,21 @@ CREATE INDEX source_records_merged ON crm_sync.source_records (entity, merged_in
 COMMENT ON TABLE crm_sync.source_records IS
     'Every landed record that feeds the unified model, with its cleaned values (vals), match keys and unified id. Maintained by crm_sync.merge().';
 
+-- Work space of a whole merge's linking when more records share keys than
+-- crm_sync.merge_link_in_memory: each such record with the earliest record
+-- (first seen, then smallest id) it is known to be linked to, lowered in
+-- rounds until no label moves (connected components in SQL, in flat
+-- memory). Emptied before and after each use; merges take turns (an
+-- advisory lock), and nothing in it outlives one: unlogged.
+CREATE UNLOGGED TABLE crm_sync.link_labels (
+    record_id  bigint PRIMARY KEY,
+    -- Its label, the earliest record linked to it so far: that record's
+    -- first_seen (microseconds since the epoch) and id.
+    lfs        bigint NOT NULL,
+    lid        bigint NOT NULL
+-- Room on each page for the labels' new versions (HOT updates).
+) WITH (fillfactor = 50);
+
 -- Which unified row each source record belongs to, for the records that
 -- are not their row's own: a record without a row here is in the row of
 -- its own id (most records: rows of one record), so a record's unified id

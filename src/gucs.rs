@@ -26,6 +26,10 @@ pub static MERGE_AFTER_SYNC: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// recomputes the whole entity in pages.
 pub static MERGE_FOLLOW_AT_MOST: GucSetting<i32> = GucSetting::<i32>::new(50_000);
 
+/// Records sharing keys a whole merge links in memory; past this many, it
+/// links them in SQL, in rounds.
+pub static MERGE_LINK_IN_MEMORY: GucSetting<i32> = GucSetting::<i32>::new(200_000);
+
 /// Background workers that run jobs at once, at most.
 pub static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
 
@@ -92,6 +96,16 @@ fn define_session_settings() {
         c"Changed records of one entity a merge follows one by one.",
         c"Past this many, the merge recomputes the whole entity in pages: the same model, in memory that does not grow with the change (a first sync, a full refresh).",
         &MERGE_FOLLOW_AT_MOST,
+        0,
+        10_000_000,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"crm_sync.merge_link_in_memory",
+        c"Records sharing match keys a whole merge links in memory.",
+        c"Past this many (some 200 bytes each), the merge links the entity's records in SQL instead, in rounds, in memory that does not grow with the data: the same unified ids, more slowly.",
+        &MERGE_LINK_IN_MEMORY,
         0,
         10_000_000,
         GucContext::Userset,

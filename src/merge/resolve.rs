@@ -10,7 +10,7 @@ use pgrx::prelude::*;
 use crm_sync_core::model::identity::{self, Groups, Scoped, HASHED_KEYS};
 use crm_sync_core::model::{key_column, table, REFS};
 
-use super::sql::FETCH;
+use super::sql::{each_page, FETCH};
 use crate::gucs;
 
 /// The match key columns of each enabled rule, in order.
@@ -119,34 +119,50 @@ pub fn resolve(entity: &str, changed: &[i64], full: bool) -> Resolved {
           WHERE r.entity = $1 AND r.merged_into IS NOT NULL"
             .to_owned(),
     );
+    // In memory while the records sharing keys are few enough (some 200
+    // bytes each, their unified ids included); past that, in SQL.
+    let budget = gucs::MERGE_LINK_IN_MEMORY.get().max(0) as usize;
+    let mut in_memory = true;
     for sql in &linking {
-        Spi::connect_mut(|c| {
-            let mut cur = c.open_cursor(sql.as_str(), &[entity.into()]);
-            loop {
-                let page = cur.fetch(FETCH).expect("read records that share a key");
-                let n = page.len();
-                for row in page {
-                    let ids: Vec<i64> = row.get(1).ok().flatten().unwrap_or_default();
-                    let seen: Vec<i64> = row.get(2).ok().flatten().unwrap_or_default();
-                    let same: Vec<(i64, i64)> = ids.into_iter().zip(seen).collect();
-                    groups.link(&same);
-                }
-                pgrx::check_for_interrupts!();
-                if (n as i64) < FETCH {
-                    break;
-                }
+        each_page(sql, &[entity.into()], |_, page, _| {
+            for row in page {
+                let ids: Vec<i64> = row.get(1).ok().flatten().unwrap_or_default();
+                let seen: Vec<i64> = row.get(2).ok().flatten().unwrap_or_default();
+                let same: Vec<(i64, i64)> = ids.into_iter().zip(seen).collect();
+                groups.link(&same);
             }
+            in_memory = groups.len() <= budget;
+            in_memory
         });
+        if !in_memory {
+            break;
+        }
     }
-    crate::report::debug1!(
-        "pg_crm_sync merge {entity}: linked {} records that share a key after {:?}",
-        groups.len(),
-        t.elapsed()
-    );
-    // Their unified ids go in as arrays (no temporary table: one a caller
-    // created in this session could carry triggers); every other record's
-    // unified id is its own id.
-    let (linked_rid, linked_uid): (Vec<i64>, Vec<i64>) = groups.leaders().into_iter().unzip();
+    // The unified id of every record linked to another: from memory as
+    // arrays (no temporary table: one a caller created in this session
+    // could carry triggers), or labelled in crm_sync.link_labels; every
+    // other record's unified id is its own id.
+    let (linked, linked_rid, linked_uid): (&str, Vec<i64>, Vec<i64>) = if in_memory {
+        crate::report::debug1!(
+            "pg_crm_sync merge {entity}: linked {} records that share a key after {:?}",
+            groups.len(),
+            t.elapsed()
+        );
+        let (rid, uid) = groups.leaders().into_iter().unzip();
+        ("unnest($2::int8[], $3::int8[])", rid, uid)
+    } else {
+        drop(std::mem::take(&mut groups));
+        let rounds = label_in_rounds(entity, &keys);
+        crate::report::debug1!(
+            "pg_crm_sync merge {entity}: past {budget} records that share a key, linked them in SQL in {rounds} rounds after {:?}",
+            t.elapsed()
+        );
+        (
+            "(SELECT k.record_id, k.lid FROM crm_sync.link_labels k)",
+            Vec::new(),
+            Vec::new(),
+        )
+    };
     drop(groups);
     let t_crm = table(entity);
     // The entity's first merge: no id to replace, none merged away. Only
@@ -154,16 +170,19 @@ pub fn resolve(entity: &str, changed: &[i64], full: bool) -> Resolved {
     if first_ids(entity, t_crm) {
         Spi::connect_mut(|c| {
             c.update(
-                "INSERT INTO crm_sync.unified_ids (entity, record_id, unified_id)
-                 SELECT $1, l.record_id, l.unified_id
-                   FROM unnest($2::int8[], $3::int8[]) l(record_id, unified_id)
-                  WHERE l.unified_id <> l.record_id
-                  ORDER BY l.record_id",
+                &format!(
+                    "INSERT INTO crm_sync.unified_ids (entity, record_id, unified_id)
+                     SELECT $1, l.record_id, l.unified_id
+                       FROM {linked} l(record_id, unified_id)
+                      WHERE l.unified_id <> l.record_id
+                      ORDER BY l.record_id"
+                ),
                 None,
                 &[entity.into(), linked_rid.into(), linked_uid.into()],
             )
             .expect("write unified ids");
         });
+        done_with_labels(in_memory);
         crate::report::debug1!(
             "pg_crm_sync merge {entity}: wrote the first unified ids after {:?}",
             t.elapsed()
@@ -195,7 +214,7 @@ pub fn resolve(entity: &str, changed: &[i64], full: bool) -> Resolved {
                           FROM crm_sync.source_records r
                           LEFT JOIN crm_sync.unified_ids u ON u.entity = r.entity AND u.record_id = r.record_id
                           LEFT JOIN crm.{t_crm} o ON o.id = r.record_id
-                          LEFT JOIN unnest($2::int8[], $3::int8[]) l(record_id, unified_id)
+                          LEFT JOIN {linked} l(record_id, unified_id)
                                  ON l.record_id = r.record_id
                          WHERE r.entity = $1),
                      m AS MATERIALIZED (
@@ -235,6 +254,7 @@ pub fn resolve(entity: &str, changed: &[i64], full: bool) -> Resolved {
             .flatten()
             .unwrap_or_default()
     });
+    done_with_labels(in_memory);
     crate::report::debug1!(
         "pg_crm_sync merge {entity}: wrote unified ids after {:?}",
         t.elapsed()
@@ -243,6 +263,97 @@ pub fn resolve(entity: &str, changed: &[i64], full: bool) -> Resolved {
         merged,
         whole: true,
         ..Resolved::default()
+    }
+}
+
+/// The first seen time of record `r` as union-find orders records
+/// (microseconds since the epoch).
+const FIRST_SEEN_R: &str = "(extract(epoch FROM r.first_seen) * 1e6)::int8";
+
+/// Link the records of `entity` that share a key (`keys`: each rule's
+/// presence test and grouping columns) or were merged into one another,
+/// in SQL, in flat memory: each gets a label in `crm_sync.link_labels`, its
+/// own first seen time and id; then, in rounds, every group of a key (or
+/// record and its merge) takes its members' lowest label, until no label
+/// moves. Each record ends labelled with the earliest record (then the
+/// smallest id) of all it is linked to, as `identity::Groups` names it.
+/// Returns how many rounds it took.
+fn label_in_rounds(entity: &str, keys: &[(String, String)]) -> usize {
+    Spi::run("TRUNCATE crm_sync.link_labels").expect("empty crm_sync.link_labels");
+    let rules: Vec<&(String, String)> = keys
+        .iter()
+        .filter(|(present, _)| !present.is_empty())
+        .collect();
+    let run = |sql: &str| -> usize {
+        let n = Spi::connect_mut(|c| {
+            c.update(sql, None, &[entity.into()])
+                .expect("link records in SQL")
+                .len()
+        });
+        pgrx::check_for_interrupts!();
+        n
+    };
+    for (present, cols) in &rules {
+        run(&format!(
+            "INSERT INTO crm_sync.link_labels (record_id, lfs, lid)
+             SELECT s.record_id, s.fs, s.record_id
+               FROM (SELECT r.record_id, {FIRST_SEEN_R} AS fs, count(*) OVER (PARTITION BY {cols}) AS n
+                       FROM crm_sync.source_records r
+                      WHERE r.entity = $1 AND {present}) s
+              WHERE s.n > 1
+             ON CONFLICT (record_id) DO NOTHING"
+        ));
+    }
+    // A record the CRM merged into another, and that one.
+    const MERGES: &str = "SELECT r.record_id AS a, t.record_id AS b
+                            FROM crm_sync.source_records r
+                            JOIN crm_sync.source_records t ON t.entity = r.entity AND t.record_id = r.merged_into
+                           WHERE r.entity = $1 AND r.merged_into IS NOT NULL";
+    run(&format!(
+        "INSERT INTO crm_sync.link_labels (record_id, lfs, lid)
+         SELECT r.record_id, {FIRST_SEEN_R}, r.record_id
+           FROM crm_sync.source_records r
+          WHERE r.entity = $1
+            AND r.record_id IN (SELECT e.a FROM ({MERGES}) e UNION ALL SELECT e.b FROM ({MERGES}) e)
+         ON CONFLICT (record_id) DO NOTHING"
+    ));
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        let mut moved = 0;
+        for (present, cols) in &rules {
+            moved += run(&format!(
+                "WITH g AS (SELECT l.record_id, first_value(l.lfs) OVER w AS lfs, first_value(l.lid) OVER w AS lid
+                              FROM crm_sync.source_records r
+                              JOIN crm_sync.link_labels l ON l.record_id = r.record_id
+                             WHERE r.entity = $1 AND {present}
+                            WINDOW w AS (PARTITION BY {cols} ORDER BY l.lfs, l.lid))
+                 UPDATE crm_sync.link_labels l SET lfs = g.lfs, lid = g.lid
+                   FROM g
+                  WHERE l.record_id = g.record_id AND (g.lfs, g.lid) < (l.lfs, l.lid)"
+            ));
+        }
+        moved += run(&format!(
+            "WITH e AS ({MERGES}),
+                  p AS (SELECT e.a AS x, e.b AS y FROM e UNION ALL SELECT e.b, e.a FROM e),
+                  m AS (SELECT DISTINCT ON (p.x) p.x, y.lfs, y.lid
+                          FROM p JOIN crm_sync.link_labels y ON y.record_id = p.y
+                         ORDER BY p.x, y.lfs, y.lid)
+             UPDATE crm_sync.link_labels l SET lfs = m.lfs, lid = m.lid
+               FROM m
+              WHERE l.record_id = m.x AND (m.lfs, m.lid) < (l.lfs, l.lid)"
+        ));
+        if moved == 0 {
+            return rounds;
+        }
+    }
+}
+
+/// Empty `crm_sync.link_labels` once the unified ids it gave are written
+/// (when the records were linked in SQL).
+fn done_with_labels(in_memory: bool) {
+    if !in_memory {
+        Spi::run("TRUNCATE crm_sync.link_labels").expect("empty crm_sync.link_labels");
     }
 }
 

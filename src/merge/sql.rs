@@ -11,11 +11,11 @@ pub const FETCH: i64 = 5_000;
 /// Read `sql` through a cursor, [`FETCH`] rows at a time, each page in its
 /// own SPI connection (its memory is given back after it), handing `each`
 /// the connection, the page and whether it is the last (checking for
-/// interrupts between pages).
+/// interrupts between pages); `each` returns whether to go on.
 pub fn each_page(
     sql: &str,
     args: &[DatumWithOid<'_>],
-    mut each: impl FnMut(&mut SpiClient<'_>, SpiTupleTable<'_>, bool),
+    mut each: impl FnMut(&mut SpiClient<'_>, SpiTupleTable<'_>, bool) -> bool,
 ) {
     let mut cursor: Option<String> = None;
     loop {
@@ -28,7 +28,7 @@ pub fn each_page(
                 .fetch(FETCH)
                 .expect("read a page through the merge's cursor");
             let more = page.len() as i64 == FETCH;
-            each(c, page, !more);
+            let more = each(c, page, !more) && more;
             cursor = more.then(|| cur.detach_into_name());
             more
         });

@@ -158,6 +158,7 @@ pub fn survive(entity: &str, ids: &[i64], left: &[i64], full: bool) -> i64 {
             let t = std::time::Instant::now();
             written += w.flush(c);
             t_write += t.elapsed();
+            true
         });
         t_read = t.elapsed() - t_write;
     }

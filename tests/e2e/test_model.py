@@ -4,8 +4,9 @@ lineage, a crosswalk, and a quality view of the values that failed cleaning."""
 
 import psycopg
 import pytest
+import requests
 
-from conftest import create_sf_source, create_source, sync
+from conftest import TOKEN, create_sf_source, create_source, sync
 
 
 def one(db, sql, *args):
@@ -358,6 +359,54 @@ def test_a_model_rebuilt_from_nothing_is_the_one_merged_change_by_change(db, bot
     for t in tables:
         assert db.execute(snap.format(t)).fetchall() == before[t], t
     assert db.execute("SELECT * FROM crm.field_lineage ORDER BY 1, 2, 3").fetchall() == lineage
+
+
+@pytest.mark.parametrize("from_nothing", [False, True])
+def test_records_linked_in_sql_past_the_memory_budget_get_the_same_unified_ids(db, both, from_nothing):
+    """Past crm_sync.merge_link_in_memory records that share keys, a whole
+    merge links them in SQL, in rounds, in memory that does not grow: the
+    same unified ids, merged ids and rows as linking in memory, for links
+    chained through two rules and through records the CRM merged."""
+    hs, sf = both
+    # Grace's Salesforce record shares its email with a new HubSpot record,
+    # and its phone and name with her first HubSpot record.
+    hs.upsert("contacts", [{"properties": {"email": "G.Hopper@yale.example", "firstname": "Amazing",
+                                           "lastname": "Grace"}}])
+    sync(db, "hs")
+    assert one(db, "SELECT count(*) FROM crm.contacts WHERE cardinality(sources) = 3") == (1,)
+    # HubSpot merges Lin's record with Bad Data's: a new record, both old
+    # ones merged into it.
+    lin, bad = (one(db, "SELECT id FROM hs.contacts WHERE _raw->'properties'->>'email' = %s", e)[0]
+                for e in ("lin@x.example", "not-an-email"))
+    r = requests.post(f"{hs.url}/crm/v3/objects/contacts/merge", timeout=30,
+                      headers={"Authorization": f"Bearer {TOKEN}"},
+                      json={"primaryObjectId": lin, "objectIdToMerge": bad})
+    r.raise_for_status()
+    sync(db, "hs")
+    assert one(db, "SELECT count(*) FROM crm_sync.source_records WHERE merged_into IS NOT NULL") == (2,)
+    ids = "SELECT entity, record_id, unified_id FROM crm_sync.unified_ids ORDER BY 1, 2"
+    merged = "SELECT entity, old_id, new_id FROM crm.merged_ids ORDER BY 1, 2"
+    before, before_ids, before_merged = model(db), db.execute(ids).fetchall(), db.execute(merged).fetchall()
+    notices = []
+    db.add_notice_handler(lambda d: notices.append(d.message_primary))
+    db.execute("SET crm_sync.merge_link_in_memory = 0")
+    db.execute("SET client_min_messages = debug1")
+    if from_nothing:
+        db.execute("TRUNCATE crm_sync.unified_ids, crm.contacts, crm.companies, crm.deals")
+    db.execute("SELECT * FROM crm_sync.merge(full => true)")
+    db.execute("RESET client_min_messages")
+    in_sql = {n.split(":")[0] for n in notices if "linked them in SQL" in n}
+    assert in_sql == {"pg_crm_sync merge contact", "pg_crm_sync merge company"}, notices
+    after = model(db)
+    for k in before:
+        assert before[k] == after[k], k
+    assert db.execute(ids).fetchall() == before_ids
+    assert db.execute(merged).fetchall() == before_merged
+    assert one(db, "SELECT count(*) FROM crm_sync.link_labels") == (0,)
+    # Linking in memory again gives the same.
+    db.execute("RESET crm_sync.merge_link_in_memory")
+    db.execute("SELECT * FROM crm_sync.merge(full => true)")
+    assert db.execute(ids).fetchall() == before_ids
 
 
 def owner_mapping(db, expression):
