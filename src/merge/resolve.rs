@@ -294,14 +294,19 @@ fn label_in_rounds(entity: &str, keys: &[(String, String)]) -> usize {
         n
     };
     for (present, cols) in &rules {
+        // Each record of a key shared by several, labelled at once with the
+        // key's earliest record (what a first round would do).
         run(&format!(
-            "INSERT INTO crm_sync.link_labels (record_id, lfs, lid)
-             SELECT s.record_id, s.fs, s.record_id
-               FROM (SELECT r.record_id, {FIRST_SEEN_R} AS fs, count(*) OVER (PARTITION BY {cols}) AS n
+            "INSERT INTO crm_sync.link_labels AS l (record_id, lfs, lid)
+             SELECT s.record_id, s.lfs, s.lid
+               FROM (SELECT r.record_id, count(*) OVER k AS n,
+                            first_value({FIRST_SEEN_R}) OVER f AS lfs, first_value(r.record_id) OVER f AS lid
                        FROM crm_sync.source_records r
-                      WHERE r.entity = $1 AND {present}) s
+                      WHERE r.entity = $1 AND {present}
+                     WINDOW k AS (PARTITION BY {cols}), f AS (k ORDER BY r.first_seen, r.record_id)) s
               WHERE s.n > 1
-             ON CONFLICT (record_id) DO NOTHING"
+             ON CONFLICT (record_id) DO UPDATE SET lfs = EXCLUDED.lfs, lid = EXCLUDED.lid
+              WHERE (EXCLUDED.lfs, EXCLUDED.lid) < (l.lfs, l.lid)"
         ));
     }
     // A record the CRM merged into another, and that one.
