@@ -108,7 +108,10 @@ fn define_session_settings() {
         &MERGE_LINK_IN_MEMORY,
         0,
         10_000_000,
-        GucContext::Userset,
+        // The merge runs as the extension's owner: a role that may only
+        // merge must not make it take gigabytes, or crawl while it holds
+        // the merge lock.
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(

@@ -127,12 +127,17 @@ pub fn resolve(entity: &str, changed: &[i64], full: bool) -> Resolved {
         each_page(sql, &[entity.into()], |_, page, _| {
             for row in page {
                 let ids: Vec<i64> = row.get(1).ok().flatten().unwrap_or_default();
+                // Checked before each key's records join: one key can be
+                // shared by millions (a placeholder email).
+                if groups.len() + ids.len() > budget {
+                    in_memory = false;
+                    return false;
+                }
                 let seen: Vec<i64> = row.get(2).ok().flatten().unwrap_or_default();
                 let same: Vec<(i64, i64)> = ids.into_iter().zip(seen).collect();
                 groups.link(&same);
             }
-            in_memory = groups.len() <= budget;
-            in_memory
+            true
         });
         if !in_memory {
             break;
@@ -338,6 +343,13 @@ fn label_in_rounds(entity: &str, keys: &[(String, String)]) -> usize {
                   WHERE l.record_id = g.record_id AND (g.lfs, g.lid) < (l.lfs, l.lid)"
             ));
         }
+        // Each label takes its own record's label: a chain of records
+        // linked one to the next (a shares an email with b, b a phone and
+        // name with c, ...) is labelled in rounds that grow with the log of
+        // its length, not with its length.
+        moved += run("UPDATE crm_sync.link_labels l SET lfs = p.lfs, lid = p.lid
+               FROM crm_sync.link_labels p
+              WHERE p.record_id = l.lid AND (p.lfs, p.lid) < (l.lfs, l.lid)");
         moved += run(&format!(
             "WITH e AS ({MERGES}),
                   p AS (SELECT e.a AS x, e.b AS y FROM e UNION ALL SELECT e.b, e.a FROM e),

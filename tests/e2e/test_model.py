@@ -2,6 +2,8 @@
 HubSpot and Salesforce merged into one row each, with cleaned values,
 lineage, a crosswalk, and a quality view of the values that failed cleaning."""
 
+import re
+
 import psycopg
 import pytest
 import requests
@@ -407,6 +409,38 @@ def test_records_linked_in_sql_past_the_memory_budget_get_the_same_unified_ids(d
     db.execute("RESET crm_sync.merge_link_in_memory")
     db.execute("SELECT * FROM crm_sync.merge(full => true)")
     assert db.execute(ids).fetchall() == before_ids
+
+
+def test_a_long_chain_of_links_is_linked_in_sql_in_few_rounds(db, mock_factory):
+    """Forty records linked one to the next, alternately by email and by
+    phone and name, are one row; linked in SQL, each round's labels also
+    jump along the chain, so the rounds grow with the log of its length:
+    the same row as linking in memory."""
+    hs = mock_factory(0, 0, 0)
+    create_source(db, hs, default_region="US")
+    chain = []
+    for i in range(40):
+        # Odd records share their email with the one before, even ones
+        # (but the first) their phone and name.
+        k = i // 2 if i % 2 else i // 2 - 1
+        chain.append({"properties": {"email": f"chain{(i - 1) // 2 if i % 2 else i // 2}@x.example",
+                                     "firstname": "Chain", "lastname": f"Person{k}",
+                                     "phone": f"+1 415 555 {2600 + k}"}})
+    hs.upsert("contacts", chain)
+    sync(db, "hs")
+    assert one(db, "SELECT count(*), max(cardinality(sources)) FROM crm.contacts") == (1, 40)
+    ids = "SELECT record_id, unified_id FROM crm_sync.unified_ids ORDER BY 1"
+    in_memory = db.execute(ids).fetchall()
+    notices = []
+    db.add_notice_handler(lambda d: notices.append(d.message_primary))
+    db.execute("SET crm_sync.merge_link_in_memory = 0")
+    db.execute("SET client_min_messages = debug1")
+    db.execute("SELECT * FROM crm_sync.merge(full => true)")
+    db.execute("RESET client_min_messages")
+    (rounds,) = [int(m.group(1)) for n in notices if (m := re.search(r"contact: .*linked them in SQL in (\d+) rounds", n))]
+    assert rounds <= 8, rounds
+    assert db.execute(ids).fetchall() == in_memory
+    assert one(db, "SELECT count(*), max(cardinality(sources)) FROM crm.contacts") == (1, 40)
 
 
 def owner_mapping(db, expression):

@@ -554,7 +554,8 @@ pub fn object_keys(container: &[u8]) -> Option<Vec<&[u8]>> {
     let n = (header & JENTRY_OFFLENMASK) as usize;
     // Keys' entries, then values' (2n), then the data, keys first.
     let data = 4usize.checked_add(n.checked_mul(8)?)?;
-    let mut keys = Vec::with_capacity(n);
+    // (Each key takes at least its two entries: no more than fit.)
+    let mut keys = Vec::with_capacity(n.min(container.len() / 8));
     let mut at = 0usize;
     for i in 0..n {
         let entry = word(4 + 4 * i)?;
