@@ -60,7 +60,7 @@ std::thread_local! {
 /// `crm_sync._lineage_of_one(vals jsonb, fields text) RETURNS jsonb`
 /// (sql/model.sql): the lineage of a unified row of one record, each of
 /// `fields` (a JSON array of names) that is a key of `vals` -> 1, as
-/// `every - ARRAY[fields not in vals]` gives it, at a fifth of the cost
+/// `every - ARRAY[fields not in vals]` gives it, at about an eighth of the cost
 /// (the merge writes most rows this way). Declared by hand: `vals` is read
 /// as the jsonb it is, without pgrx's conversion through text, and the
 /// result is a jsonb body.
