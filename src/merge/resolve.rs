@@ -102,7 +102,7 @@ pub fn resolve(entity: &str, changed: &[i64], full: bool) -> Resolved {
         .filter(|(present, _)| !present.is_empty())
         .map(|(present, cols)| {
             format!(
-                "SELECT array_agg(r.record_id), array_agg((extract(epoch FROM r.first_seen) * 1e6)::int8)
+                "SELECT array_agg(r.record_id), array_agg({FIRST_SEEN_R})
                    FROM crm_sync.source_records r
                   WHERE r.entity = $1 AND {present}
                   GROUP BY {cols} HAVING count(*) > 1"

@@ -151,10 +151,7 @@ pub fn survive(entity: &str, ids: &[i64], left: &[i64], full: bool) -> i64 {
                     .map_or(0, |i| i + 1);
                 carry = rows.split_off(from);
             }
-            for g in rows.chunk_by(|a, b| a.unified_id == b.unified_id) {
-                w.push(g);
-                rows_read += 1;
-            }
+            rows_read += w.push_rows(&rows);
             let t = std::time::Instant::now();
             written += w.flush(c);
             t_write += t.elapsed();
@@ -175,10 +172,7 @@ pub fn survive(entity: &str, ids: &[i64], left: &[i64], full: bool) -> i64 {
                 .expect("read source records")
                 .map(|r| contribution(&r))
                 .collect();
-            for g in rows.chunk_by(|a, b| a.unified_id == b.unified_id) {
-                w.push(g);
-                rows_read += 1;
-            }
+            rows_read += w.push_rows(&rows);
             t_read += t.elapsed();
             let t = std::time::Instant::now();
             let n = w.flush(c);
@@ -361,6 +355,17 @@ impl RowWriter {
             sources: vec![],
             lineage: vec![],
         }
+    }
+
+    /// Add the unified rows made of `records` (in unified id order);
+    /// returns how many.
+    fn push_rows(&mut self, records: &[Contribution]) -> usize {
+        let mut n = 0;
+        for g in records.chunk_by(|a, b| a.unified_id == b.unified_id) {
+            self.push(g);
+            n += 1;
+        }
+        n
     }
 
     /// Add the unified row made of `group` (the records of one unified id).

@@ -231,55 +231,45 @@ fn interrupted(job: &RunningJob) {
         &[job.job_id.into()],
     )
     .expect("record an interrupted run");
-    if cancel_requested {
+    // How the job goes on: its statement, what it does, and the log line.
+    let (sql, what, outcome) = if cancel_requested {
         // Its cancel was asked for: it ends here, not in another attempt
         // that would only end it.
-        Spi::run_with_args(
+        (
             "UPDATE crm_sync.jobs
                 SET status = 'cancelled', finished_at = now(), worker_pid = NULL, error_sqlstate = '57014',
                     error = format('job %s was cancelled with crm_sync.cancel(); its worker stopped (server crash, restart or kill) before it ended the run, which is recorded as interrupted', job_id),
                     detail = 'cancelled with crm_sync.cancel()'
               WHERE job_id = $1",
-            &[job.job_id.into()],
+            "cancel an interrupted job",
+            format!("({}): its worker stopped after the job was cancelled; marked cancelled", job.source),
         )
-        .expect("cancel an interrupted job");
-        crate::report::log!(
-            "pg_crm_sync: job {} ({}): its worker stopped after the job was cancelled; marked cancelled",
-            job.job_id,
-            job.source
-        );
     } else if attempts >= MAX_ATTEMPTS {
-        Spi::run_with_args(
+        (
             "UPDATE crm_sync.jobs
                 SET status = 'failed', finished_at = now(), worker_pid = NULL, error_sqlstate = '57P02',
                     error = format('job %s: its worker stopped %s times (server crash, restart or kill); giving up', job_id, attempts),
                     detail = 'see the server log for why the workers stopped; queue it again with crm_sync.sync_async()'
               WHERE job_id = $1",
-            &[job.job_id.into()],
+            "fail an interrupted job",
+            format!("({}): its worker stopped {attempts} times; marked failed", job.source),
         )
-        .expect("fail an interrupted job");
-        crate::report::log!(
-            "pg_crm_sync: job {} ({}): its worker stopped {} times; marked failed",
-            job.job_id,
-            job.source,
-            attempts
-        );
     } else {
-        Spi::run_with_args(
+        (
             "UPDATE crm_sync.jobs
                 SET status = 'queued', worker_pid = NULL,
                     detail = format('interrupted: its worker stopped (server crash, restart or kill) during attempt %s; queued again to resume from the checkpoint', attempts)
               WHERE job_id = $1",
-            &[job.job_id.into()],
+            "queue an interrupted job again",
+            format!(
+                "({}.{}): its worker stopped; queued again to resume from its checkpoint",
+                job.source,
+                job.stream.as_deref().unwrap_or("*")
+            ),
         )
-        .expect("queue an interrupted job again");
-        crate::report::log!(
-            "pg_crm_sync: job {} ({}.{}): its worker stopped; queued again to resume from its checkpoint",
-            job.job_id,
-            job.source,
-            job.stream.as_deref().unwrap_or("*")
-        );
-    }
+    };
+    Spi::run_with_args(sql, &[job.job_id.into()]).expect(what);
+    crate::report::log!("pg_crm_sync: job {} {outcome}", job.job_id);
 }
 
 fn queue_due_schedules() {

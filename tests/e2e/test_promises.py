@@ -335,6 +335,17 @@ def test_the_cleaners_give_the_documented_values_to_anyone(nobody):
 # docs/background-syncs.md: interrupted, cancelled and failed jobs
 
 
+def paged_jobs(jobs_connect, mock_factory, contacts, **source):
+    """A HubSpot mock of `contacts` contacts and its source `hs` in the jobs
+    database, whose syncs commit after every list page (batch_size 100);
+    returns the mock and a connection."""
+    m = mock_factory(contacts, 1, 1)
+    c = jobs_connect()
+    create_source(c, m, **source)
+    c.execute("ALTER DATABASE crm_jobs SET crm_sync.batch_size = 100")  # a commit per list page
+    return m, c
+
+
 def queue(conn, stream="contacts", source="hs"):
     return one(conn, "SELECT crm_sync.sync_async(%s, %s)", source, stream)
 
@@ -368,10 +379,7 @@ def test_a_job_whose_workers_stopped_3_times_fails_with_57P02(jobs_connect, mock
     """Each attempt's worker is killed (pg_terminate_backend) once it has
     committed a batch: each interrupted run is recorded with 57P02, and the
     third interruption fails the job with 57P02."""
-    m = mock_factory(3000, 1, 1)
-    c = jobs_connect()
-    create_source(c, m)
-    c.execute("ALTER DATABASE crm_jobs SET crm_sync.batch_size = 100")  # a commit per list page
+    m, c = paged_jobs(jobs_connect, mock_factory, 3000)
     m.fault(path_contains=CONTACTS, skip=0, count=0, kind="latency", latency_ms=200)
     job_id = queue(c)
     seen = set()
@@ -402,10 +410,7 @@ def test_a_job_whose_workers_stopped_3_times_fails_with_57P02(jobs_connect, mock
 
 
 def test_a_cancelled_job_resumes_from_its_checkpoint(jobs_connect, mock_factory):
-    m = mock_factory(1000, 1, 1)
-    c = jobs_connect()
-    create_source(c, m)
-    c.execute("ALTER DATABASE crm_jobs SET crm_sync.batch_size = 100")  # a commit per list page
+    m, c = paged_jobs(jobs_connect, mock_factory, 1000)
     m.fault(path_contains=CONTACTS, skip=0, count=0, kind="latency", latency_ms=150)
     first = queue(c)
     wait_until("300 records committed", lambda: (k := checkpoint(c)) and k[0] >= 300, timeout=30)
@@ -445,11 +450,8 @@ def test_a_cancel_signalled_again_while_the_worker_records_it_keeps_the_run(jobs
     may pg_cancel_backend() it too. A cancel arriving while the worker records
     the cancelled run, or ends the job, must not lose the run or leave the job
     running (the launcher would take it for a crashed worker and run it again)."""
-    m = mock_factory(6000, 1, 1)  # 60 pages: six cancelled jobs do not reach the end
-    c = jobs_connect()
+    m, c = paged_jobs(jobs_connect, mock_factory, 6000)  # 60 pages: six cancelled jobs do not reach the end
     hammer = jobs_connect()
-    create_source(c, m)
-    c.execute("ALTER DATABASE crm_jobs SET crm_sync.batch_size = 100")  # a commit per list page
     m.fault(path_contains=CONTACTS, skip=0, count=0, kind="latency", latency_ms=150)
     hammered = 0
     for attempt in range(6):
@@ -490,10 +492,7 @@ def test_a_cancelled_job_whose_worker_stops_before_acting_on_it_is_not_run_again
     server went down) before it acted on it: the launcher records the
     interrupted run and ends the job cancelled, rather than queueing it
     again to resume (a second attempt that only ends it)."""
-    m = mock_factory(3000, 1, 1)
-    c = jobs_connect()
-    create_source(c, m)
-    c.execute("ALTER DATABASE crm_jobs SET crm_sync.batch_size = 100")  # a commit per list page
+    m, c = paged_jobs(jobs_connect, mock_factory, 3000)
     # The second list page takes 20 s: the worker waits on the CRM.
     m.fault(path_contains=CONTACTS, skip=1, count=1, kind="latency", latency_ms=20000)
     job_id = queue(c)
@@ -525,10 +524,7 @@ def test_a_cancelled_job_whose_worker_stops_before_acting_on_it_is_not_run_again
 
 
 def test_deleting_the_checkpoint_makes_the_next_run_start_over(jobs_connect, mock_factory):
-    m = mock_factory(1000, 1, 1)
-    c = jobs_connect()
-    create_source(c, m, max_retries=0)
-    c.execute("ALTER DATABASE crm_jobs SET crm_sync.batch_size = 100")  # a commit per list page
+    m, c = paged_jobs(jobs_connect, mock_factory, 1000, max_retries=0)
     # List pages 5 on fail: 400 records committed.
     m.fault(path_contains=CONTACTS, skip=4, count=0, kind="500")
     j = wait_job(c, queue(c), timeout=60)
