@@ -7,13 +7,13 @@ use std::collections::HashMap;
 
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use pgrx::spi::SpiClient;
+use pgrx::spi::{SpiClient, SpiTupleTable};
 use serde_json::Value;
 
 use crm_sync_core::model::survive::{self, Contribution, FieldRule};
 use crm_sync_core::model::{ref_of_field, table, REFS};
 
-use super::sql::{each_page, qi, FETCH};
+use super::sql::{each_page, each_row, qi, FETCH};
 
 /// Recompute the unified rows `ids` (every row, `full`), dropping those of
 /// `left` (ids that may have lost their last record) without records;
@@ -76,7 +76,7 @@ pub fn survive(entity: &str, ids: &[i64], left: &[i64], full: bool) -> i64 {
     // The records of the rows: those pointing at each, and each row's own.
     let cols = format!(
         "x.source, x.stream, x.external_id, (extract(epoch FROM x.updated_at) * 1e6)::int8, x.deleted,
-         x.vals::text, {}",
+         x.vals, {}",
         links.join(", ")
     );
     let sql = format!(
@@ -143,7 +143,7 @@ pub fn survive(entity: &str, ids: &[i64], left: &[i64], full: bool) -> i64 {
         let t = std::time::Instant::now();
         each_page(&all, &[entity.into()], |c, page, last| {
             let mut rows = std::mem::take(&mut carry);
-            rows.extend(page.map(|r| contribution(&r)));
+            contributions(&page, &mut rows);
             if let (false, Some(u)) = (last, rows.last().map(|r| r.unified_id)) {
                 let from = rows
                     .iter()
@@ -167,11 +167,12 @@ pub fn survive(entity: &str, ids: &[i64], left: &[i64], full: bool) -> i64 {
     for page in ids.chunks(FETCH as usize).filter(|_| !full) {
         let n = Spi::connect_mut(|c| {
             let t = std::time::Instant::now();
-            let rows: Vec<Contribution> = c
-                .select(sql.as_str(), None, &[entity.into(), page.into()])
-                .expect("read source records")
-                .map(|r| contribution(&r))
-                .collect();
+            let mut rows: Vec<Contribution> = Vec::new();
+            contributions(
+                &c.select(sql.as_str(), None, &[entity.into(), page.into()])
+                    .expect("read source records"),
+                &mut rows,
+            );
             rows_read += w.push_rows(&rows);
             t_read += t.elapsed();
             let t = std::time::Instant::now();
@@ -188,23 +189,36 @@ pub fn survive(entity: &str, ids: &[i64], left: &[i64], full: bool) -> i64 {
     written
 }
 
-/// A row of the survivorship query as one record's contribution.
-fn contribution(r: &pgrx::spi::SpiHeapTupleData<'_>) -> Contribution {
-    Contribution {
-        unified_id: r.get(1).ok().flatten().unwrap_or_default(),
-        source: r.get(2).ok().flatten().unwrap_or_default(),
-        stream: r.get(3).ok().flatten().unwrap_or_default(),
-        external_id: r.get(4).ok().flatten().unwrap_or_default(),
-        updated_us: r.get(5).ok().flatten(),
-        deleted: r.get(6).ok().flatten().unwrap_or(false),
-        vals: r
-            .get::<String>(7)
-            .ok()
-            .flatten()
-            .and_then(|v| serde_json::from_str(&v).ok())
-            .unwrap_or_default(),
-        links: std::array::from_fn(|i| r.get(8 + i).ok().flatten()),
-    }
+/// The types of the survivorship query's columns, in order.
+fn contribution_types() -> Vec<pg_sys::Oid> {
+    [
+        pg_sys::INT8OID,
+        pg_sys::TEXTOID,
+        pg_sys::TEXTOID,
+        pg_sys::TEXTOID,
+        pg_sys::INT8OID,
+        pg_sys::BOOLOID,
+        pg_sys::JSONBOID,
+    ]
+    .into_iter()
+    .chain(REFS.iter().map(|_| pg_sys::INT8OID))
+    .collect()
+}
+
+/// The rows of a page of the survivorship query, as records' contributions.
+fn contributions(page: &SpiTupleTable<'_>, out: &mut Vec<Contribution>) {
+    each_row(page, &contribution_types(), |r| {
+        out.push(Contribution {
+            unified_id: r.int8(0).unwrap_or_default(),
+            source: r.text(1).unwrap_or_default(),
+            stream: r.text(2).unwrap_or_default(),
+            external_id: r.text(3).unwrap_or_default(),
+            updated_us: r.int8(4),
+            deleted: r.boolean(5).unwrap_or(false),
+            vals: r.jsonb_object(6),
+            links: std::array::from_fn(|i| r.int8(7 + i)),
+        })
+    });
 }
 
 /// Record `x` (of entity `$1`) is in the row of its own id: it has no

@@ -537,11 +537,15 @@ fn numeric(neg: bool, int: &[u8], frac: &[u8], exponent: i32) -> Option<Vec<u8>>
     Some(out)
 }
 
-/// The keys of a `jsonb` object, in its stored order (by length, then
-/// bytes), read from `container` (the bytes after the varlena header, as
-/// PostgreSQL 15's `JsonbContainer` lays them out); None when it is not
-/// an object or its entries do not fit in it.
-pub fn object_keys(container: &[u8]) -> Option<Vec<&[u8]>> {
+/// A container's entry: its JEntry and its bytes.
+type Entry<'a> = (u32, &'a [u8]);
+
+/// The entries of a `jsonb` object read from `container` (the bytes after
+/// the varlena header, as PostgreSQL 15's `JsonbContainer` lays them out):
+/// its number of pairs and each of the 2n entries (keys', then values') as
+/// (JEntry, its bytes); None when it is not an object or its entries do
+/// not fit in it.
+fn object_entries(container: &[u8]) -> Option<(usize, Vec<Entry<'_>>)> {
     let word = |at: usize| -> Option<u32> {
         Some(u32::from_ne_bytes(
             container.get(at..at + 4)?.try_into().ok()?,
@@ -554,10 +558,10 @@ pub fn object_keys(container: &[u8]) -> Option<Vec<&[u8]>> {
     let n = (header & JENTRY_OFFLENMASK) as usize;
     // Keys' entries, then values' (2n), then the data, keys first.
     let data = 4usize.checked_add(n.checked_mul(8)?)?;
-    // (Each key takes at least its two entries: no more than fit.)
-    let mut keys = Vec::with_capacity(n.min(container.len() / 8));
+    // (Each entry takes at least its four bytes: no more than fit.)
+    let mut out = Vec::with_capacity((2 * n).min(container.len() / 4));
     let mut at = 0usize;
-    for i in 0..n {
+    for i in 0..2 * n {
         let entry = word(4 + 4 * i)?;
         let field = (entry & JENTRY_OFFLENMASK) as usize;
         // An entry with HAS_OFF holds where it ends; the others their length.
@@ -566,10 +570,40 @@ pub fn object_keys(container: &[u8]) -> Option<Vec<&[u8]>> {
         } else {
             field
         };
-        keys.push(container.get(data + at..data + at + len)?);
-        at += len;
+        let end = at.checked_add(len)?;
+        out.push((entry, container.get(data + at..data + end)?));
+        at = end;
     }
-    Some(keys)
+    Some((n, out))
+}
+
+/// The keys of a `jsonb` object, in its stored order (by length, then
+/// bytes), read from `container` as [`object_entries`] does; None when it
+/// is not an object or its entries do not fit in it.
+pub fn object_keys(container: &[u8]) -> Option<Vec<&[u8]>> {
+    let (n, entries) = object_entries(container)?;
+    Some(entries[..n].iter().map(|(_, b)| *b).collect())
+}
+
+/// The pairs of a `jsonb` object whose every value is a string (as the
+/// merge's cleaned values are), in stored key order, read from `container`
+/// as [`object_entries`] does; None when it is not such an object (a
+/// value of another type, entries that do not fit, text that is not
+/// UTF-8).
+pub fn string_object(container: &[u8]) -> Option<Vec<(&str, &str)>> {
+    let (n, entries) = object_entries(container)?;
+    // Keys are strings; a value may be anything (its type bits).
+    fn text(entry: u32, bytes: &[u8]) -> Option<&str> {
+        (entry & JENTRY_TYPEMASK == 0)
+            .then(|| std::str::from_utf8(bytes).ok())
+            .flatten()
+    }
+    (0..n)
+        .map(|i| {
+            let (k, v) = (entries[i], entries[n + i]);
+            Some((text(k.0, k.1)?, text(v.0, v.1)?))
+        })
+        .collect()
 }
 
 /// A 4-byte varlena header for `len` bytes (`SET_VARSIZE`).
@@ -631,6 +665,54 @@ mod tests {
             if let Some(k) = object_keys(&b[..cut]) {
                 assert!(k.iter().all(|k| k.len() <= cut));
             }
+        }
+    }
+
+    #[test]
+    fn string_object_reads_back_the_pairs_encode_wrote() {
+        let pairs = |json: &str| -> Option<Vec<(String, String)>> {
+            let b = encode(json).unwrap()[4..].to_vec();
+            string_object(&b).map(|p| {
+                p.into_iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect()
+            })
+        };
+        let own = |p: &[(&str, &str)]| -> Vec<(String, String)> {
+            p.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        // Stored key order (length, then bytes); escapes decoded.
+        assert_eq!(
+            pairs(r#"{"title": "Dr \"Who\"", "a": "", "é": "Zoë\n\u00e9"}"#).unwrap(),
+            own(&[("a", ""), ("é", "Zoë\né"), ("title", "Dr \"Who\"")])
+        );
+        assert_eq!(pairs("{}").unwrap(), own(&[]));
+        // Past the offset stride.
+        let many: Vec<String> = (0..70)
+            .map(|i| format!("\"key{i:03}\": \"v{i}\""))
+            .collect();
+        let got = pairs(&format!("{{{}}}", many.join(", "))).unwrap();
+        assert_eq!(got.len(), 70);
+        assert_eq!(got[69], ("key069".to_owned(), "v69".to_owned()));
+        // Any value not a string, or not an object: None.
+        for json in [
+            r#"{"a": "x", "b": 1}"#,
+            r#"{"a": null}"#,
+            r#"{"a": true}"#,
+            r#"{"a": false}"#,
+            r#"{"a": {"b": "c"}}"#,
+            r#"{"a": ["b"]}"#,
+            r#"["a", "b"]"#,
+            r#""a""#,
+        ] {
+            assert_eq!(pairs(json), None, "{json}");
+        }
+        // Cut short: None, never a pair read past the end.
+        let b = encode(r#"{"first": "one", "second": "two"}"#).unwrap()[4..].to_vec();
+        for cut in 0..b.len() {
+            assert_eq!(string_object(&b[..cut]), None, "cut at {cut}");
         }
     }
 

