@@ -71,7 +71,9 @@ impl Deformed {
     }
 
     /// Column `i`, of type jsonb, as an object's values: those of an object
-    /// of strings read from its bytes, any other through `jsonb_out`.
+    /// of strings read from its bytes (in a UTF-8 database), any other
+    /// through `jsonb_out` and serde (not an object, or not JSON serde
+    /// reads: no values).
     pub fn jsonb_object(&self, i: usize) -> serde_json::Map<String, serde_json::Value> {
         let Some(d) = self.datum(i) else {
             return serde_json::Map::new();
@@ -80,18 +82,30 @@ impl Deformed {
         // (checked by `each_row`); detoasted (a copy, if it was compressed
         // or out of line, in the page's memory) and read as bytes while the
         // page lives.
-        let pairs = unsafe {
-            let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
-            crm_sync_core::jsonb::string_object(pgrx::varlena::varlena_to_byte_slice(v)).map(|p| {
-                p.into_iter()
-                    .map(|(k, v)| (k.to_owned(), serde_json::Value::String(v.to_owned())))
-                    .collect()
+        let pairs = crate::landing::utf8_database()
+            .then(|| unsafe {
+                let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+                crm_sync_core::jsonb::string_object(pgrx::varlena::varlena_to_byte_slice(v)).map(
+                    |p| {
+                        p.into_iter()
+                            .map(|(k, v)| (k.to_owned(), serde_json::Value::String(v.to_owned())))
+                            .collect()
+                    },
+                )
             })
-        };
+            .flatten();
         pairs.unwrap_or_else(|| {
-            // SAFETY: as above.
-            match unsafe { pgrx::JsonB::from_polymorphic_datum(d, false, pg_sys::JSONBOID) } {
-                Some(pgrx::JsonB(serde_json::Value::Object(m))) => m,
+            // SAFETY: jsonb's output function on a jsonb datum gives a
+            // palloc'd C string (in the page's memory).
+            let text = unsafe {
+                let out = pg_sys::OidOutputFunctionCall(pg_sys::Oid::from(pg_sys::F_JSONB_OUT), d);
+                std::ffi::CStr::from_ptr(out)
+                    .to_str()
+                    .expect("the merge's cleaned values are UTF-8")
+                    .to_owned()
+            };
+            match serde_json::from_str(&text) {
+                Ok(serde_json::Value::Object(m)) => m,
                 _ => serde_json::Map::new(),
             }
         })

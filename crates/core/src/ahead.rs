@@ -43,7 +43,8 @@ type Worked<O> = Result<O, Box<dyn Any + Send>>;
 
 impl<I, O> Ahead<'_, I, O> {
     /// Hand a page to the helper; waits while it still holds one not yet
-    /// started (at most two pages are ever out of the caller's hands).
+    /// started (up to three pages can be out of the caller's hands: one
+    /// waiting, one being worked, one done).
     pub fn send(&mut self, page: I) {
         match &mut self.how {
             How::Helper { tx, rx, .. } => {
