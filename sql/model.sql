@@ -318,7 +318,12 @@ CREATE TABLE crm_sync.source_records (
     -- record_id is a hash of (entity, source, stream, external_id): one
     -- integer key instead of four text columns, which makes staging cheaper.
     PRIMARY KEY (entity, record_id)
-);
+-- Room on each page for a new version of a record or two: a record whose
+-- values alone changed (the usual incremental merge) is rewritten on its
+-- page (a HOT update), without a new entry in any of its indexes. An
+-- incremental merge of 4,000 changed titles among 400,000 records spent
+-- 71-113 ms writing them instead of 126-208 (alternating, same hour).
+) WITH (fillfactor = 90);
 -- One GIN index of every match key's hash instead of a b-tree per key:
 -- a record's keys go to the index's pending list and reach its tree
 -- sorted, in bulk, where a b-tree insert lands on a random page for each
