@@ -41,7 +41,8 @@ pub fn each_page(
 
 /// One row of the page a cursor fetched last, its columns deformed once
 /// (pgrx's `get` finds each column from the start of the tuple again, and
-/// checks its type, at every call: a sixth of a first merge's reading).
+/// checks its type, at every call: staging read 200,000 HubSpot contacts
+/// in 0.99-1.75 s through it, 0.75-1.09 s this way).
 pub struct Deformed {
     values: Vec<pg_sys::Datum>,
     nulls: Vec<bool>,

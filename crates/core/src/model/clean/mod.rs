@@ -308,7 +308,8 @@ pub fn phone(s: &str, default_region: Option<&str>) -> Cleaned {
 /// crate tries eight rarer types before them, to name the type), and a
 /// region chosen because its number is of a known type is not asked
 /// again. Half of a merge's cleaning went to phone numbers, most of it to
-/// these patterns: a US number took 5.6 µs, now about a fifth of that.
+/// these patterns: a (415) 555 number took 2.2 µs, now 0.5; numbers over
+/// 700 US area codes 5.6 µs, now 4.2.
 /// The test `phone_validity_is_the_crates` holds it to the crate's answer.
 fn is_valid_number(n: &phonenumber::PhoneNumber) -> bool {
     use phonenumber::metadata::DATABASE;
