@@ -542,10 +542,10 @@ type Entry<'a> = (u32, &'a [u8]);
 
 /// The entries of a `jsonb` object read from `container` (the bytes after
 /// the varlena header, as PostgreSQL 15's `JsonbContainer` lays them out):
-/// its number of pairs and each of the 2n entries (keys', then values') as
-/// (JEntry, its bytes); None when it is not an object or its entries do
-/// not fit in it.
-fn object_entries(container: &[u8]) -> Option<(usize, Vec<Entry<'_>>)> {
+/// its number of pairs n and its keys' n entries, then, with `values`, its
+/// values' n, each as (JEntry, its bytes); None when it is not an object or
+/// the entries read do not fit in it.
+fn object_entries(container: &[u8], values: bool) -> Option<(usize, Vec<Entry<'_>>)> {
     let word = |at: usize| -> Option<u32> {
         Some(u32::from_ne_bytes(
             container.get(at..at + 4)?.try_into().ok()?,
@@ -558,10 +558,11 @@ fn object_entries(container: &[u8]) -> Option<(usize, Vec<Entry<'_>>)> {
     let n = (header & JENTRY_OFFLENMASK) as usize;
     // Keys' entries, then values' (2n), then the data, keys first.
     let data = 4usize.checked_add(n.checked_mul(8)?)?;
+    let read = if values { 2 * n } else { n };
     // (Each entry takes at least its four bytes: no more than fit.)
-    let mut out = Vec::with_capacity((2 * n).min(container.len() / 4));
+    let mut out = Vec::with_capacity(read.min(container.len() / 4));
     let mut at = 0usize;
-    for i in 0..2 * n {
+    for i in 0..read {
         let entry = word(4 + 4 * i)?;
         let field = (entry & JENTRY_OFFLENMASK) as usize;
         // An entry with HAS_OFF holds where it ends; the others their length.
@@ -578,11 +579,12 @@ fn object_entries(container: &[u8]) -> Option<(usize, Vec<Entry<'_>>)> {
 }
 
 /// The keys of a `jsonb` object, in its stored order (by length, then
-/// bytes), read from `container` as [`object_entries`] does; None when it
-/// is not an object or its entries do not fit in it.
+/// bytes), read from `container` as [`object_entries`] does (its values
+/// are not read); None when it is not an object or its keys do not fit in
+/// it.
 pub fn object_keys(container: &[u8]) -> Option<Vec<&[u8]>> {
-    let (n, entries) = object_entries(container)?;
-    Some(entries[..n].iter().map(|(_, b)| *b).collect())
+    let (_, keys) = object_entries(container, false)?;
+    Some(keys.into_iter().map(|(_, b)| b).collect())
 }
 
 /// The pairs of a `jsonb` object whose every value is a string (as the
@@ -591,7 +593,7 @@ pub fn object_keys(container: &[u8]) -> Option<Vec<&[u8]>> {
 /// value of another type, entries that do not fit, text that is not
 /// UTF-8).
 pub fn string_object(container: &[u8]) -> Option<Vec<(&str, &str)>> {
-    let (n, entries) = object_entries(container)?;
+    let (n, entries) = object_entries(container, true)?;
     // Keys are strings; a value may be anything (its type bits).
     fn text(entry: u32, bytes: &[u8]) -> Option<&str> {
         (entry & JENTRY_TYPEMASK == 0)
