@@ -110,9 +110,14 @@ pub fn survive(entity: &str, ids: &[i64], left: &[i64], full: bool) -> i64 {
     if full && !rules.is_empty() {
         let t = std::time::Instant::now();
         written += Spi::connect_mut(|c| {
-            c.update(&singles(entity, &rules, empty), None, &[entity.into()])
-                .expect("write unified rows of one record")
-                .len() as i64
+            singles(entity, &rules, empty)
+                .iter()
+                .map(|sql| {
+                    c.update(sql, None, &[entity.into()])
+                        .expect("write unified rows of one record")
+                        .len() as i64
+                })
+                .sum::<i64>()
         });
         crate::report::debug1!(
             "pg_crm_sync merge {entity}: survivorship wrote {written} rows of one record in {:?}",
@@ -249,7 +254,7 @@ fn column_of(rule: &FieldRule) -> (String, &'static str) {
 /// the row `survive::survive` makes of a group of one, field for field: the
 /// records that neither belong to another's row nor lead a row of several
 /// ([`SHARED_IDS`], the rows survivorship reads a page at a time).
-fn singles(entity: &str, rules: &[FieldRule], empty: bool) -> String {
+fn singles(entity: &str, rules: &[FieldRule], empty: bool) -> Vec<String> {
     let lit = |s: &str| format!("'{}'", s.replace('\'', "''"));
     let mut cols = Vec::new();
     let mut exprs = Vec::new();
@@ -272,41 +277,95 @@ fn singles(entity: &str, rules: &[FieldRule], empty: bool) -> String {
         "crm_sync._lineage_of_one(x.vals, {})",
         lit(&serde_json::to_string(&names).unwrap_or_default())
     );
-    format!(
-        "INSERT INTO crm.{t} AS t (id, {cols}, deleted_at, sources, lineage, merged_at)
-         SELECT x.record_id, {exprs}, CASE WHEN x.deleted THEN now() END,
-                CASE WHEN x.deleted THEN '{{}}'::text[] ELSE ARRAY[concat_ws('/', x.source, x.stream, x.external_id)] END,
-                CASE WHEN x.deleted THEN '{{}}'::jsonb ELSE {lineage} END, now()
+    let exprs: Vec<String> = exprs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| format!("{e} AS c{i}"))
+        .collect();
+    let rows = format!(
+        "(SELECT x.record_id AS id, {exprs}, CASE WHEN x.deleted THEN now() END AS gone_at,
+                CASE WHEN x.deleted THEN '{{}}'::text[] ELSE ARRAY[concat_ws('/', x.source, x.stream, x.external_id)] END AS srcs,
+                CASE WHEN x.deleted THEN '{{}}'::jsonb ELSE {lineage} END AS lin
            FROM crm_sync.source_records x
           WHERE x.entity = $1
             AND {X_IS_OWN}
-            AND NOT EXISTS (SELECT 1 FROM crm_sync.unified_ids m WHERE m.entity = $1 AND m.unified_id = x.record_id)
-         {upsert}",
-        t = table(entity),
-        cols = cols.join(", "),
+            AND NOT EXISTS (SELECT 1 FROM crm_sync.unified_ids m WHERE m.entity = $1 AND m.unified_id = x.record_id)) u",
         exprs = exprs.join(", "),
-        upsert = upsert(&cols, empty),
+    );
+    let t = table(entity);
+    if empty {
+        return vec![insert_rows(t, &cols, &rows, None)];
+    }
+    // The rows there first, then the new ones (the update would otherwise
+    // compare every new row again).
+    vec![
+        update_rows(t, &cols, &rows, false),
+        insert_rows(
+            t,
+            &cols,
+            &rows,
+            Some(&format!(
+                "NOT EXISTS (SELECT 1 FROM crm.{t} y WHERE y.id = u.id)"
+            )),
+        ),
+    ]
+}
+
+/// Unified rows written over those there where they differ (`cols`: the
+/// field columns, as [`column_of`] names them), from `from`, rows `u` of
+/// id, a value per field (c0, c1, ..), gone_at (when deleted), srcs and
+/// lin (lineage); `by_tid`: rows `u` found their row already (`tid`) and
+/// whether they differ from it (`differs`, as [`differs`] says). An
+/// UPDATE, not `INSERT .. ON CONFLICT DO UPDATE`: that locks every row it
+/// meets before it compares (a WAL record and a dirty page even for a row
+/// that stays as it was, as most do in a rebuild).
+fn update_rows(t: &str, cols: &[String], from: &str, by_tid: bool) -> String {
+    let sets: Vec<String> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{c} = u.c{i}"))
+        .collect();
+    let which = if by_tid {
+        "t.ctid = u.tid AND u.differs".to_owned()
+    } else {
+        format!("t.id = u.id AND {}", differs(cols, "u"))
+    };
+    format!(
+        "UPDATE crm.{t} AS t
+            SET {sets},
+                deleted_at = CASE WHEN u.gone_at IS NULL THEN NULL ELSE coalesce(t.deleted_at, u.gone_at) END,
+                sources = u.srcs, lineage = u.lin, merged_at = now()
+           FROM {from}
+          WHERE {which}",
+        sets = sets.join(", "),
     )
 }
 
-/// How a unified row is written over the one there: only if it differs
-/// (`cols`: the field columns, as [`column_of`] names them); nothing to say
-/// when the table was `empty` when the merge began.
-fn upsert(cols: &[String], empty: bool) -> String {
-    if empty {
-        return String::new();
-    }
-    let sets: Vec<String> = cols.iter().map(|c| format!("{c} = EXCLUDED.{c}")).collect();
+/// Whether the new row `u` (as [`update_rows`] reads it) differs from the
+/// row `t` there.
+fn differs(cols: &[String], u: &str) -> String {
     let olds: Vec<String> = cols.iter().map(|c| format!("t.{c}")).collect();
-    let news: Vec<String> = cols.iter().map(|c| format!("EXCLUDED.{c}")).collect();
+    let news: Vec<String> = (0..cols.len()).map(|i| format!("{u}.c{i}")).collect();
     format!(
-        "ON CONFLICT (id) DO UPDATE SET {sets},
-            deleted_at = CASE WHEN EXCLUDED.deleted_at IS NULL THEN NULL ELSE coalesce(t.deleted_at, EXCLUDED.deleted_at) END,
-            sources = EXCLUDED.sources, lineage = EXCLUDED.lineage, merged_at = now()
-          WHERE ({olds}, t.deleted_at IS NULL, t.sources, t.lineage)
-                IS DISTINCT FROM ({news}, EXCLUDED.deleted_at IS NULL, EXCLUDED.sources, EXCLUDED.lineage)",
-        sets = sets.join(", "),
+        "({olds}, t.deleted_at IS NULL, t.sources, t.lineage)
+                IS DISTINCT FROM ({news}, {u}.gone_at IS NULL, {u}.srcs, {u}.lin)",
         olds = olds.join(", "),
+        news = news.join(", "),
+    )
+}
+
+/// Unified rows inserted from `from` (rows `u` as [`update_rows`] reads
+/// them), those that meet `new_only`, if given.
+fn insert_rows(t: &str, cols: &[String], from: &str, new_only: Option<&str>) -> String {
+    let news: Vec<String> = (0..cols.len()).map(|i| format!("u.c{i}")).collect();
+    let new_only = new_only
+        .map(|w| format!("\n          WHERE {w}"))
+        .unwrap_or_default();
+    format!(
+        "INSERT INTO crm.{t} (id, {cols}, deleted_at, sources, lineage, merged_at)
+         SELECT u.id, {news}, u.gone_at, u.srcs, u.lin, now()
+           FROM {from}{new_only}",
+        cols = cols.join(", "),
         news = news.join(", "),
     )
 }
@@ -337,7 +396,7 @@ impl RowWriter {
             unnest.push(format!("${}::text[]", i + 2));
             names.push(format!("c{i}"));
             cols.push(col);
-            exprs.push(format!("u.c{i}{cast}"));
+            exprs.push(format!("u.c{i}{cast} AS c{i}"));
         }
         let n = rules.len() + 2;
         for (k, ty) in [
@@ -352,18 +411,32 @@ impl RowWriter {
             unnest.push(format!("${}::{ty}", k.1));
             names.push(k.0.to_owned());
         }
-        let sql = format!(
-            "INSERT INTO crm.{t} AS t (id, {cols}, deleted_at, sources, lineage, merged_at)
-             SELECT u.id, {exprs}, CASE WHEN u.gone THEN now() END,
-                    string_to_array(u.sources, chr(31)), u.lineage, now()
-               FROM unnest({unnest}) AS u({names})
-             {upsert}",
-            cols = cols.join(", "),
+        let rows = format!(
+            "SELECT u.id, {exprs}, CASE WHEN u.gone THEN now() END AS gone_at,
+                    string_to_array(u.sources, chr(31)) AS srcs, u.lineage AS lin
+               FROM unnest({unnest}) AS u({names})",
             exprs = exprs.join(", "),
             unnest = unnest.join(", "),
             names = names.join(", "),
-            upsert = upsert(&cols, empty),
         );
+        // Into a table empty when the merge began: plain inserts. Otherwise
+        // each row of the page is looked up once: written over if it
+        // differs, inserted if new; the rows written come back.
+        let sql = if empty {
+            insert_rows(t, &cols, &format!("({rows}) u"), None)
+        } else {
+            format!(
+                "WITH r AS ({rows}),
+                  u AS (SELECT r.*, t.ctid AS tid, {differs} AS differs
+                          FROM r LEFT JOIN crm.{t} t ON t.id = r.id),
+                  changed AS ({} RETURNING t.id),
+                  added AS ({} RETURNING id)
+                 SELECT id FROM changed UNION ALL SELECT id FROM added",
+                update_rows(t, &cols, "u", true),
+                insert_rows(t, &cols, "u", Some("u.tid IS NULL")),
+                differs = differs(&cols, "r"),
+            )
+        };
         RowWriter {
             sql,
             cols: vec![Vec::new(); rules.len()],
