@@ -34,6 +34,8 @@ PROVIDERS = ("hubspot", "salesforce", "pipedrive", "dynamics", "zoho")
 # would pick Bulk at these sizes); Bulk forces Bulk API 2.0 at any size.
 SF_MODES = {"sf-rest": {"bulk_api": False}, "sf-bulk": {"bulk_threshold": 0}}
 SYNC_SQL = "SELECT records_upserted, bytes_received, api_calls FROM crm_sync.sync(%s, %s)"
+REFRESH_SQL = ("SELECT records_read, records_upserted, records_unchanged, bytes_received, api_calls "
+               "FROM crm_sync.sync(%s, %s, full_refresh => true)")
 RECONCILE_SQL = "SELECT records_seen, records_deleted, records_reread, api_calls FROM crm_sync.reconcile(%s, %s)"
 
 
@@ -151,11 +153,12 @@ def full_syncs(pg, db, label, n, what, repeat, create, sync_args, results, expec
     # leaves it: the incremental run goes on from there.
 
 
-def incremental_then_reconcile(pg, db, source, stream, n, changed, purged, purge):
+def incremental_then_reconcile(pg, db, source, stream, n, changed, purged, purge, refresh=False):
     """After `changed` records changed in the mock: the incremental sync
     (asserting it upserted exactly those), the landing table's size, then
     `purge` (which erases `purged` in the mock) and a reconciliation that
-    must mark exactly those gone and read none."""
+    must mark exactly those gone and read none; then, if `refresh`, a full
+    refresh, which must find every record unchanged (its WAL printed)."""
     dbname = db.info.dbname
     rows, secs, mem = measured(pg, dbname, SYNC_SQL, (source, stream))
     recs, nbytes, calls = rows[0]
@@ -169,6 +172,16 @@ def incremental_then_reconcile(pg, db, source, stream, n, changed, purged, purge
     seen, gone, reread, calls = rows[0]
     assert (seen, gone, reread) == (n - len(purged), len(purged), 0), rows[0]
     print(line(source, "reconcile", seen, "ids", secs, 0, calls, mem) + f"  ({gone} marked gone)", flush=True)
+    if not refresh:
+        return
+    # A full refresh of what did not change: read again, written nowhere.
+    lsn = db.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+    rows, secs, mem = measured(pg, dbname, REFRESH_SQL, (source, stream))
+    read, upserted, unchanged, nbytes, calls = rows[0]
+    assert upserted == 0 and unchanged >= n - len(purged), rows[0]
+    wal = db.execute("SELECT pg_current_wal_lsn() - %s::pg_lsn", (lsn,)).fetchone()[0]
+    print(line(source, "refresh", read, "unchanged", secs, nbytes, calls, mem)
+          + f"  WAL {wal / 1048576:.1f} MiB", flush=True)
 
 
 def bench_hubspot(pg, n, batch_size, repeat, copy_baseline, results):
@@ -193,7 +206,8 @@ def bench_hubspot(pg, n, batch_size, repeat, copy_baseline, results):
             incremental_then_reconcile(
                 pg, db, "hs", "contacts", n, changed, purged,
                 lambda: requests.post(f"{mock.url}/_mock/contacts/purge", json={"ids": purged},
-                                      timeout=60).raise_for_status())
+                                      timeout=60).raise_for_status(),
+                refresh=True)
             if copy_baseline:
                 # For scale: PostgreSQL's own COPY of the same rows into the same table shape.
                 path = f"/tmp/crm_sync_bench_{n}.copy"

@@ -346,6 +346,8 @@ fn ensure_run_index(schema: &str, table: &str) -> Result<(), CrmError> {
 pub struct SpiSink {
     columns: Vec<Column>,
     stmt: OwnedPreparedStatement,
+    /// Rows are compared before they are written ([`SpiSink::compare_first`]).
+    compare_first: bool,
     run_id: i64,
     schema: String,
     table: String,
@@ -361,7 +363,8 @@ impl SpiSink {
 
     pub fn new(schema: &str, table: &str, columns: Vec<Column>, run_id: i64) -> Self {
         SpiSink {
-            stmt: Self::statement(schema, table, &columns),
+            stmt: Self::statement(schema, table, &columns, false),
+            compare_first: false,
             columns,
             run_id,
             schema: schema.to_owned(),
@@ -370,8 +373,39 @@ impl SpiSink {
         }
     }
 
-    /// The batch upsert for `columns`, prepared once and kept.
-    fn statement(schema: &str, table: &str, columns: &[Column]) -> OwnedPreparedStatement {
+    /// Write the rows of a table that holds records already (a full
+    /// refresh of a stream synced before), comparing each with its row
+    /// first: rows that did not change are neither written nor locked.
+    /// The upsert locks every row it meets before it compares: a full
+    /// refresh of 200,000 unchanged HubSpot contacts wrote 211 MB of WAL
+    /// for nothing (`full_page_writes` on), and waited for any row another
+    /// session had locked. Not for other runs: the comparison is one more
+    /// look-up of each row, and a first sync's rows are all new, an
+    /// incremental one's all changed.
+    /// Called for a full run: switches if the table has rows.
+    pub fn compare_first(&mut self) {
+        let landed = Spi::get_one::<bool>(&format!(
+            "SELECT EXISTS (SELECT 1 FROM {}.{})",
+            qi(&self.schema),
+            qi(&self.table)
+        ))
+        .ok()
+        .flatten()
+        .unwrap_or(false);
+        if landed && !self.compare_first {
+            self.compare_first = true;
+            self.stmt = Self::statement(&self.schema, &self.table, &self.columns, true);
+        }
+    }
+
+    /// The batch upsert for `columns` (compared first, if `compare_first`),
+    /// prepared once and kept.
+    fn statement(
+        schema: &str,
+        table: &str,
+        columns: &[Column],
+        compare_first: bool,
+    ) -> OwnedPreparedStatement {
         let n = columns.len();
         // $1 id, $2 raw, $3 updated_at, $4 deleted_at, $5 run_id, $6.. columns.
         // unnest() in the select list runs as a ProjectSet, row by row;
@@ -412,19 +446,42 @@ impl SpiSink {
                 format!("{}, ", v.join(", "))
             }
         };
+        // A row `t` is written over when its record changed (values or
+        // deletion) and is not older than it.
+        let news = |t: &str, raw: &str, updated: &str, deleted: &str| {
+            format!(
+                "({t}._raw IS DISTINCT FROM {raw} OR {t}._deleted_at IS DISTINCT FROM {deleted})
+                  AND ({t}._updated_at IS NULL OR {updated} IS NULL
+                       OR {updated} >= {t}._updated_at OR {deleted} IS NOT NULL)"
+            )
+        };
+        // Compared first: records whose row would not be written over are
+        // left out before the upsert meets (and locks) their rows. A row
+        // changed or inserted by someone else meanwhile is the upsert's,
+        // as before.
+        let compared = if compare_first {
+            format!(
+                "
+                WHERE NOT EXISTS (SELECT 1 FROM {s}.{t} x
+                                   WHERE x.id = u.u0 AND NOT ({differs}))",
+                s = qi(schema),
+                t = qi(table),
+                differs = news("x", "u.u1", "u.u2", "u.u3"),
+            )
+        } else {
+            String::new()
+        };
         let sql = format!(
             "WITH up AS (
                INSERT INTO {s}.{t} AS t (id, {cols}_raw, _updated_at, _deleted_at, _deleted_reason, _synced_at, _run_id)
                SELECT u0, {casts}u1, u2, u3, CASE WHEN u3 IS NOT NULL THEN 'archived' END, now(), $5
-                 FROM (SELECT {unnests}) AS u
+                 FROM (SELECT {unnests}) AS u{compared}
                ON CONFLICT (id) DO UPDATE
                   SET {sets}_raw = EXCLUDED._raw, _updated_at = EXCLUDED._updated_at,
                       _deleted_at = EXCLUDED._deleted_at, _deleted_reason = EXCLUDED._deleted_reason,
                       _merged_into = NULL,
                       _synced_at = EXCLUDED._synced_at, _run_id = EXCLUDED._run_id
-                WHERE (t._raw IS DISTINCT FROM EXCLUDED._raw OR t._deleted_at IS DISTINCT FROM EXCLUDED._deleted_at)
-                  AND (t._updated_at IS NULL OR EXCLUDED._updated_at IS NULL
-                       OR EXCLUDED._updated_at >= t._updated_at OR EXCLUDED._deleted_at IS NOT NULL)
+                WHERE {differs}
                RETURNING t._deleted_at IS NOT NULL AS del)
              SELECT count(*) FILTER (WHERE NOT del), count(*) FILTER (WHERE del) FROM up",
             s = qi(schema),
@@ -433,6 +490,7 @@ impl SpiSink {
             casts = comma(&casts),
             sets = comma(&sets),
             unnests = unnests.join(", "),
+            differs = news("t", "EXCLUDED._raw", "EXCLUDED._updated_at", "EXCLUDED._deleted_at"),
         );
         let oid = |t: &str| match t {
             "timestamptz[]" => PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZARRAYOID),
@@ -501,7 +559,8 @@ impl Sink for SpiSink {
         let before = self.columns.len();
         self.columns.retain(|c| !fields.contains(&c.property));
         if self.columns.len() != before {
-            self.stmt = Self::statement(&self.schema, &self.table, &self.columns);
+            self.stmt =
+                Self::statement(&self.schema, &self.table, &self.columns, self.compare_first);
         }
     }
 

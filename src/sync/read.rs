@@ -78,6 +78,9 @@ pub fn read_stream(
         .collect::<Vec<_>>()
         .join(",");
     let mut sink = SpiSink::new(&src.name, &s.stream, columns, plan.run_id);
+    if plan.mode == "full" {
+        sink.compare_first();
+    }
     let mode = match &plan.watermark {
         Some(w) => SyncMode::Incremental {
             watermark: w.clone(),
