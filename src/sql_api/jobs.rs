@@ -152,7 +152,7 @@ pub fn cancel(job_id: i64) -> bool {
         "queued" => {
             Spi::run_with_args(
                 "UPDATE crm_sync.jobs SET status = 'cancelled', cancel_requested = true,
-                        finished_at = now(), detail = 'cancelled before it started'
+                        finished_at = clock_timestamp(), detail = 'cancelled before it started'
                   WHERE job_id = $1",
                 &[job_id.into()],
             )

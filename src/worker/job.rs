@@ -75,9 +75,12 @@ pub extern "C-unwind" fn crm_sync_job_main(arg: pg_sys::Datum) {
         error,
         sqlstate,
     } = end;
+    // The clock, not the transaction's start (`now()`): the job that waits
+    // for this one is started once this commits, and its start must not
+    // read earlier than this end.
     Spi::run_with_args(
         "UPDATE crm_sync.jobs
-            SET status = $2, finished_at = now(), error = $3, error_sqlstate = $4,
+            SET status = $2, finished_at = clock_timestamp(), error = $3, error_sqlstate = $4,
                 detail = CASE WHEN $2 = 'cancelled' THEN 'cancelled with crm_sync.cancel()' ELSE detail END
           WHERE job_id = $1",
         &[job_id.into(), status.into(), error.into(), sqlstate.into()],
@@ -129,7 +132,7 @@ fn claim(job_id: i64) -> Option<Job> {
     job::set_application_name(&job, job.stream.as_deref().unwrap_or("*"));
     if cancel {
         Spi::run_with_args(
-            "UPDATE crm_sync.jobs SET status = 'cancelled', finished_at = now(),
+            "UPDATE crm_sync.jobs SET status = 'cancelled', finished_at = clock_timestamp(),
                     detail = 'cancelled with crm_sync.cancel()' WHERE job_id = $1",
             &[job_id.into()],
         )

@@ -345,7 +345,7 @@ fn start_jobs(state: &mut Launcher) {
         if let Some((other, what)) = blocker {
             if q.if_running == "skip" {
                 Spi::run_with_args(
-                    "UPDATE crm_sync.jobs SET status = 'skipped', finished_at = now(),
+                    "UPDATE crm_sync.jobs SET status = 'skipped', finished_at = clock_timestamp(),
                             detail = format('skipped: job %s was already syncing %s', $2::bigint, $3::text)
                       WHERE job_id = $1",
                     &[q.job_id.into(), other.into(), what.as_str().into()],
@@ -395,9 +395,13 @@ fn start_jobs(state: &mut Launcher) {
         };
         match started {
             Some(w) => {
+                // The clock, not this transaction's start: a job that waited
+                // for another is started after seeing it end, which may be
+                // after this transaction began (its start read 0.4 ms
+                // before the other's end).
                 Spi::run_with_args(
                     "UPDATE crm_sync.jobs
-                        SET status = 'running', started_at = coalesce(started_at, now()),
+                        SET status = 'running', started_at = coalesce(started_at, clock_timestamp()),
                             attempts = attempts + 1, worker_pid = NULL,
                             detail = CASE WHEN detail LIKE 'interrupted:%' THEN detail END
                       WHERE job_id = $1",

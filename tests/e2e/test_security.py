@@ -86,6 +86,7 @@ def test_internal_addresses_need_a_superusers_allowance(db, connect):
 PLANTED = {
     "hashtextextended(text, integer)": ("bigint", "pg_catalog.hashtextextended($1, $2)"),
     "now()": ("timestamptz", "pg_catalog.now()"),
+    "clock_timestamp()": ("timestamptz", "pg_catalog.clock_timestamp()"),
     "format(text, bigint, text)": ("text", "pg_catalog.format($1, $2, $3)"),
     "to_timestamp(double precision)": ("timestamptz", "pg_catalog.to_timestamp($1)"),
     "set_config(text, text, boolean)": ("text", "pg_catalog.set_config($1, $2, $3)"),
