@@ -209,21 +209,27 @@ def bench_hubspot(pg, n, batch_size, repeat, copy_baseline, results):
                                       timeout=60).raise_for_status(),
                 refresh=True)
             if copy_baseline:
-                # For scale: PostgreSQL's own COPY of the same rows into the same table shape.
-                path = f"/tmp/crm_sync_bench_{n}.copy"
-                db.execute(f"COPY hs.contacts TO '{path}'")
-                db.execute("CREATE TABLE copy_baseline (LIKE hs.contacts INCLUDING ALL)")
-                db.execute("CHECKPOINT")
-                t0 = time.perf_counter()
-                db.execute(f"COPY copy_baseline FROM '{path}'")
-                secs = time.perf_counter() - t0
-                Path(path).unlink(missing_ok=True)
-                note(f"for scale, COPY of the same {n:,} rows into the same table: "
-                     f"{secs:.2f} s, {n / secs:,.0f} rows/s")
+                copy_ceiling(db, "hs.contacts", n)
         drop_db(pg, dbname)
     finally:
         mock.proc.kill()
         mock.proc.wait()
+
+
+def copy_ceiling(db, table, n):
+    """For scale: PostgreSQL's own COPY of the rows a sync landed in
+    `table` into an empty table of the same shape (its indexes too)."""
+    path = f"/tmp/crm_sync_bench_{n}.copy"
+    db.execute(f"COPY {table} TO '{path}'")
+    db.execute(f"CREATE TABLE copy_baseline (LIKE {table} INCLUDING ALL)")
+    db.execute("CHECKPOINT")
+    t0 = time.perf_counter()
+    db.execute(f"COPY copy_baseline FROM '{path}'")
+    secs = time.perf_counter() - t0
+    Path(path).unlink(missing_ok=True)
+    db.execute("DROP TABLE copy_baseline")
+    note(f"for scale, COPY of the same {n:,} rows into a table like {table}: "
+         f"{secs:.2f} s, {n / secs:,.0f} rows/s")
 
 
 def bench_pipedrive(pg, n, batch_size, repeat, results):
@@ -330,7 +336,7 @@ def sf_accepts(db, mock, extra):
     return True
 
 
-def bench_salesforce(pg, n, batch_size, repeat, modes, results):
+def bench_salesforce(pg, n, batch_size, repeat, modes, copy_baseline, results):
     mock = spawn_mock(SfMock, "salesforce", "--accounts", str(n), "--contacts", "10", "--leads", "10",
                       "--opportunities", "10", "--users", "10")
     try:
@@ -352,6 +358,8 @@ def bench_salesforce(pg, n, batch_size, repeat, modes, results):
                     extra = {}  # no bulk_api option yet: REST is the connector's only mode
                 full_syncs(pg, db, label, n, "account", repeat, lambda: create_sf(db, mock, extra),
                            ("sf", "account"), results, expected=expected)
+                if copy_baseline and label == modes[0]:
+                    copy_ceiling(db, "sf.account", n)
                 changed = max(1, n // 100)
                 ids = [r[0] for r in db.execute(
                     "SELECT id FROM sf.account WHERE _deleted_at IS NULL ORDER BY id LIMIT %s", (changed,))]
@@ -438,7 +446,7 @@ def main():
             if "hubspot" in providers:
                 bench_hubspot(pg, n, args.batch_size, args.repeat, i == 0, results)
             if "salesforce" in providers:
-                bench_salesforce(pg, n, args.batch_size, args.repeat, list(SF_MODES), results)
+                bench_salesforce(pg, n, args.batch_size, args.repeat, list(SF_MODES), i == 0, results)
             if "pipedrive" in providers:
                 bench_pipedrive(pg, n, args.batch_size, args.repeat, results)
             if "dynamics" in providers:

@@ -9,6 +9,9 @@ crm_sync.merge() after 1% of the records of each side changed a title
 linked again), and after a third 1% changed titles once VACUUM ANALYZE and
 a checkpoint (autovacuum's and the checkpointer's work after a first
 merge) are done. Prints records/s and the backend's peak memory for each.
+With --floor, also what the first merge's writes cost at the least: its
+staged records and unified rows, copied out and loaded back with COPY into
+empty copies of their tables, beside the merge's own time.
 Run through scripts/bench_merge.sh (--size 200000 by default).
 """
 
@@ -96,10 +99,50 @@ def incremental(c, port, k, label, width, after):
     print(f"  model md5 after {after}: {model_md5(c)}")
 
 
+def floor(c, base, merge_secs):
+    """What a first merge's writes cost at the least, on this machine now:
+    the rows it just wrote, copied out, then COPY'd (PostgreSQL's bulk load)
+    back into empty copies of their tables, with the same indexes, and
+    without some of them or some columns for comparison. Each load is
+    timed once, after a checkpoint; the tables are dropped after."""
+    staged = f"{base}/floor_staged.copy"
+    model = f"{base}/floor_model.copy"
+    narrow = ("entity, source, stream, external_id, record_id, updated_at, deleted, email, phone, name_key, "
+              "domain, company_key, company_ref, company_id, contact_ref, contact_id, merged_into, keys, "
+              "first_seen, merged_at, linked_at")
+    c.execute(f"COPY crm_sync.source_records TO '{staged}'")
+    c.execute(f"COPY crm.contacts TO '{model}'")
+    loads = [
+        ("staged records, with every index of crm_sync.source_records",
+         "CREATE TABLE public.floor_t (LIKE crm_sync.source_records INCLUDING ALL)", f"COPY public.floor_t FROM '{staged}'"),
+        ("staged records, no index (the heap alone)",
+         "CREATE TABLE public.floor_t (LIKE crm_sync.source_records)", f"COPY public.floor_t FROM '{staged}'"),
+        ("staged records without their values (vals), with every index",
+         "CREATE TABLE public.floor_t (LIKE crm_sync.source_records INCLUDING ALL); ALTER TABLE public.floor_t DROP COLUMN vals",
+         f"COPY public.floor_t ({narrow}) FROM PROGRAM 'cut -f1-7,9- {staged}'"),
+        ("unified rows, with the primary key of crm.contacts",
+         "CREATE TABLE public.floor_t (LIKE crm.contacts INCLUDING ALL)", f"COPY public.floor_t FROM '{model}'"),
+    ]
+    took = []
+    for what, create, load in loads:
+        c.execute(create)
+        c.execute("CHECKPOINT")
+        t0 = time.perf_counter()
+        c.execute(load)
+        took.append(time.perf_counter() - t0)
+        c.execute("DROP TABLE public.floor_t")
+        print(f"  floor: COPY of the {what}: {took[-1]:6.2f} s")
+    print(f"  floor: the first merge's two tables by COPY: {took[0] + took[3]:.2f} s, against the whole first merge's {merge_secs:.2f} s")
+    for f in (staged, model):
+        Path(f).unlink(missing_ok=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=200_000, help="contacts per source")
     ap.add_argument("--keep", action="store_true", help="leave the cluster running (its port is printed)")
+    ap.add_argument("--floor", action="store_true",
+                    help="after the first merge, time COPY of what it wrote into copies of its tables")
     args = ap.parse_args()
     n = args.size
     base = Path(os.environ.get("CRM_BENCH_DIR", "/tmp")) / f"crm_sync_merge_bench_{os.getpid()}"
@@ -131,6 +174,8 @@ def main():
             print(f"  full merge:        {secs:7.2f} s  {staged / secs:9,.0f} records/s  "
                   f"{unified:,} unified contacts  peak private memory {mem['anon_kb'] / 1024:.0f} MiB")
             print(f"  model md5 after the full merge: {model_md5(c)}")
+            if args.floor:
+                floor(c, base, secs)
             k = n // 100
             c.execute("UPDATE hs.contacts SET _raw = jsonb_set(_raw, '{properties,jobtitle}', '\"Changed\"'), "
                       "_run_id = 2, _updated_at = timestamptz '2025-01-01' WHERE id::int % 100 = 0")
