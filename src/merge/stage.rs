@@ -477,32 +477,23 @@ fn write_staged(
         }
     }
     // The invalid values of these records, as of now.
-    if had_invalid {
-        c.update(
-            "DELETE FROM crm_sync.invalid_values
-              WHERE entity = $1 AND source = $2 AND stream = $3 AND external_id = ANY ($4)",
-            None,
-            &[
-                entity.into(),
-                s.source.as_str().into(),
-                s.stream.as_str().into(),
-                ext.into(),
-            ],
-        )
-        .expect("clear crm_sync.invalid_values");
-    }
-    if page.invalid.is_empty() {
+    if !had_invalid && page.invalid.is_empty() {
         return out;
     }
     let column = |i: usize| -> Vec<&str> { page.invalid.iter().map(|v| v[i].as_str()).collect() };
+    let sql = if had_invalid {
+        INVALID_VALUES_AGAIN
+    } else {
+        INVALID_VALUES_NEW
+    };
     c.update(
-        "INSERT INTO crm_sync.invalid_values (entity, source, stream, external_id, field, value, problem)
-         SELECT $1, $2, $3, u.* FROM unnest($4::text[], $5::text[], $6::text[], $7::text[]) u",
+        sql,
         None,
         &[
             entity.into(),
             s.source.as_str().into(),
             s.stream.as_str().into(),
+            ext.into(),
             column(0).into(),
             column(1).into(),
             column(2).into(),
@@ -512,6 +503,37 @@ fn write_staged(
     .expect("write crm_sync.invalid_values");
     out
 }
+
+/// The invalid values of a page's records (`$5`..`$8`: external id, field,
+/// value, problem) in a stream that had none when its staging began: each
+/// new.
+const INVALID_VALUES_NEW: &str =
+    "INSERT INTO crm_sync.invalid_values (entity, source, stream, external_id, field, value, problem)
+     SELECT $1, $2, $3, v.* FROM unnest($5::text[], $6::text[], $7::text[], $8::text[]) v";
+
+/// The invalid values of a page's records (`$4`: their external ids) as of
+/// now, over those recorded: the ones gone are deleted, the changed
+/// updated, the new inserted, and the ones that stay as they were are left
+/// alone (deleting and inserting them again wrote two row versions and
+/// their index entries for each, on every restaging). Merges take turns:
+/// the three parts meet different rows.
+const INVALID_VALUES_AGAIN: &str = "WITH v AS (
+        SELECT * FROM unnest($5::text[], $6::text[], $7::text[], $8::text[]) v(external_id, field, value, problem)),
+     x AS (
+        SELECT v.*, i.ctid AS tid, (i.value, i.problem) IS DISTINCT FROM (v.value, v.problem) AS differs
+          FROM v LEFT JOIN crm_sync.invalid_values i
+            ON i.entity = $1 AND i.source = $2 AND i.stream = $3 AND i.external_id = v.external_id
+           AND i.field = v.field),
+     gone AS (
+        DELETE FROM crm_sync.invalid_values i
+         WHERE i.entity = $1 AND i.source = $2 AND i.stream = $3 AND i.external_id = ANY ($4)
+           AND NOT EXISTS (SELECT 1 FROM v WHERE v.external_id = i.external_id AND v.field = i.field)),
+     changed AS (
+        UPDATE crm_sync.invalid_values t SET value = x.value, problem = x.problem
+          FROM x
+         WHERE t.ctid = x.tid AND x.differs)
+     INSERT INTO crm_sync.invalid_values (entity, source, stream, external_id, field, value, problem)
+     SELECT $1, $2, $3, x.external_id, x.field, x.value, x.problem FROM x WHERE x.tid IS NULL";
 
 /// A page of staged records, as the columns [`write_staged`] sends.
 #[derive(Default)]

@@ -98,6 +98,47 @@ def test_invalid_values_stay_landed_are_counted_and_never_block(db, both):
     assert w[0] >= 2
 
 
+def test_a_merge_rewrites_only_the_invalid_values_that_changed(db, both):
+    """Restaging a record leaves its invalid values as they are unless they
+    changed: an unchanged one is neither deleted nor written again, a
+    changed one is updated, a fixed one goes, a new one comes."""
+    hs, _ = both
+    bad_id = one(db, "SELECT id FROM hs.contacts WHERE email = 'not-an-email'")[0]
+    # Another record with an invalid value, which nothing here changes.
+    hs.upsert("contacts", [{"properties": {"email": "nope", "firstname": "Other", "lastname": "Bad"}}])
+    sync(db, "hs")
+
+    def versions():
+        # Each invalid value of the stream with its row version.
+        return {(e, f): (v, str(c), str(x)) for e, f, v, c, x in db.execute(
+            "SELECT external_id, field, value, ctid, xmin FROM crm_sync.invalid_values "
+            "WHERE source = 'hs' AND stream = 'contacts'").fetchall()}
+
+    before = versions()
+    assert {f for e, f in before if e == bad_id} == {"email", "phone"}
+    # Its title alone changes: the record is staged again, its invalid
+    # values are the same.
+    hs.upsert("contacts", [{"id": bad_id, "properties": {"jobtitle": "Clerk"}}])
+    sync(db, "hs")
+    assert one(db, "SELECT title FROM crm.contacts WHERE last_name = 'Data'") == ("Clerk",)
+    assert versions() == before
+    # Now its email is another bad one, its phone good, its country unknown.
+    hs.upsert("contacts", [{"id": bad_id, "properties": {"email": "still-not-an-email", "phone": "+1 415 555 2671",
+                                                         "country": "Atlantis"}}])
+    sync(db, "hs")
+    after = versions()
+    mine = {f: v for (e, f), (v, _, _) in after.items() if e == bad_id}
+    assert mine == {"email": "still-not-an-email", "country": "Atlantis"}
+    row = one(db, "SELECT email, phone, country FROM crm.contacts WHERE last_name = 'Data'")
+    assert row == (None, "+14155552671", None)
+    # The other records' invalid values were not touched.
+    others = {k: v for k, v in before.items() if k[0] != bad_id}
+    assert others and {k: v for k, v in after.items() if k[0] != bad_id} == others
+    # A rebuild finds them as they are.
+    db.execute("SELECT * FROM crm_sync.merge(full => true)")
+    assert versions() == after
+
+
 def test_companies_match_on_domain_and_clean_names_and_countries(db, both):
     rows = db.execute("SELECT name, domain, country, sources FROM crm.companies WHERE domain = 'acme.com'").fetchall()
     assert len(rows) == 1, rows
