@@ -78,9 +78,10 @@ pub fn read_stream(
         .collect::<Vec<_>>()
         .join(",");
     let mut sink = SpiSink::new(&src.name, &s.stream, columns, plan.run_id);
-    if plan.mode == "full" {
-        sink.compare_first();
-    }
+    // Full refreshes and incremental runs alike meet rows already there
+    // unchanged (an incremental run reads its lookback again: HubSpot's
+    // last hour); a first sync's table is empty.
+    sink.compare_first();
     let mode = match &plan.watermark {
         Some(w) => SyncMode::Incremental {
             watermark: w.clone(),

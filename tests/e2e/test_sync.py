@@ -106,6 +106,13 @@ def test_a_full_refresh_of_unchanged_data_reports_what_it_read(db, hubspot):
         (250, 0, 250, 0, r["api_calls"])
 
 
+def row_versions(db):
+    """Each landing row's version: a row written gets a new one (ctid,
+    xmin); one locked keeps the locker's id in xmax."""
+    return dict(db.execute("SELECT id, ctid::text || '/' || xmin::text || '/' || xmax::text "
+                           "FROM hs.contacts").fetchall())
+
+
 def test_a_full_refresh_writes_and_locks_only_the_rows_that_changed(db, connect, mock_factory):
     """A full refresh reads every record again: a landing row whose record
     did not change is neither rewritten nor locked (a lock is a WAL record
@@ -118,21 +125,15 @@ def test_a_full_refresh_writes_and_locks_only_the_rows_that_changed(db, connect,
     hs.upsert("contacts", [{"id": "7", "properties": {"jobtitle": "Refreshed"}},
                            {"properties": {"email": "new.one@example.com", "firstname": "New"}}])
 
-    def versions():
-        # A row written gets a new version (ctid, xmin); one locked keeps
-        # the locker's id in xmax.
-        return dict(db.execute("SELECT id, ctid::text || '/' || xmin::text || '/' || xmax::text "
-                               "FROM hs.contacts").fetchall())
-
     # An application holds an unchanged row (SELECT .. FOR UPDATE, in an
     # open transaction) all through the refresh.
     app = connect(autocommit=False)
     app.execute("SELECT 1 FROM hs.contacts WHERE id = '8' FOR UPDATE")
-    before = versions()
+    before = row_versions(db)
     db.execute("SET lock_timeout = '2s'")
     r = sync(db, stream="contacts", full_refresh=True)["contacts"]
     assert (r["records_upserted"], r["records_unchanged"]) == (2, 299)
-    after = versions()
+    after = row_versions(db)
     app.rollback()
     new = set(after) - set(before)
     assert len(new) == 1
@@ -144,7 +145,38 @@ def test_a_full_refresh_writes_and_locks_only_the_rows_that_changed(db, connect,
     # The next full refresh, nothing changed: nothing written.
     again = sync(db, stream="contacts", full_refresh=True)["contacts"]
     assert (again["records_upserted"], again["records_unchanged"]) == (0, 301)
-    assert versions() == after
+    assert row_versions(db) == after
+
+
+def test_an_incremental_run_writes_and_locks_only_the_rows_that_changed(db, connect, mock_factory):
+    """An incremental run reads its lookback again (HubSpot's last hour):
+    run more often than that, it meets the records of the runs before,
+    unchanged. Their rows are neither rewritten nor locked, so the run does
+    not wait for an application holding one; the changed row is written."""
+    hs = mock_factory(30, 0, 0)
+    # HubSpot's default lookback (the tests' default is none).
+    create_source(db, hs, lookback_seconds=3600)
+    sync(db, stream="contacts")
+    hs.upsert("contacts", [{"id": "5", "properties": {"jobtitle": "First change"}},
+                           {"id": "6", "properties": {"jobtitle": "First change"}}])
+    first = sync(db, stream="contacts")["contacts"]
+    assert (first["mode"], first["records_upserted"]) == ("incremental", 2)
+    hs.upsert("contacts", [{"id": "7", "properties": {"jobtitle": "Second change"}}])
+
+    # An application holds a row the last run wrote (read again now,
+    # unchanged) all through the next run.
+    app = connect(autocommit=False)
+    app.execute("SELECT 1 FROM hs.contacts WHERE id = '5' FOR UPDATE")
+    before = row_versions(db)
+    db.execute("SET lock_timeout = '2s'")
+    r = sync(db, stream="contacts")["contacts"]
+    after = row_versions(db)
+    app.rollback()
+    assert r["mode"] == "incremental"
+    # 5 and 6 were read again (within the lookback), unchanged.
+    assert r["records_upserted"] == 1 and r["records_unchanged"] >= 2
+    assert [i for i in after if after[i] != before[i]] == ["7"]
+    assert db.execute("SELECT jobtitle FROM hs.contacts WHERE id = '7'").fetchone() == ("Second change",)
 
 
 def test_restored_record_is_unmarked(db, hubspot):
