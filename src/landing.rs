@@ -346,7 +346,7 @@ fn ensure_run_index(schema: &str, table: &str) -> Result<(), CrmError> {
 pub struct SpiSink {
     columns: Vec<Column>,
     stmt: OwnedPreparedStatement,
-    /// Rows are compared before they are written ([`SpiSink::compare_first`]).
+    /// Rows are compared before they are written ([`SpiSink::comparing`]).
     compare_first: bool,
     run_id: i64,
     schema: String,
@@ -362,44 +362,50 @@ impl SpiSink {
     }
 
     pub fn new(schema: &str, table: &str, columns: Vec<Column>, run_id: i64) -> Self {
+        Self::with(schema, table, columns, run_id, false)
+    }
+
+    /// A sink that compares each record with its row first, if the table
+    /// holds rows already: rows that did not change are neither written
+    /// nor locked. For runs that read records the table holds unchanged: a
+    /// full refresh, and an incremental run that reads its lookback again
+    /// (HubSpot's last hour, the others' last minute: runs more frequent
+    /// than that read the records of the runs before again). The upsert
+    /// locks every row it meets before it compares: a full refresh of
+    /// 200,000 unchanged HubSpot contacts wrote 211 MB of WAL for nothing
+    /// (`full_page_writes` on), and waited for any row another session had
+    /// locked; Salesforce incremental runs 6-17 s apart read 18,000-20,000
+    /// records for 2,000 changed, and one run's locks were 118 MB of
+    /// full-page images in its 180 MB of WAL. The comparison is one more
+    /// look-up of each record: not for a first sync (an empty table, every
+    /// row new).
+    pub fn comparing(schema: &str, table: &str, columns: Vec<Column>, run_id: i64) -> Self {
+        let landed = Spi::get_one::<bool>(&format!(
+            "SELECT EXISTS (SELECT 1 FROM {}.{})",
+            qi(schema),
+            qi(table)
+        ))
+        .ok()
+        .flatten()
+        .unwrap_or(false);
+        Self::with(schema, table, columns, run_id, landed)
+    }
+
+    fn with(
+        schema: &str,
+        table: &str,
+        columns: Vec<Column>,
+        run_id: i64,
+        compare_first: bool,
+    ) -> Self {
         SpiSink {
-            stmt: Self::statement(schema, table, &columns, false),
-            compare_first: false,
+            stmt: Self::statement(schema, table, &columns, compare_first),
+            compare_first,
             columns,
             run_id,
             schema: schema.to_owned(),
             table: table.to_owned(),
             warning_samples: Vec::new(),
-        }
-    }
-
-    /// Write the rows of a table that holds records already (a full
-    /// refresh, or an incremental run, of a stream synced before),
-    /// comparing each with its row first: rows that did not change are
-    /// neither written nor locked. The upsert locks every row it meets
-    /// before it compares: a full refresh of 200,000 unchanged HubSpot
-    /// contacts wrote 211 MB of WAL for nothing (`full_page_writes` on),
-    /// and waited for any row another session had locked. Incremental runs
-    /// meet such rows too: each reads its lookback again (HubSpot's last
-    /// hour, Salesforce's last minute), so runs more frequent than that read
-    /// the records of the runs before again. Salesforce incremental runs
-    /// 6-17 s apart read 18,000-20,000 records for 2,000 changed, and
-    /// locked the rest: 118 MB of full-page images in one run's 180 MB of
-    /// WAL. Not for a first sync: its table is empty, every row new (one
-    /// more look-up each for nothing).
-    /// Switches if the table has rows.
-    pub fn compare_first(&mut self) {
-        let landed = Spi::get_one::<bool>(&format!(
-            "SELECT EXISTS (SELECT 1 FROM {}.{})",
-            qi(&self.schema),
-            qi(&self.table)
-        ))
-        .ok()
-        .flatten()
-        .unwrap_or(false);
-        if landed && !self.compare_first {
-            self.compare_first = true;
-            self.stmt = Self::statement(&self.schema, &self.table, &self.columns, true);
         }
     }
 
@@ -462,8 +468,10 @@ impl SpiSink {
         };
         // Compared first: records whose row would not be written over are
         // left out before the upsert meets (and locks) their rows. A row
-        // changed or inserted by someone else meanwhile is the upsert's,
-        // as before.
+        // inserted by someone else meanwhile is the upsert's, as before;
+        // one changed by someone else after the statement's snapshot is
+        // judged as the snapshot saw it (syncs of the stream take turns:
+        // only a writer outside them, the table's owner, could).
         let compared = if compare_first {
             format!(
                 "

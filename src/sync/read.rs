@@ -77,11 +77,14 @@ pub fn read_stream(
         .map(|c| c.property.as_str())
         .collect::<Vec<_>>()
         .join(",");
-    let mut sink = SpiSink::new(&src.name, &s.stream, columns, plan.run_id);
-    // Full refreshes and incremental runs alike meet rows already there
-    // unchanged (an incremental run reads its lookback again: HubSpot's
-    // last hour); a first sync's table is empty.
-    sink.compare_first();
+    // Full refreshes meet rows already there unchanged, and so do
+    // incremental runs that read their lookback again (HubSpot's last
+    // hour); without one, an incremental run's records are all changed.
+    let mut sink = if plan.mode == "full" || !cfg.config.lookback.is_zero() {
+        SpiSink::comparing(&src.name, &s.stream, columns, plan.run_id)
+    } else {
+        SpiSink::new(&src.name, &s.stream, columns, plan.run_id)
+    };
     let mode = match &plan.watermark {
         Some(w) => SyncMode::Incremental {
             watermark: w.clone(),
