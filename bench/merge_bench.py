@@ -109,9 +109,14 @@ def floor(c, base, merge_secs):
     the copies are dropped after."""
     staged = f"{base}/floor_staged.copy"
     model = f"{base}/floor_model.copy"
-    narrow = ("entity, source, stream, external_id, record_id, updated_at, deleted, email, phone, name_key, "
-              "domain, company_key, company_ref, company_id, contact_ref, contact_id, merged_into, keys, "
-              "first_seen, merged_at, linked_at")
+    # The staged records' columns but vals, and vals' field in the COPY
+    # text (from the table itself: a column added later stays counted).
+    cols = [r[0] for r in c.execute(
+        "SELECT quote_ident(attname) FROM pg_attribute WHERE attrelid = 'crm_sync.source_records'::regclass "
+        "AND attnum > 0 AND NOT attisdropped ORDER BY attnum").fetchall()]
+    field = cols.index("vals") + 1
+    narrow = ", ".join(col for col in cols if col != "vals")
+    without_vals = f"-f1-{field - 1},{field + 1}-" if field > 1 else f"-f{field + 1}-"
 
     def like(table, indexes=True):
         opts = c.execute("SELECT array_to_string(reloptions, ', ') FROM pg_class WHERE oid = %s::regclass",
@@ -130,7 +135,7 @@ def floor(c, base, merge_secs):
          [like("crm_sync.source_records", indexes=False)], f"COPY public.floor_t FROM '{staged}'"),
         (f"{records:,} staged records without their values (vals), with every index",
          [like("crm_sync.source_records"), "ALTER TABLE public.floor_t DROP COLUMN vals"],
-         f"COPY public.floor_t ({narrow}) FROM PROGRAM 'cut -f1-7,9- {staged}'"),
+         f"COPY public.floor_t ({narrow}) FROM PROGRAM 'cut {without_vals} {staged}'"),
         (f"{rows:,} unified rows, with the primary key of crm.contacts",
          [like("crm.contacts")], f"COPY public.floor_t FROM '{model}'"),
     ]
